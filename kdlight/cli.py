@@ -1,0 +1,96 @@
+"""The ``kdlight`` command: LightningCLI in subclass mode for models and datamodules.
+
+``kdlight fit|validate|test|predict --config recipe.yaml``. Configs name classes by short name
+(``class_path: VanillaKD``). What the data determines (label count, label names, metric,
+tokenizer) is linked from the datamodule into the model, so it is never typed twice; the
+datamodule's tokenizer in turn defaults to the model's teacher/model, so a recipe usually names a
+model once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+import kdlight.data  # noqa: F401  (registers datamodules for short class names)
+import kdlight.models  # noqa: F401  (registers student specs)
+import kdlight.modules  # noqa: F401  (registers LightningModules)
+from kdlight.errors import KDLightError
+from kdlight.modules.base import BaseDistiller
+
+# The model argument that names where the datamodule's tokenizer comes from, by module type.
+_TOKENIZER_SOURCES = ("teacher", "model")
+
+
+class KDLightCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/score",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        for name in ("num_labels", "metric", "label_names"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments("data.tokenizer_name", "model.init_args.tokenizer", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data_args = config.get("data", {}).get("init_args")
+        model_args = config.get("model", {}).get("init_args")
+        if data_args is None or model_args is None or data_args.get("tokenizer"):
+            return
+        for name in _TOKENIZER_SOURCES:
+            source = model_args.get(name)
+            if isinstance(source, str):
+                data_args["tokenizer"] = tokenizer_of(source)
+                return
+
+
+def tokenizer_of(model_source: str) -> str:
+    """Where the tokenizer of a model source lives (a kdlight .ckpt remembers its tokenizer)."""
+    if model_source.endswith(".ckpt") and os.path.isfile(model_source):
+        import torch
+
+        try:
+            checkpoint = torch.load(model_source, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise KDLightError(f"unreadable checkpoint {model_source!r}: {err}") from None
+        tokenizer = checkpoint.get("hyper_parameters", {}).get("tokenizer")
+        if not tokenizer:
+            raise KDLightError(f"{model_source!r} does not record its tokenizer; set data.init_args.tokenizer")
+        return tokenizer
+    return model_source
+
+
+def cli(args: list[str] | None = None, **kwargs: Any) -> KDLightCLI:
+    return KDLightCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+        **kwargs,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: bad input exits with one clear line instead of a traceback."""
+    try:
+        cli(args)
+    except KDLightError as err:
+        if os.environ.get("KDLIGHT_TRACEBACK"):
+            raise
+        print(f"kdlight: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+__all__ = ["KDLightCLI", "cli", "main", "BaseDistiller"]

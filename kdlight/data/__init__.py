@@ -1,0 +1,14 @@
+"""LightningDataModules: labelled text (GLUE, local files), and their variants."""
+
+from kdlight.data.base import LabelledTextDataModule, load_tokenizer
+from kdlight.data.glue import GLUE_TASKS, GLUEDataModule
+from kdlight.data.text import RottenTomatoesDataModule, TextClassificationDataModule
+
+__all__ = [
+    "GLUE_TASKS",
+    "GLUEDataModule",
+    "LabelledTextDataModule",
+    "RottenTomatoesDataModule",
+    "TextClassificationDataModule",
+    "load_tokenizer",
+]

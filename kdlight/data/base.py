@@ -1,0 +1,199 @@
+"""The shared machinery of every labelled-text datamodule: load splits, tokenise, batch.
+
+A subclass says what the task is (``num_labels``, ``metric``, ``label_names``, split names) and how
+to load one split as a ``datasets.Dataset`` with the standard columns ``text``, optionally
+``text_pair``, ``labels`` and ``idx`` (a stable example id: the row's position in its source split).
+Everything else (tokenisation, cached ``map``, dynamic padding, loaders) lives here once.
+
+DDP: ``prepare_data`` runs once per node and fills the datasets cache; ``setup`` repeats the same
+loads and ``map`` calls on every rank, which are then cache hits for file-backed datasets.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import datasets
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from kdlight.assets import resolve_model_path
+from kdlight.errors import KDLightError
+
+STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise KDLightError(
+            f"cannot load a tokenizer from {name_or_path!r}: give a local model folder (with tokenizer "
+            f"files) or a hub name reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+
+
+class Collator:
+    """Pads a list of tokenised examples to the longest in the batch (dynamic padding)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        batch: dict[str, torch.Tensor] = {}
+        for key in MODEL_INPUTS:
+            if key not in examples[0]:
+                continue
+            pad = self.pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([list(e[key]) + [pad] * (longest - len(e[key])) for e in examples])
+        for key, value in examples[0].items():
+            if key not in MODEL_INPUTS:
+                batch[key] = torch.tensor([e[key] for e in examples])
+        return batch
+
+
+class LabelledTextDataModule(LightningDataModule):
+    """Base class: tokenised train/validation/test/predict splits of a labelled text task.
+
+    Args:
+        tokenizer: hub name or local folder of the tokenizer (``packaged/all-MiniLM-L6-v2`` for the
+            offline model). Left empty, the CLI fills it from the model's teacher/model argument.
+        max_length: tokens per example after truncation (pairs are truncated longest-first).
+        batch_size: training batch size per process.
+        eval_batch_size: validation/test batch size (defaults to ``2 * batch_size``).
+        num_workers: dataloader worker processes.
+        max_train_examples: keep only the first N training examples (after any shuffling the
+            subclass does); for quick runs and studies. ``None`` keeps all.
+    """
+
+    #: split names used for each stage; subclasses override
+    train_split: str = "train"
+    val_splits: tuple[str, ...] = ("validation",)
+    test_splits: tuple[str, ...] = ("test",)
+    predict_split: str = "test"
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_train_examples: int | None = None,
+    ) -> None:
+        super().__init__()
+        if max_length < 8:
+            raise KDLightError(f"max_length={max_length} is too short to hold a sentence; use 32 or more")
+        self.tokenizer_name = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = num_workers
+        self.max_train_examples = max_train_examples
+        self.splits: dict[str, datasets.Dataset] = {}
+
+    # ----------------------------------------------------------------- what a subclass provides
+    num_labels: int
+    metric: str
+    label_names: list[str] | None = None
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        """Return one split with columns ``text``, [``text_pair``], ``labels``, ``idx``."""
+        raise NotImplementedError
+
+    @property
+    def is_pair_task(self) -> bool:
+        return False
+
+    # ----------------------------------------------------------------------------- machinery
+    @cached_property
+    def tokenizer(self):
+        if not self.tokenizer_name:
+            raise KDLightError(
+                f"{type(self).__name__} needs a tokenizer: set data.init_args.tokenizer to a hub name or local model folder"
+            )
+        return load_tokenizer(self.tokenizer_name)
+
+    def stage_splits(self, stage: str | None) -> list[str]:
+        if stage == "fit":
+            return [self.train_split, *self.val_splits]
+        if stage == "validate":
+            return list(self.val_splits)
+        if stage == "test":
+            return list(self.test_splits)
+        if stage == "predict":
+            return [self.predict_split]
+        return list(dict.fromkeys([self.train_split, *self.val_splits, *self.test_splits]))
+
+    def tokenize_split(self, split: str) -> datasets.Dataset:
+        dataset = self.load_split(split)
+        if split == self.train_split and self.max_train_examples is not None:
+            dataset = dataset.select(range(min(self.max_train_examples, len(dataset))))
+        tokenizer = self.tokenizer
+        pair = "text_pair" in dataset.column_names
+        max_length = self.max_length
+
+        def encode(batch):
+            if pair:
+                return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
+            return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+        drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
+        return dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenising {split}")
+
+    def prepare_data(self) -> None:
+        for split in self.stage_splits(None):
+            self.tokenize_split(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self.stage_splits(stage):
+            if split not in self.splits:
+                self.splits[split] = self.tokenize_split(split)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        if split not in self.splits:  # a loader asked for outside trainer.fit/validate/test
+            self.splits[split] = self.tokenize_split(split)
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self):
+        loaders = [self._loader(s, False, self.eval_batch_size) for s in self.val_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self):
+        loaders = [self._loader(s, False, self.eval_batch_size) for s in self.test_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, False, self.eval_batch_size)
+
+    def eval_split_names(self, stage: str) -> list[str]:
+        """Names of the evaluation loaders, in dataloader order, for per-split metric keys."""
+        return list(self.val_splits if stage in ("fit", "validate", "val") else self.test_splits)
+
+    # ----------------------------------------------------------------------- checks for subclasses
+    @staticmethod
+    def require_columns(columns: list[str], wanted: dict[str, str | None], source: str) -> None:
+        missing = {arg: col for arg, col in wanted.items() if col is not None and col not in columns}
+        if missing:
+            named = ", ".join(f"{arg}={col!r}" for arg, col in missing.items())
+            raise KDLightError(
+                f"{source}: column(s) not found: {named}. Available columns: {', '.join(map(str, columns))}. "
+                f"Set the matching *_column argument to one of them."
+            )

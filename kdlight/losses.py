@@ -1,0 +1,104 @@
+"""Small distillation losses, each a module with one job; ``LOSSES`` names them for configs.
+
+All take logits shaped ``(batch, num_labels)`` and return a scalar, or per-example values with
+``reduction="none"`` (ALM-KD weighs examples one by one).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _reduce(values: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "none":
+        return values
+    raise ValueError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
+
+
+class KLDivergence(nn.Module):
+    """Hinton's soft-target loss: KL(teacher_T || student_T) * T^2.
+
+    The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
+    """
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.reduction = reduction
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        t = self.temperature
+        log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+        log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+        per_example = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1) * t * t
+        return _reduce(per_example, self.reduction)
+
+
+class SoftCrossEntropy(nn.Module):
+    """Cross-entropy against the teacher's softened distribution (KL plus the teacher's entropy)."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.reduction = reduction
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        t = self.temperature
+        p_teacher = F.softmax(teacher_logits.float() / t, dim=-1)
+        per_example = -(p_teacher * F.log_softmax(student_logits.float() / t, dim=-1)).sum(-1) * t * t
+        return _reduce(per_example, self.reduction)
+
+
+class LogitMSE(nn.Module):
+    """Mean squared error between logits: the KD loss for regression heads (num_labels=1)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        per_example = (student_logits.float() - teacher_logits.float()).pow(2).mean(-1)
+        return _reduce(per_example, self.reduction)
+
+
+class HiddenStateMSE(nn.Module):
+    """MSE between matched hidden states, through a learned projection when widths differ."""
+
+    def __init__(self, student_dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+
+    def forward(self, student_hidden: Tensor, teacher_hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        diff = (self.project(student_hidden) - teacher_hidden).pow(2).mean(-1)
+        if attention_mask is None:
+            return diff.mean()
+        mask = attention_mask.to(diff.dtype)
+        return (diff * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def label_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy for classification heads, MSE for a single regression output."""
+    if logits.shape[-1] == 1:
+        return _reduce((logits.squeeze(-1).float() - labels.float()).pow(2), reduction)
+    return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
+
+
+def distillation_loss(num_labels: int, temperature: float, reduction: str = "mean") -> nn.Module:
+    """The default teacher-matching loss for a head: KL at temperature T, or MSE for regression."""
+    return LogitMSE(reduction) if num_labels == 1 else KLDivergence(temperature, reduction)
+
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "kl": KLDivergence,
+    "soft_ce": SoftCrossEntropy,
+    "mse": LogitMSE,
+    "hidden_mse": HiddenStateMSE,
+}

@@ -1,0 +1,138 @@
+"""How a distiller gets its student: pretrained, cut from the teacher, or freshly configured.
+
+Each is a small class with ``build(teacher, num_labels, label_names)``, chosen in YAML by
+``class_path`` (``PretrainedStudent``, ``TruncatedTeacher``, ``FreshStudent``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from kdlight.errors import KDLightError
+from kdlight.models.hf import label_config, load_classifier
+
+
+class StudentSpec:
+    """Base class: builds the student network given the (frozen) teacher."""
+
+    def build(self, teacher: PreTrainedModel, num_labels: int, label_names: list[str] | None = None) -> PreTrainedModel:
+        raise NotImplementedError
+
+
+class PretrainedStudent(StudentSpec):
+    """A student loaded from a hub name, a local folder or a kdlight checkpoint (e.g. BERT-Mini)."""
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+
+    def build(self, teacher, num_labels, label_names=None):
+        return load_classifier(self.name_or_path, num_labels, label_names)
+
+
+def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """The transformer block list of a HF encoder: (parent module, attribute name, the list)."""
+    depth = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layers", None)
+    for name, module in model.named_modules():
+        for attr, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) == depth and attr in ("layer", "layers", "block"):
+                return module, attr, child
+    raise KDLightError(
+        f"cannot find the layer list of {type(model).__name__} to truncate it; use FreshStudent or PretrainedStudent instead"
+    )
+
+
+class TruncatedTeacher(StudentSpec):
+    """The teacher cut to ``num_layers`` transformer blocks, weights copied (as in DistilBERT/PKD).
+
+    Args:
+        num_layers: blocks to keep.
+        layers: which teacher blocks to keep (0-based); default evenly spaced from first to last.
+    """
+
+    def __init__(self, num_layers: int = 2, layers: list[int] | None = None) -> None:
+        if num_layers < 1:
+            raise KDLightError(f"num_layers must be >= 1, got {num_layers}")
+        if layers is not None and len(layers) != num_layers:
+            raise KDLightError(f"layers={layers} must list exactly num_layers={num_layers} block indices")
+        self.num_layers = num_layers
+        self.layers = layers
+
+    def keep(self, depth: int) -> list[int]:
+        if self.num_layers > depth:
+            raise KDLightError(f"cannot keep {self.num_layers} layers of a {depth}-layer teacher; choose num_layers <= {depth}")
+        if self.layers is not None:
+            if not all(0 <= i < depth for i in self.layers):
+                raise KDLightError(f"layers={self.layers} must be in 0..{depth - 1}")
+            return list(self.layers)
+        if self.num_layers == 1:
+            return [depth - 1]
+        return torch.linspace(0, depth - 1, self.num_layers).round().long().tolist()
+
+    def build(self, teacher, num_labels, label_names=None):
+        student = copy.deepcopy(teacher)
+        parent, attr, blocks = encoder_layers(student)
+        keep = self.keep(len(blocks))
+        setattr(parent, attr, nn.ModuleList([blocks[i] for i in keep]))
+        student.config.num_hidden_layers = len(keep)
+        student.config.update(label_config(num_labels, label_names))
+        for p in student.parameters():
+            p.requires_grad_(True)
+        return student.train()
+
+
+class FreshStudent(StudentSpec):
+    """A randomly initialised model of the teacher's family with the given sizes.
+
+    Any size left empty is the teacher's. The vocabulary is always the teacher's (KD on logits
+    needs the same inputs); ``copy_embeddings`` starts the word embeddings from the teacher's
+    when the widths agree.
+    """
+
+    def __init__(
+        self,
+        num_hidden_layers: int = 2,
+        hidden_size: int | None = None,
+        num_attention_heads: int | None = None,
+        intermediate_size: int | None = None,
+        copy_embeddings: bool = False,
+    ) -> None:
+        self.sizes = {"num_hidden_layers": num_hidden_layers, "hidden_size": hidden_size,
+                      "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size}
+        self.copy_embeddings = copy_embeddings
+
+    def build(self, teacher, num_labels, label_names=None):
+        config = copy.deepcopy(teacher.config)
+        config.update({k: v for k, v in self.sizes.items() if v is not None})
+        config.update(label_config(num_labels, label_names))
+        if config.hidden_size % config.num_attention_heads:
+            raise KDLightError(f"hidden_size={config.hidden_size} must be divisible by num_attention_heads={config.num_attention_heads}")
+        student = AutoModelForSequenceClassification.from_config(config)
+        if self.copy_embeddings:
+            source, target = teacher.get_input_embeddings(), student.get_input_embeddings()
+            if source.weight.shape != target.weight.shape:
+                raise KDLightError("copy_embeddings needs the teacher's hidden_size; leave hidden_size empty or turn it off")
+            target.weight.data.copy_(source.weight.data)
+        return student
+
+
+def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, tokenizer=None) -> None:
+    """Teacher and student must read the same token ids and predict the same labels."""
+    t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
+    if t_vocab != s_vocab:
+        raise KDLightError(
+            f"vocabulary mismatch: teacher has {t_vocab} token ids, student {s_vocab}; KD on logits needs one tokenizer. "
+            "Use a student from the teacher's family (TruncatedTeacher/FreshStudent) or one with the same vocabulary"
+        )
+    if teacher.config.num_labels != student.config.num_labels:
+        raise KDLightError(
+            f"label mismatch: teacher predicts {teacher.config.num_labels} labels, student {student.config.num_labels}"
+        )
+    if tokenizer is not None and len(tokenizer) > t_vocab:
+        raise KDLightError(
+            f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the models only {t_vocab} embeddings; "
+            "set data.init_args.tokenizer to the teacher's tokenizer"
+        )

@@ -1,0 +1,109 @@
+"""BaseDistiller: a frozen teacher, a trainable student, and one loss hook.
+
+A training step is: teacher forward (no grad) -> student forward -> ``compute_loss`` -> logged
+parts. A new KD variant overrides ``compute_loss`` only. Variants with their own optimisation loop
+(adversarial, meta-learned) set ``automatic_optimization = False`` and override ``training_step``,
+always stepping through ``self.manual_backward`` so DDP and precision plugins stay in charge.
+
+The teacher is loaded once, kept in eval mode (also after Lightning's ``.train()`` calls), never in
+the optimiser, and never written into the student's checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdlight.losses import distillation_loss
+from kdlight.metrics import headline
+from kdlight.models.hf import load_classifier
+from kdlight.models.students import StudentSpec, TruncatedTeacher, check_compatible
+from kdlight.modules.task import KDLightTask, model_inputs, was_updated
+
+
+class BaseDistiller(KDLightTask):
+    """Args:
+        teacher: the fine-tuned teacher: a ``save_pretrained`` folder (what TeacherFineTuning
+            exports), a hub name, or a TeacherFineTuning ``.ckpt``.
+        student: how to build the student (``TruncatedTeacher``, ``FreshStudent``,
+            ``PretrainedStudent``); default: the teacher cut to 2 layers.
+        temperature: softmax temperature of the KD term.
+        **kwargs: see :class:`KDLightTask`.
+    """
+
+    export_prefix = "student"
+
+    def __init__(self, teacher: str, student: StudentSpec | None = None, temperature: float = 1.0, **kwargs) -> None:
+        self.teacher_source = teacher
+        self.student_spec = student or TruncatedTeacher(num_layers=2)
+        super().__init__(**kwargs)
+
+    # ------------------------------------------------------------------------------- models
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.teacher = load_classifier(self.teacher_source, hp.num_labels, hp.label_names, require_head=True)
+        self.teacher.eval().requires_grad_(False)
+        self.student = self.student_spec.build(self.teacher, hp.num_labels, hp.label_names).train()
+        check_compatible(self.teacher, self.student)
+
+    def configure_losses(self) -> None:
+        self.kd_loss = distillation_loss(self.hparams.num_labels, self.hparams.temperature)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    # ------------------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.teacher(**model_inputs(batch)).logits
+
+    def student_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.student(**model_inputs(batch)).logits
+
+    def compute_loss(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Return a dict with the total ``loss`` and any parts worth logging. Override me."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        teacher_logits = self.teacher_logits(batch)
+        student_logits = self.student_logits(batch)
+        parts = self.compute_loss(student_logits, teacher_logits, batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=len(student_logits))
+        self.log("loss", parts["loss"].detach(), prog_bar=True, logger=False, batch_size=len(student_logits))
+        return parts["loss"]
+
+    # ------------------------------------------------------------------------- evaluation
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if "test_0_teacher" not in self.eval_metrics:
+            self.eval_metrics["test_0_teacher"] = self.eval_metrics["test_0"].clone(prefix="test/teacher_")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        super().test_step(batch, batch_idx, dataloader_idx)
+        if dataloader_idx == 0:  # the teacher's score on the same split makes "% of teacher" one division
+            self.update_metrics("test", self.teacher_logits(batch), batch["labels"], 0, extra="_teacher")
+
+    def on_test_epoch_end(self) -> None:
+        logged = self.log_eval_metrics("test")
+        teacher = self.eval_metrics["test_0_teacher"]
+        if was_updated(teacher):
+            values = teacher.compute()
+            teacher.reset()
+            score = values[f"test/teacher_{headline(self.hparams.metric)}"]
+            extra = {**values, "test/teacher_score": score}
+            if "test/score" in logged and score != 0:
+                extra["test/pct_of_teacher"] = 100.0 * logged["test/score"] / score
+            self.log_dict(extra, add_dataloader_idx=False)
+
+    # ----------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The teacher is frozen and reloaded from its own source; keep it out of the checkpoint.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

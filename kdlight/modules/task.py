@@ -1,0 +1,238 @@
+"""KDLightTask: what every kdlight LightningModule shares.
+
+``__init__`` saves hyper-parameters, then calls the ``configure_models`` / ``configure_losses``
+hooks (torchgeo's shape). The base class owns evaluation (the task's own metrics on every
+validation/test split, logged as ``<stage>/<metric>`` plus ``<stage>/score`` for the headline),
+prediction, the default AdamW + linear warm-up schedule, kdlight's checkpoint extras, and the
+``save_pretrained`` export at the end of ``fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from kdlight.data.base import MODEL_INPUTS, load_tokenizer
+from kdlight.errors import KDLightError
+from kdlight.losses import label_loss
+from kdlight.metrics import build_metrics, headline
+from kdlight.models.hf import HF_CONFIGS_KEY
+
+
+def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def was_updated(collection) -> bool:
+    return any(metric.update_called for metric in collection.values())
+
+
+class KDLightTask(LightningModule):
+    """Base class of kdlight's LightningModules.
+
+    Args:
+        num_labels, metric, label_names, tokenizer: set by the datamodule through the CLI's links
+            (never typed in a config); give them yourself only when using the class from Python.
+        learning_rate, weight_decay, warmup_ratio: the default AdamW and linear warm-up/decay.
+        optimizer, lr_scheduler: replace the defaults from YAML (``class_path: torch.optim.SGD``).
+        export_dir: where ``save_pretrained`` writes the trained model at the end of fit; default
+            ``<log_dir>/export``.
+        export_best: export the best checkpoint's weights (by ``val/score``) rather than the last.
+    """
+
+    #: attribute name of the network that is evaluated, checkpointed for reuse and exported
+    export_prefix = "model"
+
+    def __init__(
+        self,
+        num_labels: int = 2,
+        metric: str = "accuracy",
+        label_names: list[str] | None = None,
+        tokenizer: str | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        export_dir: str | None = None,
+        export_best: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 <= warmup_ratio < 1:
+            raise KDLightError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.eval_metrics = nn.ModuleDict()
+        self.configure_models()
+        self.configure_losses()
+
+    # ----------------------------------------------------------------------------- hooks
+    def configure_models(self) -> None:
+        """Build the networks (teacher, student, generator ...)."""
+
+    def configure_losses(self) -> None:
+        """Build the loss modules."""
+
+    @property
+    def predictor(self) -> nn.Module:
+        """The network that is evaluated and exported."""
+        return getattr(self, self.export_prefix)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.predictor.parameters() if p.requires_grad]
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.predictor(**model_inputs(batch)).logits
+
+    # ---------------------------------------------------------------------------- metrics
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for eval_stage in ("val", "test"):
+            names = datamodule.eval_split_names(eval_stage) if hasattr(datamodule, "eval_split_names") else ["default"]
+            for i, split in enumerate(names or ["default"]):
+                key = self._metric_key(eval_stage, i)
+                if key not in self.eval_metrics:
+                    prefix = f"{eval_stage}/" if i == 0 else f"{eval_stage}_{split}/"
+                    self.eval_metrics[key] = build_metrics(self.hparams.metric, self.hparams.num_labels).clone(prefix=prefix)
+        tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None and getattr(datamodule, "tokenizer_name", None) else None
+        if tokenizer is not None:
+            self.check_tokenizer(tokenizer)
+
+    def check_tokenizer(self, tokenizer) -> None:
+        vocab = self.predictor.config.vocab_size
+        if len(tokenizer) > vocab:
+            raise KDLightError(
+                f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the model only {vocab} embeddings; "
+                "set data.init_args.tokenizer to the model's own tokenizer"
+            )
+
+    @staticmethod
+    def _metric_key(stage: str, dataloader_idx: int) -> str:
+        return f"{stage}_{dataloader_idx}"
+
+    def update_metrics(self, stage: str, logits: Tensor, labels: Tensor, dataloader_idx: int = 0, extra: str = "") -> None:
+        preds = logits.squeeze(-1).float() if self.hparams.num_labels == 1 else logits.argmax(-1)
+        self.eval_metrics[self._metric_key(stage, dataloader_idx) + extra].update(preds, labels)
+
+    def log_eval_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Compute (synced across ranks by torchmetrics), log and reset every split's metrics."""
+        logged = {}
+        score_name = headline(self.hparams.metric)
+        for key, collection in self.eval_metrics.items():
+            if not key.startswith(stage + "_") or not was_updated(collection):
+                continue
+            values = collection.compute()
+            collection.reset()
+            logged.update(values)
+            if key == self._metric_key(stage, 0):
+                logged[f"{stage}/score"] = values[f"{stage}/{score_name}"]
+        self.log_dict(logged, prog_bar=False, sync_dist=False, add_dataloader_idx=False)
+        return logged
+
+    # ------------------------------------------------------------------------ evaluation loop
+    def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> Tensor:
+        logits = self(batch)
+        self.update_metrics(stage, logits, batch["labels"], dataloader_idx)
+        loss = label_loss(logits, batch["labels"])
+        if dataloader_idx == 0:
+            self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(logits), sync_dist=True, add_dataloader_idx=False)
+        return logits
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("test", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_eval_metrics("test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        logits = self(batch)
+        preds = logits.squeeze(-1) if self.hparams.num_labels == 1 else logits.argmax(-1)
+        return {"idx": batch["idx"], "logits": logits, "prediction": preds}
+
+    # ------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params)
+        else:
+            decay = [p for p in params if p.ndim >= 2]  # no decay on biases and LayerNorm weights
+            no_decay = [p for p in params if p.ndim < 2]
+            optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=self.hparams.learning_rate,
+            )
+        if self.scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.linear_warmup(optimizer), "interval": "step"}}
+
+    def linear_warmup(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = int(total) if math.isfinite(total) and total > 0 else 1
+        warmup = int(total * self.hparams.warmup_ratio)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # ------------------------------------------------------------------- checkpoint and export
+    def exported_models(self) -> dict[str, nn.Module]:
+        """Networks whose HF config goes into the checkpoint, so it can be rebuilt offline."""
+        return {self.export_prefix: self.predictor}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[HF_CONFIGS_KEY] = {name: model.config.to_dict() for name, model in self.exported_models().items()}
+        checkpoint["kdlight_export_prefix"] = self.export_prefix
+
+    def export_path(self) -> Path:
+        if self.hparams.export_dir:
+            return Path(self.hparams.export_dir)
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(root) / "export"
+
+    def on_fit_end(self) -> None:
+        if self.trainer.fast_dev_run:
+            return
+        if self.hparams.export_best:
+            self._load_best_weights()
+        if self.trainer.is_global_zero:
+            self.export(self.export_path())
+
+    def _load_best_weights(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best or not Path(best).is_file():
+            return
+        state = torch.load(best, map_location=self.device, weights_only=False)["state_dict"]
+        prefix = self.export_prefix + "."
+        self.predictor.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        rank_zero_info(f"[kdlight] loaded the best weights ({Path(best).name}) for export")
+
+    def export(self, path: str | Path) -> Path:
+        """``save_pretrained`` the predictor and its tokenizer: usable without kdlight."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.predictor.save_pretrained(path)
+        if self.hparams.tokenizer:
+            load_tokenizer(self.hparams.tokenizer).save_pretrained(path)
+        if self.hparams.label_names:
+            (path / "label_names.json").write_text(json.dumps(self.hparams.label_names))
+        rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}")
+        return path

@@ -1,0 +1,33 @@
+"""TeacherFineTuning: fine-tune any Hugging Face sequence classifier on a labelled task."""
+
+from __future__ import annotations
+
+from kdlight.losses import label_loss
+from kdlight.models.hf import load_classifier
+from kdlight.modules.task import KDLightTask
+
+
+class TeacherFineTuning(KDLightTask):
+    """Supervised fine-tuning of ``AutoModelForSequenceClassification``.
+
+    Args:
+        model: hub name, local folder, ``packaged/all-MiniLM-L6-v2``, or a kdlight ``.ckpt``. A bare
+            encoder without a head (all-MiniLM-L6-v2 is one) gets a fresh classification head.
+        **kwargs: see :class:`KDLightTask` (optimiser, schedule, export).
+    """
+
+    export_prefix = "model"
+
+    def __init__(self, model: str = "bert-base-uncased", **kwargs) -> None:
+        self.model_name = model
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them
+        self.model = load_classifier(self.model_name, self.hparams.num_labels, self.hparams.label_names).train()
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch)
+        loss = label_loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss

@@ -1,0 +1,80 @@
+"""Fixtures: tiny random BERTs, a tiny tokenizer and small labelled files, all made on the spot."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = (
+    "good great fine superb lovely wonderful brilliant charming moving funny "
+    "bad awful dull boring poor terrible weak messy tedious bland "
+    "the a movie film plot story actor scene was is and but not very quite it this"
+).split()
+POSITIVE, NEGATIVE = WORDS[:10], WORDS[10:20]
+FILLER = WORDS[20:]
+
+
+def make_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_config(vocab_size: int, num_labels: int = 2, layers: int = 2, hidden: int = 32):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
+    )
+
+
+def sentence(label: int, rng: random.Random) -> str:
+    cue = rng.choice(POSITIVE if label == 1 else NEGATIVE)
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), cue)
+    return " ".join(words)
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    labels = [i % 2 for i in range(n)]
+    return [{"text": sentence(y, rng), "label": "positive" if y else "negative"} for y in labels]
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    """A tiny tokenizer, a bare tiny encoder, a 'fine-tuned' tiny teacher and sentiment CSVs."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("kdlight_assets")
+    tokenizer = make_tokenizer(root / "tokenizer")
+    encoder_dir, teacher_dir = root / "encoder", root / "teacher"
+    BertModel(tiny_config(len(tokenizer), layers=4)).save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    BertForSequenceClassification(tiny_config(len(tokenizer), layers=4)).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    data = root / "data"
+    write_csv(data / "train.csv", sentiment_rows(96, seed=1))
+    write_csv(data / "validation.csv", sentiment_rows(32, seed=2))
+    write_csv(data / "test.csv", sentiment_rows(32, seed=3))
+    return {"root": root, "tokenizer": root / "tokenizer", "encoder": encoder_dir, "teacher": teacher_dir, "data": data}
