@@ -20,7 +20,7 @@ from kdlight.losses import distillation_loss
 from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import StudentSpec, TruncatedTeacher, check_compatible
-from kdlight.modules.task import KDLightTask, model_inputs, was_updated
+from kdlight.modules.task import KDLightTask, model_inputs
 
 
 class BaseDistiller(KDLightTask):
@@ -88,15 +88,12 @@ class BaseDistiller(KDLightTask):
             self.update_metrics("test", self.teacher_logits(batch), batch["labels"], 0, extra="_teacher")
 
     def on_test_epoch_end(self) -> None:
-        logged = self.log_eval_metrics("test")
-        teacher = self.eval_metrics["test_0_teacher"]
-        if was_updated(teacher):
-            values = teacher.compute()
-            teacher.reset()
-            score = values[f"test/teacher_{headline(self.hparams.metric)}"]
-            extra = {**values, "test/teacher_score": score}
-            if "test/score" in logged and score != 0:
-                extra["test/pct_of_teacher"] = 100.0 * logged["test/score"] / score
+        logged = self.log_eval_metrics("test")  # includes the teacher's collection
+        teacher_score = logged.get(f"test/teacher_{headline(self.hparams.metric)}")
+        if teacher_score is not None:
+            extra = {"test/teacher_score": teacher_score}
+            if "test/score" in logged and teacher_score != 0:
+                extra["test/pct_of_teacher"] = 100.0 * logged["test/score"] / teacher_score
             self.log_dict(extra, add_dataloader_idx=False)
 
     # ----------------------------------------------------------------------- checkpoints
