@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 import kdlight.data  # noqa: F401  (registers datamodules for short class names)
 import kdlight.models  # noqa: F401  (registers student specs)
 import kdlight.modules  # noqa: F401  (registers LightningModules)
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.base import BaseDistiller
 
 # The model argument that names where the datamodule's tokenizer comes from, by module type.
@@ -83,13 +83,18 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> KDLightCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: bad input exits with one clear line instead of a traceback."""
+    """Console entry point: bad input exits with one clear line instead of a traceback.
+
+    Set ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
+    """
+    KDLightError.last = None
     try:
         cli(args)
-    except KDLightError as err:
-        if os.environ.get("KDLIGHT_TRACEBACK"):
+    except Exception as err:
+        user_error = user_error_in(err)
+        if user_error is None or os.environ.get("KDLIGHT_TRACEBACK"):
             raise
-        print(f"kdlight: error: {err}", file=sys.stderr)
+        print(f"kdlight: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+# Tests never touch the network: any hub lookup fails at once instead of hanging.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = (
     "good great fine superb lovely wonderful brilliant charming moving funny "
@@ -78,3 +84,33 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     write_csv(data / "validation.csv", sentiment_rows(32, seed=2))
     write_csv(data / "test.csv", sentiment_rows(32, seed=3))
     return {"root": root, "tokenizer": root / "tokenizer", "encoder": encoder_dir, "teacher": teacher_dir, "data": data}
+
+
+def data_args(assets, **overrides) -> list[str]:
+    """CLI arguments for the tiny sentiment task (TextClassificationDataModule)."""
+    d = assets["data"]
+    args = {
+        "--data": "TextClassificationDataModule",
+        "--data.train_file": d / "train.csv",
+        "--data.val_file": d / "validation.csv",
+        "--data.test_file": d / "test.csv",
+        "--data.batch_size": 16,
+        "--data.max_length": 32,
+    }
+    args.update(overrides)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def trainer_args(root, **overrides) -> list[str]:
+    args = {
+        "--trainer.accelerator": "cpu",
+        "--trainer.devices": 1,
+        "--trainer.default_root_dir": root,
+        "--trainer.enable_progress_bar": "false",
+        "--trainer.enable_model_summary": "false",
+        "--trainer.logger": "false",
+        "--trainer.log_every_n_steps": 1,
+        "--seed_everything": 0,
+    }
+    args.update(overrides)
+    return [f"{k}={v}" for k, v in args.items()]

@@ -114,11 +114,13 @@ class TextClassificationDataModule(LabelledTextDataModule):
             return {split: read_table(path) for split, path in self.files.items() if path is not None}
         table = read_table(self.data_file)
         table = table.add_column("__row", list(range(len(table))))
-        held_out = self.val_fraction + self.test_fraction
-        first = table.train_test_split(test_size=held_out, seed=self.split_seed, shuffle=True)
+        n_val, n_test = round(len(table) * self.val_fraction), round(len(table) * self.test_fraction)
+        if n_val < 1 or len(table) - n_val - n_test < 1:
+            raise KDLightError(f"{self.data_file!r} has {len(table)} rows: too few to split with val_fraction={self.val_fraction}")
+        first = table.train_test_split(test_size=n_val + n_test, seed=self.split_seed, shuffle=True)
         out = {"train": first["train"]}
-        if self.test_fraction > 0:
-            second = first["test"].train_test_split(test_size=self.test_fraction / held_out, seed=self.split_seed, shuffle=True)
+        if n_test > 0:
+            second = first["test"].train_test_split(test_size=n_test, seed=self.split_seed, shuffle=True)
             out["validation"], out["test"] = second["train"], second["test"]
         else:
             out["validation"] = first["test"]
