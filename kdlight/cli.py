@@ -99,3 +99,5 @@ def main(args: list[str] | None = None) -> None:
 
 
 __all__ = ["KDLightCLI", "cli", "main", "BaseDistiller"]
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ the optimiser, and never written into the student's checkpoint.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -21,6 +22,10 @@ from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import StudentSpec, TruncatedTeacher, check_compatible
 from kdlight.modules.task import KDLightTask, model_inputs
+
+
+# The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class BaseDistiller(KDLightTask):
