@@ -14,14 +14,23 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from pathlib import Path
+
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader
+
+from kdlight.assets import cache_dir
+from kdlight.data.base import Collator, LabelledTextDataModule
+from kdlight.errors import KDLightError
 
 from kdlight.losses import distillation_loss
 from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import StudentSpec, TruncatedTeacher, check_compatible
 from kdlight.modules.task import KDLightTask, model_inputs
+from kdlight.teacher_cache import TeacherLogitCache
 
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module.
@@ -35,14 +44,27 @@ class BaseDistiller(KDLightTask):
         student: how to build the student (``TruncatedTeacher``, ``FreshStudent``,
             ``PretrainedStudent``); default: the teacher cut to 2 layers.
         temperature: softmax temperature of the KD term.
+        cache_teacher_logits: compute the teacher's logits on the training set once (first fit
+            start) and look them up by example ``idx`` afterwards; reused across runs, invalidated
+            when the teacher or the tokenised data change. Only for fixed student inputs.
+        teacher_cache_dir: where the cache lives (default ``<kdlight cache>/teacher_logits``).
         **kwargs: see :class:`KDLightTask`.
     """
 
     export_prefix = "student"
 
-    def __init__(self, teacher: str, student: StudentSpec | None = None, temperature: float = 1.0, **kwargs) -> None:
+    def __init__(
+        self,
+        teacher: str,
+        student: StudentSpec | None = None,
+        temperature: float = 1.0,
+        cache_teacher_logits: bool = False,
+        teacher_cache_dir: str | None = None,
+        **kwargs,
+    ) -> None:
         self.teacher_source = teacher
         self.student_spec = student or TruncatedTeacher(num_layers=2)
+        self.teacher_cache: TeacherLogitCache | None = None
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------------------- models
@@ -64,7 +86,35 @@ class BaseDistiller(KDLightTask):
     # ------------------------------------------------------------------------------ forward
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.teacher_cache is not None and self._trainer is not None and self.trainer.training:
+            cached = self.teacher_cache.lookup(batch["idx"])
+            if cached is not None:
+                return cached
         return self.teacher(**model_inputs(batch)).logits
+
+    def on_fit_start(self) -> None:
+        if self.hparams.cache_teacher_logits and self.teacher_cache is None:
+            self.teacher_cache = self._load_teacher_cache()
+
+    def _load_teacher_cache(self) -> TeacherLogitCache:
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, LabelledTextDataModule) or datamodule.train_split not in datamodule.splits:
+            raise KDLightError(
+                "cache_teacher_logits needs a fixed, labelled training set (a LabelledTextDataModule); "
+                "turn it off for generated or streamed inputs"
+            )
+        dataset = datamodule.splits[datamodule.train_split]
+        loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0))
+        root = Path(self.hparams.teacher_cache_dir) if self.hparams.teacher_cache_dir else cache_dir() / "teacher_logits"
+        strategy = self.trainer.strategy
+        cache = None
+        if strategy.is_global_zero:  # one rank computes; the others read what it wrote
+            cache, folder, computed = TeacherLogitCache.load_or_compute(self.teacher, dataset, loader, self.device, root)
+            rank_zero_info(f"[kdlight] teacher logits {'computed into' if computed else 'loaded from'} {folder}")
+        strategy.barrier("teacher_cache")
+        if cache is None:
+            cache, _, _ = TeacherLogitCache.load_or_compute(self.teacher, dataset, loader, self.device, root, compute=False)
+        return cache.to(self.device)
 
     def student_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).logits
