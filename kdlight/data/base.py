@@ -11,13 +11,14 @@ loads and ``map`` calls on every rank, which are then cache hits for file-backed
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import Any
 
 import datasets
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from kdlight.assets import resolve_model_path
 from kdlight.errors import KDLightError
@@ -71,6 +72,8 @@ class LabelledTextDataModule(LightningDataModule):
         num_workers: dataloader worker processes.
         max_train_examples: keep only the first N training examples (after any shuffling the
             subclass does); for quick runs and studies. ``None`` keeps all.
+        shuffle: shuffle the training set each epoch (seeded by ``seed_everything``; under DDP the
+            distributed sampler shuffles with the same seed on every rank).
     """
 
     #: split names used for each stage; subclasses override
@@ -87,6 +90,7 @@ class LabelledTextDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         max_train_examples: int | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         if max_length < 8:
@@ -97,6 +101,7 @@ class LabelledTextDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.max_train_examples = max_train_examples
+        self.shuffle = shuffle
         self.splits: dict[str, datasets.Dataset] = {}
 
     # ----------------------------------------------------------------- what a subclass provides
@@ -170,7 +175,19 @@ class LabelledTextDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_split, shuffle=True, batch_size=self.batch_size)
+        loader = self._loader(self.train_split, shuffle=self.shuffle, batch_size=self.batch_size)
+        trainer = self.trainer
+        if trainer is None:
+            return loader
+        # The same seeded epoch permutation on 1 process as on N: rank r of N takes every N-th
+        # example of it, so one step of N x batch_size sees exactly the examples that one step of
+        # a single process with N times the batch sees (Lightning's own DDP sampler, seed included).
+        sampler = DistributedSampler(
+            loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=self.shuffle,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        return DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=loader.collate_fn, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         loaders = [self._loader(s, False, self.eval_batch_size) for s in self.val_splits]
