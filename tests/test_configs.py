@@ -6,7 +6,10 @@ import pytest
 
 from kdlight.cli import KDLightCLI
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "scale")
+# trainer-only add-ons, parsed on top of a full recipe as a user would pass them
+SCALE = sorted((ROOT / "scale").glob("*.yaml"))
 
 
 class ParseOnly(KDLightCLI):
@@ -29,3 +32,24 @@ def test_config_parses(config):
     cli = ParseOnly(subclass_mode_model=True, subclass_mode_data=True, args=["--config", str(config)], run=False)
     assert cli.config["model"]["class_path"].startswith("kdlight.")
     assert cli.config["data"]["class_path"].startswith("kdlight.")
+
+
+@pytest.mark.parametrize("addon", SCALE, ids=lambda p: p.name)
+def test_scale_addons_parse_on_top_of_a_recipe(addon):
+    recipe = ROOT / "glue" / "sst2" / "kd.yaml"
+    cli = ParseOnly(subclass_mode_model=True, subclass_mode_data=True, args=["--config", str(recipe), "--config", str(addon)], run=False)
+    assert cli.config["trainer"]["precision"] == "bf16-mixed"
+    assert cli.config["model"]["class_path"] == "kdlight.modules.VanillaKD"
+
+
+def test_layerwise_fsdp_instantiates_on_cpu():
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from kdlight.errors import KDLightError
+    from kdlight.strategies import LayerWiseFSDP
+
+    strategy = LayerWiseFSDP(layer_classes=["transformers.models.bert.modeling_bert.BertLayer"])
+    assert strategy.layer_classes == {BertLayer}
+    assert strategy.kwargs["use_orig_params"] is True
+    with pytest.raises(KDLightError, match="cannot import layer class"):
+        LayerWiseFSDP(layer_classes=["transformers.NoSuchLayer"])
