@@ -117,3 +117,15 @@ def test_bad_input_exits_with_one_clear_line(assets, fine_tuned, tmp_path, capsy
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("kdlight: error: ") and __import__("re").search(message, err[-1])
+
+
+def test_predict_writes_labelled_predictions(assets, fine_tuned, tmp_path):
+    out = tmp_path / "preds.csv"
+    main(["predict", "--model=TeacherFineTuning", f"--model.model={fine_tuned / 'export'}", *data_args(assets),
+          *trainer_args(tmp_path), f"--predictions.output_file={out}"])
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 32 and sorted(int(r["idx"]) for r in rows) == list(range(32))
+    assert {r["label"] for r in rows} <= {"negative", "positive"}
+    assert all(r["label"] == ["negative", "positive"][int(r["prediction"])] for r in rows)

@@ -103,9 +103,8 @@ class KDLightTask(LightningModule):
                 if key not in self.eval_metrics:
                     prefix = f"{eval_stage}/" if i == 0 else f"{eval_stage}_{split}/"
                     self.eval_metrics[key] = build_metrics(self.hparams.metric, self.hparams.num_labels).clone(prefix=prefix)
-        tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None and getattr(datamodule, "tokenizer_name", None) else None
-        if tokenizer is not None:
-            self.check_tokenizer(tokenizer)
+        if getattr(datamodule, "tokenizer_name", None):
+            self.check_tokenizer(datamodule.tokenizer)
 
     def check_tokenizer(self, tokenizer) -> None:
         vocab = self.predictor.config.vocab_size
