@@ -70,3 +70,21 @@ def test_local_parquet_in_hub_column_names_and_missing_split(assets, tmp_path):
     assert list(train["labels"]) == [2.5, 4.0] and list(train["idx"]) == [7, 9]
     with pytest.raises(KDLightError, match="no file for split 'validation'"):
         dm.tokenize_split("validation")
+
+
+def test_glue_folder_through_the_cli(assets, tmp_path, capsys):
+    import random
+
+    from conftest import sentence, trainer_args
+    from kdlight.cli import main
+
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    rng = random.Random(0)
+    rows = [["sentence", "label"]] + [[sentence(i % 2, rng), str(i % 2)] for i in range(40)]
+    write(sst2 / "train.tsv", rows)
+    write(sst2 / "dev.tsv", rows[:17])
+    main(["validate", "--model=TeacherFineTuning", f"--model.model={assets['teacher']}", "--data=GLUEDataModule",
+          "--data.task=sst2", f"--data.source={sst2}", "--data.batch_size=8", *trainer_args(tmp_path)])
+    out = capsys.readouterr().out
+    assert "val/accuracy" in out and "val/score" in out
