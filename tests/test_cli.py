@@ -129,3 +129,17 @@ def test_predict_writes_labelled_predictions(assets, fine_tuned, tmp_path):
     assert len(rows) == 32 and sorted(int(r["idx"]) for r in rows) == list(range(32))
     assert {r["label"] for r in rows} <= {"negative", "positive"}
     assert all(r["label"] == ["negative", "positive"][int(r["prediction"])] for r in rows)
+
+
+def test_optimizer_and_scheduler_from_config(assets, fine_tuned, tmp_path):
+    from kdlight.cli import cli
+
+    runner = cli(["--model=VanillaKD", f"--model.teacher={fine_tuned / 'export'}", "--model.optimizer=torch.optim.SGD",
+                  "--model.optimizer.lr=0.1", "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR",
+                  "--model.lr_scheduler.step_size=2", *data_args(assets), *trainer_args(tmp_path)], run=False)
+    config = runner.model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 2
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in runner.model.student.parameters()}  # the teacher is never optimised
