@@ -12,3 +12,6 @@ __all__ = [
     "TextClassificationDataModule",
     "load_tokenizer",
 ]
+from kdlight.data.noisy import NoisyLabelDataModule  # noqa: E402
+
+__all__ += ["NoisyLabelDataModule"]

@@ -6,3 +6,6 @@ from kdlight.modules.teacher import TeacherFineTuning
 from kdlight.modules.vanilla import VanillaKD
 
 __all__ = ["BaseDistiller", "KDLightTask", "TeacherFineTuning", "VanillaKD"]
+from kdlight.modules.alm import AdaptiveLossMixingKD, MultiTeacherALMKD  # noqa: E402
+
+__all__ += ["AdaptiveLossMixingKD", "MultiTeacherALMKD"]

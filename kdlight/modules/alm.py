@@ -1,0 +1,388 @@
+"""ALM-KD: knowledge distillation with noisy labels via adaptive (meta-learned) loss mixing.
+
+Sivasubramanian, Shenoy, Prathosh AP, Ramakrishnan, "ALM-KD: Knowledge Distillation with noisy labels
+via adaptive loss mixing" (arXiv 2202.03250); official code durgas16/AMAL
+(``KD/LearnMultiLambdaMeta.py``; early versions ``getLambda/LearnLambdaMeta.py``).
+
+Per example ``i``: ``loss_i = (1 - lambda_i) * CE_i + lambda_i * T^2 * KL(teacher_T || student_T)_i``;
+with ``K`` teachers a softmax over CE and the K KD terms. The weights are meta-learned on a clean
+validation split: a one-step look-ahead of the student's update (SGD, step size = the current
+learning rate) is scored by CE on a clean batch, and that score's gradient updates the weights of
+the examples in the batch. The student is then updated with the new (detached) weights.
+
+Where this follows the **code**: a weight table indexed by the example's stable ``idx``, initialised
+at 0.9, T = 4; the look-ahead restricted to the last layer (the classification head) by default;
+convex weights (we parametrise them by a sigmoid/softmax of a logit table, the early code clamps to
+[0, 1] instead). Where it follows the **paper**: per-example convex mixing meta-learned with a
+one-step look-ahead on clean data, optionally through all parameters (``lookahead="all"``), and
+the multi-teacher softmax. Our own additions: the Meta-Weight-Net style ``MixingNetwork`` option,
+and ``normalize_meta_grad`` (the raw meta-gradient of a table row scales with the student's learning
+rate, ~1e-4 for transformers, so the table barely moves with a plain SGD meta step; we divide the
+batch's meta-gradient by its mean absolute value, a per-batch step-size normalisation that keeps
+its direction).
+
+Under DDP the weights are replicated on every rank (outside DDP's gradient buckets); each rank's
+meta-gradient is summed across ranks before the meta step, so the copies stay identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from kdlight.errors import KDLightError
+from kdlight.losses import KLDivergence
+from kdlight.models.hf import load_classifier
+from kdlight.models.mixer import (
+    LambdaTable,
+    MixingNetwork,
+    last_linear_name,
+    lookahead_loss,
+    mixed_loss,
+    mixer_features,
+)
+from kdlight.models.students import check_compatible
+from kdlight.modules.base import BaseDistiller
+from kdlight.modules.task import model_inputs
+
+MIXERS = ("table", "network")
+LOOKAHEADS = ("last_layer", "all")
+MIXER_KEY = "kdlight_alm_mixer"
+
+
+class AdaptiveLossMixingKD(BaseDistiller):
+    """ALM-KD with a per-example weight table (or a mixing network), meta-learned on clean data.
+
+    Needs a datamodule that provides clean batches: :class:`~kdlight.data.noisy.NoisyLabelDataModule`
+    (``clean_val_batches()``); training batches must carry ``idx``.
+
+    Args:
+        teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
+        mixer: ``table`` (one weight per training example, the official code) or ``network``
+            (a small MLP on per-example losses and teacher/student confidences).
+        init_lambda: initial weight of the KD term(s) (0.9 in the official code).
+        lookahead: ``last_layer`` (the classification head only, default) or ``all`` parameters.
+        lookahead_lr: step size of the look-ahead; default the student's current learning rate.
+        meta_every: run the meta step every ``meta_every`` training steps ...
+        meta_interval: ... counted in ``step`` s or ``epoch`` s (then on every step of every
+            ``meta_every``-th epoch);
+        meta_warmup: ... from this step (``meta_interval=step``) or epoch (``epoch``) on.
+        meta_steps: inner meta updates per meta step (each with a fresh clean batch).
+        meta_optimizer: optimiser of the weights; default SGD(lr=meta_learning_rate) for the table,
+            Adam(lr=meta_learning_rate) for the network.
+        meta_learning_rate: see ``meta_optimizer``.
+        normalize_meta_grad: divide the table's meta-gradient by its mean absolute value over the
+            batch (see the module docstring). Ignored for the network.
+        num_examples: rows of the table; default ``max idx + 1`` of the training split at fit start
+            (restored from checkpoints automatically).
+        mixer_hidden: hidden width of the mixing network.
+        temperature: KD temperature (T = 4 in the paper's code).
+        **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule, teacher-logit cache ...).
+    """
+
+    def __init__(
+        self,
+        teacher: str,
+        mixer: str = "table",
+        init_lambda: float = 0.9,
+        lookahead: str = "last_layer",
+        lookahead_lr: float | None = None,
+        meta_every: int = 1,
+        meta_interval: str = "step",
+        meta_warmup: int = 0,
+        meta_steps: int = 1,
+        meta_optimizer: OptimizerCallable | None = None,
+        meta_learning_rate: float = 0.5,
+        normalize_meta_grad: bool = True,
+        num_examples: int | None = None,
+        mixer_hidden: int = 32,
+        temperature: float = 4.0,
+        **kwargs,
+    ) -> None:
+        if mixer not in MIXERS:
+            raise KDLightError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        if lookahead not in LOOKAHEADS:
+            raise KDLightError(f"lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
+        if meta_interval not in ("step", "epoch"):
+            raise KDLightError(f"meta_interval must be 'step' or 'epoch', got {meta_interval!r}")
+        if meta_every < 1 or meta_steps < 0 or meta_warmup < 0:
+            raise KDLightError("meta_every must be >= 1, meta_steps and meta_warmup >= 0")
+        if not 0 < init_lambda < 1:
+            raise KDLightError(f"init_lambda must be in (0, 1), got {init_lambda}")
+        self.meta_optimizer_factory = meta_optimizer
+        self._mixer_module: nn.Module | None = None
+        self._clean_batches = None
+        super().__init__(teacher, temperature=temperature, **kwargs)
+        self.hparams.pop("meta_optimizer", None)
+        self.automatic_optimization = False
+
+    # --------------------------------------------------------------------------- teachers
+    @property
+    def num_teachers(self) -> int:
+        return 1 + len(self.extra_teacher_list())
+
+    def extra_teacher_list(self) -> list[nn.Module]:
+        return list(self.extra_teachers) if hasattr(self, "extra_teachers") else []
+
+    def configure_losses(self) -> None:
+        if self.hparams.num_labels < 2:
+            raise KDLightError("AdaptiveLossMixingKD needs a classification head (num_labels >= 2)")
+        self.kd_loss = KLDivergence(self.hparams.temperature, reduction="none")
+
+    def all_teacher_logits(self, batch: dict[str, Tensor]) -> list[Tensor]:
+        logits = [self.teacher_logits(batch)]
+        with torch.no_grad():
+            logits += [t(**model_inputs(batch)).logits for t in self.extra_teacher_list()]
+        return logits
+
+    # ------------------------------------------------------------------------------ mixer
+    @property
+    def mixer(self) -> nn.Module:
+        """The lambda table or mixing network. Kept outside the registered submodules on purpose
+        (so DDP never buckets it); moved with the module and saved in checkpoints by hand."""
+        if self._mixer_module is None:
+            raise KDLightError("the mixing weights are built at fit start (or from a checkpoint); call trainer.fit first")
+        return self._mixer_module
+
+    def build_mixer(self, num_examples: int | None) -> nn.Module:
+        hp = self.hparams
+        if hp.mixer == "network":
+            mixer = MixingNetwork(self.num_teachers, hp.mixer_hidden, hp.init_lambda)
+        else:
+            if not num_examples:
+                raise KDLightError("the lambda table needs num_examples (or a NoisyLabelDataModule to count them)")
+            mixer = LambdaTable(num_examples, self.num_teachers, hp.init_lambda)
+        self.__dict__["_mixer_module"] = mixer.to(self.device)  # not a registered submodule (see ``mixer``)
+        return mixer
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("_mixer_module") is not None:
+            self._mixer_module._apply(fn)
+        return self
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self._mixer_module is None:
+            num = self.hparams.num_examples
+            datamodule = self.trainer.datamodule
+            if num is None and self.hparams.mixer == "table":
+                if not hasattr(datamodule, "max_train_idx"):
+                    raise KDLightError("AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and example ids), or set num_examples")
+                num = datamodule.max_train_idx + 1
+            self.build_mixer(num)
+        if stage == "fit" and not hasattr(self.trainer.datamodule, "clean_val_batches"):
+            raise KDLightError("AdaptiveLossMixingKD meta-learns on clean data: wrap the datamodule in NoisyLabelDataModule")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("extra_teachers.")}
+        if self._mixer_module is not None:
+            checkpoint[MIXER_KEY] = {"state_dict": {k: v.detach().cpu() for k, v in self._mixer_module.state_dict().items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        for i, t in enumerate(self.extra_teacher_list()):
+            checkpoint["state_dict"].update({f"extra_teachers.{i}.{k}": v for k, v in t.state_dict().items()})
+        saved = checkpoint.get(MIXER_KEY)
+        if saved is not None:
+            state = saved["state_dict"]
+            if self._mixer_module is None:
+                self.build_mixer(state["logits"].shape[0] if "logits" in state else None)
+            self._mixer_module.load_state_dict(state)
+
+    # ------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        student = super().configure_optimizers()
+        if self._mixer_module is None:  # called outside fit (e.g. by tests): build from hparams
+            self.build_mixer(self.hparams.num_examples)
+        params = list(self.mixer.parameters())
+        if self.meta_optimizer_factory is not None:
+            meta = self.meta_optimizer_factory(params)
+        elif self.hparams.mixer == "network":
+            meta = torch.optim.Adam(params, lr=self.hparams.meta_learning_rate)
+        else:
+            meta = torch.optim.SGD(params, lr=self.hparams.meta_learning_rate)
+        return [student["optimizer"], meta], [student["lr_scheduler"]]
+
+    def meta_due(self) -> bool:
+        hp = self.hparams
+        if hp.meta_steps == 0:
+            return False
+        if hp.meta_interval == "step":
+            step = self.global_step
+            return step >= hp.meta_warmup and (step - hp.meta_warmup) % hp.meta_every == 0
+        epoch = self.current_epoch
+        return epoch >= hp.meta_warmup and (epoch - hp.meta_warmup) % hp.meta_every == 0
+
+    def next_clean_batch(self) -> dict[str, Tensor]:
+        if self._clean_batches is None:
+            self._clean_batches = self.trainer.datamodule.clean_val_batches()
+        batch = next(self._clean_batches)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._clean_batches = None
+        self._flip_stats = torch.zeros(4, device=self.device)  # sum lambda flipped, n flipped, sum clean, n clean
+
+    # --------------------------------------------------------------------------------- step
+    def per_example_losses(self, student_logits: Tensor, teacher_logits: list[Tensor], labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        ce = F.cross_entropy(student_logits.float(), labels.long(), reduction="none")
+        kd = [self.kd_loss(student_logits, t) for t in teacher_logits]
+        return ce, kd
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        student_opt, meta_opt = self.optimizers()
+        scheduler = self.lr_schedulers()
+        labels, idx = batch["labels"], batch["idx"]
+        teacher_logits = self.all_teacher_logits(batch)
+
+        head_name = last_linear_name(self.student, self.hparams.num_labels)
+        head = self.student.get_submodule(head_name)
+        captured: dict[str, Tensor] = {}
+        hook = head.register_forward_hook(lambda m, inputs, out: captured.__setitem__("x", inputs[0]))
+        try:
+            student_logits = self.student_logits(batch)
+        finally:
+            hook.remove()
+
+        meta_loss = None
+        if self.meta_due():
+            for _ in range(self.hparams.meta_steps):
+                meta_loss = self.meta_step(meta_opt, student_opt, batch, captured["x"].detach(), head, head_name,
+                                           student_logits.detach(), teacher_logits)
+
+        ce, kd = self.per_example_losses(student_logits, teacher_logits, labels)
+        with torch.no_grad():
+            features = mixer_features(ce, kd, student_logits, teacher_logits, labels) if self.hparams.mixer == "network" else None
+            weights = self.mixer(idx, features).detach()
+        loss = mixed_loss(weights, ce, kd)
+        student_opt.zero_grad()
+        self.manual_backward(loss)
+        student_opt.step()
+        scheduler.step()
+
+        self._log_step(loss, ce, kd, weights, batch, meta_loss)
+        return loss.detach()
+
+    def meta_step(self, meta_opt, student_opt, batch, features_x, head, head_name, student_logits, teacher_logits) -> Tensor:
+        """One meta update of the mixing weights from a look-ahead scored on a clean batch."""
+        hp = self.hparams
+        labels, idx = batch["labels"], batch["idx"]
+        clean = self.next_clean_batch()
+        lr = hp.lookahead_lr if hp.lookahead_lr is not None else student_opt.param_groups[0]["lr"]
+        mix_params = list(self.mixer.parameters())
+        features = None
+        if hp.mixer == "network":
+            ce0, kd0 = self.per_example_losses(student_logits, teacher_logits, labels)
+            features = mixer_features(ce0, kd0, student_logits, teacher_logits, labels)
+        weights = self.mixer(idx, features)
+
+        def inner_loss(train_logits: Tensor) -> Tensor:
+            ce, kd = self.per_example_losses(train_logits, teacher_logits, labels)
+            return mixed_loss(weights, ce, kd)
+
+        if hp.lookahead == "last_layer":
+            with torch.no_grad():  # the clean batch's head input under the current (fixed) body
+                captured: dict[str, Tensor] = {}
+                hook = head.register_forward_hook(lambda m, inputs, out: captured.__setitem__("x", inputs[0]))
+                try:
+                    self.student(**model_inputs(clean))
+                finally:
+                    hook.remove()
+            params = {k: v for k, v in head.named_parameters()}
+            score = lookahead_loss(head, params, {"input": features_x}, {"input": captured["x"]}, clean["labels"], inner_loss, lr)
+        else:
+            params = {k: v for k, v in self.student.named_parameters() if v.requires_grad}
+            score = lookahead_loss(self.student, params, model_inputs(batch), model_inputs(clean), clean["labels"],
+                                   inner_loss, lr, logits_of=lambda out: out.logits)
+        grads = torch.autograd.grad(score, mix_params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(mix_params, grads)]
+        if self.trainer.world_size > 1:
+            grads = [self.trainer.strategy.reduce(g, reduce_op="sum") for g in grads]
+        if hp.mixer == "table" and hp.normalize_meta_grad:
+            rows = grads[0][idx]
+            scale = rows.abs().mean().clamp_min(1e-12)
+            grads[0] = grads[0] / scale
+        meta_opt.zero_grad()
+        for p, g in zip(mix_params, grads):
+            p.grad = g.detach()
+        meta_opt.step()
+        return score.detach()
+
+    def _log_step(self, loss, ce, kd, weights, batch, meta_loss) -> None:
+        n = len(ce)
+        lam = 1 - weights[:, 0]  # total weight on the teacher terms
+        parts = {"train/loss": loss.detach(), "train/ce": ce.detach().mean(), "train/kd": torch.stack(kd).detach().mean(),
+                 "train/lambda_mean": lam.mean(), "train/lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device)}
+        if meta_loss is not None:
+            parts["train/meta_loss"] = meta_loss
+        if "is_flipped" in batch:
+            flipped = batch["is_flipped"].bool()
+            self._flip_stats += torch.stack([lam[flipped].sum(), flipped.sum().float(), lam[~flipped].sum(), (~flipped).sum().float()])
+        self.log_dict(parts, batch_size=n)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=n)
+
+    def on_train_epoch_end(self) -> None:
+        stats = self._flip_stats
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        out = {}
+        if stats[1] > 0:
+            out["train/lambda_flipped"] = stats[0] / stats[1]
+        if stats[3] > 0:
+            out["train/lambda_clean"] = stats[2] / stats[3]
+        if out:
+            self.log_dict(out, sync_dist=False)
+        self.last_flip_stats = {k.split("/")[1]: float(v) for k, v in out.items()}
+        self._flip_stats = torch.zeros(4, device=self.device)
+
+    # ------------------------------------------------------------------------------ analysis
+    @torch.no_grad()
+    def table_lambdas(self) -> Tensor:
+        """Current teacher weight of every table row (``1 - w_CE``), for analysis."""
+        if not isinstance(self.mixer, LambdaTable):
+            raise KDLightError("table_lambdas needs mixer='table'")
+        return 1 - self.mixer(torch.arange(self.mixer.num_examples, device=self.device))[:, 0]
+
+
+class MultiTeacherALMKD(AdaptiveLossMixingKD):
+    """ALM-KD with K teachers: per-example softmax weights over CE and the K KD terms (the paper's
+    multi-teacher setting). ``teachers[0]`` is the base teacher (logit cache, test score); the
+    others are frozen, kept out of checkpoints and reloaded from their sources.
+
+    Args:
+        teachers: two or more fine-tuned teachers with the student's label set and tokenizer
+            (set ``data.init_args.tokenizer`` in the recipe).
+        teacher: leave empty (it is ``teachers[0]``).
+        **kwargs: see :class:`AdaptiveLossMixingKD`.
+    """
+
+    def __init__(self, teachers: list[str], teacher: str | None = None, **kwargs) -> None:
+        if len(teachers) < 2:
+            raise KDLightError(f"MultiTeacherALMKD needs two or more teachers, got {len(teachers)}; use AdaptiveLossMixingKD for one")
+        if teacher is not None and teacher != teachers[0]:
+            raise KDLightError("MultiTeacherALMKD: leave teacher empty (teachers[0] is the base teacher)")
+        self.extra_teacher_sources = list(teachers[1:])
+        super().__init__(teachers[0], **kwargs)
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        hp = self.hparams
+        extra = []
+        for source in self.extra_teacher_sources:
+            model = load_classifier(source, hp.num_labels, hp.label_names, require_head=True).eval().requires_grad_(False)
+            check_compatible(model, self.student)
+            extra.append(model)
+        self.extra_teachers = nn.ModuleList(extra)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if hasattr(self, "extra_teachers"):
+            self.extra_teachers.eval()
+        return self
