@@ -1,0 +1,123 @@
+"""NoisyLabelDataModule: realised noise, clean carve before corruption, untouched test labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
+from kdlight.data.noisy import CLEAN_VAL_SPLIT, corrupt_labels, transition_matrix
+from kdlight.errors import KDLightError
+
+
+def inner(assets, **kw):
+    d = assets["data"]
+    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
+                                        test_file=str(d / "test.csv"), **kw)
+
+
+def noisy(assets, **kw):
+    args = dict(noise_type="symmetric", noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["tokenizer"]),
+                max_length=32, batch_size=8)
+    args.update(kw)
+    return NoisyLabelDataModule(inner(assets), **args)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4, 0.6])
+def test_symmetric_rate_realised_and_to_other_class(rate):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=1000)
+    out = corrupt_labels(labels, 3, "symmetric", rate, seed=1)
+    assert abs((out != labels).mean() - rate) < 0.002
+    assert out.min() >= 0 and out.max() < 3
+    # the transition matrix is near-uniform off the diagonal
+    t = np.array(transition_matrix(labels, out, 3))
+    assert np.allclose(t.sum(1), 1)
+    assert np.allclose(np.diag(t), 1 - rate, atol=0.06)
+
+
+def test_asymmetric_flips_follow_the_mapping():
+    labels = np.repeat(np.arange(3), 200)
+    out = corrupt_labels(labels, 3, "asymmetric", 0.4, seed=0, mapping={0: 2})
+    assert ((labels == 0) & (out == 2)).sum() == 80          # exactly 40% of class 0, all to class 2
+    assert (out[labels != 0] == labels[labels != 0]).all()   # other classes untouched
+    default = corrupt_labels(labels, 3, "asymmetric", 0.4, seed=0)
+    changed = default != labels
+    assert (default[changed] == (labels[changed] + 1) % 3).all() and changed.mean() == pytest.approx(0.4)
+
+
+def test_instance_noise_prefers_high_scores():
+    labels = np.zeros(1000, dtype=int)
+    scores = np.r_[np.full(500, 0.01), np.full(500, 1.0)]
+    out = corrupt_labels(labels, 2, "instance", 0.2, seed=0, scores=scores)
+    flipped = out != labels
+    assert flipped.sum() == 200 and flipped[500:].sum() > 5 * flipped[:500].sum()
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
+def test_bad_rate_is_a_clear_error(assets, rate):
+    with pytest.raises(KDLightError, match="noise_rate must be in"):
+        noisy(assets, noise_rate=rate)
+
+
+def test_bad_noise_type_and_instance_without_reference(assets):
+    with pytest.raises(KDLightError, match="unknown noise_type"):
+        noisy(assets, noise_type="pairflip")
+    with pytest.raises(KDLightError, match="reference_model"):
+        noisy(assets, noise_type="instance")
+
+
+def test_carve_before_noise_test_untouched_and_reproducible(assets):
+    dm = noisy(assets)
+    dm.setup("fit")
+    dm.setup("test")
+    train, clean = dm.splits["train"], dm.splits[CLEAN_VAL_SPLIT]
+    assert len(clean) == 16 and len(train) == 96 - 16
+    assert not set(train["idx"]) & set(clean["idx"])
+    original = inner(assets)
+    source = {i: y for i, y in zip(original.load_split("train")["idx"], original.load_split("train")["labels"])}
+    # the clean split keeps the original labels; the noisy split's clean_labels are the originals
+    assert all(source[i] == y for i, y in zip(clean["idx"], clean["labels"]))
+    assert all(source[i] == y for i, y in zip(train["idx"], train["clean_labels"]))
+    flipped = np.array(train["labels"]) != np.array(train["clean_labels"])
+    assert (flipped == np.array(train["is_flipped"], dtype=bool)).all()
+    assert flipped.mean() == pytest.approx(0.4, abs=0.01)
+    assert dm.noise_report["realised_rate"] == pytest.approx(flipped.mean())
+    assert sorted(dm.noise_report["flipped_idx"]) == sorted(np.array(train["idx"])[flipped].tolist())
+    # test labels untouched
+    assert dm.splits["test"]["labels"] == original.load_split("test")["labels"]
+    # seeded: the same seed gives the same flips, another seed others
+    again = noisy(assets)
+    assert again.noise_report is None
+    again.setup("fit")
+    assert again.noise_report["flipped_idx"] == dm.noise_report["flipped_idx"]
+    other = noisy(assets, seed=1)
+    other.setup("fit")
+    assert other.noise_report["flipped_idx"] != dm.noise_report["flipped_idx"]
+
+
+def test_batches_carry_flags_and_clean_batches_cycle(assets):
+    dm = noisy(assets, clean_val_size=0.25, meta_batch_size=5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert {"labels", "is_flipped", "clean_labels", "idx", "input_ids"} <= set(batch)
+    clean = dm.clean_val_batches()
+    seen = [next(clean) for _ in range(10)]  # 24 clean examples: the iterator wraps around
+    assert all(len(b["labels"]) <= 5 for b in seen)
+    assert "is_flipped" not in seen[0]
+    assert dm.max_train_idx == max(dm.splits["train"]["idx"])
+
+
+def test_asymmetric_map_by_label_names_and_instance_noise(assets):
+    dm = noisy(assets, noise_type="asymmetric", asymmetric_map={"positive": "negative"}, noise_rate=0.5)
+    dm.setup("fit")
+    train = dm.splits["train"]
+    pos, neg = dm.label_names.index("positive"), dm.label_names.index("negative")
+    clean_labels, labels = np.array(train["clean_labels"]), np.array(train["labels"])
+    assert (labels[clean_labels == neg] == neg).all()
+    assert (labels[clean_labels == pos] == neg).mean() == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(KDLightError, match="not a label"):
+        noisy(assets, noise_type="asymmetric", asymmetric_map={"happy": "negative"})
+    inst = noisy(assets, noise_type="instance", reference_model=str(assets["teacher"]), noise_rate=0.3)
+    inst.setup("fit")
+    assert inst.noise_report["realised_rate"] == pytest.approx(0.3, abs=0.02)
