@@ -1,0 +1,221 @@
+"""ALM-KD: convex weights, the look-ahead meta-gradient, checkpoints, multi-teacher, recipes end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning import Trainer, seed_everything
+from torch import nn
+
+from kdlight.cli import cli
+from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
+from kdlight.errors import KDLightError
+from kdlight.models.mixer import LambdaTable, MixingNetwork, feature_size, lookahead_loss, mixed_loss
+from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
+from kdlight.modules.alm import MIXER_KEY
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "noisy"
+
+
+def test_table_and_network_weights_are_convex():
+    table = LambdaTable(10, 1, init_lambda=0.9)
+    w = table(torch.tensor([0, 3, 9]))
+    assert w.shape == (3, 2) and torch.allclose(w[:, 1], torch.tensor(0.9)) and torch.allclose(w.sum(-1), torch.ones(3))
+    multi = LambdaTable(10, 3, init_lambda=0.9)
+    w = multi(torch.arange(4))
+    assert w.shape == (4, 4) and torch.allclose(w.sum(-1), torch.ones(4)) and torch.allclose(w[:, 0], torch.tensor(0.1))
+    with torch.no_grad():
+        multi.logits.normal_(0, 5)
+    w = multi(torch.arange(10))
+    assert (w > 0).all() and torch.allclose(w.sum(-1), torch.ones(10))
+    net = MixingNetwork(2, hidden=8, init_lambda=0.9)
+    w = net(torch.arange(5), torch.randn(5, feature_size(2)))
+    assert torch.allclose(w.sum(-1), torch.ones(5)) and torch.allclose(w[:, 0], torch.tensor(0.1), atol=0.02)
+    with pytest.raises(IndexError):
+        table(torch.tensor([10]))
+
+
+def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
+    torch.manual_seed(0)
+    head = nn.Linear(6, 2)
+    table = LambdaTable(20, 1)
+    idx = torch.tensor([1, 4, 7, 8])
+    x, labels, teacher = torch.randn(4, 6), torch.tensor([0, 1, 1, 0]), torch.randn(4, 2)
+    xv, yv = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    weights = table(idx)
+
+    def inner(logits):
+        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
+        kd = nn.functional.kl_div(logits.log_softmax(-1), teacher.softmax(-1), reduction="none").sum(-1)
+        return mixed_loss(weights, ce, [kd])
+
+    params = dict(head.named_parameters())
+    score = lookahead_loss(head, params, {"input": x}, {"input": xv}, yv, inner, lr=0.5)
+    (grad,) = torch.autograd.grad(score, [table.logits], retain_graph=True)
+    assert grad[idx].abs().sum() > 0
+    others = torch.ones(20, dtype=torch.bool)
+    others[idx] = False
+    assert grad[others].abs().sum() == 0
+    assert head.weight.grad is None  # the look-ahead never writes the head's gradients
+    # with step size 0 the look-ahead does not depend on the weights
+    zero = lookahead_loss(head, params, {"input": x}, {"input": xv}, yv, inner, lr=0.0)
+    (g0,) = torch.autograd.grad(zero, [table.logits], allow_unused=True)
+    assert g0 is None or g0.abs().sum() == 0
+
+
+def noisy_dm(assets, **kw):
+    d = assets["data"]
+    base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"))
+    args = dict(noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["teacher"]), max_length=32, batch_size=16)
+    args.update(kw)
+    return NoisyLabelDataModule(base, **args)
+
+
+def link(dm):
+    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
+
+
+def fit(model, dm, root, epochs=1, ckpt_path=None, **kw):
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0, **kw)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("mixer,lookahead", [("table", "last_layer"), ("network", "last_layer"), ("table", "all")])
+def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
+    """Student lr 0: the student must not move; the weights must (meta step with lookahead_lr=1)."""
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead=lookahead, learning_rate=0.0,
+                                 weight_decay=0.0, lookahead_lr=1.0, meta_learning_rate=0.05 if mixer == "network" else 1.0,
+                                 **link(dm))
+    before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    fit(model, dm, tmp_path, enable_checkpointing=False, limit_val_batches=0)
+    assert all(torch.equal(before[k], v) for k, v in model.student.state_dict().items())
+    assert all(torch.equal(teacher_before[k], v) for k, v in model.teacher.state_dict().items())
+    if mixer == "table":
+        lam = model.table_lambdas()
+        train_idx = torch.tensor(dm.splits["train"]["idx"])
+        clean_idx = torch.tensor(dm.splits["clean_validation"]["idx"])
+        assert (lam[train_idx] - 0.9).abs().max() > 1e-3      # every visited row can move ...
+        assert ((lam[train_idx] - 0.9).abs() > 1e-6).float().mean() > 0.5
+        assert torch.allclose(lam[clean_idx], torch.tensor(0.9))  # ... rows never trained on cannot
+        assert (lam > 0).all() and (lam < 1).all()
+    else:
+        fresh = MixingNetwork(1, 32, 0.9)
+        assert any(not torch.equal(a, b) for a, b in zip(model.mixer.state_dict().values(), fresh.state_dict().values()))
+    assert "lambda_flipped" in model.last_flip_stats and "lambda_clean" in model.last_flip_stats
+
+
+def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path):
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, **link(dm))
+    fit(model, dm, tmp_path / "a", enable_checkpointing=False, limit_val_batches=0)
+    assert torch.allclose(model.table_lambdas(), torch.tensor(0.9))
+
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), lookahead_lr=1.0, **link(dm))
+    trainer = fit(model, dm, tmp_path / "b", limit_val_batches=1)
+    path = tmp_path / "alm.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert MIXER_KEY in ckpt and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert not any("mixer" in k for k in ckpt["state_dict"])  # kept out of DDP's buckets and the state dict
+    restored = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), **link(dm))
+    restored.on_load_checkpoint(ckpt)
+    assert torch.equal(restored.table_lambdas(), model.table_lambdas())
+    # resuming through the trainer restores the table as well
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, **link(dm))
+    fit(resumed, dm, tmp_path / "c", epochs=2, ckpt_path=str(path), limit_val_batches=1, enable_checkpointing=False)
+    assert torch.equal(resumed.table_lambdas(), model.table_lambdas())
+
+
+def test_needs_the_noisy_datamodule_and_valid_args(assets, tmp_path):
+    d = assets["data"]
+    plain = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), tokenizer=str(assets["teacher"]))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), **link(plain))
+    with pytest.raises(KDLightError, match="NoisyLabelDataModule"):
+        fit(model, plain, tmp_path)
+    with pytest.raises(KDLightError, match="mixer"):
+        AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer="mlp")
+    with pytest.raises(KDLightError, match="init_lambda"):
+        AdaptiveLossMixingKD(teacher=str(assets["teacher"]), init_lambda=1.0)
+
+
+def test_multi_teacher_softmax_over_ce_and_k_kd_terms(assets, tmp_path):
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    teacher = str(assets["teacher"])
+    model = MultiTeacherALMKD(teachers=[teacher, teacher], lookahead_lr=1.0, **link(dm))
+    fit(model, dm, tmp_path, enable_checkpointing=False, limit_val_batches=0)
+    w = model.mixer(torch.tensor(dm.splits["train"]["idx"]))
+    assert w.shape[1] == 3 and torch.allclose(w.sum(-1), torch.ones(len(w)))
+    assert (w[:, 0] - 0.1).abs().max() > 1e-4
+    ckpt = {"state_dict": {"student.x": torch.zeros(1)}}
+    model.on_save_checkpoint(ckpt)
+    assert not any(k.startswith(("teacher.", "extra_teachers.")) for k in ckpt["state_dict"])
+    with pytest.raises(KDLightError, match="two or more"):
+        MultiTeacherALMKD(teachers=[teacher])
+
+
+def recipe(name: str, assets, tmp_path) -> Path:
+    """A configs/noisy recipe pointed at the tiny assets (teachers, encoder, local files)."""
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    init = config["model"]["init_args"]
+    teacher = str(assets["teacher"])
+    for key in ("teacher",):
+        if key in init:
+            init[key] = teacher
+    if "teachers" in init:
+        init["teachers"] = [teacher, teacher]
+    if "model" in init:
+        init["model"] = str(assets["encoder"])
+    if init.get("student", {}).get("class_path") == "PretrainedStudent":
+        init["student"]["init_args"]["name_or_path"] = teacher
+    init.pop("export_dir", None)
+    data = config["data"]["init_args"]
+    d = assets["data"]
+    data["datamodule"] = {"class_path": "TextClassificationDataModule",
+                          "init_args": {"train_file": str(d / "train.csv"), "val_file": str(d / "validation.csv"), "test_file": str(d / "test.csv")}}
+    if "tokenizer" in data:
+        data["tokenizer"] = teacher
+    data.update(max_length=32, batch_size=16)
+    config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                             logger=False, enable_progress_bar=False, enable_model_summary=False, precision="32-true",
+                             accelerator="cpu", devices=1)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_recipes_exist():
+    assert {"teacher.yaml", "alm.yaml", "alm_mixer.yaml", "multi_teacher.yaml", "self_distill.yaml",
+            "sst2_teacher.yaml", "sst2_alm.yaml", "mnli_teacher.yaml", "mnli_alm.yaml"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if not n.startswith(("sst2", "mnli"))])
+def test_recipe_fits_end_to_end(assets, tmp_path, name):
+    runner = cli(["fit", "--config", str(recipe(name, assets, tmp_path))])
+    assert runner.trainer.state.finished
+    noise = tmp_path / "noise.json"
+    assert noise.is_file() and '"realised_rate"' in noise.read_text()
+    assert runner.datamodule.tokenizer_name == str(assets["teacher"]) or name == "teacher.yaml"
+    if isinstance(runner.model, AdaptiveLossMixingKD):
+        assert "train/lambda_mean" in runner.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith(("sst2", "mnli"))])
+def test_glue_recipes_parse(assets, tmp_path, name):
+    """The hub recipes parse and wrap GLUE (the data itself needs the hub, so no fit here)."""
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    assert config["data"]["class_path"] == "NoisyLabelDataModule"
+    assert config["data"]["init_args"]["datamodule"]["class_path"] == "GLUEDataModule"
+    assert config["data"]["init_args"]["noise_rate"] == 0.4 and config["data"]["init_args"]["clean_val_size"] == 0.1
