@@ -67,8 +67,8 @@ def test_regression_and_pair_columns(assets, tmp_path):
     ],
 )
 def test_bad_input_gets_a_clear_error(assets, kwargs, message):
-    with pytest.raises(KDLightError, match=message):
-        make(assets, **kwargs)
+    with pytest.raises(KDLightError, match=message):  # at construction, or at the latest when the data is read
+        make(assets, **kwargs).setup("fit")
 
 
 def test_empty_file_and_unknown_label_in_test_split(assets, tmp_path):

@@ -75,7 +75,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
         super().__init__(**kwargs)
         if task_type not in ("classification", "regression"):
             raise KDLightError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
-        if data_file is None and train_file is None:
+        if data_file is None and train_file is None and val_file is None and test_file is None:
             raise KDLightError("give train_file (with val_file/test_file) or data_file (split by val_fraction/test_fraction)")
         if data_file is not None and train_file is not None:
             raise KDLightError("give either data_file or train_file/val_file/test_file, not both")
@@ -84,6 +84,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
         if metric is not None and metric not in METRICS:
             raise KDLightError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
         self.files = {"train": train_file, "validation": val_file, "test": test_file}
+        self._file_tables: dict[str, datasets.Dataset] = {}
         self.data_file = data_file
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.task_type = task_type
@@ -110,8 +111,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
 
     @cached_property
     def _raw_splits(self) -> dict[str, datasets.Dataset]:
-        if self.data_file is None:
-            return {split: read_table(path) for split, path in self.files.items() if path is not None}
+        """Only for ``data_file``: the seeded train/validation/test split of the one file."""
         table = read_table(self.data_file)
         table = table.add_column("__row", list(range(len(table))))
         n_val, n_test = round(len(table) * self.val_fraction), round(len(table) * self.test_fraction)
@@ -126,26 +126,38 @@ class TextClassificationDataModule(LabelledTextDataModule):
             out["validation"] = first["test"]
         return out
 
+    def available_splits(self) -> list[str]:
+        if self.data_file is not None:
+            return ["train", "validation", "test"] if self.test_fraction > 0 else ["train", "validation"]
+        return [split for split, path in self.files.items() if path is not None]
+
     def _raw(self, split: str) -> datasets.Dataset:
-        if split not in self._raw_splits:
+        # Each file is read when its split is first needed, so an evaluation-only use (zero-shot
+        # distillation, `kdlight test`) never opens the training file.
+        if split not in self.available_splits():
             raise KDLightError(f"no {split!r} split: give {'val_file' if split == 'validation' else split + '_file'} or use data_file")
-        table = self._raw_splits[split]
+        if self.data_file is not None:
+            table = self._raw_splits[split]
+        else:
+            if split not in self._file_tables:
+                self._file_tables[split] = read_table(self.files[split])
+            table = self._file_tables[split]
         wanted = {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": self.label_column}
         self.require_columns(table.column_names, wanted, self._source(split))
         return table
 
     def _infer_label_names(self, given: list[str] | None) -> list[str]:
-        values = self._raw("train").unique(self.label_column)
-        if any(v is None for v in values):
-            raise KDLightError(f"{self._source('train')}: column {self.label_column!r} has empty labels; fill or drop those rows")
-        if given is not None:
+        if given is not None:  # every split's labels are checked against it when the split is loaded
             if len(set(given)) != len(given) or len(given) < 2:
                 raise KDLightError(f"label_names must list at least two distinct labels, got {given}")
-            self._check_labels(values, given, "train")
             return list(given)
+        first = self.available_splits()[0]  # the training file unless only evaluation files are given
+        values = self._raw(first).unique(self.label_column)
+        if any(v is None for v in values):
+            raise KDLightError(f"{self._source(first)}: column {self.label_column!r} has empty labels; fill or drop those rows")
         if all(isinstance(v, int) for v in values):
             if min(values) < 0:
-                raise KDLightError(f"{self._source('train')}: integer labels must be ids >= 0, found {min(values)}")
+                raise KDLightError(f"{self._source(first)}: integer labels must be ids >= 0, found {min(values)}")
             return [str(i) for i in range(max(values) + 1)]
         return sorted(str(v) for v in values)
 
