@@ -6,7 +6,28 @@ import csv
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest state.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is written, so after a plateau
+    ``--ckpt_path last`` would resume from the last *improvement*. Here ``last.ckpt`` is refreshed at
+    every validation and at the end of training, so a stopped run resumes where it stopped.
+    """
+
+    def _refresh_last(self, trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._refresh_last(trainer)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -13,13 +13,12 @@ import os
 import sys
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 import kdlight.data  # noqa: F401  (registers datamodules for short class names)
 import kdlight.models  # noqa: F401  (registers student specs)
 import kdlight.modules  # noqa: F401  (registers LightningModules)
-from kdlight.callbacks import PredictionWriter
+from kdlight.callbacks import LatestCheckpoint, PredictionWriter
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.base import BaseDistiller
 
@@ -29,7 +28,7 @@ _TOKENIZER_SOURCES = ("teacher", "model")
 
 class KDLightCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults(
             {

@@ -29,8 +29,9 @@ def make_tokenizer(folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores vocab_file=...; the vocabulary goes in as a dict
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids(["good", "movie"]) == [5, vocab.index("movie")], "the tiny tokenizer lost its vocabulary"
     tokenizer.save_pretrained(folder)
     return tokenizer
 

@@ -15,3 +15,7 @@ __all__ = [
 from kdlight.data.noisy import NoisyLabelDataModule  # noqa: E402
 
 __all__ += ["NoisyLabelDataModule"]
+from kdlight.data.corpus import OutOfDomainCorpus  # noqa: E402
+from kdlight.data.zeroshot import ZeroShotDataModule  # noqa: E402
+
+__all__ += ["OutOfDomainCorpus", "ZeroShotDataModule"]

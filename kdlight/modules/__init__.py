@@ -9,3 +9,6 @@ __all__ = ["BaseDistiller", "KDLightTask", "TeacherFineTuning", "VanillaKD"]
 from kdlight.modules.alm import AdaptiveLossMixingKD, MultiTeacherALMKD  # noqa: E402
 
 __all__ += ["AdaptiveLossMixingKD", "MultiTeacherALMKD"]
+from kdlight.modules.zeroshot import ZeroShotAdversarialKD  # noqa: E402
+
+__all__ += ["ZeroShotAdversarialKD"]

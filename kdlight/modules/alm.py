@@ -159,11 +159,9 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self.__dict__["_mixer_module"] = mixer.to(self.device)  # not a registered submodule (see ``mixer``)
         return mixer
 
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        if self.__dict__.get("_mixer_module") is not None:
-            self._mixer_module._apply(fn)
-        return self
+    def side_modules(self) -> dict[str, nn.Module]:
+        mixer = self.__dict__.get("_mixer_module")
+        return {"mixer": mixer} if mixer is not None else {}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

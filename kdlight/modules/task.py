@@ -87,6 +87,18 @@ class KDLightTask(LightningModule):
         """The network that is evaluated and exported."""
         return getattr(self, self.export_prefix)
 
+    def side_modules(self) -> dict[str, nn.Module]:
+        """Trainable networks kept outside the registered submodules on purpose, so that DDP never
+        buckets them (their gradients are reduced by hand: ALM's mixer, the zero-shot generator).
+        They move with the module (``.to``, ``.float`` ...); checkpointing them is the owner's job."""
+        return {}
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for module in self.side_modules().values():
+            module._apply(fn)
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.predictor.parameters() if p.requires_grad]
 
@@ -179,9 +191,13 @@ class KDLightTask(LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.linear_warmup(optimizer), "interval": "step"}}
 
-    def linear_warmup(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    def scheduled_steps(self) -> int:
+        """How many times the learning-rate schedule will be stepped in this fit."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        total = int(total) if math.isfinite(total) and total > 0 else 1
+        return int(total) if math.isfinite(total) and total > 0 else 1
+
+    def linear_warmup(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        total = self.scheduled_steps()
         warmup = int(total * self.hparams.warmup_ratio)
 
         def factor(step: int) -> float:

@@ -1,0 +1,129 @@
+"""The adversarial generator of zero-shot KD: a masked language model that rewrites masked tokens.
+
+Plain torch/transformers, no Lightning. The pieces:
+
+* :func:`load_generator`: any ``AutoModelForMaskedLM`` (hub name or local folder). A bare encoder
+  such as the packaged all-MiniLM-L6-v2 gets an MLM head whose decoder is tied to its word
+  embeddings; the head's transform (untrained) starts as the identity, so the first proposals
+  score each position's hidden state against the vocabulary rather than a random projection.
+* :func:`choose_mask`: which positions to rewrite (a fraction of the real, non-special tokens).
+* :func:`sample_replacements`: straight-through hard Gumbel-softmax one-hot rows at those positions.
+* :func:`embed_with_replacements`: the one-hot rows times a model's own word-embedding matrix,
+  scattered into that model's ordinary embeddings, ready to pass as ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from kdlight.assets import resolve_model_path
+from kdlight.errors import KDLightError
+
+_UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
+
+
+def load_generator(name_or_path: str) -> PreTrainedModel:
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise KDLightError(
+            f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "
+            f"reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    missing = set(info.get("missing_keys", []))
+    transform = _head_transform(model)
+    if transform is not None and any("transform.dense" in key for key in missing):
+        with torch.no_grad():  # a fresh head: start from the identity instead of a random projection
+            transform.weight.copy_(torch.eye(*transform.weight.shape))
+            if transform.bias is not None:
+                transform.bias.zero_()
+        rank_zero_info(f"[kdlight] generator {name_or_path}: no MLM head saved; a fresh head (identity transform, decoder tied to the word embeddings)")
+    return model
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _head_transform(model: nn.Module) -> nn.Linear | None:
+    for name, module in model.named_modules():
+        if name.endswith("predictions.transform.dense") and isinstance(module, nn.Linear):
+            return module
+    return None
+
+
+def banned_token_ids(tokenizer) -> list[int]:
+    """Tokens a rewrite must not produce: special tokens and the never-trained ``[unusedN]`` slots."""
+    banned = set(tokenizer.all_special_ids)
+    banned.update(i for token, i in tokenizer.get_vocab().items() if _UNUSED_TOKEN.match(token))
+    return sorted(banned)
+
+
+def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float) -> Tensor:
+    """A boolean mask over ``rate`` of each row's real, non-special tokens (at least one per row)."""
+    maskable = attention_mask.bool() & ~torch.isin(input_ids, special_ids)
+    scores = torch.rand(input_ids.shape, device=input_ids.device)
+    scores = scores.masked_fill(~maskable, 2.0)
+    mask = scores < rate
+    # a row with maskable tokens but none drawn still gets its lowest-scoring one
+    first = F.one_hot(scores.argmin(1), input_ids.shape[1]).bool() & maskable
+    return mask | (first & ~mask.any(1, keepdim=True))
+
+
+def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0, hard: bool = True) -> Tensor:
+    """Straight-through Gumbel-softmax over the vocabulary: one-hot rows whose gradient is the soft sample's."""
+    logits = logits.float()
+    if banned is not None and len(banned):
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    return F.gumbel_softmax(logits, tau=tau, hard=hard)
+
+
+def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device) -> Tensor:
+    """Uniformly random token ids (none of them banned): the random-token baseline."""
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    if banned is not None and len(banned):
+        allowed[banned] = False
+    choices = allowed.nonzero().squeeze(1)
+    return choices[torch.randint(len(choices), (count,), device=device)]
+
+
+def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor) -> Tensor:
+    """``inputs_embeds`` for ``model``: its own word embeddings, with the masked positions replaced by
+    ``one_hot @ E`` (``one_hot`` has one row per masked position, in row-major order)."""
+    weight = model.get_input_embeddings().weight
+    if one_hot.shape[-1] != weight.shape[0]:
+        raise KDLightError(
+            f"generator/model vocabulary mismatch: the generator proposes over {one_hot.shape[-1]} tokens but "
+            f"{type(model).__name__} embeds {weight.shape[0]}; teacher, student and generator must share one vocabulary"
+        )
+    embeds = F.embedding(input_ids, weight)
+    return embeds.masked_scatter(mask.unsqueeze(-1), one_hot.to(weight.dtype) @ weight)
+
+
+__all__ = [
+    "banned_token_ids",
+    "choose_mask",
+    "embed_with_replacements",
+    "load_generator",
+    "random_replacements",
+    "sample_replacements",
+]

@@ -1,0 +1,265 @@
+"""ZeroShotAdversarialKD: the generator's pieces, the alternating updates, ablations, guards, CLI runs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import BertForMaskedLM, BertForSequenceClassification
+
+import kdlight.data.text
+from conftest import tiny_config, trainer_args
+from kdlight.cli import main
+from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
+from kdlight.errors import KDLightError
+from kdlight.models.generator import (
+    banned_token_ids,
+    choose_mask,
+    embed_with_replacements,
+    load_generator,
+    sample_replacements,
+)
+from kdlight.models.students import TruncatedTeacher
+from kdlight.modules import ZeroShotAdversarialKD
+from test_corpus import wikitext_lines
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "offline.yaml"
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "wiki.txt"
+    path.write_text("\n".join(wikitext_lines(60)) + "\n")
+    return path
+
+
+def zero_shot_data(assets, corpus_file, cache, **kwargs) -> ZeroShotDataModule:
+    d = assets["data"]
+    task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"])
+    return ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(cache)),
+                              tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=8, **kwargs)
+
+
+def make_module(assets, **kwargs) -> ZeroShotAdversarialKD:
+    kwargs.setdefault("generator", str(assets["encoder"]))
+    kwargs.setdefault("student", TruncatedTeacher(1))
+    return ZeroShotAdversarialKD(teacher=str(assets["teacher"]), tokenizer=str(assets["tokenizer"]),
+                                 label_names=["negative", "positive"], **kwargs)
+
+
+# ----------------------------------------------------------------------------- generator pieces
+def test_mask_covers_the_rate_of_real_tokens_and_never_special_ones():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 60, (64, 40))
+    ids[:, 0], ids[:, 30], ids[:, 31:] = 2, 3, 0  # [CLS] ... [SEP] [PAD]...
+    attention = (ids != 0).long()
+    mask = choose_mask(ids, attention, torch.tensor([0, 2, 3]), 0.3)
+    assert not mask[:, 0].any() and not mask[:, 30:].any()
+    assert abs(mask.float().sum() / (64 * 29) - 0.3) < 0.03
+    one_token = choose_mask(ids[:1, :3], attention[:1, :3], torch.tensor([0, 2, 3]), 0.01)
+    assert one_token.sum() == 1  # a row with something to rewrite always gets at least one position
+
+
+def test_gumbel_rows_are_one_hot_straight_through_and_avoid_banned_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(200, 12, requires_grad=True)
+    banned = torch.tensor([0, 1, 2])
+    one_hot = sample_replacements(logits, banned, tau=1.0)
+    assert torch.equal(one_hot.sum(-1), torch.ones(200)) and set(one_hot.unique().tolist()) == {0.0, 1.0}
+    assert one_hot[:, :3].sum() == 0
+    (one_hot * torch.arange(12.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0  # the soft sample's gradient reaches the generator's logits
+
+
+def test_one_hot_rows_enter_each_model_through_its_own_embeddings(assets):
+    torch.manual_seed(0)
+    config = tiny_config(70)
+    model = BertForSequenceClassification(config)
+    ids = torch.randint(5, 70, (2, 6))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 2] = mask[1, 4] = True
+    new_tokens = torch.tensor([7, 9])
+    embeds = embed_with_replacements(model, ids, mask, torch.nn.functional.one_hot(new_tokens, 70).float())
+    expected = ids.clone()
+    expected[mask] = new_tokens
+    assert torch.allclose(embeds, model.get_input_embeddings()(expected))
+    with pytest.raises(KDLightError, match="vocabulary mismatch"):
+        embed_with_replacements(model, ids, mask, torch.zeros(2, 71))
+
+
+def test_bare_encoder_gets_a_tied_identity_mlm_head(assets):
+    generator = load_generator(str(assets["encoder"]))
+    assert isinstance(generator, BertForMaskedLM)
+    assert generator.get_output_embeddings().weight is generator.get_input_embeddings().weight
+    dense = generator.cls.predictions.transform.dense.weight
+    assert torch.equal(dense, torch.eye(*dense.shape))
+    from transformers import AutoTokenizer
+
+    banned = banned_token_ids(AutoTokenizer.from_pretrained(assets["tokenizer"]))
+    assert banned == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------------ module
+def fitted(module, data, tmp_path, max_steps):
+    from lightning import Trainer, seed_everything
+
+    seed_everything(0)
+    trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, model):
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_generator_and_student_steps_alternate_and_touch_only_their_own_model(assets, corpus_file, tmp_path):
+    module = make_module(assets, generator_steps=2, student_steps=3, generator_learning_rate=1e-3, learning_rate=1e-3)
+    teacher, student, generator = snapshot(module.teacher), snapshot(module.student), snapshot(module.generator)
+    steps = {"generator": [], "student": []}
+    for name in steps:  # record which kind each batch was
+        original = getattr(module, f"{name}_step")
+
+        def spy(batch, original=original, name=name):
+            steps[name].append(int(module.progress[0]))
+            return original(batch)
+
+        setattr(module, f"{name}_step", spy)
+    fitted(module, zero_shot_data(assets, corpus_file, tmp_path / "cache"), tmp_path, max_steps=10)
+    assert steps == {"generator": [0, 1, 5, 6], "student": [2, 3, 4, 7, 8, 9]}
+    assert module.progress.tolist() == [10, 6, 4, 0]
+    assert not changed(teacher, module.teacher)
+    assert changed(student, module.student) and changed(generator, module.generator)
+
+
+def test_generator_step_moves_only_the_generator(assets, corpus_file, tmp_path):
+    module = make_module(assets, generator_steps=1, student_steps=1, generator_learning_rate=1e-2)
+    student, generator = snapshot(module.student), snapshot(module.generator)
+    trainer = fitted(module, zero_shot_data(assets, corpus_file, tmp_path / "cache"), tmp_path, max_steps=1)
+    assert module.progress.tolist() == [1, 0, 1, 0] and trainer.global_step == 1
+    assert not changed(student, module.student) and changed(generator, module.generator)
+    assert all(p.grad is None for p in module.student.parameters())  # no student gradient was even computed
+    assert module.optimizers()[1].optimizer.param_groups[0]["lr"] == 1e-2
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_a_diverged_run(assets, corpus_file, tmp_path):
+    module = make_module(assets, generator_steps=1, student_steps=2, max_consecutive_skips=3)
+    student, generator = snapshot(module.student), snapshot(module.generator)
+    class NaNLoss(torch.nn.Module):
+        def forward(self, student_logits, teacher_logits):
+            return (student_logits.sum() + teacher_logits.sum()) * float("nan")
+
+    module.kd_loss = NaNLoss()
+    data = zero_shot_data(assets, corpus_file, tmp_path / "cache", max_train_examples=24)
+    with pytest.raises(KDLightError, match="3 non-finite losses in a row: the run has diverged"):
+        fitted(module, data, tmp_path, max_steps=6)  # every step is skipped, so max_steps is never reached
+    assert module.progress.tolist() == [2, 0, 0, 3]  # the third batch raised before it was counted
+    assert not changed(student, module.student) and not changed(generator, module.generator)
+
+
+@pytest.mark.parametrize("inputs, perturbation", [("out_of_domain", "generator"), ("adversarial", "random"), ("random_tokens", "generator")])
+def test_ablations_train_without_a_generator(assets, corpus_file, tmp_path, inputs, perturbation):
+    module = make_module(assets, inputs=inputs, perturbation=perturbation)
+    assert module.side_modules() == {}
+    data = zero_shot_data(assets, corpus_file, tmp_path / "cache")
+    rewrites = []
+    original = module.rewritten_ids
+
+    def spy(batch):
+        out = original(batch)
+        rewrites.append((batch["input_ids"], out))
+        return out
+
+    module.rewritten_ids = spy
+    fitted(module, data, tmp_path, max_steps=3)
+    assert module.progress.tolist() == [3, 3, 0, 0]  # every batch is a student step
+    if inputs == "out_of_domain":
+        assert rewrites == []
+        return
+    before, after = rewrites[0]
+    real = (before > 4)
+    share = (before != after)[real].float().mean().item()
+    assert (before == after)[~real].all()  # special tokens and padding untouched
+    assert (after[real] > 4).all()  # never a special token
+    assert share > 0.9 if inputs == "random_tokens" else 0.1 < share < 0.5
+
+
+def test_mismatched_vocabularies_fail_before_training(assets, tmp_path):
+    other = tmp_path / "other_generator"
+    BertForMaskedLM(tiny_config(99)).save_pretrained(other)
+    with pytest.raises(KDLightError, match="share one vocabulary.*'generator': 99"):
+        make_module(assets, generator=str(other))
+    with pytest.raises(KDLightError, match="inputs must be one of"):
+        make_module(assets, inputs="wikipedia")
+    with pytest.raises(KDLightError, match="mask_rate"):
+        make_module(assets, mask_rate=0)
+
+
+# ------------------------------------------------------------------------------------- CLI
+def recipe_args(assets, corpus_file, root) -> list[str]:
+    d = assets["data"]
+    return [
+        "--config", str(CONFIG),
+        f"--model.teacher={assets['teacher']}", f"--model.generator={assets['encoder']}",
+        "--model.student.num_layers=1", "--model.generator_steps=2", "--model.student_steps=3",
+        "--data.task=TextClassificationDataModule", f"--data.task.train_file={d / 'train.csv'}",
+        f"--data.task.val_file={d / 'validation.csv'}", f"--data.task.test_file={d / 'test.csv'}",
+        "--data.task.label_names=[negative, positive]",
+        f"--data.corpus.source={corpus_file}", f"--data.corpus.cache_dir={root / 'corpus'}",
+        "--data.batch_size=8", "--data.max_length=32",
+        *trainer_args(root, **{"--trainer.max_steps": 8, "--trainer.val_check_interval": 2}),
+    ]
+
+
+def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(assets, corpus_file, tmp_path, monkeypatch, capsys):
+    """The proof that no task training example is used: reading the training file fails the test."""
+    train_file = str(assets["data"] / "train.csv")
+    read = []
+    real_read_table = kdlight.data.text.read_table
+
+    def guarded(path):
+        read.append(str(path))
+        if str(path) == train_file:
+            raise AssertionError("the task's training file was read")
+        return real_read_table(path)
+
+    monkeypatch.setattr(kdlight.data.text, "read_table", guarded)
+    main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
+    assert read and train_file not in read
+    last = sorted(tmp_path.rglob("last.ckpt"))[-1]
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["state_dict"]["progress"].tolist()[:3] == [8, 4, 4]  # batches, student steps, generator steps
+    assert "kdlight_generator" in checkpoint and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
+    assert (tmp_path / "export" / "config.json").is_file()
+    capsys.readouterr()
+    main(["test", *recipe_args(assets, corpus_file, tmp_path), f"--ckpt_path={last}"])
+    out = capsys.readouterr().out
+    assert "test/pct_of_teacher" in out and train_file not in read
+
+
+def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_path):
+    main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
+    last = sorted(tmp_path.rglob("last.ckpt"))[-1]
+    saved = torch.load(last, weights_only=False)
+    resumed = tmp_path / "resumed"
+    args = recipe_args(assets, corpus_file, resumed)
+    args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
+    main(["fit", *args, f"--ckpt_path={last}"])
+    final = torch.load(sorted(resumed.rglob("last.ckpt"))[-1], weights_only=False)
+    assert final["state_dict"]["progress"].tolist()[:3] == [10, 6, 4]  # batches 8, 9 are the cycle's 4th and 5th: student steps
+    assert len(final["optimizer_states"]) == 2
+    weight = "cls.predictions.transform.dense.weight"
+    assert torch.equal(saved["kdlight_generator"][weight], final["kdlight_generator"][weight])  # restored, then not stepped
+
+
+def test_recipe_names_the_paper_setting():
+    glue = yaml.safe_load((CONFIG.parents[1] / "glue" / "mnli" / "zeroshot.yaml").read_text())
+    args = glue["model"]["init_args"]
+    assert args["student"]["init_args"]["name_or_path"] == "google/bert_uncased_L-4_H-256_A-4"
+    assert args["generator"] == "bert-base-uncased" and (args["generator_steps"], args["student_steps"]) == (10, 100)
+    assert glue["data"]["init_args"]["corpus"]["init_args"]["source"] == "wikitext-103"
