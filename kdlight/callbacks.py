@@ -44,6 +44,8 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        # trainer.log_dir is a collective under DDP: every rank asks, even one with nothing to write
+        path = Path(self.output_file) if self.output_file else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
         if not predictions:
             return
         batches = predictions[0] if isinstance(predictions[0], list) else predictions
@@ -51,7 +53,6 @@ class PredictionWriter(BasePredictionWriter):
         preds = torch.cat([b["prediction"] for b in batches]).tolist()
         logits = torch.cat([b["logits"].float() for b in batches]).tolist()
         names = pl_module.hparams.get("label_names") or None
-        path = Path(self.output_file) if self.output_file else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}_rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

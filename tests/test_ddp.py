@@ -6,6 +6,11 @@ examples one single-process step sees), dropout off. DDP
 averages the two ranks' gradients, which for a mean loss over equal halves is the single
 process's gradient; what differs is float summation order and per-rank padding.
 Tolerance: identical accuracy, validation loss within 1e-4, weights within 1e-4 (SGD; see below).
+
+Covered: TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD (its per-example seeded masks and
+Gumbel noise make the adversarial inputs independent of the process count; the generator's
+gradients are averaged by hand) and AdaptiveLossMixingKD (the look-ahead uses the ranks' mean
+gradient and mean clean score, so the lambda table moves as on one process).
 """
 
 import csv
@@ -31,13 +36,14 @@ def read_metrics(root: Path) -> dict[str, float]:
     return values
 
 
-def run(args: list[str], root: Path, devices: int, batch_size: int) -> dict[str, float]:
+def run(args: list[str], root: Path, devices: int, batch_size: int, overrides: tuple[str, ...] = ()) -> dict[str, float]:
     common = [
         *args, f"--data.batch_size={batch_size}", "--trainer.accelerator=cpu",
         f"--trainer.devices={devices}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
         "--trainer.val_check_interval=4", "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={root}",
-        "--seed_everything=0", f"--model.init_args.export_dir={root / 'export'}",
+        "--seed_everything=0",  # no export_dir: the default <log_dir>/export is found on every rank
+        *overrides,
     ]
     if devices > 1:
         common.append("--trainer.strategy=ddp")
@@ -51,7 +57,9 @@ def run(args: list[str], root: Path, devices: int, batch_size: int) -> dict[str,
 @pytest.fixture(scope="module")
 def dropout_free_teacher(assets, tmp_path_factory):
     path = tmp_path_factory.mktemp("ddp_teacher")
-    config = tiny_config(len(open(assets["tokenizer"] / "vocab.txt").read().split()), layers=2)
+    from transformers import AutoTokenizer
+
+    config = tiny_config(len(AutoTokenizer.from_pretrained(assets["tokenizer"])), layers=2)
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(path)
@@ -64,23 +72,70 @@ def dropout_free_teacher(assets, tmp_path_factory):
 # SGD, because Adam turns float-rounding noise on near-zero gradients (common in a random tiny
 # model) into full learning-rate-sized steps, which hides real differences behind fake ones.
 SGD = ["--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0.5"]
+
+
+def corpus_args(assets, root: Path) -> list[str]:
+    from test_corpus import wikitext_lines
+
+    corpus = root / "wiki.txt"
+    corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
+    d = assets["data"]
+    return ["--data=ZeroShotDataModule", "--data.task=TextClassificationDataModule", f"--data.task.val_file={d / 'validation.csv'}",
+            f"--data.task.test_file={d / 'test.csv'}", "--data.task.label_names=[negative, positive]",
+            f"--data.corpus.source={corpus}", f"--data.corpus.cache_dir={root / 'corpus_cache'}", "--data.max_length=32"]
+
+
+def noisy_args(assets) -> list[str]:
+    d = assets["data"]
+    return ["--data=NoisyLabelDataModule", "--data.datamodule=TextClassificationDataModule",
+            f"--data.datamodule.train_file={d / 'train.csv'}", f"--data.datamodule.val_file={d / 'validation.csv'}",
+            f"--data.datamodule.test_file={d / 'test.csv'}", "--data.noise_rate=0.3", "--data.clean_val_size=32",
+            "--data.max_length=32"]
+
+
+def student(layers: int = 1) -> list[str]:
+    return ["--model.student=TruncatedTeacher", f"--model.student.num_layers={layers}"]
+
+
+# module -> (model + data arguments, what the comparison covers)
 MODULES = {
-    "teacher": lambda t: ["--model=TeacherFineTuning", f"--model.model={t}", *SGD],
-    "vanilla_kd": lambda t: ["--model=VanillaKD", f"--model.teacher={t}", "--model.student=TruncatedTeacher",
-                             "--model.student.num_layers=1", "--model.temperature=2", *SGD],
+    "teacher": lambda t, assets, root: ["--model=TeacherFineTuning", f"--model.model={t}", *SGD, *data_args(assets)],
+    "vanilla_kd": lambda t, assets, root: ["--model=VanillaKD", f"--model.teacher={t}", *student(), "--model.temperature=2",
+                                           *SGD, *data_args(assets)],
+    # two generator steps then two student steps; both optimisers plain SGD (see above)
+    "zeroshot": lambda t, assets, root: ["--model=ZeroShotAdversarialKD", f"--model.teacher={t}", f"--model.generator={t}",
+                                         *student(), "--model.generator_steps=2", "--model.student_steps=2",
+                                         "--model.generator_optimizer=torch.optim.SGD", "--model.generator_optimizer.lr=0.5",
+                                         *SGD, *corpus_args(assets, root)],
+    "alm_kd": lambda t, assets, root: ["--model=AdaptiveLossMixingKD", f"--model.teacher={t}", *student(), *SGD,
+                                       *noisy_args(assets)],
 }
+
+
+# Manual optimisation counts every optimiser's steps: ALM steps the student and the mixer per batch.
+OVERRIDES = {"alm_kd": ("--trainer.max_steps=8",)}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, module):
-    args = [*MODULES[module](dropout_free_teacher), *data_args(assets)]
-    args = [a for a in args if not a.startswith("--data.batch_size")]
-    single = run(args, tmp_path / "single", devices=1, batch_size=16)
-    ddp = run(args, tmp_path / "ddp", devices=2, batch_size=8)
-    a = BertForSequenceClassification.from_pretrained(tmp_path / "single" / "export")
-    b = BertForSequenceClassification.from_pretrained(tmp_path / "ddp" / "export")  # rank 0 exported
+    args = [a for a in MODULES[module](dropout_free_teacher, assets, tmp_path) if not a.startswith("--data.batch_size")]
+    overrides = OVERRIDES.get(module, ())
+    single = run(args, tmp_path / "single", devices=1, batch_size=16, overrides=overrides)
+    ddp = run(args, tmp_path / "ddp", devices=2, batch_size=8, overrides=overrides)
+    a, b = (BertForSequenceClassification.from_pretrained(next((tmp_path / name).rglob("export/config.json")).parent)
+            for name in ("single", "ddp"))  # under DDP rank 0 exported
     diffs = {name: (p - q).abs().max().item() for (name, p), q in zip(a.named_parameters(), b.parameters())}
     assert single["val/accuracy"] == ddp["val/accuracy"]
     assert abs(single["val/loss"] - ddp["val/loss"]) < 1e-4
     for name, diff in diffs.items():
         assert diff < 1e-4, name
+    # what lives outside DDP's buckets and is synchronised by hand: the generator, the lambda table
+    one, two = (torch.load(next((tmp_path / name).rglob("last.ckpt")), weights_only=False) for name in ("single", "ddp"))
+    if module == "zeroshot":
+        assert one["state_dict"]["progress"].tolist() == two["state_dict"]["progress"].tolist() == [4, 2, 2, 0]
+        for key, value in one["kdlight_generator"].items():
+            assert (value.float() - two["kdlight_generator"][key].float()).abs().max() < 1e-4, key
+    if module == "alm_kd":
+        table, ddp_table = one["kdlight_alm_mixer"]["state_dict"]["logits"], two["kdlight_alm_mixer"]["state_dict"]["logits"]
+        assert (table - table[0]).abs().max() > 1e-3  # the meta steps moved some rows ...
+        assert (table - ddp_table).abs().max() < 1e-4  # ... exactly as one process does

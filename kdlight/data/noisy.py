@@ -261,9 +261,11 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             f"{self.noise_report['realised_rate']:.4f} over {self.noise_report['num_train']} training examples; "
             f"{self.noise_report['num_clean_validation']} clean validation examples"
         )
-        if trainer is None or not trainer.is_global_zero:
+        if trainer is None:
             return
-        root = Path(trainer.log_dir or trainer.default_root_dir)
+        root = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
+        if not trainer.is_global_zero:
+            return
         root.mkdir(parents=True, exist_ok=True)
         (root / "noise.json").write_text(json.dumps(self.noise_report, indent=1))
         for logger in trainer.loggers:

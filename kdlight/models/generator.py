@@ -14,6 +14,7 @@ Plain torch/transformers, no Lightning. The pieces:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from contextlib import contextmanager
 
@@ -78,10 +79,32 @@ def banned_token_ids(tokenizer) -> list[int]:
     return sorted(banned)
 
 
-def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float) -> Tensor:
-    """A boolean mask over ``rate`` of each row's real, non-special tokens (at least one per row)."""
+def example_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (run seed, step, example idx, purpose)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def example_uniform(keys: list[tuple[int, ...]], numels: list[int], device) -> list[Tensor]:
+    """Uniform noise per example from its own seeded generator: the draws depend only on the key
+    (seed, step, idx, purpose), never on which other examples share the batch or the process, so
+    one process and N data-parallel processes make exactly the same random choices."""
+    out = []
+    for key, numel in zip(keys, numels):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(example_seed(*key))
+        out.append(torch.rand(numel, generator=generator, device=device))
+    return out
+
+
+def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float, scores: Tensor | None = None) -> Tensor:
+    """A boolean mask over ``rate`` of each row's real, non-special tokens (at least one per row).
+
+    ``scores``: uniform noise of the same shape (default: drawn from the global generator).
+    """
     maskable = attention_mask.bool() & ~torch.isin(input_ids, special_ids)
-    scores = torch.rand(input_ids.shape, device=input_ids.device)
+    if scores is None:
+        scores = torch.rand(input_ids.shape, device=input_ids.device)
     scores = scores.masked_fill(~maskable, 2.0)
     mask = scores < rate
     # a row with maskable tokens but none drawn still gets its lowest-scoring one
@@ -89,21 +112,30 @@ def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, 
     return mask | (first & ~mask.any(1, keepdim=True))
 
 
-def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0, hard: bool = True) -> Tensor:
-    """Straight-through Gumbel-softmax over the vocabulary: one-hot rows whose gradient is the soft sample's."""
+def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0, uniform: Tensor | None = None) -> Tensor:
+    """Straight-through hard Gumbel-softmax over the vocabulary: one-hot rows in the forward pass,
+    the soft sample's gradient in the backward pass. ``uniform``: noise shaped like ``logits``."""
     logits = logits.float()
     if banned is not None and len(banned):
         logits = logits.index_fill(-1, banned, float("-inf"))
-    return F.gumbel_softmax(logits, tau=tau, hard=hard)
+    if uniform is None:
+        uniform = torch.rand_like(logits)
+    tiny = torch.finfo(logits.dtype).tiny
+    gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+    soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
 
 
-def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device) -> Tensor:
+def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device, uniform: Tensor | None = None) -> Tensor:
     """Uniformly random token ids (none of them banned): the random-token baseline."""
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
     if banned is not None and len(banned):
         allowed[banned] = False
     choices = allowed.nonzero().squeeze(1)
-    return choices[torch.randint(len(choices), (count,), device=device)]
+    if uniform is None:
+        uniform = torch.rand(count, device=device)
+    return choices[(uniform * len(choices)).long().clamp(max=len(choices) - 1)]
 
 
 def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor) -> Tensor:
@@ -122,6 +154,7 @@ def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Ten
 __all__ = [
     "banned_token_ids",
     "choose_mask",
+    "example_uniform",
     "embed_with_replacements",
     "load_generator",
     "random_replacements",

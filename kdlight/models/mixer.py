@@ -137,3 +137,40 @@ def lookahead_loss(
     updated = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
     val_logits = logits_of(functional_call(module, updated, args=(), kwargs=val_inputs))
     return F.cross_entropy(val_logits.float(), val_labels.long())
+
+
+def lookahead_meta_gradients(
+    module: nn.Module,
+    params: dict[str, Tensor],
+    train_inputs: dict,
+    val_inputs: dict,
+    val_labels: Tensor,
+    inner_loss: Callable[[Tensor], Tensor],
+    lr: float,
+    mix_params: list[Tensor],
+    logits_of: Callable = lambda out: out,
+    average: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    world_size: int = 1,
+) -> tuple[Tensor, list[Tensor]]:
+    """The gradient of :func:`lookahead_loss` with respect to ``mix_params``, data-parallel exact.
+
+    With N ranks, one data-parallel step moves the parameters by the ranks' *mean* gradient, and the
+    clean score is the mean over all ranks' clean batches. ``average(tensors)`` averages a list of
+    tensors across ranks (identity on one process). Each rank's result holds the contributions of
+    its own examples; summed across ranks it equals the single-process meta-gradient of the same
+    global batch (for equal per-rank batch sizes). Returns (the ranks' mean clean score, gradients).
+    """
+    average = average or (lambda tensors: tensors)
+    train_logits = logits_of(functional_call(module, params, args=(), kwargs=train_inputs))
+    grads = torch.autograd.grad(inner_loss(train_logits), list(params.values()), create_graph=True)
+    # the value is the ranks' mean gradient; the derivative flows only into this rank's weights
+    means = average([g.detach() for g in grads])
+    grads = [m + (g - g.detach()) / world_size for m, g in zip(means, grads)]
+    updated = {name: p.detach() - lr * g for (name, p), g in zip(params.items(), grads)}
+    val_logits = logits_of(functional_call(module, updated, args=(), kwargs=val_inputs))
+    score = F.cross_entropy(val_logits.float(), val_labels.long())
+    # chain rule through the updated parameters, with the clean-score gradient averaged over ranks
+    outer = average(list(torch.autograd.grad(score, list(updated.values()), retain_graph=True)))
+    meta = torch.autograd.grad(list(updated.values()), mix_params, grad_outputs=outer, allow_unused=True)
+    meta = [torch.zeros_like(p) if g is None else g for p, g in zip(mix_params, meta)]
+    return average([score.detach()])[0], meta

@@ -41,7 +41,7 @@ from kdlight.models.mixer import (
     LambdaTable,
     MixingNetwork,
     last_linear_name,
-    lookahead_loss,
+    lookahead_meta_gradients,
     mixed_loss,
     mixer_features,
 )
@@ -293,25 +293,39 @@ class AdaptiveLossMixingKD(BaseDistiller):
                     self.student(**model_inputs(clean))
                 finally:
                     hook.remove()
-            params = {k: v for k, v in head.named_parameters()}
-            score = lookahead_loss(head, params, {"input": features_x}, {"input": captured["x"]}, clean["labels"], inner_loss, lr)
+            module, params = head, {k: v for k, v in head.named_parameters()}
+            train_inputs, val_inputs, logits_of = {"input": features_x}, {"input": captured["x"]}, (lambda out: out)
         else:
-            params = {k: v for k, v in self.student.named_parameters() if v.requires_grad}
-            score = lookahead_loss(self.student, params, model_inputs(batch), model_inputs(clean), clean["labels"],
-                                   inner_loss, lr, logits_of=lambda out: out.logits)
-        grads = torch.autograd.grad(score, mix_params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(mix_params, grads)]
-        if self.trainer.world_size > 1:
-            grads = [self.trainer.strategy.reduce(g, reduce_op="sum") for g in grads]
+            module, params = self.student, {k: v for k, v in self.student.named_parameters() if v.requires_grad}
+            train_inputs, val_inputs, logits_of = model_inputs(batch), model_inputs(clean), (lambda out: out.logits)
+        world = self.trainer.world_size
+        score, grads = lookahead_meta_gradients(module, params, train_inputs, val_inputs, clean["labels"], inner_loss, lr,
+                                                mix_params, logits_of, average=self.average_across_ranks, world_size=world)
+        if world > 1:  # each rank holds its own examples' contributions: their sum is the global meta-gradient
+            grads = self.sum_across_ranks(grads)
         if hp.mixer == "table" and hp.normalize_meta_grad:
-            rows = grads[0][idx]
-            scale = rows.abs().mean().clamp_min(1e-12)
-            grads[0] = grads[0] / scale
+            # the mean |gradient| over the global batch's rows, the same number on every rank
+            local = torch.stack([grads[0][idx].abs().sum(), torch.tensor(float(grads[0][idx].numel()), device=idx.device)])
+            total = self.sum_across_ranks([local])[0] if world > 1 else local
+            grads[0] = grads[0] / (total[0] / total[1]).clamp_min(1e-12)
         meta_opt.zero_grad()
         for p, g in zip(mix_params, grads):
             p.grad = g.detach()
         meta_opt.step()
         return score.detach()
+
+    def sum_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
+        if self.trainer.world_size == 1:
+            return tensors
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
+
+    def average_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
+        world = self.trainer.world_size
+        return tensors if world == 1 else [t / world for t in self.sum_across_ranks(tensors)]
 
     def _log_step(self, loss, ce, kd, weights, batch, meta_loss) -> None:
         n = len(ce)

@@ -227,8 +227,9 @@ class KDLightTask(LightningModule):
             return
         if self.hparams.export_best:
             self._load_best_weights()
+        path = self.export_path()  # trainer.log_dir is a collective under DDP: every rank asks
         if self.trainer.is_global_zero:
-            self.export(self.export_path())
+            self.export(path)
 
     def _load_best_weights(self) -> None:
         callback = self.trainer.checkpoint_callback

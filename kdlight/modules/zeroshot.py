@@ -39,6 +39,7 @@ every rank; the skips are counted and logged, never trained on.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ from kdlight.models.generator import (
     banned_token_ids,
     choose_mask,
     embed_with_replacements,
+    example_uniform,
     load_generator,
     random_replacements,
     sample_replacements,
@@ -194,27 +196,40 @@ class ZeroShotAdversarialKD(BaseDistiller):
         return self.trains_generator and int(self.progress[0]) % (hp.generator_steps + hp.student_steps) < hp.generator_steps
 
     # --------------------------------------------------------------------------------- inputs
+    # Every random choice (which tokens to mask, the Gumbel noise, random tokens) is drawn per example
+    # from a generator seeded by (run seed, batch counter, example idx, purpose): the same draws on one
+    # process as on N, whatever the batch split, and reproducible on resume.
+    MASK, GUMBEL, RANDOM = 0, 1, 2
+
+    def example_noise(self, batch: dict[str, Tensor], purpose: int, numels: list[int]) -> Tensor:
+        seed, step = int(os.environ.get("PL_GLOBAL_SEED", 0)), int(self.progress[0])
+        keys = [(seed, step, idx, purpose) for idx in batch["idx"].tolist()]
+        return torch.cat(example_uniform(keys, numels, batch["input_ids"].device))
+
     def mask_batch(self, batch: dict[str, Tensor], rate: float) -> Tensor:
-        return choose_mask(batch["input_ids"], batch["attention_mask"], self.special_ids, rate)
+        ids = batch["input_ids"]
+        width = max(ids.shape[1], self.teacher.config.max_position_embeddings)
+        scores = self.example_noise(batch, self.MASK, [width] * len(ids)).view(len(ids), width)[:, : ids.shape[1]]
+        return choose_mask(ids, batch["attention_mask"], self.special_ids, rate, scores)
 
     def generator_one_hot(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         """One-hot proposals (straight-through) at the masked positions, one row per position."""
         masked_ids = batch["input_ids"].masked_fill(mask, self.mask_token_id)
         inputs = {**model_inputs(batch), "input_ids": masked_ids}
         logits = self.generator(**inputs).logits[mask]
-        return sample_replacements(logits, self.banned_ids, self.hparams.gumbel_tau)
+        vocab = logits.shape[-1]
+        uniform = self.example_noise(batch, self.GUMBEL, [int(n) * vocab for n in mask.sum(1).tolist()]).view(-1, vocab)
+        return sample_replacements(logits, self.banned_ids, self.hparams.gumbel_tau, uniform)
 
     @torch.no_grad()
     def rewritten_ids(self, batch: dict[str, Tensor]) -> Tensor:
         """A discrete rewrite of the batch for a student step (no gradient to the generator)."""
         hp = self.hparams
-        if hp.inputs == "random_tokens":
-            mask = self.mask_batch(batch, 1.0)
-        else:
-            mask = self.mask_batch(batch, hp.mask_rate)
+        mask = self.mask_batch(batch, 1.0 if hp.inputs == "random_tokens" else hp.mask_rate)
         if hp.inputs == "random_tokens" or hp.perturbation == "random":
             vocab = self.teacher.get_input_embeddings().weight.shape[0]
-            replacements = random_replacements(int(mask.sum()), vocab, self.banned_ids, mask.device)
+            uniform = self.example_noise(batch, self.RANDOM, mask.sum(1).tolist())
+            replacements = random_replacements(int(mask.sum()), vocab, self.banned_ids, mask.device, uniform)
         else:
             replacements = self.generator_one_hot(batch, mask).argmax(-1)
         return batch["input_ids"].masked_scatter(mask, replacements)
