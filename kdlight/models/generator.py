@@ -72,6 +72,19 @@ def _head_transform(model: nn.Module) -> nn.Linear | None:
     return None
 
 
+def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
+    """The generator's vocabulary logits at the masked positions only, one row per position.
+
+    For BERT-family MLMs (an encoder plus a ``cls`` head) the head runs on the masked positions
+    alone: the vocabulary projection dominates the cost, and ~70% of positions are not rewritten.
+    """
+    head = getattr(generator, "cls", None)
+    if head is not None and getattr(generator, "base_model", None) is not None:
+        hidden = generator.base_model(**inputs).last_hidden_state
+        return head(hidden[mask])
+    return generator(**inputs).logits[mask]
+
+
 def banned_token_ids(tokenizer) -> list[int]:
     """Tokens a rewrite must not produce: special tokens and the never-trained ``[unusedN]`` slots."""
     banned = set(tokenizer.all_special_ids)
@@ -157,6 +170,7 @@ __all__ = [
     "example_uniform",
     "embed_with_replacements",
     "load_generator",
+    "masked_logits",
     "random_replacements",
     "sample_replacements",
 ]

@@ -55,6 +55,7 @@ from kdlight.models.generator import (
     embed_with_replacements,
     example_uniform,
     load_generator,
+    masked_logits,
     random_replacements,
     sample_replacements,
 )
@@ -216,7 +217,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
         """One-hot proposals (straight-through) at the masked positions, one row per position."""
         masked_ids = batch["input_ids"].masked_fill(mask, self.mask_token_id)
         inputs = {**model_inputs(batch), "input_ids": masked_ids}
-        logits = self.generator(**inputs).logits[mask]
+        logits = masked_logits(self.generator, inputs, mask)
         vocab = logits.shape[-1]
         uniform = self.example_noise(batch, self.GUMBEL, [int(n) * vocab for n in mask.sum(1).tolist()]).view(-1, vocab)
         return sample_replacements(logits, self.banned_ids, self.hparams.gumbel_tau, uniform)
