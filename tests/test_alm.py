@@ -13,7 +13,7 @@ from torch import nn
 from kdlight.cli import cli
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.errors import KDLightError
-from kdlight.models.mixer import LambdaTable, MixingNetwork, feature_size, lookahead_loss, mixed_loss
+from kdlight.models.mixer import LambdaTable, MixingNetwork, feature_size, lookahead_loss, lookahead_meta_gradients, mixed_loss
 from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
 from kdlight.modules.alm import MIXER_KEY
 
@@ -64,6 +64,37 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
     zero = lookahead_loss(head, params, {"input": x}, {"input": xv}, yv, inner, lr=0.0)
     (g0,) = torch.autograd.grad(zero, [table.logits], allow_unused=True)
     assert g0 is None or g0.abs().sum() == 0
+    def inner_of(sel):
+        def inner_half(logits):
+            ce = nn.functional.cross_entropy(logits, labels[sel], reduction="none")
+            kd = nn.functional.kl_div(logits.log_softmax(-1), teacher[sel].softmax(-1), reduction="none").sum(-1)
+            return mixed_loss(table(idx[sel]), ce, [kd])
+        return inner_half
+
+    # the data-parallel implementation gives the reference's gradient on one process ...
+    score1, (meta,) = lookahead_meta_gradients(head, params, {"input": x}, {"input": xv}, yv, inner_of(slice(0, 4)), 0.5, [table.logits])
+    assert torch.allclose(score1, score) and torch.allclose(meta, grad, atol=1e-7)
+
+    # ... and split over two simulated ranks (each with half the training batch and, for simplicity,
+    # the whole clean batch), with the all-reduce of the mean gradient done by hand, the same sum
+
+    halves = [slice(0, 2), slice(2, 4)]
+    local = [[g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves]
+    mean_grads = [(a + b) / 2 for a, b in zip(*local)]
+    total = torch.zeros_like(grad)
+    for sel in halves:
+        first = [True]
+
+        def average(tensors):  # 1st call: the training gradients (ranks differ); later: clean terms (ranks agree)
+            if first[0]:
+                first[0] = False
+                return mean_grads
+            return tensors
+
+        _, (meta_r,) = lookahead_meta_gradients(head, params, {"input": x[sel]}, {"input": xv}, yv, inner_of(sel), 0.5,
+                                                [table.logits], average=average, world_size=2)
+        total += meta_r
+    assert torch.allclose(total, grad, atol=1e-6)
 
 
 def noisy_dm(assets, **kw):
