@@ -86,7 +86,44 @@ METHODS = {
 }
 
 
+RUNS_FILE = RESULTS / "noisy_runs.json"
+
+
+def run_key(dm, method: str, seed: int, lam: float | None) -> str:
+    return f"{dm.noise_type}|{dm.noise_rate}|{method}|{lam}|{seed}"
+
+
 def run_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None) -> dict:
+    """One student run; with ``cfg.memo`` (``--resume``) a run already recorded there is not repeated."""
+    key = run_key(dm, method, seed, lam)
+    if cfg.memo is not None and key in cfg.memo:
+        return cfg.memo[key]
+    out = train_student(cfg, dm, teacher, method, seed, lam)
+    if cfg.memo is not None:
+        cfg.memo[key] = out
+        RUNS_FILE.write_text(json.dumps(cfg.memo, indent=1))
+    return out
+
+
+def memo_from_rows(rows: list[dict]) -> dict[str, dict]:
+    """Per-run records of the settings an earlier study ran with one seed (seed 0), rebuilt from its
+    rows: accuracy, lambda statistics and (for the best lambda's KD row) step time are the measured
+    values; the other KD lambdas' step times are not in the rows and take the best lambda's."""
+    memo = {}
+    for row in rows:
+        if row["seeds"] != 1:
+            continue
+        base = {"step_time": row["step_time_ms"] / 1000, "rebuilt_from_rows": True}
+        base.update({k: row[k] for k in ("lambda_flipped", "lambda_clean") if k in row})
+        if row["method"] == "KD (fixed lambda)":
+            for lam, acc in row["kd_grid"].items():
+                memo[f"{row['noise']}|{row['rate']}|{row['method']}|{float(lam)}|0"] = {**base, "accuracy": acc}
+        else:
+            memo[f"{row['noise']}|{row['rate']}|{row['method']}|None|0"] = {**base, "accuracy": row["accuracy_mean"]}
+    return memo
+
+
+def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None) -> dict:
     cls, extra = METHODS[method](lam)
     if cls is AdaptiveLossMixingKD:
         extra.update(init_lambda=0.9, meta_learning_rate=cfg.meta_lr if extra["mixer"] == "table" else cfg.net_meta_lr)
@@ -259,12 +296,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="seeds at 40%% symmetric noise")
     parser.add_argument("--other-seeds", type=int, default=1, help="seeds at the other noise settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the settings of results/noisy.json that already have enough seeds and the runs in "
+                             "results/noisy_runs.json; run only what is missing (the interleaved step times are kept)")
     parser.add_argument("--timing-only", action="store_true",
                         help="only re-measure step times (interleaved) and rewrite the existing results/noisy.*")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = argparse.Namespace(train_examples=1200, max_length=40, epochs=2, teacher_epochs=1, lr=2e-4, meta_lr=1.0, net_meta_lr=0.01,
-                             work=cache_dir() / "noisy_study")
+                             work=cache_dir() / "noisy_study", memo=None)
     settings = SETTINGS
     if args.quick:
         cfg.train_examples, cfg.epochs, settings = 200, 1, [("symmetric", 0.4)]
@@ -277,18 +317,29 @@ def main(argv: list[str] | None = None) -> None:
         minutes = float(((RESULTS / "noisy.md").read_text().split("` (")[1]).split(" min")[0])
         write_results("noisy", rows, markdown(rows, cfg, minutes), plot(rows))
         return
+    earlier: list[dict] = []
+    if args.resume:
+        earlier = json.loads((RESULTS / "noisy.json").read_text())
+        cfg.memo = memo_from_rows(earlier)
+        if RUNS_FILE.is_file():
+            cfg.memo.update(json.loads(RUNS_FILE.read_text()))
     rows: list[dict] = []
     for noise, rate in settings:
         main_setting = (noise, rate) == ("symmetric", 0.4)
         seeds = list(range(args.seeds if main_setting else args.other_seeds))
         methods = all_methods if main_setting else [m for m in all_methods if "all-param" not in m]
-        rows += study_setting(cfg, noise, rate, seeds, methods)
+        kept = [r for r in earlier if (r["noise"], r["rate"]) == (noise, rate) and r["seeds"] >= len(seeds)]
+        rows += kept if len(kept) == len(methods) else study_setting(cfg, noise, rate, seeds, methods)
         minutes = (time.perf_counter() - start) / 60
         print(f"[noisy] {noise} {rate}: done at {minutes:.1f} min", flush=True)
         if not args.quick:
             write_results("noisy", rows, markdown(rows, cfg, minutes), plot(rows))
     if not args.quick:
-        apply_timing(rows, interleaved_timing(cfg))
+        if args.resume:  # the interleaved step times of the earlier study, per method
+            timing = {r["method"]: r["step_time_ms_interleaved"] for r in earlier if "step_time_ms_interleaved" in r}
+        else:
+            timing = interleaved_timing(cfg)
+        apply_timing(rows, timing)
         write_results("noisy", rows, markdown(rows, cfg, (time.perf_counter() - start) / 60), plot(rows))
     print(json.dumps(rows, indent=1))
 
