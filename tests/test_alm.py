@@ -143,6 +143,38 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
     assert "lambda_flipped" in model.last_flip_stats and "lambda_clean" in model.last_flip_stats
 
 
+def test_centred_meta_gradient_moves_weights_but_keeps_their_mean(assets, tmp_path):
+    """center_meta_grad: every meta step keeps its batch's mean logit, so after one epoch (each
+    training example seen once) the table's mean logit over the training rows is still the initial
+    one while the rows themselves have spread out; without centring the mean moves."""
+    import math
+
+    means = {}
+    for center in (True, False):
+        seed_everything(0)
+        dm = noisy_dm(assets)
+        model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), center_meta_grad=center, learning_rate=1e-3,
+                                     lookahead_lr=1.0, meta_learning_rate=1.0, **link(dm))
+        fit(model, dm, tmp_path / str(center), enable_checkpointing=False, limit_val_batches=0)
+        rows = model.mixer.logits.detach()[torch.tensor(dm.splits["train"]["idx"])].squeeze(-1)
+        assert rows.std() > 0.1  # the per-example signal is kept
+        means[center] = float(rows.mean())
+    assert means[True] == pytest.approx(math.log(0.9 / 0.1), abs=1e-4)
+    assert abs(means[False] - math.log(0.9 / 0.1)) > 1e-2
+
+
+def test_meta_warmup_in_epochs(assets, tmp_path):
+    """meta_interval=epoch, meta_warmup=1: no meta step in epoch 0, meta steps from epoch 1 on."""
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_interval="epoch", meta_warmup=1, lookahead_lr=1.0,
+                                 **link(dm))
+    fit(model, dm, tmp_path / "one", epochs=1, enable_checkpointing=False, limit_val_batches=0)
+    assert torch.allclose(model.table_lambdas(), torch.tensor(0.9))
+    fit(model, dm, tmp_path / "two", epochs=2, enable_checkpointing=False, limit_val_batches=0)
+    assert (model.table_lambdas() - 0.9).abs().max() > 1e-3
+
+
 def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path):
     seed_everything(0)
     dm = noisy_dm(assets)
@@ -164,6 +196,23 @@ def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path)
     resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, **link(dm))
     fit(resumed, dm, tmp_path / "c", epochs=2, ckpt_path=str(path), limit_val_batches=1, enable_checkpointing=False)
     assert torch.equal(resumed.table_lambdas(), model.table_lambdas())
+
+
+def test_without_meta_steps_alm_is_vanilla_kd_at_init_lambda(assets, tmp_path):
+    """With the weights frozen at init_lambda, ALM-KD's manual step must train the student exactly
+    as VanillaKD(alpha=init_lambda) does: same loss, optimiser, schedule and dropout draws."""
+    from kdlight.modules import VanillaKD
+
+    students = []
+    for cls, extra in ((AdaptiveLossMixingKD, {"meta_steps": 0, "init_lambda": 0.7}), (VanillaKD, {"alpha": 0.7})):
+        seed_everything(0)
+        dm = noisy_dm(assets)
+        model = cls(teacher=str(assets["teacher"]), temperature=4.0, learning_rate=1e-3, **extra, **link(dm))
+        fit(model, dm, tmp_path / cls.__name__, epochs=2, enable_checkpointing=False, limit_val_batches=0)
+        students.append(model.student.state_dict())
+    alm, vanilla = students
+    moved = [k for k in alm if not torch.allclose(alm[k], vanilla[k], atol=1e-5)]
+    assert not moved, f"ALM-KD without meta steps diverged from VanillaKD in {moved[:3]}"
 
 
 def test_needs_the_noisy_datamodule_and_valid_args(assets, tmp_path):

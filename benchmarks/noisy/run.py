@@ -66,7 +66,7 @@ def link(dm) -> dict:
 
 
 def noisy_teacher(cfg, dm, noise: str, rate: float) -> str:
-    out = cache_dir() / "teachers" / f"noisy_{noise}_{int(rate * 100)}_n{cfg.train_examples}_l{cfg.max_length}"
+    out = cache_dir() / "teachers" / f"noisy_{noise}_{int(rate * 100)}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
     if (out / "config.json").is_file():
         return str(out)
     start = time.perf_counter()
@@ -123,10 +123,12 @@ def memo_from_rows(rows: list[dict]) -> dict[str, dict]:
     return memo
 
 
-def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None) -> dict:
+def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None, alm_args: dict | None = None) -> dict:
+    """Train one student and score it; ``alm_args`` override ALM-KD's arguments (ablations)."""
     cls, extra = METHODS[method](lam)
     if cls is AdaptiveLossMixingKD:
         extra.update(init_lambda=0.9, meta_learning_rate=cfg.meta_lr if extra["mixer"] == "table" else cfg.net_meta_lr)
+        extra.update(alm_args or {})
     seed_everything(seed, verbose=False)
     model = cls(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
                 learning_rate=cfg.lr, warmup_ratio=0.1, export_dir=str(cfg.work / "export"), export_best=False,
@@ -135,7 +137,7 @@ def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | No
     timer = StepTimer()
     t = trainer(cfg, cfg.work / "student", cfg.epochs, [timer])
     t.fit(model, datamodule=dm)
-    accuracy = clean_test_accuracy(model, dm)
+    accuracy = clean_test_accuracy(model.student, dm)
     times = timer.times[2:] or timer.times  # first steps include lazy set-up (teacher cache look-up)
     out = {"accuracy": accuracy, "step_time": statistics.mean(times)}
     out.update(getattr(model, "last_flip_stats", {}) or {})
@@ -144,10 +146,17 @@ def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | No
     return out
 
 
+def load_student_like(path: str):
+    """A ``save_pretrained`` classifier (e.g. the noisy teacher), to score with :func:`clean_test_accuracy`."""
+    from kdlight.models.hf import load_classifier
+
+    return load_classifier(path, 2, None, require_head=True)
+
+
 @torch.no_grad()
-def clean_test_accuracy(model, dm) -> float:
-    """The student's accuracy on the wrapped task's (never corrupted) test split."""
-    student = model.student.eval()
+def clean_test_accuracy(student, dm) -> float:
+    """A classifier's accuracy on the wrapped task's (never corrupted) test split."""
+    student = student.eval()
     correct = total = 0
     for batch in dm.test_dataloader():
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

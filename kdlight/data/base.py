@@ -27,6 +27,19 @@ STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def tokenize_dataset(dataset: datasets.Dataset, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
+    """Tokenise the ``text`` (and ``text_pair``) columns with a cached ``map``; other columns stay."""
+    pair = "text_pair" in dataset.column_names
+
+    def encode(batch):
+        if pair:
+            return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
+    return dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenising {desc}")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -141,17 +154,7 @@ class LabelledTextDataModule(LightningDataModule):
         dataset = self.load_split(split)
         if split == self.train_split and self.max_train_examples is not None:
             dataset = dataset.select(range(min(self.max_train_examples, len(dataset))))
-        tokenizer = self.tokenizer
-        pair = "text_pair" in dataset.column_names
-        max_length = self.max_length
-
-        def encode(batch):
-            if pair:
-                return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
-            return tokenizer(batch["text"], truncation=True, max_length=max_length)
-
-        drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
-        return dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenising {split}")
+        return tokenize_dataset(dataset, self.tokenizer, self.max_length, split)
 
     def prepare_data(self) -> None:
         for split in self.stage_splits(None):

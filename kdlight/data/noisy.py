@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
-from kdlight.data.base import Collator, LabelledTextDataModule
+from kdlight.data.base import Collator, LabelledTextDataModule, tokenize_dataset
 from kdlight.errors import KDLightError
 
 NOISE_TYPES = ("symmetric", "asymmetric", "instance")
@@ -215,16 +215,7 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         return score.numpy(), other.numpy()
 
     def _encode(self, dataset: datasets.Dataset, desc: str) -> datasets.Dataset:
-        tokenizer, max_length = self.tokenizer, self.max_length
-        pair = "text_pair" in dataset.column_names
-
-        def encode(batch):
-            if pair:
-                return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
-            return tokenizer(batch["text"], truncation=True, max_length=max_length)
-
-        drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
-        return dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenising {desc}")
+        return tokenize_dataset(dataset, self.tokenizer, self.max_length, desc)
 
     # ---------------------------------------------------------------------- LabelledTextDataModule
     @property

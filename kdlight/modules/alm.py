@@ -19,7 +19,9 @@ the multi-teacher softmax. Our own additions: the Meta-Weight-Net style ``Mixing
 and ``normalize_meta_grad`` (the raw meta-gradient of a table row scales with the student's learning
 rate, ~1e-4 for transformers, so the table barely moves with a plain SGD meta step; we divide the
 batch's meta-gradient by its mean absolute value, a per-batch step-size normalisation that keeps
-its direction).
+its direction), and ``center_meta_grad`` (off by default: subtract the batch's mean meta-gradient,
+so the table only re-weights examples relative to one another; measured in
+``benchmarks/results/noisy_ablation.md``).
 
 Under DDP the weights are replicated on every rank (outside DDP's gradient buckets); each rank's
 meta-gradient is summed across ranks before the meta step, so the copies stay identical.
@@ -77,6 +79,12 @@ class AdaptiveLossMixingKD(BaseDistiller):
         meta_learning_rate: see ``meta_optimizer``.
         normalize_meta_grad: divide the table's meta-gradient by its mean absolute value over the
             batch (see the module docstring). Ignored for the network.
+        center_meta_grad: subtract the batch's mean meta-gradient from the table rows before the
+            meta step, so a step only moves the batch's weights relative to each other and their
+            mean stays at ``init_lambda`` (in logit space). Our addition: the one-step look-ahead
+            scored by clean CE drifts every weight toward the label loss (see
+            ``benchmarks/results/noisy_ablation.md``); centring keeps the per-example signal and
+            drops that drift. Ignored for the network.
         num_examples: rows of the table; default ``max idx + 1`` of the training split at fit start
             (restored from checkpoints automatically).
         mixer_hidden: hidden width of the mixing network.
@@ -98,6 +106,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         meta_optimizer: OptimizerCallable | None = None,
         meta_learning_rate: float = 0.5,
         normalize_meta_grad: bool = True,
+        center_meta_grad: bool = False,
         num_examples: int | None = None,
         mixer_hidden: int = 32,
         temperature: float = 4.0,
@@ -303,6 +312,11 @@ class AdaptiveLossMixingKD(BaseDistiller):
                                                 mix_params, logits_of, average=self.average_across_ranks, world_size=world)
         if world > 1:  # each rank holds its own examples' contributions: their sum is the global meta-gradient
             grads = self.sum_across_ranks(grads)
+        if hp.mixer == "table" and hp.center_meta_grad:
+            rows = grads[0][idx]  # (B, width); the global batch's mean row is the same number on every rank
+            local = torch.cat([rows.sum(0), torch.tensor([float(len(idx))], device=rows.device)])
+            total = self.sum_across_ranks([local])[0] if world > 1 else local
+            grads[0] = grads[0].index_put((idx,), rows - total[:-1] / total[-1])
         if hp.mixer == "table" and hp.normalize_meta_grad:
             # the mean |gradient| over the global batch's rows, the same number on every rank
             local = torch.stack([grads[0][idx].abs().sum(), torch.tensor(float(grads[0][idx].numel()), device=idx.device)])
