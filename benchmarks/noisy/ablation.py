@@ -1,6 +1,6 @@
 """What we tried to make ALM-KD pay off: 40 % symmetric noise on a larger, better-taught setting.
 
-    python -m benchmarks.noisy.ablation            # ~25 min on 2 CPU cores (2 worker processes)
+    python -m benchmarks.noisy.ablation            # ~40 min on 2 CPU cores (2 worker processes)
     python -m benchmarks.noisy.ablation --quick    # a smoke run (not written to results/)
 
 The main study (``benchmarks.noisy.run``) is sized for five noise settings in ~40 minutes, which
@@ -9,7 +9,8 @@ method to get far above the class prior at 40 % noise. This study spends the sam
 setting: 2,700 noisy training examples (+300 clean), a teacher fine-tuned 2 epochs on the noisy
 labels, 3 student epochs, and varies what the main study's notes list as untried: a meta warm-up
 (no meta steps in the first epoch), a centred meta-gradient (``center_meta_grad``) with the initial
-lambda at 0.9 (the official code's) and 0.5, and the mixing network's meta learning rate.
+lambda at 0.9 (the official code's) and 0.5, a larger clean batch for the meta step, the
+all-parameter look-ahead, and the mixing network's meta learning rate.
 Each variant runs with 3 seeds; runs are spread over two worker
 processes with one torch thread each. Writes ``benchmarks/results/noisy_ablation.{md,json,png}``.
 """
@@ -34,8 +35,8 @@ from kdlight.assets import cache_dir  # noqa: E402
 
 NOISE, RATE = "symmetric", 0.4
 
-# name -> (method of benchmarks.noisy.run, fixed lambda, extra ALM-KD arguments)
-VARIANTS: dict[str, tuple[str, float | None, dict]] = {
+# name -> (method of benchmarks.noisy.run, fixed lambda, extra ALM-KD arguments[, datamodule arguments])
+VARIANTS: dict[str, tuple] = {
     "CE only": ("CE only", None, {}),
     "KD lambda=0.3": ("KD (fixed lambda)", 0.3, {}),
     "KD lambda=0.5": ("KD (fixed lambda)", 0.5, {}),
@@ -45,6 +46,10 @@ VARIANTS: dict[str, tuple[str, float | None, dict]] = {
                                                {"init_lambda": 0.9, "meta_interval": "epoch", "meta_warmup": 1}),
     "ALM table, init 0.9, centred meta-gradient": ("ALM-KD (table)", None, {"init_lambda": 0.9, "center_meta_grad": True}),
     "ALM table, init 0.5, centred meta-gradient": ("ALM-KD (table)", None, {"init_lambda": 0.5, "center_meta_grad": True}),
+    "ALM table, init 0.9, centred, clean batch 128": ("ALM-KD (table)", None, {"init_lambda": 0.9, "center_meta_grad": True},
+                                                     {"meta_batch_size": 128}),
+    "ALM table, init 0.9, centred, all-parameter look-ahead": ("ALM-KD (table)", None,
+                                                              {"init_lambda": 0.9, "center_meta_grad": True, "lookahead": "all"}),
     "ALM mixing net, Adam lr 0.01 (as in the main study)": ("ALM-KD (mixing net)", None, {"init_lambda": 0.9}),
     "ALM mixing net, Adam lr 0.001": ("ALM-KD (mixing net)", None, {"init_lambda": 0.9, "meta_learning_rate": 1e-3}),
 }
@@ -62,10 +67,10 @@ def one_run(job: tuple[argparse.Namespace, str, int]) -> dict:
     """A worker: train one variant with one seed (one torch thread) and return its record."""
     cfg, variant, seed = job
     torch.set_num_threads(1)
-    method, lam, alm_args = VARIANTS[variant]
+    method, lam, alm_args, *data_args = VARIANTS[variant]
     cfg = argparse.Namespace(**vars(cfg))
     cfg.work = cfg.work / f"variant{list(VARIANTS).index(variant)}_seed{seed}"
-    dm = study.datamodule(cfg, NOISE, RATE)
+    dm = study.datamodule(cfg, NOISE, RATE, **(data_args[0] if data_args else {}))
     teacher = study.noisy_teacher(cfg, dm, NOISE, RATE)  # trained by the parent before any worker starts
     start = time.perf_counter()
     out = study.train_student(cfg, dm, teacher, method, seed, lam, alm_args=alm_args)
@@ -110,7 +115,7 @@ def plot(rows: list[dict]):
         ax.set_xlim(min(lo, 100 * rows[0]["majority_accuracy"]) - 2, max(100 * rows[0]["teacher_accuracy"], lo) + 4)
         ax.invert_yaxis()
         ax.set_xlabel("clean test accuracy (%), mean ± std over seeds")
-        ax.set_title("Rotten Tomatoes, 40% symmetric noise on 2,700 examples: 2-layer student")
+        ax.set_title("Rotten Tomatoes, 40% symmetric noise, 2-layer students", loc="left")
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -118,7 +123,7 @@ def plot(rows: list[dict]):
     return draw
 
 
-def markdown(rows: list[dict], cfg, minutes: float, workers: int) -> str:
+def markdown(rows: list[dict], cfg, fit_minutes: float, workers: int) -> str:
     def pct(v):
         return f"{100 * v:.2f}"
 
@@ -151,8 +156,9 @@ def markdown(rows: list[dict], cfg, minutes: float, workers: int) -> str:
     )
     return (
         "# Noisy labels, 40 % symmetric: what we tried for ALM-KD\n\n"
-        f"`python -m benchmarks.noisy.ablation` ({minutes:.0f} min on this machine, {workers} worker processes with one "
-        "torch thread each).\n\n"
+        f"`python -m benchmarks.noisy.ablation`: the runs' fits took {fit_minutes:.0f} min in all, {workers} at a time "
+        f"({workers} worker processes with one torch thread each), so about {fit_minutes / workers:.0f} min of wall time, "
+        "plus ~3 min to fine-tune the teacher once.\n\n"
         f"Rotten Tomatoes, first {cfg.train_examples} training rows: 10 % carved off as the clean split before any "
         f"corruption, the other {int(cfg.train_examples * 0.9)} corrupted with 40 % symmetric noise (binary task: every "
         f"flipped label is the wrong class). max_length {cfg.max_length}, batch 32. Teacher: packaged all-MiniLM-L6-v2 "
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run; results are not written")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs in results/noisy_ablation_runs.json and run only the missing (variant, seed) pairs")
     args = parser.parse_args(argv)
     cfg = config(args.quick)
     seeds = 1 if args.quick else args.seeds
@@ -182,20 +190,22 @@ def main(argv: list[str] | None = None) -> None:
     dm.prepare_data()
     dm.setup("test")
     teacher_accuracy = study.clean_test_accuracy(study.load_student_like(teacher), dm)
-    jobs = [(cfg, variant, seed) for seed in range(seeds) for variant in VARIANTS]
-    runs: list[dict] = []
+    runs_file = RESULTS / "noisy_ablation_runs.json"
+    runs: list[dict] = json.loads(runs_file.read_text()) if args.resume and runs_file.is_file() else []
+    done = {(r["variant"], r["seed"]) for r in runs}
+    jobs = [(cfg, variant, seed) for seed in range(seeds) for variant in VARIANTS if (variant, seed) not in done]
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
         for record in pool.map(one_run, jobs):
             runs.append(record)
             print(f"[ablation] {record['variant']} seed={record['seed']}: acc={record['accuracy']:.4f} "
                   f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     rows = summarise(runs, teacher_accuracy, study.majority_accuracy())
-    minutes = (time.perf_counter() - start) / 60
+    fit_minutes = sum(r["seconds"] for r in runs) / 60
     if args.quick:
         print(json.dumps(rows, indent=1))
         return
-    (RESULTS / "noisy_ablation_runs.json").write_text(json.dumps(runs, indent=1))
-    write_results("noisy_ablation", rows, markdown(rows, cfg, minutes, args.workers), plot(rows))
+    runs_file.write_text(json.dumps(runs, indent=1))
+    write_results("noisy_ablation", rows, markdown(rows, cfg, fit_minutes, args.workers), plot(rows))
 
 
 if __name__ == "__main__":

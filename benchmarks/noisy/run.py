@@ -53,11 +53,11 @@ def trainer(cfg, root: Path, epochs: int, callbacks=(), max_steps: int = -1) -> 
                    default_root_dir=str(root), callbacks=list(callbacks), num_sanity_val_steps=0)
 
 
-def datamodule(cfg, noise: str, rate: float) -> NoisyLabelDataModule:
+def datamodule(cfg, noise: str, rate: float, meta_batch_size: int = 32) -> NoisyLabelDataModule:
     return NoisyLabelDataModule(
         RottenTomatoesDataModule(), noise_type=noise, noise_rate=rate, clean_val_size=0.1, seed=0,
         tokenizer=PACKAGED_MINILM, max_length=cfg.max_length, batch_size=32, eval_batch_size=128,
-        max_train_examples=cfg.train_examples, meta_batch_size=32,
+        max_train_examples=cfg.train_examples, meta_batch_size=meta_batch_size,
     )
 
 
