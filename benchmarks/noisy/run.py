@@ -1,7 +1,11 @@
 """Noisy-label study: CE vs fixed-lambda KD vs ALM-KD on Rotten Tomatoes with injected label noise.
 
-    python -m benchmarks.noisy.run            # the committed study (~35-40 min on 2 CPU cores)
+    python -m benchmarks.noisy.run            # the study: 5 noise settings x 3 seeds, 2 runs at a time
     python -m benchmarks.noisy.run --quick    # a 2-minute smoke run (not written to results/)
+
+The committed results were made one run at a time (``--workers 1``): 32 min with 3 seeds at 40 %
+symmetric and 1 elsewhere, then 40 min more for the other seeds (``--resume``). Two workers should
+bring all 3 seeds everywhere to about 40-45 min (an estimate from those runs, not measured).
 
 Per noise setting: the packaged all-MiniLM-L6-v2 is fine-tuned on the *noisy* training labels (the
 teacher a user would have; cached under ``<kdlight cache>/teachers/noisy_<type>_<rate>``), then a
@@ -17,6 +21,8 @@ import json
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,16 +99,31 @@ def run_key(dm, method: str, seed: int, lam: float | None) -> str:
     return f"{dm.noise_type}|{dm.noise_rate}|{method}|{lam}|{seed}"
 
 
-def run_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None) -> dict:
-    """One student run; with ``cfg.memo`` (``--resume``) a run already recorded there is not repeated."""
-    key = run_key(dm, method, seed, lam)
-    if cfg.memo is not None and key in cfg.memo:
-        return cfg.memo[key]
-    out = train_student(cfg, dm, teacher, method, seed, lam)
-    if cfg.memo is not None:
-        cfg.memo[key] = out
-        RUNS_FILE.write_text(json.dumps(cfg.memo, indent=1))
-    return out
+def run_students(cfg, dm, teacher: str, jobs: list[tuple[str, int, float | None]], pool=None) -> list[dict]:
+    """Student runs ``(method, seed, lambda)``, in order; with ``cfg.memo`` (``--resume``) a run already
+    recorded there is not repeated. With a process ``pool`` the missing runs go to its workers (the
+    teacher is already trained and cached, so workers only read it)."""
+    keys = [run_key(dm, method, seed, lam) for method, seed, lam in jobs]
+    memo = cfg.memo if cfg.memo is not None else {}
+    todo = [(key, job) for key, job in zip(keys, jobs) if key not in memo]
+    if pool is None:
+        results = (train_student(cfg, dm, teacher, method, seed, lam) for _, (method, seed, lam) in todo)
+    else:
+        worker_cfg = argparse.Namespace(**{**vars(cfg), "memo": None})
+        results = pool.map(_student_job, [(worker_cfg, dm.noise_type, dm.noise_rate, teacher, *job) for _, job in todo])
+    for (key, _), out in zip(todo, results):
+        memo[key] = out
+        if cfg.memo is not None:
+            RUNS_FILE.write_text(json.dumps(cfg.memo, indent=1))
+    return [memo[key] for key in keys]
+
+
+def _student_job(job) -> dict:
+    """A pool worker: one student run with one torch thread (two workers share the 2 cores)."""
+    cfg, noise, rate, teacher, method, seed, lam = job
+    torch.set_num_threads(1)
+    cfg.work = cfg.work / f"worker{os.getpid()}"  # each worker its own export folder
+    return train_student(cfg, datamodule(cfg, noise, rate), teacher, method, seed, lam)
 
 
 def memo_from_rows(rows: list[dict]) -> dict[str, dict]:
@@ -201,16 +222,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def study_setting(cfg, noise: str, rate: float, seeds: list[int], methods: list[str]) -> list[dict]:
+def study_setting(cfg, noise: str, rate: float, seeds: list[int], methods: list[str], pool=None) -> list[dict]:
     dm = datamodule(cfg, noise, rate)
     teacher = noisy_teacher(cfg, dm, noise, rate)
-    runs: dict[str, list[dict]] = {}
-    kd = {lam: [run_student(cfg, dm, teacher, "KD (fixed lambda)", s, lam) for s in seeds] for lam in LAMBDAS}
+    jobs = [("KD (fixed lambda)", s, lam) for lam in LAMBDAS for s in seeds]
+    jobs += [(method, s, None) for method in methods if method != "KD (fixed lambda)" for s in seeds]
+    results = dict(zip(jobs, run_students(cfg, dm, teacher, jobs, pool)))
+    kd = {lam: [results[("KD (fixed lambda)", s, lam)] for s in seeds] for lam in LAMBDAS}
     best = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in kd[lam]))
     kd_time = statistics.mean(r["step_time"] for r in kd[0.5])
-    for method in methods:
-        if method != "KD (fixed lambda)":
-            runs[method] = [run_student(cfg, dm, teacher, method, s) for s in seeds]
+    runs = {method: [results[(method, s, None)] for s in seeds] for method in methods if method != "KD (fixed lambda)"}
     runs["KD (fixed lambda)"] = kd[best]
     rows = []
     for method in methods:
@@ -275,7 +296,8 @@ def markdown(rows: list[dict], cfg, minutes: float) -> str:
                                         ("lc", "mean lambda (clean)")])
     return (
         "# Noisy labels: CE vs fixed-lambda KD vs ALM-KD\n\n"
-        f"`python -m benchmarks.noisy.run` ({minutes:.0f} min on this machine, torch threads = {torch.get_num_threads()}).\n\n"
+        f"`python -m benchmarks.noisy.run` ({minutes:.0f} min on this machine; one torch thread per student run, "
+        f"{getattr(cfg, 'workers', 1)} run(s) at a time).\n\n"
         f"Rotten Tomatoes (first {cfg.train_examples} training rows; 10 % carved as the clean validation split before any "
         f"corruption, the rest corrupted), max_length {cfg.max_length}, batch 32. Teacher: packaged all-MiniLM-L6-v2 "
         f"fine-tuned {cfg.teacher_epochs} epoch(s) on the noisy labels. Student: its first and last layers (TruncatedTeacher(2)), "
@@ -304,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run; results are not written")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="seeds at 40%% symmetric noise")
-    parser.add_argument("--other-seeds", type=int, default=1, help="seeds at the other noise settings")
+    parser.add_argument("--other-seeds", type=int, default=3, help="seeds at the other noise settings")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="student runs in parallel, one process and one torch thread each (1: in this process)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the settings of results/noisy.json that already have enough seeds and the runs in "
                              "results/noisy_runs.json; run only what is missing (the interleaved step times are kept)")
@@ -313,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = argparse.Namespace(train_examples=1200, max_length=40, epochs=2, teacher_epochs=1, lr=2e-4, meta_lr=1.0, net_meta_lr=0.01,
-                             work=cache_dir() / "noisy_study", memo=None)
+                             work=cache_dir() / "noisy_study", memo=None, workers=args.workers)
     settings = SETTINGS
     if args.quick:
         cfg.train_examples, cfg.epochs, settings = 200, 1, [("symmetric", 0.4)]
@@ -333,16 +357,19 @@ def main(argv: list[str] | None = None) -> None:
         if RUNS_FILE.is_file():
             cfg.memo.update(json.loads(RUNS_FILE.read_text()))
     rows: list[dict] = []
+    pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) if args.workers > 1 else None
     for noise, rate in settings:
         main_setting = (noise, rate) == ("symmetric", 0.4)
         seeds = list(range(args.seeds if main_setting else args.other_seeds))
         methods = all_methods if main_setting else [m for m in all_methods if "all-param" not in m]
         kept = [r for r in earlier if (r["noise"], r["rate"]) == (noise, rate) and r["seeds"] >= len(seeds)]
-        rows += kept if len(kept) == len(methods) else study_setting(cfg, noise, rate, seeds, methods)
+        rows += kept if len(kept) == len(methods) else study_setting(cfg, noise, rate, seeds, methods, pool)
         minutes = (time.perf_counter() - start) / 60
         print(f"[noisy] {noise} {rate}: done at {minutes:.1f} min", flush=True)
         if not args.quick:
             write_results("noisy", rows, markdown(rows, cfg, minutes), plot(rows))
+    if pool is not None:
+        pool.shutdown()
     if not args.quick:
         if args.resume:  # the interleaved step times of the earlier study, per method
             timing = {r["method"]: r["step_time_ms_interleaved"] for r in earlier if "step_time_ms_interleaved" in r}
