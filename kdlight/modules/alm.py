@@ -310,13 +310,15 @@ class AdaptiveLossMixingKD(BaseDistiller):
         world = self.trainer.world_size
         score, grads = lookahead_meta_gradients(module, params, train_inputs, val_inputs, clean["labels"], inner_loss, lr,
                                                 mix_params, logits_of, average=self.average_across_ranks, world_size=world)
+        if hp.mixer == "table" and hp.center_meta_grad:
+            # before the cross-rank sum, while each rank's gradient holds only its own rows: every rank
+            # subtracts the global batch's mean row from its rows, so the summed table stays identical
+            rows = grads[0][idx]  # (B, width)
+            local = torch.cat([rows.sum(0), torch.tensor([float(len(idx))], device=rows.device)])
+            total = self.sum_across_ranks([local])[0]
+            grads[0] = grads[0].index_put((idx,), rows - total[:-1] / total[-1])
         if world > 1:  # each rank holds its own examples' contributions: their sum is the global meta-gradient
             grads = self.sum_across_ranks(grads)
-        if hp.mixer == "table" and hp.center_meta_grad:
-            rows = grads[0][idx]  # (B, width); the global batch's mean row is the same number on every rank
-            local = torch.cat([rows.sum(0), torch.tensor([float(len(idx))], device=rows.device)])
-            total = self.sum_across_ranks([local])[0] if world > 1 else local
-            grads[0] = grads[0].index_put((idx,), rows - total[:-1] / total[-1])
         if hp.mixer == "table" and hp.normalize_meta_grad:
             # the mean |gradient| over the global batch's rows, the same number on every rank
             local = torch.stack([grads[0][idx].abs().sum(), torch.tensor(float(grads[0][idx].numel()), device=idx.device)])
