@@ -115,3 +115,27 @@ def trainer_args(root, **overrides) -> list[str]:
     }
     args.update(overrides)
     return [f"{k}={v}" for k, v in args.items()]
+
+
+def expect_user_error(args: list[str], capsys, match: str, export_dir: Path | None = None) -> str:
+    """Run ``kdlight <args>`` in-process and check it fails the way a user should see it.
+
+    Exit code 2, no traceback, exactly one ``kdlight: error:`` line on stderr matching ``match``
+    (a regex), and nothing written to ``export_dir``. Returns that line.
+    """
+    import re
+
+    from kdlight.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("kdlight: error:")]
+    assert len(lines) == 1, err
+    assert re.search(match, lines[0]), lines[0]
+    if export_dir is not None:
+        assert not Path(export_dir).exists() or not any(Path(export_dir).iterdir()), f"{export_dir} was written"
+    return lines[0]
