@@ -3,31 +3,109 @@
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest state.
+    """``ModelCheckpoint`` that keeps the best checkpoints by ``val/score`` and a ``last.ckpt`` that
+    always holds the latest state.
 
-    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint is written, so after a plateau
-    ``--ckpt_path last`` would resume from the last *improvement*. Here ``last.ckpt`` is refreshed at
-    every validation and at the end of training, so a stopped run resumes where it stopped.
+    Lightning writes ``last.ckpt`` only when a top-k checkpoint is written, so after a plateau
+    ``--ckpt_path last`` would resume from the last *improvement*. Here ``last.ckpt`` is refreshed
+    after every top-k decision (never before it: a save marks the step as saved, and Lightning then
+    skips the top-k save of that step), at the end of training, and when the run receives SIGTERM
+    (a scheduler's pre-emption), after which the run stops; ``--ckpt_path last`` continues from there.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_at: int | None = None  # global step of the newest last.ckpt
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_at = trainer.global_step
+
     def _refresh_last(self, trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if self._last_written_at != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.received_sigterm:
+            self._refresh_last(trainer)
+            print(f"[kdlight] stopped by SIGTERM at step {trainer.global_step}; "
+                  f"the same command with --ckpt_path last continues from {self.last_model_path}", flush=True)
+            raise SIGTERMException
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):  # else the top-k decision comes at epoch end
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         self._refresh_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
+
+
+class ExactResume(Callback):
+    """What Lightning leaves out of an exact resume: the RNG states, and the training loader's position.
+
+    RNG states (torch, CUDA, Python, NumPy) go into every checkpoint and are restored right before the
+    first training batch of a resumed fit, so dropout masks continue as in an uninterrupted run.
+    Lightning saves a stateful loader's position (see :mod:`kdlight.data.sampler`) but only hands it
+    back when the loader is first built after the restore; kdlight's LR schedule asks for the epoch
+    length while the optimisers are set up, which builds the loader before the restore, so the
+    position is handed over here.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        fit_loop = trainer.fit_loop
+        if fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
+            fit_loop._combined_loader._load_state_dicts(fit_loop._combined_loader_states_to_load)
+            fit_loop._combined_loader_states_to_load = []
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Restored here rather than at load time: setting up loaders and the sanity check in between
+        # must not see (or advance) the training RNG.
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
 
 
 class PredictionWriter(BasePredictionWriter):

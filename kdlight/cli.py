@@ -10,15 +10,18 @@ model once.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import kdlight.data  # noqa: F401  (registers datamodules for short class names)
 import kdlight.models  # noqa: F401  (registers student specs)
 import kdlight.modules  # noqa: F401  (registers LightningModules)
-from kdlight.callbacks import LatestCheckpoint, PredictionWriter
+from kdlight.callbacks import LatestCheckpoint, PredictionWriter, ExactResume
+from kdlight.resume import resolve_ckpt_path
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.base import BaseDistiller
 
@@ -42,6 +45,17 @@ class KDLightCLI(LightningCLI):
         for name in ("num_labels", "metric", "label_names"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("data.tokenizer_name", "model.init_args.tokenizer", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(ExactResume())  # exact resume: dropout continues where it stopped
+        return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") is not None:
+            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]))
+        return kwargs
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -89,8 +103,13 @@ def main(args: list[str] | None = None) -> None:
     Set ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
     """
     KDLightError.last = None
+    # Like `python -m`, the working directory is importable, so `--model my_kd.MyKD` finds my_kd.py there.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         cli(args)
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for "terminated", not success
     except Exception as err:
         user_error = user_error_in(err)
         if user_error is None or os.environ.get("KDLIGHT_TRACEBACK"):

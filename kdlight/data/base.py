@@ -11,16 +11,16 @@ loads and ``map`` calls on every rank, which are then cache hits for file-backed
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from typing import Any
 
 import datasets
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from kdlight.assets import resolve_model_path
+from kdlight.data.sampler import ResumableLoader, loader_generator
 from kdlight.errors import KDLightError
 
 STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
@@ -175,22 +175,22 @@ class LabelledTextDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=Collator(self.tokenizer.pad_token_id or 0),
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.train_split, shuffle=self.shuffle, batch_size=self.batch_size)
+        if self.train_split not in self.splits:
+            self.splits[self.train_split] = self.tokenize_split(self.train_split)
         trainer = self.trainer
-        if trainer is None:
-            return loader
-        # The same seeded epoch permutation on 1 process as on N: rank r of N takes every N-th
-        # example of it, so one step of N x batch_size sees exactly the examples that one step of
-        # a single process with N times the batch sees (Lightning's own DDP sampler, seed included).
-        sampler = DistributedSampler(
-            loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=self.shuffle,
-            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # One seeded epoch permutation on 1 process as on N (rank r of N takes every N-th example), so
+        # a step of N x batch_size sees exactly the examples of a single-process step with N times the
+        # batch; the loader also records its position so `--ckpt_path last` resumes mid-epoch exactly.
+        return ResumableLoader(
+            self.splits[self.train_split], batch_size=self.batch_size, shuffle=self.shuffle, world_size=world, rank=rank,
+            num_workers=self.num_workers, collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+            persistent_workers=self.num_workers > 0,
         )
-        return DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=loader.collate_fn, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         loaders = [self._loader(s, False, self.eval_batch_size) for s in self.val_splits]

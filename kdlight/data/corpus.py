@@ -23,10 +23,11 @@ import datasets
 import numpy as np
 from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from kdlight.assets import PACKAGED_WIKI_SUMMARIES, cache_dir, wiki_summaries_path
 from kdlight.data.base import Collator, load_tokenizer
+from kdlight.data.sampler import ResumableLoader
 from kdlight.errors import KDLightError
 
 WIKITEXT = {
@@ -267,7 +268,6 @@ class OutOfDomainCorpus(LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         # Every rank draws from the same seeded permutation (the seed comes from seed_everything).
-        sampler = DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=Collator(self.tokenizer.pad_token_id or 0), persistent_workers=self.num_workers > 0)
+        return ResumableLoader(self.dataset, batch_size=self.batch_size, shuffle=True, world_size=world, rank=rank,
+                               num_workers=self.num_workers, collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+                               persistent_workers=self.num_workers > 0)
