@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import kdlight.data  # noqa: F401  (registers datamodules for short class names)
 import kdlight.models  # noqa: F401  (registers student specs)
 import kdlight.modules  # noqa: F401  (registers LightningModules)
+from kdlight.class_paths import check_class_paths
 from kdlight.callbacks import LatestCheckpoint, PredictionWriter, ExactResume
 from kdlight.resume import resolve_ckpt_path
 from kdlight.errors import KDLightError, user_error_in
@@ -107,6 +108,7 @@ def main(args: list[str] | None = None) -> None:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
+        check_class_paths(sys.argv[1:] if args is None else [str(a) for a in args])
         cli(args)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for "terminated", not success

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,8 @@ class KDLightTask(LightningModule):
 
     # ---------------------------------------------------------------------------- metrics
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.export_dir:  # fail now, not after training
+            check_export_dir(Path(self.hparams.export_dir))
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         for eval_stage in ("val", "test"):
             names = datamodule.eval_split_names(eval_stage) if hasattr(datamodule, "eval_split_names") else ["default"]
@@ -242,13 +247,42 @@ class KDLightTask(LightningModule):
         rank_zero_info(f"[kdlight] loaded the best weights ({Path(best).name}) for export")
 
     def export(self, path: str | Path) -> Path:
-        """``save_pretrained`` the predictor and its tokenizer: usable without kdlight."""
+        """``save_pretrained`` the predictor and its tokenizer: usable without kdlight.
+
+        Written into a staging folder beside ``path`` and renamed into place, so ``path`` is either
+        the previous export or the complete new one, never a mix of the two runs' files.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.predictor.save_pretrained(path)
-        if self.hparams.tokenizer:
-            load_tokenizer(self.hparams.tokenizer).save_pretrained(path)
-        if self.hparams.label_names:
-            (path / "label_names.json").write_text(json.dumps(self.hparams.label_names))
-        rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}")
+        check_export_dir(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+        try:
+            self.predictor.save_pretrained(staging)
+            if self.hparams.tokenizer:
+                load_tokenizer(self.hparams.tokenizer).save_pretrained(staging)
+            if self.hparams.label_names:
+                (staging / "label_names.json").write_text(json.dumps(self.hparams.label_names))
+            replaced = path.exists()
+            if replaced:
+                previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
+                os.replace(path, previous)
+            os.replace(staging, path)
+            if replaced:
+                shutil.rmtree(previous)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        note = " (replacing the previous export there)" if replaced else ""
+        rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}{note}")
         return path
+
+
+def check_export_dir(path: Path) -> None:
+    """An export replaces its folder as a whole, so the folder must be an earlier export (or empty)."""
+    if path.is_file():
+        raise KDLightError(f"export_dir {str(path)!r} is a file; give a folder path for the exported model")
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise KDLightError(
+            f"export_dir {str(path)!r} holds files that are not a model export, and an export replaces the whole folder; "
+            "give an empty or new folder"
+        )
