@@ -1,0 +1,166 @@
+"""The user's real path: the installed ``kdlight`` console script in a subprocess, run from a fresh working
+directory with the defaults a user gets (CSV logger, progress bar, checkpointing).
+
+In-process ``cli([...])`` tests with the logger off are faster but take other paths (sys.path, run
+folders, signal handling); these are the proof that the README's commands do what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer
+
+from kdlight.models import load_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+KDLIGHT = shutil.which("kdlight")
+pytestmark = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)")
+
+# A callback a user could write: sends a signal to its own process after a given optimiser step, so
+# the test stops a run at a known point instead of racing a timer.
+KILLER = '''
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, step: int, sig: str = "SIGKILL") -> None:
+        self.step, self.sig = step, sig
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.sig))
+'''
+
+
+def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_recipe(folder: Path, assets) -> Path:
+    """A VanillaKD recipe on the tiny task (3 epochs of 6 batches, dropout on) in a fresh working directory."""
+    data = assets["data"]
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1},
+        "model": {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}},
+        "data": {"class_path": "TextClassificationDataModule", "init_args": {
+            "train_file": str(data / "train.csv"), "val_file": str(data / "validation.csv"),
+            "test_file": str(data / "test.csv"), "batch_size": 16, "max_length": 32}},
+    }
+    (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "signal_at.py").write_text(KILLER)
+    return folder
+
+
+@pytest.fixture
+def workdir(assets, tmp_path) -> Path:
+    return write_recipe(tmp_path, assets)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(assets, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The student after the recipe ran to the end without interruption."""
+    folder = write_recipe(tmp_path_factory.mktemp("uninterrupted"), assets)
+    kdlight("fit", "--config", "kd.yaml", cwd=folder)
+    return student_state(run_folder(folder) / "checkpoints" / "last.ckpt")
+
+
+def run_folder(workdir: Path, version: int = 0) -> Path:
+    return workdir / "lightning_logs" / f"version_{version}"
+
+
+def student_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("student.")}
+
+
+@pytest.mark.parametrize(("signal_name", "exit_code", "resumed_from_step"), [("SIGKILL", -9, 6), ("SIGTERM", 143, 8)])
+def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_name, exit_code, resumed_from_step):
+    """Stopped at step 8 of 18: SIGKILL loses the steps after the epoch-end last.ckpt (step 6), SIGTERM saves
+    last.ckpt at step 8 first (mid-epoch). Either way `--ckpt_path last` continues in the same run folder and
+    ends with exactly the weights of an uninterrupted run (same batches, same dropout masks)."""
+    stopped = kdlight("fit", "--config", "kd.yaml", "--trainer.callbacks+=signal_at.SignalAt", "--trainer.callbacks.step=8",
+                      f"--trainer.callbacks.sig={signal_name}", cwd=workdir, check=False)
+    assert stopped.returncode == exit_code, stopped.stderr[-2000:]
+    last = run_folder(workdir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == resumed_from_step
+    resumed = kdlight("fit", "--config", "kd.yaml", "--ckpt_path", "last", cwd=workdir)
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    assert not run_folder(workdir, 1).exists(), "the resumed run must continue its folder, not start version_1"
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == 18
+    expected = uninterrupted
+    assert expected.keys() == student_state(last).keys()
+    for name, value in student_state(last).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+    rows = (run_folder(workdir) / "metrics.csv").read_text().splitlines()
+    epochs = {row.split(",")[0] for row in rows[1:] if re.match(r"\d", row)}
+    assert {"0", "1", "2"} <= epochs, "metrics logged before the stop were lost"
+
+
+def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, workdir):
+    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=workdir)
+    folder = run_folder(workdir) / "checkpoints"
+    best = sorted(folder.glob("best-*.ckpt"))
+    assert best and (folder / "last.ckpt").is_file(), "validation at epoch end must keep a best-*.ckpt"
+    recorded = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"]
+    best_path = next(v["best_model_path"] for k, v in recorded.items() if "Checkpoint" in k)
+    texts = [line.rsplit(",", 1)[0].strip('"') for line in (assets["data"] / "test.csv").read_text().splitlines()[1:]]
+    tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
+    for alias, expected_file in (("last", folder / "last.ckpt"), ("best", Path(best_path))):
+        proc = kdlight("predict", "--config", "kd.yaml", "--ckpt_path", alias, "--predictions.output_file", f"{alias}.csv",
+                       cwd=workdir)
+        out = proc.stdout + proc.stderr
+        assert Path(re.search(rf"--ckpt_path {alias}: (\S+)", out).group(1)) == expected_file
+        rows = (workdir / f"{alias}.csv").read_text().splitlines()[1:]
+        assert [int(row.split(",")[0]) for row in rows] == list(range(len(texts)))
+        predicted = torch.tensor([[float(v) for v in row.split(",")[3].split()] for row in rows])
+        model = load_from_checkpoint(str(expected_file))
+        with torch.no_grad():
+            logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+        torch.testing.assert_close(predicted, logits, rtol=0, atol=1e-4)
+    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "best", cwd=workdir)
+    out = proc.stdout + proc.stderr
+    assert f"--ckpt_path best: {best_path}" in out and "test/accuracy" in out
+
+
+def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir):
+    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "last", cwd=workdir, check=False)
+    assert proc.returncode == 2
+    assert re.search(r"kdlight: error: --ckpt_path last: no run with a last.ckpt", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "nowhere.ckpt", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "checkpoint not found: 'nowhere.ckpt'" in proc.stderr
+
+
+def test_readme_variant_command_runs_verbatim(assets, workdir):
+    """README: write my_kd.py, then `kdlight fit --config configs/quickstart/kd.yaml --model my_kd.LogitMatchingKD
+    --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer in place of the quickstart's)."""
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    command = re.search(r"^kdlight fit --config configs/quickstart/kd.yaml --model my_kd\.\S+.*$", readme, re.M).group(0)
+    (workdir / "my_kd.py").write_text(code)
+    data = assets["data"]
+    tiny = ["--model.teacher", assets["teacher"], "--data", "TextClassificationDataModule",
+            "--data.train_file", data / "train.csv", "--data.val_file", data / "validation.csv",
+            "--data.max_length", "32", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", workdir / "runs", "--model.cache_teacher_logits", "false"]
+    args = command.split()[1:]
+    args[args.index("--config") + 1] = str(REPO / "configs/quickstart/kd.yaml")
+    proc = kdlight(*args, *tiny, cwd=workdir)
+    hparams = yaml.safe_load(next((workdir / "runs").rglob("hparams.yaml")).read_text())
+    assert hparams["beta"] == 0.3
+    assert (workdir / "runs" / "lightning_logs" / "version_0" / "export" / "config.json").is_file(), proc.stdout[-2000:]
