@@ -40,8 +40,11 @@ def rows_with(n: int, seed: int, **cells) -> list[dict]:
 # --------------------------------------------------------------------------- defect 9: missing text
 def test_empty_csv_cells_stop_with_count_and_file_lines(assets, tmp_path):
     train = write_csv(tmp_path / "train.csv", rows_with(12, 1, text={1: None, 5: "   "}, label={8: None}))
-    with pytest.raises(KDLightError, match=r"3 of 12 rows .*text in column 'text' \(2\).*label in column 'label' \(1\)"
-                                           r".*lines 3, 7, 10.*drop_missing") as err:
+    with pytest.raises(
+        KDLightError,
+        match=r"3 of 12 rows .*text in column 'text' \(2\).*label in column 'label' \(1\)"
+        r".*lines 3, 7, 10.*drop_missing",
+    ) as err:
         make(assets, train_file=str(train)).setup("fit")
     assert "\n" not in str(err.value)
 
@@ -56,13 +59,18 @@ def test_line_numbers_count_the_header_and_multiline_cells(assets, tmp_path):
 def test_jsonl_rows_without_the_text_or_pair_key_are_reported_by_row(assets, tmp_path):
     import json
 
-    lines = [{"text": "a good movie", "other": "the plot", "label": "positive"},
-             {"label": "negative", "other": "a film"},
-             {"text": "a bad movie", "label": "negative"},
-             {"text": "a fine film", "other": "", "label": "positive"}]
+    lines = [
+        {"text": "a good movie", "other": "the plot", "label": "positive"},
+        {"label": "negative", "other": "a film"},
+        {"text": "a bad movie", "label": "negative"},
+        {"text": "a fine film", "other": "", "label": "positive"},
+    ]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    with pytest.raises(KDLightError, match=r"3 of 4 rows .*text in column 'text' \(1\).*text_pair in column 'other' \(2\).*rows 2, 3, 4"):
+    with pytest.raises(
+        KDLightError,
+        match=r"3 of 4 rows .*text in column 'text' \(1\).*text_pair in column 'other' \(2\).*rows 2, 3, 4",
+    ):
         make(assets, train_file=str(path), text_pair_column="other").setup("fit")
 
 
@@ -105,7 +113,9 @@ def test_integer_labels_one_to_k_are_k_classes_mapped_by_sorted_value(assets, tm
     with caplog.at_level(logging.INFO):
         dm = make(assets, train_file=train, val_file=val)
     assert dm.label_names == ["1", "2", "3", "10"] and dm.num_labels == 4  # numeric order, no phantom class 0
-    assert any("1->0, 2->1, 3->2, 10->3" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any("1->0, 2->1, 3->2, 10->3" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
     dm.setup("fit")
     assert dm.splits["train"]["labels"] == [2, 0, 1, 3, 1, 0]
     assert dm.splits["validation"]["labels"] == [3, 0]  # the same mapping in every split
@@ -139,7 +149,8 @@ def test_integer_labels_match_numeric_label_names_by_value(assets, tmp_path):
 
 def test_integer_labels_with_empty_cells_stay_integers_when_dropped(assets, tmp_path):
     train, val = int_label_files(tmp_path, [1, 2, 1, 2], [2, 1])
-    rows = list(csv.DictReader(Path(train).open()))
+    with Path(train).open() as handle:
+        rows = list(csv.DictReader(handle))
     rows[2]["label"] = ""  # pandas now reads the column as floats 1.0, 2.0, NaN
     write_csv(Path(train), rows)
     dm = make(assets, train_file=train, val_file=val, drop_missing=True)
@@ -153,50 +164,111 @@ def _csv(text: str) -> bytes:
     return text.encode()
 
 
-TRAIN = "text,label\n" + "".join(f"{w} movie,{'positive' if i % 2 else 'negative'}\n" for i, w in enumerate(
-    ["good", "bad", "great", "dull", "fine", "poor"]))
+TRAIN = "text,label\n" + "".join(
+    f"{w} movie,{'positive' if i % 2 else 'negative'}\n"
+    for i, w in enumerate(["good", "bad", "great", "dull", "fine", "poor"])
+)
 
 # id: (files to write under tmp_path, --data overrides ({tmp} is tmp_path), regex for the one error line)
 BAD_DATA = {
-    "header_only_csv": ({"t.csv": "text,label\n"}, {"--data.train_file": "{tmp}/t.csv"},
-                        r"header row but no examples.*add"),
-    "numeric_text_column": ({"t.csv": "text,label,review\n1,positive,good\n2,negative,bad\n"}, {"--data.train_file": "{tmp}/t.csv"},
-                            r"column 'text' holds numbers, not text.*text_column.*review"),
-    "non_utf8_file": ({"t.csv": "text,label\ncaf\xe9 good,positive\nbad,negative\n".encode("latin-1")},
-                      {"--data.train_file": "{tmp}/t.csv"}, r"not valid utf-8.*line 2.*encoding"),
+    "header_only_csv": (
+        {"t.csv": "text,label\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"header row but no examples.*add",
+    ),
+    "numeric_text_column": (
+        {"t.csv": "text,label,review\n1,positive,good\n2,negative,bad\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"column 'text' holds numbers, not text.*text_column.*review",
+    ),
+    "non_utf8_file": (
+        {"t.csv": "text,label\ncaf\xe9 good,positive\nbad,negative\n".encode("latin-1")},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"not valid utf-8.*line 2.*encoding",
+    ),
     "unknown_encoding": ({}, {"--data.encoding": "latin-9x"}, r"unknown encoding 'latin-9x'.*utf-8"),
-    "regression_string_labels": ({"t.csv": "text,score\ngood,high\nbad,0.5\nfine,low\n"},
-                                 {"--data.train_file": "{tmp}/t.csv", "--data.label_column": "score",
-                                  "--data.task_type": "regression"}, r"regression.*'high', 'low'.*not numbers.*lines 2, 4"),
-    "regression_empty_labels": ({"t.csv": "text,score\ngood,1.5\nbad,\nfine,0.5\n"},
-                                {"--data.train_file": "{tmp}/t.csv", "--data.label_column": "score",
-                                 "--data.task_type": "regression"}, r"1 of 3 rows.*label in column 'score'.*line 3"),
+    "regression_string_labels": (
+        {"t.csv": "text,score\ngood,high\nbad,0.5\nfine,low\n"},
+        {"--data.train_file": "{tmp}/t.csv", "--data.label_column": "score", "--data.task_type": "regression"},
+        r"regression.*'high', 'low'.*not numbers.*lines 2, 4",
+    ),
+    "regression_empty_labels": (
+        {"t.csv": "text,score\ngood,1.5\nbad,\nfine,0.5\n"},
+        {"--data.train_file": "{tmp}/t.csv", "--data.label_column": "score", "--data.task_type": "regression"},
+        r"1 of 3 rows.*label in column 'score'.*line 3",
+    ),
     "batch_size_zero": ({}, {"--data.batch_size": 0}, r"batch_size must be .*>= 1.*got 0"),
     "batch_size_negative": ({}, {"--data.batch_size": -4}, r"batch_size must be .*>= 1.*got -4"),
     "eval_batch_size_zero": ({}, {"--data.eval_batch_size": 0}, r"eval_batch_size must be .*>= 1.*got 0"),
     "num_workers_negative": ({}, {"--data.num_workers": -1}, r"num_workers must be >= 0"),
     "max_train_examples_zero": ({}, {"--data.max_train_examples": 0}, r"max_train_examples must be >= 1.*null"),
-    "missing_text_cells": ({"t.csv": TRAIN.replace("dull movie", "")}, {"--data.train_file": "{tmp}/t.csv"},
-                           r"1 of 6 rows .*text in column 'text'.*line 5.*drop_missing"),
-    "label_column_all_empty": ({"t.csv": "text,label\ngood,\nbad,\n"}, {"--data.train_file": "{tmp}/t.csv"},
-                               r"column 'label' .*no labels at all.*label_column.*predict_file"),
-    "single_class": ({"t.csv": "text,label\ngood,positive\nfine,positive\n"}, {"--data.train_file": "{tmp}/t.csv"},
-                     r"only one label \('positive'\).*at least two.*label_names"),
-    "non_integer_class_labels": ({"t.csv": "text,label\ngood,0.5\nbad,1.5\n"}, {"--data.train_file": "{tmp}/t.csv"},
-                                 r"not whole numbers.*task_type: regression"),
-    "label_unseen_in_training": ({"v.csv": "text,label\ngood,positive\nbad,neutral\n"}, {"--data.val_file": "{tmp}/v.csv"},
-                                 r"v.csv.*\['neutral'\].*outside the label set.*label_names"),
-    "duplicated_column_names": ({"t.csv": "text,text,label\ngood,fine,positive\nbad,dull,negative\n"},
-                                {"--data.train_file": "{tmp}/t.csv"}, r"column 'text' appears twice in the header.*rename"),
-    "directory_as_file": ({"folder/train.csv": TRAIN}, {"--data.train_file": "{tmp}/folder"},
-                          r"is a folder, not a data file.*train.csv"),
+    "missing_text_cells": (
+        {"t.csv": TRAIN.replace("dull movie", "")},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"1 of 6 rows .*text in column 'text'.*line 5.*drop_missing",
+    ),
+    "label_column_all_empty": (
+        {"t.csv": "text,label\ngood,\nbad,\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"column 'label' .*no labels at all.*label_column.*predict_file",
+    ),
+    "single_class": (
+        {"t.csv": "text,label\ngood,positive\nfine,positive\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"only one label \('positive'\).*at least two.*label_names",
+    ),
+    "non_integer_class_labels": (
+        {"t.csv": "text,label\ngood,0.5\nbad,1.5\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"not whole numbers.*task_type: regression",
+    ),
+    "label_unseen_in_training": (
+        {"v.csv": "text,label\ngood,positive\nbad,neutral\n"},
+        {"--data.val_file": "{tmp}/v.csv"},
+        r"v.csv.*\['neutral'\].*outside the label set.*label_names",
+    ),
+    "duplicated_column_names": (
+        {"t.csv": "text,text,label\ngood,fine,positive\nbad,dull,negative\n"},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"column 'text' appears twice in the header.*rename",
+    ),
+    "directory_as_file": (
+        {"folder/train.csv": TRAIN},
+        {"--data.train_file": "{tmp}/folder"},
+        r"is a folder, not a data file.*train.csv",
+    ),
     "txt_file": ({"t.txt": TRAIN}, {"--data.train_file": "{tmp}/t.txt"}, r"unsupported file type '.txt'.*\.csv.*\.tsv"),
-    "tab_separated_named_csv": ({"t.csv": TRAIN.replace(",", "\t")}, {"--data.train_file": "{tmp}/t.csv"},
-                                r"looks tab-separated.*\.tsv"),
-    "label_column_null_with_train_file": ({}, {"--data.label_column": "null"}, r"label_column is null.*train_file.*predict_file"),
-    "text_column_is_label_column": ({}, {"--data.text_column": "label"}, r"text_column and label_column are both 'label'"),
-    "predict_file_without_text_column": ({"p.csv": "review\ngood\n"}, {"--data.predict_file": "{tmp}/p.csv"},
-                                         r"p.csv.*text_column='text'.*Available columns: review"),
+    "tab_separated_named_csv": (
+        {"t.csv": TRAIN.replace(",", "\t")},
+        {"--data.train_file": "{tmp}/t.csv"},
+        r"looks tab-separated.*\.tsv",
+    ),
+    "label_column_null_with_train_file": (
+        {},
+        {"--data.label_column": "null"},
+        r"label_column is null.*train_file.*predict_file",
+    ),
+    "text_column_is_label_column": (
+        {},
+        {"--data.text_column": "label"},
+        r"text_column and label_column are both 'label'",
+    ),
+    "malformed_jsonl_line": (
+        {"t.jsonl": '{"text": "good", "label": "positive"}\n{"text": "bad", "label": \n'},
+        {"--data.train_file": "{tmp}/t.jsonl"},
+        r"t.jsonl': line 2 is not valid JSON.*fix that line",
+    ),
+    "empty_json_array": ({"t.json": "[]"}, {"--data.train_file": "{tmp}/t.json"}, r"has no rows.*at least one example"),
+    "text_column_holds_lists": (
+        {"t.jsonl": '{"text": ["good", "film"], "label": "positive"}\n'},
+        {"--data.train_file": "{tmp}/t.jsonl"},
+        r"column 'text' holds list values, not text",
+    ),
+    "predict_file_without_text_column": (
+        {"p.csv": "review\ngood\n"},
+        {"--data.predict_file": "{tmp}/p.csv"},
+        r"p.csv.*text_column='text'.*Available columns: review",
+    ),
 }
 
 
@@ -211,8 +283,14 @@ def test_bad_data_input_exits_with_one_clear_line(assets, tmp_path, capsys, file
         overrides |= {"--data.val_file": "null", "--data.test_file": "null"}
     export = tmp_path / "export"
     command = "predict" if "--data.predict_file" in overrides else "fit"
-    args = [command, "--model=TeacherFineTuning", f"--model.model={assets['encoder']}", f"--model.export_dir={export}",
-            *data_args(assets, **overrides), *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1})]
+    args = [
+        command,
+        "--model=TeacherFineTuning",
+        f"--model.model={assets['encoder']}",
+        f"--model.export_dir={export}",
+        *data_args(assets, **overrides),
+        *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}),
+    ]
     if command == "predict":
         args.append(f"--predictions.output_file={export}/predictions.csv")
     expect_user_error(args, capsys, match, export)
@@ -230,8 +308,9 @@ def test_latin1_file_fails_clearly_then_loads_with_its_encoding(assets, tmp_path
     assert len(dm.splits["train"]) == 6
 
 
-@pytest.mark.parametrize("setting, value", [("batch_size", 0), ("eval_batch_size", -1), ("max_train_examples", 0),
-                                            ("num_workers", -2)])
+@pytest.mark.parametrize(
+    "setting, value", [("batch_size", 0), ("eval_batch_size", -1), ("max_train_examples", 0), ("num_workers", -2)]
+)
 def test_loader_settings_are_checked_at_construction(assets, setting, value):
     with pytest.raises(KDLightError, match=f"{setting} must be"):
         make(assets, **{setting: value})
@@ -247,8 +326,18 @@ def predict(assets, model: Path, tmp_path, *data: str) -> list[dict]:
     from kdlight.cli import main
 
     out = tmp_path / "predictions.csv"
-    main(["predict", "--model=TeacherFineTuning", f"--model.model={model}", "--data=TextClassificationDataModule",
-          *data, "--data.batch_size=4", *trainer_args(tmp_path), f"--predictions.output_file={out}"])
+    main(
+        [
+            "predict",
+            "--model=TeacherFineTuning",
+            f"--model.model={model}",
+            "--data=TextClassificationDataModule",
+            *data,
+            "--data.batch_size=4",
+            *trainer_args(tmp_path),
+            f"--predictions.output_file={out}",
+        ]
+    )
     return list(csv.DictReader(out.open()))
 
 
@@ -265,8 +354,14 @@ def direct_logits(model: Path, texts: list[str]):
 def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets, tmp_path):
     path = unlabelled(tmp_path)
     d = assets["data"]
-    rows = predict(assets, assets["teacher"], tmp_path, f"--data.predict_file={path}", f"--data.train_file={d / 'train.csv'}",
-                   f"--data.val_file={d / 'validation.csv'}")
+    rows = predict(
+        assets,
+        assets["teacher"],
+        tmp_path,
+        f"--data.predict_file={path}",
+        f"--data.train_file={d / 'train.csv'}",
+        f"--data.val_file={d / 'validation.csv'}",
+    )
     assert [int(r["idx"]) for r in rows] == list(range(11))  # one row per input, in the file's order
     texts = [r["text"] for r in csv.DictReader(path.open())]
     for row, logits in zip(rows, direct_logits(assets["teacher"], texts)):

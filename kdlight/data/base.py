@@ -81,7 +81,9 @@ def check_loader_settings(batch_size, eval_batch_size, num_workers, max_train_ex
     """Reject sizes that would only fail later (a zero batch size fails inside the DataLoader)."""
     for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value is not None and not (_is_count(value) and value >= 1):
-            raise KDLightError(f"{name} must be a whole number >= 1, got {value!r}; set data.init_args.{name} (e.g. 32)")
+            raise KDLightError(
+                f"{name} must be a whole number >= 1, got {value!r}; set data.init_args.{name} (e.g. 32)"
+            )
     if not (_is_count(num_workers) and num_workers >= 0):
         raise KDLightError(f"num_workers must be >= 0, got {num_workers!r}; 0 loads batches in the main process")
     if max_train_examples is not None and not (_is_count(max_train_examples) and max_train_examples >= 1):
@@ -97,12 +99,17 @@ LOADER_SETTINGS: dict[str, Any] = {"tokenizer": None, "max_length": 128, "batch_
 
 def loader_settings(datamodule: LabelledTextDataModule) -> dict[str, Any]:
     """The loading settings a datamodule was built with, by argument name."""
-    return {"tokenizer": datamodule.tokenizer_name, "max_length": datamodule.max_length, "batch_size": datamodule.batch_size,
-            "eval_batch_size": datamodule.given_eval_batch_size, "num_workers": datamodule.num_workers,
-            "max_train_examples": datamodule.max_train_examples, "shuffle": datamodule.shuffle}
+    return {
+        "tokenizer": datamodule.tokenizer_name, "max_length": datamodule.max_length,
+        "batch_size": datamodule.batch_size, "eval_batch_size": datamodule.given_eval_batch_size,
+        "num_workers": datamodule.num_workers, "max_train_examples": datamodule.max_train_examples,
+        "shuffle": datamodule.shuffle,
+    }
 
 
-def inherit_loader_settings(wrapper: str, given: dict[str, Any], inner: LabelledTextDataModule, inner_arg: str) -> dict[str, Any]:
+def inherit_loader_settings(
+    wrapper: str, given: dict[str, Any], inner: LabelledTextDataModule, inner_arg: str
+) -> dict[str, Any]:
     """Loading settings for a datamodule that wraps ``inner``: its own where given, else the inner one's.
 
     ``given`` holds the wrapper's own arguments, ``None`` where not given. A setting given on both

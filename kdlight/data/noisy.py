@@ -139,11 +139,16 @@ class NoisyLabelDataModule(LabelledTextDataModule):
                                f"GLUEDataModule ...), got {type(datamodule).__name__}")
         # The defaults are null so that an unset argument can defer to the wrapped module: a user who
         # sets max_train_examples there expects it to hold (it once corrupted the whole training set).
-        given = {"tokenizer": tokenizer, "max_length": max_length, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                 "num_workers": num_workers, "max_train_examples": max_train_examples, "shuffle": shuffle}
+        given = {
+            "tokenizer": tokenizer, "max_length": max_length, "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size, "num_workers": num_workers,
+            "max_train_examples": max_train_examples, "shuffle": shuffle,
+        }
         super().__init__(**inherit_loader_settings(type(self).__name__, given, datamodule, "datamodule"))
         if meta_batch_size is not None and not (isinstance(meta_batch_size, int) and meta_batch_size >= 1):
-            raise KDLightError(f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}")
+            raise KDLightError(
+                f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
+            )
         if noise_type not in NOISE_TYPES:
             raise KDLightError(f"unknown noise_type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
         if not (isinstance(noise_rate, (int, float)) and 0 <= noise_rate < 1):

