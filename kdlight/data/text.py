@@ -278,16 +278,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
         super().__init__(**kwargs)
         if task_type not in ("classification", "regression"):
             raise KDLightError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
-        labelled = [
-            arg
-            for arg, path in (
-                ("train_file", train_file),
-                ("val_file", val_file),
-                ("test_file", test_file),
-                ("data_file", data_file),
-            )
-            if path is not None
-        ]
+        given_files = {"train_file": train_file, "val_file": val_file, "test_file": test_file, "data_file": data_file}
+        labelled = [arg for arg, path in given_files.items() if path is not None]
         if not labelled and predict_file is None:
             raise KDLightError(
                 "give train_file (with val_file/test_file) or data_file (split by val_fraction/test_fraction), "
@@ -455,9 +447,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
         gaps = [i for i, v in enumerate(values) if _is_missing(v)]
         if len(gaps) == len(values):
             raise KDLightError(
-                f"{source}: column {column!r} has no labels at all (every cell is empty); "
-                f"set label_column to the column "
-                f"that holds the labels, or give the file as predict_file to predict without labels"
+                f"{source}: column {column!r} has no labels at all (every cell is empty); set label_column to the "
+                f"column that holds the labels, or give the file as predict_file to predict without labels"
             )
         if self.task_type == "regression":
             bad = []
@@ -469,9 +460,9 @@ class TextClassificationDataModule(LabelledTextDataModule):
             if bad:
                 shown = ", ".join(repr(v) for v in dict.fromkeys(values[i] for i in bad[:_SHOWN]))
                 raise KDLightError(
-                    f"{source}: task_type regression needs numeric labels, "
-                    f"but column {column!r} has {shown}, which are "
-                    f"not numbers ({self._where(split, table, bad)}); fix those rows, or use task_type: classification"
+                    f"{source}: task_type regression needs numeric labels, but column {column!r} has {shown}, "
+                    f"which are not numbers ({self._where(split, table, bad)}); fix those rows, or use "
+                    f"task_type: classification"
                 )
         return gaps
 
@@ -495,8 +486,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
             if not self.drop_missing:
                 raise KDLightError(
                     f"{source}: {len(missing)} of {len(table)} rows {'has' if len(missing) == 1 else 'have'} "
-                    f"no {what}, "
-                    f"at {where}; fill them in, or set drop_missing: true to leave those rows out"
+                    f"no {what}, at {where}; fill them in, or set drop_missing: true to leave those rows out"
                 )
             if len(missing) == len(table):
                 raise KDLightError(f"{source}: every row lacks text or a label ({what}); check the column arguments")
@@ -557,7 +547,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
                 config = None
         if config is None or not has_classification_head(config):
             raise KDLightError(
-                f"predict_file alone gives no label set and the model {self.tokenizer_name!r} names none: {fix}"
+                f"predict_file alone gives no label set, and {self.tokenizer_name!r} (the model folder the tokenizer "
+                f"comes from) has no classification labels: {fix}"
             )
         if config.num_labels < 2:
             raise KDLightError(
