@@ -121,3 +121,55 @@ def test_asymmetric_map_by_label_names_and_instance_noise(assets):
     inst = noisy(assets, noise_type="instance", reference_model=str(assets["teacher"]), noise_rate=0.3)
     inst.setup("fit")
     assert inst.noise_report["realised_rate"] == pytest.approx(0.3, abs=0.02)
+
+
+# ------------------------------------------------ the wrapped datamodule's own arguments (issue 11, defect 11)
+def test_wrapper_honours_the_wrapped_modules_own_arguments(assets):
+    wrapped = inner(assets, tokenizer=str(assets["tokenizer"]), max_train_examples=40, max_length=8, batch_size=4,
+                    eval_batch_size=6, shuffle=False)
+    dm = NoisyLabelDataModule(wrapped, noise_rate=0.4, clean_val_size=10)
+    assert (dm.max_train_examples, dm.max_length, dm.batch_size, dm.eval_batch_size, dm.shuffle) == (40, 8, 4, 6, False)
+    assert dm.meta_batch_size == 4
+    dm.setup("fit")
+    train, clean = dm.splits["train"], dm.splits[CLEAN_VAL_SPLIT]
+    assert len(train) + len(clean) == 40 and len(clean) == 10  # exactly the first 40: clean carve + noisy
+    assert set(train["idx"]) | set(clean["idx"]) == set(range(40))
+    assert dm.noise_report["num_train"] == 30 and len(dm.noise_report["flipped_idx"]) == 12
+    assert max(map(len, train["input_ids"])) == 8 and max(map(len, dm.splits["validation"]["input_ids"])) == 8
+    first = next(iter(dm.train_dataloader()))
+    assert len(first["labels"]) == 4 and first["idx"].tolist() == sorted(first["idx"].tolist())  # not shuffled
+    assert len(next(iter(dm.val_dataloader()))["labels"]) == 6
+
+
+def test_wrapper_arguments_fill_in_for_unset_inner_ones_and_conflicts_are_errors(assets):
+    dm = NoisyLabelDataModule(inner(assets, max_length=8), tokenizer=str(assets["tokenizer"]), batch_size=5,
+                              max_train_examples=30, clean_val_size=6)
+    assert (dm.max_length, dm.batch_size, dm.eval_batch_size, dm.max_train_examples) == (8, 5, 10, 30)
+    dm.setup("fit")
+    assert len(dm.splits["train"]) == 24
+    same = NoisyLabelDataModule(inner(assets, max_train_examples=30), max_train_examples=30,
+                                tokenizer=str(assets["tokenizer"]))
+    assert same.max_train_examples == 30
+    with pytest.raises(KDLightError, match=r"max_train_examples is set twice.*30 on NoisyLabelDataModule and 40 on its "
+                                           r"datamodule.*data.init_args.datamodule.init_args.max_train_examples"):
+        NoisyLabelDataModule(inner(assets, max_train_examples=40), max_train_examples=30)
+    with pytest.raises(KDLightError, match="batch_size must be a whole number >= 1"):
+        NoisyLabelDataModule(inner(assets), batch_size=0)
+
+
+def test_inner_arguments_are_honoured_through_the_cli(assets, tmp_path, capsys):
+    from conftest import expect_user_error, trainer_args
+
+    from kdlight.cli import cli
+
+    d = assets["data"]
+    args = ["--model=TeacherFineTuning", f"--model.model={assets['teacher']}", "--data=NoisyLabelDataModule",
+            "--data.datamodule=TextClassificationDataModule", f"--data.datamodule.train_file={d / 'train.csv'}",
+            f"--data.datamodule.val_file={d / 'validation.csv'}", "--data.datamodule.max_train_examples=40",
+            "--data.datamodule.max_length=16", "--data.datamodule.batch_size=4", "--data.clean_val_size=10",
+            *trainer_args(tmp_path)]
+    dm = cli(args, run=False).datamodule
+    assert (dm.max_train_examples, dm.max_length, dm.batch_size) == (40, 16, 4)
+    dm.setup("fit")
+    assert len(dm.splits["train"]) + len(dm.splits[CLEAN_VAL_SPLIT]) == 40
+    expect_user_error(["fit", *args, "--data.max_length=32"], capsys, r"max_length is set twice.*32 on NoisyLabelDataModule and 16 on its datamodule")

@@ -222,11 +222,11 @@ def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(as
     read = []
     real_read_table = kdlight.data.text.read_table
 
-    def guarded(path):
+    def guarded(path, *args, **kwargs):
         read.append(str(path))
         if str(path) == train_file:
             raise AssertionError("the task's training file was read")
-        return real_read_table(path)
+        return real_read_table(path, *args, **kwargs)
 
     monkeypatch.setattr(kdlight.data.text, "read_table", guarded)
     main(["fit", *recipe_args(assets, corpus_file, tmp_path)])

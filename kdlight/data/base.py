@@ -73,6 +73,64 @@ class Collator:
         return batch
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_loader_settings(batch_size, eval_batch_size, num_workers, max_train_examples) -> None:
+    """Reject sizes that would only fail later (a zero batch size fails inside the DataLoader)."""
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if value is not None and not (_is_count(value) and value >= 1):
+            raise KDLightError(
+                f"{name} must be a whole number >= 1, got {value!r}; set data.init_args.{name} (e.g. 32)"
+            )
+    if not (_is_count(num_workers) and num_workers >= 0):
+        raise KDLightError(f"num_workers must be >= 0, got {num_workers!r}; 0 loads batches in the main process")
+    if max_train_examples is not None and not (_is_count(max_train_examples) and max_train_examples >= 1):
+        raise KDLightError(
+            f"max_train_examples must be >= 1 or null (null keeps every training example), got {max_train_examples!r}"
+        )
+
+
+#: the loading settings every LabelledTextDataModule takes, with their defaults
+LOADER_SETTINGS: dict[str, Any] = {"tokenizer": None, "max_length": 128, "batch_size": 32, "eval_batch_size": None,
+                                   "num_workers": 0, "max_train_examples": None, "shuffle": True}
+
+
+def loader_settings(datamodule: LabelledTextDataModule) -> dict[str, Any]:
+    """The loading settings a datamodule was built with, by argument name."""
+    return {
+        "tokenizer": datamodule.tokenizer_name, "max_length": datamodule.max_length,
+        "batch_size": datamodule.batch_size, "eval_batch_size": datamodule.given_eval_batch_size,
+        "num_workers": datamodule.num_workers, "max_train_examples": datamodule.max_train_examples,
+        "shuffle": datamodule.shuffle,
+    }
+
+
+def inherit_loader_settings(
+    wrapper: str, given: dict[str, Any], inner: LabelledTextDataModule, inner_arg: str
+) -> dict[str, Any]:
+    """Loading settings for a datamodule that wraps ``inner``: its own where given, else the inner one's.
+
+    ``given`` holds the wrapper's own arguments, ``None`` where not given. A setting given on both
+    with different values is an error, since either silent choice would ignore one of them. (An
+    inner setting equal to its default counts as not given: the constructed inner module cannot
+    tell the two apart.)
+    """
+    inner_settings = loader_settings(inner)
+    merged = {}
+    for name, default in LOADER_SETTINGS.items():
+        mine, theirs = given.get(name), inner_settings[name]
+        if mine is not None and theirs != default and theirs != mine:
+            raise KDLightError(
+                f"{name} is set twice with different values: {mine!r} on {wrapper} and {theirs!r} on its {inner_arg} "
+                f"({type(inner).__name__}); set it in one place (data.init_args.{name} or "
+                f"data.init_args.{inner_arg}.init_args.{name})"
+            )
+        merged[name] = theirs if mine is None else mine
+    return merged
+
+
 class LabelledTextDataModule(LightningDataModule):
     """Base class: tokenised train/validation/test/predict splits of a labelled text task.
 
@@ -108,9 +166,11 @@ class LabelledTextDataModule(LightningDataModule):
         super().__init__()
         if max_length < 8:
             raise KDLightError(f"max_length={max_length} is too short to hold a sentence; use 32 or more")
+        check_loader_settings(batch_size, eval_batch_size, num_workers, max_train_examples)
         self.tokenizer_name = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
+        self.given_eval_batch_size = eval_batch_size  # kept apart: a wrapping datamodule inherits it as given
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.max_train_examples = max_train_examples

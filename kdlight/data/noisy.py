@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
-from kdlight.data.base import Collator, LabelledTextDataModule, tokenize_dataset
+from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
 from kdlight.errors import KDLightError
 
 NOISE_TYPES = ("symmetric", "asymmetric", "instance")
@@ -94,8 +94,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
 
     Args:
         datamodule: the wrapped task (``GLUEDataModule``, ``TextClassificationDataModule``,
-            ``RottenTomatoesDataModule`` ...). Only its splits and label set are used; tokenizer,
-            lengths and batch sizes are this module's own arguments.
+            ``RottenTomatoesDataModule`` ...): its splits, label set and its own loading settings
+            (tokenizer, ``max_length``, batch sizes, ``num_workers``, ``max_train_examples``,
+            ``shuffle``) are used, unless this module is given them.
         noise_type: ``symmetric`` (uniform to another class), ``asymmetric`` (class-pair flips) or
             ``instance`` (flip probability from a reference model's confidence).
         noise_rate: fraction of the (remaining) training examples whose label is changed, in [0, 1).
@@ -107,7 +108,10 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             flip probability proportional to ``1 - p_ref(label)``, flipped to its likeliest other class.
         seed: seeds the carve and the noise (independent of the training seed).
         meta_batch_size: batch size of the clean batches the meta step draws (default ``batch_size``).
-        **kwargs: see :class:`LabelledTextDataModule` (tokenizer, max_length, batch sizes ...).
+        tokenizer, max_length, batch_size, eval_batch_size, num_workers, max_train_examples, shuffle:
+            see :class:`LabelledTextDataModule`; left null, the wrapped datamodule's own value is used
+            (``max_train_examples`` caps the training split before the clean carve). Set on both
+            with different values is an error.
     """
 
     train_split = "train"
@@ -122,9 +126,29 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         reference_model: str | None = None,
         seed: int = 0,
         meta_batch_size: int | None = None,
-        **kwargs,
+        tokenizer: str | None = None,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        max_train_examples: int | None = None,
+        shuffle: bool | None = None,
     ) -> None:
-        super().__init__(**kwargs)
+        if not isinstance(datamodule, LabelledTextDataModule):
+            raise KDLightError(f"datamodule must be a kdlight task datamodule (TextClassificationDataModule, "
+                               f"GLUEDataModule ...), got {type(datamodule).__name__}")
+        # The defaults are null so that an unset argument can defer to the wrapped module: a user who
+        # sets max_train_examples there expects it to hold (it once corrupted the whole training set).
+        given = {
+            "tokenizer": tokenizer, "max_length": max_length, "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size, "num_workers": num_workers,
+            "max_train_examples": max_train_examples, "shuffle": shuffle,
+        }
+        super().__init__(**inherit_loader_settings(type(self).__name__, given, datamodule, "datamodule"))
+        if meta_batch_size is not None and not (isinstance(meta_batch_size, int) and meta_batch_size >= 1):
+            raise KDLightError(
+                f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
+            )
         if noise_type not in NOISE_TYPES:
             raise KDLightError(f"unknown noise_type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
         if not (isinstance(noise_rate, (int, float)) and 0 <= noise_rate < 1):
