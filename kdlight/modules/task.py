@@ -24,6 +24,7 @@ from kdlight.data.base import MODEL_INPUTS, load_tokenizer
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
+from kdlight.models.compact import stock_export
 from kdlight.models.hf import HF_CONFIGS_KEY
 
 
@@ -245,9 +246,10 @@ class KDLightTask(LightningModule):
         """``save_pretrained`` the predictor and its tokenizer: usable without kdlight."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.predictor.save_pretrained(path)
-        if self.hparams.tokenizer:
-            load_tokenizer(self.hparams.tokenizer).save_pretrained(path)
+        model, tokenizer = stock_export(self.predictor, self.hparams.tokenizer)  # compressed embeddings -> stock layers
+        model.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
         if self.hparams.label_names:
             (path / "label_names.json").write_text(json.dumps(self.hparams.label_names))
         rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}")
