@@ -68,8 +68,10 @@ class GeneralDistillation(KDLightTask):
     ) -> None:
         self.teacher_source = teacher
         self.student_spec = student or FreshStudent(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
-        self.relation_loss = SelfAttentionRelations(teacher_layer=teacher_layer, num_relation_heads=num_relation_heads,
-                                                    relations=relations)
+        # checked now (a typo fails before any model loads), registered as a submodule once nn.Module is set up
+        relation_loss = SelfAttentionRelations(teacher_layer=teacher_layer, num_relation_heads=num_relation_heads,
+                                               relations=relations)
+        self.__dict__["pending_relation_loss"] = relation_loss
         super().__init__(**kwargs)
 
     def configure_models(self) -> None:
@@ -83,6 +85,7 @@ class GeneralDistillation(KDLightTask):
             )
 
     def configure_losses(self) -> None:
+        self.relation_loss = self.__dict__.pop("pending_relation_loss")
         self.relation_loss.bind(self.student, self.teacher)
         self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
 
