@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from kdlight.cli import main
 from kdlight.errors import KDLightError
 from kdlight.losses_layerwise import (
@@ -52,8 +52,11 @@ def teacher(assets):
 @pytest.fixture(scope="module")
 def batch(assets):
     tokenizer = AutoTokenizer.from_pretrained(assets["tokenizer"])
-    encoded = tokenizer(["good movie and a very fine plot", "bad film", "the story was dull but funny"],
-                        padding=True, return_tensors="pt")
+    encoded = tokenizer(
+        ["good movie and a very fine plot", "bad film", "the story was dull but funny"],
+        padding=True,
+        return_tensors="pt",
+    )
     return {k: v for k, v in encoded.items()}
 
 
@@ -87,7 +90,9 @@ def test_each_loss_is_zero_for_an_identical_student_and_has_a_gradient_otherwise
 @pytest.mark.parametrize("kind", ["hidden", "embedding", "relations", "patient"])
 def test_losses_work_across_widths_and_head_counts(kind, teacher, batch):
     # teacher: 4 blocks, hidden 32, 2 heads; student: 2 blocks, hidden 24, 3 heads
-    student = FreshStudent(num_hidden_layers=2, hidden_size=24, num_attention_heads=3, intermediate_size=48).build(teacher, 2)
+    student = FreshStudent(num_hidden_layers=2, hidden_size=24, num_attention_heads=3, intermediate_size=48).build(
+        teacher, 2
+    )
     loss = LOSSES[kind]()
     value = loss_value(loss, student, teacher, batch)
     assert torch.isfinite(value) and value.item() > 0
@@ -99,7 +104,11 @@ def test_losses_work_across_widths_and_head_counts(kind, teacher, batch):
 
 
 def test_relations_ignore_padding(teacher, batch):
-    student = FreshStudent(num_hidden_layers=1, hidden_size=24, num_attention_heads=3, intermediate_size=48).build(teacher, 2).eval()
+    student = (
+        FreshStudent(num_hidden_layers=1, hidden_size=24, num_attention_heads=3, intermediate_size=48)
+        .build(teacher, 2)
+        .eval()
+    )
     one = {k: v[1:2, :4] for k, v in batch.items()}  # "bad film": [CLS] bad film [SEP]
     assert one["attention_mask"].all()
     padded = {k: F.pad(v, (0, 5)) for k, v in one.items()}
@@ -111,7 +120,9 @@ def test_relations_ignore_padding(teacher, batch):
 
 def test_mismatches_users_cannot_resolve_are_clear_errors(teacher):
     three_heads = FreshStudent(num_hidden_layers=2, hidden_size=24, num_attention_heads=3).build(teacher, 2)
-    with pytest.raises(KDLightError, match="student has 3 attention heads and the teacher 2; use SelfAttentionRelations"):
+    with pytest.raises(
+        KDLightError, match="student has 3 attention heads and the teacher 2; use SelfAttentionRelations"
+    ):
         AttentionMSE().bind(three_heads, teacher)
     with pytest.raises(KDLightError, match=r"layer pair \[3, 1\] is out of range: the student has blocks 0..2"):
         HiddenMSE(layers=[[3, 1]]).bind(three_heads, teacher)
@@ -141,11 +152,16 @@ def test_factorised_student_starts_from_the_teachers_best_low_rank_embeddings(te
     best = (u[:, :8] * s[:8]) @ vh[:8]
     assert torch.allclose(embedding.weight.double(), best, atol=1e-5)
     vocab, hidden = source.shape
-    assert count_parameters(student) == count_parameters(TruncatedTeacher(2).build(teacher, 2)) - vocab * hidden + 8 * (vocab + hidden)
-    narrow = CompressedEmbeddingStudent(FreshStudent(num_hidden_layers=1, hidden_size=16, num_attention_heads=2),
-                                        embedding_rank=4).build(teacher, 2)
+    assert count_parameters(student) == count_parameters(TruncatedTeacher(2).build(teacher, 2)) - vocab * hidden + 8 * (
+        vocab + hidden
+    )
+    narrow = CompressedEmbeddingStudent(
+        FreshStudent(num_hidden_layers=1, hidden_size=16, num_attention_heads=2), embedding_rank=4
+    ).build(teacher, 2)
     assert narrow.get_input_embeddings().weight.shape == (vocab, 16)
-    torch.testing.assert_close(narrow.get_input_embeddings().token_factors.double(), u[:, :4] * s[:4], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        narrow.get_input_embeddings().token_factors.double(), u[:, :4] * s[:4], atol=1e-5, rtol=1e-4
+    )
     with pytest.raises(KDLightError, match="embedding_rank=32 must be below the student's hidden size 32"):
         CompressedEmbeddingStudent(TruncatedTeacher(2), embedding_rank=32).build(teacher, 2)
 
@@ -162,8 +178,9 @@ def test_factorised_students_one_hot_path_equals_its_id_path(teacher, batch):
 
 @pytest.mark.parametrize("prune", [False, True], ids=["factorised", "factorised+pruned"])
 def test_export_loads_without_kdlight_and_predicts_identically(prune, teacher, assets, vocabulary_file, tmp_path):
-    spec = CompressedEmbeddingStudent(TruncatedTeacher(2), embedding_rank=8,
-                                      vocabulary_files=[str(vocabulary_file)] if prune else None)
+    spec = CompressedEmbeddingStudent(
+        TruncatedTeacher(2), embedding_rank=8, vocabulary_files=[str(vocabulary_file)] if prune else None
+    )
     student = spec.build(teacher, 2).eval()
     model, tokenizer = stock_export(student, str(assets["tokenizer"]))
     model.save_pretrained(tmp_path)
@@ -180,10 +197,15 @@ def test_export_loads_without_kdlight_and_predicts_identically(prune, teacher, a
     if prune:
         embedding = student.get_input_embeddings()
         assert isinstance(embedding, PrunedVocabularyEmbedding)
-        assert len(exported) == len(embedding.kept_token_ids) < len(original) == reloaded.config.vocab_size + len(original) - len(exported)
+        assert (
+            len(exported)
+            == len(embedding.kept_token_ids)
+            < len(original)
+            == reloaded.config.vocab_size + len(original) - len(exported)
+        )
         assert exported.convert_ids_to_tokens(exported("awful")["input_ids"])[1] == "[UNK]"  # not in the text files
     # a kdlight checkpoint of the compressed student rebuilds as a stock model (load_from_checkpoint's path)
-    stock = AutoModelForSequenceClassification.from_config(teacher.config.__class__(**{**student.config.to_dict()}))
+    stock = AutoModelForSequenceClassification.from_config(teacher.config.__class__(**student.config.to_dict()))
     stock.bert.encoder.layer = stock.bert.encoder.layer[:2]
     missing, unexpected = stock.load_state_dict(fold_compressed_state(student.state_dict()), strict=False)
     assert not unexpected and not [k for k in missing if not k.endswith("position_ids")]
@@ -195,13 +217,25 @@ def test_export_loads_without_kdlight_and_predicts_identically(prune, teacher, a
 def test_zero_shot_refuses_a_pruned_student(assets, vocabulary_file):
     from kdlight.modules import ZeroShotAdversarialKD
 
-    student = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=None, vocabulary_files=[str(vocabulary_file)])
+    student = CompressedEmbeddingStudent(
+        TruncatedTeacher(1), embedding_rank=None, vocabulary_files=[str(vocabulary_file)]
+    )
     with pytest.raises(KDLightError, match="vocabulary is pruned; remove vocabulary_files"):
-        ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=student,
-                              tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"])
+        ZeroShotAdversarialKD(
+            teacher=str(assets["teacher"]),
+            generator=str(assets["encoder"]),
+            student=student,
+            tokenizer=str(assets["tokenizer"]),
+            label_names=["negative", "positive"],
+        )
     factorised = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8)
-    ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=factorised,
-                          tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"])
+    ZeroShotAdversarialKD(
+        teacher=str(assets["teacher"]),
+        generator=str(assets["encoder"]),
+        student=factorised,
+        tokenizer=str(assets["tokenizer"]),
+        label_names=["negative", "positive"],
+    )
 
 
 # ----------------------------------------------------------------------------------------- CLI runs
@@ -214,32 +248,45 @@ def write_config(path: Path, model: dict, data: dict | None = None) -> Path:
 
 
 STUDENTS = {
-    "hidden": {"class_path": "FreshStudent", "init_args": {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}},
+    "hidden": {
+        "class_path": "FreshStudent",
+        "init_args": {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32},
+    },
     "attention": {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}},
 }
 
 
 @pytest.mark.parametrize("kind", ["hidden", "embedding", "attention", "relations", "patient", "all"])
 def test_layerwise_kd_fits_and_tests_through_the_cli(kind, assets, tmp_path, capsys):
-    losses = [{"class_path": name, "init_args": args} for name, args in {
-        "hidden": ("HiddenMSE", {"layers": "uniform"}),
-        "embedding": ("EmbeddingMSE", {}),
-        "attention": ("AttentionMSE", {"layers": [[1, 1], [2, 4]], "weight": 2.0}),
-        "relations": ("SelfAttentionRelations", {"num_relation_heads": 4}),
-        "patient": ("PatientCLS", {"layers": "last", "weight": 10.0}),
-    }.values()]
+    losses = [
+        {"class_path": name, "init_args": args}
+        for name, args in {
+            "hidden": ("HiddenMSE", {"layers": "uniform"}),
+            "embedding": ("EmbeddingMSE", {}),
+            "attention": ("AttentionMSE", {"layers": [[1, 1], [2, 4]], "weight": 2.0}),
+            "relations": ("SelfAttentionRelations", {"num_relation_heads": 4}),
+            "patient": ("PatientCLS", {"layers": "last", "weight": 10.0}),
+        }.values()
+    ]
     if kind != "all":
         losses = [loss for loss in losses if loss["class_path"].lower().startswith(kind[:4])]
     student = STUDENTS["attention" if kind in ("attention", "all") else "hidden"]
-    config = write_config(tmp_path / "layerwise.yaml", {
-        "class_path": "LayerwiseKD",
-        "init_args": {"teacher": str(assets["teacher"]), "student": student, "losses": losses, "alpha": 0.5},
-    })
-    args = ["--config", config, *data_args(assets),
-            *trainer_args(tmp_path, **{"--trainer.max_steps": 3, "--trainer.limit_val_batches": 1}),
-            f"--model.init_args.export_dir={tmp_path / 'export'}"]
+    config = write_config(
+        tmp_path / "layerwise.yaml",
+        {
+            "class_path": "LayerwiseKD",
+            "init_args": {"teacher": str(assets["teacher"]), "student": student, "losses": losses, "alpha": 0.5},
+        },
+    )
+    args = [
+        "--config",
+        config,
+        *data_args(assets),
+        *trainer_args(tmp_path, **{"--trainer.max_steps": 3, "--trainer.limit_val_batches": 1}),
+        f"--model.init_args.export_dir={tmp_path / 'export'}",
+    ]
     main(["fit", *map(str, args)])
-    last = sorted(tmp_path.rglob("last.ckpt"))[-1]
+    last = max(tmp_path.rglob("last.ckpt"))
     state = torch.load(last, weights_only=False)["state_dict"]
     assert not any(k.startswith("teacher.") for k in state)
     has_projection = kind in ("hidden", "embedding", "patient")
@@ -254,8 +301,13 @@ def test_layerwise_kd_fits_and_tests_through_the_cli(kind, assets, tmp_path, cap
 def test_layerwise_projections_are_trained(assets):
     from kdlight.modules import LayerwiseKD
 
-    module = LayerwiseKD(teacher=str(assets["teacher"]), student=FreshStudent(num_hidden_layers=2, hidden_size=16, num_attention_heads=2),
-                         losses=[HiddenMSE()], tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"])
+    module = LayerwiseKD(
+        teacher=str(assets["teacher"]),
+        student=FreshStudent(num_hidden_layers=2, hidden_size=16, num_attention_heads=2),
+        losses=[HiddenMSE()],
+        tokenizer=str(assets["tokenizer"]),
+        label_names=["negative", "positive"],
+    )
     trainable = {id(p) for p in module.trainable_parameters()}
     assert all(id(p) in trainable for p in module.layer_losses.parameters())
     assert all(id(p) not in trainable for p in module.teacher.parameters())
@@ -271,8 +323,10 @@ def text_file(tmp_path_factory):
     rng = random.Random(0)
     lines = []
     for _ in range(80):
-        sentences = [" ".join(rng.choice(POSITIVE + NEGATIVE + FILLER) for _ in range(rng.randint(4, 9))).capitalize() + "."
-                     for _ in range(rng.randint(1, 3))]
+        sentences = [
+            " ".join(rng.choice(POSITIVE + NEGATIVE + FILLER) for _ in range(rng.randint(4, 9))).capitalize() + "."
+            for _ in range(rng.randint(1, 3))
+        ]
         lines.append(" ".join(sentences))
     path = tmp_path_factory.mktemp("general") / "text.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -281,47 +335,96 @@ def text_file(tmp_path_factory):
 
 def test_general_distillation_exports_an_encoder_that_task_distillers_start_from(assets, text_file, tmp_path, capsys):
     export = tmp_path / "general" / "export"
-    config = write_config(tmp_path / "general.yaml", {
-        "class_path": "GeneralDistillation",
-        "init_args": {
-            "teacher": str(assets["teacher"]),  # a classifier: its encoder is distilled, the head dropped
-            "student": {"class_path": "CompressedEmbeddingStudent", "init_args": {
-                "base": {"class_path": "FreshStudent", "init_args": {"num_hidden_layers": 2, "hidden_size": 24,
-                                                                      "num_attention_heads": 3, "intermediate_size": 48}},
-                "embedding_rank": 8}},
-            "num_relation_heads": 4,
-            "export_dir": str(export),
+    config = write_config(
+        tmp_path / "general.yaml",
+        {
+            "class_path": "GeneralDistillation",
+            "init_args": {
+                "teacher": str(assets["teacher"]),  # a classifier: its encoder is distilled, the head dropped
+                "student": {
+                    "class_path": "CompressedEmbeddingStudent",
+                    "init_args": {
+                        "base": {
+                            "class_path": "FreshStudent",
+                            "init_args": {
+                                "num_hidden_layers": 2,
+                                "hidden_size": 24,
+                                "num_attention_heads": 3,
+                                "intermediate_size": 48,
+                            },
+                        },
+                        "embedding_rank": 8,
+                    },
+                },
+                "num_relation_heads": 4,
+                "export_dir": str(export),
+            },
         },
-    }, {"class_path": "CorpusDataModule", "init_args": {
-        "source": str(text_file), "cache_dir": str(tmp_path / "corpus"), "val_examples": 8, "batch_size": 8, "max_length": 32}})
-    args = ["--config", config, *trainer_args(tmp_path / "general", **{"--trainer.max_steps": 4, "--trainer.val_check_interval": 2})]
+        {
+            "class_path": "CorpusDataModule",
+            "init_args": {
+                "source": str(text_file),
+                "cache_dir": str(tmp_path / "corpus"),
+                "val_examples": 8,
+                "batch_size": 8,
+                "max_length": 32,
+            },
+        },
+    )
+    args = [
+        "--config",
+        config,
+        *trainer_args(tmp_path / "general", **{"--trainer.max_steps": 4, "--trainer.val_check_interval": 2}),
+    ]
     main(["fit", *map(str, args)])
     out = capsys.readouterr()
     assert (export / "config.json").is_file() and (export / "tokenizer.json").is_file()
-    checkpoint = torch.load(sorted((tmp_path / "general").rglob("last.ckpt"))[-1], weights_only=False)
-    assert "val/score" in str(checkpoint["callbacks"]) and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
-    assert any(k.endswith("token_factors") for k in checkpoint["state_dict"])  # the checkpoint keeps the factorised form
+    checkpoint = torch.load(max((tmp_path / "general").rglob("last.ckpt")), weights_only=False)
+    assert "val/score" in str(checkpoint["callbacks"]) and not any(
+        k.startswith("teacher.") for k in checkpoint["state_dict"]
+    )
+    assert any(
+        k.endswith("token_factors") for k in checkpoint["state_dict"]
+    )  # the checkpoint keeps the factorised form
     encoder = PretrainedStudent(str(export)).build(None, 2, ["negative", "positive"])
     assert encoder.config.hidden_size == 24 and encoder.classifier.out_features == 2
     assert type(encoder.get_input_embeddings()) is torch.nn.Embedding, out.err[-2000:]
 
     for model in ("VanillaKD", "LayerwiseKD"):
-        init = {"teacher": str(assets["teacher"]), "student": {"class_path": "PretrainedStudent", "init_args": {"name_or_path": str(export)}}}
+        init = {
+            "teacher": str(assets["teacher"]),
+            "student": {"class_path": "PretrainedStudent", "init_args": {"name_or_path": str(export)}},
+        }
         if model == "LayerwiseKD":
             init["losses"] = [{"class_path": "SelfAttentionRelations", "init_args": {"num_relation_heads": 4}}]
         task_config = write_config(tmp_path / f"{model}.yaml", {"class_path": model, "init_args": init})
-        main(["fit", "--config", str(task_config), *data_args(assets),
-              *trainer_args(tmp_path / model, **{"--trainer.fast_dev_run": "true"})])
+        main(
+            [
+                "fit",
+                "--config",
+                str(task_config),
+                *data_args(assets),
+                *trainer_args(tmp_path / model, **{"--trainer.fast_dev_run": "true"}),
+            ]
+        )
 
 
 def test_corpus_datamodule_holds_out_validation_text(assets, text_file, tmp_path):
     from kdlight.data import CorpusDataModule
 
-    data = CorpusDataModule(source=str(text_file), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path), val_examples=10, batch_size=4)
+    data = CorpusDataModule(
+        source=str(text_file),
+        tokenizer=str(assets["tokenizer"]),
+        cache_dir=str(tmp_path),
+        val_examples=10,
+        batch_size=4,
+    )
     data.setup("fit")
     assert len(data.val_dataset) == 10 and len(data.dataset) > 10
     assert not set(data.dataset["idx"]) & set(data.val_dataset["idx"])
     batch = next(iter(data.val_dataloader()))
     assert "labels" not in batch and batch["input_ids"].shape[0] == 4
     with pytest.raises(KDLightError, match="not more than val_examples"):
-        CorpusDataModule(source=str(text_file), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path), val_examples=10_000).setup()
+        CorpusDataModule(
+            source=str(text_file), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path), val_examples=10_000
+        ).setup()

@@ -48,8 +48,13 @@ class CorpusDataModule(OutOfDomainCorpus):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.tokenizer.pad_token_id or 0))
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+        )
 
 
 __all__ = ["CorpusDataModule"]

@@ -77,7 +77,9 @@ class PrunedVocabularyEmbedding(nn.Module):
     the original id of each row, in order, which is the pruned tokenizer's vocabulary.
     """
 
-    def __init__(self, rows: nn.Module, remap: Tensor, kept_token_ids: Tensor, tokenizer_source: str | None = None) -> None:
+    def __init__(
+        self, rows: nn.Module, remap: Tensor, kept_token_ids: Tensor, tokenizer_source: str | None = None
+    ) -> None:
         super().__init__()
         self.rows = rows
         self.register_buffer("remap", remap.long())
@@ -97,7 +99,8 @@ def require_full_vocabulary(model: nn.Module, purpose: str) -> None:
     """Stop with a clear error when ``model`` has a pruned vocabulary but ``purpose`` needs all rows."""
     if isinstance(model.get_input_embeddings(), PrunedVocabularyEmbedding):
         raise KDLightError(
-            f"{purpose} multiplies one-hot rows over the full shared vocabulary, but the student's vocabulary is pruned; "
+            f"{purpose} multiplies one-hot rows over the full shared vocabulary, "
+            "but the student's vocabulary is pruned; "
             "remove vocabulary_files from the student (embedding_rank alone keeps the full vocabulary)"
         )
 
@@ -132,7 +135,9 @@ def stock_export(model: PreTrainedModel, tokenizer_source: str | None):
     if isinstance(embedding, PrunedVocabularyEmbedding):
         source = tokenizer_source or embedding.tokenizer_source
         if not source:
-            raise KDLightError("a pruned student's export needs the tokenizer it was pruned from; set the model's tokenizer")
+            raise KDLightError(
+                "a pruned student's export needs the tokenizer it was pruned from; set the model's tokenizer"
+            )
         tokenizer = pruned_tokenizer(load_tokenizer(source), embedding.kept_token_ids.tolist())
         stock.config.vocab_size = len(embedding.kept_token_ids)
         if stock.config.pad_token_id is not None:
@@ -172,14 +177,21 @@ def read_texts(files: list[str], text_columns: list[str]) -> list[str]:
         if suffix == ".txt":
             texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             continue
-        readers = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet,
-                   ".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json}
+        readers = {
+            ".csv": pd.read_csv,
+            ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+            ".parquet": pd.read_parquet,
+            ".jsonl": lambda p: pd.read_json(p, lines=True),
+            ".json": pd.read_json,
+        }
         if suffix not in readers:
             raise KDLightError(f"vocabulary file {name!r}: use .txt, .csv, .tsv, .json, .jsonl or .parquet")
         frame = readers[suffix](path)
         columns = [c for c in text_columns if c in frame.columns]
         if not columns:
-            raise KDLightError(f"vocabulary file {name!r} has none of the columns {text_columns}; set vocabulary_text_columns")
+            raise KDLightError(
+                f"vocabulary file {name!r} has none of the columns {text_columns}; set vocabulary_text_columns"
+            )
         for column in columns:
             texts += [str(t) for t in frame[column].dropna()]
     if not texts:
@@ -212,10 +224,16 @@ def pruned_tokenizer(tokenizer, kept_token_ids: list[int]):
         )
     id_to_token = {i: t for t, i in tokenizer.get_vocab().items()}
     vocab = {id_to_token[i]: new for new, i in enumerate(kept_token_ids)}
-    settings = {k: tokenizer.init_kwargs[k] for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
-                if k in tokenizer.init_kwargs}
-    specials = {k: getattr(tokenizer, k) for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-                if getattr(tokenizer, k, None) is not None}
+    settings = {
+        k: tokenizer.init_kwargs[k]
+        for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+        if k in tokenizer.init_kwargs
+    }
+    specials = {
+        k: getattr(tokenizer, k)
+        for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+        if getattr(tokenizer, k, None) is not None
+    }
     pruned = type(tokenizer)(vocab=vocab, model_max_length=tokenizer.model_max_length, **settings, **specials)
     return pruned
 
@@ -277,7 +295,9 @@ class CompressedEmbeddingStudent(StudentSpec):
         tokenizer: str | None = None,
     ) -> None:
         if embedding_rank is None and not vocabulary_files:
-            raise KDLightError("CompressedEmbeddingStudent compresses nothing: set embedding_rank and/or vocabulary_files")
+            raise KDLightError(
+                "CompressedEmbeddingStudent compresses nothing: set embedding_rank and/or vocabulary_files"
+            )
         if embedding_rank is not None and embedding_rank < 1:
             raise KDLightError(f"embedding_rank must be >= 1, got {embedding_rank}")
         if min_token_count < 1:
@@ -306,8 +326,12 @@ class CompressedEmbeddingStudent(StudentSpec):
         tokenizer = load_tokenizer(source)
         pruned_tokenizer(tokenizer, [tokenizer.unk_token_id])  # fails early for non-WordPiece tokenizers
         if tokenizer.unk_token_id is None:
-            raise KDLightError(f"tokenizer {source!r} has no [UNK] token to map pruned tokens to; keep the full vocabulary")
-        kept = seen_token_ids(tokenizer, read_texts(self.vocabulary_files, self.vocabulary_text_columns), self.min_token_count)
+            raise KDLightError(
+                f"tokenizer {source!r} has no [UNK] token to map pruned tokens to; keep the full vocabulary"
+            )
+        kept = seen_token_ids(
+            tokenizer, read_texts(self.vocabulary_files, self.vocabulary_text_columns), self.min_token_count
+        )
         return kept, tokenizer.unk_token_id, source
 
     def build(self, teacher, num_labels, label_names=None):
@@ -316,14 +340,19 @@ class CompressedEmbeddingStudent(StudentSpec):
         matrix = self.source_matrix(teacher, student)
         vocab, width = matrix.shape[0], old.embedding_dim
         if matrix.shape[0] != old.num_embeddings:
-            raise KDLightError(f"the student has {old.num_embeddings} token ids and the teacher {matrix.shape[0]}; "
-                               "compressed embeddings need one shared vocabulary")
+            raise KDLightError(
+                f"the student has {old.num_embeddings} token ids and the teacher {matrix.shape[0]}; "
+                "compressed embeddings need one shared vocabulary"
+            )
         padding = getattr(old, "padding_idx", None)
         kept = None
         if self.vocabulary_files:
             kept, unk, tokenizer_source = self.kept_ids(teacher)
             if max(kept) >= vocab:
-                raise KDLightError(f"the tokenizer has ids up to {max(kept)} but the model only {vocab} rows; set student.init_args.tokenizer")
+                raise KDLightError(
+                    f"the tokenizer has ids up to {max(kept)} but the model only {vocab} rows; "
+                    "set student.init_args.tokenizer"
+                )
             remap = torch.full((vocab,), kept.index(unk), dtype=torch.long)
             remap[torch.tensor(kept)] = torch.arange(len(kept))
             matrix = matrix[torch.tensor(kept)]
@@ -345,5 +374,14 @@ class CompressedEmbeddingStudent(StudentSpec):
         return student
 
 
-__all__ = ["CompressedEmbeddingStudent", "FactorisedEmbedding", "PrunedVocabularyEmbedding", "factorise",
-           "fold_compressed_state", "materialised", "pruned_tokenizer", "require_full_vocabulary", "stock_export"]
+__all__ = [
+    "CompressedEmbeddingStudent",
+    "FactorisedEmbedding",
+    "PrunedVocabularyEmbedding",
+    "factorise",
+    "fold_compressed_state",
+    "materialised",
+    "pruned_tokenizer",
+    "require_full_vocabulary",
+    "stock_export",
+]

@@ -48,8 +48,11 @@ class Needs:
     qkv_layers: frozenset[int] = frozenset()
 
     def __or__(self, other: Needs) -> Needs:
-        return Needs(self.hidden_states or other.hidden_states, self.attentions or other.attentions,
-                     self.qkv_layers | other.qkv_layers)
+        return Needs(
+            self.hidden_states or other.hidden_states,
+            self.attentions or other.attentions,
+            self.qkv_layers | other.qkv_layers,
+        )
 
 
 def depth(model: nn.Module) -> int:
@@ -92,7 +95,9 @@ def capture_qkv(model: nn.Module, layers: frozenset[int]) -> Iterator[dict[int, 
     try:
         for layer in sorted(layers):
             for projection in qkv_projections(model, layer):
-                handles.append(projection.register_forward_hook(lambda _m, _i, out, layer=layer: captured[layer].append(out)))
+                handles.append(
+                    projection.register_forward_hook(lambda _m, _i, out, layer=layer: captured[layer].append(out))
+                )
         yield captured
     finally:
         for handle in handles:
@@ -110,12 +115,16 @@ def forward_internals(model: nn.Module, inputs: dict[str, Tensor], needs: Needs)
     with capture_qkv(model, needs.qkv_layers) as captured:
         out = model(**inputs, output_hidden_states=needs.hidden_states, output_attentions=needs.attentions)
     if needs.attentions and not out.attentions:
-        raise KDLightError(f"{type(model).__name__} returned no attention maps; load it with attn_implementation='eager'")
+        raise KDLightError(
+            f"{type(model).__name__} returned no attention maps; load it with attn_implementation='eager'"
+        )
     qkv = {}
     for layer, tensors in captured.items():
         if len(tensors) != 3:
-            raise KDLightError(f"captured {len(tensors)} of the 3 query/key/value projections of block {layer}; "
-                               "this architecture computes them differently: use hidden-state losses instead of relations")
+            raise KDLightError(
+                f"captured {len(tensors)} of the 3 query/key/value projections of block {layer}; "
+                "this architecture computes them differently: use hidden-state losses instead of relations"
+            )
         qkv[layer] = (tensors[0], tensors[1], tensors[2])
     return LayerOutputs(
         logits=getattr(out, "logits", None),
@@ -125,5 +134,14 @@ def forward_internals(model: nn.Module, inputs: dict[str, Tensor], needs: Needs)
     )
 
 
-__all__ = ["LayerOutputs", "Needs", "capture_qkv", "depth", "forward_internals", "num_heads", "qkv_projections",
-           "use_eager_attention", "width"]
+__all__ = [
+    "LayerOutputs",
+    "Needs",
+    "capture_qkv",
+    "depth",
+    "forward_internals",
+    "num_heads",
+    "qkv_projections",
+    "use_eager_attention",
+    "width",
+]

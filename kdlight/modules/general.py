@@ -44,15 +44,15 @@ def load_encoder(name_or_path: str) -> PreTrainedModel:
 
 class GeneralDistillation(KDLightTask):
     """Args:
-        teacher: the encoder to distil (folder, hub name, ``packaged/all-MiniLM-L6-v2``, or a ``.ckpt``).
-        student: the student's shape (``FreshStudent``, optionally inside ``CompressedEmbeddingStudent``);
-            default a BERT-Mini-sized ``FreshStudent`` (4 layers, hidden 256, 4 heads).
-        teacher_layer: the teacher block whose relations are taught (default: its last; MiniLMv2 uses
-            an upper-middle block of large teachers).
-        num_relation_heads: relation heads; must divide both hidden sizes.
-        relations: which of ``query``, ``key``, ``value`` relations to distil.
-        **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). ``num_labels``,
-            ``metric`` and ``label_names`` arrive from the datamodule and are not used.
+    teacher: the encoder to distil (folder, hub name, ``packaged/all-MiniLM-L6-v2``, or a ``.ckpt``).
+    student: the student's shape (``FreshStudent``, optionally inside ``CompressedEmbeddingStudent``);
+        default a BERT-Mini-sized ``FreshStudent`` (4 layers, hidden 256, 4 heads).
+    teacher_layer: the teacher block whose relations are taught (default: its last; MiniLMv2 uses
+        an upper-middle block of large teachers).
+    num_relation_heads: relation heads; must divide both hidden sizes.
+    relations: which of ``query``, ``key``, ``value`` relations to distil.
+    **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). ``num_labels``,
+        ``metric`` and ``label_names`` arrive from the datamodule and are not used.
     """
 
     export_prefix = "student"
@@ -67,10 +67,13 @@ class GeneralDistillation(KDLightTask):
         **kwargs,
     ) -> None:
         self.teacher_source = teacher
-        self.student_spec = student or FreshStudent(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+        self.student_spec = student or FreshStudent(
+            num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
+        )
         # checked now (a typo fails before any model loads), registered as a submodule once nn.Module is set up
-        relation_loss = SelfAttentionRelations(teacher_layer=teacher_layer, num_relation_heads=num_relation_heads,
-                                               relations=relations)
+        relation_loss = SelfAttentionRelations(
+            teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations
+        )
         self.__dict__["pending_relation_loss"] = relation_loss
         super().__init__(**kwargs)
 
@@ -119,7 +122,9 @@ class GeneralDistillation(KDLightTask):
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> Tensor:
         loss = self.relation_kl(batch)
         size = len(batch["input_ids"])
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=size, sync_dist=True, add_dataloader_idx=False)
+        self.log(
+            f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=size, sync_dist=True, add_dataloader_idx=False
+        )
         self.log(f"{stage}/score", -loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         return loss
 

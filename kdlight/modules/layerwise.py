@@ -27,12 +27,16 @@ from kdlight.modules.base import BaseDistiller
 from kdlight.modules.task import model_inputs
 
 
-def bind_losses(losses: list[IntermediateLoss], student: nn.Module, teacher: nn.Module) -> tuple[nn.ModuleList, Needs, Needs]:
+def bind_losses(
+    losses: list[IntermediateLoss], student: nn.Module, teacher: nn.Module
+) -> tuple[nn.ModuleList, Needs, Needs]:
     """Bind each loss to the two models; return them with what each model's forward must return."""
     student_needs, teacher_needs = Needs(), Needs()
     for loss in losses:
         if not isinstance(loss, IntermediateLoss):
-            raise KDLightError(f"losses must be intermediate losses (HiddenMSE, AttentionMSE, ...), got {type(loss).__name__}")
+            raise KDLightError(
+                f"losses must be intermediate losses (HiddenMSE, AttentionMSE, ...), got {type(loss).__name__}"
+            )
         loss.bind(student, teacher)
         student_needs, teacher_needs = student_needs | loss.student_needs(), teacher_needs | loss.teacher_needs()
     if student_needs.attentions:
@@ -50,16 +54,22 @@ def loss_names(losses: nn.ModuleList) -> list[str]:
 
 class LayerwiseKD(BaseDistiller):
     """Args:
-        teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
-        losses: intermediate losses (``HiddenMSE``, ``EmbeddingMSE``, ``AttentionMSE``,
-            ``SelfAttentionRelations``, ``PatientCLS``), each with ``weight`` and its layer map.
-        alpha: weight of KD against the label loss in the logit term (as in VanillaKD).
-        logit_weight: weight of the logit term; 0 trains on the intermediate losses only.
-        **kwargs: see :class:`BaseDistiller` (student, temperature, optimiser ...).
+    teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
+    losses: intermediate losses (``HiddenMSE``, ``EmbeddingMSE``, ``AttentionMSE``,
+        ``SelfAttentionRelations``, ``PatientCLS``), each with ``weight`` and its layer map.
+    alpha: weight of KD against the label loss in the logit term (as in VanillaKD).
+    logit_weight: weight of the logit term; 0 trains on the intermediate losses only.
+    **kwargs: see :class:`BaseDistiller` (student, temperature, optimiser ...).
     """
 
-    def __init__(self, teacher: str, losses: list[IntermediateLoss] | None = None, alpha: float = 0.5,
-                 logit_weight: float = 1.0, **kwargs) -> None:
+    def __init__(
+        self,
+        teacher: str,
+        losses: list[IntermediateLoss] | None = None,
+        alpha: float = 0.5,
+        logit_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
         if not 0 <= alpha <= 1:
             raise KDLightError(f"alpha must be in [0, 1], got {alpha}")
         if logit_weight < 0:
@@ -67,7 +77,10 @@ class LayerwiseKD(BaseDistiller):
         if not losses and logit_weight == 0:
             raise KDLightError("LayerwiseKD has nothing to train on: add losses or set logit_weight > 0")
         if losses and kwargs.get("cache_teacher_logits"):
-            raise KDLightError("LayerwiseKD runs the teacher every step for its internals, so cache_teacher_logits saves nothing; remove it")
+            raise KDLightError(
+                "LayerwiseKD runs the teacher every step for its internals, "
+                "so cache_teacher_logits saves nothing; remove it"
+            )
         self.alpha, self.logit_weight = alpha, logit_weight
         self.pending_losses = list(losses or [])
         super().__init__(teacher, **kwargs)
@@ -77,15 +90,21 @@ class LayerwiseKD(BaseDistiller):
 
     def configure_models(self) -> None:
         super().configure_models()
-        self.layer_losses, self.student_needs, self.teacher_needs = bind_losses(self.pending_losses, self.student, self.teacher)
+        self.layer_losses, self.student_needs, self.teacher_needs = bind_losses(
+            self.pending_losses, self.student, self.teacher
+        )
         self.layer_loss_names = loss_names(self.layer_losses)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # the losses' projections learn with the student; they are not exported (predictor only)
         return super().trainable_parameters() + [p for p in self.layer_losses.parameters() if p.requires_grad]
 
-    def intermediate_parts(self, student: LayerOutputs, teacher: LayerOutputs, attention_mask: Tensor) -> dict[str, Tensor]:
-        return {name: loss(student, teacher, attention_mask) for name, loss in zip(self.layer_loss_names, self.layer_losses)}
+    def intermediate_parts(
+        self, student: LayerOutputs, teacher: LayerOutputs, attention_mask: Tensor
+    ) -> dict[str, Tensor]:
+        return {
+            name: loss(student, teacher, attention_mask) for name, loss in zip(self.layer_loss_names, self.layer_losses)
+        }
 
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = self.kd_loss(student_logits, teacher_logits)
@@ -100,8 +119,10 @@ class LayerwiseKD(BaseDistiller):
             teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
         student = forward_internals(self.student, inputs, self.student_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
-        total = sum((loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses)),
-                    torch.zeros((), device=self.device))
+        total = sum(
+            (loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses)),
+            torch.zeros((), device=self.device),
+        )
         if self.logit_weight > 0:
             logit_parts = self.compute_loss(student.logits, teacher.logits, batch)
             total = total + self.logit_weight * logit_parts.pop("loss")
