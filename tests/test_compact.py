@@ -389,6 +389,11 @@ def test_general_distillation_exports_an_encoder_that_task_distillers_start_from
     encoder = PretrainedStudent(str(export)).build(None, 2, ["negative", "positive"])
     assert encoder.config.hidden_size == 24 and encoder.classifier.out_features == 2
     assert type(encoder.get_input_embeddings()) is torch.nn.Embedding, out.err[-2000:]
+    # the exported matrix has rank 8, so refactorising it at rank 8 is exact
+    refactorised = CompressedEmbeddingStudent(PretrainedStudent(str(export)), embedding_rank=8).build(None, 2)
+    torch.testing.assert_close(
+        refactorised.get_input_embeddings().weight, encoder.get_input_embeddings().weight, atol=1e-5, rtol=0
+    )
 
     for model in ("VanillaKD", "LayerwiseKD"):
         init = {
@@ -428,3 +433,67 @@ def test_corpus_datamodule_holds_out_validation_text(assets, text_file, tmp_path
         CorpusDataModule(
             source=str(text_file), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path), val_examples=10_000
         ).setup()
+
+
+def test_pruned_student_exports_a_matching_tokenizer_through_the_cli(assets, tmp_path):
+    from kdlight.models.hf import load_from_checkpoint
+
+    student = {
+        "class_path": "CompressedEmbeddingStudent",
+        "init_args": {
+            "base": {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}},
+            "embedding_rank": 8,
+            "vocabulary_files": [str(assets["data"] / "train.csv")],
+        },
+    }
+    config = write_config(
+        tmp_path / "pruned.yaml",
+        {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "student": student}},
+    )
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *data_args(assets),
+            *trainer_args(tmp_path, **{"--trainer.max_steps": 2, "--trainer.limit_val_batches": 1}),
+            f"--model.init_args.export_dir={tmp_path / 'export'}",
+        ]
+    )
+    exported_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
+    original = AutoTokenizer.from_pretrained(assets["tokenizer"])
+    assert len(exported_tokenizer) < len(original)
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    assert exported.config.vocab_size == len(exported_tokenizer)
+    # the checkpoint rebuilds as a full-vocabulary stock model (kdlight's loader folds the factors and the id map)
+    folded = load_from_checkpoint(str(max(tmp_path.rglob("last.ckpt"))))  # no validation ran: export = last
+    texts = [line.split(",")[0] for line in (assets["data"] / "test.csv").read_text().splitlines()[1:6]]
+    with torch.no_grad():
+        got = exported(**exported_tokenizer(texts, padding=True, return_tensors="pt")).logits
+        expected = folded(**original(texts, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_parameters_the_losses_never_reach_are_frozen_so_ddp_needs_no_unused_parameter_search(assets):
+    from kdlight.modules import GeneralDistillation, LayerwiseKD
+
+    general = GeneralDistillation(
+        teacher=str(assets["encoder"]),
+        student=FreshStudent(num_hidden_layers=2, hidden_size=24, num_attention_heads=3, intermediate_size=48),
+        num_relation_heads=4,
+        tokenizer=str(assets["tokenizer"]),
+    )
+    frozen = {name for name, p in general.student.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith(("pooler.", "encoder.layer.1.")) for name in frozen)
+    assert {"encoder.layer.1.intermediate.dense.weight", "pooler.dense.weight"} <= frozen
+    assert general.student.encoder.layer[1].attention.self.query.weight.requires_grad
+    assert all(p.requires_grad for p in general.student.encoder.layer[0].parameters())
+    stage_one = LayerwiseKD(
+        teacher=str(assets["teacher"]),
+        student=TruncatedTeacher(2),
+        losses=[HiddenMSE()],
+        logit_weight=0.0,
+        tokenizer=str(assets["tokenizer"]),
+    )
+    frozen = {name for name, p in stage_one.student.named_parameters() if not p.requires_grad}
+    assert frozen == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}

@@ -27,6 +27,7 @@ from kdlight.models.generator import quiet_transformers
 from kdlight.models.hf import load_config, load_from_checkpoint
 from kdlight.models.layers import forward_internals
 from kdlight.models.students import FreshStudent, StudentSpec
+from kdlight.modules.layerwise import freeze_unreached
 from kdlight.modules.task import KDLightTask, model_inputs
 
 
@@ -91,6 +92,7 @@ class GeneralDistillation(KDLightTask):
         self.relation_loss = self.__dict__.pop("pending_relation_loss")
         self.relation_loss.bind(self.student, self.teacher)
         self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
+        freeze_unreached(self.student, self.relation_kl)  # the last block's FFN and the pooler: DDP-safe
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -16,7 +16,10 @@ them), but they are not part of the student and are never exported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.errors import KDLightError
@@ -44,6 +47,26 @@ def bind_losses(
     if teacher_needs.attentions:
         use_eager_attention(teacher)
     return nn.ModuleList(losses), student_needs, teacher_needs
+
+
+def freeze_unreached(student: nn.Module, probe_loss: Callable[[dict[str, Tensor]], Tensor]) -> int:
+    """Freeze the student's parameters that ``probe_loss`` never reaches (one tiny probe batch).
+
+    Relations of the last block leave its attention output, feed-forward and the pooler without a
+    gradient, and an intermediate-only loss leaves the classifier head without one. Under DDP such
+    parameters stop training with an "unused parameters" error; frozen, they simply keep their values
+    (what training would have done anyway). Returns how many tensors were frozen.
+    """
+    probe = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    params = [p for p in student.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(probe_loss(probe), params, allow_unused=True)
+    unreached = [p for p, g in zip(params, grads, strict=True) if g is None]
+    for p in unreached:
+        p.requires_grad_(False)
+    if unreached:
+        count = sum(p.numel() for p in unreached)
+        rank_zero_info(f"[kdlight] {count:,} student parameters get no gradient from the configured losses; frozen")
+    return len(unreached)
 
 
 def loss_names(losses: nn.ModuleList) -> list[str]:
@@ -94,6 +117,8 @@ class LayerwiseKD(BaseDistiller):
             self.pending_losses, self.student, self.teacher
         )
         self.layer_loss_names = loss_names(self.layer_losses)
+        if self.logit_weight == 0:  # the head (at least) gets no gradient: see freeze_unreached
+            freeze_unreached(self.student, self.intermediate_total)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # the losses' projections learn with the student; they are not exported (predictor only)
@@ -105,6 +130,15 @@ class LayerwiseKD(BaseDistiller):
         return {
             name: loss(student, teacher, attention_mask) for name, loss in zip(self.layer_loss_names, self.layer_losses)
         }
+
+    def intermediate_total(self, batch: dict[str, Tensor]) -> Tensor:
+        """The weighted intermediate losses alone, on one batch (the probe of ``freeze_unreached``)."""
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
+        student = forward_internals(self.student, inputs, self.student_needs)
+        parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
+        return sum(loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses))
 
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = self.kd_loss(student_logits, teacher_logits)
@@ -134,4 +168,4 @@ class LayerwiseKD(BaseDistiller):
         return total
 
 
-__all__ = ["LayerwiseKD", "bind_losses", "loss_names"]
+__all__ = ["LayerwiseKD", "bind_losses", "freeze_unreached", "loss_names"]
