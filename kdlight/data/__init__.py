@@ -19,3 +19,6 @@ from kdlight.data.corpus import OutOfDomainCorpus  # noqa: E402
 from kdlight.data.zeroshot import ZeroShotDataModule  # noqa: E402
 
 __all__ += ["OutOfDomainCorpus", "ZeroShotDataModule"]
+from kdlight.data.general import CorpusDataModule  # noqa: E402
+
+__all__ += ["CorpusDataModule"]

@@ -95,6 +95,9 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForSequenceClassification.from_config(config)
     state = {k[len(prefix) + 1 :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix + ".")}
+    from kdlight.models.compact import fold_compressed_state  # compact imports this module
+
+    state = fold_compressed_state(state)  # a compressed student's embeddings as stock ones (same predictions)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only keys may legitimately be absent; real weights may not.
     missing = [k for k in missing if not k.endswith("position_ids")]

@@ -12,3 +12,7 @@ __all__ += ["AdaptiveLossMixingKD", "MultiTeacherALMKD"]
 from kdlight.modules.zeroshot import ZeroShotAdversarialKD  # noqa: E402
 
 __all__ += ["ZeroShotAdversarialKD"]
+from kdlight.modules.general import GeneralDistillation  # noqa: E402
+from kdlight.modules.layerwise import LayerwiseKD  # noqa: E402
+
+__all__ += ["GeneralDistillation", "LayerwiseKD"]

@@ -23,10 +23,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from kdlight.data.base import MODEL_INPUTS, load_tokenizer
+from kdlight.data.base import MODEL_INPUTS
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
+from kdlight.models.compact import stock_export
 from kdlight.models.hf import HF_CONFIGS_KEY
 
 
@@ -257,9 +258,11 @@ class KDLightTask(LightningModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
         try:
-            self.predictor.save_pretrained(staging)
-            if self.hparams.tokenizer:
-                load_tokenizer(self.hparams.tokenizer).save_pretrained(staging)
+            # compressed embeddings become stock layers, so the export loads without kdlight
+            model, tokenizer = stock_export(self.predictor, self.hparams.tokenizer)
+            model.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
             if self.hparams.label_names:
                 (staging / "label_names.json").write_text(json.dumps(self.hparams.label_names))
             replaced = path.exists()

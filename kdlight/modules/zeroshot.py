@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from kdlight.data.base import load_tokenizer
 from kdlight.errors import KDLightError
+from kdlight.models.compact import require_full_vocabulary
 from kdlight.models.generator import (
     banned_token_ids,
     choose_mask,
@@ -148,6 +149,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
                     f"teacher, student and generator must share one vocabulary (the generator's one-hot tokens multiply "
                     f"each model's embeddings), got sizes {vocab}; pick a generator from the teacher's model family"
                 )
+            require_full_vocabulary(self.student, "zero-shot KD's generator")
             self.__dict__["_generator"] = generator  # outside DDP's buckets: see side_modules
 
     @property

@@ -1,0 +1,387 @@
+"""Compressed word embeddings: low-rank factorisation and vocabulary pruning.
+
+A BERT-size vocabulary dominates a small student: 30,522 x 384 word embeddings are 11.7M of a 2-layer
+MiniLM student's 15.6M parameters. :class:`CompressedEmbeddingStudent` wraps any student spec and
+replaces its word embeddings by
+
+* :class:`FactorisedEmbedding`: ``E = token_factors @ hidden_factors`` (vocab x r times r x hidden),
+  initialised from a truncated SVD, so ``r * (vocab + hidden)`` parameters instead of ``vocab * hidden``;
+* :class:`PrunedVocabularyEmbedding`: only the rows of tokens seen in given text files (special tokens
+  always kept), every other id mapped to ``[UNK]``; combinable with the factorisation.
+
+During training the student still reads the teacher's token ids (a pruned student maps them through a
+lookup table), so ordinary distillers work unchanged. A factorised student also works with zero-shot
+KD's one-hot inputs: :attr:`FactorisedEmbedding.weight` is the product ``E``, which is what
+``one_hot @ get_input_embeddings().weight`` multiplies. A pruned student cannot: its rows no longer line
+up with the teacher's and the generator's ids (a clear error says so).
+
+Export (:func:`stock_export`): stock Hugging Face classes have no factorised word embeddings, so the
+export materialises ``E`` into a plain ``nn.Embedding``; the exported model loads with
+``AutoModelForSequenceClassification.from_pretrained`` without kdlight and predicts what the student
+predicted, but its file is not smaller than an unfactorised student's (the parameter count, memory of
+the factors during training, and kdlight's own checkpoints keep the factorised form; refactorising the
+export with ``CompressedEmbeddingStudent(base=PretrainedStudent(export), embedding_rank=r,
+factorise_from=student)`` is exact, because the exported matrix has rank ``r``). ALBERT's
+``embedding_size`` would hold a factorisation natively, but ALBERT also moves the position embeddings
+and LayerNorm into the small space and shares blocks across layers, so a BERT-family student cannot be
+written as one without changing what it computes. Vocabulary pruning does shrink the export: the
+exported model has ``len(kept)`` rows and comes with a pruned WordPiece tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from kdlight.errors import KDLightError
+from kdlight.models.students import FreshStudent, StudentSpec
+
+
+class FactorisedEmbedding(nn.Module):
+    """Word embeddings ``E = token_factors @ hidden_factors`` of rank ``rank``.
+
+    ``weight`` is the product (what one-hot inputs multiply); looking ids up never builds it.
+    """
+
+    def __init__(self, token_factors: Tensor, hidden_factors: Tensor, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.token_factors = nn.Parameter(token_factors)
+        self.hidden_factors = nn.Parameter(hidden_factors)
+        self.padding_idx = padding_idx
+        self.num_embeddings, self.rank = token_factors.shape
+        self.embedding_dim = hidden_factors.shape[1]
+
+    @property
+    def weight(self) -> Tensor:
+        return self.token_factors @ self.hidden_factors
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        # padding_idx only stops the padding row's gradient, as in nn.Embedding
+        return F.embedding(input_ids, self.token_factors, self.padding_idx) @ self.hidden_factors
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
+
+
+class PrunedVocabularyEmbedding(nn.Module):
+    """Embeddings for a kept subset of the vocabulary, read through the original ids.
+
+    ``remap`` takes every original id to its row (unkept ids to ``[UNK]``'s row); ``kept_token_ids`` lists
+    the original id of each row, in order, which is the pruned tokenizer's vocabulary.
+    """
+
+    def __init__(
+        self, rows: nn.Module, remap: Tensor, kept_token_ids: Tensor, tokenizer_source: str | None = None
+    ) -> None:
+        super().__init__()
+        self.rows = rows
+        self.register_buffer("remap", remap.long())
+        self.register_buffer("kept_token_ids", kept_token_ids.long())
+        self.tokenizer_source = tokenizer_source
+        self.num_embeddings = int(remap.numel())
+        self.embedding_dim = rows.embedding_dim
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.rows(self.remap[input_ids])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings} ids -> {len(self.kept_token_ids)} rows"
+
+
+def require_full_vocabulary(model: nn.Module, purpose: str) -> None:
+    """Stop with a clear error when ``model`` has a pruned vocabulary but ``purpose`` needs all rows."""
+    if isinstance(model.get_input_embeddings(), PrunedVocabularyEmbedding):
+        raise KDLightError(
+            f"{purpose} multiplies one-hot rows over the full shared vocabulary, "
+            "but the student's vocabulary is pruned; "
+            "remove vocabulary_files from the student (embedding_rank alone keeps the full vocabulary)"
+        )
+
+
+# --------------------------------------------------------------------------------------- export
+def materialised(embedding: nn.Module) -> nn.Module:
+    """A plain ``nn.Embedding`` computing what ``embedding`` computes on its own rows (identity for stock ones)."""
+    if isinstance(embedding, PrunedVocabularyEmbedding):
+        inner = materialised(embedding.rows)
+        padding = inner.padding_idx
+        plain = nn.Embedding(inner.num_embeddings, inner.embedding_dim, padding_idx=padding)
+        plain.weight.data.copy_(inner.weight.data)
+        return plain
+    if isinstance(embedding, FactorisedEmbedding):
+        plain = nn.Embedding(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx)
+        plain.weight.data.copy_(embedding.weight.detach())
+        return plain
+    return embedding
+
+
+def stock_export(model: PreTrainedModel, tokenizer_source: str | None):
+    """(model, tokenizer) to ``save_pretrained``: compressed embeddings become stock layers, a pruned
+    vocabulary comes with its pruned tokenizer. Uncompressed models are returned as they are."""
+    from kdlight.data.base import load_tokenizer
+
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, (FactorisedEmbedding, PrunedVocabularyEmbedding)):
+        return model, load_tokenizer(tokenizer_source) if tokenizer_source else None
+    stock = copy.deepcopy(model)
+    stock.set_input_embeddings(materialised(embedding))
+    tokenizer = load_tokenizer(tokenizer_source) if tokenizer_source else None
+    if isinstance(embedding, PrunedVocabularyEmbedding):
+        source = tokenizer_source or embedding.tokenizer_source
+        if not source:
+            raise KDLightError(
+                "a pruned student's export needs the tokenizer it was pruned from; set the model's tokenizer"
+            )
+        tokenizer = pruned_tokenizer(load_tokenizer(source), embedding.kept_token_ids.tolist())
+        stock.config.vocab_size = len(embedding.kept_token_ids)
+        if stock.config.pad_token_id is not None:
+            stock.config.pad_token_id = int(embedding.remap[stock.config.pad_token_id])
+    return stock, tokenizer
+
+
+def fold_compressed_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A compressed student's state dict as a stock model's (``...word_embeddings.weight``), same predictions.
+
+    Used when a kdlight checkpoint is rebuilt as a stock HF model; a pruned vocabulary is folded back to
+    the full id space (unkept ids get the ``[UNK]`` row), which computes exactly what the student did.
+    """
+    state = dict(state)
+    for key in [k for k in state if k.endswith(".hidden_factors")]:
+        prefix = key[: -len("hidden_factors")]
+        state[prefix + "weight"] = state.pop(prefix + "token_factors") @ state.pop(key)
+    for key in [k for k in state if k.endswith(".kept_token_ids")]:
+        prefix = key[: -len("kept_token_ids")]
+        state.pop(key)
+        remap = state.pop(prefix + "remap")
+        state[prefix + "weight"] = state.pop(prefix + "rows.weight")[remap]
+    return state
+
+
+# ------------------------------------------------------------------------------- vocabulary pruning
+def read_texts(files: list[str], text_columns: list[str]) -> list[str]:
+    """Texts of ``.txt`` files (one per line) and of the named columns of csv/tsv/json/jsonl/parquet files."""
+    import pandas as pd
+
+    texts: list[str] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise KDLightError(f"vocabulary file not found: {name!r}; list existing text files in vocabulary_files")
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            continue
+        readers = {
+            ".csv": pd.read_csv,
+            ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+            ".parquet": pd.read_parquet,
+            ".jsonl": lambda p: pd.read_json(p, lines=True),
+            ".json": pd.read_json,
+        }
+        if suffix not in readers:
+            raise KDLightError(f"vocabulary file {name!r}: use .txt, .csv, .tsv, .json, .jsonl or .parquet")
+        frame = readers[suffix](path)
+        columns = [c for c in text_columns if c in frame.columns]
+        if not columns:
+            raise KDLightError(
+                f"vocabulary file {name!r} has none of the columns {text_columns}; set vocabulary_text_columns"
+            )
+        for column in columns:
+            texts += [str(t) for t in frame[column].dropna()]
+    if not texts:
+        raise KDLightError(f"vocabulary files {files} hold no text; point vocabulary_files at the task's training text")
+    return texts
+
+
+def seen_token_ids(tokenizer, texts: list[str], min_count: int = 1) -> list[int]:
+    """Sorted ids of the special tokens and of every token occurring ``min_count`` times in ``texts``."""
+    counts: Counter[int] = Counter()
+    for start in range(0, len(texts), 1000):
+        for ids in tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]:
+            counts.update(ids)
+    kept = {i for i, n in counts.items() if n >= min_count} | set(tokenizer.all_special_ids)
+    return sorted(kept)
+
+
+def pruned_tokenizer(tokenizer, kept_token_ids: list[int]):
+    """The same WordPiece tokenizer over only the kept tokens, which get ids ``0..len(kept) - 1`` in order.
+
+    On text whose tokens were all kept it splits exactly as the original (WordPiece takes the longest
+    known prefix, and every piece the original chose is still known); a word with dropped pieces may
+    split into other kept pieces where training saw ``[UNK]``.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordPiece":
+        raise KDLightError(
+            f"vocabulary pruning supports WordPiece tokenizers (BERT family); {type(tokenizer).__name__} is not one: "
+            "remove vocabulary_files and keep the full vocabulary"
+        )
+    id_to_token = {i: t for t, i in tokenizer.get_vocab().items()}
+    vocab = {id_to_token[i]: new for new, i in enumerate(kept_token_ids)}
+    settings = {
+        k: tokenizer.init_kwargs[k]
+        for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+        if k in tokenizer.init_kwargs
+    }
+    specials = {
+        k: getattr(tokenizer, k)
+        for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+        if getattr(tokenizer, k, None) is not None
+    }
+    pruned = type(tokenizer)(vocab=vocab, model_max_length=tokenizer.model_max_length, **settings, **specials)
+    return pruned
+
+
+# ------------------------------------------------------------------------------------ the student
+def _principal_coordinates(matrix: Tensor, columns: int) -> Tensor:
+    """``matrix``'s coordinates on its top ``columns`` right singular vectors (zero-padded when wider)."""
+    u, s, _ = torch.linalg.svd(matrix.double(), full_matrices=False)
+    keep = min(columns, len(s))
+    out = torch.zeros(matrix.shape[0], columns, dtype=torch.float64)
+    out[:, :keep] = u[:, :keep] * s[:keep]
+    return out.float()
+
+
+def factorise(matrix: Tensor, rank: int, width: int) -> tuple[Tensor, Tensor]:
+    """``(token_factors, hidden_factors)`` from a truncated SVD ``matrix ~ U_r S_r V_r^T``.
+
+    Same width: ``U_r S_r`` and ``V_r^T``, the best rank-r approximation (Eckart-Young). Another
+    width: the student's embedding space is taken to be the source's principal subspace, so the
+    token factors are the same ``U_r S_r`` (each token's top-r principal coordinates) and the hidden
+    factors put them on the student's first ``r`` dimensions (``[I_r | 0]``); the rest start at zero.
+    """
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    tokens = (u[:, :rank] * s[:rank]).float()
+    if matrix.shape[1] == width:
+        return tokens, vh[:rank].float()
+    hidden = torch.zeros(rank, width)
+    hidden[:, :rank] = torch.eye(rank)
+    return tokens, hidden
+
+
+class CompressedEmbeddingStudent(StudentSpec):
+    """A student whose word embeddings are factorised (rank ``embedding_rank``) and/or pruned.
+
+    Args:
+        base: the student to compress (``FreshStudent``, ``TruncatedTeacher``, ``PretrainedStudent``).
+        embedding_rank: rank ``r`` of ``E = token_factors @ hidden_factors``; must be below the student's
+            hidden size. ``null``: no factorisation (pruning only).
+        factorise_from: whose word-embedding matrix the SVD starts from: ``teacher``, ``student`` (the
+            base's own, e.g. a general-distilled student), or ``auto``: the teacher's for a
+            ``FreshStudent`` (its own embeddings are random), the student's otherwise.
+        vocabulary_files: prune the vocabulary to the tokens of these files (``.txt`` one text per line,
+            or tables with ``vocabulary_text_columns``); special tokens are always kept, every other
+            token maps to ``[UNK]``. The export then has a matching pruned tokenizer. Zero-shot KD's
+            one-hot inputs need the full vocabulary, so they refuse a pruned student.
+        vocabulary_text_columns: text columns of tabular vocabulary files.
+        min_token_count: keep tokens seen at least this often.
+        tokenizer: the tokenizer the student's inputs come from (default: the teacher's folder).
+    """
+
+    def __init__(
+        self,
+        base: StudentSpec,
+        embedding_rank: int | None = 64,
+        factorise_from: Literal["auto", "teacher", "student"] = "auto",
+        vocabulary_files: list[str] | None = None,
+        vocabulary_text_columns: list[str] | None = None,
+        min_token_count: int = 1,
+        tokenizer: str | None = None,
+    ) -> None:
+        if embedding_rank is None and not vocabulary_files:
+            raise KDLightError(
+                "CompressedEmbeddingStudent compresses nothing: set embedding_rank and/or vocabulary_files"
+            )
+        if embedding_rank is not None and embedding_rank < 1:
+            raise KDLightError(f"embedding_rank must be >= 1, got {embedding_rank}")
+        if min_token_count < 1:
+            raise KDLightError(f"min_token_count must be >= 1, got {min_token_count}")
+        self.base = base
+        self.embedding_rank = embedding_rank
+        self.factorise_from = factorise_from
+        self.vocabulary_files = list(vocabulary_files or [])
+        self.vocabulary_text_columns = list(vocabulary_text_columns or ["text", "text_pair"])
+        self.min_token_count = min_token_count
+        self.tokenizer = tokenizer
+
+    def source_matrix(self, teacher: nn.Module, student: nn.Module) -> Tensor:
+        origin = self.factorise_from
+        if origin == "auto":
+            origin = "teacher" if isinstance(self.base, FreshStudent) else "student"
+        model = teacher if origin == "teacher" else student
+        return model.get_input_embeddings().weight.detach().float().cpu()
+
+    def kept_ids(self, teacher: nn.Module) -> tuple[list[int], int, str]:
+        from kdlight.data.base import load_tokenizer
+
+        source = self.tokenizer or getattr(teacher, "name_or_path", "") or ""
+        if not source:
+            raise KDLightError("vocabulary pruning needs the teacher's tokenizer: set student.init_args.tokenizer")
+        tokenizer = load_tokenizer(source)
+        pruned_tokenizer(tokenizer, [tokenizer.unk_token_id])  # fails early for non-WordPiece tokenizers
+        if tokenizer.unk_token_id is None:
+            raise KDLightError(
+                f"tokenizer {source!r} has no [UNK] token to map pruned tokens to; keep the full vocabulary"
+            )
+        kept = seen_token_ids(
+            tokenizer, read_texts(self.vocabulary_files, self.vocabulary_text_columns), self.min_token_count
+        )
+        return kept, tokenizer.unk_token_id, source
+
+    def build(self, teacher, num_labels, label_names=None):
+        student = self.base.build(teacher, num_labels, label_names)
+        old = student.get_input_embeddings()
+        matrix = self.source_matrix(teacher, student)
+        vocab, width = matrix.shape[0], old.embedding_dim
+        if matrix.shape[0] != old.num_embeddings:
+            raise KDLightError(
+                f"the student has {old.num_embeddings} token ids and the teacher {matrix.shape[0]}; "
+                "compressed embeddings need one shared vocabulary"
+            )
+        padding = getattr(old, "padding_idx", None)
+        kept = None
+        if self.vocabulary_files:
+            kept, unk, tokenizer_source = self.kept_ids(teacher)
+            if max(kept) >= vocab:
+                raise KDLightError(
+                    f"the tokenizer has ids up to {max(kept)} but the model only {vocab} rows; "
+                    "set student.init_args.tokenizer"
+                )
+            remap = torch.full((vocab,), kept.index(unk), dtype=torch.long)
+            remap[torch.tensor(kept)] = torch.arange(len(kept))
+            matrix = matrix[torch.tensor(kept)]
+            padding = int(remap[padding]) if padding is not None else None
+        if self.embedding_rank is not None:
+            rank = self.embedding_rank
+            if rank >= width or rank > min(matrix.shape):
+                raise KDLightError(
+                    f"embedding_rank={rank} must be below the student's hidden size {width} (and at most "
+                    f"{min(matrix.shape)}, the source matrix's rank) for the factorisation to be smaller"
+                )
+            rows: nn.Module = FactorisedEmbedding(*factorise(matrix, rank, width), padding_idx=padding)
+        else:
+            rows = nn.Embedding(matrix.shape[0], width, padding_idx=padding)
+            rows.weight.data.copy_(matrix if matrix.shape[1] == width else _principal_coordinates(matrix, width))
+        if kept is not None:
+            rows = PrunedVocabularyEmbedding(rows, remap, torch.tensor(kept), tokenizer_source)
+        student.set_input_embeddings(rows)
+        return student
+
+
+__all__ = [
+    "CompressedEmbeddingStudent",
+    "FactorisedEmbedding",
+    "PrunedVocabularyEmbedding",
+    "factorise",
+    "fold_compressed_state",
+    "materialised",
+    "pruned_tokenizer",
+    "require_full_vocabulary",
+    "stock_export",
+]

@@ -1,0 +1,155 @@
+"""GeneralDistillation: task-agnostic distillation of an encoder into a small one, on unlabelled text.
+
+MiniLMv2 (Wang et al., 2021): the student's last block learns the teacher's self-attention
+relations (query-query, key-key, value-value, split into relation heads) on plain text, so it can be
+any width and head count. The result is a pretrained small encoder, exported with ``save_pretrained``
+(model + tokenizer), which ``PretrainedStudent(name_or_path=<export>)`` then fine-tunes or distils on a
+task with a fresh classification head: the offline equivalent of starting from a pretrained BERT-Mini.
+
+The teacher may be any encoder of the BERT family: a bare ``AutoModel`` folder (all-MiniLM-L6-v2), a
+masked-LM, or a fine-tuned classifier (folder or kdlight ``.ckpt``); its heads are dropped. It is
+frozen, in eval mode, and kept out of checkpoints. Validation scores the same relation loss on
+held-out text (``val/loss``; ``val/score = -val/loss`` so the best checkpoint is the lowest loss).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel
+
+from kdlight.assets import resolve_model_path
+from kdlight.errors import KDLightError
+from kdlight.losses_layerwise import SelfAttentionRelations
+from kdlight.models.generator import quiet_transformers
+from kdlight.models.hf import load_config, load_from_checkpoint
+from kdlight.models.layers import forward_internals
+from kdlight.models.students import FreshStudent, StudentSpec
+from kdlight.modules.layerwise import freeze_unreached
+from kdlight.modules.task import KDLightTask, model_inputs
+
+
+def load_encoder(name_or_path: str) -> PreTrainedModel:
+    """The base encoder of any saved model: bare, masked-LM or classifier (folder, hub name or kdlight .ckpt)."""
+    if str(name_or_path).endswith(".ckpt"):
+        return load_from_checkpoint(name_or_path).base_model
+    load_config(name_or_path)  # a clear error for a missing or unreadable model
+    try:
+        with quiet_transformers():  # dropping a classifier's or MLM's head is expected here
+            return AutoModel.from_pretrained(resolve_model_path(name_or_path))
+    except (OSError, ValueError) as err:
+        raise KDLightError(f"cannot load the encoder of {name_or_path!r}: {str(err).splitlines()[0]}") from None
+
+
+class GeneralDistillation(KDLightTask):
+    """Args:
+    teacher: the encoder to distil (folder, hub name, ``packaged/all-MiniLM-L6-v2``, or a ``.ckpt``).
+    student: the student's shape (``FreshStudent``, optionally inside ``CompressedEmbeddingStudent``);
+        default a BERT-Mini-sized ``FreshStudent`` (4 layers, hidden 256, 4 heads).
+    teacher_layer: the teacher block whose relations are taught (default: its last; MiniLMv2 uses
+        an upper-middle block of large teachers).
+    num_relation_heads: relation heads; must divide both hidden sizes.
+    relations: which of ``query``, ``key``, ``value`` relations to distil.
+    **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). ``num_labels``,
+        ``metric`` and ``label_names`` arrive from the datamodule and are not used.
+    """
+
+    export_prefix = "student"
+
+    def __init__(
+        self,
+        teacher: str,
+        student: StudentSpec | None = None,
+        teacher_layer: int | None = None,
+        num_relation_heads: int = 8,
+        relations: list[Literal["query", "key", "value"]] | None = None,
+        **kwargs,
+    ) -> None:
+        self.teacher_source = teacher
+        self.student_spec = student or FreshStudent(
+            num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
+        )
+        # checked now (a typo fails before any model loads), registered as a submodule once nn.Module is set up
+        relation_loss = SelfAttentionRelations(
+            teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations
+        )
+        self.__dict__["pending_relation_loss"] = relation_loss
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        self.teacher = load_encoder(self.teacher_source).eval().requires_grad_(False)
+        # any spec builds a sequence classifier; general distillation keeps its encoder (the head comes with the task)
+        self.student = self.student_spec.build(self.teacher, 2).base_model.train()
+        if self.student.config.vocab_size != self.teacher.config.vocab_size:
+            raise KDLightError(
+                f"vocabulary mismatch: teacher has {self.teacher.config.vocab_size} token ids, student "
+                f"{self.student.config.vocab_size}; the student must read the teacher's tokens"
+            )
+
+    def configure_losses(self) -> None:
+        self.relation_loss = self.__dict__.pop("pending_relation_loss")
+        self.relation_loss.bind(self.student, self.teacher)
+        self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
+        freeze_unreached(self.student, self.relation_kl)  # the last block's FFN and the pooler: DDP-safe
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.student(**model_inputs(batch)).last_hidden_state
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "tokenizer_name", None):
+            self.check_tokenizer(datamodule.tokenizer)
+
+    def relation_kl(self, batch: dict[str, Tensor]) -> Tensor:
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
+        student = forward_internals(self.student, inputs, self.student_needs)
+        return self.relation_loss(student, teacher, batch.get("attention_mask"))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.relation_kl(batch)
+        size = len(batch["input_ids"])
+        self.log("train/loss", loss.detach(), batch_size=size)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=size)
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> Tensor:
+        loss = self.relation_kl(batch)
+        size = len(batch["input_ids"])
+        self.log(
+            f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=size, sync_dist=True, add_dataloader_idx=False
+        )
+        self.log(f"{stage}/score", -loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        pass  # the loss is logged per step and averaged by Lightning; there are no task metrics
+
+    def on_test_epoch_end(self) -> None:
+        pass
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        raise KDLightError("GeneralDistillation has no predictions; fine-tune or distil its export on a task first")
+
+    # ----------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # the teacher is frozen and reloaded from its own source; keep it out of the checkpoint
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+    def side_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+
+__all__ = ["GeneralDistillation", "load_encoder"]
