@@ -71,7 +71,7 @@ def _pickle_globals(path: str) -> list[str]:
                         names.append(f"{strings[-2]}.{strings[-1]}")
                     elif isinstance(arg, str):
                         strings.append(arg)
-            except Exception:  # not (or no longer) a pickle
+            except (ValueError, EOFError, UnicodeDecodeError):  # not (or no longer) a pickle
                 return names
             if not handle.peek(1):  # end of file
                 return names
@@ -82,7 +82,7 @@ def _unsafe_globals(path: str) -> list[str]:
     if zipfile.is_zipfile(path):
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a damaged archive
+        except (RuntimeError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile):  # a damaged archive
             names = []
     else:
         names = _pickle_globals(path)
@@ -90,7 +90,7 @@ def _unsafe_globals(path: str) -> list[str]:
         from torch._weights_only_unpickler import _get_allowed_globals
 
         allowed = set(_get_allowed_globals())
-    except Exception:
+    except (ImportError, AttributeError, TypeError):
         allowed = set()
     allowed |= {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
     return list(dict.fromkeys(n for n in names if n not in allowed))
@@ -119,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
                 "state_dict) where you trust the file"
             ) from None
         raise KDLightError(f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight") from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
         raise KDLightError(f"unreadable checkpoint {path!r}: {_first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
     if not isinstance(checkpoint, dict):
         raise KDLightError(f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); pass a .ckpt written by kdlight")

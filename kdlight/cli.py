@@ -56,12 +56,17 @@ class KDLightCLI(LightningCLI):
                 data_args["tokenizer"] = tokenizer_of(source)
                 return
 
-
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` is read without running code, like every other checkpoint (Lightning reads
         it here for its hyper-parameters, then again to restore): a missing or unsafe file is one clear
         line before anything is built. The check maps tensors instead of reading them."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
+        if config.get("weights_only") is False:
+            raise KDLightError(
+                "weights_only=false is not supported: kdlight never unpickles code from a checkpoint, and the "
+                "checkpoints it writes load with weights_only=true; drop the option"
+            )
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES and not str(ckpt_path).startswith("registry"):
             load_checkpoint(ckpt_path, mmap=True)
         super()._parse_ckpt_path()
@@ -69,11 +74,6 @@ class KDLightCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
-            if kwargs.get("weights_only") is False:
-                raise KDLightError(
-                    "weights_only=false is not supported: kdlight never unpickles code from a checkpoint, and the "
-                    "checkpoints it writes load with weights_only=true; drop the option"
-                )
             kwargs["weights_only"] = True  # Lightning's own restore: never the unsafe unpickler
         return kwargs
 

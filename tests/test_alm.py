@@ -291,6 +291,11 @@ def test_recipe_fits_end_to_end(assets, tmp_path, name):
     assert runner.datamodule.tokenizer_name == str(assets["teacher"]) or name == "teacher.yaml"
     if isinstance(runner.model, AdaptiveLossMixingKD):
         assert "train/lambda_mean" in runner.trainer.callback_metrics
+    written = sorted(tmp_path.rglob("*.ckpt"))
+    assert written
+    for path in written:  # every module's own checkpoints are plain data: torch's weights-only loader reads them as is
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == [], path
+        assert "state_dict" in load_checkpoint(path)
 
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith(("sst2", "mnli"))])

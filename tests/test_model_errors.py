@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import WORDS, data_args, expect_user_error, trainer_args
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
 import kdlight.cli  # noqa: F401  (imported before any capsys test: Lightning's log handler binds the stderr it finds)
-from conftest import WORDS, data_args, expect_user_error, trainer_args
 from kdlight.errors import KDLightError
 from kdlight.models.hf import HF_CONFIGS_KEY, load_classifier
 
@@ -240,6 +240,7 @@ def test_teacher_labels_are_matched_by_name(assets, files, tmp_path, caplog):
 
 def test_fine_tuning_continues_a_named_model_in_the_data_order(assets, files, tmp_path):
     from conftest import data_args as d_args
+
     from kdlight.cli import cli
 
     runner = cli(["--model=TeacherFineTuning", f"--model.model={files['reversed']}", *d_args(assets),

@@ -24,14 +24,12 @@ from torch.utils.data import DataLoader
 from kdlight.assets import cache_dir
 from kdlight.data.base import Collator, LabelledTextDataModule
 from kdlight.errors import KDLightError
-
 from kdlight.losses import check_temperature, distillation_loss
 from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import PretrainedStudent, StudentSpec, TruncatedTeacher, check_compatible
 from kdlight.modules.task import KDLightTask, model_inputs
 from kdlight.teacher_cache import TeacherLogitCache
-
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
