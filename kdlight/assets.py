@@ -15,14 +15,19 @@ the repository: it all lands under :func:`cache_dir`.
 from __future__ import annotations
 
 import bz2
+import functools
 import io
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from kdlight.errors import KDLightError
 
 PACKAGED_MINILM = "packaged/all-MiniLM-L6-v2"
 PACKAGED_ROTTEN_TOMATOES = "packaged/rotten_tomatoes"
@@ -142,11 +147,90 @@ def wiki_summaries_path() -> Path:
     return out
 
 
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model argument can only mean a local path (never a hub id like ``org/name``)."""
+    name = str(name_or_path)
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or name.endswith(".ckpt"):
+        return True
+    if os.sep in name or (os.altsep and os.altsep in name):
+        return not _HUB_ID.fullmatch(name)
+    return os.path.isabs(name)
+
+
+# a hub model id: ``name`` or ``org/name`` (letters, digits, ``-``, ``_``, ``.``), nothing deeper
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all (once per process): an unreachable hub otherwise costs
+    ~30 s of retries per lookup before the same failure."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy only the HTTP client can tell; let it try
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir()
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn a ``packaged/...`` alias into a local folder; pass anything else through unchanged."""
-    if name_or_path == PACKAGED_MINILM:
+    """Turn a ``packaged/...`` alias into a local folder and check that a model source can exist.
+
+    A path that exists is returned as is (``~`` expanded). One that looks local (absolute, ``./``,
+    ``../``, ``~``, deeper than ``org/name``, a ``.ckpt``) and does not exist is an error at once, as
+    is a hub id while the hub is offline (``HF_HUB_OFFLINE``) or unreachable and the id is not in the
+    local hub cache: transformers would otherwise spend its retries before failing the same way.
+    """
+    name = os.fspath(name_or_path)
+    if name == PACKAGED_MINILM:
         return str(minilm_path())
-    return name_or_path
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return expanded
+    if looks_local(name):
+        if name.endswith(".ckpt"):
+            raise KDLightError(f"checkpoint not found: {name!r}; check the path (relative paths start from {os.getcwd()})")
+        raise KDLightError(
+            f"model folder not found: {name!r}, cannot load model from it; check the path (relative paths start from "
+            f"{os.getcwd()}) or give a hub name like 'org/name'"
+        )
+    if _in_hub_cache(name):
+        return name
+    if _hub_offline():
+        raise KDLightError(
+            f"cannot load model {name!r}: not a local folder, and the hub is offline (HF_HUB_OFFLINE=1) with no cached "
+            "copy; give a local model folder, or unset HF_HUB_OFFLINE on a machine that reaches the hub"
+        )
+    if not hub_reachable():
+        raise KDLightError(
+            f"cannot load model {name!r}: not a local folder, and the hub ({_hub_endpoint()}) cannot be reached from this "
+            "machine; give a local model folder (e.g. a save_pretrained export) or run where the hub is reachable"
+        )
+    return name
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def fetch_all() -> None:

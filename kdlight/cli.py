@@ -21,7 +21,8 @@ import kdlight.data  # noqa: F401  (registers datamodules for short class names)
 import kdlight.models  # noqa: F401  (registers student specs)
 import kdlight.modules  # noqa: F401  (registers LightningModules)
 from kdlight.class_paths import check_class_paths
-from kdlight.callbacks import LatestCheckpoint, PredictionWriter, ExactResume
+from kdlight.callbacks import ExactResume, LatestCheckpoint, PredictionWriter
+from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
 from kdlight.resume import resolve_ckpt_path
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.base import BaseDistiller
@@ -52,10 +53,27 @@ class KDLightCLI(LightningCLI):
         trainer.callbacks.append(ExactResume())  # exact resume: dropout continues where it stopped
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` is read without running code, like every other checkpoint (Lightning reads
+        it here for its hyper-parameters, then again to restore): a missing or unsafe file is one clear
+        line before anything is built. The check maps tensors instead of reading them."""
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
+        if config.get("weights_only") is False:
+            raise KDLightError(
+                "weights_only=false is not supported: kdlight never unpickles code from a checkpoint, and the "
+                "checkpoints it writes load with weights_only=true; drop the option"
+            )
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES and not str(ckpt_path).startswith("registry"):
+            load_checkpoint(ckpt_path, mmap=True)
+        super()._parse_ckpt_path()
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") is not None:
             kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]))
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = True  # Lightning's own restore: never the unsafe unpickler
         return kwargs
 
     def before_instantiate_classes(self) -> None:
@@ -71,16 +89,14 @@ class KDLightCLI(LightningCLI):
                 return
 
 
+# --ckpt_path values resolved by name, not read as files (kdlight.resume finds last/best)
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
+
+
 def tokenizer_of(model_source: str) -> str:
     """Where the tokenizer of a model source lives (a kdlight .ckpt remembers its tokenizer)."""
-    if model_source.endswith(".ckpt") and os.path.isfile(model_source):
-        import torch
-
-        try:
-            checkpoint = torch.load(model_source, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise KDLightError(f"unreadable checkpoint {model_source!r}: {err}") from None
-        tokenizer = checkpoint.get("hyper_parameters", {}).get("tokenizer")
+    if model_source.endswith(".ckpt"):
+        tokenizer = checkpoint_tokenizer(model_source)  # safe load; a missing file is a clear error
         if not tokenizer:
             raise KDLightError(f"{model_source!r} does not record its tokenizer; set data.init_args.tokenizer")
         return tokenizer

@@ -10,6 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlight.errors import KDLightError
+
+
+def check_temperature(temperature: float) -> None:
+    """A softmax temperature must be positive (a bad one is a user error, raised as one line)."""
+    if not temperature > 0:  # also catches NaN
+        raise KDLightError(f"temperature must be > 0, got {temperature}; 1 is plain softmax, KD usually uses 1 to 8")
+
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
@@ -18,7 +26,7 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
         return values.sum()
     if reduction == "none":
         return values
-    raise ValueError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
+    raise KDLightError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
 
 
 class KLDivergence(nn.Module):
@@ -29,8 +37,7 @@ class KLDivergence(nn.Module):
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         self.temperature = temperature
         self.reduction = reduction
 
@@ -47,6 +54,7 @@ class SoftCrossEntropy(nn.Module):
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
         super().__init__()
+        check_temperature(temperature)
         self.temperature = temperature
         self.reduction = reduction
 

@@ -10,6 +10,7 @@ import yaml
 from lightning import Trainer, seed_everything
 from torch import nn
 
+from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import cli
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.errors import KDLightError
@@ -186,7 +187,7 @@ def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path)
     trainer = fit(model, dm, tmp_path / "b", limit_val_batches=1)
     path = tmp_path / "alm.ckpt"
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = load_checkpoint(path)  # the safe loader reads what kdlight writes
     assert MIXER_KEY in ckpt and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
     assert not any("mixer" in k for k in ckpt["state_dict"])  # kept out of DDP's buckets and the state dict
     restored = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), **link(dm))
@@ -290,6 +291,11 @@ def test_recipe_fits_end_to_end(assets, tmp_path, name):
     assert runner.datamodule.tokenizer_name == str(assets["teacher"]) or name == "teacher.yaml"
     if isinstance(runner.model, AdaptiveLossMixingKD):
         assert "train/lambda_mean" in runner.trainer.callback_metrics
+    written = sorted(tmp_path.rglob("*.ckpt"))
+    assert written
+    for path in written:  # every module's own checkpoints are plain data: torch's weights-only loader reads them as is
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == [], path
+        assert "state_dict" in load_checkpoint(path)
 
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith(("sst2", "mnli"))])
@@ -299,3 +305,51 @@ def test_glue_recipes_parse(assets, tmp_path, name):
     assert config["data"]["class_path"] == "NoisyLabelDataModule"
     assert config["data"]["init_args"]["datamodule"]["class_path"] == "GLUEDataModule"
     assert config["data"]["init_args"]["noise_rate"] == 0.4 and config["data"]["init_args"]["clean_val_size"] == 0.1
+
+
+def meta_batches(model) -> list[int]:
+    """Spy: the training batches (0-based, across runs) at which a meta step ran."""
+    seen: list[int] = []
+    original = model.meta_step
+
+    def spy(*args, **kwargs):
+        seen.append(int(model.meta_progress[0]))
+        return original(*args, **kwargs)
+
+    model.meta_step = spy
+    return seen
+
+
+@pytest.mark.parametrize("every, warmup, expected", [(3, 0, [0, 3, 6, 9]), (2, 2, [2, 4, 6, 8]), (1, 7, [7, 8, 9])])
+def test_meta_schedule_counts_training_batches(assets, tmp_path, every, warmup, expected):
+    """meta_every/meta_warmup count this module's training batches, not global_step (which also counts
+    the meta optimiser's steps: meta_every=3 used to run at batches 0, 2, 4, 6, 8)."""
+    seed_everything(0)
+    dm = noisy_dm(assets)  # 80 training examples, batches of 16: 5 batches an epoch
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=every, meta_warmup=warmup, **link(dm))
+    seen = meta_batches(model)
+    fit(model, dm, tmp_path, epochs=2, enable_checkpointing=False, limit_val_batches=0)
+    assert seen == expected and int(model.meta_progress[0]) == 10
+
+
+def test_meta_schedule_continues_after_resume(assets, tmp_path):
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    first = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    seen_first = meta_batches(first)
+    trainer = fit(first, dm, tmp_path / "a", epochs=1, enable_checkpointing=False, limit_val_batches=0)
+    path = tmp_path / "epoch1.ckpt"
+    trainer.save_checkpoint(path)
+    assert load_checkpoint(path)["state_dict"]["meta_progress"].tolist() == [5]
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    seen_resumed = meta_batches(resumed)
+    fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(path), enable_checkpointing=False, limit_val_batches=0)
+    assert (seen_first, seen_resumed) == ([0, 3], [6, 9])
+    # a checkpoint written before the counter existed resumes from Lightning's own batch count
+    old = load_checkpoint(path)
+    del old["state_dict"]["meta_progress"]
+    torch.save(old, tmp_path / "old.ckpt")
+    again = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    seen_again = meta_batches(again)
+    fit(again, dm, tmp_path / "c", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False, limit_val_batches=0)
+    assert seen_again == [6, 9]

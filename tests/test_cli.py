@@ -8,6 +8,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import data_args, trainer_args
+from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
 from kdlight.models import load_from_checkpoint
 
@@ -34,7 +35,7 @@ def test_teacher_fit_exports_a_standalone_model(fine_tuned):
         logits = model(**tokenizer(["a good movie"], return_tensors="pt")).logits
     assert logits.shape == (1, 2)
     best = checkpoints(fine_tuned, "best-*.ckpt")[-1]
-    state = torch.load(best, weights_only=False)["state_dict"]
+    state = load_checkpoint(best)["state_dict"]
     assert torch.equal(state["model.classifier.weight"], model.classifier.weight)  # the best weights were exported
 
 
@@ -44,7 +45,7 @@ def test_vanilla_kd_fit_then_test(assets, fine_tuned, tmp_path, capsys):
           "--model.student.num_layers=1", "--model.temperature=2.0", "--model.learning_rate=1e-3",
           *data_args(assets), *trainer_args(tmp_path, **{"--trainer.max_steps": 3})])
     last = checkpoints(tmp_path, "last.ckpt")[-1]
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = load_checkpoint(last)
     assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])  # the teacher stays out
     assert any(k.startswith("student.") for k in checkpoint["state_dict"])
     assert load_from_checkpoint(str(last)).config.num_hidden_layers == 1
@@ -66,10 +67,10 @@ def test_teacher_checkpoint_works_as_teacher_and_names_its_tokenizer(assets, fin
 def test_resume_continues_steps_optimizer_and_schedule(assets, fine_tuned, tmp_path):
     common = ["--model=VanillaKD", f"--model.teacher={fine_tuned / 'export'}", *data_args(assets)]
     main(["fit", *common, *trainer_args(tmp_path, **{"--trainer.max_steps": 3})])
-    first = torch.load(checkpoints(tmp_path, "last.ckpt")[-1], weights_only=False)
+    first = load_checkpoint(checkpoints(tmp_path, "last.ckpt")[-1])
     assert first["global_step"] == 3
     main(["fit", *common, "--ckpt_path=last", *trainer_args(tmp_path, **{"--trainer.max_steps": 6})])
-    resumed = torch.load(checkpoints(tmp_path, "last.ckpt")[-1], weights_only=False)
+    resumed = load_checkpoint(checkpoints(tmp_path, "last.ckpt")[-1])
     assert resumed["global_step"] == 6
     steps = {int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
     assert steps == {6}  # Adam's moments carried over from the first run, not restarted

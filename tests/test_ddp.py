@@ -24,6 +24,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from conftest import data_args, tiny_config
+from kdlight.checkpoints import load_checkpoint
 
 DDP_TIMEOUT_S = 240
 
@@ -132,7 +133,7 @@ def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, modu
     for name, diff in diffs.items():
         assert diff < 1e-4, name
     # what lives outside DDP's buckets and is synchronised by hand: the generator, the lambda table
-    one, two = (torch.load(next((tmp_path / name).rglob("last.ckpt")), weights_only=False) for name in ("single", "ddp"))
+    one, two = (load_checkpoint(next((tmp_path / name).rglob("last.ckpt"))) for name in ("single", "ddp"))
     if module == "zeroshot":
         assert one["state_dict"]["progress"].tolist() == two["state_dict"]["progress"].tolist() == [4, 2, 2, 0]
         for key, value in one["kdlight_generator"].items():

@@ -85,6 +85,7 @@ def test_glue_folder_through_the_cli(assets, tmp_path, capsys):
     write(sst2 / "train.tsv", rows)
     write(sst2 / "dev.tsv", rows[:17])
     main(["validate", "--model=TeacherFineTuning", f"--model.model={assets['teacher']}", "--data=GLUEDataModule",
-          "--data.task=sst2", f"--data.source={sst2}", "--data.batch_size=8", *trainer_args(tmp_path)])
+          "--data.task=sst2", f"--data.source={sst2}", "--data.batch_size=8",
+          "--data.max_length=64", *trainer_args(tmp_path)])  # the tiny teacher has 64 positions
     out = capsys.readouterr().out
     assert "val/accuracy" in out and "val/score" in out

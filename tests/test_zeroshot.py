@@ -9,6 +9,7 @@ from transformers import BertForMaskedLM, BertForSequenceClassification
 
 import kdlight.data.text
 from conftest import tiny_config, trainer_args
+from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
 from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
 from kdlight.errors import KDLightError
@@ -232,7 +233,7 @@ def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(as
     main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
     assert read and train_file not in read
     last = sorted(tmp_path.rglob("last.ckpt"))[-1]
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = load_checkpoint(last)
     assert checkpoint["state_dict"]["progress"].tolist()[:3] == [8, 4, 4]  # batches, student steps, generator steps
     assert "kdlight_generator" in checkpoint and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     assert (tmp_path / "export" / "config.json").is_file()
@@ -245,12 +246,12 @@ def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(as
 def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_path):
     main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
     last = sorted(tmp_path.rglob("last.ckpt"))[-1]
-    saved = torch.load(last, weights_only=False)
+    saved = load_checkpoint(last)
     resumed = tmp_path / "resumed"
     args = recipe_args(assets, corpus_file, resumed)
     args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
     main(["fit", *args, f"--ckpt_path={last}"])
-    final = torch.load(sorted(resumed.rglob("last.ckpt"))[-1], weights_only=False)
+    final = load_checkpoint(sorted(resumed.rglob("last.ckpt"))[-1])
     assert final["state_dict"]["progress"].tolist()[:3] == [10, 6, 4]  # batches 8, 9 are the cycle's 4th and 5th: student steps
     assert len(final["optimizer_states"]) == 2
     weight = "cls.predictions.transform.dense.weight"

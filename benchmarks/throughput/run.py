@@ -188,7 +188,7 @@ def analyse(runs: list[list[dict]], cfg) -> dict:
 
     def logits(r):
         path = r.get("logits") if r else None
-        return torch.load(path) if path and Path(path).is_file() else None
+        return torch.load(path, weights_only=True) if path and Path(path).is_file() else None  # tensors only
 
     def max_diff(a, b):
         return float((a - b).abs().max()) if a is not None and b is not None and a.shape == b.shape else None

@@ -36,7 +36,7 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
     path = resolve_model_path(name_or_path)
     try:
         with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
-            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise KDLightError(
             f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from kdlight.assets import resolve_model_path
+from kdlight.checkpoints import HF_CONFIGS_KEY, checkpoint_tokenizer, load_checkpoint
 from kdlight.errors import KDLightError
-
-#: key under which kdlight checkpoints keep each model's HF config, so they load without the hub
-HF_CONFIGS_KEY = "kdlight_hf_configs"
 
 
 def _first_line(err: BaseException) -> str:
@@ -36,36 +38,46 @@ def has_classification_head(config: PretrainedConfig) -> bool:
 def load_config(name_or_path: str) -> PretrainedConfig:
     path = resolve_model_path(name_or_path)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)  # a model folder's code never runs
     except (OSError, ValueError) as err:
         where = "local folder has no config.json" if Path(path).is_dir() else "not a local folder, and the hub name could not be loaded"
         raise KDLightError(f"cannot load model {name_or_path!r}: {where} ({_first_line(err)})") from None
 
 
-def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] | None = None, *, require_head: bool = False) -> PreTrainedModel:
+def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] | None = None, *, require_head: bool = False,
+                    role: str = "model") -> PreTrainedModel:
     """A sequence classifier from a hub name, a local folder, or a kdlight ``.ckpt``.
 
     A bare encoder (no classification head, like all-MiniLM-L6-v2) gets a fresh head of
     ``num_labels`` outputs, unless ``require_head`` (for teachers, which must be fine-tuned).
     A model whose trained head has a different label count is an error, never silently re-headed.
+    A trained head with real label names is matched to ``label_names`` by name (see
+    :func:`label_permutation`); ``role`` (teacher, student ...) names the model in messages.
     """
-    if str(name_or_path).endswith(".ckpt"):
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path.endswith(".ckpt"):
         model = load_from_checkpoint(name_or_path)
         _check_head(model.config, num_labels, name_or_path)
-        return model
+        order = label_permutation(model.config, label_names, name_or_path, role)
+        model.config.update(label_config(num_labels, label_names))
+        return permute_head(model, order, name_or_path, role)
     config = load_config(name_or_path)
+    order = None
     if has_classification_head(config):
         _check_head(config, num_labels, name_or_path)
+        order = label_permutation(config, label_names, name_or_path, role)
     elif require_head:
         raise KDLightError(
-            f"teacher {name_or_path!r} has no fine-tuned classification head ({', '.join(config.architectures or ['unknown'])}); "
+            f"{role} {name_or_path!r} has no fine-tuned classification head ({', '.join(config.architectures or ['unknown'])}); "
             "fine-tune it first (model: TeacherFineTuning) and pass the exported folder or checkpoint"
         )
     config.update(label_config(num_labels, label_names))
     try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), config=config,
+                                                                   trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise KDLightError(f"cannot load weights of {name_or_path!r}: {_first_line(err)}") from None
+    return permute_head(model, order, name_or_path, role)
 
 
 def _check_head(config: PretrainedConfig, num_labels: int, source: str) -> None:
@@ -76,19 +88,75 @@ def _check_head(config: PretrainedConfig, num_labels: int, source: str) -> None:
         )
 
 
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+def trained_label_names(config: PretrainedConfig) -> list[str] | None:
+    """The head's label names in output order, or None when it has none (``LABEL_0``, ``LABEL_1`` ...)."""
+    id2label = config.id2label or {}
+    names = [id2label.get(i, id2label.get(str(i))) for i in range(config.num_labels)]
+    if any(n is None for n in names) or all(_DEFAULT_LABEL.fullmatch(str(n)) for n in names):
+        return None
+    return [str(n) for n in names]
+
+
+def label_permutation(config: PretrainedConfig, label_names: list[str] | None, source: str, role: str = "model") -> list[int] | None:
+    """Which trained output each of the data's labels is: ``order[i]`` is the head row of ``label_names[i]``.
+
+    None when there is nothing to reorder: no data names, a head without names (used by position),
+    or the same names in the same order. Names are matched exactly, else ignoring case (hub models
+    often say ``NEGATIVE``/``POSITIVE``). Names that do not match are an error: a head whose labels
+    mean something else would be distilled with the wrong targets.
+    """
+    own = trained_label_names(config)
+    if not label_names or len(label_names) < 2 or own is None:
+        return None
+    data = [str(n) for n in label_names]
+    for key in (str, str.casefold):
+        own_keys, data_keys = [key(n) for n in own], [key(n) for n in data]
+        if len(set(own_keys)) == len(own_keys) and sorted(own_keys) == sorted(data_keys):
+            order = [own_keys.index(k) for k in data_keys]
+            return None if order == list(range(len(order))) else order
+    raise KDLightError(
+        f"label names differ: {role} {source!r} was trained with labels {own} but the data's are {data}; use a {role} "
+        f"fine-tuned on these labels, or, if they mean the same, set the datamodule's label_names to {own}"
+    )
+
+
+def classification_head(model: nn.Module, num_labels: int) -> nn.Linear:
+    """The final linear layer of a sequence classifier (the last ``nn.Linear`` with ``num_labels`` outputs)."""
+    head = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            head = module
+    if head is None:
+        raise KDLightError(f"cannot find the classification head of {type(model).__name__} (no linear layer with {num_labels} outputs)")
+    return head
+
+
+def permute_head(model: PreTrainedModel, order: list[int] | None, source: str, role: str = "model") -> PreTrainedModel:
+    """Reorder the head's output rows so that output ``i`` is the data's label ``i``."""
+    if order is None:
+        return model
+    head = classification_head(model, len(order))
+    index = torch.tensor(order)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[index])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[index])
+    names = [model.config.id2label[i] for i in range(len(order))]
+    rank_zero_info(f"[kdlight] {role} {source}: outputs reordered to the data's label order {names} (matched by name)")
+    return model
+
+
 def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedModel:
     """Rebuild a HF model saved inside a kdlight Lightning checkpoint (no hub access needed).
 
     ``prefix`` selects the model in the state dict (``model`` for TeacherFineTuning, ``student``
     for distillers); by default the checkpoint's own ``kdlight_export_prefix`` is used.
     """
-    if not Path(path).is_file():
-        raise KDLightError(f"checkpoint not found: {path!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise KDLightError(f"unreadable checkpoint {path!r}: {_first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
-    if not isinstance(checkpoint, dict) or HF_CONFIGS_KEY not in checkpoint:
+    checkpoint = load_checkpoint(path)
+    if HF_CONFIGS_KEY not in checkpoint:
         raise KDLightError(f"{path!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight or a save_pretrained folder")
     prefix = prefix or checkpoint.get("kdlight_export_prefix", "model")
     config_dict = dict(checkpoint[HF_CONFIGS_KEY][prefix])
@@ -104,6 +172,56 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     if missing or unexpected:
         raise KDLightError(f"checkpoint {path!r} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+# files that mean a model folder carries its own tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+SPECIAL_TOKENS = ("pad", "cls", "sep", "unk", "mask", "bos", "eos")
+
+
+def own_tokenizer(source: str) -> str | None:
+    """Where the tokenizer a model source was saved with lives: a ``save_pretrained`` folder with
+    tokenizer files, or the tokenizer a kdlight ``.ckpt`` recorded (when that is a local folder).
+    None for hub names: fetching them again only to compare could wait on the network."""
+    source = os.fspath(source)
+    if source.endswith(".ckpt"):
+        recorded = checkpoint_tokenizer(source)
+        if not recorded:
+            return None
+        source = recorded
+    if source.startswith("packaged/") or os.path.exists(os.path.expanduser(source)):
+        path = Path(resolve_model_path(source))
+        if path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES):
+            return str(path)
+    return None
+
+
+def tokenizer_difference(tokenizer, reference) -> str | None:
+    """How two tokenizers would give different token ids (vocabulary or special tokens), or None."""
+    ours, theirs = tokenizer.get_vocab(), reference.get_vocab()
+    if ours != theirs:
+        if len(ours) != len(theirs):
+            return f"{len(ours)} vs {len(theirs)} tokens"
+        differ = sum(1 for token, i in ours.items() if theirs.get(token) != i)
+        return f"{differ} of {len(ours)} token ids differ"
+    specials = [f"{name} {getattr(tokenizer, f'{name}_token_id', None)} vs {getattr(reference, f'{name}_token_id', None)}"
+                for name in SPECIAL_TOKENS
+                if getattr(tokenizer, f"{name}_token_id", None) != getattr(reference, f"{name}_token_id", None)]
+    return f"special token ids differ ({', '.join(specials)})" if specials else None
+
+
+def usable_positions(config: PretrainedConfig) -> int | None:
+    """How many tokens the model's position embeddings take: RoBERTa-style models reserve the first
+    ``pad_token_id + 1`` positions (514 embeddings hold 512 tokens); BERT-style use all of them."""
+    positions = getattr(config, "max_position_embeddings", None)
+    relative = getattr(config, "position_embedding_type", "absolute") not in ("absolute", None)
+    if not positions or relative or getattr(config, "position_biased_input", True) is False:
+        return None  # relative positions (DeBERTa ...) have no hard limit here
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
+                             "roberta-prelayernorm", "xlm-roberta-xl"):
+        return positions - (config.pad_token_id or 0) - 1
+    return positions
 
 
 def count_parameters(model: torch.nn.Module) -> int:

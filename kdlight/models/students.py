@@ -7,11 +7,15 @@ Each is a small class with ``build(teacher, num_labels, label_names)``, chosen i
 from __future__ import annotations
 
 import copy
+import inspect
+import os
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from kdlight.checkpoints import allow_in_checkpoints
 from kdlight.errors import KDLightError
 from kdlight.models.hf import label_config, load_classifier
 
@@ -22,15 +26,41 @@ class StudentSpec:
     def build(self, teacher: PreTrainedModel, num_labels: int, label_names: list[str] | None = None) -> PreTrainedModel:
         raise NotImplementedError
 
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this spec (by default: attributes named like them)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}``: how the spec is kept in hyper-parameters and checkpoints
+        (plain data, so checkpoints load with ``weights_only=True``), as in the CLI's own configs."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.init_args()}
+
+    @staticmethod
+    def from_config(config: StudentSpec | dict | None) -> StudentSpec | None:
+        """A spec from :meth:`to_config`'s form (hyper-parameters read back from a checkpoint)."""
+        if config is None or isinstance(config, StudentSpec):
+            return config
+        class_path = config.get("class_path", "") if isinstance(config, dict) else ""
+        cls = _STUDENT_SPECS.get(class_path.rsplit(".", 1)[-1])
+        if cls is None or class_path not in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}", f"kdlight.models.{cls.__name__}"):
+            # only kdlight's own specs are rebuilt from data: importing a module named in a file could run code
+            raise KDLightError(
+                f"student {config!r} is not one of kdlight's student specs ({', '.join(_STUDENT_SPECS)}); "
+                "pass the student as an object (student=MyStudent(...))"
+            )
+        return cls(**config.get("init_args", {}))
+
 
 class PretrainedStudent(StudentSpec):
     """A student loaded from a hub name, a local folder or a kdlight checkpoint (e.g. BERT-Mini)."""
 
     def __init__(self, name_or_path: str) -> None:
-        self.name_or_path = name_or_path
+        self.name_or_path = os.fspath(name_or_path)
 
     def build(self, teacher, num_labels, label_names=None):
-        return load_classifier(self.name_or_path, num_labels, label_names)
+        return load_classifier(self.name_or_path, num_labels, label_names, role="student")
 
 
 def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -102,7 +132,13 @@ class FreshStudent(StudentSpec):
     ) -> None:
         self.sizes = {"num_hidden_layers": num_hidden_layers, "hidden_size": hidden_size,
                       "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size}
+        bad = {k: v for k, v in self.sizes.items() if v is not None and v < 1}
+        if bad:
+            raise KDLightError(f"{', '.join(f'{k} must be >= 1, got {v}' for k, v in bad.items())}; leave a size empty to use the teacher's")
         self.copy_embeddings = copy_embeddings
+
+    def init_args(self) -> dict[str, Any]:
+        return {**self.sizes, "copy_embeddings": self.copy_embeddings}
 
     def build(self, teacher, num_labels, label_names=None):
         config = copy.deepcopy(teacher.config)
@@ -119,7 +155,7 @@ class FreshStudent(StudentSpec):
         return student
 
 
-def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, tokenizer=None) -> None:
+def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
     """Teacher and student must read the same token ids and predict the same labels."""
     t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
     if t_vocab != s_vocab:
@@ -131,8 +167,8 @@ def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel, tokeniz
         raise KDLightError(
             f"label mismatch: teacher predicts {teacher.config.num_labels} labels, student {student.config.num_labels}"
         )
-    if tokenizer is not None and len(tokenizer) > t_vocab:
-        raise KDLightError(
-            f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the models only {t_vocab} embeddings; "
-            "set data.init_args.tokenizer to the teacher's tokenizer"
-        )
+
+
+_STUDENT_SPECS: dict[str, type[StudentSpec]] = {c.__name__: c for c in (PretrainedStudent, TruncatedTeacher, FreshStudent)}
+# checkpoints written from Python by earlier kdlight versions hold these objects in their hyper-parameters
+allow_in_checkpoints(*_STUDENT_SPECS.values())

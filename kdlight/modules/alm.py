@@ -69,10 +69,11 @@ class AdaptiveLossMixingKD(BaseDistiller):
         init_lambda: initial weight of the KD term(s) (0.9 in the official code).
         lookahead: ``last_layer`` (the classification head only, default) or ``all`` parameters.
         lookahead_lr: step size of the look-ahead; default the student's current learning rate.
-        meta_every: run the meta step every ``meta_every`` training steps ...
+        meta_every: run the meta step every ``meta_every`` training batches ...
         meta_interval: ... counted in ``step`` s or ``epoch`` s (then on every step of every
             ``meta_every``-th epoch);
-        meta_warmup: ... from this step (``meta_interval=step``) or epoch (``epoch``) on.
+        meta_warmup: ... from this batch (``meta_interval=step``; batches of this fit and the runs it
+            resumed, counted from 0) or epoch (``epoch``) on.
         meta_steps: inner meta updates per meta step (each with a fresh clean batch).
         meta_optimizer: optimiser of the weights; default SGD(lr=meta_learning_rate) for the table,
             Adam(lr=meta_learning_rate) for the network.
@@ -122,12 +123,20 @@ class AdaptiveLossMixingKD(BaseDistiller):
             raise KDLightError("meta_every must be >= 1, meta_steps and meta_warmup >= 0")
         if not 0 < init_lambda < 1:
             raise KDLightError(f"init_lambda must be in (0, 1), got {init_lambda}")
+        if meta_learning_rate < 0 or (lookahead_lr is not None and lookahead_lr < 0):
+            name, value = ("meta_learning_rate", meta_learning_rate) if meta_learning_rate < 0 else ("lookahead_lr", lookahead_lr)
+            raise KDLightError(f"{name} must be >= 0, got {value}")
+        if mixer_hidden < 1 or (num_examples is not None and num_examples < 1):
+            raise KDLightError(f"mixer_hidden and num_examples must be >= 1, got {mixer_hidden} and {num_examples}")
         self.meta_optimizer_factory = meta_optimizer
         self._mixer_module: nn.Module | None = None
         self._clean_batches = None
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("meta_optimizer", None)
         self.automatic_optimization = False
+        # training batches seen: the meta schedule counts these, not global_step (which also counts
+        # the meta optimiser's steps); a buffer, so checkpoints carry it and resume continues it
+        self.register_buffer("meta_progress", torch.zeros(1, dtype=torch.long))
 
     # --------------------------------------------------------------------------- teachers
     @property
@@ -173,6 +182,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return {"mixer": mixer} if mixer is not None else {}
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and not hasattr(self.trainer.datamodule, "clean_val_batches"):  # the first thing to fix
+            raise KDLightError("AdaptiveLossMixingKD meta-learns on clean data: wrap the datamodule in NoisyLabelDataModule")
         super().setup(stage)
         if stage == "fit" and self._mixer_module is None:
             num = self.hparams.num_examples
@@ -182,8 +193,6 @@ class AdaptiveLossMixingKD(BaseDistiller):
                     raise KDLightError("AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and example ids), or set num_examples")
                 num = datamodule.max_train_idx + 1
             self.build_mixer(num)
-        if stage == "fit" and not hasattr(self.trainer.datamodule, "clean_val_batches"):
-            raise KDLightError("AdaptiveLossMixingKD meta-learns on clean data: wrap the datamodule in NoisyLabelDataModule")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -193,6 +202,10 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if "meta_progress" not in checkpoint["state_dict"]:  # written before the counter existed: Lightning's batch count
+            loops = checkpoint.get("loops", {}).get("fit_loop", {})
+            done = loops.get("epoch_loop.batch_progress", {}).get("total", {}).get("completed", 0)
+            checkpoint["state_dict"]["meta_progress"] = torch.tensor([done], dtype=torch.long)
         for i, t in enumerate(self.extra_teacher_list()):
             checkpoint["state_dict"].update({f"extra_teachers.{i}.{k}": v for k, v in t.state_dict().items()})
         saved = checkpoint.get(MIXER_KEY)
@@ -221,7 +234,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         if hp.meta_steps == 0:
             return False
         if hp.meta_interval == "step":
-            step = self.global_step
+            step = int(self.meta_progress[0])
             return step >= hp.meta_warmup and (step - hp.meta_warmup) % hp.meta_every == 0
         epoch = self.current_epoch
         return epoch >= hp.meta_warmup and (epoch - hp.meta_warmup) % hp.meta_every == 0
@@ -275,6 +288,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         scheduler.step()
 
         self._log_step(loss, ce, kd, weights, batch, meta_loss)
+        self.meta_progress += 1
         return loss.detach()
 
     def meta_step(self, meta_opt, student_opt, batch, features_x, head, head_name, student_logits, teacher_logits) -> Tensor:
@@ -404,10 +418,20 @@ class MultiTeacherALMKD(AdaptiveLossMixingKD):
         hp = self.hparams
         extra = []
         for source in self.extra_teacher_sources:
-            model = load_classifier(source, hp.num_labels, hp.label_names, require_head=True).eval().requires_grad_(False)
+            model = load_classifier(source, hp.num_labels, hp.label_names, require_head=True, role="teacher").eval().requires_grad_(False)
             check_compatible(model, self.student)
             extra.append(model)
         self.extra_teachers = nn.ModuleList(extra)
+
+    def model_sources(self) -> dict[str, str]:
+        sources = super().model_sources()
+        sources.update({f"teacher {i + 2}": source for i, source in enumerate(self.extra_teacher_sources)})
+        return sources
+
+    def position_limited_models(self) -> dict[str, nn.Module]:
+        models = super().position_limited_models()
+        models.update({f"teacher {i + 2}": model for i, model in enumerate(self.extra_teacher_list())})
+        return models
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -11,10 +11,10 @@ the optimiser, and never written into the student's checkpoint.
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -24,14 +24,12 @@ from torch.utils.data import DataLoader
 from kdlight.assets import cache_dir
 from kdlight.data.base import Collator, LabelledTextDataModule
 from kdlight.errors import KDLightError
-
-from kdlight.losses import distillation_loss
+from kdlight.losses import check_temperature, distillation_loss
 from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
-from kdlight.models.students import StudentSpec, TruncatedTeacher, check_compatible
+from kdlight.models.students import PretrainedStudent, StudentSpec, TruncatedTeacher, check_compatible
 from kdlight.modules.task import KDLightTask, model_inputs
 from kdlight.teacher_cache import TeacherLogitCache
-
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -62,18 +60,29 @@ class BaseDistiller(KDLightTask):
         teacher_cache_dir: str | None = None,
         **kwargs,
     ) -> None:
-        self.teacher_source = teacher
-        self.student_spec = student or TruncatedTeacher(num_layers=2)
+        check_temperature(temperature)  # before the teacher is loaded: bad arguments fail first
+        self.teacher_source = os.fspath(teacher)
+        # a spec read back from a checkpoint's hyper-parameters is plain data: rebuild it
+        self.student_spec = StudentSpec.from_config(student) or TruncatedTeacher(num_layers=2)
         self.teacher_cache: TeacherLogitCache | None = None
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------------------- models
     def configure_models(self) -> None:
         hp = self.hparams
-        self.teacher = load_classifier(self.teacher_source, hp.num_labels, hp.label_names, require_head=True)
+        self.teacher = load_classifier(self.teacher_source, hp.num_labels, hp.label_names, require_head=True, role="teacher")
         self.teacher.eval().requires_grad_(False)
         self.student = self.student_spec.build(self.teacher, hp.num_labels, hp.label_names).train()
         check_compatible(self.teacher, self.student)
+
+    def model_sources(self) -> dict[str, str]:
+        sources = {"teacher": self.teacher_source}
+        if isinstance(self.student_spec, PretrainedStudent):
+            sources["student"] = self.student_spec.name_or_path
+        return sources
+
+    def position_limited_models(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.teacher, "student": self.student}
 
     def configure_losses(self) -> None:
         self.kd_loss = distillation_loss(self.hparams.num_labels, self.hparams.temperature)

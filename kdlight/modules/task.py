@@ -9,6 +9,7 @@ prediction, the default AdamW + linear warm-up schedule, kdlight's checkpoint ex
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,12 +24,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from kdlight.data.base import MODEL_INPUTS
+from kdlight.assets import resolve_model_path
+from kdlight.checkpoints import load_checkpoint, plain_hparam
+from kdlight.data.base import MODEL_INPUTS, load_tokenizer
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
 from kdlight.models.compact import stock_export
-from kdlight.models.hf import HF_CONFIGS_KEY
+from kdlight.models.hf import HF_CONFIGS_KEY, own_tokenizer, tokenizer_difference, usable_positions
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -72,7 +75,16 @@ class KDLightTask(LightningModule):
         super().__init__()
         if not 0 <= warmup_ratio < 1:
             raise KDLightError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if learning_rate < 0:  # 0 is allowed: it freezes the network (used to isolate meta steps)
+            raise KDLightError(f"learning_rate must be >= 0, got {learning_rate}; typical values are 1e-5 to 1e-3")
+        if weight_decay < 0:
+            raise KDLightError(f"weight_decay must be >= 0, got {weight_decay}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # plain values only (a StudentSpec as its config, paths as strings): checkpoints then load with
+        # weights_only=True, and loggers write readable hparams.yaml files
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = plain_hparam(value)
+        self._hparams_initial = copy.deepcopy(self._hparams)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.eval_metrics = nn.ModuleDict()
@@ -121,16 +133,54 @@ class KDLightTask(LightningModule):
                 if key not in self.eval_metrics:
                     prefix = f"{eval_stage}/" if i == 0 else f"{eval_stage}_{split}/"
                     self.eval_metrics[key] = build_metrics(self.hparams.metric, self.hparams.num_labels).clone(prefix=prefix)
+        # checked before the first step: a mismatch would otherwise surface mid-training, or never
+        self.check_max_length(getattr(datamodule, "max_length", None))
         if getattr(datamodule, "tokenizer_name", None):
-            self.check_tokenizer(datamodule.tokenizer)
+            self.check_tokenizer(datamodule.tokenizer, datamodule.tokenizer_name)
 
-    def check_tokenizer(self, tokenizer) -> None:
+    def model_sources(self) -> dict[str, str]:
+        """Where each loaded network came from, by role (``teacher``, ``student`` ...): their own
+        tokenizers must be the data's. Subclasses list theirs."""
+        return {}
+
+    def position_limited_models(self) -> dict[str, nn.Module]:
+        """Every network the data's token sequences go into, by role."""
+        return {"model": self.predictor}
+
+    def check_max_length(self, max_length: int | None) -> None:
+        if not max_length:
+            return
+        sources = self.model_sources()
+        for role, model in self.position_limited_models().items():
+            limit = usable_positions(model.config)
+            if limit is not None and max_length > limit:
+                where = f" ({sources[role]!r})" if role in sources else ""
+                raise KDLightError(
+                    f"max_length={max_length} is above the {limit} position embeddings of the {role}{where}; "
+                    f"set data.init_args.max_length to {limit} or less"
+                )
+
+    def check_tokenizer(self, tokenizer, tokenizer_name: str | None = None) -> None:
+        """The data must be tokenised as the models were trained: same vocabulary, same special ids."""
         vocab = self.predictor.config.vocab_size
         if len(tokenizer) > vocab:
             raise KDLightError(
                 f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the model only {vocab} embeddings; "
                 "set data.init_args.tokenizer to the model's own tokenizer"
             )
+        used = tokenizer_name or ""
+        if used.startswith("packaged/") or os.path.exists(os.path.expanduser(used)):
+            used = os.path.realpath(resolve_model_path(used))
+        for role, source in self.model_sources().items():
+            own = own_tokenizer(source)
+            if own is None or os.path.realpath(own) == used:  # the very same files
+                continue
+            difference = tokenizer_difference(tokenizer, load_tokenizer(own))
+            if difference:
+                raise KDLightError(
+                    f"tokenizer mismatch: the data's tokenizer {tokenizer_name!r} is not the one the {role} {source!r} was "
+                    f"saved with ({difference}); set data.init_args.tokenizer to {own!r} (left empty it is the {role}'s)"
+                )
 
     @staticmethod
     def _metric_key(stage: str, dataloader_idx: int) -> str:
@@ -242,7 +292,7 @@ class KDLightTask(LightningModule):
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         if not best or not Path(best).is_file():
             return
-        state = torch.load(best, map_location=self.device, weights_only=False)["state_dict"]
+        state = load_checkpoint(best)["state_dict"]
         prefix = self.export_prefix + "."
         self.predictor.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         rank_zero_info(f"[kdlight] loaded the best weights ({Path(best).name}) for export")

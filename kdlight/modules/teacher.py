@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kdlight.losses import label_loss
 from kdlight.models.hf import load_classifier
 from kdlight.modules.task import KDLightTask
@@ -19,8 +21,11 @@ class TeacherFineTuning(KDLightTask):
     export_prefix = "model"
 
     def __init__(self, model: str = "bert-base-uncased", **kwargs) -> None:
-        self.model_name = model
+        self.model_name = os.fspath(model)
         super().__init__(**kwargs)
+
+    def model_sources(self) -> dict[str, str]:
+        return {"model": self.model_name}
 
     def configure_models(self) -> None:
         # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them

@@ -118,6 +118,12 @@ class ZeroShotAdversarialKD(BaseDistiller):
             raise KDLightError(f"generator_steps must be >= 0 and student_steps >= 1, got {generator_steps} and {student_steps}")
         if gumbel_tau <= 0:
             raise KDLightError(f"gumbel_tau must be > 0, got {gumbel_tau}")
+        if generator_learning_rate < 0 or adversarial_weight < 0:
+            name, value = (("generator_learning_rate", generator_learning_rate) if generator_learning_rate < 0
+                           else ("adversarial_weight", adversarial_weight))
+            raise KDLightError(f"{name} must be >= 0, got {value}")
+        if generator_clip <= 0 or max_consecutive_skips < 1:
+            raise KDLightError(f"generator_clip must be > 0 and max_consecutive_skips >= 1, got {generator_clip} and {max_consecutive_skips}")
         self.generator_source = generator
         self.generator_optimizer_factory = generator_optimizer
         super().__init__(teacher, temperature=temperature, **kwargs)
@@ -151,6 +157,18 @@ class ZeroShotAdversarialKD(BaseDistiller):
                 )
             require_full_vocabulary(self.student, "zero-shot KD's generator")
             self.__dict__["_generator"] = generator  # outside DDP's buckets: see side_modules
+
+    def model_sources(self) -> dict[str, str]:
+        sources = super().model_sources()
+        if self.uses_generator:
+            sources["generator"] = self.generator_source
+        return sources
+
+    def position_limited_models(self) -> dict[str, nn.Module]:
+        models = super().position_limited_models()
+        if self.uses_generator:
+            models["generator"] = self.generator
+        return models
 
     @property
     def generator(self) -> nn.Module:

@@ -1,0 +1,155 @@
+"""Reading ``.ckpt`` files without running code.
+
+A Lightning checkpoint is a pickle, and unpickling an arbitrary pickle can run arbitrary code. Every
+checkpoint kdlight reads (a teacher or student ``.ckpt``, the tokenizer lookup, the noisy-label
+reference model, the best weights for export, ``--ckpt_path`` for resume and test) goes through
+``torch.load(..., weights_only=True)``: only tensors, containers and plain Python values are rebuilt,
+plus the short allow-list below.
+
+What kdlight itself writes is plain: Lightning's own entries (state dicts, loop and callback state,
+optimizer and scheduler state dicts), the HF configs as dicts, and hyper-parameters that
+:func:`plain_hparam` turns into plain values (a ``StudentSpec`` becomes ``{"class_path", "init_args"}``,
+a path becomes a string). The allow-list only covers what checkpoints written by earlier kdlight
+versions from Python could hold: the student specs themselves and ``pathlib`` paths. Both are plain
+data holders (no ``__setstate__``, no ``__reduce__`` that calls anything but the path constructor),
+so rebuilding them runs no code of the checkpoint's choosing. It is registered with torch once, at
+import, so Lightning's own loads (``--ckpt_path``) accept exactly what :func:`load_checkpoint` accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import pickletools
+import warnings
+import zipfile
+from typing import Any
+
+import torch
+
+from kdlight.errors import KDLightError
+
+#: key under which kdlight checkpoints keep each model's HF config, so they load without the hub
+HF_CONFIGS_KEY = "kdlight_hf_configs"
+
+#: the non-plain objects a kdlight checkpoint may contain (see the module docstring)
+SAFE_GLOBALS: list[Any] = [pathlib.PosixPath, pathlib.PurePosixPath]
+
+
+def allow_in_checkpoints(*classes: type) -> None:
+    """Add kdlight's own plain data classes to the allow-list (called where they are defined)."""
+    for cls in classes:
+        if cls not in SAFE_GLOBALS:
+            SAFE_GLOBALS.append(cls)
+    torch.serialization.add_safe_globals(list(classes))
+
+
+torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _pickle_globals(path: str) -> list[str]:
+    """Every ``module.name`` a pickle file imports, read from its opcodes (nothing is executed).
+
+    A legacy (non-zip) torch file is several pickles in a row; they are read until the first that
+    does not parse, which is where the raw tensor bytes begin.
+    """
+    names: list[str] = []
+    with open(path, "rb") as handle:
+        while True:
+            strings: list[str] = []
+            try:
+                for opcode, arg, _ in pickletools.genops(handle):
+                    if opcode.name in ("GLOBAL", "INST"):
+                        names.append(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except (ValueError, EOFError, UnicodeDecodeError):  # not (or no longer) a pickle
+                return names
+            if not handle.peek(1):  # end of file
+                return names
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    """The globals in ``path`` that the weights-only loader does not rebuild (what would run code)."""
+    if zipfile.is_zipfile(path):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (RuntimeError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile):  # a damaged archive
+            names = []
+    else:
+        names = _pickle_globals(path)
+    try:  # torch's own allow-list (tensors, storages, OrderedDict ...); private, hence the fallback
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):
+        allowed = set()
+    allowed |= {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    return list(dict.fromkeys(n for n in names if n not in allowed))
+
+
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint on the CPU with ``weights_only=True``; refuse anything else with one line.
+
+    ``mmap`` maps tensor storage instead of reading it (zip-format files only): unpickling is still
+    complete, so it checks a file cheaply before Lightning reads it for real.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        hint = "it is a folder; give the .ckpt file inside it" if os.path.isdir(path) else "check the path"
+        raise KDLightError(f"checkpoint not found: {path!r}; {hint} (relative paths start from {os.getcwd()})")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would only precede our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise KDLightError(
+                f"checkpoint {path!r} contains objects kdlight does not write ({', '.join(unsafe[:5])}); it may run code, "
+                "refusing to load; use a .ckpt written by kdlight, or re-save just its tensors (torch.save of the "
+                "state_dict) where you trust the file"
+            ) from None
+        raise KDLightError(f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight") from None
+    except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
+        raise KDLightError(f"unreadable checkpoint {path!r}: {_first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
+    if not isinstance(checkpoint, dict):
+        raise KDLightError(f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); pass a .ckpt written by kdlight")
+    return checkpoint
+
+
+def checkpoint_tokenizer(path: str | os.PathLike) -> str | None:
+    """The tokenizer a kdlight checkpoint was trained with (its ``tokenizer`` hyper-parameter)."""
+    checkpoint = load_checkpoint(path, mmap=True)
+    if HF_CONFIGS_KEY not in checkpoint:
+        raise KDLightError(f"{os.fspath(path)!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight "
+                           "or a save_pretrained folder")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    tokenizer = hparams.get("tokenizer") if isinstance(hparams, dict) else None
+    return str(tokenizer) if tokenizer else None
+
+
+def plain_hparam(value: Any) -> Any:
+    """A hyper-parameter as plain data, so the checkpoint it goes into loads with ``weights_only=True``."""
+    from kdlight.models.students import StudentSpec
+
+    if isinstance(value, StudentSpec):
+        return value.to_config()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: plain_hparam(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_hparam(v) for v in value)
+    return value
+
+
+__all__ = ["HF_CONFIGS_KEY", "SAFE_GLOBALS", "allow_in_checkpoints", "checkpoint_tokenizer", "load_checkpoint", "plain_hparam"]
