@@ -41,7 +41,7 @@ def _known(slot: str) -> dict[str, type]:
     for package in (kdlight.modules, kdlight.data, kdlight.models):
         for name in getattr(package, "__all__", []):
             value = getattr(package, name, None)
-            if inspect.isclass(value) and issubclass(value, base) and value is not base:
+            if inspect.isclass(value) and issubclass(value, base) and (value is not base or base.__module__.startswith("kdlight")):
                 found[name] = value
     return found
 

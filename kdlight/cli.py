@@ -17,15 +17,15 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-import kdlight.data  # noqa: F401  (registers datamodules for short class names)
-import kdlight.models  # noqa: F401  (registers student specs)
+import kdlight.data
+import kdlight.models
 import kdlight.modules  # noqa: F401  (registers LightningModules)
-from kdlight.class_paths import check_class_paths
 from kdlight.callbacks import ExactResume, LatestCheckpoint, PredictionWriter
 from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
-from kdlight.resume import resolve_ckpt_path
+from kdlight.class_paths import check_class_paths
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.base import BaseDistiller
+from kdlight.resume import resolve_ckpt_path
 
 # The model argument that names where the datamodule's tokenizer comes from, by module type.
 _TOKENIZER_SOURCES = ("teacher", "model")
@@ -136,6 +136,6 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-__all__ = ["KDLightCLI", "cli", "main", "BaseDistiller"]
+__all__ = ["BaseDistiller", "KDLightCLI", "cli", "main"]
 if __name__ == "__main__":
     main()

@@ -14,10 +14,10 @@ import re
 import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from kdlight.checkpoints import load_checkpoint
 from kdlight.errors import KDLightError
 
 #: ckpt_path values Lightning resolves itself (cluster and registry checkpoints)
@@ -44,10 +44,6 @@ def _run_folders(trainer) -> list[tuple[Path, int | str | None]]:
     return [(folder / "checkpoints", number) for number, folder in sorted(versions, reverse=True)]
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _keep_csv_metrics(logger: CSVLogger, up_to_step: int) -> None:
     """Lightning's CSV writer deletes an existing metrics.csv when it opens a run folder; a resumed run
     keeps the rows logged up to its checkpoint and appends after them."""
@@ -69,7 +65,7 @@ def _keep_csv_metrics(logger: CSVLogger, up_to_step: int) -> None:
 
 
 def _best_recorded_in(last: Path) -> str | None:
-    state = _load(last)
+    state = load_checkpoint(last)
     for key, value in state.get("callbacks", {}).items():
         if "Checkpoint" in str(key) and isinstance(value, dict) and value.get("best_model_path"):
             return value["best_model_path"]
@@ -112,7 +108,7 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str) -> str | None:
     if subcommand == "fit" and version is not None and trainer.logger is not None:
         trainer.logger._version = version  # keep logging and checkpointing into the run being resumed
         if isinstance(trainer.logger, CSVLogger) and trainer.is_global_zero:
-            _keep_csv_metrics(trainer.logger, up_to_step=int(_load(path).get("global_step", 0)))
+            _keep_csv_metrics(trainer.logger, up_to_step=int(load_checkpoint(path).get("global_step", 0)))
     rank_zero_info(f"[kdlight] --ckpt_path {ckpt_path}: {path}")
     return str(path)
 

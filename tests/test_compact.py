@@ -287,7 +287,7 @@ def test_layerwise_kd_fits_and_tests_through_the_cli(kind, assets, tmp_path, cap
     ]
     main(["fit", *map(str, args)])
     last = max(tmp_path.rglob("last.ckpt"))
-    state = torch.load(last, weights_only=False)["state_dict"]
+    state = torch.load(last, weights_only=True)["state_dict"]
     assert not any(k.startswith("teacher.") for k in state)
     has_projection = kind in ("hidden", "embedding", "patient")
     assert any(k.startswith("layer_losses.") for k in state) == has_projection
@@ -379,7 +379,7 @@ def test_general_distillation_exports_an_encoder_that_task_distillers_start_from
     main(["fit", *map(str, args)])
     out = capsys.readouterr()
     assert (export / "config.json").is_file() and (export / "tokenizer.json").is_file()
-    checkpoint = torch.load(max((tmp_path / "general").rglob("last.ckpt")), weights_only=False)
+    checkpoint = torch.load(max((tmp_path / "general").rglob("last.ckpt")), weights_only=True)
     assert "val/score" in str(checkpoint["callbacks"]) and not any(
         k.startswith("teacher.") for k in checkpoint["state_dict"]
     )

@@ -334,6 +334,7 @@ def predict(assets, model: Path, tmp_path, *data: str) -> list[dict]:
             "--data=TextClassificationDataModule",
             *data,
             "--data.batch_size=4",
+            "--data.max_length=32",  # the tiny models have 64 positions
             *trainer_args(tmp_path),
             f"--predictions.output_file={out}",
         ]

@@ -43,7 +43,7 @@ class SignalAt(Callback):
 
 def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -150,8 +150,8 @@ def test_readme_variant_command_runs_verbatim(assets, workdir):
     """README: write my_kd.py, then `kdlight fit --config configs/quickstart/kd.yaml --model my_kd.LogitMatchingKD
     --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer in place of the quickstart's)."""
     readme = (REPO / "README.md").read_text()
-    code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.S).group(1)
-    command = re.search(r"^kdlight fit --config configs/quickstart/kd.yaml --model my_kd\.\S+.*$", readme, re.M).group(0)
+    code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.DOTALL).group(1)
+    command = re.search(r"^kdlight fit --config configs/quickstart/kd.yaml --model my_kd\.\S+.*$", readme, re.MULTILINE).group(0)
     (workdir / "my_kd.py").write_text(code)
     data = assets["data"]
     tiny = ["--model.teacher", assets["teacher"], "--data", "TextClassificationDataModule",

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 def run_seed() -> int:
     """The run's seed as ``seed_everything`` set it (0 when unset): the same on every rank."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 
 
 def loader_generator() -> torch.Generator:
