@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdlight.models import load_from_checkpoint
 
@@ -164,3 +164,23 @@ def test_readme_variant_command_runs_verbatim(assets, workdir):
     hparams = yaml.safe_load(next((workdir / "runs").rglob("hparams.yaml")).read_text())
     assert hparams["beta"] == 0.3
     assert (workdir / "runs" / "lightning_logs" / "version_0" / "export" / "config.json").is_file(), proc.stdout[-2000:]
+
+
+def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets, tmp_path):
+    """README: `kdlight predict --model TeacherFineTuning --model.model <export> --data TextClassificationDataModule
+    --data.predict_file new.csv` with a file that has no label column."""
+    texts = ["a good movie", "the plot was awful", "very boring film", "superb and moving", "it is fine"]
+    (tmp_path / "new.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    kdlight("predict", "--model", "TeacherFineTuning", "--model.model", assets["teacher"], "--data", "TextClassificationDataModule",
+            "--data.predict_file", "new.csv", "--data.max_length", "32", "--data.label_names", "[negative, positive]",
+            cwd=tmp_path)
+    rows = (run_folder(tmp_path) / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "idx,prediction,label,logits"
+    assert [int(row.split(",")[0]) for row in rows[1:]] == list(range(len(texts)))
+    model = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
+    tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
+    with torch.no_grad():
+        expected = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    predicted = torch.tensor([[float(v) for v in row.split(",")[3].split()] for row in rows[1:]])
+    torch.testing.assert_close(predicted, expected, rtol=0, atol=1e-4)
+    assert [row.split(",")[2] for row in rows[1:]] == [["negative", "positive"][i] for i in expected.argmax(-1).tolist()]
