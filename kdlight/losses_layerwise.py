@@ -102,7 +102,21 @@ def _projection(student_width: int, teacher_width: int) -> nn.Module:
     return nn.Identity() if student_width == teacher_width else nn.Linear(student_width, teacher_width)
 
 
-class HiddenMSE(IntermediateLoss):
+class ProjectedLayerLoss(IntermediateLoss):
+    """A loss over mapped blocks that compares student states through one learned projection per pair
+    (the identity when the widths agree)."""
+
+    def __init__(self, layers: LayerMap = "uniform", weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.layers = layers
+        self.projections = nn.ModuleList()
+
+    def bind(self, student, teacher):
+        self.pairs = resolve_layer_map(self.layers, depth(student), depth(teacher), loss=type(self).__name__)
+        self.projections = nn.ModuleList(_projection(width(student), width(teacher)) for _ in self.pairs)
+
+
+class HiddenMSE(ProjectedLayerLoss):
     """TinyBERT's hidden-state loss: ``MSE(H_s W_h, H_t)`` per mapped block, averaged over the pairs.
 
     ``W_h`` (one per pair) maps the student's width to the teacher's and is learned with the student;
@@ -114,15 +128,6 @@ class HiddenMSE(IntermediateLoss):
     """
 
     name = "hidden_mse"
-
-    def __init__(self, layers: LayerMap = "uniform", weight: float = 1.0) -> None:
-        super().__init__(weight)
-        self.layers = layers
-        self.projections = nn.ModuleList()
-
-    def bind(self, student, teacher):
-        self.pairs = resolve_layer_map(self.layers, depth(student), depth(teacher), loss=type(self).__name__)
-        self.projections = nn.ModuleList(_projection(width(student), width(teacher)) for _ in self.pairs)
 
     def student_needs(self):
         return Needs(hidden_states=True)
@@ -289,7 +294,7 @@ class SelfAttentionRelations(IntermediateLoss):
         return torch.stack(losses).mean()
 
 
-class PatientCLS(IntermediateLoss):
+class PatientCLS(ProjectedLayerLoss):
     """PKD's patient loss: MSE between L2-normalised [CLS] states of mapped blocks (Sun et al., 2019).
 
     ``sum_j || h_s / ||h_s|| - h_t / ||h_t|| ||^2`` per example, averaged over the batch and the pairs.
@@ -305,15 +310,6 @@ class PatientCLS(IntermediateLoss):
     """
 
     name = "patient"
-
-    def __init__(self, layers: LayerMap = "uniform", weight: float = 1.0) -> None:
-        super().__init__(weight)
-        self.layers = layers
-        self.projections = nn.ModuleList()
-
-    def bind(self, student, teacher):
-        self.pairs = resolve_layer_map(self.layers, depth(student), depth(teacher), loss="PatientCLS")
-        self.projections = nn.ModuleList(_projection(width(student), width(teacher)) for _ in self.pairs)
 
     def student_needs(self):
         return Needs(hidden_states=True)
