@@ -5,8 +5,8 @@ On a GPU each of these calls waits for every queued kernel (``.item()``, ``.toli
 ``float(t)``, ``int(t)``, ``.cpu()``, ``.numpy()``, ``nonzero`` and boolean-mask indexing, whose output
 size lives on the device). On CPU nothing waits, so this test counts the calls instead. Only calls
 made from kdlight or Lightning code are counted: torch's own optimisers read their step counters,
-which are host tensors even on a GPU. Steps on which Lightning sends metrics to the logger
-(``log_every_n_steps``) may read values (that is when logging happens); every other step must not.
+which are host tensors even on a GPU. Steps that log (``KDLightTask.logs_this_step``: Lightning's
+``log_every_n_steps`` cadence and a fit's last batch) may read values; every other step must not.
 The CUDA twin, with ``torch.cuda.set_sync_debug_mode("error")``, is in ``test_gpu.py``.
 """
 
@@ -27,7 +27,7 @@ from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
 
 KDLIGHT = str(Path(__file__).resolve().parents[1] / "kdlight")
-STEPS, LOG_EVERY = 6, 4  # steps 4 (index 3) logs; the others must be sync-free
+STEPS, LOG_EVERY = 6, 4  # batches 4 and 6 log; the others must be sync-free
 
 SYNC_METHODS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "nonzero", "masked_select"]
 
@@ -97,7 +97,7 @@ def host_reads_per_step(module, datamodule, tmp_path) -> list[tuple[bool, list[s
     original = module.training_step
 
     def counted_step(batch, batch_idx):
-        logs = module.trainer._logger_connector.should_update_logs
+        logs = module.logs_this_step()
         calls: list[str] = []
         with counting_host_reads(calls):
             out = original(batch, batch_idx)
@@ -202,6 +202,29 @@ def test_training_steps_read_nothing_back_from_the_device(assets, tmp_path, name
     module, dm = MODULES[name](assets, tmp_path)
     per_step = host_reads_per_step(module, dm, tmp_path)
     assert len(per_step) == STEPS
-    assert [logs for logs, _ in per_step] == [i % LOG_EVERY == LOG_EVERY - 1 for i in range(STEPS)]
+    # logged: every LOG_EVERY-th batch, and the fit's last batch (see KDLightTask.logs_this_step)
+    assert [logs for logs, _ in per_step] == [i % LOG_EVERY == LOG_EVERY - 1 or i == STEPS - 1 for i in range(STEPS)]
     offending = {i: calls for i, (logs, calls) in enumerate(per_step) if calls and not logs}
     assert not offending, f"host reads in non-logging training steps: {offending}"
+
+
+def test_fused_optimisers_skip_non_finite_steps_on_the_device(assets, tmp_path):
+    """The sync-free guard of zero-shot KD: no update, the skips counted on the device, and a diverged
+    run stopped at the first logging step after ``max_consecutive_skips`` (not on the very step)."""
+    from kdlight.errors import KDLightError
+
+    module, dm = zeroshot("both")(assets, tmp_path)
+    module.hparams.max_consecutive_skips = 3
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, student_logits, teacher_logits):
+            return (student_logits.sum() + teacher_logits.sum()) * float("nan")
+
+    module.kd_loss = NaNLoss()
+    student = {k: v.clone() for k, v in module.student.state_dict().items()}
+    generator = {k: v.clone() for k, v in module.generator.state_dict().items()}
+    with pytest.raises(KDLightError, match="4 non-finite losses in a row: the run has diverged"):
+        host_reads_per_step(module, dm, tmp_path)  # batch 4 logs: the streak is read there
+    assert module.progress.tolist() == [4, 0, 0, 4]  # 4 batches, all skipped; the 4th raised at its log check
+    assert all(torch.equal(student[k], v) for k, v in module.student.state_dict().items())
+    assert all(torch.equal(generator[k], v) for k, v in module.generator.state_dict().items())

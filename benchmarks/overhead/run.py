@@ -52,7 +52,7 @@ def worker(module: str, size: str, cfg, work: Path, assets: Path, profile: bool 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0 or not out.is_file():
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         raise RuntimeError(f"worker {module} {size} failed (exit {proc.returncode}):\n{tail}")
@@ -129,7 +129,7 @@ def verdict(ratio: float, size: str) -> str:
 def render(all_rows: list[dict], profiles: dict, meta: dict) -> str:
     lines = [
         "# Framework overhead: kdlight vs hand-written loops at short steps (CPU proxy)\n",
-        "Made by `python -m benchmarks.overhead.run` (see its docstring for the method). Tiny random BERTs "
+        ("Made by `python -m benchmarks.overhead.run` (see its docstring for the method). Tiny random BERTs "
         "(teacher 2 layers, student 1 layer cut from it; vocabulary 2,005), one thread per process, both systems "
         "on the same batches from the same weights. kdlight runs as a user runs it: `Trainer` + module + "
         "datamodule, `CSVLogger` at Lightning's default `log_every_n_steps=50`; the progress bar, checkpointing, "
@@ -137,13 +137,13 @@ def render(all_rows: list[dict], profiles: dict, meta: dict) -> str:
         "median over rounds of the ratio within a round (range in brackets). Zero-shot: cycles of 2 generator + "
         "6 student steps, timed over whole cycles; its hand-written twin draws its noise from one global RNG "
         "(kdlight's per-example seeded noise, which makes 1 and N processes agree, is counted as overhead). "
-        "ALM: table mixer, last-layer look-ahead, a meta step every batch.\n",
+        "ALM: table mixer, last-layer look-ahead, a meta step every batch.\n"),
     ]
     for label in [r["label"] for r in all_rows if r.get("section") == "meta"]:
         rows = [r for r in all_rows if r.get("label") == label and r.get("section") == "ratio"]
         info = next(r for r in all_rows if r.get("label") == label and r.get("section") == "meta")
         lines.append(f"\n## {label}: {info['description']}\n")
-        lines.append(f"Commit {info['commit']}, {info['date']}, {info['rounds']} rounds x {info['timed_steps']} timed steps; "
+        lines.append(f"{('Commit ' + info['commit'] + ', ') if info['commit'] else ''}{info['date']}, {info['rounds']} rounds x {info['timed_steps']} timed steps; "
                      f"load average at the end {info['loadavg_end']:.2f} (other jobs share the 2 cores).\n\n")
         table = [{**r, "range": f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}", "judged": verdict(r["ratio"], r["size"])}
                  for r in rows]
@@ -197,8 +197,10 @@ def plot(all_rows: list[dict], path: Path) -> None:
 
 def commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "kdlight"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "kdlight"], cwd=REPO, capture_output=True, text=True,
+                               check=False).stdout.strip()
         return sha + ("+uncommitted kdlight changes" if dirty else "")
     except OSError:
         return "unknown"

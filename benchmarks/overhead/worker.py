@@ -22,9 +22,9 @@ LR, WARMUP_RATIO, TEMPERATURE, ALPHA = 1e-4, 0.1, 2.0, 0.5
 # Model sizes: tiny random BERTs whose VanillaKD step takes about 10, 25 and 100 ms on one thread
 # of the 2-core CI machine (measured by the hand-written loop; the achieved figure is reported).
 SIZES = {
-    "10ms": dict(hidden=48, teacher_layers=2, student_layers=1, batch=8, length=32),
-    "25ms": dict(hidden=48, teacher_layers=2, student_layers=1, batch=16, length=48),
-    "100ms": dict(hidden=128, teacher_layers=2, student_layers=1, batch=32, length=64),
+    "10ms": {"hidden": 48, "teacher_layers": 2, "student_layers": 1, "batch": 8, "length": 32},
+    "25ms": {"hidden": 48, "teacher_layers": 2, "student_layers": 1, "batch": 16, "length": 48},
+    "100ms": {"hidden": 128, "teacher_layers": 2, "student_layers": 1, "batch": 32, "length": 64},
 }
 VOCAB_WORDS = 2000
 ZS_CYCLE = (2, 6)  # generator steps, student steps: both kinds fall in every timed window
@@ -100,9 +100,9 @@ def kdlight_module(module: str, paths, dm):
     from kdlight.models.students import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD, ZeroShotAdversarialKD
 
-    common = dict(teacher=str(paths["teacher"]), student=TruncatedTeacher(1), num_labels=dm.num_labels, metric=dm.metric,
-                  label_names=dm.label_names, tokenizer=dm.tokenizer_name, learning_rate=LR, weight_decay=0.0,
-                  warmup_ratio=WARMUP_RATIO)
+    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(1), "num_labels": dm.num_labels,
+              "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name, "learning_rate": LR,
+              "weight_decay": 0.0, "warmup_ratio": WARMUP_RATIO}
     if module == "vanilla":
         return VanillaKD(alpha=ALPHA, temperature=TEMPERATURE, **common)
     if module == "zeroshot":
@@ -183,7 +183,7 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps))
-    inputs_of = lambda b: {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}  # noqa: E731
+    inputs_of = lambda b: {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
     loader = dm.train_dataloader()
 
     if module == "vanilla":
@@ -204,8 +204,14 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
 
     if module == "zeroshot":
         from kdlight.data.base import load_tokenizer
-        from kdlight.models.generator import (banned_token_ids, choose_mask, embed_with_replacements, load_generator,
-                                              masked_logits, sample_replacements)
+        from kdlight.models.generator import (
+            banned_token_ids,
+            choose_mask,
+            embed_with_replacements,
+            load_generator,
+            masked_logits,
+            sample_replacements,
+        )
 
         kd_loss = distillation_loss(2, TEMPERATURE)
         generator = load_generator(str(paths["generator"])).train()
@@ -280,7 +286,7 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
             student(**inputs_of(clean))
         weights = table(idx)
 
-        def inner_loss(logits):
+        def inner_loss(logits, labels=labels, weights=weights, t=t):
             ce = F.cross_entropy(logits.float(), labels, reduction="none")
             return mixed_loss(weights, ce, [kd_loss(logits, t)])
 
