@@ -36,11 +36,20 @@ TARGETS = {"10ms": 0.95, "25ms": 0.97}  # the issue's targets; ~100 ms has none 
 NAME = "overhead"
 
 
-def settings(quick: bool) -> argparse.Namespace:
+GPU_SIZES = ["gpu-b64", "gpu-b256"]
+GPU_TARGET = 0.95  # the GPU target for VanillaKD
+
+
+def settings(quick: bool, gpu: bool = False) -> argparse.Namespace:
     # timed window: from the end of step `first` to the end of step `last` (zero-shot: whole 2+6 cycles)
     if quick:
-        return argparse.Namespace(rounds=1, steps=16, first=7, last=15, sizes=["10ms"], profile=(8, 16))
-    return argparse.Namespace(rounds=5, steps=32, first=7, last=31, sizes=SIZES, profile=(8, 32))
+        cfg = argparse.Namespace(rounds=1, steps=16, first=7, last=15, sizes=["10ms"], profile=(8, 16))
+    else:
+        cfg = argparse.Namespace(rounds=5, steps=32, first=7, last=31, sizes=SIZES, profile=(8, 32))
+    cfg.device = "cuda" if gpu else "cpu"
+    if gpu:  # three rounds: a device call has 10 minutes
+        cfg.sizes, cfg.rounds = (GPU_SIZES[:1] if quick else GPU_SIZES), min(cfg.rounds, 3)
+    return cfg
 
 
 def worker(module: str, size: str, cfg, work: Path, assets: Path, profile: bool = False) -> dict:
@@ -49,6 +58,8 @@ def worker(module: str, size: str, cfg, work: Path, assets: Path, profile: bool 
            "--rounds", "1" if profile else str(cfg.rounds), "--steps", str(cfg.steps), "--assets", str(assets), "--out", str(out)]
     if profile:
         cmd += ["--profile", *map(str, cfg.profile)]
+    if cfg.device != "cpu":  # wait for the GPU at the timed window's ends only (stamps index i = step i + 1)
+        cmd += ["--device", cfg.device, "--sync-at", str(cfg.first + 1), str(cfg.last + 1)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
     start = time.perf_counter()
@@ -111,24 +122,30 @@ def profile_summary(path: Path, steps: int) -> dict:
 def run_profiles(cfg, work: Path, assets: Path) -> dict:
     out = {}
     steps = cfg.profile[1] - cfg.profile[0]
+    size = cfg.sizes[0]
     for module in MODULES:
-        worker(module, "10ms", cfg, work, assets, profile=True)
-        out[module] = {system: profile_summary(work / f"{module}_10ms_profile.{system}.prof", steps)
+        worker(module, size, cfg, work, assets, profile=True)
+        out[module] = {system: profile_summary(work / f"{module}_{size}_profile.{system}.prof", steps)
                        for system in ("handwritten", "kdlight")}
     return out
 
 
 # ------------------------------------------------------------------------------------------ output
 def verdict(ratio: float, size: str) -> str:
-    target = TARGETS.get(size)
+    target = GPU_TARGET if size.startswith("gpu") else TARGETS.get(size)
     if target is None:
         return "no target"
     return f"{'met' if ratio >= target else 'MISSED'} (>= {target})"
 
 
 def render(all_rows: list[dict], profiles: dict, meta: dict) -> str:
+    gpu_note = ("\n**GPU run** (`--gpu`): all-MiniLM-L6-v2-shaped random models (6 layers, hidden 384, 12 heads, "
+                "vocabulary 30,522; student 2 layers), batch 64 and 256, length 64, bf16-mixed on CUDA (autocast around "
+                "the hand-written step), fused AdamW in both; the clock waits for the GPU only at the timed window's ends. "
+                "Target: VanillaKD >= 0.95.\n") if NAME == "gpu_overhead" else ""
     lines = [
-        "# Framework overhead: kdlight vs hand-written loops at short steps (CPU proxy)\n",
+        f"# Framework overhead: kdlight vs hand-written loops at short steps{' (GPU)' if gpu_note else ' (CPU proxy)'}\n",
+        gpu_note,
         ("Made by `python -m benchmarks.overhead.run` (see its docstring for the method). Tiny random BERTs "
         "(teacher 2 layers, student 1 layer cut from it; vocabulary 2,005), one thread per process, both systems "
         "on the same batches from the same weights. kdlight runs as a user runs it: `Trainer` + module + "
@@ -171,20 +188,21 @@ def plot(all_rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [r["label"] for r in all_rows if r.get("section") == "meta"]
+    sizes = GPU_SIZES if NAME == "gpu_overhead" else SIZES
     fig, axes = plt.subplots(1, len(MODULES), figsize=(4 * len(MODULES), 3.4), sharey=True)
     for ax, (module, title) in zip(axes, MODULES.items()):
         width = 0.8 / max(1, len(labels))
         for i, label in enumerate(labels):
             rows = {r["size"]: r for r in all_rows if r.get("label") == label and r.get("section") == "ratio" and r["module"] == title}
-            xs = [j + i * width for j in range(len(SIZES))]
-            ys = [rows[s]["ratio"] if s in rows else 0 for s in SIZES]
-            errs = [[(rows[s]["ratio"] - rows[s]["ratio_min"]) if s in rows else 0 for s in SIZES],
-                    [(rows[s]["ratio_max"] - rows[s]["ratio"]) if s in rows else 0 for s in SIZES]]
+            xs = [j + i * width for j in range(len(sizes))]
+            ys = [rows[s]["ratio"] if s in rows else 0 for s in sizes]
+            errs = [[(rows[s]["ratio"] - rows[s]["ratio_min"]) if s in rows else 0 for s in sizes],
+                    [(rows[s]["ratio_max"] - rows[s]["ratio"]) if s in rows else 0 for s in sizes]]
             ax.bar(xs, ys, width, yerr=errs, label=label, capsize=2)
-        for j, size in enumerate(SIZES):
-            if size in TARGETS:
-                ax.hlines(TARGETS[size], j - 0.1, j + 0.8, colors="k", linestyles="dashed", linewidth=1)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(SIZES))], [f"~{s}" for s in SIZES])
+        for j, size in enumerate(sizes):
+            if size in TARGETS or size.startswith("gpu"):
+                ax.hlines(TARGETS.get(size, GPU_TARGET), j - 0.1, j + 0.8, colors="k", linestyles="dashed", linewidth=1)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"~{s}" for s in sizes])
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0.4, 1.1)
     axes[0].set_ylabel("throughput kdlight / hand-written")
@@ -212,9 +230,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="after")
     parser.add_argument("--description", default="")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
+    parser.add_argument("--results-dir", default=None, help="where to write the results (default benchmarks/results)")
     args = parser.parse_args(argv)
-    cfg = settings(args.quick)
-    results_dir = Path(tempfile.mkdtemp(prefix="kdlight_overhead_results_")) if args.quick else RESULTS
+    cfg = settings(args.quick, args.gpu)
+    global NAME
+    if args.gpu:
+        NAME = "gpu_overhead"
+    results_dir = Path(args.results_dir) if args.results_dir else (
+        Path(tempfile.mkdtemp(prefix="kdlight_overhead_results_")) if args.quick else RESULTS)
     with tempfile.TemporaryDirectory(prefix="kdlight_overhead_") as tmp:
         work, assets = Path(tmp), Path(tmp) / "assets"
         rows = []
@@ -233,12 +257,17 @@ def main(argv: list[str] | None = None) -> None:
     if (results_dir / f"{NAME}.json").is_file():
         existing = [r for r in json.loads((results_dir / f"{NAME}.json").read_text()) if r.get("label") != args.label]
     all_rows = existing + rows
-    if args.quick:
+    if args.quick and not args.results_dir:
         results_dir.mkdir(parents=True, exist_ok=True)
         (results_dir / f"{NAME}.json").write_text(json.dumps(all_rows, indent=2))
         (results_dir / f"{NAME}.md").write_text(render(all_rows, profiles, {}))
         plot(all_rows, results_dir / f"{NAME}.png")
         print(f"[overhead] quick results in {results_dir}")
+    elif results_dir != RESULTS:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / f"{NAME}.json").write_text(json.dumps(all_rows, indent=2))
+        (results_dir / f"{NAME}.md").write_text(render(all_rows, profiles, {}))
+        plot(all_rows, results_dir / f"{NAME}.png")
     else:
         write_results(NAME, all_rows, render(all_rows, profiles, {}), lambda path: plot(all_rows, path))
 

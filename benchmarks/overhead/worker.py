@@ -26,7 +26,12 @@ SIZES = {
     "25ms": {"hidden": 48, "teacher_layers": 2, "student_layers": 1, "batch": 16, "length": 48},
     "100ms": {"hidden": 128, "teacher_layers": 2, "student_layers": 1, "batch": 32, "length": 64},
 }
+# GPU sizes (benchmarks/gpu/run.sh): all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, vocabulary
+# 30,522) with random weights (the step time depends on the shape only), a 2-layer student, bf16-mixed
+SIZES.update({f"gpu-b{batch}": {"hidden": 384, "teacher_layers": 6, "student_layers": 2, "batch": batch, "length": 64,
+                                "heads": 12, "vocab_words": 30517} for batch in (64, 256)})
 VOCAB_WORDS = 2000
+DEVICE = "cpu"  # --device
 ZS_CYCLE = (2, 6)  # generator steps, student steps: both kinds fall in every timed window
 
 
@@ -42,11 +47,12 @@ def make_assets(root: Path, size: str) -> dict[str, Path]:
              "data": out / "data"}
     if (out / "done").is_file():
         return paths
-    words = [f"w{i}" for i in range(VOCAB_WORDS)]
+    words = [f"w{i}" for i in range(spec.get("vocab_words", VOCAB_WORDS))]
     tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])})
     tokenizer.save_pretrained(paths["tokenizer"])
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=spec["hidden"], num_hidden_layers=spec["teacher_layers"],
-                        num_attention_heads=4 if spec["hidden"] % 4 == 0 else 2, intermediate_size=4 * spec["hidden"], max_position_embeddings=128, num_labels=2)
+                        num_attention_heads=spec.get("heads", 4 if spec["hidden"] % 4 == 0 else 2),
+                        intermediate_size=4 * spec["hidden"], max_position_embeddings=128, num_labels=2)
     torch.manual_seed(SEED)
     for key, model in (("teacher", BertForSequenceClassification(config)), ("generator", BertForMaskedLM(config))):
         model.save_pretrained(paths[key])
@@ -96,11 +102,11 @@ def datamodule(module: str, paths, spec):
     return dm
 
 
-def kdlight_module(module: str, paths, dm):
+def kdlight_module(module: str, paths, dm, spec):
     from kdlight.models.students import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD, ZeroShotAdversarialKD
 
-    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(1), "num_labels": dm.num_labels,
+    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(spec["student_layers"]), "num_labels": dm.num_labels,
               "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name, "learning_rate": LR,
               "weight_decay": 0.0, "warmup_ratio": WARMUP_RATIO}
     if module == "vanilla":
@@ -114,14 +120,21 @@ def kdlight_module(module: str, paths, dm):
 
 # ------------------------------------------------------------------------------------------ timing
 class Clock:
-    """Step end times; profiles steps [first, last) when asked."""
+    """Step end times; profiles steps [first, last) when asked. On a GPU it waits for the device only at
+    the ends of the timed window (``sync_at``, step numbers counted from 1), so that the host can run
+    ahead inside it as it does in real training."""
 
-    def __init__(self, profile_window: tuple[int, int] | None = None) -> None:
+    def __init__(self, profile_window: tuple[int, int] | None = None, sync_at: tuple[int, ...] = ()) -> None:
         self.stamps: list[float] = []
         self.window = profile_window
+        self.sync_at = set(sync_at)
         self.profiler = cProfile.Profile() if profile_window else None
 
     def tick(self) -> None:
+        if DEVICE != "cpu" and len(self.stamps) + 1 in self.sync_at:
+            import torch
+
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
         n = len(self.stamps)
         if self.profiler is not None:
@@ -144,8 +157,9 @@ def run_kdlight(module: str, paths, spec, steps: int, clock: Clock, work: Path) 
 
     seed_everything(SEED, verbose=False)
     dm = datamodule(module, paths, spec)
-    model = kdlight_module(module, paths, dm)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+    model = kdlight_module(module, paths, dm, spec)
+    gpu = {"accelerator": "cuda", "precision": "bf16-mixed"} if DEVICE != "cpu" else {"accelerator": "cpu"}
+    trainer = Trainer(**gpu, devices=1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
                       num_sanity_val_steps=0, logger=CSVLogger(str(work), name="overhead"), enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False, callbacks=[Ticks()],
                       default_root_dir=str(work))
@@ -160,11 +174,26 @@ def lr_lambda(total: int):
 def adamw(params, lr=LR):
     import torch
 
+    fused = {"fused": True} if DEVICE != "cpu" else {}  # as kdlight's default on CUDA
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.0},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr, **fused)
+
+
+def on_device(batches):
+    """Batches moved as Lightning moves them (non-blocking on CUDA)."""
+    for batch in batches:
+        yield {k: v.to(DEVICE, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Path) -> None:
+    """bf16-mixed on a GPU as Lightning does it: autocast around the whole step (a no-op on CPU)."""
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE != "cpu"):
+        handwritten_loop(module, paths, spec, steps, clock, work)
+
+
+def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: Path) -> None:
     """The same maths on the same batches in plain PyTorch: kdlight's loss functions and model
     builders (plain torch), no Lightning, no logging, no per-example seeded noise (one global RNG,
     as a hand-written single-process loop would draw)."""
@@ -179,12 +208,13 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
     seed_everything(SEED, verbose=False)
     dm = datamodule(module, paths, spec)
     teacher = load_classifier(str(paths["teacher"]), 2, ["neg", "pos"], require_head=True, role="teacher").eval().requires_grad_(False)
-    student = TruncatedTeacher(1).build(teacher, 2, ["neg", "pos"]).train()
+    student = TruncatedTeacher(spec["student_layers"]).build(teacher, 2, ["neg", "pos"]).train()
+    teacher, student = teacher.to(DEVICE), student.to(DEVICE)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps))
     inputs_of = lambda b: {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
-    loader = dm.train_dataloader()
+    loader = on_device(dm.train_dataloader())
 
     if module == "vanilla":
         kd_loss = distillation_loss(2, TEMPERATURE)
@@ -214,11 +244,12 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
         )
 
         kd_loss = distillation_loss(2, TEMPERATURE)
-        generator = load_generator(str(paths["generator"])).train()
+        generator = load_generator(str(paths["generator"])).train().to(DEVICE)
         gen_params = [p for p in generator.parameters() if p.requires_grad]
-        gen_opt = torch.optim.AdamW(gen_params, lr=1e-5)
+        gen_opt = torch.optim.AdamW(gen_params, lr=1e-5, **({"fused": True} if DEVICE != "cpu" else {}))
         tokenizer = load_tokenizer(str(paths["tokenizer"]))
-        special, banned = torch.tensor(tokenizer.all_special_ids), torch.tensor(banned_token_ids(tokenizer))
+        special = torch.tensor(tokenizer.all_special_ids, device=DEVICE)
+        banned = torch.tensor(banned_token_ids(tokenizer), device=DEVICE)
         n_gen, n_student = ZS_CYCLE
         student_steps = (steps // (n_gen + n_student)) * n_student + max(0, steps % (n_gen + n_student) - n_gen)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(max(1, student_steps)))
@@ -262,11 +293,11 @@ def run_handwritten(module: str, paths, spec, steps: int, clock: Clock, work: Pa
     from kdlight.models.mixer import LambdaTable, last_linear_name, lookahead_meta_gradients, mixed_loss
 
     kd_loss = KLDivergence(TEMPERATURE, reduction="none")
-    table = LambdaTable(dm.max_train_idx + 1, 1, 0.9)
+    table = LambdaTable(dm.max_train_idx + 1, 1, 0.9).to(DEVICE)
     meta_opt = torch.optim.SGD(table.parameters(), lr=1.0)
     head_name = last_linear_name(student, 2)
     head = student.get_submodule(head_name)
-    clean_batches = dm.clean_val_batches()
+    clean_batches = on_device(dm.clean_val_batches())
     captured = {}
 
     def capture(m, inputs, out):
@@ -326,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--assets", required=True)
     parser.add_argument("--profile", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sync-at", type=int, nargs="*", default=[], help="step numbers at which a GPU run waits")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -333,8 +366,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cpu":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     paths = make_assets(Path(args.assets), args.size)
     runs = []
@@ -342,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             order = ["handwritten", "kdlight"] if r % 2 == 0 else ["kdlight", "handwritten"]
             for system in order:
-                clock = Clock(tuple(args.profile) if args.profile else None)
+                clock = Clock(tuple(args.profile) if args.profile else None, tuple(args.sync_at))
                 SYSTEMS[system](args.module, paths, SIZES[args.size], args.steps, clock, Path(tmp) / f"{system}_{r}")
                 if clock.profiler is not None:
                     clock.profiler.dump_stats(str(Path(args.out).with_suffix(f".{system}.prof")))
