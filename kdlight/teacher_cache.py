@@ -59,16 +59,26 @@ class TeacherLogitCache:
         self.present = torch.zeros(size, dtype=torch.bool)
         self.logits[idx] = logits
         self.present[idx] = True
+        self._present_host = self.present  # stays on the host when the cache moves to a device
 
     def to(self, device: torch.device) -> TeacherLogitCache:
         self.logits, self.present = self.logits.to(device), self.present.to(device)
         return self
 
-    def lookup(self, idx: Tensor) -> Tensor | None:
-        """Cached logits for every example of the batch, or None if any is missing."""
-        if len(idx) == 0 or int(idx.max()) >= len(self.present) or not bool(self.present[idx].all()):
-            return None
-        return self.logits[idx]
+    def covers(self, idx: Tensor) -> bool:
+        """Whether every example of ``idx`` (host tensor) is cached, answered from a host copy of
+        the index so that no device tensor is read."""
+        if getattr(self, "_present_host", None) is None or len(self._present_host) != len(self.present):
+            self._present_host = self.present.cpu()
+        idx = idx.cpu()
+        return len(idx) > 0 and int(idx.max()) < len(self._present_host) and bool(self._present_host[idx].all())
+
+    def lookup(self, idx: Tensor, covered: bool | None = None) -> Tensor | None:
+        """Cached logits for every example of the batch, or None if any is missing. ``covered``: the
+        answer of :meth:`covers` taken before the batch moved to the device (else worked out here)."""
+        if covered is None:
+            covered = self.covers(idx)
+        return self.logits[idx] if covered else None
 
     @staticmethod
     @torch.no_grad()

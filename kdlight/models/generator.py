@@ -72,17 +72,38 @@ def _head_transform(model: nn.Module) -> nn.Linear | None:
     return None
 
 
-def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
+def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor, positions: Tensor | None = None) -> Tensor:
     """The generator's vocabulary logits at the masked positions only, one row per position.
 
     For BERT-family MLMs (an encoder plus a ``cls`` head) the head runs on the masked positions
     alone: the vocabulary projection dominates the cost, and ~70% of positions are not rewritten.
+    ``positions``: the mask's flat indices (:func:`mask_positions`); with them no boolean indexing,
+    whose output size a GPU must report back to the host, takes place.
     """
     head = getattr(generator, "cls", None)
     if head is not None and getattr(generator, "base_model", None) is not None:
         hidden = generator.base_model(**inputs).last_hidden_state
-        return head(hidden[mask])
-    return generator(**inputs).logits[mask]
+        return head(select_positions(hidden, mask, positions))
+    return select_positions(generator(**inputs).logits, mask, positions)
+
+
+def mask_positions(mask: Tensor) -> Tensor:
+    """Flat (row-major) indices of a (batch, length) mask: computed where the mask is on the host."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def select_positions(values: Tensor, mask: Tensor, positions: Tensor | None) -> Tensor:
+    """``values[mask]`` for a (batch, length, ...) tensor, by index when ``positions`` are given."""
+    if positions is None:
+        return values[mask]
+    return values.flatten(0, 1).index_select(0, positions)
+
+
+def scatter_positions(values: Tensor, mask: Tensor, positions: Tensor | None, rows: Tensor) -> Tensor:
+    """``values.masked_scatter(mask, rows)`` (rows in row-major order), by index when ``positions`` are given."""
+    if positions is None:
+        return values.masked_scatter(mask.view(*mask.shape, *([1] * (values.dim() - mask.dim()))), rows)
+    return values.flatten(0, 1).index_copy(0, positions, rows.to(values.dtype)).view_as(values)
 
 
 def banned_token_ids(tokenizer) -> list[int]:
@@ -140,20 +161,30 @@ def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0,
     return hard - soft.detach() + soft
 
 
-def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device, uniform: Tensor | None = None) -> Tensor:
-    """Uniformly random token ids (none of them banned): the random-token baseline."""
+def allowed_token_ids(vocab_size: int, banned: Tensor | None, device=None) -> Tensor:
+    """Every token id a rewrite may produce (all but ``banned``), ascending."""
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
     if banned is not None and len(banned):
-        allowed[banned] = False
-    choices = allowed.nonzero().squeeze(1)
+        allowed[banned.to(allowed.device)] = False
+    return allowed.nonzero().squeeze(1)
+
+
+def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device, uniform: Tensor | None = None,
+                        choices: Tensor | None = None) -> Tensor:
+    """Uniformly random token ids (none of them banned): the random-token baseline. ``choices``:
+    :func:`allowed_token_ids`, made once (finding them takes a host sync on a GPU)."""
+    if choices is None:
+        choices = allowed_token_ids(vocab_size, banned, device)
     if uniform is None:
         uniform = torch.rand(count, device=device)
     return choices[(uniform * len(choices)).long().clamp(max=len(choices) - 1)]
 
 
-def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor) -> Tensor:
+def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor,
+                            positions: Tensor | None = None) -> Tensor:
     """``inputs_embeds`` for ``model``: its own word embeddings, with the masked positions replaced by
-    ``one_hot @ E`` (``one_hot`` has one row per masked position, in row-major order)."""
+    ``one_hot @ E`` (``one_hot`` has one row per masked position, in row-major order; ``positions``:
+    the mask's flat indices, see :func:`mask_positions`)."""
     weight = model.get_input_embeddings().weight
     if one_hot.shape[-1] != weight.shape[0]:
         raise KDLightError(
@@ -161,15 +192,17 @@ def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Ten
             f"{type(model).__name__} embeds {weight.shape[0]}; teacher, student and generator must share one vocabulary"
         )
     embeds = F.embedding(input_ids, weight)
-    return embeds.masked_scatter(mask.unsqueeze(-1), one_hot.to(weight.dtype) @ weight)
+    return scatter_positions(embeds, mask, positions, one_hot.to(weight.dtype) @ weight)
 
 
 __all__ = [
+    "allowed_token_ids",
     "banned_token_ids",
     "choose_mask",
-    "example_uniform",
     "embed_with_replacements",
+    "example_uniform",
     "load_generator",
+    "mask_positions",
     "masked_logits",
     "random_replacements",
     "sample_replacements",

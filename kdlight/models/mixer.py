@@ -56,9 +56,13 @@ class LambdaTable(nn.Module):
     def num_examples(self) -> int:
         return self.logits.shape[0]
 
-    def forward(self, idx: Tensor, features: Tensor | None = None) -> Tensor:
-        if int(idx.max()) >= self.num_examples or int(idx.min()) < 0:
+    def check_rows(self, idx: Tensor) -> None:
+        """Raise if an example idx has no row. Call it on the host copy of ``idx`` before the batch
+        moves (AdaptiveLossMixingKD does): checked in ``forward`` it would read the device back."""
+        if len(idx) and (int(idx.max()) >= self.num_examples or int(idx.min()) < 0):
             raise IndexError(f"example idx {int(idx.max())} outside the lambda table of {self.num_examples} rows")
+
+    def forward(self, idx: Tensor, features: Tensor | None = None) -> Tensor:
         return mix_weights_from_logits(self.logits[idx])
 
 

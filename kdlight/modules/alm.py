@@ -137,6 +137,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         # training batches seen: the meta schedule counts these, not global_step (which also counts
         # the meta optimiser's steps); a buffer, so checkpoints carry it and resume continues it
         self.register_buffer("meta_progress", torch.zeros(1, dtype=torch.long))
+        self.meta_batches_seen: int | None = None  # meta_progress on the host: meta_due reads no device tensor
 
     # --------------------------------------------------------------------------- teachers
     @property
@@ -202,6 +203,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self.meta_batches_seen = None  # re-read from the restored buffer
         if "meta_progress" not in checkpoint["state_dict"]:  # written before the counter existed: Lightning's batch count
             loops = checkpoint.get("loops", {}).get("fit_loop", {})
             done = loops.get("epoch_loop.batch_progress", {}).get("total", {}).get("completed", 0)
@@ -234,7 +236,9 @@ class AdaptiveLossMixingKD(BaseDistiller):
         if hp.meta_steps == 0:
             return False
         if hp.meta_interval == "step":
-            step = int(self.meta_progress[0])
+            if self.meta_batches_seen is None:
+                self.meta_batches_seen = int(self.meta_progress[0])
+            step = self.meta_batches_seen
             return step >= hp.meta_warmup and (step - hp.meta_warmup) % hp.meta_every == 0
         epoch = self.current_epoch
         return epoch >= hp.meta_warmup and (epoch - hp.meta_warmup) % hp.meta_every == 0
@@ -243,12 +247,21 @@ class AdaptiveLossMixingKD(BaseDistiller):
         if self._clean_batches is None:
             self._clean_batches = self.trainer.datamodule.clean_val_batches()
         batch = next(self._clean_batches)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        # the table's bounds checked on the host copy of idx (checked on the device, it is a sync per step)
+        mixer = self.__dict__.get("_mixer_module")
+        if isinstance(mixer, LambdaTable) and self._trainer is not None and self.trainer.training and "idx" in batch:
+            mixer.check_rows(batch["idx"])
+        return batch
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._clean_batches = None
         self._flip_stats = torch.zeros(4, device=self.device)  # sum lambda flipped, n flipped, sum clean, n clean
+        self.meta_batches_seen = int(self.meta_progress[0])  # once per fit (after any checkpoint restore)
 
     # --------------------------------------------------------------------------------- step
     def per_example_losses(self, student_logits: Tensor, teacher_logits: list[Tensor], labels: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -262,7 +275,9 @@ class AdaptiveLossMixingKD(BaseDistiller):
         labels, idx = batch["labels"], batch["idx"]
         teacher_logits = self.all_teacher_logits(batch)
 
-        head_name = last_linear_name(self.student, self.hparams.num_labels)
+        if getattr(self, "_head_name", None) is None:  # the student's shape never changes: look it up once
+            self._head_name = last_linear_name(self.student, self.hparams.num_labels)
+        head_name = self._head_name
         head = self.student.get_submodule(head_name)
         captured: dict[str, Tensor] = {}
         hook = head.register_forward_hook(lambda m, inputs, out: captured.__setitem__("x", inputs[0]))
@@ -289,6 +304,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
         self._log_step(loss, ce, kd, weights, batch, meta_loss)
         self.meta_progress += 1
+        if self.meta_batches_seen is not None:
+            self.meta_batches_seen += 1
         return loss.detach()
 
     def meta_step(self, meta_opt, student_opt, batch, features_x, head, head_name, student_logits, teacher_logits) -> Tensor:
@@ -328,14 +345,14 @@ class AdaptiveLossMixingKD(BaseDistiller):
             # before the cross-rank sum, while each rank's gradient holds only its own rows: every rank
             # subtracts the global batch's mean row from its rows, so the summed table stays identical
             rows = grads[0][idx]  # (B, width)
-            local = torch.cat([rows.sum(0), torch.tensor([float(len(idx))], device=rows.device)])
+            local = torch.cat([rows.sum(0), rows.new_full((1,), float(len(idx)))])  # new_full: no host-to-device copy
             total = self.sum_across_ranks([local])[0]
             grads[0] = grads[0].index_put((idx,), rows - total[:-1] / total[-1])
         if world > 1:  # each rank holds its own examples' contributions: their sum is the global meta-gradient
             grads = self.sum_across_ranks(grads)
         if hp.mixer == "table" and hp.normalize_meta_grad:
             # the mean |gradient| over the global batch's rows, the same number on every rank
-            local = torch.stack([grads[0][idx].abs().sum(), torch.tensor(float(grads[0][idx].numel()), device=idx.device)])
+            local = torch.stack([grads[0][idx].abs().sum(), grads[0].new_full((), float(grads[0][idx].numel()))])
             total = self.sum_across_ranks([local])[0] if world > 1 else local
             grads[0] = grads[0] / (total[0] / total[1]).clamp_min(1e-12)
         meta_opt.zero_grad()
@@ -360,15 +377,16 @@ class AdaptiveLossMixingKD(BaseDistiller):
     def _log_step(self, loss, ce, kd, weights, batch, meta_loss) -> None:
         n = len(ce)
         lam = 1 - weights[:, 0]  # total weight on the teacher terms
-        parts = {"train/loss": loss.detach(), "train/ce": ce.detach().mean(), "train/kd": torch.stack(kd).detach().mean(),
-                 "train/lambda_mean": lam.mean(), "train/lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device)}
-        if meta_loss is not None:
-            parts["train/meta_loss"] = meta_loss
-        if "is_flipped" in batch:
-            flipped = batch["is_flipped"].bool()
-            self._flip_stats += torch.stack([lam[flipped].sum(), flipped.sum().float(), lam[~flipped].sum(), (~flipped).sum().float()])
-        self.log_dict(parts, batch_size=n)
-        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=n)
+        if "is_flipped" in batch:  # every step (epoch statistics); products, not boolean indexing (a host sync on GPU)
+            flipped = batch["is_flipped"].to(lam.dtype)
+            self._flip_stats += torch.stack([(lam * flipped).sum(), flipped.sum(), (lam * (1 - flipped)).sum(), (1 - flipped).sum()])
+        parts = None
+        if self.logs_this_step():
+            parts = {"loss": loss.detach(), "ce": ce.detach().mean(), "kd": torch.stack(kd).detach().mean(), "lambda_mean": lam.mean(),
+                     "lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device)}
+            if meta_loss is not None:
+                parts["meta_loss"] = meta_loss
+        self.log_training(parts, loss, n)
 
     def on_train_epoch_end(self) -> None:
         stats = self._flip_stats

@@ -31,8 +31,13 @@ from kdlight.models.students import PretrainedStudent, StudentSpec, TruncatedTea
 from kdlight.modules.task import KDLightTask, model_inputs
 from kdlight.teacher_cache import TeacherLogitCache
 
+CACHE_HIT_KEY = "kdlight_teacher_cached"  # set on training batches when a teacher-logit cache is in use
+
 # The frozen teacher is in eval mode on purpose; Lightning warns about any eval-mode module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+# Distillers take host-side decisions in on_before_batch_transfer (a datamodule overriding that hook
+# wins, and the step then works the same things out on the device); Lightning warns about any override.
+warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed in.*")
 
 
 class BaseDistiller(KDLightTask):
@@ -96,10 +101,18 @@ class BaseDistiller(KDLightTask):
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
         if self.teacher_cache is not None and self._trainer is not None and self.trainer.training:
-            cached = self.teacher_cache.lookup(batch["idx"])
+            cached = self.teacher_cache.lookup(batch["idx"], batch.get(CACHE_HIT_KEY))
             if cached is not None:
                 return cached
         return self.teacher(**model_inputs(batch)).logits
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # whether the cache holds the whole batch is decided here, while ``idx`` is still on the
+        # host: deciding it in the step would read a device tensor back (a sync) every step
+        if (self.teacher_cache is not None and self._trainer is not None and self.trainer.training
+                and isinstance(batch, dict) and "idx" in batch):
+            batch[CACHE_HIT_KEY] = self.teacher_cache.covers(batch["idx"])
+        return batch
 
     def on_fit_start(self) -> None:
         if self.hparams.cache_teacher_logits and self.teacher_cache is None:
@@ -136,8 +149,7 @@ class BaseDistiller(KDLightTask):
         teacher_logits = self.teacher_logits(batch)
         student_logits = self.student_logits(batch)
         parts = self.compute_loss(student_logits, teacher_logits, batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=len(student_logits))
-        self.log("loss", parts["loss"].detach(), prog_bar=True, logger=False, batch_size=len(student_logits))
+        self.log_training(parts, parts["loss"], len(student_logits))
         return parts["loss"]
 
     # ------------------------------------------------------------------------- evaluation

@@ -117,8 +117,7 @@ class GeneralDistillation(KDLightTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.relation_kl(batch)
         size = len(batch["input_ids"])
-        self.log("train/loss", loss.detach(), batch_size=size)
-        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=size)
+        self.log_training({"loss": loss}, loss, size)
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> Tensor:

@@ -162,9 +162,7 @@ class LayerwiseKD(BaseDistiller):
             total = total + self.logit_weight * logit_parts.pop("loss")
             parts.update(logit_parts)
         parts["loss"] = total
-        size = len(batch["input_ids"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=size)
-        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=size)
+        self.log_training(parts, total, len(batch["input_ids"]))
         return total
 
 

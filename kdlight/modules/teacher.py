@@ -34,5 +34,7 @@ class TeacherFineTuning(KDLightTask):
     def training_step(self, batch, batch_idx):
         logits = self(batch)
         loss = label_loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        # the progress bar's value keeps its historical name here (``train/loss``)
+        if self.logs_this_step() or (self._trainer is not None and self.trainer.progress_bar_callback is not None):
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(logits))
         return loss

@@ -35,6 +35,15 @@ Manual optimisation: a batch is either a generator step or a student step. The s
 are reduced by DDP through ``manual_backward``; the generator is kept outside DDP's buckets and its
 gradients are averaged across ranks by hand. A non-finite loss (on any rank) skips that step on
 every rank; the skips are counted and logged, never trained on.
+
+No host syncs in a step: the batch counter has a host twin; which tokens to rewrite (and so how
+many noise draws each example needs) is worked out on the host before the batch moves to the
+device, from per-example seeds; the non-finite guard skips the update on the device when the
+optimiser can (``fused`` Adam/AdamW/SGD, kdlight's default on CUDA: ``found_inf``), with counters
+on the device and the ``max_consecutive_skips`` stop checked at the logger's cadence. With other
+optimisers (and kdlight's CPU defaults) it reads the flag on the host once per step, as before, and
+stops at exactly ``max_consecutive_skips``. On the device path a skipped batch still advances the
+learning-rate schedule and Lightning's step count (both live on the host).
 """
 
 from __future__ import annotations
@@ -51,21 +60,27 @@ from kdlight.data.base import load_tokenizer
 from kdlight.errors import KDLightError
 from kdlight.models.compact import require_full_vocabulary
 from kdlight.models.generator import (
+    allowed_token_ids,
     banned_token_ids,
     choose_mask,
     embed_with_replacements,
     example_uniform,
     load_generator,
+    mask_positions,
     masked_logits,
     random_replacements,
     sample_replacements,
+    scatter_positions,
 )
 from kdlight.modules.base import BaseDistiller
-from kdlight.modules.task import model_inputs
+from kdlight.modules.task import fused_on_gpu, model_inputs
 
 INPUTS = ("both", "out_of_domain", "adversarial", "random_tokens")
 PERTURBATIONS = ("generator", "random")
 GENERATOR_KEY = "kdlight_generator"
+# what on_before_batch_transfer adds to a training batch (host-side decisions; see example_noise)
+NOISE_KEYS, REWRITE_MASK, REWRITE_POSITIONS, REWRITE_COUNTS = (
+    "kdlight_noise_keys", "kdlight_rewrite_mask", "kdlight_rewrite_positions", "kdlight_rewrite_counts")
 
 
 class ZeroShotAdversarialKD(BaseDistiller):
@@ -132,6 +147,9 @@ class ZeroShotAdversarialKD(BaseDistiller):
         # batches seen, student steps, generator steps, skipped non-finite steps: in the checkpoint
         self.register_buffer("progress", torch.zeros(4, dtype=torch.long))
         self.consecutive_skips = 0
+        self.batches_seen: int | None = None  # progress[0] on the host (None: read it at fit start)
+        self._skip_streak: Tensor | None = None  # device twins of consecutive_skips and its maximum
+        self._worst_streak: Tensor | None = None
 
     # ------------------------------------------------------------------------------- models
     @property
@@ -190,6 +208,10 @@ class ZeroShotAdversarialKD(BaseDistiller):
             self.mask_token_id = tokenizer.mask_token_id
             self.register_buffer("special_ids", torch.tensor(tokenizer.all_special_ids, device=self.device), persistent=False)
             self.register_buffer("banned_ids", torch.tensor(banned_token_ids(tokenizer), device=self.device), persistent=False)
+            vocab = self.teacher.get_input_embeddings().weight.shape[0]
+            # found once here: finding them per step (nonzero) would read a device tensor back every step
+            self.register_buffer("allowed_ids", allowed_token_ids(vocab, self.banned_ids.cpu()).to(self.device), persistent=False)
+            self.special_ids_host = torch.tensor(tokenizer.all_special_ids)
 
     # ------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
@@ -200,7 +222,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
         if self.generator_optimizer_factory is not None:
             generator_opt = self.generator_optimizer_factory(params)
         else:
-            generator_opt = torch.optim.AdamW(params, lr=self.hparams.generator_learning_rate)
+            generator_opt = torch.optim.AdamW(params, lr=self.hparams.generator_learning_rate, **fused_on_gpu(self.device))
         return [student["optimizer"], generator_opt], [student["lr_scheduler"]]
 
     def scheduled_steps(self) -> int:
@@ -212,9 +234,21 @@ class ZeroShotAdversarialKD(BaseDistiller):
         cycle = hp.generator_steps + hp.student_steps
         return max(1, (total // cycle) * hp.student_steps + max(0, total % cycle - hp.generator_steps))
 
+    def batch_count(self) -> int:
+        """Batches trained so far (``progress[0]``), read from the host twin."""
+        if self.batches_seen is None:
+            self.batches_seen = int(self.progress[0])
+        return self.batches_seen
+
     def is_generator_step(self) -> bool:
         hp = self.hparams
-        return self.trains_generator and int(self.progress[0]) % (hp.generator_steps + hp.student_steps) < hp.generator_steps
+        return self.trains_generator and self.batch_count() % (hp.generator_steps + hp.student_steps) < hp.generator_steps
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.batches_seen = int(self.progress[0])  # once per fit, before any step
+        self._skip_streak = torch.zeros((), dtype=torch.long, device=self.device)
+        self._worst_streak = torch.zeros((), dtype=torch.long, device=self.device)
 
     # --------------------------------------------------------------------------------- inputs
     # Every random choice (which tokens to mask, the Gumbel noise, random tokens) is drawn per example
@@ -222,24 +256,64 @@ class ZeroShotAdversarialKD(BaseDistiller):
     # process as on N, whatever the batch split, and reproducible on resume.
     MASK, GUMBEL, RANDOM = 0, 1, 2
 
-    def example_noise(self, batch: dict[str, Tensor], purpose: int, numels: list[int]) -> Tensor:
-        seed, step = int(os.environ.get("PL_GLOBAL_SEED", 0)), int(self.progress[0])
-        keys = [(seed, step, idx, purpose) for idx in batch["idx"].tolist()]
-        return torch.cat(example_uniform(keys, numels, batch["input_ids"].device))
+    def noise_keys(self, batch: dict[str, Tensor]) -> list[tuple[int, int, int]]:
+        """(run seed, batch counter, example idx) per example: taken on the host before the batch
+        moves (see on_before_batch_transfer), or read back from the device when called outside fit."""
+        if NOISE_KEYS in batch:
+            return batch[NOISE_KEYS]
+        seed, step = int(os.environ.get("PL_GLOBAL_SEED", "0")), self.batch_count()
+        return [(seed, step, idx) for idx in batch["idx"].tolist()]
+
+    def example_noise(self, batch: dict[str, Tensor], purpose: int, numels: list[int], device=None) -> Tensor:
+        keys = [(*key, purpose) for key in self.noise_keys(batch)]
+        return torch.cat(example_uniform(keys, numels, device if device is not None else batch["input_ids"].device))
+
+    def mask_rate_now(self) -> float | None:
+        """The rewrite rate of this batch's step, or None when the step rewrites nothing."""
+        hp = self.hparams
+        if self.is_generator_step():
+            return hp.mask_rate
+        if hp.inputs in ("both", "adversarial", "random_tokens"):
+            return 1.0 if hp.inputs == "random_tokens" else hp.mask_rate
+        return None
 
     def mask_batch(self, batch: dict[str, Tensor], rate: float) -> Tensor:
+        if REWRITE_MASK in batch:  # chosen on the host before the batch moved (on_before_batch_transfer)
+            return batch[REWRITE_MASK]
         ids = batch["input_ids"]
         width = max(ids.shape[1], self.teacher.config.max_position_embeddings)
         scores = self.example_noise(batch, self.MASK, [width] * len(ids)).view(len(ids), width)[:, : ids.shape[1]]
-        return choose_mask(ids, batch["attention_mask"], self.special_ids, rate, scores)
+        return choose_mask(ids, batch["attention_mask"], self.special_ids.to(ids.device), rate, scores)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Every decision the step would otherwise read back from the device, made on the host copy:
+        the examples' noise keys, which tokens to rewrite, and how many per example (the sizes of
+        their noise draws). The mask's draws come from the same per-example seeds as before."""
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self._trainer is None or not self.trainer.training or not isinstance(batch, dict) or "idx" not in batch:
+            return batch
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        batch[NOISE_KEYS] = [(seed, self.batch_count(), idx) for idx in batch["idx"].tolist()]
+        rate = self.mask_rate_now()
+        if rate is not None:
+            ids = batch["input_ids"]
+            width = max(ids.shape[1], self.teacher.config.max_position_embeddings)
+            scores = self.example_noise(batch, self.MASK, [width] * len(ids), ids.device).view(len(ids), width)[:, : ids.shape[1]]
+            mask = choose_mask(ids, batch["attention_mask"], self.special_ids_host, rate, scores)
+            batch[REWRITE_MASK], batch[REWRITE_POSITIONS] = mask, mask_positions(mask)
+            batch[REWRITE_COUNTS] = mask.sum(1).tolist()
+        return batch
+
+    def rewrite_counts(self, batch: dict[str, Tensor], mask: Tensor) -> list[int]:
+        return batch[REWRITE_COUNTS] if REWRITE_COUNTS in batch else mask.sum(1).tolist()
 
     def generator_one_hot(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         """One-hot proposals (straight-through) at the masked positions, one row per position."""
         masked_ids = batch["input_ids"].masked_fill(mask, self.mask_token_id)
         inputs = {**model_inputs(batch), "input_ids": masked_ids}
-        logits = masked_logits(self.generator, inputs, mask)
+        logits = masked_logits(self.generator, inputs, mask, batch.get(REWRITE_POSITIONS))
         vocab = logits.shape[-1]
-        uniform = self.example_noise(batch, self.GUMBEL, [int(n) * vocab for n in mask.sum(1).tolist()]).view(-1, vocab)
+        uniform = self.example_noise(batch, self.GUMBEL, [n * vocab for n in self.rewrite_counts(batch, mask)]).view(-1, vocab)
         return sample_replacements(logits, self.banned_ids, self.hparams.gumbel_tau, uniform)
 
     @torch.no_grad()
@@ -249,37 +323,85 @@ class ZeroShotAdversarialKD(BaseDistiller):
         mask = self.mask_batch(batch, 1.0 if hp.inputs == "random_tokens" else hp.mask_rate)
         if hp.inputs == "random_tokens" or hp.perturbation == "random":
             vocab = self.teacher.get_input_embeddings().weight.shape[0]
-            uniform = self.example_noise(batch, self.RANDOM, mask.sum(1).tolist())
-            replacements = random_replacements(int(mask.sum()), vocab, self.banned_ids, mask.device, uniform)
+            counts = self.rewrite_counts(batch, mask)
+            uniform = self.example_noise(batch, self.RANDOM, counts)
+            replacements = random_replacements(sum(counts), vocab, self.banned_ids, mask.device, uniform, self.allowed_ids)
         else:
             replacements = self.generator_one_hot(batch, mask).argmax(-1)
-        return batch["input_ids"].masked_scatter(mask, replacements)
+        return scatter_positions(batch["input_ids"], mask, batch.get(REWRITE_POSITIONS), replacements)
 
     # ---------------------------------------------------------------------------------- steps
-    def all_ranks_finite(self, loss: Tensor) -> bool:
-        """False (on every rank) when the loss is non-finite on any rank; counts the skip."""
+    def nonfinite_flag(self, loss: Tensor) -> Tensor:
+        """1.0 (on every rank) when the loss is non-finite on any rank, else 0.0; stays on the device."""
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-            dist.all_reduce(bad)  # every rank takes the same branch, or DDP would hang
-        if bad.item() == 0:
+            dist.all_reduce(bad)  # every rank skips together, or DDP would hang
+        return (bad > 0).float().reshape(())
+
+    @staticmethod
+    def skips_on_device(optimizer) -> bool:
+        """Fused Adam/AdamW/SGD read a ``found_inf`` tensor and leave parameters and state untouched
+        when it is set: a skipped step with no host sync."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+        return bool(optimizer.param_groups) and all(group.get("fused") for group in optimizer.param_groups)
+
+    def all_ranks_finite(self, loss: Tensor) -> bool:
+        """False (on every rank) when the loss is non-finite on any rank; counts the skip. Reads the
+        flag on the host: the path for optimisers that cannot skip on the device."""
+        if self.nonfinite_flag(loss).item() == 0:
             self.consecutive_skips = 0
             return True
         self.progress[3] += 1
         self.consecutive_skips += 1
-        if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+        self.stop_if_diverged(self.consecutive_skips)
+        return False
+
+    def stop_if_diverged(self, streak: int) -> None:
+        if streak >= self.hparams.max_consecutive_skips:
             raise KDLightError(
-                f"{self.consecutive_skips} non-finite losses in a row: the run has diverged; lower learning_rate or "
+                f"{streak} non-finite losses in a row: the run has diverged; lower learning_rate or "
                 "generator_learning_rate, or resume from an earlier checkpoint"
             )
-        return False
+
+    def step_unless_nonfinite(self, optimizer, loss: Tensor, backward) -> Tensor:
+        """Skip ``optimizer``'s update on the device when ``loss`` is non-finite (any rank); returns the
+        0/1 flag. ``backward()`` fills the gradients."""
+        bad = self.nonfinite_flag(loss)
+        backward()
+        inner = getattr(optimizer, "optimizer", optimizer)
+        inner.found_inf = bad
+        try:
+            optimizer.step()
+        finally:
+            del inner.found_inf
+        self.progress[3] += bad.long()
+        if self._skip_streak is None:  # outside fit (on_fit_start made them)
+            self._skip_streak = torch.zeros((), dtype=torch.long, device=self.device)
+            self._worst_streak = torch.zeros((), dtype=torch.long, device=self.device)
+        self._skip_streak = (self._skip_streak + 1) * bad.long()
+        self._worst_streak = torch.maximum(self._worst_streak, self._skip_streak)
+        return bad
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self.generator_step if self.is_generator_step() else self.student_step
         loss = step(batch)
         self.progress[0] += 1
-        self.log_dict({"train/student_steps": self.progress[1].float(), "train/generator_steps": self.progress[2].float(),
-                       "train/skipped_nonfinite": self.progress[3].float()}, batch_size=len(batch["input_ids"]))
+        self.batches_seen = self.batch_count() + 1
+        if self.logs_this_step():
+            if self._worst_streak is not None:  # the device path's stop, read at the logger's cadence
+                self.stop_if_diverged(int(self._worst_streak))
+            self.log_dict({"train/student_steps": self.progress[1].float(), "train/generator_steps": self.progress[2].float(),
+                           "train/skipped_nonfinite": self.progress[3].float()}, batch_size=len(batch["input_ids"]))
         return loss
+
+    def on_train_end(self) -> None:
+        if self._worst_streak is not None:
+            self.stop_if_diverged(int(self._worst_streak))
+        skipped = int(self.progress[3])
+        if skipped:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(f"[kdlight] {skipped} step(s) had a non-finite loss and were skipped")
 
     def student_step(self, batch: dict[str, Tensor]) -> Tensor:
         hp = self.hparams
@@ -293,17 +415,22 @@ class ZeroShotAdversarialKD(BaseDistiller):
                 teacher = self.teacher(**model_inputs(rewritten)).logits
             parts["kd_adversarial"] = self.kd_loss(self.student_logits(rewritten), teacher)
         loss = parts.get("kd_out_of_domain", 0) + hp.adversarial_weight * parts.get("kd_adversarial", 0)
-        if not self.all_ranks_finite(loss):
-            return loss.detach()
-        student_opt.zero_grad()
-        self.manual_backward(loss)
-        student_opt.step()
-        self.lr_schedulers().step()
-        self.progress[1] += 1
         size = len(batch["input_ids"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=size)
-        self.log("train/loss", loss.detach(), batch_size=size)
-        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=size)
+        if self.skips_on_device(student_opt):
+            student_opt.zero_grad()
+            bad = self.step_unless_nonfinite(student_opt, loss, lambda: self.manual_backward(loss))
+            self.lr_schedulers().step()
+            self.progress[1] += 1 - bad.long()
+        else:
+            if not self.all_ranks_finite(loss):
+                return loss.detach()
+            student_opt.zero_grad()
+            self.manual_backward(loss)
+            student_opt.step()
+            self.lr_schedulers().step()
+            self.progress[1] += 1
+        # a skipped step on the device path logs its non-finite loss: the skip counter says so too
+        self.log_training({**parts, "loss": loss}, loss, size)
         return loss.detach()
 
     def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
@@ -311,30 +438,44 @@ class ZeroShotAdversarialKD(BaseDistiller):
         mask = self.mask_batch(batch, self.hparams.mask_rate)
         one_hot = self.generator_one_hot(batch, mask)
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "input_ids"}
-        teacher = self.teacher(inputs_embeds=embed_with_replacements(self.teacher, batch["input_ids"], mask, one_hot), **inputs).logits
-        student = self.student(inputs_embeds=embed_with_replacements(self.student, batch["input_ids"], mask, one_hot), **inputs).logits
+        positions = batch.get(REWRITE_POSITIONS)
+        teacher = self.teacher(inputs_embeds=embed_with_replacements(self.teacher, batch["input_ids"], mask, one_hot, positions),
+                               **inputs).logits
+        student = self.student(inputs_embeds=embed_with_replacements(self.student, batch["input_ids"], mask, one_hot, positions),
+                               **inputs).logits
         divergence = self.kd_loss(student, teacher)
-        if not self.all_ranks_finite(divergence):
+        on_device = self.skips_on_device(generator_opt)
+        if not on_device and not self.all_ranks_finite(divergence):
             return divergence.detach()
         params = [p for p in self.generator.parameters() if p.requires_grad]
-        # Only the generator's gradients: the student's are not needed, and leaving them out keeps
-        # DDP's reducer (which owns the student) out of this backward pass.
-        grads = torch.autograd.grad(-divergence, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.trainer.world_size
-            grads = list(torch.split(flat, [g.numel() for g in grads]))
-        for p, g in zip(params, grads):
-            p.grad = g.view_as(p)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.generator_clip)
-        generator_opt.step()
+        norm: list[Tensor] = []
+
+        def backward() -> None:
+            # Only the generator's gradients: the student's are not needed, and leaving them out keeps
+            # DDP's reducer (which owns the student) out of this backward pass.
+            grads = torch.autograd.grad(-divergence, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                flat /= self.trainer.world_size
+                grads = list(torch.split(flat, [g.numel() for g in grads]))
+            for p, g in zip(params, grads):
+                p.grad = g.view_as(p)
+            norm.append(torch.nn.utils.clip_grad_norm_(params, self.hparams.generator_clip))
+
+        if on_device:
+            bad = self.step_unless_nonfinite(generator_opt, divergence, backward)
+            self.progress[2] += 1 - bad.long()
+        else:
+            backward()
+            generator_opt.step()
+            self.progress[2] += 1
         generator_opt.zero_grad()
-        self.progress[2] += 1
-        size = len(batch["input_ids"])
-        self.log_dict({"train/generator_divergence": divergence.detach(), "train/generator_grad_norm": norm.detach(),
-                       "train/masked_fraction": mask.float().sum() / batch["attention_mask"].sum()}, batch_size=size)
+        if self.logs_this_step():
+            self.log_dict({"train/generator_divergence": divergence.detach(), "train/generator_grad_norm": norm[0].detach(),
+                           "train/masked_fraction": mask.float().sum() / batch["attention_mask"].sum()},
+                          batch_size=len(batch["input_ids"]))
         return divergence.detach()
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -345,15 +486,10 @@ class ZeroShotAdversarialKD(BaseDistiller):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self.batches_seen = None  # re-read from the restored progress buffer at fit start
         if GENERATOR_KEY in checkpoint and self.side_modules():
             self.generator.load_state_dict(checkpoint[GENERATOR_KEY])
 
-    def on_train_end(self) -> None:
-        skipped = int(self.progress[3])
-        if skipped:
-            from lightning.pytorch.utilities import rank_zero_warn
-
-            rank_zero_warn(f"[kdlight] {skipped} step(s) had a non-finite loss and were skipped")
 
 
 __all__ = ["ZeroShotAdversarialKD", "INPUTS", "PERTURBATIONS"]

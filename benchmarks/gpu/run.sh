@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine through the device tool, after benchmarks/gpu/prepare.sh here:
+#   run(command="bash benchmarks/gpu/run.sh", carry=[".whl", ".gpu_assets"], timeout_s=600)
+# or a subset of the stages, e.g. "bash benchmarks/gpu/run.sh tests quickstart" then "... overhead".
+# Stages: env, tests (pytest -m gpu: every module's fit -> test in bf16-mixed and 32-true, caches and side
+# modules on the GPU, resume, export loaded on CPU, set_sync_debug_mode("error") around training steps),
+# quickstart (the offline quickstart, accelerator auto = cuda, fp32, plus the KD stage again in bf16-mixed),
+# overhead (benchmarks/overhead at MiniLM shape, batch 64 and 256, bf16-mixed). Everything lands in $OUT
+# (gpu.md, logs, gpu_overhead.{md,json,png}); copy gpu.md to benchmarks/results/gpu.md and commit it.
+# Not covered: the throughput benchmark at GPU sizes (benchmarks/throughput is CPU-only: threads, peers).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/kdlight_gpu_out}
+mkdir -p "$OUT"
+stages=${*:-env tests quickstart overhead}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD:$PWD/.gpu_assets/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false KDLIGHT_CACHE=/tmp/kdlight_cache
+mkdir -p "$KDLIGHT_CACHE" && cp -r .gpu_assets/kdlight_cache/. "$KDLIGHT_CACHE"/
+REPORT=$OUT/gpu.md
+[ -f "$REPORT" ] || echo "# kdlight on a GPU (benchmarks/gpu/run.sh)" > "$REPORT"
+block() { { echo; echo "## $1"; echo; echo '```'; cat; echo '```'; } >> "$REPORT"; }
+elapsed() { echo "wall time: $(( $(date +%s) - $1 ))s"; }
+
+for stage in $stages; do
+  start=$(date +%s)
+  case $stage in
+    env)
+      { date -u; git log -1 --oneline 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        python3 -c "import torch, lightning, transformers, datasets, jsonargparse; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| lightning', lightning.__version__, '| transformers', transformers.__version__, '| datasets', datasets.__version__, '| jsonargparse', jsonargparse.__version__)"
+        python3 -c "from kdlight.assets import minilm_path; from transformers import AutoModel; m = AutoModel.from_pretrained(minilm_path()); print('packaged MiniLM loads as', next(m.parameters()).dtype)"
+      } 2>&1 | block "environment" ;;
+    tests)
+      { timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_host_sync.py 2>&1 \
+          | tee "$OUT/gpu_tests.log" | tail -40; elapsed "$start"; } | block "gpu tests: pytest -m gpu tests/test_gpu.py tests/test_host_sync.py" ;;
+    quickstart)
+      { timeout 360 python3 -m kdlight.quickstart --output /tmp/quickstart 2>&1 | tail -14
+        echo "--- KD stage again in bf16-mixed ---"
+        timeout 200 python3 -m kdlight.cli fit --config configs/quickstart/kd.yaml --trainer.precision=bf16-mixed \
+          --model.init_args.teacher=/tmp/quickstart/teacher/export --trainer.default_root_dir=/tmp/quickstart_bf16 \
+          --model.init_args.export_dir=/tmp/quickstart_bf16/export --trainer.enable_progress_bar=false 2>&1 | tail -4
+        timeout 120 python3 -m kdlight.cli test --config configs/quickstart/kd.yaml --trainer.precision=bf16-mixed \
+          --model.init_args.teacher=/tmp/quickstart/teacher/export --trainer.default_root_dir=/tmp/quickstart_bf16 \
+          --trainer.enable_progress_bar=false --ckpt_path=best 2>&1 | grep -E "test/|Error|error" | tail -12
+        elapsed "$start"; } | tee "$OUT/quickstart.log" | block "quickstart on the GPU (fp32), then its KD stage in bf16-mixed" ;;
+    overhead)
+      { timeout 540 python3 -m benchmarks.overhead.run --gpu --no-profile --label gpu --results-dir "$OUT" 2>&1 \
+          | tee "$OUT/overhead.log" | tail -12; elapsed "$start"; } | block "overhead benchmark at GPU sizes (table below)"
+      [ -f "$OUT/gpu_overhead.md" ] && cat "$OUT/gpu_overhead.md" >> "$REPORT" ;;
+    *) echo "unknown stage $stage" >&2 ;;
+  esac
+done
+echo "report: $REPORT"
