@@ -438,7 +438,7 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
     """warm_epoch 1, select_every 2 over 4 epochs: meta passes at the start of epochs 1 and 3, each over
     the whole training split (80 examples, batches of 16) in groups of grad_fit = 2 batches (32, 32, 16
     rows), 5 iterations each; the student (lr 0) does not move, the trained rows do, within [1e-7, 2)."""
-    import kdlight.modules.alm as alm
+    from kdlight.modules import alm
 
     calls = []
     original = alm.official_lambda_update
