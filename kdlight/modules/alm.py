@@ -548,6 +548,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
                 labels = batch["labels"]
                 rows = [last_layer_grads(logits, features, lambda z, y=labels: F.cross_entropy(z, y.long()), bias)]
                 rows += [last_layer_grads(logits, features, lambda z, t=t: self.kd_loss(z, t).mean(), bias) for t in teachers]
+                if world > 1:  # the global batch's mean loss is the mean of the ranks' means
+                    rows = [r / world for r in rows]
                 group.append(rows)
                 idx_group.append(batch["idx"])
                 if (b + 1) % hp.grad_fit == 0 or b + 1 == len(loader):
