@@ -206,6 +206,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self._clean_batches = None
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("meta_optimizer", None)
+        self.hparams["meta_learning_rate"] = meta_learning_rate  # resolved from null; subclasses' frames keep null
         self.automatic_optimization = False
         # training batches seen: the meta schedule counts these, not global_step (which also counts
         # the meta optimiser's steps); a buffer, so checkpoints carry it and resume continues it
@@ -609,9 +610,13 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy as np
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        bins = 40
+        lo, hi = float(lam.min()), float(lam.max())
+        if hi - lo < 1e-3:  # weights that did not move (e.g. no meta step yet): numpy cannot bin a zero range
+            lo, hi = lo - 0.01, hi + 0.01
+        bins = np.linspace(lo, hi, 41)
         if flipped_ids:
             mask = [int(i) in flipped_ids for i in idx]
             flipped = lam[mask]
@@ -624,7 +629,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
             ax.hist(lam, bins=bins, alpha=0.8, density=True)
         ax.set_xlabel("learned teacher weight lambda (w_KD / (w_CE + w_KD))")
         ax.set_ylabel("density")
-        ax.set_title(f"ALM-KD ({self.hparams.get('algorithm', 'default')}, {self.hparams.mixer}) after {self.current_epoch + 1} epoch(s)")
+        ax.set_title(f"ALM-KD ({self.hparams.get('algorithm', 'default')}, {self.hparams.mixer}) after {self.current_epoch} epoch(s)")
         fig.tight_layout()
         root.mkdir(parents=True, exist_ok=True)
         path = root / "lambda.png"
