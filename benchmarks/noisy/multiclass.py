@@ -233,9 +233,11 @@ def build_rows(runs: dict, teachers: dict, rates: list[float], seeds: list[int])
                     out["lambda_clean"] = statistics.mean(r["lambda_clean"] for r in results)
                 return out
 
-            complete = {lam: r for lam, r in kd.items() if len(r) == len(seeds)}
+            # a partial study reports the grid over the seeds every lambda has (the same seeds for all)
+            common = min(len(r) for r in kd.values())
+            complete = {lam: r[:common] for lam, r in kd.items()} if common else {}
             candidates = [row("CE only", kd[0.0])]
-            if len(complete) == len(LAMBDAS):
+            if complete:
                 by_val = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in complete[lam]))
                 oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
                 grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one short run per method; nothing written to results/")
     parser.add_argument("--scratch", action="store_true", help="like --quick at the given sizes (to time runs before sizing)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
+    parser.add_argument("--status", default=None, help="with --report: the status line at the top of the md")
     parser.add_argument("--only", nargs="*", default=None, help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all")
     args = parser.parse_args(argv)
     cfg = argparse.Namespace(train_examples=args.train_examples, max_length=64, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
@@ -350,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     runs_file = RUNS_FILE if not args.quick else cfg.work / "runs.json"
     runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
     teachers = runs.pop("_teachers", {})
+    if args.report:
+        write(build_rows(runs, teachers, rates, seeds), cfg, args.status or "rebuilt from the runs file", teachers)
+        return
     start = time.perf_counter()
     pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
 
