@@ -16,8 +16,8 @@ all-MiniLM-L6-v2 fine-tuned on the same training examples' clean labels (``clean
 AdamW, teacher logits cached; every method the same data order per seed. Fixed-lambda KD is chosen on
 the clean validation split (what ALM-KD meta-learns on); the test-set oracle is reported separately.
 Step time: mean training-step time of a run (the official mode's meta passes, which run between epochs,
-spread over its steps) over the mean of the same seed's KD runs, from runs two at a time on a shared
-2-core machine (noisy, see the md).
+spread over its steps) over the mean of the same seed's and teacher's KD runs (which ran just before it),
+averaged over seeds; runs two at a time on a shared 2-core machine, so +-20 % noise.
 """
 
 from __future__ import annotations
@@ -211,11 +211,14 @@ def build_rows(runs: dict, teachers: dict, rates: list[float], seeds: list[int])
     for rate in rates:
         for kind in TEACHERS:
             def got(method, lam, r=rate, k=kind):
-                return [runs[key] for s in seeds if (key := run_key(r, k, method, lam, s)) in runs]
+                return [{**runs[key], "seed": s} for s in seeds if (key := run_key(r, k, method, lam, s)) in runs]
 
             kd = {lam: got("KD", lam) for lam in LAMBDAS}
-            kd_times = [r["step_time"] for lam in LAMBDAS for r in kd[lam]]
-            kd_time_mean = statistics.mean(kd_times) if kd_times else None
+            # per seed: a seed's runs ran next to one another, so the machine's load (shared, it drifts over an
+            # hour) is about the same for a method and the KD runs it is compared with
+            kd_time_mean = {s: statistics.mean(runs[k]["step_time"] for lam in LAMBDAS
+                                               if (k := run_key(rate, kind, "KD", lam, s)) in runs)
+                            for s in seeds if any(run_key(rate, kind, "KD", lam, s) in runs for lam in LAMBDAS)}
             base = {"noise": "uniform", "rate": rate, "teacher": kind,
                     "teacher_test_accuracy": teachers.get(f"{kind}|{rate}", {}).get("test_accuracy")}
 
@@ -226,7 +229,8 @@ def build_rows(runs: dict, teachers: dict, rates: list[float], seeds: list[int])
                 out = {"method": method, **base, "accuracy_mean": acc_mean, "accuracy_std": acc_std, "seeds": len(results),
                        "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
                        "lambda_flipped": None, "lambda_clean": None,
-                       "step_time_vs_kd": statistics.mean(r["step_time"] for r in results) / kd_time_mean if kd_time_mean else None,
+                       "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
+                       if all(r.get("seed") in kd_time_mean for r in results) else None,
                        "realised_rate": results[0]["realised_rate"], **extra}
                 if all("lambda_flipped" in r for r in results):
                     out["lambda_flipped"] = statistics.mean(r["lambda_flipped"] for r in results)
