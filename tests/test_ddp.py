@@ -112,11 +112,15 @@ MODULES = {
                                        *noisy_args(assets)],
     # the centred meta-gradient needs the global batch's mean row on every rank
     "alm_kd_centred": lambda t, assets, root: [*MODULES["alm_kd"](t, assets, root), "--model.center_meta_grad=true"],
+    # the official meta pass: G summed and dloss/dG averaged across ranks, rows updated per rank then summed
+    "alm_official": lambda t, assets, root: [*MODULES["alm_kd"](t, assets, root), "--model.algorithm=official",
+                                             "--model.warm_epoch=0", "--model.select_every=1", "--model.grad_fit=2"],
 }
 
 
 # Manual optimisation counts every optimiser's steps: ALM steps the student and the mixer per batch.
-OVERRIDES = {"alm_kd": ("--trainer.max_steps=8",), "alm_kd_centred": ("--trainer.max_steps=8",)}
+OVERRIDES = {"alm_kd": ("--trainer.max_steps=8",), "alm_kd_centred": ("--trainer.max_steps=8",),
+             "alm_official": ("--trainer.max_steps=8",)}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -138,7 +142,8 @@ def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, modu
         assert one["state_dict"]["progress"].tolist() == two["state_dict"]["progress"].tolist() == [4, 2, 2, 0]
         for key, value in one["kdlight_generator"].items():
             assert (value.float() - two["kdlight_generator"][key].float()).abs().max() < 1e-4, key
-    if module.startswith("alm_kd"):
-        table, ddp_table = one["kdlight_alm_mixer"]["state_dict"]["logits"], two["kdlight_alm_mixer"]["state_dict"]["logits"]
+    if module.startswith("alm"):
+        key = "lam" if module == "alm_official" else "logits"
+        table, ddp_table = one["kdlight_alm_mixer"]["state_dict"][key], two["kdlight_alm_mixer"]["state_dict"][key]
         assert (table - table[0]).abs().max() > 1e-3  # the meta steps moved some rows ...
         assert (table - ddp_table).abs().max() < 1e-4  # ... exactly as one process does

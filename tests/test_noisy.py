@@ -173,3 +173,38 @@ def test_inner_arguments_are_honoured_through_the_cli(assets, tmp_path, capsys):
     dm.setup("fit")
     assert len(dm.splits["train"]) + len(dm.splits[CLEAN_VAL_SPLIT]) == 40
     expect_user_error(["fit", *args, "--data.max_length=32"], capsys, r"max_length is set twice.*32 on NoisyLabelDataModule and 16 on its datamodule")
+
+
+@pytest.mark.parametrize("num_labels, rate", [(3, 0.4), (3, 0.2), (10, 0.6), (2, 0.4)])
+def test_uniform_noise_flips_rate_times_k_minus_1_over_k(num_labels, rate):
+    """The official ALM-KD noise (custom_dataset.py create_noisy): round(rate * n) examples resampled
+    over all K classes, so about 1/K of them keep their label."""
+    labels = np.random.default_rng(0).integers(0, num_labels, size=60_000)
+    out = corrupt_labels(labels, num_labels, "uniform", rate, seed=3)
+    expected = rate * (num_labels - 1) / num_labels
+    assert abs((out != labels).mean() - expected) < 0.006
+    assert out.min() >= 0 and out.max() < num_labels
+    t = np.array(transition_matrix(labels, out, num_labels))
+    off = t[~np.eye(num_labels, dtype=bool)]
+    assert np.allclose(off, rate / num_labels, atol=0.01)  # every wrong class equally likely
+    assert np.array_equal(out, corrupt_labels(labels, num_labels, "uniform", rate, seed=3))
+    assert not np.array_equal(out, corrupt_labels(labels, num_labels, "uniform", rate, seed=4))
+
+
+def test_uniform_noise_report_gives_nominal_and_realised_rate(assets, tmp_path):
+    from lightning import Trainer
+
+    dm = noisy(assets, noise_type="uniform", noise_rate=0.6)
+    trainer = Trainer(accelerator="cpu", logger=False, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    dm.trainer = trainer
+    dm.setup("fit")
+    import json
+
+    report = json.loads((tmp_path / "noise.json").read_text())
+    train = dm.splits["train"]
+    flipped = np.array(train["labels"]) != np.array(train["clean_labels"])
+    assert report["noise_type"] == "uniform" and report["nominal_rate"] == 0.6 == report["noise_rate"]
+    assert report["realised_rate"] == pytest.approx(flipped.mean()) and report["realised_rate"] < 0.6
+    again = noisy(assets, noise_type="uniform", noise_rate=0.6)
+    again.setup("fit")
+    assert again.noise_report["flipped_idx"] == report["flipped_idx"]

@@ -2,7 +2,7 @@
 
 from kdlight.data.base import LabelledTextDataModule, load_tokenizer
 from kdlight.data.glue import GLUE_TASKS, GLUEDataModule
-from kdlight.data.text import RottenTomatoesDataModule, TextClassificationDataModule
+from kdlight.data.text import RottenTomatoesDataModule, TextClassificationDataModule, TweetSentimentDataModule
 
 __all__ = [
     "GLUE_TASKS",
@@ -10,6 +10,7 @@ __all__ = [
     "LabelledTextDataModule",
     "RottenTomatoesDataModule",
     "TextClassificationDataModule",
+    "TweetSentimentDataModule",
     "load_tokenizer",
 ]
 from kdlight.data.noisy import NoisyLabelDataModule  # noqa: E402

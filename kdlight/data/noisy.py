@@ -5,10 +5,12 @@ Order of operations (a pure function of the wrapped data and ``seed``):
 1. the wrapped datamodule's training split is read (first ``max_train_examples`` rows if given);
 2. a clean validation split of ``clean_val_size`` examples (a count, or a fraction if < 1) is carved
    out with a seeded permutation, *before any corruption*; the meta step of ALM-KD draws from it;
-3. the remaining training examples get noisy labels (``symmetric``, ``asymmetric`` or ``instance``);
+3. the remaining training examples get noisy labels (``uniform``, ``symmetric``, ``asymmetric`` or
+   ``instance``);
 4. validation and test splits are the wrapped module's own, never touched.
 
-The realised noise rate, the flipped ``idx`` values and the empirical transition matrix
+The nominal rate, the realised flip rate (for ``uniform`` about ``rate * (K - 1) / K``), the flipped
+``idx`` values and the empirical transition matrix
 ``T[clean, noisy]`` are written to ``<log_dir>/noise.json`` at setup and logged. Training batches
 carry ``labels`` (noisy), and for analysis only ``is_flipped`` and ``clean_labels``; no kdlight
 module trains on the last two.
@@ -20,6 +22,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 
 import datasets
 import numpy as np
@@ -30,7 +33,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
 from kdlight.errors import KDLightError
 
-NOISE_TYPES = ("symmetric", "asymmetric", "instance")
+NoiseType = Literal["uniform", "symmetric", "asymmetric", "instance"]
+NOISE_TYPES: tuple[str, ...] = get_args(NoiseType)
 CLEAN_VAL_SPLIT = "clean_validation"
 
 
@@ -44,8 +48,11 @@ def corrupt_labels(
     scores: np.ndarray | None = None,
     targets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Return noisy labels. Exactly ``round(rate * n)`` labels change (per class for asymmetric).
+    """Return noisy labels. ``round(rate * n)`` examples are corrupted (per class for asymmetric).
 
+    * uniform (the official ALM-KD code, ``KD/utils/custom_dataset.py`` ``create_noisy``): a uniformly
+      chosen set of examples gets a label drawn uniformly over all ``num_labels`` classes, so about
+      ``1 / num_labels`` of them keep their label and ``rate * (K - 1) / K`` of all labels change;
     * symmetric: a uniformly chosen set of examples, each moved to a uniformly random *other* class;
     * asymmetric: in every class ``c`` with ``c in mapping``, ``round(rate * n_c)`` examples flip to
       ``mapping[c]`` (default mapping ``c -> (c + 1) % num_labels``);
@@ -57,7 +64,10 @@ def corrupt_labels(
     labels = np.asarray(labels, dtype=np.int64)
     noisy = labels.copy()
     n = len(labels)
-    if noise_type == "symmetric":
+    if noise_type == "uniform":
+        chosen = rng.permutation(n)[: int(round(rate * n))]
+        noisy[chosen] = rng.integers(0, num_labels, size=len(chosen))
+    elif noise_type == "symmetric":
         chosen = rng.permutation(n)[: int(round(rate * n))]
         shift = rng.integers(1, num_labels, size=len(chosen))
         noisy[chosen] = (labels[chosen] + shift) % num_labels
@@ -97,9 +107,11 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             ``RottenTomatoesDataModule`` ...): its splits, label set and its own loading settings
             (tokenizer, ``max_length``, batch sizes, ``num_workers``, ``max_train_examples``,
             ``shuffle``) are used, unless this module is given them.
-        noise_type: ``symmetric`` (uniform to another class), ``asymmetric`` (class-pair flips) or
+        noise_type: ``uniform`` (resampled over all classes, may land on the true class: the official
+            ALM-KD noise), ``symmetric`` (uniform to another class), ``asymmetric`` (class-pair flips) or
             ``instance`` (flip probability from a reference model's confidence).
-        noise_rate: fraction of the (remaining) training examples whose label is changed, in [0, 1).
+        noise_rate: fraction of the (remaining) training examples whose label is corrupted, in [0, 1)
+            (for ``uniform`` the realised flip rate is about ``noise_rate * (K - 1) / K``).
         clean_val_size: size of the clean validation split carved from the training data before
             corruption: a count (>= 1) or a fraction (< 1). ALM-KD's paper default is 10 %.
         asymmetric_map: ``{class name or id: class name or id}`` for asymmetric noise; default
@@ -119,7 +131,7 @@ class NoisyLabelDataModule(LabelledTextDataModule):
     def __init__(
         self,
         datamodule: LabelledTextDataModule,
-        noise_type: str = "symmetric",
+        noise_type: NoiseType = "symmetric",
         noise_rate: float = 0.4,
         clean_val_size: float = 0.1,
         asymmetric_map: dict[str, str] | None = None,
@@ -213,7 +225,8 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         self.noise_report = {
             "noise_type": self.noise_type, "noise_rate": self.noise_rate, "seed": self.seed,
             "num_train": int(n - n_clean), "num_clean_validation": n_clean,
-            "realised_rate": float(flipped.mean()) if len(flipped) else 0.0,
+            "nominal_rate": self.noise_rate,
+            "realised_rate": float(flipped.mean()) if len(flipped) else 0.0,  # labels that actually differ
             "transition_matrix": transition_matrix(labels, noisy, self.num_labels),
             "label_names": self.label_names,
             "flipped_idx": sorted(int(i) for i in idx[flipped]),
@@ -272,7 +285,7 @@ class NoisyLabelDataModule(LabelledTextDataModule):
     def _save_report(self) -> None:
         trainer = self.trainer
         rank_zero_info(
-            f"[kdlight] label noise: {self.noise_type} at {self.noise_rate:.2f}, realised "
+            f"[kdlight] label noise: {self.noise_type} at {self.noise_rate:.2f} (nominal), realised flip rate "
             f"{self.noise_report['realised_rate']:.4f} over {self.noise_report['num_train']} training examples; "
             f"{self.noise_report['num_clean_validation']} clean validation examples"
         )
@@ -285,6 +298,7 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         (root / "noise.json").write_text(json.dumps(self.noise_report, indent=1))
         for logger in trainer.loggers:
             logger.log_hyperparams({"noise/type": self.noise_type, "noise/rate": self.noise_rate,
+                                    "noise/nominal_rate": self.noise_rate,
                                     "noise/realised_rate": self.noise_report["realised_rate"],
                                     "noise/num_flipped": len(self.noise_report["flipped_idx"])})
 

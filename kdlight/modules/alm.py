@@ -25,19 +25,63 @@ so the table only re-weights examples relative to one another; measured in
 
 Under DDP the weights are replicated on every rank (outside DDP's gradient buckets); each rank's
 meta-gradient is summed across ranks before the meta step, so the copies stay identical.
+
+``algorithm="official"`` runs the authors' code instead (:mod:`kdlight.models.alm_official`, with
+file/line references to durgas16/AMAL):
+
+===========================================  ======================================  ===========================
+what                                         official mode                           source
+===========================================  ======================================  ===========================
+weights per example                          CE weight and KD weight(s), each        code: train_distill_noise.py
+                                             free in [1e-7, 2), init 0.1 / 0.9       418-421; LearnMultiLambdaMeta
+                                                                                     53, 154
+training loss                                mean of w_CE*CE + w_KD*T^2*KL, T = 4    code: train_distill_noise.py
+                                                                                     561-573, 34
+when                                         a pass over the training set at the    code: train_distill_noise.py
+                                             start of every ``select_every``-th      540-547; cifar100 config
+                                             epoch from ``warm_epoch`` (10, 10)      41-44
+per-example gradients                        closed form, last linear layer (bias   code: LearnMultiLambdaMeta
+                                             and weight), of the batch-mean losses   61-67, 87-101
+accumulation                                 ``grad_fit`` (3) batches per clean      code: LearnMultiLambdaMeta
+                                             batch, summed                           69-84, 105, 132
+look-ahead                                   z - eta * (G_b + h G_W^T), eta = the    code: LearnMultiLambdaMeta
+                                             student's current lr                    134-138; train 547
+meta loss / step                             CE on one clean batch; 5 plain steps    code: LearnMultiLambdaMeta
+                                             of lr 1500, clamped after each          119, 141-154
+clean batches                                drawn in turn from the clean split      code: LearnMultiLambdaMeta
+                                                                                     107-113 (batch 1000 there)
+student optimiser                            not set by the mode (the code: SGD lr   code: cifar100 config 33-38
+                                             0.1, momentum 0.9, wd 5e-4, MultiStep)
+convexity, per-example mixing, meta-         the paper (arXiv 2202.03250) states     paper
+learning on a clean split                    convex weights; the code does not
+DDP                                          G summed, dloss/dG averaged across      ours
+                                             ranks; each rank updates its shard's
+                                             rows, deltas summed after the pass
+``lookahead_lr`` override, lambda.png,       -                                       ours
+teacher share w_KD/(w_CE+w_KD) as lambda
+===========================================  ======================================  ===========================
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.errors import KDLightError
 from kdlight.losses import KLDivergence
+from kdlight.models.alm_official import (
+    OfficialLambdaTable,
+    last_layer_grads,
+    official_lambda_update,
+    official_meta_due,
+    teacher_share,
+)
 from kdlight.models.hf import load_classifier
 from kdlight.models.mixer import (
     LambdaTable,
@@ -54,6 +98,7 @@ from kdlight.modules.task import model_inputs
 MIXERS = ("table", "network")
 LOOKAHEADS = ("last_layer", "all")
 MIXER_KEY = "kdlight_alm_mixer"
+Algorithm = Literal["default", "official"]
 
 
 class AdaptiveLossMixingKD(BaseDistiller):
@@ -90,6 +135,20 @@ class AdaptiveLossMixingKD(BaseDistiller):
             (restored from checkpoints automatically).
         mixer_hidden: hidden width of the mixing network.
         temperature: KD temperature (T = 4 in the paper's code).
+        algorithm: ``default`` (the above) or ``official`` (the authors' code, see the module docstring:
+            a table of free CE/KD weights, a closed-form last-layer meta pass over the training set every
+            ``select_every`` epochs from ``warm_epoch``; ``mixer`` must be ``table``, and ``lookahead``,
+            ``meta_every``, ``meta_interval``, ``meta_warmup``, ``meta_steps``, ``meta_optimizer``,
+            ``normalize_meta_grad``, ``center_meta_grad`` do not apply).
+        grad_fit: (official) training batches whose per-example gradients are accumulated per clean batch.
+        select_every: (official) epochs between meta passes; 0: never.
+        warm_epoch: (official) the first epoch (from 0) with a meta pass.
+        meta_iterations: (official) plain gradient steps on the weights per clean batch.
+        meta_learning_rate: default mode: see ``meta_optimizer`` (default 0.5); official: the step size
+            of those plain steps (default 1500, the code's).
+        lambda_plot: at the end of fit write ``<log_dir>/lambda.png`` (the learned teacher weights,
+            flipped vs clean examples when the datamodule knows them) and log it if the logger takes
+            images. With ``mixer: network`` this costs one forward pass over the training set.
         **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule, teacher-logit cache ...).
     """
 
@@ -105,14 +164,28 @@ class AdaptiveLossMixingKD(BaseDistiller):
         meta_warmup: int = 0,
         meta_steps: int = 1,
         meta_optimizer: OptimizerCallable | None = None,
-        meta_learning_rate: float = 0.5,
+        meta_learning_rate: float | None = None,
         normalize_meta_grad: bool = True,
         center_meta_grad: bool = False,
         num_examples: int | None = None,
         mixer_hidden: int = 32,
         temperature: float = 4.0,
+        algorithm: Algorithm = "default",
+        grad_fit: int = 3,
+        select_every: int = 10,
+        warm_epoch: int = 10,
+        meta_iterations: int = 5,
+        lambda_plot: bool = True,
         **kwargs,
     ) -> None:
+        if algorithm not in ("default", "official"):
+            raise KDLightError(f"algorithm must be 'default' or 'official', got {algorithm!r}")
+        if algorithm == "official" and mixer != "table":
+            raise KDLightError("algorithm='official' learns a lambda table; set mixer: table (or algorithm: default for the network)")
+        if grad_fit < 1 or select_every < 0 or warm_epoch < 0 or meta_iterations < 0:
+            raise KDLightError("grad_fit must be >= 1; select_every, warm_epoch and meta_iterations >= 0")
+        if meta_learning_rate is None:
+            meta_learning_rate = 1500.0 if algorithm == "official" else 0.5
         if mixer not in MIXERS:
             raise KDLightError(f"mixer must be one of {MIXERS}, got {mixer!r}")
         if lookahead not in LOOKAHEADS:
@@ -133,6 +206,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self._clean_batches = None
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("meta_optimizer", None)
+        self.hparams["meta_learning_rate"] = meta_learning_rate  # resolved from null; subclasses' frames keep null
         self.automatic_optimization = False
         # training batches seen: the meta schedule counts these, not global_step (which also counts
         # the meta optimiser's steps); a buffer, so checkpoints carry it and resume continues it
@@ -171,6 +245,10 @@ class AdaptiveLossMixingKD(BaseDistiller):
         hp = self.hparams
         if hp.mixer == "network":
             mixer = MixingNetwork(self.num_teachers, hp.mixer_hidden, hp.init_lambda)
+        elif self.official:
+            if not num_examples:
+                raise KDLightError("the lambda table needs num_examples (or a NoisyLabelDataModule to count them)")
+            mixer = OfficialLambdaTable(num_examples, self.num_teachers, hp.init_lambda)
         else:
             if not num_examples:
                 raise KDLightError("the lambda table needs num_examples (or a NoisyLabelDataModule to count them)")
@@ -214,7 +292,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         if saved is not None:
             state = saved["state_dict"]
             if self._mixer_module is None:
-                self.build_mixer(state["logits"].shape[0] if "logits" in state else None)
+                rows = state.get("logits", state.get("lam"))  # lam: the official table
+                self.build_mixer(rows.shape[0] if rows is not None else None)
             self._mixer_module.load_state_dict(state)
 
     # ------------------------------------------------------------------------- optimisation
@@ -222,6 +301,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         student = super().configure_optimizers()
         if self._mixer_module is None:  # called outside fit (e.g. by tests): build from hparams
             self.build_mixer(self.hparams.num_examples)
+        if self.official:  # the weights move by the meta pass's plain steps, not by an optimiser
+            return student
         params = list(self.mixer.parameters())
         if self.meta_optimizer_factory is not None:
             meta = self.meta_optimizer_factory(params)
@@ -270,6 +351,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return ce, kd
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.official:
+            return self.official_training_step(batch)
         student_opt, meta_opt = self.optimizers()
         scheduler = self.lr_schedulers()
         labels, idx = batch["labels"], batch["idx"]
@@ -402,13 +485,193 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self.last_flip_stats = {k.split("/")[1]: float(v) for k, v in out.items()}
         self._flip_stats = torch.zeros(4, device=self.device)
 
+    # ------------------------------------------------------------------------- official mode
+    @property
+    def official(self) -> bool:
+        return self.hparams.get("algorithm", "default") == "official"
+
+    def official_training_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """train_distill_noise.py lines 554-580: the weighted loss with the table's current weights."""
+        student_opt, scheduler = self.optimizers(), self.lr_schedulers()
+        teacher_logits = self.all_teacher_logits(batch)
+        student_logits = self.student_logits(batch)
+        ce, kd = self.per_example_losses(student_logits, teacher_logits, batch["labels"])
+        weights = self.mixer(batch["idx"]).detach()
+        loss = mixed_loss(weights, ce, kd)
+        student_opt.zero_grad()
+        self.manual_backward(loss)
+        student_opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        # the logged lambda is the teacher share w_KD / (w_CE + w_KD), 1 - w_CE when the weights are convex
+        share = teacher_share(weights)
+        self._log_step(loss, ce, kd, torch.stack([1 - share, share], -1), batch, self._official_meta_score)
+        self._official_meta_score = None
+        self.meta_progress += 1
+        return loss.detach()
+
+    def on_train_epoch_start(self) -> None:
+        self._official_meta_score = None
+        if self.official and official_meta_due(self.current_epoch, self.hparams.warm_epoch, self.hparams.select_every):
+            self._official_meta_score = self.official_meta_pass()
+
+    def _meta_pass_loader(self):
+        """The training split in a seeded, epoch-dependent order (the code's shuffled ``trainloader_ind``),
+        every rank taking every N-th example of one permutation, padded so all ranks see as many batches."""
+        from torch.utils.data import DataLoader, Subset
+
+        from kdlight.data.base import Collator
+
+        datamodule = self.trainer.datamodule
+        dataset = datamodule.splits[datamodule.train_split]
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        generator = torch.Generator().manual_seed(int(datamodule.seed if hasattr(datamodule, "seed") else 0) * 1000 + self.current_epoch)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        per_rank = -(-len(order) // world)
+        order = (order + order[: per_rank * world - len(order)])[rank::world]
+        return DataLoader(Subset(dataset, order), batch_size=datamodule.batch_size,
+                          collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0))
+
+    def _head_forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, nn.Linear]:
+        """Student logits and the last linear layer's input (``model(inputs, last=True)`` in the code)."""
+        head = self.student.get_submodule(last_linear_name(self.student, self.hparams.num_labels))
+        captured: dict[str, Tensor] = {}
+        hook = head.register_forward_hook(lambda m, inputs, out: captured.__setitem__("x", inputs[0]))
+        try:
+            logits = self.student_logits(batch)
+        finally:
+            hook.remove()
+        return logits, captured["x"], head
+
+    @torch.no_grad()
+    def official_meta_pass(self) -> Tensor:
+        """LearnMultiLambdaMeta.get_lambdas (lines 45-157) over this rank's share of the training set."""
+        hp = self.hparams
+        table: OfficialLambdaTable = self.mixer
+        student_opt = self.optimizers()
+        eta = hp.lookahead_lr if hp.lookahead_lr is not None else student_opt.param_groups[0]["lr"]
+        world = self.trainer.world_size
+        sum_ranks = (lambda t: self.sum_across_ranks([t])[0]) if world > 1 else None
+        mean_ranks = (lambda t: self.average_across_ranks([t])[0]) if world > 1 else None
+        before = table.lam.clone()
+        was_training = self.student.training
+        self.student.eval()  # the code scores a frozen copy in eval mode (update_model, lines 41-42)
+        scores, group, idx_group = [], [], []
+        loader = self._meta_pass_loader()
+        try:
+            for b, batch in enumerate(loader):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits, features, head = self._head_forward(batch)
+                teachers = self.all_teacher_logits(batch)
+                bias = head.bias is not None
+                labels = batch["labels"]
+                rows = [last_layer_grads(logits, features, lambda z, y=labels: F.cross_entropy(z, y.long()), bias)]
+                rows += [last_layer_grads(logits, features, lambda z, t=t: self.kd_loss(z, t).mean(), bias) for t in teachers]
+                if world > 1:  # the global batch's mean loss is the mean of the ranks' means
+                    rows = [r / world for r in rows]
+                group.append(rows)
+                idx_group.append(batch["idx"])
+                if (b + 1) % hp.grad_fit == 0 or b + 1 == len(loader):
+                    idx = torch.cat(idx_group)
+                    grads = [torch.cat([r[c] for r in group]) for c in range(len(group[0]))]
+                    clean = self.next_clean_batch()
+                    clean_logits, clean_features, _ = self._head_forward(clean)
+                    lam, score = official_lambda_update(table.lam[idx], grads, clean_logits, clean_features, clean["labels"],
+                                                        eta, hp.meta_learning_rate, hp.meta_iterations, bias, sum_ranks, mean_ranks)
+                    table.lam[idx] = lam
+                    scores.append(score)
+                    group, idx_group = [], []
+        finally:
+            self.student.train(was_training)
+        if world > 1:  # each rank moved its own rows: the sum of the ranks' changes is the global table
+            table.lam.copy_((before + self.sum_across_ranks([table.lam - before])[0]).clamp(1e-7, 2 - 1e-7))
+        return torch.stack(scores).mean() if scores else None
+
+    # ------------------------------------------------------------------------------ the picture
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        if self.hparams.get("lambda_plot", True) and not self.trainer.fast_dev_run and self._mixer_module is not None:
+            self.write_lambda_plot()
+
+    @torch.no_grad()
+    def learned_lambdas(self) -> tuple[Tensor, Tensor]:
+        """(idx, teacher share) of every training example under the current mixer (a forward pass for the network)."""
+        datamodule = self.trainer.datamodule
+        if not isinstance(self.mixer, MixingNetwork):
+            dataset = datamodule.splits[datamodule.train_split]
+            idx = torch.as_tensor(dataset["idx"], device=self.device)
+            return idx, teacher_share(self.mixer(idx))
+        ids, shares = [], []
+        for batch in self._meta_pass_loader():
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            logits, teachers = self.student_logits(batch), self.all_teacher_logits(batch)
+            ce, kd = self.per_example_losses(logits, teachers, batch["labels"])
+            ids.append(batch["idx"])
+            shares.append(teacher_share(self.mixer(batch["idx"], mixer_features(ce, kd, logits, teachers, batch["labels"]))))
+        return torch.cat(ids), torch.cat(shares)
+
+    def write_lambda_plot(self) -> Path | None:
+        """``<log_dir>/lambda.png``: histogram of the learned teacher weights, flipped vs clean if known."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            idx, lam = self.learned_lambdas()
+        finally:
+            self.student.train(was_training)
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero:
+            return None
+        report = getattr(self.trainer.datamodule, "noise_report", None) or {}
+        flipped_ids = set(report.get("flipped_idx", []))
+        lam, idx = lam.float().cpu().numpy(), idx.cpu().numpy()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        lo, hi = float(lam.min()), float(lam.max())
+        if hi - lo < 1e-3:  # weights that did not move (e.g. no meta step yet): numpy cannot bin a zero range
+            lo, hi = lo - 0.01, hi + 0.01
+        bins = np.linspace(lo, hi, 41)
+        if flipped_ids:
+            mask = [int(i) in flipped_ids for i in idx]
+            flipped = lam[mask]
+            clean = lam[[not m for m in mask]]
+            ax.hist(clean, bins=bins, alpha=0.6, density=True, label=f"clean labels (n={len(clean)}, mean {clean.mean():.3f})")
+            if len(flipped):
+                ax.hist(flipped, bins=bins, alpha=0.6, density=True, label=f"flipped labels (n={len(flipped)}, mean {flipped.mean():.3f})")
+            ax.legend(fontsize=8)
+        else:
+            ax.hist(lam, bins=bins, alpha=0.8, density=True)
+        ax.set_xlabel("learned teacher weight lambda (w_KD / (w_CE + w_KD))")
+        ax.set_ylabel("density")
+        ax.set_title(f"ALM-KD ({self.hparams.get('algorithm', 'default')}, {self.hparams.mixer}) after {self.current_epoch} epoch(s)")
+        fig.tight_layout()
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "lambda.png"
+        fig.savefig(path, dpi=110)
+        logged = False
+        for logger in self.trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(logger, "log_image"):  # W&B, Neptune
+                logger.log_image(key="lambda", images=[str(path)])
+                logged = True
+            elif hasattr(experiment, "add_figure"):  # TensorBoard
+                experiment.add_figure("lambda", fig, global_step=self.global_step)
+                logged = True
+        plt.close(fig)
+        rank_zero_info(f"[kdlight] learned lambda histogram: {path}{' (also logged)' if logged else ''}")
+        return path
+
     # ------------------------------------------------------------------------------ analysis
     @torch.no_grad()
     def table_lambdas(self) -> Tensor:
         """Current teacher weight of every table row (``1 - w_CE``), for analysis."""
-        if not isinstance(self.mixer, LambdaTable):
+        if not isinstance(self.mixer, (LambdaTable, OfficialLambdaTable)):
             raise KDLightError("table_lambdas needs mixer='table'")
-        return 1 - self.mixer(torch.arange(self.mixer.num_examples, device=self.device))[:, 0]
+        return teacher_share(self.mixer(torch.arange(self.mixer.num_examples, device=self.device)))
 
 
 class MultiTeacherALMKD(AdaptiveLossMixingKD):
