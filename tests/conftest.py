@@ -52,6 +52,19 @@ def sentence(label: int, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def wikitext_lines(documents: int = 40, seed: int = 0) -> list[str]:
+    """WikiText-103 raw layout: ' = Title = ' headings, paragraphs on one line, blank lines, @-@ escapes."""
+    rng = random.Random(seed)
+    lines = []
+    for d in range(documents):
+        lines += [f" = Document {d} = ", ""]
+        for _ in range(rng.randint(1, 3)):
+            sentences = [sentence(rng.randint(0, 1), rng).capitalize() + "." for _ in range(rng.randint(1, 6))]
+            lines += [" " + " ".join(sentences).replace(" the ", " well @-@ known ", 1) + " ", ""]
+        lines += [f" = = Section {d} = = ", ""]
+    return lines
+
+
 def write_csv(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:

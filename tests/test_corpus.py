@@ -5,23 +5,10 @@ import random
 
 import pytest
 
-from conftest import FILLER, sentence, sentiment_rows, write_csv
+from conftest import FILLER, sentence, sentiment_rows, wikitext_lines, write_csv
 from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
 from kdlight.data.corpus import clean_paragraph, shape_examples, split_sentences
 from kdlight.errors import KDLightError
-
-
-def wikitext_lines(documents: int = 40, seed: int = 0) -> list[str]:
-    """WikiText-103 raw layout: ' = Title = ' headings, paragraphs on one line, blank lines, @-@ escapes."""
-    rng = random.Random(seed)
-    lines = []
-    for d in range(documents):
-        lines += [f" = Document {d} = ", ""]
-        for _ in range(rng.randint(1, 3)):
-            sentences = [sentence(rng.randint(0, 1), rng).capitalize() + "." for _ in range(rng.randint(1, 6))]
-            lines += [" " + " ".join(sentences).replace(" the ", " well @-@ known ", 1) + " ", ""]
-        lines += [f" = = Section {d} = = ", ""]
-    return lines
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ SGD = ["--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0.5"]
 
 
 def corpus_args(assets, root: Path) -> list[str]:
-    from test_corpus import wikitext_lines
+    from conftest import wikitext_lines
 
     corpus = root / "wiki.txt"
     corpus.write_text("\n".join(wikitext_lines(60)) + "\n")

@@ -51,7 +51,7 @@ def build(name: str, assets, tmp_path):
         dm = task_data(assets)
         return LayerwiseKD(teacher=teacher, student=TruncatedTeacher(2), losses=[HiddenMSE()], **linked(dm)), dm
     if name == "zeroshot":
-        from test_corpus import wikitext_lines
+        from conftest import wikitext_lines
 
         corpus = tmp_path / "wiki.txt"
         corpus.write_text("\n".join(wikitext_lines(60)) + "\n")

@@ -167,7 +167,7 @@ def zeroshot(inputs, perturbation="generator"):
     """Fused optimisers skip a non-finite step on the device; the default (foreach) ones need the host
     to decide, which is the documented fallback (see ZeroShotAdversarialKD) and the default on CPU only."""
     def build(assets, tmp_path):
-        from test_corpus import wikitext_lines
+        from conftest import wikitext_lines
 
         corpus = tmp_path / "wiki.txt"
         corpus.write_text("\n".join(wikitext_lines(60)) + "\n")

@@ -22,7 +22,7 @@ from kdlight.models.generator import (
 )
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import ZeroShotAdversarialKD
-from test_corpus import wikitext_lines
+from conftest import wikitext_lines
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "offline.yaml"
 
