@@ -65,6 +65,19 @@ def wikitext_lines(documents: int = 40, seed: int = 0) -> list[str]:
     return lines
 
 
+def zeroshot_datamodule(assets, tmp_path: Path, batch_size: int = 8):
+    """The tiny task's evaluation splits with a WikiText-style out-of-domain corpus as training input."""
+    from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
+
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
+    d = assets["data"]
+    task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
+                                        label_names=["negative", "positive"])
+    return ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus), cache_dir=str(tmp_path / "cache")),
+                              tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=batch_size)
+
+
 def write_csv(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 
-from kdlight.data import NoisyLabelDataModule, OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
+from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.losses_layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
@@ -51,15 +51,9 @@ def build(name: str, assets, tmp_path):
         dm = task_data(assets)
         return LayerwiseKD(teacher=teacher, student=TruncatedTeacher(2), losses=[HiddenMSE()], **linked(dm)), dm
     if name == "zeroshot":
-        from conftest import wikitext_lines
+        from conftest import zeroshot_datamodule
 
-        corpus = tmp_path / "wiki.txt"
-        corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
-        d = assets["data"]
-        task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
-                                            label_names=["negative", "positive"])
-        dm = ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus), cache_dir=str(tmp_path / "cache")),
-                                tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=8)
+        dm = zeroshot_datamodule(assets, tmp_path)
         return ZeroShotAdversarialKD(teacher=teacher, generator=str(assets["encoder"]), student=TruncatedTeacher(1),
                                      tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"],
                                      generator_steps=2, student_steps=2), dm

@@ -21,7 +21,7 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 
-from kdlight.data import NoisyLabelDataModule, OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
+from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.losses_layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
@@ -167,15 +167,9 @@ def zeroshot(inputs, perturbation="generator"):
     """Fused optimisers skip a non-finite step on the device; the default (foreach) ones need the host
     to decide, which is the documented fallback (see ZeroShotAdversarialKD) and the default on CPU only."""
     def build(assets, tmp_path):
-        from conftest import wikitext_lines
+        from conftest import zeroshot_datamodule
 
-        corpus = tmp_path / "wiki.txt"
-        corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
-        d = assets["data"]
-        task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
-                                            label_names=["negative", "positive"])
-        dm = ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus), cache_dir=str(tmp_path / "cache")),
-                                tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=8)
+        dm = zeroshot_datamodule(assets, tmp_path)
         module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=TruncatedTeacher(1),
                                        tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"],
                                        generator_steps=2, student_steps=2, inputs=inputs, perturbation=perturbation,
