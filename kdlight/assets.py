@@ -206,6 +206,18 @@ def wiki_summaries_path() -> Path:
     return out
 
 
+def resolve_data_file(name: str) -> Path:
+    """A data file named by path (``~`` expanded) or inside a packaged dataset: ``packaged/rotten_tomatoes/train.csv``,
+    ``packaged/tweets/<split>.csv``, ``packaged/wiki_summaries`` (fetched on first use)."""
+    folders = {PACKAGED_ROTTEN_TOMATOES: rotten_tomatoes_dir, PACKAGED_TWEETS: tweets_dir}
+    if name == PACKAGED_WIKI_SUMMARIES:
+        return wiki_summaries_path()
+    for alias, folder in folders.items():
+        if name.startswith(alias + "/"):
+            return folder() / name[len(alias) + 1 :]
+    return Path(os.path.expanduser(name))
+
+
 def looks_local(name_or_path: str) -> bool:
     """Whether a model argument can only mean a local path (never a hub id like ``org/name``)."""
     name = str(name_or_path)

@@ -214,6 +214,60 @@ def test_export_loads_without_kdlight_and_predicts_identically(prune, teacher, a
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prune", [False, True], ids=["albert", "albert+pruned"])
+def test_albert_layout_exports_a_stock_model_as_small_as_the_student(prune, teacher, assets, vocabulary_file, tmp_path):
+    spec = CompressedEmbeddingStudent(
+        TruncatedTeacher(2),
+        embedding_rank=8,
+        layout="albert",
+        vocabulary_files=[str(vocabulary_file)] if prune else None,
+    )
+    student = spec.build(teacher, 2).eval()
+    assert student.config.model_type == "albert" and student.config.embedding_size == 8
+    truncated = TruncatedTeacher(2).build(teacher, 2)
+    vocab, hidden = teacher.get_input_embeddings().weight.shape
+    kept = len(student.get_input_embeddings().kept_token_ids) if prune else vocab
+    # word, position and token-type embeddings live in the rank-8 space; the blocks are the teacher's
+    positions, types = teacher.config.max_position_embeddings, teacher.config.type_vocab_size
+    expected = count_parameters(truncated) - (vocab + positions + types) * hidden + (kept + positions + types) * 8
+    expected += 8 * hidden + hidden  # embedding_hidden_mapping_in
+    expected += 2 * 8 - 2 * hidden  # the embedding LayerNorm is in the small space
+    assert count_parameters(student) == expected
+    for mine, theirs in zip(student.albert.encoder.albert_layer_groups, truncated.bert.encoder.layer):
+        torch.testing.assert_close(mine.albert_layers[0].ffn.weight, theirs.intermediate.dense.weight)
+    model, tokenizer = stock_export(student, str(assets["tokenizer"]))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded).__name__ == "AlbertForSequenceClassification"
+    assert count_parameters(reloaded) == count_parameters(student)  # the file is as small as the student
+    texts = vocabulary_file.read_text().splitlines()
+    original = AutoTokenizer.from_pretrained(assets["tokenizer"])
+    exported = AutoTokenizer.from_pretrained(tmp_path)
+    with torch.no_grad():
+        expected_logits = student(**original(texts, padding=True, return_tensors="pt")).logits
+        got = reloaded(**exported(texts, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(got, expected_logits, atol=1e-5, rtol=0)
+    if not prune:  # zero-shot KD's one-hot rows go through ALBERT's small embedding space as well
+        encoded = original(texts, padding=True, return_tensors="pt")
+        ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
+        one_hot = F.one_hot(ids[mask], student.config.vocab_size).float()
+        inputs_embeds = embed_with_replacements(student, ids, mask, one_hot)
+        with torch.no_grad():
+            by_one_hot = student(inputs_embeds=inputs_embeds, attention_mask=encoded["attention_mask"]).logits
+        torch.testing.assert_close(by_one_hot, expected_logits, atol=1e-5, rtol=0)
+
+
+def test_albert_layout_needs_a_rank_and_a_bert_student(teacher, assets):
+    with pytest.raises(KDLightError, match="layout: albert needs embedding_rank"):
+        CompressedEmbeddingStudent(TruncatedTeacher(2), embedding_rank=None, layout="albert", vocabulary_files=["x"])
+    student = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8, layout="albert").build(teacher, 2)
+    from kdlight.models.compact import bert_as_albert
+
+    with pytest.raises(KDLightError, match="layout: albert rewrites BERT students; .* use layout: factorised"):
+        bert_as_albert(student, torch.eye(8, 32))
+
+
 def test_zero_shot_refuses_a_pruned_student(assets, vocabulary_file):
     from kdlight.modules import ZeroShotAdversarialKD
 
@@ -497,3 +551,17 @@ def test_parameters_the_losses_never_reach_are_frozen_so_ddp_needs_no_unused_par
     )
     frozen = {name for name, p in stage_one.student.named_parameters() if not p.requires_grad}
     assert frozen == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+
+
+def test_albert_layout_students_take_layer_wise_losses_and_truncation(teacher, batch):
+    from kdlight.models.layers import Needs
+
+    student = CompressedEmbeddingStudent(TruncatedTeacher(3), embedding_rank=8, layout="albert").build(teacher, 2)
+    needs = Needs(hidden_states=True, attentions=True, qkv_layers=frozenset({3}))
+    student.set_attn_implementation("eager")
+    out = forward_internals(student, batch, needs)
+    assert len(out.hidden_states) == 4 and len(out.attentions) == 3 and out.qkv[3][0].shape[-1] == 32
+    cut = TruncatedTeacher(2).build(student, 2).eval()
+    assert cut.config.num_hidden_groups == 2
+    with torch.no_grad():
+        assert cut(**batch).logits.shape == (3, 2)

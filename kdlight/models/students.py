@@ -65,10 +65,14 @@ class PretrainedStudent(StudentSpec):
 
 def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """The transformer block list of a HF encoder: (parent module, attribute name, the list)."""
-    depth = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layers", None)
+    config = model.config
+    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    # ALBERT counts as a plain stack only with one unshared block per group (what layout: albert builds)
+    albert_unshared = getattr(config, "num_hidden_groups", None) == depth and getattr(config, "inner_group_num", 1) == 1
+    names = ("layer", "layers", "block", "albert_layer_groups") if albert_unshared else ("layer", "layers", "block")
     for name, module in model.named_modules():
         for attr, child in module.named_children():
-            if isinstance(child, nn.ModuleList) and len(child) == depth and attr in ("layer", "layers", "block"):
+            if isinstance(child, nn.ModuleList) and len(child) == depth and attr in names:
                 return module, attr, child
     raise KDLightError(
         f"cannot find the layer list of {type(model).__name__} to truncate it; use FreshStudent or PretrainedStudent instead"
@@ -108,6 +112,8 @@ class TruncatedTeacher(StudentSpec):
         keep = self.keep(len(blocks))
         setattr(parent, attr, nn.ModuleList([blocks[i] for i in keep]))
         student.config.num_hidden_layers = len(keep)
+        if hasattr(student.config, "num_hidden_groups"):  # ALBERT: one block per group
+            student.config.num_hidden_groups = len(keep)
         student.config.update(label_config(num_labels, label_names))
         for p in student.parameters():
             p.requires_grad_(True)
