@@ -46,4 +46,25 @@ def any_rank(flag: Tensor) -> Tensor:
     return (total > 0).float().reshape(())
 
 
-__all__ = ["any_rank", "mean_across_ranks", "run_seed", "sum_across_ranks", "world_size"]
+
+
+
+def keep_out_of_ddp(module, *children: str) -> None:
+    """Hide the parameters and buffers of ``module``'s named submodules from DDP's reducer.
+
+    The zero-shot generator and ALM's meta-learner are ordinary registered submodules (so ``.to()``,
+    ``state_dict`` and checkpoints handle them), but they step with their own optimisers outside the
+    student's backward pass and reduce their own gradients with :func:`mean_across_ranks`. DDP would
+    otherwise wait for gradients they never produce in the student's backward. Lightning hands the
+    LightningModule itself to ``DistributedDataParallel``, so the names are relative to it. Call this
+    once the children exist (``__init__`` or ``configure_model``); it replaces any earlier list.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = []
+    for child in children:
+        sub = getattr(module, child)
+        names += [f"{child}.{name}" for name, _ in sub.named_parameters()]
+        names += [f"{child}.{name}" for name, _ in sub.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+__all__ = ["any_rank", "keep_out_of_ddp", "mean_across_ranks", "run_seed", "sum_across_ranks", "world_size"]
