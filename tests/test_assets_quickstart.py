@@ -54,8 +54,12 @@ def test_quickstart_smoke_on_packaged_minilm(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["student_score"] == summary["student_score"] and written["smoke"] is True
     assert written["teacher_params"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-label head
-    assert 1.0 < written["compression"] < 2.0 and 0.0 <= written["student_score"] <= 1.0
-    assert os.path.isfile(tmp_path / "kd" / "export" / "model.safetensors")
+    assert written["compression"] >= 4.0 and 0.0 <= written["student_score"] <= 1.0
+    assert written["teacher_samples_per_s"] > 0 and written["speedup"] > 1.0  # 2 of the teacher's 6 blocks
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "kd" / "export")  # stock, no kdlight
+    assert sum(p.numel() for p in student.parameters()) == written["student_params"]
 
 
 def test_tweets_asset_from_a_synthetic_wheel(tmp_path, monkeypatch):

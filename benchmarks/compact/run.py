@@ -1,0 +1,260 @@
+"""Compact students, measured: how small can a KD student be, and what gets it there (one command, resumable).
+
+    python -m benchmarks.compact.run                   # all sizes, methods and seeds (hours on 2 CPU cores)
+    python -m benchmarks.compact.run --seeds 0         # one seed first; re-running with --seeds 0 1 2 adds the rest
+    python -m benchmarks.compact.run --quick           # a few steps per run, to check the plumbing
+
+Teacher: the quickstart teacher (packaged all-MiniLM-L6-v2 fine-tuned on the Rotten Tomatoes stand-in;
+trained once and cached by benchmarks.common.fine_tuned_rt_teacher). Every student is a stock ALBERT model
+(``CompressedEmbeddingStudent(layout: albert)``) with 2 blocks, factorised embeddings and the vocabulary
+pruned to the tokens of the training text, so its parameter count is what its ``save_pretrained`` export
+holds. Sizes (parameters vs the teacher's 22.7M): 4x (hidden 384, embeddings 128), 10x (hidden 256,
+embeddings 48), 20x (hidden 128, embeddings 48).
+
+Methods, at each size (the same architecture, so the same parameter count):
+  a  scratch: random blocks and embeddings, then Hinton KD on the task data
+  b  + embeddings from the teacher: word embeddings start from the teacher's truncated SVD
+  c  + general distillation: (b)'s student first learns the packaged MiniLM's self-attention relations on
+     the Wikipedia summaries (no labels, MiniLMv2), then Hinton KD on the task data
+  d  (c) + intermediate-layer task distillation (LayerwiseKD: hidden states through a projection, the last
+     block's relations, and the logits)
+  e  (4x only) the teacher's own blocks 1 and 6 (TruncatedTeacher), the quickstart's student
+Task distillation is the quickstart's recipe for every run: 6,000 training examples, 2 epochs, batch 32,
+T=2, alpha=0.5, learning rate 5e-4, best validation checkpoint tested on the 1,275 test snippets.
+Inference speed: each size's export against the teacher's, CPU, batch 32, interleaved rounds.
+Results: benchmarks/results/compact.{md,json,png}; finished runs in compact_runs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import fine_tuned_rt_teacher
+from benchmarks.study import Job, Study, mean_std
+
+WORK = Path("runs/benchmarks/compact")
+VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
+SIZES = {  # FreshStudent sizes and the ALBERT embedding width
+    "4x": {"blocks": {"num_hidden_layers": 2}, "embedding": 128},
+    "10x": {"blocks": {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+                       "intermediate_size": 1024}, "embedding": 48},
+    "20x": {"blocks": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
+                       "intermediate_size": 512}, "embedding": 48},
+}
+METHODS = {
+    "a": "scratch + KD",
+    "b": "+ teacher's embeddings (SVD)",
+    "c": "+ general distillation",
+    "d": "+ general + layer-wise KD",
+    "e": "truncated teacher + KD",
+}
+FULL = {"general_steps": 1500, "epochs": 2, "train_examples": 6000, "learning_rate": 5e-4}
+QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate": 5e-4}
+
+
+def compressed(base: dict, size: str, **extra) -> dict:
+    return {"class_path": "CompressedEmbeddingStudent",
+            "init_args": {"base": base, "embedding_rank": SIZES[size]["embedding"], "layout": "albert", **extra}}
+
+
+def fresh(size: str) -> dict:
+    return {"class_path": "FreshStudent", "init_args": dict(SIZES[size]["blocks"])}
+
+
+def student_config(size: str, method: str, general_export: str | None) -> dict:
+    if method == "a":  # the SVD of the fresh student's own random matrix: a random start, no teacher knowledge
+        return compressed(fresh(size), size, factorise_from="student", vocabulary_files=VOCABULARY)
+    if method == "b":
+        return compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY)
+    if method in ("c", "d"):  # the general-distilled ALBERT, its vocabulary pruned to the task's tokens
+        return {"class_path": "CompressedEmbeddingStudent",
+                "init_args": {"base": {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}},
+                              "embedding_rank": None, "vocabulary_files": VOCABULARY}}
+    if method == "e":
+        return compressed({"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size,
+                          vocabulary_files=VOCABULARY)
+    raise ValueError(method)
+
+
+def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
+    """One kdlight run through the CLI (as `kdlight fit` then `test --ckpt_path best`); test metrics and sizes."""
+    from kdlight.cli import cli
+    from kdlight.models.hf import count_parameters
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    runner = cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}",
+                  "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"], run=False)
+    start = time.perf_counter()
+    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
+    record = {"fit_seconds": time.perf_counter() - start, "steps": runner.trainer.global_step,
+              "params": count_parameters(runner.model.predictor), "export": str(runner.model.export_path())}
+    if test:
+        best = runner.trainer.checkpoint_callback.best_model_path
+        metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
+        record.update({k: float(v) for k, v in metrics.items()})
+    return record
+
+
+def general_distillation(size: str, teacher: str, setting: dict) -> dict:
+    root = WORK / size / "general"
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": setting["general_steps"], "val_check_interval": max(2, setting["general_steps"] // 3),
+                    "check_val_every_n_epoch": None, "log_every_n_steps": 20},
+        "model": {"class_path": "GeneralDistillation", "init_args": {
+            "teacher": "packaged/all-MiniLM-L6-v2",
+            "student": compressed(fresh(size), size, factorise_from="teacher"),
+            "num_relation_heads": 16, "relations": ["query", "key", "value"],
+            "learning_rate": 5e-4, "warmup_ratio": 0.05, "export_dir": str(root / "export")}},
+        "data": {"class_path": "CorpusDataModule", "init_args": {
+            "source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200}},
+    }
+    record = fit_and_test(config, root, test=False)
+    return record
+
+
+def task_distillation(size: str, method: str, seed: int, teacher: str, general_export: str | None,
+                      setting: dict) -> dict:
+    student = student_config(size, method, general_export)
+    model = {"teacher": teacher, "student": student, "alpha": 0.5, "temperature": 2.0,
+             "learning_rate": setting["learning_rate"], "warmup_ratio": 0.1}
+    if method == "d":
+        model["losses"] = [
+            {"class_path": "HiddenMSE", "init_args": {"layers": "uniform", "weight": 1.0}},
+            {"class_path": "SelfAttentionRelations", "init_args": {"num_relation_heads": 16, "weight": 1.0}},
+        ]
+    else:
+        model["cache_teacher_logits"] = True
+    root = WORK / size / method / f"seed{seed}"
+    config = {
+        "seed_everything": seed,
+        "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
+        "model": {"class_path": "LayerwiseKD" if method == "d" else "VanillaKD",
+                  "init_args": {**model, "export_dir": str(root / "export")}},
+        "data": {"class_path": "RottenTomatoesDataModule", "init_args": {
+            "max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]}},
+    }
+    record = fit_and_test(config, root)
+    record.update(size=size, method=method, seed=seed)
+    return record
+
+
+def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
+    from kdlight.quickstart import inference_speed, test_texts
+
+    speed = inference_speed({"teacher": teacher, "student": student_export}, test_texts(texts))
+    return {"teacher_samples_per_s": speed["teacher"], "samples_per_s": speed["student"],
+            "speedup": speed["student"] / speed["teacher"]}
+
+
+def summarise(records: dict[str, dict], speeds: dict[str, dict], teacher_params: int) -> list[dict]:
+    rows = []
+    teacher_scores = [r["test/teacher_score"] for r in records.values() if "test/teacher_score" in r]
+    teacher_score = teacher_scores[0] if teacher_scores else float("nan")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records.values():
+        groups.setdefault((record["size"], record["method"]), []).append(record)
+    for (size, method), runs in sorted(groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), kv[0][1])):
+        mean, std = mean_std([r["test/score"] for r in runs])
+        speed = speeds.get(size, {})
+        rows.append({
+            "student": size, "method": method, "method_name": METHODS[method], "params": runs[0]["params"],
+            "compression": teacher_params / runs[0]["params"], "accuracy_mean": mean, "accuracy_std": std,
+            "seeds": len(runs), "pct_of_teacher": 100 * mean / teacher_score,
+            "samples_per_s": speed.get("samples_per_s"), "speedup": speed.get("speedup"),
+            "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
+        })
+    return rows
+
+
+def plot(rows: list[dict], teacher_score: float):
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method, name in METHODS.items():
+            mine = [r for r in rows if r["method"] == method]
+            if mine:
+                ax.errorbar([r["compression"] for r in mine], [r["accuracy_mean"] for r in mine],
+                            yerr=[r["accuracy_std"] for r in mine], marker="o", capsize=3, label=f"{method}: {name}")
+        ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
+        ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
+        ax.set_xscale("log")
+        ax.set_xlabel("compression (teacher params / student params)")
+        ax.set_ylabel("test accuracy (Rotten Tomatoes)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+
+    return draw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
+    args = parser.parse_args(argv)
+    setting = QUICK if args.quick else FULL
+    study = Study("compact_quick" if args.quick else "compact", workers=args.workers)
+    global WORK
+    WORK = WORK.with_name("compact_quick") if args.quick else WORK
+    teacher = str(fine_tuned_rt_teacher())
+    generals = study.run({f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting)
+                          for size in args.sizes if {"c", "d"} & set(args.methods)})
+    jobs = {}
+    for seed in args.seeds:
+        for size in args.sizes:
+            for method in args.methods:
+                if method == "e" and size != "4x":
+                    continue
+                general = generals.get(f"general/{size}", {}).get("export")
+                jobs[f"task/{size}/{method}/seed{seed}"] = Job(
+                    task_distillation, size=size, method=method, seed=seed, teacher=teacher,
+                    general_export=general, setting=setting)
+    records = study.run(jobs)
+    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
+    speed_jobs = {}
+    for size in SIZES:
+        exports = [r["export"] for r in done.values() if r["size"] == size and Path(r["export"]).is_dir()]
+        if exports:
+            speed_jobs[f"speed/{size}"] = Job(inference, size=size, student_export=exports[0], teacher=teacher,
+                                              texts=64 if args.quick else 640)
+    speeds = {k.split("/")[1]: v for k, v in Study(study.name, workers=1).run(speed_jobs).items()}
+    from kdlight.models.hf import count_parameters, load_classifier
+
+    teacher_params = count_parameters(load_classifier(teacher, 2))
+    rows = summarise(done, speeds, teacher_params)
+    teacher_score = next(r["test/teacher_score"] for r in done.values() if "test/teacher_score" in r)
+    general_rows = "\n".join(f"- general distillation, {k.split('/')[1]}: {v['steps']} steps in {v['fit_seconds']:.0f}s"
+                             for k, v in study.done().items() if k.startswith("general/"))
+    study.write(
+        rows,
+        [("student", "size"), ("method", "m"), ("method_name", "method"), ("params", "params"),
+         ("compression", "compression"), ("accuracy_mean", "test acc (mean)"), ("accuracy_std", "std"),
+         ("seeds", "seeds"), ("pct_of_teacher", "% of teacher"), ("samples_per_s", "samples/s"),
+         ("speedup", "speed-up"), ("train_seconds", "train s/run")],
+        title="Compact students on the Rotten Tomatoes stand-in" + (" (--quick: plumbing only)" if args.quick else ""),
+        intro=f"Teacher: all-MiniLM-L6-v2 fine-tuned (quickstart teacher), {teacher_params / 1e6:.2f}M parameters, "
+              f"test accuracy {teacher_score:.4f}. Setting: {json.dumps(setting)}. See benchmarks/compact/run.py "
+              "for the methods; every student is a stock ALBERT export of the size shown.",
+        notes=general_rows,
+        plot=plot(rows, teacher_score),
+    )
+    del records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The one helper every study in benchmarks/ runs on: resumable runs, worker processes, result files.
+
+A study is its measurement logic plus a :class:`Study`:
+
+    study = Study("compact", workers=2)
+    records = study.run({"4x/b/seed0": Job(train_one, size="4x", method="b", seed=0), ...})
+    study.write(rows, columns, title="...", intro="...", notes="...", plot=draw)
+
+* **Resumable**: every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an
+  atomic replace), keyed by its id; a re-run skips what is there, so a study can span sessions and an
+  interrupted one loses at most the runs in flight. Delete a key (or the file) to redo a run.
+* **Workers**: ``workers > 1`` runs jobs in that many spawned processes (one torch thread each, so two
+  workers fill a 2-core machine without oversubscribing it); ``workers == 1`` runs them in this process.
+* **Results**: ``write`` puts the same rows in ``<name>.json`` and a markdown table in ``<name>.md``, and
+  draws ``<name>.png`` with the study's plot function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Job:
+    """One run: ``function(**kwargs)`` returns a JSON-able record (a dict). ``function`` must be importable
+    (defined at module level) so a worker process can run it."""
+
+    function: Callable[..., dict]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, function: Callable[..., dict], **kwargs: Any) -> None:
+        self.function, self.kwargs = function, kwargs
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _timed(function: Callable[..., dict], kwargs: dict) -> dict:
+    start = time.perf_counter()
+    record = function(**kwargs)
+    record.setdefault("seconds", time.perf_counter() - start)
+    return record
+
+
+class Study:
+    def __init__(self, name: str, workers: int = 1, results: Path = RESULTS) -> None:
+        self.name, self.workers, self.results = name, workers, Path(results)
+        self.runs_path = self.results / f"{name}_runs.json"
+
+    # ------------------------------------------------------------------------------ runs
+    def done(self) -> dict[str, dict]:
+        return json.loads(self.runs_path.read_text()) if self.runs_path.is_file() else {}
+
+    def save(self, key: str, record: dict) -> None:
+        runs = self.done()
+        runs[key] = record
+        self.results.mkdir(parents=True, exist_ok=True)
+        tmp = self.runs_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(runs, indent=1, sort_keys=True))
+        tmp.replace(self.runs_path)
+
+    def run(self, jobs: dict[str, Job]) -> dict[str, dict]:
+        """Run the jobs not yet recorded; return the records of all of ``jobs`` (done earlier or now)."""
+        done = self.done()
+        todo = {key: job for key, job in jobs.items() if key not in done}
+        if done.keys() & jobs.keys():
+            self.log(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done ({self.runs_path.name})")
+        if self.workers <= 1:
+            for i, (key, job) in enumerate(todo.items(), 1):
+                self.log(f"run {i}/{len(todo)}: {key}")
+                self.save(key, _timed(job.function, job.kwargs))
+        elif todo:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+                pending = {pool.submit(_timed, job.function, job.kwargs): key for key, job in todo.items()}
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        key = pending.pop(future)
+                        self.save(key, future.result())  # a failed run raises here; finished ones are kept
+                        self.log(f"finished {key} ({len(pending)} left)")
+        done = self.done()
+        return {key: done[key] for key in jobs}
+
+    def log(self, message: str) -> None:
+        print(f"[{self.name}] {message}", file=sys.stderr, flush=True)
+
+    # --------------------------------------------------------------------------- results
+    def write(self, rows: list[dict], columns: list[tuple[str, str]], *, title: str, intro: str = "",
+              notes: str = "", plot: Callable[[Path], None] | None = None) -> None:
+        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
+        parts = [f"# {title}", intro.strip(), markdown_table(rows, columns).strip(), notes.strip()]
+        (self.results / f"{self.name}.md").write_text("\n\n".join(p for p in parts if p) + "\n")
+        if plot is not None:
+            plot(self.results / f"{self.name}.png")
+        self.log(f"wrote {self.results / self.name}.md/.json" + ("/.png" if plot else ""))
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A markdown table of ``rows`` with (key, header) columns; floats to 4 significant digits."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
