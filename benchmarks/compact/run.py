@@ -54,7 +54,7 @@ METHODS = {
     "d": "+ general + layer-wise KD",
     "e": "truncated teacher + KD",
 }
-FULL = {"general_steps": 1500, "epochs": 2, "train_examples": 6000, "learning_rate": 5e-4}
+FULL = {"general_steps": 600, "epochs": 2, "train_examples": 6000, "learning_rate": 5e-4}
 QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate": 5e-4}
 
 
