@@ -255,6 +255,29 @@ def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_pa
     assert final["state_dict"]["generator.steps"] == 4
 
 
+def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(assets, corpus_file, tmp_path):
+    """Older checkpoints kept the generator's weights beside the state dict (``kdlight_generator``)."""
+    main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
+    last = sorted(tmp_path.rglob("last.ckpt"))[-1]
+    checkpoint = torch.load(last, weights_only=False)
+    state = checkpoint["state_dict"]
+    del state["generator.steps"]
+    prefix = "generator.network."
+    checkpoint["kdlight_generator"] = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, legacy)
+    finals = []
+    for name, ckpt in (("current", last), ("legacy", legacy)):
+        args = recipe_args(assets, corpus_file, tmp_path / name)
+        args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
+        main(["fit", *args, f"--ckpt_path={ckpt}"])
+        finals.append(load_checkpoint(sorted((tmp_path / name).rglob("last.ckpt"))[-1]))
+    current, upgraded = finals
+    assert "kdlight_generator" not in upgraded and upgraded["state_dict"]["generator.steps"] == 4
+    current, upgraded = current["state_dict"], upgraded["state_dict"]
+    assert current.keys() == upgraded.keys() and all(torch.equal(current[k], upgraded[k]) for k in current)
+
+
 def test_recipe_names_the_paper_setting():
     glue = yaml.safe_load((CONFIG.parents[1] / "glue" / "mnli" / "zeroshot.yaml").read_text())
     args = glue["model"]["init_args"]

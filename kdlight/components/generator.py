@@ -25,10 +25,10 @@ a batch before it moves to the device, so a step reads nothing back from the dev
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from kdlight.components.rewriting import (
@@ -51,6 +51,7 @@ from kdlight.models.hf import load_generator
 from kdlight.optim import fused_on_gpu
 
 Perturbation = Literal["generator", "random"]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # what Lightning's OptimizerCallable is
 
 # What plan() adds to a batch: the host-side decisions a step would otherwise read back from the device.
 NOISE_KEYS, REWRITE_MASK, REWRITE_POSITIONS, REWRITE_COUNTS = (
@@ -79,7 +80,7 @@ class AdversarialGenerator(nn.Module):
         gumbel_tau: float = 1.0,
         learning_rate: float = 1e-6,
         clip: float = 1.0,
-        optimizer: OptimizerCallable | None = None,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
         check_choice("perturbation", perturbation, Perturbation)
