@@ -64,7 +64,9 @@ def keep_out_of_ddp(module, *children: str) -> None:
     names = []
     for child in children:
         sub = getattr(module, child)
-        names += [f"{child}.{name}" for name, _ in sub.named_parameters()]
-        names += [f"{child}.{name}" for name, _ in sub.named_buffers()]
+        # every name, tied ones too: DDP looks a parameter up by each module's own name for it (a tied
+        # MLM decoder is ``cls.predictions.decoder.weight`` as well as the word embeddings)
+        names += [f"{child}.{name}" for name, _ in sub.named_parameters(remove_duplicate=False)]
+        names += [f"{child}.{name}" for name, _ in sub.named_buffers(remove_duplicate=False)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
 __all__ = ["any_rank", "keep_out_of_ddp", "mean_across_ranks", "run_seed", "sum_across_ranks", "world_size"]

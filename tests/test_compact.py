@@ -30,7 +30,7 @@ from kdlight.models.compact import (
     fold_compressed_state,
     stock_export,
 )
-from kdlight.models.generator import embed_with_replacements
+from kdlight.components.rewriting import embed_with_replacements
 from kdlight.models.hf import count_parameters
 from kdlight.models.layers import forward_internals
 from kdlight.modules.layerwise import bind_losses

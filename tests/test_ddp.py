@@ -140,10 +140,46 @@ def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, modu
     one, two = (load_checkpoint(next((tmp_path / name).rglob("last.ckpt"))) for name in ("single", "ddp"))
     if module == "zeroshot":
         assert one["state_dict"]["progress"].tolist() == two["state_dict"]["progress"].tolist() == [4, 2, 2, 0]
-        for key, value in one["kdlight_generator"].items():
-            assert (value.float() - two["kdlight_generator"][key].float()).abs().max() < 1e-4, key
+        generator = {k: v for k, v in one["state_dict"].items() if k.startswith("generator.")}  # network and step count
+        assert generator
+        for key, value in generator.items():
+            assert (value.float() - two["state_dict"][key].float()).abs().max() < 1e-4, key
     if module.startswith("alm"):
         key = "lam" if module == "alm_official" else "logits"
         table, ddp_table = one["kdlight_alm_mixer"]["state_dict"][key], two["kdlight_alm_mixer"]["state_dict"][key]
         assert (table - table[0]).abs().max() > 1e-3  # the meta steps moved some rows ...
         assert (table - ddp_table).abs().max() < 1e-4  # ... exactly as one process does
+
+
+def test_ddp_reducer_never_owns_the_zero_shot_generator(assets, monkeypatch):
+    """keep_out_of_ddp records the names DDP looks up: Lightning's DDPStrategy wraps the LightningModule
+    itself, and DDP asks each submodule for its own parameter names, tied ones included (the MLM
+    decoder is the word-embedding matrix under a second name)."""
+    import socket
+
+    import torch.distributed as dist
+    from lightning.pytorch.accelerators import CPUAccelerator
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from kdlight.models.students import TruncatedTeacher
+    from kdlight.modules import ZeroShotAdversarialKD
+
+    module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]),
+                                   student=TruncatedTeacher(1), tokenizer=str(assets["tokenizer"]),
+                                   label_names=["negative", "positive"])
+    network = module.generator.network
+    assert network.get_output_embeddings().weight is network.get_input_embeddings().weight  # the tied case
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ddp = DDPStrategy(accelerator=CPUAccelerator(), parallel_devices=[torch.device("cpu")])._setup_model(module)
+        assert ddp.module is module  # the names are relative to the LightningModule
+        reduced = {id(p) for p in ddp._build_params_for_reducer()[0]}
+    finally:
+        dist.destroy_process_group()
+    assert not reduced & {id(p) for p in module.generator.parameters()}
+    assert reduced == {id(p) for p in module.student.parameters()}  # the student, all of it (the teacher is frozen)

@@ -116,7 +116,8 @@ def test_fit_then_test_on_cuda_without_host_syncs(assets, tmp_path, name, precis
         fit.fit(module, datamodule=dm)
     assert fit.global_step >= STEPS // 2 and len(logged) >= STEPS // 2 and not all(logged)
     assert all(p.device.type == "cuda" for p in module.predictor.parameters())
-    for side in module.side_modules().values():  # the zero-shot generator, the ALM mixer
+    assert all(p.device.type == "cuda" for p in module.parameters())  # registered components too (zero-shot generator)
+    for side in module.side_modules().values():  # the ALM mixer
         assert all(p.device.type == "cuda" for p in side.parameters())
     if name == "vanilla_kd_cached":
         assert module.teacher_cache.logits.device.type == "cuda" and module.teacher_cache.present.device.type == "cuda"

@@ -11,15 +11,10 @@ import kdlight.data.text
 from conftest import tiny_config, trainer_args
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
+from kdlight.components.rewriting import banned_token_ids, choose_mask, embed_with_replacements, sample_replacements
 from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
 from kdlight.errors import KDLightError
-from kdlight.models.generator import (
-    banned_token_ids,
-    choose_mask,
-    embed_with_replacements,
-    load_generator,
-    sample_replacements,
-)
+from kdlight.models.hf import load_generator
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import ZeroShotAdversarialKD
 from conftest import wikitext_lines
@@ -166,17 +161,17 @@ def test_non_finite_losses_are_skipped_counted_and_stop_a_diverged_run(assets, c
 @pytest.mark.parametrize("inputs, perturbation", [("out_of_domain", "generator"), ("adversarial", "random"), ("random_tokens", "generator")])
 def test_ablations_train_without_a_generator(assets, corpus_file, tmp_path, inputs, perturbation):
     module = make_module(assets, inputs=inputs, perturbation=perturbation)
-    assert module.side_modules() == {}
+    assert module.generator.network is None and not any(k.startswith("generator.network.") for k in module.state_dict())
     data = zero_shot_data(assets, corpus_file, tmp_path / "cache")
     rewrites = []
-    original = module.rewritten_ids
+    original = module.generator.rewrite
 
     def spy(batch):
         out = original(batch)
         rewrites.append((batch["input_ids"], out))
         return out
 
-    module.rewritten_ids = spy
+    module.generator.rewrite = spy
     fitted(module, data, tmp_path, max_steps=3)
     assert module.progress.tolist() == [3, 3, 0, 0]  # every batch is a student step
     if inputs == "out_of_domain":
@@ -235,7 +230,8 @@ def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(as
     last = sorted(tmp_path.rglob("last.ckpt"))[-1]
     checkpoint = load_checkpoint(last)
     assert checkpoint["state_dict"]["progress"].tolist()[:3] == [8, 4, 4]  # batches, student steps, generator steps
-    assert "kdlight_generator" in checkpoint and not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("generator.network.") for k in checkpoint["state_dict"])
+    assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     assert (tmp_path / "export" / "config.json").is_file()
     capsys.readouterr()
     main(["test", *recipe_args(assets, corpus_file, tmp_path), f"--ckpt_path={last}"])
@@ -254,8 +250,32 @@ def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_pa
     final = load_checkpoint(sorted(resumed.rglob("last.ckpt"))[-1])
     assert final["state_dict"]["progress"].tolist()[:3] == [10, 6, 4]  # batches 8, 9 are the cycle's 4th and 5th: student steps
     assert len(final["optimizer_states"]) == 2
-    weight = "cls.predictions.transform.dense.weight"
-    assert torch.equal(saved["kdlight_generator"][weight], final["kdlight_generator"][weight])  # restored, then not stepped
+    weight = "generator.network.cls.predictions.transform.dense.weight"
+    assert torch.equal(saved["state_dict"][weight], final["state_dict"][weight])  # restored, then not stepped
+    assert final["state_dict"]["generator.steps"] == 4
+
+
+def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(assets, corpus_file, tmp_path):
+    """Older checkpoints kept the generator's weights beside the state dict (``kdlight_generator``)."""
+    main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
+    last = sorted(tmp_path.rglob("last.ckpt"))[-1]
+    checkpoint = torch.load(last, weights_only=False)
+    state = checkpoint["state_dict"]
+    del state["generator.steps"]
+    prefix = "generator.network."
+    checkpoint["kdlight_generator"] = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, legacy)
+    finals = []
+    for name, ckpt in (("current", last), ("legacy", legacy)):
+        args = recipe_args(assets, corpus_file, tmp_path / name)
+        args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
+        main(["fit", *args, f"--ckpt_path={ckpt}"])
+        finals.append(load_checkpoint(sorted((tmp_path / name).rglob("last.ckpt"))[-1]))
+    current, upgraded = finals
+    assert "kdlight_generator" not in upgraded and upgraded["state_dict"]["generator.steps"] == 4
+    current, upgraded = current["state_dict"], upgraded["state_dict"]
+    assert current.keys() == upgraded.keys() and all(torch.equal(current[k], upgraded[k]) for k in current)
 
 
 def test_recipe_names_the_paper_setting():

@@ -236,14 +236,14 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
 
     if module == "zeroshot":
         from kdlight.data.base import load_tokenizer
-        from kdlight.models.generator import (
+        from kdlight.components.rewriting import (
             banned_token_ids,
             choose_mask,
             embed_with_replacements,
-            load_generator,
             masked_logits,
             sample_replacements,
         )
+        from kdlight.models.hf import load_generator
 
         kd_loss = distillation_loss(2, TEMPERATURE)
         generator = load_generator(str(paths["generator"])).train().to(DEVICE)

@@ -10,16 +10,12 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-
-def run_seed() -> int:
-    """The run's seed as ``seed_everything`` set it (0 when unset): the same on every rank."""
-    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+from kdlight.distributed import run_seed
 
 
 def loader_generator() -> torch.Generator:

@@ -1,9 +1,11 @@
-"""Loading Hugging Face sequence classifiers from hub names, local folders or kdlight checkpoints."""
+"""Loading Hugging Face sequence classifiers (and zero-shot KD's masked-LM generators) from hub names, local folders
+or kdlight checkpoints."""
 
 from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -147,6 +149,53 @@ def permute_head(model: PreTrainedModel, order: list[int] | None, source: str, r
     names = [model.config.id2label[i] for i in range(len(order))]
     rank_zero_info(f"[kdlight] {role} {source}: outputs reordered to the data's label order {names} (matched by name)")
     return model
+
+
+def load_generator(name_or_path: str) -> PreTrainedModel:
+    """Any ``AutoModelForMaskedLM`` (hub name or local folder). A bare encoder such as the packaged
+    all-MiniLM-L6-v2 gets an MLM head whose decoder is tied to its word embeddings; the head's
+    transform (untrained) starts as the identity, so the first proposals score each position's
+    hidden state against the vocabulary rather than a random projection."""
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise KDLightError(
+            f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "
+            f"reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    missing = set(info.get("missing_keys", []))
+    transform = _head_transform(model)
+    if transform is not None and any("transform.dense" in key for key in missing):
+        with torch.no_grad():  # a fresh head: start from the identity instead of a random projection
+            transform.weight.copy_(torch.eye(*transform.weight.shape))
+            if transform.bias is not None:
+                transform.bias.zero_()
+        rank_zero_info(f"[kdlight] generator {name_or_path}: no MLM head saved; "
+                       "a fresh head (identity transform, decoder tied to the word embeddings)")
+    return model
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _head_transform(model: nn.Module) -> nn.Linear | None:
+    for name, module in model.named_modules():
+        if name.endswith("predictions.transform.dense") and isinstance(module, nn.Linear):
+            return module
+    return None
 
 
 def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedModel:

@@ -23,7 +23,7 @@ from transformers import AutoModel, PreTrainedModel
 from kdlight.assets import resolve_model_path
 from kdlight.errors import KDLightError
 from kdlight.losses_layerwise import SelfAttentionRelations
-from kdlight.models.generator import quiet_transformers
+from kdlight.models.hf import quiet_transformers
 from kdlight.models.hf import load_config, load_from_checkpoint
 from kdlight.models.layers import forward_internals
 from kdlight.models.students import FreshStudent, StudentSpec

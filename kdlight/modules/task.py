@@ -32,6 +32,7 @@ from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
 from kdlight.models.compact import stock_export
 from kdlight.models.hf import HF_CONFIGS_KEY, own_tokenizer, tokenizer_difference, usable_positions
+from kdlight.optim import fused_on_gpu
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -358,14 +359,6 @@ class KDLightTask(LightningModule):
         note = " (replacing the previous export there)" if replaced else ""
         rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}{note}")
         return path
-
-
-def fused_on_gpu(device: torch.device) -> dict[str, bool]:
-    """``fused=True`` for kdlight's default optimisers on CUDA: one kernel per step instead of a
-    dozen launches per parameter group, and the only implementation that can skip a step on the
-    device (``found_inf``), which zero-shot KD's non-finite guard uses to stay free of host syncs.
-    On CPU the defaults stay as they were (same numbers as before)."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 
 def check_export_dir(path: Path) -> None:

@@ -31,16 +31,20 @@ Ablations are arguments: ``inputs`` = ``both`` | ``out_of_domain`` | ``adversari
 ``perturbation`` = ``generator`` | ``random`` (masked positions filled with random tokens instead
 of the learned generator's choices, which ablates the adversarial learning alone).
 
-Manual optimisation: a batch is either a generator step or a student step. The student's gradients
-are reduced by DDP through ``manual_backward``; the generator is kept outside DDP's buckets and its
-gradients are averaged across ranks by hand. A non-finite loss (on any rank) skips that step on
-every rank; the skips are counted and logged, never trained on.
+Layout: the generator, its optimiser, its gradients and the rewrite maths are a plain torch
+component (:class:`kdlight.components.AdversarialGenerator`, ``self.generator``); this module orders
+the steps (``training_step``) and steps the optimisers. A batch is either a generator step or a
+student step. The student's gradients are reduced by DDP through ``manual_backward``; the generator
+is kept out of DDP's reducer (:func:`kdlight.distributed.keep_out_of_ddp`) and averages its own
+gradients across ranks. A non-finite loss (on any rank) skips that step on every rank; the skips are
+counted and logged, never trained on.
 
 No host syncs in a step: the batch counter has a host twin; which tokens to rewrite (and so how
 many noise draws each example needs) is worked out on the host before the batch moves to the
-device, from per-example seeds; the non-finite guard skips the update on the device when the
-optimiser can (``fused`` Adam/AdamW/SGD, kdlight's default on CUDA: ``found_inf``), with counters
-on the device and the ``max_consecutive_skips`` stop checked at the logger's cadence. With other
+device, from per-example seeds (``AdversarialGenerator.plan``); the non-finite guard skips the
+update on the device when the optimiser can (``fused`` Adam/AdamW/SGD, kdlight's default on CUDA:
+``found_inf``), with counters on the device and the ``max_consecutive_skips`` stop checked at the
+logger's cadence. With other
 optimisers (and kdlight's CPU defaults) it reads the flag on the host once per step, as before, and
 stops at exactly ``max_consecutive_skips``. On the device path a skipped batch still advances the
 learning-rate schedule and Lightning's step count (both live on the host).
@@ -48,39 +52,27 @@ learning-rate schedule and Lightning's step count (both live on the host).
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from kdlight.data.base import load_tokenizer
-from kdlight.errors import KDLightError
-from kdlight.models.compact import require_full_vocabulary
-from kdlight.models.generator import (
-    allowed_token_ids,
-    banned_token_ids,
-    choose_mask,
-    embed_with_replacements,
-    example_uniform,
-    load_generator,
-    mask_positions,
-    masked_logits,
-    random_replacements,
-    sample_replacements,
-    scatter_positions,
+from kdlight.components.generator import (
+    NOISE_KEYS,
+    REWRITE_MASK,
+    AdversarialGenerator,
+    Perturbation,
 )
+from kdlight.data.base import load_tokenizer
+from kdlight.distributed import any_rank, keep_out_of_ddp
+from kdlight.errors import KDLightError, check_choice
 from kdlight.modules.base import BaseDistiller
-from kdlight.modules.task import fused_on_gpu, model_inputs
+from kdlight.modules.task import model_inputs
 
-INPUTS = ("both", "out_of_domain", "adversarial", "random_tokens")
-PERTURBATIONS = ("generator", "random")
-GENERATOR_KEY = "kdlight_generator"
-# what on_before_batch_transfer adds to a training batch (host-side decisions; see example_noise)
-NOISE_KEYS, REWRITE_MASK, REWRITE_POSITIONS, REWRITE_COUNTS = (
-    "kdlight_noise_keys", "kdlight_rewrite_mask", "kdlight_rewrite_positions", "kdlight_rewrite_counts")
+Inputs = Literal["both", "out_of_domain", "adversarial", "random_tokens"]
+LEGACY_GENERATOR_KEY = "kdlight_generator"  # where checkpoints kept the generator before it was a submodule
 
 
 class ZeroShotAdversarialKD(BaseDistiller):
@@ -109,8 +101,8 @@ class ZeroShotAdversarialKD(BaseDistiller):
         self,
         teacher: str,
         generator: str = "bert-base-uncased",
-        inputs: str = "both",
-        perturbation: str = "generator",
+        inputs: Inputs = "both",
+        perturbation: Perturbation = "generator",
         mask_rate: float = 0.3,
         gumbel_tau: float = 1.0,
         generator_steps: int = 10,
@@ -123,14 +115,13 @@ class ZeroShotAdversarialKD(BaseDistiller):
         max_consecutive_skips: int = 50,
         **kwargs,
     ) -> None:
-        if inputs not in INPUTS:
-            raise KDLightError(f"inputs must be one of {INPUTS}, got {inputs!r}")
-        if perturbation not in PERTURBATIONS:
-            raise KDLightError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+        check_choice("inputs", inputs, Inputs)
+        check_choice("perturbation", perturbation, Perturbation)
         if not 0 < mask_rate <= 1:
             raise KDLightError(f"mask_rate must be in (0, 1], got {mask_rate}")
         if generator_steps < 0 or student_steps < 1:
-            raise KDLightError(f"generator_steps must be >= 0 and student_steps >= 1, got {generator_steps} and {student_steps}")
+            raise KDLightError(f"generator_steps must be >= 0 and student_steps >= 1, "
+                               f"got {generator_steps} and {student_steps}")
         if gumbel_tau <= 0:
             raise KDLightError(f"gumbel_tau must be > 0, got {gumbel_tau}")
         if generator_learning_rate < 0 or adversarial_weight < 0:
@@ -138,8 +129,8 @@ class ZeroShotAdversarialKD(BaseDistiller):
                            else ("adversarial_weight", adversarial_weight))
             raise KDLightError(f"{name} must be >= 0, got {value}")
         if generator_clip <= 0 or max_consecutive_skips < 1:
-            raise KDLightError(f"generator_clip must be > 0 and max_consecutive_skips >= 1, got {generator_clip} and {max_consecutive_skips}")
-        self.generator_source = generator
+            raise KDLightError(f"generator_clip must be > 0 and max_consecutive_skips >= 1, "
+                               f"got {generator_clip} and {max_consecutive_skips}")
         self.generator_optimizer_factory = generator_optimizer
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("generator_optimizer", None)
@@ -163,67 +154,36 @@ class ZeroShotAdversarialKD(BaseDistiller):
 
     def configure_models(self) -> None:
         super().configure_models()
-        self.__dict__["_generator"] = None
-        if self.uses_generator:
-            generator = load_generator(self.generator_source).train()
-            vocab = {"teacher": self.teacher.config.vocab_size, "student": self.student.config.vocab_size,
-                     "generator": generator.config.vocab_size}
-            if len(set(vocab.values())) != 1:
-                raise KDLightError(
-                    f"teacher, student and generator must share one vocabulary (the generator's one-hot tokens multiply "
-                    f"each model's embeddings), got sizes {vocab}; pick a generator from the teacher's model family"
-                )
-            require_full_vocabulary(self.student, "zero-shot KD's generator")
-            self.__dict__["_generator"] = generator  # outside DDP's buckets: see side_modules
+        hp = self.hparams
+        # without a learned generator the rewrites are random tokens, and no network is loaded
+        self.generator = AdversarialGenerator(hp.generator, "generator" if self.uses_generator else "random",
+                                              hp.mask_rate, hp.gumbel_tau, hp.generator_learning_rate,
+                                              hp.generator_clip, self.generator_optimizer_factory)
+        self.generator.check_vocabulary(self.teacher, self.student)
+        keep_out_of_ddp(self, "generator")  # it steps with its own optimiser, outside the student's backward
 
     def model_sources(self) -> dict[str, str]:
         sources = super().model_sources()
-        if self.uses_generator:
-            sources["generator"] = self.generator_source
+        if self.generator.network is not None:
+            sources["generator"] = self.hparams.generator
         return sources
 
     def position_limited_models(self) -> dict[str, nn.Module]:
         models = super().position_limited_models()
-        if self.uses_generator:
-            models["generator"] = self.generator
+        if self.generator.network is not None:
+            models["generator"] = self.generator.network
         return models
-
-    @property
-    def generator(self) -> nn.Module:
-        generator = self.__dict__.get("_generator")
-        if generator is None:
-            raise KDLightError(f"no generator with inputs={self.hparams.inputs!r}, perturbation={self.hparams.perturbation!r}")
-        return generator
-
-    def side_modules(self) -> dict[str, nn.Module]:
-        generator = self.__dict__.get("_generator")
-        return {"generator": generator} if generator is not None else {}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
-            tokenizer = load_tokenizer(self.hparams.tokenizer or self.teacher_source)
-            if self.uses_generator and tokenizer.mask_token_id is None:
-                raise KDLightError(f"the tokenizer of {self.hparams.tokenizer!r} has no mask token; the MLM generator needs one")
-            self.mask_token_id = tokenizer.mask_token_id
-            self.register_buffer("special_ids", torch.tensor(tokenizer.all_special_ids, device=self.device), persistent=False)
-            self.register_buffer("banned_ids", torch.tensor(banned_token_ids(tokenizer), device=self.device), persistent=False)
-            vocab = self.teacher.get_input_embeddings().weight.shape[0]
-            # found once here: finding them per step (nonzero) would read a device tensor back every step
-            self.register_buffer("allowed_ids", allowed_token_ids(vocab, self.banned_ids.cpu()).to(self.device), persistent=False)
-            self.special_ids_host = torch.tensor(tokenizer.all_special_ids)
+            self.generator.prepare(load_tokenizer(self.hparams.tokenizer or self.teacher_source), self.teacher)
 
     # ------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         student = super().configure_optimizers()
-        if not self.trains_generator:
-            return [student["optimizer"]], [student["lr_scheduler"]]
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        if self.generator_optimizer_factory is not None:
-            generator_opt = self.generator_optimizer_factory(params)
-        else:
-            generator_opt = torch.optim.AdamW(params, lr=self.hparams.generator_learning_rate, **fused_on_gpu(self.device))
-        return [student["optimizer"], generator_opt], [student["lr_scheduler"]]
+        generator = [self.generator.configure_optimizer()] if self.trains_generator else []
+        return [student["optimizer"], *generator], [student["lr_scheduler"]]
 
     def scheduled_steps(self) -> int:
         # The schedule advances on student steps only: the cycle's generator share is not counted.
@@ -242,34 +202,11 @@ class ZeroShotAdversarialKD(BaseDistiller):
 
     def is_generator_step(self) -> bool:
         hp = self.hparams
-        return self.trains_generator and self.batch_count() % (hp.generator_steps + hp.student_steps) < hp.generator_steps
+        cycle = hp.generator_steps + hp.student_steps
+        return self.trains_generator and self.batch_count() % cycle < hp.generator_steps
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self.batches_seen = int(self.progress[0])  # once per fit, before any step
-        self._skip_streak = torch.zeros((), dtype=torch.long, device=self.device)
-        self._worst_streak = torch.zeros((), dtype=torch.long, device=self.device)
-
-    # --------------------------------------------------------------------------------- inputs
-    # Every random choice (which tokens to mask, the Gumbel noise, random tokens) is drawn per example
-    # from a generator seeded by (run seed, batch counter, example idx, purpose): the same draws on one
-    # process as on N, whatever the batch split, and reproducible on resume.
-    MASK, GUMBEL, RANDOM = 0, 1, 2
-
-    def noise_keys(self, batch: dict[str, Tensor]) -> list[tuple[int, int, int]]:
-        """(run seed, batch counter, example idx) per example: taken on the host before the batch
-        moves (see on_before_batch_transfer), or read back from the device when called outside fit."""
-        if NOISE_KEYS in batch:
-            return batch[NOISE_KEYS]
-        seed, step = int(os.environ.get("PL_GLOBAL_SEED", "0")), self.batch_count()
-        return [(seed, step, idx) for idx in batch["idx"].tolist()]
-
-    def example_noise(self, batch: dict[str, Tensor], purpose: int, numels: list[int], device=None) -> Tensor:
-        keys = [(*key, purpose) for key in self.noise_keys(batch)]
-        return torch.cat(example_uniform(keys, numels, device if device is not None else batch["input_ids"].device))
-
-    def mask_rate_now(self) -> float | None:
-        """The rewrite rate of this batch's step, or None when the step rewrites nothing."""
+    def rewrite_rate(self) -> float | None:
+        """The share of real tokens this batch's step rewrites, or None when it rewrites nothing."""
         hp = self.hparams
         if self.is_generator_step():
             return hp.mask_rate
@@ -277,98 +214,102 @@ class ZeroShotAdversarialKD(BaseDistiller):
             return 1.0 if hp.inputs == "random_tokens" else hp.mask_rate
         return None
 
-    def mask_batch(self, batch: dict[str, Tensor], rate: float) -> Tensor:
-        if REWRITE_MASK in batch:  # chosen on the host before the batch moved (on_before_batch_transfer)
-            return batch[REWRITE_MASK]
-        ids = batch["input_ids"]
-        width = max(ids.shape[1], self.teacher.config.max_position_embeddings)
-        scores = self.example_noise(batch, self.MASK, [width] * len(ids)).view(len(ids), width)[:, : ids.shape[1]]
-        return choose_mask(ids, batch["attention_mask"], self.special_ids.to(ids.device), rate, scores)
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.batches_seen = int(self.progress[0])  # once per fit, before any step
+        self._skip_streak = torch.zeros((), dtype=torch.long, device=self.device)
+        self._worst_streak = torch.zeros((), dtype=torch.long, device=self.device)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Every decision the step would otherwise read back from the device, made on the host copy:
-        the examples' noise keys, which tokens to rewrite, and how many per example (the sizes of
-        their noise draws). The mask's draws come from the same per-example seeds as before."""
+        """The step's random decisions, made on the host copy of a training batch (see ``plan``)."""
         batch = super().on_before_batch_transfer(batch, dataloader_idx)
-        if self._trainer is None or not self.trainer.training or not isinstance(batch, dict) or "idx" not in batch:
-            return batch
-        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        batch[NOISE_KEYS] = [(seed, self.batch_count(), idx) for idx in batch["idx"].tolist()]
-        rate = self.mask_rate_now()
-        if rate is not None:
-            ids = batch["input_ids"]
-            width = max(ids.shape[1], self.teacher.config.max_position_embeddings)
-            scores = self.example_noise(batch, self.MASK, [width] * len(ids), ids.device).view(len(ids), width)[:, : ids.shape[1]]
-            mask = choose_mask(ids, batch["attention_mask"], self.special_ids_host, rate, scores)
-            batch[REWRITE_MASK], batch[REWRITE_POSITIONS] = mask, mask_positions(mask)
-            batch[REWRITE_COUNTS] = mask.sum(1).tolist()
+        if self._trainer is not None and self.trainer.training and isinstance(batch, dict) and "idx" in batch:
+            batch = self.generator.plan(batch, self.batch_count(), self.rewrite_rate())
         return batch
 
-    def rewrite_counts(self, batch: dict[str, Tensor], mask: Tensor) -> list[int]:
-        return batch[REWRITE_COUNTS] if REWRITE_COUNTS in batch else mask.sum(1).tolist()
-
-    def generator_one_hot(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
-        """One-hot proposals (straight-through) at the masked positions, one row per position."""
-        masked_ids = batch["input_ids"].masked_fill(mask, self.mask_token_id)
-        inputs = {**model_inputs(batch), "input_ids": masked_ids}
-        logits = masked_logits(self.generator, inputs, mask, batch.get(REWRITE_POSITIONS))
-        vocab = logits.shape[-1]
-        uniform = self.example_noise(batch, self.GUMBEL, [n * vocab for n in self.rewrite_counts(batch, mask)]).view(-1, vocab)
-        return sample_replacements(logits, self.banned_ids, self.hparams.gumbel_tau, uniform)
-
-    @torch.no_grad()
-    def rewritten_ids(self, batch: dict[str, Tensor]) -> Tensor:
-        """A discrete rewrite of the batch for a student step (no gradient to the generator)."""
-        hp = self.hparams
-        mask = self.mask_batch(batch, 1.0 if hp.inputs == "random_tokens" else hp.mask_rate)
-        if hp.inputs == "random_tokens" or hp.perturbation == "random":
-            vocab = self.teacher.get_input_embeddings().weight.shape[0]
-            counts = self.rewrite_counts(batch, mask)
-            uniform = self.example_noise(batch, self.RANDOM, counts)
-            replacements = random_replacements(sum(counts), vocab, self.banned_ids, mask.device, uniform, self.allowed_ids)
-        else:
-            replacements = self.generator_one_hot(batch, mask).argmax(-1)
-        return scatter_positions(batch["input_ids"], mask, batch.get(REWRITE_POSITIONS), replacements)
-
     # ---------------------------------------------------------------------------------- steps
-    def nonfinite_flag(self, loss: Tensor) -> Tensor:
-        """1.0 (on every rank) when the loss is non-finite on any rank, else 0.0; stays on the device."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-            dist.all_reduce(bad)  # every rank skips together, or DDP would hang
-        return (bad > 0).float().reshape(())
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Rashid et al. (2021), one out-of-domain batch ``x`` at a time, in cycles of ``generator_steps``
+        generator updates then ``student_steps`` student updates. ``x'``: the generator's rewrite of ``x``."""
+        if NOISE_KEYS not in batch:  # a datamodule's own on_before_batch_transfer ran instead of ours
+            batch = self.generator.plan(batch, self.batch_count(), self.rewrite_rate())
+        if self.is_generator_step():
+            loss = self.generator_step(batch)  # ascend KL(T(x') || S(x')) in the generator
+        else:
+            loss = self.student_step(batch)  # descend KL(T(x) || S(x)) + w KL(T(x') || S(x')) in the student
+        self.progress[0] += 1
+        self.batches_seen = self.batch_count() + 1
+        if self.logs_this_step():
+            if self._worst_streak is not None:  # the device path's stop, read at the logger's cadence
+                self.stop_if_diverged(int(self._worst_streak))
+            self.log_dict({"train/student_steps": self.progress[1].float(),
+                           "train/generator_steps": self.progress[2].float(),
+                           "train/skipped_nonfinite": self.progress[3].float()}, batch_size=len(batch["input_ids"]))
+        return loss
 
-    @staticmethod
-    def skips_on_device(optimizer) -> bool:
-        """Fused Adam/AdamW/SGD read a ``found_inf`` tensor and leave parameters and state untouched
-        when it is set: a skipped step with no host sync."""
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
-        return bool(optimizer.param_groups) and all(group.get("fused") for group in optimizer.param_groups)
+    def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One generator update: the divergence on its (straight-through) rewrite, ascended."""
+        one_hot = self.generator.propose(batch)
+        rest = {k: v for k, v in model_inputs(batch).items() if k != "input_ids"}
+        teacher = self.teacher(inputs_embeds=self.generator.embed(self.teacher, batch, one_hot), **rest).logits
+        student = self.student(inputs_embeds=self.generator.embed(self.student, batch, one_hot), **rest).logits
+        divergence = self.kd_loss(student, teacher)
+        optimizer = self.optimizers()[1]
+        taken = self.step_if_finite(optimizer, divergence, lambda: self.generator.ascend(divergence))
+        if taken is None:
+            return divergence.detach()
+        optimizer.zero_grad()
+        self.generator.steps += taken
+        self.progress[2] = self.generator.steps  # the run's record mirrors the generator's own count
+        if self.logs_this_step():
+            self.log_dict({"train/generator_divergence": divergence.detach(),
+                           "train/generator_grad_norm": self.generator.grad_norm.detach(),
+                           "train/masked_fraction": batch[REWRITE_MASK].float().sum() / batch["attention_mask"].sum()},
+                          batch_size=len(batch["input_ids"]))
+        return divergence.detach()
 
-    def all_ranks_finite(self, loss: Tensor) -> bool:
-        """False (on every rank) when the loss is non-finite on any rank; counts the skip. Reads the
-        flag on the host: the path for optimisers that cannot skip on the device."""
-        if self.nonfinite_flag(loss).item() == 0:
+    def student_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One student update: KD on the out-of-domain batch and on a fresh rewrite of it (no gradient
+        to the generator), as ``inputs`` selects."""
+        hp = self.hparams
+        parts: dict[str, Tensor] = {}
+        if hp.inputs in ("both", "out_of_domain"):
+            parts["kd_out_of_domain"] = self.kd_loss(self.student_logits(batch), self.teacher_logits(batch))
+        if hp.inputs in ("both", "adversarial", "random_tokens"):
+            rewritten = {**batch, "input_ids": self.generator.rewrite(batch)}
+            with torch.no_grad():
+                teacher = self.teacher(**model_inputs(rewritten)).logits
+            parts["kd_adversarial"] = self.kd_loss(self.student_logits(rewritten), teacher)
+        loss = parts.get("kd_out_of_domain", 0) + hp.adversarial_weight * parts.get("kd_adversarial", 0)
+        optimizer = self.optimizers()[0] if self.trains_generator else self.optimizers()
+        taken = self.step_if_finite(optimizer, loss, lambda: (optimizer.zero_grad(), self.manual_backward(loss)))
+        if taken is None:
+            return loss.detach()
+        self.lr_schedulers().step()
+        self.progress[1] += taken
+        # a skipped step on the device path logs its non-finite loss: the skip counter says so too
+        self.log_training({**parts, "loss": loss}, loss, len(batch["input_ids"]))
+        return loss.detach()
+
+    # ------------------------------------------------------------------- the non-finite guard
+    def step_if_finite(self, optimizer, loss: Tensor, backward) -> Tensor | int | None:
+        """``backward()`` then ``optimizer.step()``, unless ``loss`` is non-finite on any rank: then
+        every rank skips, and the skip is counted. Returns the steps taken: 1, or a 0/1 device tensor
+        when the optimiser skips on the device (fused Adam/AdamW/SGD read ``found_inf`` and leave
+        parameters and state untouched: no host sync); None when the host decided to skip."""
+        bad = any_rank(~torch.isfinite(loss.detach()))  # every rank skips together, or DDP would hang
+        inner = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+        if not (inner.param_groups and all(group.get("fused") for group in inner.param_groups)):
+            if bad.item():  # other optimisers: the host reads the flag once per step
+                self.progress[3] += 1
+                self.consecutive_skips += 1
+                self.stop_if_diverged(self.consecutive_skips)
+                return None
             self.consecutive_skips = 0
-            return True
-        self.progress[3] += 1
-        self.consecutive_skips += 1
-        self.stop_if_diverged(self.consecutive_skips)
-        return False
-
-    def stop_if_diverged(self, streak: int) -> None:
-        if streak >= self.hparams.max_consecutive_skips:
-            raise KDLightError(
-                f"{streak} non-finite losses in a row: the run has diverged; lower learning_rate or "
-                "generator_learning_rate, or resume from an earlier checkpoint"
-            )
-
-    def step_unless_nonfinite(self, optimizer, loss: Tensor, backward) -> Tensor:
-        """Skip ``optimizer``'s update on the device when ``loss`` is non-finite (any rank); returns the
-        0/1 flag. ``backward()`` fills the gradients."""
-        bad = self.nonfinite_flag(loss)
+            backward()
+            optimizer.step()
+            return 1
         backward()
-        inner = getattr(optimizer, "optimizer", optimizer)
         inner.found_inf = bad
         try:
             optimizer.step()
@@ -380,116 +321,32 @@ class ZeroShotAdversarialKD(BaseDistiller):
             self._worst_streak = torch.zeros((), dtype=torch.long, device=self.device)
         self._skip_streak = (self._skip_streak + 1) * bad.long()
         self._worst_streak = torch.maximum(self._worst_streak, self._skip_streak)
-        return bad
+        return 1 - bad.long()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        step = self.generator_step if self.is_generator_step() else self.student_step
-        loss = step(batch)
-        self.progress[0] += 1
-        self.batches_seen = self.batch_count() + 1
-        if self.logs_this_step():
-            if self._worst_streak is not None:  # the device path's stop, read at the logger's cadence
-                self.stop_if_diverged(int(self._worst_streak))
-            self.log_dict({"train/student_steps": self.progress[1].float(), "train/generator_steps": self.progress[2].float(),
-                           "train/skipped_nonfinite": self.progress[3].float()}, batch_size=len(batch["input_ids"]))
-        return loss
+    def stop_if_diverged(self, streak: int) -> None:
+        if streak >= self.hparams.max_consecutive_skips:
+            raise KDLightError(
+                f"{streak} non-finite losses in a row: the run has diverged; lower learning_rate or "
+                "generator_learning_rate, or resume from an earlier checkpoint"
+            )
 
     def on_train_end(self) -> None:
         if self._worst_streak is not None:
             self.stop_if_diverged(int(self._worst_streak))
         skipped = int(self.progress[3])
         if skipped:
-            from lightning.pytorch.utilities import rank_zero_warn
-
             rank_zero_warn(f"[kdlight] {skipped} step(s) had a non-finite loss and were skipped")
 
-    def student_step(self, batch: dict[str, Tensor]) -> Tensor:
-        hp = self.hparams
-        student_opt = self.optimizers()[0] if self.trains_generator else self.optimizers()
-        parts: dict[str, Tensor] = {}
-        if hp.inputs in ("both", "out_of_domain"):
-            parts["kd_out_of_domain"] = self.kd_loss(self.student_logits(batch), self.teacher_logits(batch))
-        if hp.inputs in ("both", "adversarial", "random_tokens"):
-            rewritten = {**batch, "input_ids": self.rewritten_ids(batch)}
-            with torch.no_grad():
-                teacher = self.teacher(**model_inputs(rewritten)).logits
-            parts["kd_adversarial"] = self.kd_loss(self.student_logits(rewritten), teacher)
-        loss = parts.get("kd_out_of_domain", 0) + hp.adversarial_weight * parts.get("kd_adversarial", 0)
-        size = len(batch["input_ids"])
-        if self.skips_on_device(student_opt):
-            student_opt.zero_grad()
-            bad = self.step_unless_nonfinite(student_opt, loss, lambda: self.manual_backward(loss))
-            self.lr_schedulers().step()
-            self.progress[1] += 1 - bad.long()
-        else:
-            if not self.all_ranks_finite(loss):
-                return loss.detach()
-            student_opt.zero_grad()
-            self.manual_backward(loss)
-            student_opt.step()
-            self.lr_schedulers().step()
-            self.progress[1] += 1
-        # a skipped step on the device path logs its non-finite loss: the skip counter says so too
-        self.log_training({**parts, "loss": loss}, loss, size)
-        return loss.detach()
-
-    def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
-        generator_opt = self.optimizers()[1]
-        mask = self.mask_batch(batch, self.hparams.mask_rate)
-        one_hot = self.generator_one_hot(batch, mask)
-        inputs = {k: v for k, v in model_inputs(batch).items() if k != "input_ids"}
-        positions = batch.get(REWRITE_POSITIONS)
-        teacher = self.teacher(inputs_embeds=embed_with_replacements(self.teacher, batch["input_ids"], mask, one_hot, positions),
-                               **inputs).logits
-        student = self.student(inputs_embeds=embed_with_replacements(self.student, batch["input_ids"], mask, one_hot, positions),
-                               **inputs).logits
-        divergence = self.kd_loss(student, teacher)
-        on_device = self.skips_on_device(generator_opt)
-        if not on_device and not self.all_ranks_finite(divergence):
-            return divergence.detach()
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        norm: list[Tensor] = []
-
-        def backward() -> None:
-            # Only the generator's gradients: the student's are not needed, and leaving them out keeps
-            # DDP's reducer (which owns the student) out of this backward pass.
-            grads = torch.autograd.grad(-divergence, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat)
-                flat /= self.trainer.world_size
-                grads = list(torch.split(flat, [g.numel() for g in grads]))
-            for p, g in zip(params, grads):
-                p.grad = g.view_as(p)
-            norm.append(torch.nn.utils.clip_grad_norm_(params, self.hparams.generator_clip))
-
-        if on_device:
-            bad = self.step_unless_nonfinite(generator_opt, divergence, backward)
-            self.progress[2] += 1 - bad.long()
-        else:
-            backward()
-            generator_opt.step()
-            self.progress[2] += 1
-        generator_opt.zero_grad()
-        if self.logs_this_step():
-            self.log_dict({"train/generator_divergence": divergence.detach(), "train/generator_grad_norm": norm[0].detach(),
-                           "train/masked_fraction": mask.float().sum() / batch["attention_mask"].sum()},
-                          batch_size=len(batch["input_ids"]))
-        return divergence.detach()
-
     # ----------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.side_modules():
-            checkpoint[GENERATOR_KEY] = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.batches_seen = None  # re-read from the restored progress buffer at fit start
-        if GENERATOR_KEY in checkpoint and self.side_modules():
-            self.generator.load_state_dict(checkpoint[GENERATOR_KEY])
+        state = checkpoint["state_dict"]
+        legacy = checkpoint.pop(LEGACY_GENERATOR_KEY, None)  # a checkpoint from before the generator was a submodule
+        if legacy is not None:
+            state.update({f"generator.network.{k}": v for k, v in legacy.items()})
+        if "generator.steps" not in state and "progress" in state:
+            state["generator.steps"] = state["progress"][2].clone()
 
 
-
-__all__ = ["ZeroShotAdversarialKD", "INPUTS", "PERTURBATIONS"]
+__all__ = ["Inputs", "ZeroShotAdversarialKD"]

@@ -1,78 +1,31 @@
-"""The adversarial generator of zero-shot KD: a masked language model that rewrites masked tokens.
+"""The rewrite maths of zero-shot adversarial KD: plain torch functions (see :class:`AdversarialGenerator`).
 
-Plain torch/transformers, no Lightning. The pieces:
-
-* :func:`load_generator`: any ``AutoModelForMaskedLM`` (hub name or local folder). A bare encoder
-  such as the packaged all-MiniLM-L6-v2 gets an MLM head whose decoder is tied to its word
-  embeddings; the head's transform (untrained) starts as the identity, so the first proposals
-  score each position's hidden state against the vocabulary rather than a random projection.
 * :func:`choose_mask`: which positions to rewrite (a fraction of the real, non-special tokens).
+* :func:`masked_logits`: a masked-LM's vocabulary logits at those positions only.
 * :func:`sample_replacements`: straight-through hard Gumbel-softmax one-hot rows at those positions.
+* :func:`random_replacements`: uniformly random tokens instead (the random-token baselines).
 * :func:`embed_with_replacements`: the one-hot rows times a model's own word-embedding matrix,
   scattered into that model's ordinary embeddings, ready to pass as ``inputs_embeds``.
+* :func:`example_uniform`: per-example seeded noise, the same whatever the batch split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedModel
 
-from kdlight.assets import resolve_model_path
 from kdlight.errors import KDLightError
 
 _UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
 
 
-def load_generator(name_or_path: str) -> PreTrainedModel:
-    from transformers import AutoModelForMaskedLM
-
-    path = resolve_model_path(name_or_path)
-    try:
-        with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
-            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise KDLightError(
-            f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "
-            f"reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
-    missing = set(info.get("missing_keys", []))
-    transform = _head_transform(model)
-    if transform is not None and any("transform.dense" in key for key in missing):
-        with torch.no_grad():  # a fresh head: start from the identity instead of a random projection
-            transform.weight.copy_(torch.eye(*transform.weight.shape))
-            if transform.bias is not None:
-                transform.bias.zero_()
-        rank_zero_info(f"[kdlight] generator {name_or_path}: no MLM head saved; a fresh head (identity transform, decoder tied to the word embeddings)")
-    return model
-
-
-@contextmanager
-def quiet_transformers():
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-
-
-def _head_transform(model: nn.Module) -> nn.Linear | None:
-    for name, module in model.named_modules():
-        if name.endswith("predictions.transform.dense") and isinstance(module, nn.Linear):
-            return module
-    return None
-
-
-def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor, positions: Tensor | None = None) -> Tensor:
+def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor,
+                  positions: Tensor | None = None) -> Tensor:
     """The generator's vocabulary logits at the masked positions only, one row per position.
 
     For BERT-family MLMs (an encoder plus a ``cls`` head) the head runs on the masked positions
@@ -131,7 +84,8 @@ def example_uniform(keys: list[tuple[int, ...]], numels: list[int], device) -> l
     return out
 
 
-def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float, scores: Tensor | None = None) -> Tensor:
+def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float,
+                scores: Tensor | None = None) -> Tensor:
     """A boolean mask over ``rate`` of each row's real, non-special tokens (at least one per row).
 
     ``scores``: uniform noise of the same shape (default: drawn from the global generator).
@@ -146,7 +100,8 @@ def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, 
     return mask | (first & ~mask.any(1, keepdim=True))
 
 
-def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0, uniform: Tensor | None = None) -> Tensor:
+def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0,
+                        uniform: Tensor | None = None) -> Tensor:
     """Straight-through hard Gumbel-softmax over the vocabulary: one-hot rows in the forward pass,
     the soft sample's gradient in the backward pass. ``uniform``: noise shaped like ``logits``."""
     logits = logits.float()
@@ -201,9 +156,10 @@ __all__ = [
     "choose_mask",
     "embed_with_replacements",
     "example_uniform",
-    "load_generator",
     "mask_positions",
     "masked_logits",
     "random_replacements",
     "sample_replacements",
+    "scatter_positions",
+    "select_positions",
 ]
