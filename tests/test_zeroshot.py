@@ -284,3 +284,59 @@ def test_recipe_names_the_paper_setting():
     assert args["student"]["init_args"]["name_or_path"] == "google/bert_uncased_L-4_H-256_A-4"
     assert args["generator"] == "bert-base-uncased" and (args["generator_steps"], args["student_steps"]) == (10, 100)
     assert glue["data"]["init_args"]["corpus"]["init_args"]["source"] == "wikitext-103"
+
+
+def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_runs_only_on_rewrites(
+    assets, corpus_file, tmp_path
+):
+    """The teacher's logits on the fixed corpus never change: with cache_teacher_logits the teacher runs
+    live only on the generator's rewrites (once per generator or student step instead of twice per student step)."""
+    from lightning import Callback, Trainer, seed_everything
+
+    class CountTeacherCalls(Callback):
+        calls = 0
+
+        def on_train_start(self, trainer, module):
+            module.teacher.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def fit(cache: bool):
+        seed_everything(0)
+        module = make_module(assets, generator_steps=1, student_steps=2, cache_teacher_logits=cache,
+                             teacher_cache_dir=str(tmp_path / "teacher_logits"))
+        counter = CountTeacherCalls()
+        trainer = Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[counter])
+        trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / f"corpus_{cache}"))
+        return module, counter.calls
+
+    live, live_calls = fit(False)
+    cached, cached_calls = fit(True)
+    # 6 batches = 2 cycles of (1 generator step, 2 student steps)
+    assert (live_calls, cached_calls) == (2 + 4 * 2, 2 + 4 * 1)
+    assert int(cached.progress[1]) == 4 and int(cached.progress[2]) == 2
+    for (name, a), b in zip(live.student.state_dict().items(), cached.student.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)  # same logits, computed in another batch
+
+
+def test_generator_rewrites_are_decoded_for_people_every_n_generator_steps(assets, corpus_file, tmp_path):
+    import json
+
+    from lightning import Trainer, seed_everything
+
+    from kdlight.components.rewriting import rewrites_markdown
+
+    seed_everything(0)
+    module = make_module(assets, generator_steps=2, student_steps=1, show_rewrites_every=2)
+    trainer = Trainer(max_steps=9, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / "corpus"))
+    rows = [json.loads(line) for line in (Path(trainer.log_dir) / "rewrites.jsonl").read_text().splitlines()]
+    # 9 batches = 3 cycles of 2 generator + 1 student steps: the 2nd, 4th and 6th generator batches, 4 examples each
+    assert [r["generator_step"] for r in rows] == [2] * 4 + [4] * 4 + [6] * 4
+    for row in rows:
+        assert row["spans"] and row["rewritten"] != row["original"]
+        assert row["teacher"] in ("negative", "positive") and row["student"] in ("negative", "positive")
+        assert all(" -> " in span for span in row["spans"])
+    assert rewrites_markdown(rows[:2]).count("\n") == 3
+    with pytest.raises(KDLightError, match="show_rewrites_every must be >= 0"):
+        make_module(assets, show_rewrites_every=-1)

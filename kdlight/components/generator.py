@@ -188,6 +188,10 @@ class AdversarialGenerator(nn.Module):
         return embed_with_replacements(model, batch["input_ids"], mask, one_hot, positions)
 
     @torch.no_grad()
+    def replace(self, batch: dict, replacements: Tensor) -> Tensor:
+        """``batch``'s token ids with ``replacements`` (one id per rewrite position, in order) written in."""
+        return scatter_positions(batch["input_ids"], batch[REWRITE_MASK], batch[REWRITE_POSITIONS], replacements)
+
     def rewrite(self, batch: dict) -> Tensor:
         """A discrete rewrite of ``input_ids`` at the planned positions (no gradient): the network's
         proposals, or uniformly random tokens when there is no network."""

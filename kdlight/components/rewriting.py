@@ -162,4 +162,42 @@ __all__ = [
     "sample_replacements",
     "scatter_positions",
     "select_positions",
+    "describe_rewrites",
+    "rewrites_markdown",
 ]
+
+
+def describe_rewrites(tokenizer, original: Tensor, rewritten: Tensor, attention_mask: Tensor, teacher: list[int],
+                      student: list[int], label_names: list[str] | None = None) -> list[dict]:
+    """Rewrites as people read them: the decoded original and rewrite, each changed span as
+    ``original -> generated`` (runs of adjacent changed tokens joined), and both models' predictions."""
+    names = list(label_names or [])
+    examples = []
+    for row in range(len(original)):
+        length = int(attention_mask[row].sum())
+        before, after = original[row, :length].tolist(), rewritten[row, :length].tolist()
+        spans, start = [], None
+        for i in range(length + 1):
+            changed = i < length and before[i] != after[i]
+            if changed and start is None:
+                start = i
+            if not changed and start is not None:
+                spans.append(f"{tokenizer.decode(before[start:i])} -> {tokenizer.decode(after[start:i])}")
+                start = None
+        examples.append({
+            "original": tokenizer.decode(before, skip_special_tokens=True),
+            "rewritten": tokenizer.decode(after, skip_special_tokens=True),
+            "spans": spans,
+            "teacher": names[teacher[row]] if teacher[row] < len(names) else str(teacher[row]),
+            "student": names[student[row]] if student[row] < len(names) else str(student[row]),
+        })
+    return examples
+
+
+def rewrites_markdown(examples: list[dict]) -> str:
+    """A markdown table of :func:`describe_rewrites` rows (loggers that take text, results files)."""
+    lines = ["| rewritten input | changed spans (original -> generated) | teacher | student |", "|---|---|---|---|"]
+    for e in examples:
+        spans = "; ".join(e["spans"]).replace("|", "\\|")
+        lines.append(f"| {e['rewritten'].replace('|', chr(92) + '|')} | {spans} | {e['teacher']} | {e['student']} |")
+    return "\n".join(lines)

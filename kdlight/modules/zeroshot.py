@@ -52,6 +52,8 @@ learning-rate schedule and Lightning's step count (both live on the host).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -65,6 +67,7 @@ from kdlight.components.generator import (
     AdversarialGenerator,
     Perturbation,
 )
+from kdlight.components.rewriting import describe_rewrites, rewrites_markdown
 from kdlight.data.base import load_tokenizer
 from kdlight.distributed import any_rank, keep_out_of_ddp
 from kdlight.errors import KDLightError, check_choice
@@ -94,6 +97,10 @@ class ZeroShotAdversarialKD(BaseDistiller):
         temperature: KD temperature.
         max_consecutive_skips: stop with an error after this many non-finite steps in a row (the
             run has diverged; without a stop, ``max_steps`` would never be reached).
+        show_rewrites_every: every this many generator steps, decode a few of the generator's rewrites
+            (original span -> generated tokens, the teacher's and the student's predictions on the rewrite)
+            into ``rewrites.jsonl`` in the run's log folder and, when the logger takes text (TensorBoard),
+            as text there too. 0: never. Decoding reads the batch on the host, so it stays out of most steps.
         **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule ...).
     """
 
@@ -113,9 +120,12 @@ class ZeroShotAdversarialKD(BaseDistiller):
         adversarial_weight: float = 1.0,
         temperature: float = 1.0,
         max_consecutive_skips: int = 50,
+        show_rewrites_every: int = 50,
         **kwargs,
     ) -> None:
         check_choice("inputs", inputs, Inputs)
+        if show_rewrites_every < 0:
+            raise KDLightError(f"show_rewrites_every must be >= 0 (0: never), got {show_rewrites_every}")
         check_choice("perturbation", perturbation, Perturbation)
         if not 0 < mask_rate <= 1:
             raise KDLightError(f"mask_rate must be in (0, 1], got {mask_rate}")
@@ -141,6 +151,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
         self.batches_seen: int | None = None  # progress[0] on the host (None: read it at fit start)
         self._skip_streak: Tensor | None = None  # device twins of consecutive_skips and its maximum
         self._worst_streak: Tensor | None = None
+        self.generator_steps_seen = 0  # host count of generator batches (shown rewrites), this process only
 
     # ------------------------------------------------------------------------------- models
     @property
@@ -261,12 +272,42 @@ class ZeroShotAdversarialKD(BaseDistiller):
         optimizer.zero_grad()
         self.generator.steps += taken
         self.progress[2] = self.generator.steps  # the run's record mirrors the generator's own count
+        every = self.hparams.get("show_rewrites_every", 0)
+        self.generator_steps_seen += 1
+        if every and self.generator_steps_seen % every == 0:  # the n-th, 2n-th ... generator batch
+            self.show_rewrites(batch, one_hot.argmax(-1), teacher, student)
         if self.logs_this_step():
             self.log_dict({"train/generator_divergence": divergence.detach(),
                            "train/generator_grad_norm": self.generator.grad_norm.detach(),
                            "train/masked_fraction": batch[REWRITE_MASK].float().sum() / batch["attention_mask"].sum()},
                           batch_size=len(batch["input_ids"]))
         return divergence.detach()
+
+    def show_rewrites(self, batch: dict[str, Tensor], replacements: Tensor, teacher: Tensor, student: Tensor,
+                      limit: int = 4) -> None:
+        """Decode the first ``limit`` rewrites of this generator batch for people to read (rank 0 only)."""
+        if not self.trainer.is_global_zero:
+            return
+        rewritten = self.generator.replace(batch, replacements)
+        examples = describe_rewrites(self.tokenizer_for_display(), batch["input_ids"][:limit].cpu(),
+                                     rewritten[:limit].cpu(), batch["attention_mask"][:limit].cpu(),
+                                     teacher[:limit].argmax(-1).tolist(), student[:limit].argmax(-1).tolist(),
+                                     self.hparams.get("label_names"))
+        step = int(self.generator.steps)
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "rewrites.jsonl").open("a") as out:
+            for example in examples:
+                out.write(json.dumps({"generator_step": step, "global_step": self.global_step, **example}) + "\n")
+        for logger in self.loggers:
+            add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+            if callable(add_text):
+                add_text("rewrites", rewrites_markdown(examples), global_step=self.global_step)
+
+    def tokenizer_for_display(self):
+        if getattr(self, "_display_tokenizer", None) is None:
+            self._display_tokenizer = load_tokenizer(self.hparams.tokenizer or self.hparams.teacher)
+        return self._display_tokenizer
 
     def student_step(self, batch: dict[str, Tensor]) -> Tensor:
         """One student update: KD on the out-of-domain batch and on a fresh rewrite of it (no gradient
