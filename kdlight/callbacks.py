@@ -130,7 +130,8 @@ class PredictionWriter(BasePredictionWriter):
         idx = torch.cat([b["idx"] for b in batches]).tolist()
         preds = torch.cat([b["prediction"] for b in batches]).tolist()
         logits = torch.cat([b["logits"].float() for b in batches]).tolist()
-        names = pl_module.hparams.get("label_names") or None
+        task = getattr(pl_module, "task", None)
+        names = list(task.label_names) if getattr(task, "label_names", None) else None
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}_rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

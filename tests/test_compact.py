@@ -13,8 +13,9 @@ from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdlight.cli import main
+from kdlight.data import TaskSpec
 from kdlight.errors import KDLightError
-from kdlight.losses_layerwise import (
+from kdlight.losses.layerwise import (
     AttentionMSE,
     EmbeddingMSE,
     HiddenMSE,
@@ -279,16 +280,14 @@ def test_zero_shot_refuses_a_pruned_student(assets, vocabulary_file):
             teacher=str(assets["teacher"]),
             generator=str(assets["encoder"]),
             student=student,
-            tokenizer=str(assets["tokenizer"]),
-            label_names=["negative", "positive"],
+            task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
         )
     factorised = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8)
     ZeroShotAdversarialKD(
         teacher=str(assets["teacher"]),
         generator=str(assets["encoder"]),
         student=factorised,
-        tokenizer=str(assets["tokenizer"]),
-        label_names=["negative", "positive"],
+        task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
     )
 
 
@@ -359,8 +358,7 @@ def test_layerwise_projections_are_trained(assets):
         teacher=str(assets["teacher"]),
         student=FreshStudent(num_hidden_layers=2, hidden_size=16, num_attention_heads=2),
         losses=[HiddenMSE()],
-        tokenizer=str(assets["tokenizer"]),
-        label_names=["negative", "positive"],
+        task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
     )
     trainable = {id(p) for p in module.trainable_parameters()}
     assert all(id(p) in trainable for p in module.layer_losses.parameters())

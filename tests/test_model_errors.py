@@ -196,8 +196,7 @@ def test_kdlight_writes_only_plain_hyper_parameters(assets, tmp_path):
     d = assets["data"]
     dm = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
                                       tokenizer=str(assets["teacher"]), max_length=32, batch_size=16)
-    model = VanillaKD(teacher=assets["teacher"], student=TruncatedTeacher(1), label_names=["negative", "positive"],
-                      tokenizer=str(assets["teacher"]))
+    model = VanillaKD(teacher=assets["teacher"], student=TruncatedTeacher(1), task=dm.task)
     assert model.hparams["student"] == {"class_path": "kdlight.models.students.TruncatedTeacher",
                                         "init_args": {"num_layers": 1, "layers": None}}
     assert model.hparams["teacher"] == str(assets["teacher"])

@@ -61,7 +61,7 @@ def test_bad_rate_is_a_clear_error(assets, rate):
 
 
 def test_bad_noise_type_and_instance_without_reference(assets):
-    with pytest.raises(KDLightError, match="unknown noise_type"):
+    with pytest.raises(KDLightError, match="noise_type must be one of .*; got .pairflip."):
         noisy(assets, noise_type="pairflip")
     with pytest.raises(KDLightError, match="reference_model"):
         noisy(assets, noise_type="instance")

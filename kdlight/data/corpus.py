@@ -11,6 +11,7 @@ source (path, size, mtime or hub name), every argument and the tokenizer, so any
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -131,6 +132,17 @@ class OutOfDomainCorpus(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir = cache_dir
         self.dataset: datasets.Dataset | None = None
+
+    def shaped_like(
+        self, *, pair: bool, tokenizer: str | None, max_length: int, batch_size: int, num_workers: int,
+        num_examples: int | None,
+    ) -> OutOfDomainCorpus:
+        """A copy of this corpus with a task's input shape and loading settings; this one is left as it is."""
+        shaped = copy.copy(self)
+        shaped.pair, shaped.tokenizer_name, shaped.max_length = pair, tokenizer, max_length
+        shaped.batch_size, shaped.num_workers, shaped.num_examples = batch_size, num_workers, num_examples
+        shaped.dataset = None
+        return shaped
 
     # --------------------------------------------------------------------------------- reading
     def _local_files(self, source: str) -> list[Path]:

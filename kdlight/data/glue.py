@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from kdlight.data.base import LabelledTextDataModule
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, first_line
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class GLUEDataModule(LabelledTextDataModule):
             return datasets.load_dataset(self.hub_dataset, self.task_name, split=split)
         except Exception as err:
             raise KDLightError(
-                f"cannot load GLUE {self.task_name}/{split} from the hub ({self.hub_dataset}): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                f"cannot load GLUE {self.task_name}/{split} from the hub ({self.hub_dataset}): {first_line(err)}. "
                 "Offline? Point data.init_args.source at a local GLUE folder."
             ) from None
 

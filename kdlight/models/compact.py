@@ -45,9 +45,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, check_choice
 from kdlight.models.students import FreshStudent, StudentSpec
 
+#: where a compressed student's factorisation lives (see the module docstring)
+Layout = Literal["factorised", "albert"]
+#: whose word embeddings the factorisation's SVD starts from
+FactoriseFrom = Literal["auto", "teacher", "student"]
 
 class FactorisedEmbedding(nn.Module):
     """Word embeddings ``E = token_factors @ hidden_factors`` of rank ``rank``.
@@ -357,8 +361,8 @@ class CompressedEmbeddingStudent(StudentSpec):
         self,
         base: StudentSpec,
         embedding_rank: int | None = 64,
-        layout: Literal["factorised", "albert"] = "factorised",
-        factorise_from: Literal["auto", "teacher", "student"] = "auto",
+        layout: Layout = "factorised",
+        factorise_from: FactoriseFrom = "auto",
         vocabulary_files: list[str] | None = None,
         vocabulary_text_columns: list[str] | None = None,
         min_token_count: int = 1,
@@ -370,6 +374,8 @@ class CompressedEmbeddingStudent(StudentSpec):
             )
         if embedding_rank is not None and embedding_rank < 1:
             raise KDLightError(f"embedding_rank must be >= 1, got {embedding_rank}")
+        check_choice("layout", layout, Layout)
+        check_choice("factorise_from", factorise_from, FactoriseFrom)
         if layout == "albert" and embedding_rank is None:
             raise KDLightError("layout: albert needs embedding_rank (ALBERT's embedding_size); set it, e.g. 128")
         if min_token_count < 1:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from kdlight.assets import resolve_model_path
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, first_line
 
 _UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
 
@@ -40,7 +40,7 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
     except (OSError, ValueError) as err:
         raise KDLightError(
             f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "
-            f"reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"reachable from this machine ({type(err).__name__}: {first_line(err)})"
         ) from None
     missing = set(info.get("missing_keys", []))
     transform = _head_transform(model)

@@ -72,7 +72,7 @@ from kdlight.models.generator import (
     sample_replacements,
     scatter_positions,
 )
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 from kdlight.modules.task import fused_on_gpu, model_inputs
 
 INPUTS = ("both", "out_of_domain", "adversarial", "random_tokens")
@@ -202,9 +202,9 @@ class ZeroShotAdversarialKD(BaseDistiller):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
-            tokenizer = load_tokenizer(self.hparams.tokenizer or self.teacher_source)
+            tokenizer = load_tokenizer(self.task.tokenizer or self.teacher_source)
             if self.uses_generator and tokenizer.mask_token_id is None:
-                raise KDLightError(f"the tokenizer of {self.hparams.tokenizer!r} has no mask token; the MLM generator needs one")
+                raise KDLightError(f"the tokenizer of {self.task.tokenizer!r} has no mask token; the MLM generator needs one")
             self.mask_token_id = tokenizer.mask_token_id
             self.register_buffer("special_ids", torch.tensor(tokenizer.all_special_ids, device=self.device), persistent=False)
             self.register_buffer("banned_ids", torch.tensor(banned_token_ids(tokenizer), device=self.device), persistent=False)
