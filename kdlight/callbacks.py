@@ -138,7 +138,7 @@ class PredictionWriter(BasePredictionWriter):
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["idx", "prediction", "label", "logits"])
-            for i, p, l in zip(idx, preds, logits):
+            for i, p, row_logits in zip(idx, preds, logits, strict=True):
                 label = names[int(p)] if names and float(p).is_integer() and 0 <= int(p) < len(names) else ""
-                writer.writerow([i, p, label, " ".join(f"{v:.5f}" for v in l)])
+                writer.writerow([i, p, label, " ".join(f"{v:.5f}" for v in row_logits)])
         print(f"[kdlight] wrote {len(idx)} predictions to {path}")

@@ -113,7 +113,8 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise KDLightError(
-                f"checkpoint {path!r} contains objects kdlight does not write ({', '.join(unsafe[:5])}); it may run code, "
+                f"checkpoint {path!r} contains objects kdlight does not "
+                f"write ({', '.join(unsafe[:5])}); it may run code, "
                 "refusing to load; use a .ckpt written by kdlight, or re-save just its tensors (torch.save of the "
                 "state_dict) where you trust the file"
             ) from None
@@ -121,7 +122,10 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
         raise KDLightError(f"unreadable checkpoint {path!r}: {first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
     if not isinstance(checkpoint, dict):
-        raise KDLightError(f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); pass a .ckpt written by kdlight")
+        raise KDLightError(
+            f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); "
+            "pass a .ckpt written by kdlight"
+        )
     return checkpoint
 
 

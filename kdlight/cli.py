@@ -30,6 +30,7 @@ from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.distiller import BaseDistiller
 from kdlight.resume import resolve_ckpt_path
 
+
 class KDLightCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LatestCheckpoint, "checkpoint")

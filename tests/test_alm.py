@@ -14,7 +14,14 @@ from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import cli
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.errors import KDLightError
-from kdlight.models.mixer import LambdaTable, MixingNetwork, feature_size, lookahead_loss, lookahead_meta_gradients, mixed_loss
+from kdlight.models.mixer import (
+    LambdaTable,
+    MixingNetwork,
+    feature_size,
+    lookahead_loss,
+    lookahead_meta_gradients,
+    mixed_loss,
+)
 from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
 from kdlight.modules.alm import MIXER_KEY
 
@@ -81,12 +88,13 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
 
     halves = [slice(0, 2), slice(2, 4)]
     local = [[g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves]
-    mean_grads = [(a + b) / 2 for a, b in zip(*local)]
+    mean_grads = [(a + b) / 2 for a, b in zip(*local, strict=True)]
     total = torch.zeros_like(grad)
     for sel in halves:
         first = [True]
 
-        def average(tensors):  # 1st call: the training gradients (ranks differ); later: clean terms (ranks agree)
+        # 1st call: the training gradients (ranks differ); later: clean terms (ranks agree)
+        def average(tensors, first=first):
             if first[0]:
                 first[0] = False
                 return mean_grads
@@ -136,7 +144,8 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
         assert (lam > 0).all() and (lam < 1).all()
     else:
         fresh = MixingNetwork(1, 32, 0.9)
-        assert any(not torch.equal(a, b) for a, b in zip(model.mixer.state_dict().values(), fresh.state_dict().values()))
+        pairs = zip(model.mixer.state_dict().values(), fresh.state_dict().values(), strict=True)
+        assert any(not torch.equal(a, b) for a, b in pairs)
     assert "lambda_flipped" in model.last_flip_stats and "lambda_clean" in model.last_flip_stats
 
 
@@ -357,7 +366,7 @@ def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, c
     autograd through ``lambdas`` with the code's repeat_interleave/repeat layout, one teacher."""
     num_classes = head_w.shape[0]
     sl_rows, kd_rows = [], []
-    for (x, y), t in zip(batches, teacher_logits):
+    for (x, y), t in zip(batches, teacher_logits, strict=True):
         outputs = (x @ head_w.T + head_b).requires_grad_(True)
         l1 = x
         loss_sl = nn.functional.cross_entropy(outputs, y)  # criterion_red: CrossEntropyLoss(), mean
@@ -401,7 +410,7 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
                                                                      eta, temp, batch_ind)
         kd = KLDivergence(temp, reduction="none")
         ce_rows, kd_rows = [], []
-        for (x, y), t in zip(batches, teachers):
+        for (x, y), t in zip(batches, teachers, strict=True):
             logits = x @ head_w.T + head_b
             ce_rows.append(last_layer_grads(logits, x, lambda z, y=y: nn.functional.cross_entropy(z, y)))
             kd_rows.append(last_layer_grads(logits, x, lambda z, t=t: kd(z, t).mean()))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import data_args, expect_user_error, trainer_args
 
 import kdlight.cli  # noqa: F401  (imported before capsys, so Lightning's log handler keeps the real stream)
+from conftest import data_args, expect_user_error, trainer_args
 
 
 def recipe(tmp_path, assets, **model_args) -> str:

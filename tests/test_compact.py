@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from kdlight.cli import main
 from kdlight.data import TaskSpec
 from kdlight.errors import KDLightError
@@ -234,7 +234,7 @@ def test_albert_layout_exports_a_stock_model_as_small_as_the_student(prune, teac
     expected += 8 * hidden + hidden  # embedding_hidden_mapping_in
     expected += 2 * 8 - 2 * hidden  # the embedding LayerNorm is in the small space
     assert count_parameters(student) == expected
-    for mine, theirs in zip(student.albert.encoder.albert_layer_groups, truncated.bert.encoder.layer):
+    for mine, theirs in zip(student.albert.encoder.albert_layer_groups, truncated.bert.encoder.layer, strict=True):
         torch.testing.assert_close(mine.albert_layers[0].ffn.weight, theirs.intermediate.dense.weight)
     model, tokenizer = stock_export(student, str(assets["tokenizer"]))
     model.save_pretrained(tmp_path)

@@ -8,7 +8,7 @@ import yaml
 from transformers import BertForMaskedLM, BertForSequenceClassification
 
 import kdlight.data.text
-from conftest import tiny_config, trainer_args
+from conftest import tiny_config, trainer_args, wikitext_lines
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
 from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
@@ -22,7 +22,6 @@ from kdlight.models.generator import (
 )
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import ZeroShotAdversarialKD
-from conftest import wikitext_lines
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "offline.yaml"
 

@@ -69,7 +69,7 @@ class Collator:
                 continue
             pad = self.pad_token_id if key == "input_ids" else 0
             batch[key] = torch.tensor([list(e[key]) + [pad] * (longest - len(e[key])) for e in examples])
-        for key, value in examples[0].items():
+        for key in examples[0]:
             if key not in MODEL_INPUTS:
                 batch[key] = torch.tensor([e[key] for e in examples])
         return batch
@@ -204,7 +204,8 @@ class LabelledTextDataModule(LightningDataModule):
     def tokenizer(self):
         if not self.tokenizer_name:
             raise KDLightError(
-                f"{type(self).__name__} needs a tokenizer: set data.init_args.tokenizer to a hub name or local model folder"
+                f"{type(self).__name__} needs a tokenizer: set "
+                "data.init_args.tokenizer to a hub name or local model folder"
             )
         return load_tokenizer(self.tokenizer_name)
 

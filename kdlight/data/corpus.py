@@ -17,8 +17,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import datasets
 import numpy as np
@@ -78,8 +78,7 @@ def shape_examples(
                 i += 1
             segments.append(" ".join(parts))
         if pair:
-            for first, second in zip(segments[0::2], segments[1::2]):
-                yield first, second
+            yield from zip(segments[0::2], segments[1::2], strict=False)  # an odd last segment is left out
         else:
             for segment in segments:
                 yield segment, None
@@ -192,7 +191,10 @@ class OutOfDomainCorpus(LightningDataModule):
                 elif isinstance(record, dict) and self.text_field in record:
                     yield str(record[self.text_field])
                 else:
-                    raise KDLightError(f"{path}: records need a {self.text_field!r} field; set text_field to the field holding the text")
+                    raise KDLightError(
+                        f"{path}: records need a {self.text_field!r} field; "
+                        "set text_field to the field holding the text"
+                    )
 
     # ------------------------------------------------------------------------------- building
     def _fingerprint(self) -> str:
@@ -223,7 +225,8 @@ class OutOfDomainCorpus(LightningDataModule):
         folder = self.cache_path()
         if (folder / "dataset_info.json").is_file():
             return datasets.load_from_disk(str(folder))
-        rank_zero_info(f"[kdlight] building the out-of-domain corpus from {self.source} ({'pairs' if self.pair else 'single sentences'})")
+        shape = "pairs" if self.pair else "single sentences"
+        rank_zero_info(f"[kdlight] building the out-of-domain corpus from {self.source} ({shape})")
         texts, pairs = [], []
         for first, second in shape_examples(self.paragraphs(), self.pair, self.max_length, self.min_words, self.seed):
             texts.append(first)
@@ -231,12 +234,16 @@ class OutOfDomainCorpus(LightningDataModule):
         if not texts:
             raise KDLightError(
                 f"corpus {self.source!r} gave no examples: no sentence of {self.min_words}+ words"
-                f"{' in paragraphs of two or more sentences (pairs)' if self.pair else ''}; lower min_words or use more text"
+                f"{' in paragraphs of two or more sentences (pairs)' if self.pair else ''}; "
+                "lower min_words or use more text"
             )
         order = np.random.default_rng(self.seed + 1).permutation(len(texts))
         if self.num_examples is not None:
             if self.num_examples > len(order):
-                rank_zero_info(f"[kdlight] corpus has {len(order)} examples, fewer than num_examples={self.num_examples}: using all")
+                rank_zero_info(
+                    f"[kdlight] corpus has {len(order)} examples, "
+                    f"fewer than num_examples={self.num_examples}: using all"
+                )
             order = order[: self.num_examples]
         columns = {"text": [texts[i] for i in order]}
         if self.pair:

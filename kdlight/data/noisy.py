@@ -167,7 +167,10 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         if getattr(datamodule, "num_labels", 2) < 2:
             raise KDLightError("label noise needs a classification task (num_labels >= 2), not a regression task")
         if noise_type == "instance" and noise_rate > 0 and not reference_model:
-            raise KDLightError("noise_type='instance' needs reference_model: a fine-tuned classifier whose confidence sets the flip probability")
+            raise KDLightError(
+                "noise_type='instance' needs reference_model: "
+                "a fine-tuned classifier whose confidence sets the flip probability"
+            )
         self.inner = datamodule
         self.noise_type, self.noise_rate, self.clean_val_size = noise_type, float(noise_rate), clean_val_size
         self.reference_model = reference_model

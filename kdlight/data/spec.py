@@ -84,29 +84,21 @@ class TaskSpec:
     @classmethod
     def from_hparams(cls, task: TaskSpec | Mapping | None = None, legacy: Mapping[str, Any] | None = None) -> TaskSpec:
         """The spec from a module's ``task`` argument: a TaskSpec, its :meth:`to_dict` form (read from a
-        checkpoint), or None (the defaults: two unnamed classes, accuracy). ``legacy`` holds an old
-        checkpoint's separate ``num_labels``/``metric``/``label_names``/``tokenizer``, which win."""
-        legacy = {k: v for k, v in (legacy or {}).items() if k in LEGACY_TASK_KEYS}
-        if isinstance(task, TaskSpec) and not legacy:
+        checkpoint), or None: then from ``legacy``, an old checkpoint's separate ``num_labels``,
+        ``metric``, ``label_names`` and ``tokenizer`` hyper-parameters, else the defaults (two unnamed
+        classes scored by accuracy). A given task wins over legacy values, as the data's own values
+        won over a checkpoint's when they were linked one by one."""
+        if isinstance(task, TaskSpec):
             return task
         if task is None:
-            given: dict[str, Any] = {}
-        elif isinstance(task, TaskSpec):
-            given = task.to_dict()
-        elif isinstance(task, Mapping):
-            given = dict(task)
-        else:
+            return cls(**{k: v for k, v in (legacy or {}).items() if k in LEGACY_TASK_KEYS})
+        if not isinstance(task, Mapping):
             raise KDLightError(f"task must be a TaskSpec (e.g. task=datamodule.task), got {type(task).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(given) - known)
+        unknown = sorted(set(task) - known)
         if unknown:
             raise KDLightError(f"task: unknown field(s) {', '.join(unknown)}; a TaskSpec has {', '.join(sorted(known))}")
-        if legacy:
-            given = {**given, **legacy}
-            given.pop("task_type", None)  # derived again from the old num_labels
-            if "num_labels" in legacy and "metric" not in legacy:
-                given.pop("metric", None)
-        return cls(**given)
+        return cls(**task)
 
 
 __all__ = ["LEGACY_TASK_KEYS", "TaskMetric", "TaskSpec", "TaskType"]

@@ -33,7 +33,10 @@ class ZeroShotDataModule(LabelledTextDataModule):
     def __init__(self, task: LabelledTextDataModule, corpus: OutOfDomainCorpus | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if not isinstance(task, LabelledTextDataModule):
-            raise KDLightError(f"task must be a kdlight task datamodule (GLUEDataModule, TextClassificationDataModule ...), got {type(task).__name__}")
+            raise KDLightError(
+                "task must be a kdlight task datamodule (GLUEDataModule, TextClassificationDataModule ...), "
+                f"got {type(task).__name__}"
+            )
         self.inner = task  # ``self.task`` is this module's TaskSpec, as on every datamodule
         self.num_labels, self.metric, self.label_names = task.num_labels, task.metric, task.label_names
         self.val_splits, self.test_splits = tuple(task.val_splits), tuple(task.test_splits)
@@ -53,7 +56,8 @@ class ZeroShotDataModule(LabelledTextDataModule):
     def load_split(self, split: str) -> datasets.Dataset:
         if split == self.inner.train_split and split != OUT_OF_DOMAIN_SPLIT:
             raise KDLightError(
-                f"zero-shot distillation never reads the task's training split ({split!r}); training inputs come from the corpus"
+                "zero-shot distillation never reads the task's training "
+                f"split ({split!r}); training inputs come from the corpus"
             )
         return self.inner.load_split(split)
 

@@ -142,7 +142,7 @@ class HiddenMSE(ProjectedLayerLoss):
             masked_mean(
                 (project(student.hidden_states[s]) - teacher.hidden_states[t]).float().pow(2).mean(-1), attention_mask
             )
-            for (s, t), project in zip(self.pairs, self.projections)
+            for (s, t), project in zip(self.pairs, self.projections, strict=True)
         ]
         return torch.stack(losses).mean()
 
@@ -321,7 +321,7 @@ class PatientCLS(ProjectedLayerLoss):
 
     def forward(self, student, teacher, attention_mask):
         losses = []
-        for (s, t), project in zip(self.pairs, self.projections):
+        for (s, t), project in zip(self.pairs, self.projections, strict=True):
             s_cls = F.normalize(project(student.hidden_states[s][:, 0]).float(), dim=-1)
             t_cls = F.normalize(teacher.hidden_states[t][:, 0].float(), dim=-1)
             losses.append((s_cls - t_cls).pow(2).sum(-1).mean())

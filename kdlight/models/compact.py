@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -281,9 +280,10 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
     """``bert`` (a BERT sequence classifier) rewritten as a stock ``AlbertForSequenceClassification``.
 
     ``up_projection`` (r x hidden, orthonormal rows) becomes ALBERT's ``embedding_hidden_mapping_in`` and
-    ``word_rows`` (vocab x r) its word embeddings (``None``: the caller sets them, e.g. pruned rows); BERT's position and token-type embeddings are projected into the
-    r-dimensional space by the same matrix. Every block, the pooler and the classifier are copied as they are
-    (ALBERT's block is BERT's: post-LN attention then feed-forward), one block per group so nothing is shared.
+    ``word_rows`` (vocab x r) its word embeddings (``None``: the caller sets them, e.g. pruned rows);
+    BERT's position and token-type embeddings are projected into the r-dimensional space by the same matrix.
+    Every block, the pooler and the classifier are copied as they are (ALBERT's block is BERT's: post-LN
+    attention then feed-forward), one block per group so nothing is shared.
     """
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
@@ -315,7 +315,7 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
         mapping = albert.albert.encoder.embedding_hidden_mapping_in
         mapping.weight.copy_(up_projection.T)
         mapping.bias.zero_()
-        for bert_block, group in zip(bert.bert.encoder.layer, albert.albert.encoder.albert_layer_groups):
+        for bert_block, group in zip(bert.bert.encoder.layer, albert.albert.encoder.albert_layer_groups, strict=True):
             block = group.albert_layers[0]
             pairs = [
                 (block.attention.query, bert_block.attention.self.query),

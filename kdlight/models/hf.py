@@ -63,7 +63,8 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] |
         order = label_permutation(config, label_names, name_or_path, role)
     elif require_head:
         raise KDLightError(
-            f"{role} {name_or_path!r} has no fine-tuned classification head ({', '.join(config.architectures or ['unknown'])}); "
+            f"{role} {name_or_path!r} has no fine-tuned classification "
+            f"head ({', '.join(config.architectures or ['unknown'])}); "
             "fine-tune it first (model: TeacherFineTuning) and pass the exported folder or checkpoint"
         )
     config.update(label_config(num_labels, label_names))
@@ -152,7 +153,10 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     """
     checkpoint = load_checkpoint(path)
     if HF_CONFIGS_KEY not in checkpoint:
-        raise KDLightError(f"{path!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight or a save_pretrained folder")
+        raise KDLightError(
+            f"{path!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); "
+            "pass a .ckpt written by kdlight or a save_pretrained folder"
+        )
     prefix = prefix or predictor_attr(checkpoint)
     config_dict = dict(checkpoint[HF_CONFIGS_KEY][prefix])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)

@@ -128,7 +128,8 @@ class LayerwiseKD(BaseDistiller):
         self, student: LayerOutputs, teacher: LayerOutputs, attention_mask: Tensor
     ) -> dict[str, Tensor]:
         return {
-            name: loss(student, teacher, attention_mask) for name, loss in zip(self.layer_loss_names, self.layer_losses)
+            name: loss(student, teacher, attention_mask)
+            for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
         }
 
     def intermediate_total(self, batch: dict[str, Tensor]) -> Tensor:
@@ -138,7 +139,9 @@ class LayerwiseKD(BaseDistiller):
             teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
         student = forward_internals(self.student, inputs, self.student_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
-        return sum(loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses))
+        return sum(
+            loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
+        )
 
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = self.kd_loss(student_logits, teacher_logits)
@@ -154,7 +157,10 @@ class LayerwiseKD(BaseDistiller):
         student = forward_internals(self.student, inputs, self.student_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
         total = sum(
-            (loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses)),
+            (
+                loss.loss_weight * parts[name]
+                for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
+            ),
             torch.zeros((), device=self.device),
         )
         if self.logit_weight > 0:

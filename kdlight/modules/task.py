@@ -214,7 +214,8 @@ class KDLightTask(LightningModule):
         vocab = self.predictor.config.vocab_size
         if len(tokenizer) > vocab:
             raise KDLightError(
-                f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the model only {vocab} embeddings; "
+                f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} "
+                f"tokens but the model only {vocab} embeddings; "
                 "set data.init_args.tokenizer to the model's own tokenizer"
             )
         used = tokenizer_name or ""
@@ -227,8 +228,10 @@ class KDLightTask(LightningModule):
             difference = tokenizer_difference(tokenizer, load_tokenizer(own))
             if difference:
                 raise KDLightError(
-                    f"tokenizer mismatch: the data's tokenizer {tokenizer_name!r} is not the one the {role} {source!r} was "
-                    f"saved with ({difference}); set data.init_args.tokenizer to {own!r} (left empty it is the {role}'s)"
+                    f"tokenizer mismatch: the data's tokenizer {tokenizer_name!r} "
+                    f"is not the one the {role} {source!r} was "
+                    f"saved with ({difference}); set data.init_args.tokenizer "
+                    f"to {own!r} (left empty it is the {role}'s)"
                 )
 
     @staticmethod
@@ -393,6 +396,7 @@ def check_export_dir(path: Path) -> None:
         raise KDLightError(f"export_dir {str(path)!r} is a file; give a folder path for the exported model")
     if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
         raise KDLightError(
-            f"export_dir {str(path)!r} holds files that are not a model export, and an export replaces the whole folder; "
+            f"export_dir {str(path)!r} holds files that are not a "
+            "model export, and an export replaces the whole folder; "
             "give an empty or new folder"
         )
