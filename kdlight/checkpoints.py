@@ -120,7 +120,9 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
             ) from None
         raise KDLightError(f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight") from None
     except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
-        raise KDLightError(f"unreadable checkpoint {path!r}: {first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
+        raise KDLightError(
+            f"unreadable checkpoint {path!r}: {first_line(err)}; pass a Lightning .ckpt written by kdlight"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise KDLightError(
             f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); "

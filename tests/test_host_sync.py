@@ -137,7 +137,8 @@ def vanilla_cached(assets, tmp_path):
 
 def layerwise(assets, tmp_path):
     dm = task_data(assets)
-    return LayerwiseKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()], task=dm.task), dm
+    return LayerwiseKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()],
+                       task=dm.task), dm
 
 
 def teacher(assets, tmp_path):
@@ -165,7 +166,8 @@ def zeroshot(inputs, perturbation="generator"):
 
         dm = zeroshot_datamodule(assets, tmp_path)
         module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=TruncatedTeacher(1),
-                                       task=dm.task, generator_steps=2, student_steps=2, inputs=inputs, perturbation=perturbation,
+                                       task=dm.task,
+                                       generator_steps=2, student_steps=2, inputs=inputs, perturbation=perturbation,
                                        optimizer=fused_adamw(1e-4), generator_optimizer=fused_adamw(1e-5))
         return module, dm
     return build

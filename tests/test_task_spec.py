@@ -83,7 +83,8 @@ def test_every_datamodule_describes_its_task(assets, tmp_path):
     zero_shot = ZeroShotDataModule(task=evaluation, corpus=corpus, tokenizer=tokenizer, max_length=32, batch_size=4)
     assert zero_shot.task == plain.task and zero_shot.inner is evaluation
     assert evaluation.tokenizer_name is None and corpus.tokenizer_name is None and corpus.max_length == 128
-    assert (zero_shot.corpus.tokenizer_name, zero_shot.corpus.max_length, zero_shot.corpus.batch_size) == (tokenizer, 32, 4)
+    shaped = zero_shot.corpus
+    assert (shaped.tokenizer_name, shaped.max_length, shaped.batch_size) == (tokenizer, 32, 4)
     unlabelled = CorpusDataModule(source=str(corpus_file), tokenizer=tokenizer).task
     assert (unlabelled.task_type, unlabelled.num_labels, unlabelled.tokenizer) == ("unlabelled", 0, tokenizer)
 

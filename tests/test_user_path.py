@@ -46,7 +46,8 @@ def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
     proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     if check and proc.returncode != 0:
         command = " ".join(map(str, args))
-        raise AssertionError(f"kdlight {command} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"kdlight {command} exited {proc.returncode}:\n{output}")
     return proc
 
 

@@ -63,7 +63,8 @@ class TaskSpec:
             raise KDLightError(f"a {task_type} task has {wanted} label(s), got num_labels={self.num_labels}")
         metric = self.metric or _DEFAULT_METRIC[task_type]
         check_choice("metric", metric, TaskMetric)
-        if (metric == "pearson_spearman") != (task_type == "regression") or (metric == "none") != (task_type == "unlabelled"):
+        regression, unlabelled = task_type == "regression", task_type == "unlabelled"
+        if (metric == "pearson_spearman") != regression or (metric == "none") != unlabelled:
             raise KDLightError(
                 f"metric {metric!r} does not score a {task_type} task; use {_DEFAULT_METRIC[task_type]!r}"
                 + (" (or matthews, f1)" if task_type == "classification" else "")
@@ -72,7 +73,8 @@ class TaskSpec:
         if names is not None and len(names) != self.num_labels:
             raise KDLightError(f"label_names {list(names)} name {len(names)} classes, but num_labels={self.num_labels}")
         tokenizer = os.fspath(self.tokenizer) if isinstance(self.tokenizer, os.PathLike) else self.tokenizer
-        for name, value in (("task_type", task_type), ("metric", metric), ("label_names", names), ("tokenizer", tokenizer)):
+        resolved = {"task_type": task_type, "metric": metric, "label_names": names, "tokenizer": tokenizer}
+        for name, value in resolved.items():
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +99,9 @@ class TaskSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(task) - known)
         if unknown:
-            raise KDLightError(f"task: unknown field(s) {', '.join(unknown)}; a TaskSpec has {', '.join(sorted(known))}")
+            raise KDLightError(
+                f"task: unknown field(s) {', '.join(unknown)}; a TaskSpec has {', '.join(sorted(known))}"
+            )
         return cls(**task)
 
 

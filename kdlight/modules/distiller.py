@@ -76,7 +76,9 @@ class BaseDistiller(KDLightTask):
     # ------------------------------------------------------------------------------- models
     def configure_models(self) -> None:
         task = self.task
-        self.teacher = load_classifier(self.teacher_source, task.num_labels, task.label_names, require_head=True, role="teacher")
+        self.teacher = load_classifier(
+            self.teacher_source, task.num_labels, task.label_names, require_head=True, role="teacher"
+        )
         self.teacher.eval().requires_grad_(False)
         self.student = self.student_spec.build(self.teacher, task.num_labels, task.label_names).train()
         check_compatible(self.teacher, self.student)
@@ -140,7 +142,9 @@ class BaseDistiller(KDLightTask):
             rank_zero_info(f"[kdlight] teacher logits {'computed into' if computed else 'loaded from'} {folder}")
         strategy.barrier("teacher_cache")
         if cache is None:
-            cache, _, _ = TeacherLogitCache.load_or_compute(self.teacher, dataset, None, self.device, root, compute=False)
+            cache, _, _ = TeacherLogitCache.load_or_compute(
+                self.teacher, dataset, None, self.device, root, compute=False
+            )
         return cache.to(self.device)
 
     def student_logits(self, batch: dict[str, Tensor]) -> Tensor:
