@@ -319,7 +319,8 @@ def resolve_model_path(name_or_path: str) -> str:
         )
     if not hub_reachable():
         raise KDLightError(
-            f"cannot load model {name!r}: not a local folder, and the hub ({_hub_endpoint()}) cannot be reached from this "
+            f"cannot load model {name!r}: not a local folder, and the "
+            f"hub ({_hub_endpoint()}) cannot be reached from this "
             "machine; give a local model folder (e.g. a save_pretrained export) or run where the hub is reachable"
         )
     return name

@@ -130,14 +130,15 @@ class PredictionWriter(BasePredictionWriter):
         idx = torch.cat([b["idx"] for b in batches]).tolist()
         preds = torch.cat([b["prediction"] for b in batches]).tolist()
         logits = torch.cat([b["logits"].float() for b in batches]).tolist()
-        names = pl_module.hparams.get("label_names") or None
+        task = getattr(pl_module, "task", None)
+        names = list(task.label_names) if getattr(task, "label_names", None) else None
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}_rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["idx", "prediction", "label", "logits"])
-            for i, p, l in zip(idx, preds, logits):
+            for i, p, row_logits in zip(idx, preds, logits, strict=True):
                 label = names[int(p)] if names and float(p).is_integer() and 0 <= int(p) < len(names) else ""
-                writer.writerow([i, p, label, " ".join(f"{v:.5f}" for v in l)])
+                writer.writerow([i, p, label, " ".join(f"{v:.5f}" for v in row_logits)])
         print(f"[kdlight] wrote {len(idx)} predictions to {path}")

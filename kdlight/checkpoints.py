@@ -28,10 +28,14 @@ from typing import Any
 
 import torch
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, first_line
 
 #: key under which kdlight checkpoints keep each model's HF config, so they load without the hub
 HF_CONFIGS_KEY = "kdlight_hf_configs"
+#: key naming the module attribute that holds the predictor (``model``, ``student``): its weights' prefix
+PREDICTOR_ATTR_KEY = "kdlight_predictor_attr"
+#: the same, as checkpoints written before the rename call it
+_LEGACY_PREDICTOR_ATTR_KEY = "kdlight_export_prefix"
 
 #: the non-plain objects a kdlight checkpoint may contain (see the module docstring)
 SAFE_GLOBALS: list[Any] = [pathlib.PosixPath, pathlib.PurePosixPath]
@@ -46,11 +50,6 @@ def allow_in_checkpoints(*classes: type) -> None:
 
 
 torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _pickle_globals(path: str) -> list[str]:
@@ -114,26 +113,41 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise KDLightError(
-                f"checkpoint {path!r} contains objects kdlight does not write ({', '.join(unsafe[:5])}); it may run code, "
+                f"checkpoint {path!r} contains objects kdlight does not "
+                f"write ({', '.join(unsafe[:5])}); it may run code, "
                 "refusing to load; use a .ckpt written by kdlight, or re-save just its tensors (torch.save of the "
                 "state_dict) where you trust the file"
             ) from None
         raise KDLightError(f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight") from None
     except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
-        raise KDLightError(f"unreadable checkpoint {path!r}: {_first_line(err)}; pass a Lightning .ckpt written by kdlight") from None
+        raise KDLightError(
+            f"unreadable checkpoint {path!r}: {first_line(err)}; pass a Lightning .ckpt written by kdlight"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise KDLightError(f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); pass a .ckpt written by kdlight")
+        raise KDLightError(
+            f"{path!r} is not a kdlight checkpoint (it holds a {type(checkpoint).__name__}); "
+            "pass a .ckpt written by kdlight"
+        )
     return checkpoint
 
 
+def predictor_attr(checkpoint: dict[str, Any]) -> str:
+    """The attribute (and state-dict prefix) of the predictor in a kdlight checkpoint: ``model`` or ``student``."""
+    return checkpoint.get(PREDICTOR_ATTR_KEY) or checkpoint.get(_LEGACY_PREDICTOR_ATTR_KEY) or "model"
+
+
 def checkpoint_tokenizer(path: str | os.PathLike) -> str | None:
-    """The tokenizer a kdlight checkpoint was trained with (its ``tokenizer`` hyper-parameter)."""
+    """The tokenizer a kdlight checkpoint was trained with (its task's, or the separate ``tokenizer``
+    hyper-parameter of checkpoints written before TaskSpec)."""
     checkpoint = load_checkpoint(path, mmap=True)
     if HF_CONFIGS_KEY not in checkpoint:
         raise KDLightError(f"{os.fspath(path)!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight "
                            "or a save_pretrained folder")
     hparams = checkpoint.get("hyper_parameters") or {}
-    tokenizer = hparams.get("tokenizer") if isinstance(hparams, dict) else None
+    if not isinstance(hparams, dict):
+        return None
+    task = hparams.get("task")
+    tokenizer = task.get("tokenizer") if isinstance(task, dict) else hparams.get("tokenizer")
     return str(tokenizer) if tokenizer else None
 
 
@@ -152,4 +166,13 @@ def plain_hparam(value: Any) -> Any:
     return value
 
 
-__all__ = ["HF_CONFIGS_KEY", "SAFE_GLOBALS", "allow_in_checkpoints", "checkpoint_tokenizer", "load_checkpoint", "plain_hparam"]
+__all__ = [
+    "HF_CONFIGS_KEY",
+    "PREDICTOR_ATTR_KEY",
+    "SAFE_GLOBALS",
+    "allow_in_checkpoints",
+    "checkpoint_tokenizer",
+    "load_checkpoint",
+    "plain_hparam",
+    "predictor_attr",
+]

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, first_line
 
 # The config slots whose class_path names a kdlight class, and the base class each must extend.
 _SLOTS = {
@@ -61,8 +61,8 @@ def check_class_path(slot: str, value: Any) -> None:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise KDLightError(
-            f"{flag}: cannot import {module_name!r} for {value!r} ({err}); run kdlight from the folder that holds "
-            f"{module_name.split('.')[0]}.py or add that folder to PYTHONPATH"
+            f"{flag}: cannot import {module_name!r} for {value!r} ({first_line(err)}); run kdlight from the folder "
+            f"that holds {module_name.split('.')[0]}.py or add that folder to PYTHONPATH"
         ) from None
     cls = getattr(module, attr, None)
     if not inspect.isclass(cls):

@@ -2,13 +2,16 @@
 
 ``kdlight fit|validate|test|predict --config recipe.yaml``. Configs name classes by short name
 (``class_path: VanillaKD``). What the data determines (label count, label names, metric,
-tokenizer) is linked from the datamodule into the model, so it is never typed twice; the
-datamodule's tokenizer in turn defaults to the model's teacher/model, so a recipe usually names a
-model once.
+tokenizer) is one :class:`~kdlight.data.spec.TaskSpec`, ``data.task``, linked into the model's
+``task`` argument, so it is never typed twice. The datamodule's tokenizer in turn defaults to the
+model's own (its teacher's, or the fine-tuned model's: the argument the module class names in
+``default_tokenizer_arg``), filled into the config before anything is built, so a recipe usually
+names a model once.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -24,11 +27,8 @@ from kdlight.callbacks import ExactResume, LatestCheckpoint, PredictionWriter
 from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
 from kdlight.class_paths import check_class_paths
 from kdlight.errors import KDLightError, user_error_in
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 from kdlight.resume import resolve_ckpt_path
-
-# The model argument that names where the datamodule's tokenizer comes from, by module type.
-_TOKENIZER_SOURCES = ("teacher", "model")
 
 
 class KDLightCLI(LightningCLI):
@@ -44,9 +44,7 @@ class KDLightCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        for name in ("num_labels", "metric", "label_names"):
-            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
-        parser.link_arguments("data.tokenizer_name", "model.init_args.tokenizer", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
@@ -77,20 +75,31 @@ class KDLightCLI(LightningCLI):
         return kwargs
 
     def before_instantiate_classes(self) -> None:
+        """An empty ``data.init_args.tokenizer`` becomes the model's own tokenizer, in the config: the
+        datamodule is then built with it like with any argument given to it, and no datamodule or
+        wrapped datamodule is changed after it is built."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         data_args = config.get("data", {}).get("init_args")
         model_args = config.get("model", {}).get("init_args")
         if data_args is None or model_args is None or data_args.get("tokenizer"):
             return
-        for name in _TOKENIZER_SOURCES:
-            source = model_args.get(name)
-            if isinstance(source, str):
-                data_args["tokenizer"] = tokenizer_of(source)
-                return
+        arg = getattr(_import_class(config["model"].get("class_path")), "default_tokenizer_arg", None)
+        source = model_args.get(arg) if arg else None
+        if isinstance(source, str) and source:
+            data_args["tokenizer"] = tokenizer_of(source)
 
 
 # --ckpt_path values resolved by name, not read as files (kdlight.resume finds last/best)
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
+
+
+def _import_class(class_path: str | None) -> type | None:
+    """The class a parsed config's ``class_path`` names (already imported by the parser), or None."""
+    module, _, name = (class_path or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return None
 
 
 def tokenizer_of(model_source: str) -> str:

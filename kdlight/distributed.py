@@ -31,7 +31,7 @@ def sum_across_ranks(tensors: list[Tensor]) -> list[Tensor]:
         return tensors
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
-    return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors)]
+    return [part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors, strict=True)]
 
 
 def mean_across_ranks(tensors: list[Tensor]) -> list[Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import typing
+from typing import Any, get_args
 
 
 class KDLightError(ValueError):
@@ -29,11 +29,21 @@ def user_error_in(err: BaseException) -> KDLightError | None:
     return None
 
 
-def check_choice(name: str, value, choices) -> None:
+def check_choice(name: str, value: Any, choices: Any) -> None:
     """Raise a KDLightError unless ``value`` is one of the ``typing.Literal`` type ``choices``.
 
-    The CLI rejects a wrong choice itself (jsonargparse reads the ``Literal`` in the signature, and
-    ``--help`` lists the choices); this is the same check for Python callers, from the same type."""
-    allowed = typing.get_args(choices)
+    The CLI rejects a bad choice while parsing (the argument is annotated with the same Literal);
+    this is the one runtime check for Python callers, who bypass the parser.
+    """
+    allowed = get_args(choices)
     if value not in allowed:
         raise KDLightError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (libraries' own errors run to pages), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+__all__ = ["KDLightError", "check_choice", "first_line", "user_error_in"]

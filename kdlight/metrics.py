@@ -7,17 +7,22 @@ logged again as ``<stage>/score`` so checkpointing and "% of teacher" need no pe
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-METRICS = ("accuracy", "matthews", "f1", "pearson_spearman")
+from kdlight.errors import check_choice
+
+#: the task metrics kdlight computes (GLUE's, by name)
+Metric = Literal["accuracy", "matthews", "f1", "pearson_spearman"]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
-def build_metrics(metric: str, num_labels: int) -> MetricCollection:
+def build_metrics(metric: Metric, num_labels: int) -> MetricCollection:
     """A metric collection whose first entry is the headline score."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
+    check_choice("metric", metric, Metric)
     if metric == "pearson_spearman":
         if num_labels != 1:
             raise ValueError(f"metric 'pearson_spearman' is for regression (num_labels=1), got num_labels={num_labels}")
@@ -33,7 +38,7 @@ def build_metrics(metric: str, num_labels: int) -> MetricCollection:
     return MetricCollection({"f1": PositiveClassF1(num_classes=num_labels), "accuracy": accuracy})
 
 
-def headline(metric: str) -> str:
+def headline(metric: Metric) -> str:
     return {"accuracy": "accuracy", "matthews": "matthews", "f1": "f1", "pearson_spearman": "pearson"}[metric]
 
 

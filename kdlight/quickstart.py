@@ -129,7 +129,7 @@ def format_table(summary: dict) -> str:
         ("wall time (fit+test)", f"{summary['teacher_seconds']:.0f}s", f"{summary['student_seconds']:.0f}s"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     lines.append(f"total wall time: {summary['total_seconds']:.0f}s")
     return "\n".join(lines)

@@ -80,7 +80,8 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str) -> str | None:
     if ckpt_path not in ("last", "best"):
         if not Path(ckpt_path).expanduser().is_file():
             raise KDLightError(
-                f"checkpoint not found: {ckpt_path!r}; give an existing .ckpt file, or 'last' / 'best' for the newest run's "
+                f"checkpoint not found: {ckpt_path!r}; give an existing "
+                ".ckpt file, or 'last' / 'best' for the newest run's "
                 "latest / best checkpoint under the same trainer.default_root_dir"
             )
         return str(Path(ckpt_path).expanduser())
@@ -92,7 +93,8 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str) -> str | None:
             rank_zero_info(f"[kdlight] no last.ckpt under {where}: starting a new run")
             return None
         raise KDLightError(
-            f"--ckpt_path {ckpt_path}: no run with a last.ckpt under {where}; train first with `kdlight fit` and the same "
+            f"--ckpt_path {ckpt_path}: no run with a last.ckpt under "
+            f"{where}; train first with `kdlight fit` and the same "
             "trainer.default_root_dir, or pass the .ckpt file itself"
         )
     folder, version = found
@@ -101,7 +103,8 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str) -> str | None:
         best = _best_recorded_in(path)
         if not best or not Path(best).is_file():
             raise KDLightError(
-                f"--ckpt_path best: {path} records no best checkpoint that still exists ({best or 'none'}); the run may not "
+                f"--ckpt_path best: {path} records no best checkpoint "
+                f"that still exists ({best or 'none'}); the run may not "
                 "have validated yet: use --ckpt_path last or pass a .ckpt file"
             )
         path = Path(best)

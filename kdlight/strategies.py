@@ -21,7 +21,10 @@ def import_class(path: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
-        raise KDLightError(f"cannot import layer class {path!r}; give its full path, e.g. transformers.models.bert.modeling_bert.BertLayer") from None
+        raise KDLightError(
+            f"cannot import layer class {path!r}; "
+            "give its full path, e.g. transformers.models.bert.modeling_bert.BertLayer"
+        ) from None
 
 
 class LayerWiseFSDP(FSDPStrategy):

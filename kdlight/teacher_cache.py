@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -94,12 +95,15 @@ class TeacherLogitCache:
         return torch.cat(all_idx), torch.cat(all_logits)
 
     @classmethod
-    def load_or_compute(cls, teacher: nn.Module, dataset: datasets.Dataset, loader: DataLoader,
-                        device: torch.device, root: Path, compute: bool = True) -> tuple[TeacherLogitCache, Path, bool]:
+    def load_or_compute(cls, teacher: nn.Module, dataset: datasets.Dataset,
+                        loader: DataLoader | Callable[[], DataLoader] | None, device: torch.device, root: Path,
+                        compute: bool = True) -> tuple[TeacherLogitCache, Path, bool]:
         """Load the cache for (teacher, dataset) from ``root``, computing and saving it if absent.
 
-        Returns the cache, its folder, and whether it was computed now. With ``compute=False``
-        (non-zero ranks under DDP, after rank 0 has written it) a missing cache is an error.
+        ``loader`` serves ``dataset`` for the computation: a loader, or a function that builds one
+        (called only when the logits are computed). Returns the cache, its folder, and whether it was
+        computed now. With ``compute=False`` (non-zero ranks under DDP, after rank 0 has written it)
+        a missing cache is an error, and no loader is needed.
         """
         folder = Path(root) / fingerprint(teacher, dataset)
         if (folder / "dataset_info.json").is_file():
@@ -107,6 +111,8 @@ class TeacherLogitCache:
             return cls(table["idx"], table["logits"]), folder, False
         if not compute:
             raise RuntimeError(f"teacher-logit cache {folder} was not written by rank 0")
+        if callable(loader):
+            loader = loader()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             idx, logits = cls.compute(teacher, loader, device)  # iterating a loader draws from the global RNG
         tmp = folder.with_name(folder.name + ".tmp")

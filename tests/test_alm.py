@@ -14,7 +14,14 @@ from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import cli
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.errors import KDLightError
-from kdlight.models.mixer import LambdaTable, MixingNetwork, feature_size, lookahead_loss, lookahead_meta_gradients, mixed_loss
+from kdlight.models.mixer import (
+    LambdaTable,
+    MixingNetwork,
+    feature_size,
+    lookahead_loss,
+    lookahead_meta_gradients,
+    mixed_loss,
+)
 from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
 from kdlight.modules.alm import MIXER_KEY
 
@@ -81,12 +88,13 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
 
     halves = [slice(0, 2), slice(2, 4)]
     local = [[g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves]
-    mean_grads = [(a + b) / 2 for a, b in zip(*local)]
+    mean_grads = [(a + b) / 2 for a, b in zip(*local, strict=True)]
     total = torch.zeros_like(grad)
     for sel in halves:
         first = [True]
 
-        def average(tensors):  # 1st call: the training gradients (ranks differ); later: clean terms (ranks agree)
+        # 1st call: the training gradients (ranks differ); later: clean terms (ranks agree)
+        def average(tensors, first=first):
             if first[0]:
                 first[0] = False
                 return mean_grads
@@ -106,10 +114,6 @@ def noisy_dm(assets, **kw):
     return NoisyLabelDataModule(base, **args)
 
 
-def link(dm):
-    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
-
-
 def fit(model, dm, root, epochs=1, ckpt_path=None, **kw):
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0, **kw)
@@ -124,7 +128,7 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
     dm = noisy_dm(assets)
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead=lookahead, learning_rate=0.0,
                                  weight_decay=0.0, lookahead_lr=1.0, meta_learning_rate=0.05 if mixer == "network" else 1.0,
-                                 **link(dm))
+                                 task=dm.task)
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     fit(model, dm, tmp_path, enable_checkpointing=False, limit_val_batches=0)
@@ -140,7 +144,8 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
         assert (lam > 0).all() and (lam < 1).all()
     else:
         fresh = MixingNetwork(1, 32, 0.9)
-        assert any(not torch.equal(a, b) for a, b in zip(model.mixer.state_dict().values(), fresh.state_dict().values()))
+        pairs = zip(model.mixer.state_dict().values(), fresh.state_dict().values(), strict=True)
+        assert any(not torch.equal(a, b) for a, b in pairs)
     assert "lambda_flipped" in model.last_flip_stats and "lambda_clean" in model.last_flip_stats
 
 
@@ -155,7 +160,7 @@ def test_centred_meta_gradient_moves_weights_but_keeps_their_mean(assets, tmp_pa
         seed_everything(0)
         dm = noisy_dm(assets)
         model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), center_meta_grad=center, learning_rate=1e-3,
-                                     lookahead_lr=1.0, meta_learning_rate=1.0, **link(dm))
+                                     lookahead_lr=1.0, meta_learning_rate=1.0, task=dm.task)
         fit(model, dm, tmp_path / str(center), enable_checkpointing=False, limit_val_batches=0)
         rows = model.mixer.logits.detach()[torch.tensor(dm.splits["train"]["idx"])].squeeze(-1)
         assert rows.std() > 0.1  # the per-example signal is kept
@@ -169,7 +174,7 @@ def test_meta_warmup_in_epochs(assets, tmp_path):
     seed_everything(0)
     dm = noisy_dm(assets)
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_interval="epoch", meta_warmup=1, lookahead_lr=1.0,
-                                 **link(dm))
+                                 task=dm.task)
     fit(model, dm, tmp_path / "one", epochs=1, enable_checkpointing=False, limit_val_batches=0)
     assert torch.allclose(model.table_lambdas(), torch.tensor(0.9))
     fit(model, dm, tmp_path / "two", epochs=2, enable_checkpointing=False, limit_val_batches=0)
@@ -179,22 +184,22 @@ def test_meta_warmup_in_epochs(assets, tmp_path):
 def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path):
     seed_everything(0)
     dm = noisy_dm(assets)
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, **link(dm))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, task=dm.task)
     fit(model, dm, tmp_path / "a", enable_checkpointing=False, limit_val_batches=0)
     assert torch.allclose(model.table_lambdas(), torch.tensor(0.9))
 
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), lookahead_lr=1.0, **link(dm))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), lookahead_lr=1.0, task=dm.task)
     trainer = fit(model, dm, tmp_path / "b", limit_val_batches=1)
     path = tmp_path / "alm.ckpt"
     trainer.save_checkpoint(path)
     ckpt = load_checkpoint(path)  # the safe loader reads what kdlight writes
     assert MIXER_KEY in ckpt and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
     assert not any("mixer" in k for k in ckpt["state_dict"])  # kept out of DDP's buckets and the state dict
-    restored = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), **link(dm))
+    restored = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=dm.task)
     restored.on_load_checkpoint(ckpt)
     assert torch.equal(restored.table_lambdas(), model.table_lambdas())
     # resuming through the trainer restores the table as well
-    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, **link(dm))
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, task=dm.task)
     fit(resumed, dm, tmp_path / "c", epochs=2, ckpt_path=str(path), limit_val_batches=1, enable_checkpointing=False)
     assert torch.equal(resumed.table_lambdas(), model.table_lambdas())
 
@@ -208,7 +213,7 @@ def test_without_meta_steps_alm_is_vanilla_kd_at_init_lambda(assets, tmp_path):
     for cls, extra in ((AdaptiveLossMixingKD, {"meta_steps": 0, "init_lambda": 0.7}), (VanillaKD, {"alpha": 0.7})):
         seed_everything(0)
         dm = noisy_dm(assets)
-        model = cls(teacher=str(assets["teacher"]), temperature=4.0, learning_rate=1e-3, **extra, **link(dm))
+        model = cls(teacher=str(assets["teacher"]), temperature=4.0, learning_rate=1e-3, **extra, task=dm.task)
         fit(model, dm, tmp_path / cls.__name__, epochs=2, enable_checkpointing=False, limit_val_batches=0)
         students.append(model.student.state_dict())
     alm, vanilla = students
@@ -219,7 +224,7 @@ def test_without_meta_steps_alm_is_vanilla_kd_at_init_lambda(assets, tmp_path):
 def test_needs_the_noisy_datamodule_and_valid_args(assets, tmp_path):
     d = assets["data"]
     plain = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), tokenizer=str(assets["teacher"]))
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), **link(plain))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=plain.task)
     with pytest.raises(KDLightError, match="NoisyLabelDataModule"):
         fit(model, plain, tmp_path)
     with pytest.raises(KDLightError, match="mixer"):
@@ -232,7 +237,7 @@ def test_multi_teacher_softmax_over_ce_and_k_kd_terms(assets, tmp_path):
     seed_everything(0)
     dm = noisy_dm(assets)
     teacher = str(assets["teacher"])
-    model = MultiTeacherALMKD(teachers=[teacher, teacher], lookahead_lr=1.0, **link(dm))
+    model = MultiTeacherALMKD(teachers=[teacher, teacher], lookahead_lr=1.0, task=dm.task)
     fit(model, dm, tmp_path, enable_checkpointing=False, limit_val_batches=0)
     w = model.mixer(torch.tensor(dm.splits["train"]["idx"]))
     assert w.shape[1] == 3 and torch.allclose(w.sum(-1), torch.ones(len(w)))
@@ -326,7 +331,7 @@ def test_meta_schedule_counts_training_batches(assets, tmp_path, every, warmup, 
     the meta optimiser's steps: meta_every=3 used to run at batches 0, 2, 4, 6, 8)."""
     seed_everything(0)
     dm = noisy_dm(assets)  # 80 training examples, batches of 16: 5 batches an epoch
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=every, meta_warmup=warmup, **link(dm))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=every, meta_warmup=warmup, task=dm.task)
     seen = meta_batches(model)
     fit(model, dm, tmp_path, epochs=2, enable_checkpointing=False, limit_val_batches=0)
     assert seen == expected and int(model.meta_progress[0]) == 10
@@ -335,13 +340,13 @@ def test_meta_schedule_counts_training_batches(assets, tmp_path, every, warmup, 
 def test_meta_schedule_continues_after_resume(assets, tmp_path):
     seed_everything(0)
     dm = noisy_dm(assets)
-    first = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    first = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_first = meta_batches(first)
     trainer = fit(first, dm, tmp_path / "a", epochs=1, enable_checkpointing=False, limit_val_batches=0)
     path = tmp_path / "epoch1.ckpt"
     trainer.save_checkpoint(path)
     assert load_checkpoint(path)["state_dict"]["meta_progress"].tolist() == [5]
-    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_resumed = meta_batches(resumed)
     fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(path), enable_checkpointing=False, limit_val_batches=0)
     assert (seen_first, seen_resumed) == ([0, 3], [6, 9])
@@ -349,7 +354,7 @@ def test_meta_schedule_continues_after_resume(assets, tmp_path):
     old = load_checkpoint(path)
     del old["state_dict"]["meta_progress"]
     torch.save(old, tmp_path / "old.ckpt")
-    again = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, **link(dm))
+    again = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_again = meta_batches(again)
     fit(again, dm, tmp_path / "c", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False, limit_val_batches=0)
     assert seen_again == [6, 9]
@@ -361,7 +366,7 @@ def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, c
     autograd through ``lambdas`` with the code's repeat_interleave/repeat layout, one teacher."""
     num_classes = head_w.shape[0]
     sl_rows, kd_rows = [], []
-    for (x, y), t in zip(batches, teacher_logits):
+    for (x, y), t in zip(batches, teacher_logits, strict=True):
         outputs = (x @ head_w.T + head_b).requires_grad_(True)
         l1 = x
         loss_sl = nn.functional.cross_entropy(outputs, y)  # criterion_red: CrossEntropyLoss(), mean
@@ -405,7 +410,7 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
                                                                      eta, temp, batch_ind)
         kd = KLDivergence(temp, reduction="none")
         ce_rows, kd_rows = [], []
-        for (x, y), t in zip(batches, teachers):
+        for (x, y), t in zip(batches, teachers, strict=True):
             logits = x @ head_w.T + head_b
             ce_rows.append(last_layer_grads(logits, x, lambda z, y=y: nn.functional.cross_entropy(z, y)))
             kd_rows.append(last_layer_grads(logits, x, lambda z, t=t: kd(z, t).mean()))
@@ -451,7 +456,7 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
     seed_everything(0)
     dm = noisy_dm(assets, noise_type="uniform")
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), algorithm="official", grad_fit=2, warm_epoch=1, select_every=2,
-                                 learning_rate=0.0, weight_decay=0.0, lookahead_lr=1.0, **link(dm))
+                                 learning_rate=0.0, weight_decay=0.0, lookahead_lr=1.0, task=dm.task)
     assert model.hparams.meta_learning_rate == 1500.0 and model.hparams.meta_iterations == 5
     epoch_of = [0]
     original_pass = model.official_meta_pass
@@ -493,7 +498,7 @@ def test_lambda_png_written_at_fit_end(assets, tmp_path, mixer, caplog):
 
     seed_everything(0)
     dm = noisy_dm(assets)
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead_lr=1.0, **link(dm))
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead_lr=1.0, task=dm.task)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=CSVLogger(str(tmp_path)), enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
                       enable_checkpointing=False, limit_val_batches=0)

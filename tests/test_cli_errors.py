@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import data_args, expect_user_error, trainer_args
 
 import kdlight.cli  # noqa: F401  (imported before capsys, so Lightning's log handler keeps the real stream)
+from conftest import data_args, expect_user_error, trainer_args
 
 
 def recipe(tmp_path, assets, **model_args) -> str:
@@ -61,15 +61,16 @@ def test_export_replaces_an_earlier_export_as_a_whole(assets, tmp_path):
 
     from transformers import AutoModelForSequenceClassification
 
+    from kdlight.data import TaskSpec
     from kdlight.modules import TeacherFineTuning
 
     target = tmp_path / "export"
-    classifier = TeacherFineTuning(model=str(assets["encoder"]), num_labels=2, label_names=["neg", "pos"],
-                                   tokenizer=str(assets["tokenizer"]))
+    tokenizer = str(assets["tokenizer"])
+    classifier = TeacherFineTuning(model=str(assets["encoder"]),
+                                   task=TaskSpec(label_names=["neg", "pos"], tokenizer=tokenizer))
     classifier.export(target)
     assert json.loads((target / "label_names.json").read_text()) == ["neg", "pos"]
-    regressor = TeacherFineTuning(model=str(assets["encoder"]), num_labels=1, metric="pearson_spearman",
-                                  tokenizer=str(assets["tokenizer"]))
+    regressor = TeacherFineTuning(model=str(assets["encoder"]), task=TaskSpec(num_labels=1, tokenizer=tokenizer))
     regressor.export(target)
     assert not (target / "label_names.json").exists()
     assert AutoModelForSequenceClassification.from_pretrained(target).config.num_labels == 1

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from kdlight.cli import main
+from kdlight.data import TaskSpec
 from kdlight.errors import KDLightError
-from kdlight.losses_layerwise import (
+from kdlight.losses.layerwise import (
     AttentionMSE,
     EmbeddingMSE,
     HiddenMSE,
@@ -233,7 +234,7 @@ def test_albert_layout_exports_a_stock_model_as_small_as_the_student(prune, teac
     expected += 8 * hidden + hidden  # embedding_hidden_mapping_in
     expected += 2 * 8 - 2 * hidden  # the embedding LayerNorm is in the small space
     assert count_parameters(student) == expected
-    for mine, theirs in zip(student.albert.encoder.albert_layer_groups, truncated.bert.encoder.layer):
+    for mine, theirs in zip(student.albert.encoder.albert_layer_groups, truncated.bert.encoder.layer, strict=True):
         torch.testing.assert_close(mine.albert_layers[0].ffn.weight, theirs.intermediate.dense.weight)
     model, tokenizer = stock_export(student, str(assets["tokenizer"]))
     model.save_pretrained(tmp_path)
@@ -279,16 +280,14 @@ def test_zero_shot_refuses_a_pruned_student(assets, vocabulary_file):
             teacher=str(assets["teacher"]),
             generator=str(assets["encoder"]),
             student=student,
-            tokenizer=str(assets["tokenizer"]),
-            label_names=["negative", "positive"],
+            task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
         )
     factorised = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8)
     ZeroShotAdversarialKD(
         teacher=str(assets["teacher"]),
         generator=str(assets["encoder"]),
         student=factorised,
-        tokenizer=str(assets["tokenizer"]),
-        label_names=["negative", "positive"],
+        task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
     )
 
 
@@ -359,8 +358,7 @@ def test_layerwise_projections_are_trained(assets):
         teacher=str(assets["teacher"]),
         student=FreshStudent(num_hidden_layers=2, hidden_size=16, num_attention_heads=2),
         losses=[HiddenMSE()],
-        tokenizer=str(assets["tokenizer"]),
-        label_names=["negative", "positive"],
+        task=TaskSpec(label_names=["negative", "positive"], tokenizer=str(assets["tokenizer"])),
     )
     trainable = {id(p) for p in module.trainable_parameters()}
     assert all(id(p) in trainable for p in module.layer_losses.parameters())

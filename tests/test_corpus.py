@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from conftest import FILLER, sentence, sentiment_rows, wikitext_lines, write_csv
+from conftest import FILLER, sentence, wikitext_lines, write_csv
 from kdlight.data import OutOfDomainCorpus, TextClassificationDataModule, ZeroShotDataModule
 from kdlight.data.corpus import clean_paragraph, shape_examples, split_sentences
 from kdlight.errors import KDLightError

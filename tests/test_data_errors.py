@@ -365,7 +365,7 @@ def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets,
     )
     assert [int(r["idx"]) for r in rows] == list(range(11))  # one row per input, in the file's order
     texts = [r["text"] for r in csv.DictReader(path.open())]
-    for row, logits in zip(rows, direct_logits(assets["teacher"], texts)):
+    for row, logits in zip(rows, direct_logits(assets["teacher"], texts), strict=True):
         assert int(row["prediction"]) == int(logits.argmax())  # row i is input i's prediction
         assert row["label"] == ["negative", "positive"][int(row["prediction"])]  # names from the training labels
 

@@ -131,7 +131,8 @@ def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, modu
     ddp = run(args, tmp_path / "ddp", devices=2, batch_size=8, overrides=overrides)
     a, b = (BertForSequenceClassification.from_pretrained(next((tmp_path / name).rglob("export/config.json")).parent)
             for name in ("single", "ddp"))  # under DDP rank 0 exported
-    diffs = {name: (p - q).abs().max().item() for (name, p), q in zip(a.named_parameters(), b.parameters())}
+    pairs = zip(a.named_parameters(), b.parameters(), strict=True)
+    diffs = {name: (p - q).abs().max().item() for (name, p), q in pairs}
     assert single["val/accuracy"] == ddp["val/accuracy"]
     assert abs(single["val/loss"] - ddp["val/loss"]) < 1e-4
     for name, diff in diffs.items():

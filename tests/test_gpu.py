@@ -16,7 +16,7 @@ import torch
 from lightning import Trainer, seed_everything
 
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
-from kdlight.losses_layerwise import HiddenMSE
+from kdlight.losses.layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
 
@@ -32,37 +32,30 @@ def task_data(assets):
                                         batch_size=8)
 
 
-def linked(dm) -> dict:
-    dm.prepare_data()
-    dm.setup("fit")
-    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
-
-
 def build(name: str, assets, tmp_path):
     teacher = str(assets["teacher"])
     if name == "teacher":
         dm = task_data(assets)
-        return TeacherFineTuning(model=teacher, **linked(dm)), dm
+        return TeacherFineTuning(model=teacher, task=dm.task), dm
     if name in ("vanilla_kd", "vanilla_kd_cached"):
         dm = task_data(assets)
         cache = {"cache_teacher_logits": True, "teacher_cache_dir": str(tmp_path / "logits")} if name.endswith("cached") else {}
-        return VanillaKD(teacher=teacher, student=TruncatedTeacher(1), **cache, **linked(dm)), dm
+        return VanillaKD(teacher=teacher, student=TruncatedTeacher(1), **cache, task=dm.task), dm
     if name == "layerwise_kd":
         dm = task_data(assets)
-        return LayerwiseKD(teacher=teacher, student=TruncatedTeacher(2), losses=[HiddenMSE()], **linked(dm)), dm
+        return LayerwiseKD(teacher=teacher, student=TruncatedTeacher(2), losses=[HiddenMSE()], task=dm.task), dm
     if name == "zeroshot":
         from conftest import zeroshot_datamodule
 
         dm = zeroshot_datamodule(assets, tmp_path)
         return ZeroShotAdversarialKD(teacher=teacher, generator=str(assets["encoder"]), student=TruncatedTeacher(1),
-                                     tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"],
-                                     generator_steps=2, student_steps=2), dm
+                                     task=dm.task, generator_steps=2, student_steps=2), dm
     if name == "alm_kd":
         d = assets["data"]
         base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
                                             test_file=str(d / "test.csv"))
         dm = NoisyLabelDataModule(base, noise_rate=0.4, clean_val_size=16, tokenizer=teacher, max_length=32, batch_size=8)
-        return AdaptiveLossMixingKD(teacher=teacher, student=TruncatedTeacher(1), **linked(dm)), dm
+        return AdaptiveLossMixingKD(teacher=teacher, student=TruncatedTeacher(1), task=dm.task), dm
     raise ValueError(name)
 
 

@@ -22,7 +22,7 @@ import torch
 from lightning import Trainer, seed_everything
 
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
-from kdlight.losses_layerwise import HiddenMSE
+from kdlight.losses.layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
 
@@ -120,35 +120,30 @@ def task_data(assets, batch_size=8):
                                         max_length=32, batch_size=batch_size)
 
 
-def linked(dm) -> dict:
-    dm.prepare_data()
-    dm.setup("fit")
-    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
-
-
 def fused_adamw(lr):
     return lambda params: torch.optim.AdamW(params, lr=lr, fused=True)
 
 
 def vanilla(assets, tmp_path):
     dm = task_data(assets)
-    return VanillaKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), temperature=2.0, **linked(dm)), dm
+    return VanillaKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), temperature=2.0, task=dm.task), dm
 
 
 def vanilla_cached(assets, tmp_path):
     dm = task_data(assets)
     return VanillaKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), cache_teacher_logits=True,
-                     teacher_cache_dir=str(tmp_path / "teacher_logits"), **linked(dm)), dm
+                     teacher_cache_dir=str(tmp_path / "teacher_logits"), task=dm.task), dm
 
 
 def layerwise(assets, tmp_path):
     dm = task_data(assets)
-    return LayerwiseKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()], **linked(dm)), dm
+    return LayerwiseKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()],
+                       task=dm.task), dm
 
 
 def teacher(assets, tmp_path):
     dm = task_data(assets)
-    return TeacherFineTuning(model=str(assets["teacher"]), **linked(dm)), dm
+    return TeacherFineTuning(model=str(assets["teacher"]), task=dm.task), dm
 
 
 def alm(mixer):
@@ -159,7 +154,7 @@ def alm(mixer):
         dm = NoisyLabelDataModule(base, noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["teacher"]), max_length=32,
                                   batch_size=8)
         return AdaptiveLossMixingKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), mixer=mixer,
-                                    **linked(dm)), dm
+                                    task=dm.task), dm
     return build
 
 
@@ -171,7 +166,7 @@ def zeroshot(inputs, perturbation="generator"):
 
         dm = zeroshot_datamodule(assets, tmp_path)
         module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=TruncatedTeacher(1),
-                                       tokenizer=str(assets["tokenizer"]), label_names=["negative", "positive"],
+                                       task=dm.task,
                                        generator_steps=2, student_steps=2, inputs=inputs, perturbation=perturbation,
                                        optimizer=fused_adamw(1e-4), generator_optimizer=fused_adamw(1e-5))
         return module, dm

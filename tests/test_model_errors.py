@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, data_args, expect_user_error, trainer_args
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
 import kdlight.cli  # noqa: F401  (imported before any capsys test: Lightning's log handler binds the stderr it finds)
+from conftest import WORDS, data_args, expect_user_error, trainer_args
 from kdlight.errors import KDLightError
 from kdlight.models.hf import HF_CONFIGS_KEY, load_classifier
 
@@ -129,7 +129,8 @@ CASES = [
     ("generator-learning-rate-negative", "fit", "ZeroShotAdversarialKD", {"generator_learning_rate": -1e-6}, [],
      "generator_learning_rate must be >= 0"),
     ("max-length-above-positions", "fit", "VanillaKD", {}, ["--data.max_length=100"],
-     "max_length=100 is above the 64 position embeddings of the teacher .*; set data.init_args.max_length to 64 or less"),
+     "max_length=100 is above the 64 position embeddings of the teacher .*; "
+     "set data.init_args.max_length to 64 or less"),
     ("finetune-max-length-above-positions", "fit", "TeacherFineTuning", {"model": "{teacher}"}, ["--data.max_length=65"],
      "max_length=65 is above the 64 position embeddings of the model"),
     ("student-deeper-than-teacher", "fit", "VanillaKD", {"student": "TruncatedTeacher", "student.num_layers": 5}, [],
@@ -196,8 +197,7 @@ def test_kdlight_writes_only_plain_hyper_parameters(assets, tmp_path):
     d = assets["data"]
     dm = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
                                       tokenizer=str(assets["teacher"]), max_length=32, batch_size=16)
-    model = VanillaKD(teacher=assets["teacher"], student=TruncatedTeacher(1), label_names=["negative", "positive"],
-                      tokenizer=str(assets["teacher"]))
+    model = VanillaKD(teacher=assets["teacher"], student=TruncatedTeacher(1), task=dm.task)
     assert model.hparams["student"] == {"class_path": "kdlight.models.students.TruncatedTeacher",
                                         "init_args": {"num_layers": 1, "layers": None}}
     assert model.hparams["teacher"] == str(assets["teacher"])
@@ -243,7 +243,6 @@ def test_teacher_labels_are_matched_by_name(assets, files, tmp_path, caplog):
 
 def test_fine_tuning_continues_a_named_model_in_the_data_order(assets, files, tmp_path):
     from conftest import data_args as d_args
-
     from kdlight.cli import cli
 
     runner = cli(["--model=TeacherFineTuning", f"--model.model={files['reversed']}", *d_args(assets),

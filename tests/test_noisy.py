@@ -61,7 +61,7 @@ def test_bad_rate_is_a_clear_error(assets, rate):
 
 
 def test_bad_noise_type_and_instance_without_reference(assets):
-    with pytest.raises(KDLightError, match="unknown noise_type"):
+    with pytest.raises(KDLightError, match="noise_type must be one of .*; got .pairflip."):
         noisy(assets, noise_type="pairflip")
     with pytest.raises(KDLightError, match="reference_model"):
         noisy(assets, noise_type="instance")
@@ -75,10 +75,11 @@ def test_carve_before_noise_test_untouched_and_reproducible(assets):
     assert len(clean) == 16 and len(train) == 96 - 16
     assert not set(train["idx"]) & set(clean["idx"])
     original = inner(assets)
-    source = {i: y for i, y in zip(original.load_split("train")["idx"], original.load_split("train")["labels"])}
+    full = original.load_split("train")
+    source = dict(zip(full["idx"], full["labels"], strict=True))
     # the clean split keeps the original labels; the noisy split's clean_labels are the originals
-    assert all(source[i] == y for i, y in zip(clean["idx"], clean["labels"]))
-    assert all(source[i] == y for i, y in zip(train["idx"], train["clean_labels"]))
+    assert all(source[i] == y for i, y in zip(clean["idx"], clean["labels"], strict=True))
+    assert all(source[i] == y for i, y in zip(train["idx"], train["clean_labels"], strict=True))
     flipped = np.array(train["labels"]) != np.array(train["clean_labels"])
     assert (flipped == np.array(train["is_flipped"], dtype=bool)).all()
     assert flipped.mean() == pytest.approx(0.4, abs=0.01)
@@ -159,7 +160,6 @@ def test_wrapper_arguments_fill_in_for_unset_inner_ones_and_conflicts_are_errors
 
 def test_inner_arguments_are_honoured_through_the_cli(assets, tmp_path, capsys):
     from conftest import expect_user_error, trainer_args
-
     from kdlight.cli import cli
 
     d = assets["data"]

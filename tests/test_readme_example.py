@@ -31,5 +31,5 @@ def test_readme_variant_is_short_and_trains(assets, tmp_path, monkeypatch):
     metrics = runner.trainer.callback_metrics
     assert {"train/mse", "train/ce", "train/loss"} <= set(metrics)
     assert abs(metrics["train/loss"] - (0.3 * metrics["train/mse"] + 0.7 * metrics["train/ce"])) < 1e-5
-    assert any(not (a == b).all() for a, b in zip(student_before, runner.model.student.parameters()))
-    assert all((a == b).all() for a, b in zip(teacher_before, runner.model.teacher.parameters()))  # frozen
+    assert any(not (a == b).all() for a, b in zip(student_before, runner.model.student.parameters(), strict=True))
+    assert all((a == b).all() for a, b in zip(teacher_before, runner.model.teacher.parameters(), strict=True))  # frozen

@@ -16,9 +16,9 @@ def test_truncated_teacher_copies_the_chosen_layers(teacher):
     student = TruncatedTeacher(num_layers=2).build(teacher, 2, ["neg", "pos"])
     assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
     # evenly spaced: first and last of 4 teacher layers
-    for s_layer, t_index in zip(student.bert.encoder.layer, (0, 3)):
+    for s_layer, t_index in zip(student.bert.encoder.layer, (0, 3), strict=True):
         t_layer = teacher.bert.encoder.layer[t_index]
-        assert all(torch.equal(a, b) for a, b in zip(s_layer.parameters(), t_layer.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(s_layer.parameters(), t_layer.parameters(), strict=True))
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
     assert student.bert.embeddings.word_embeddings.weight.data_ptr() != teacher.bert.embeddings.word_embeddings.weight.data_ptr()
     assert student.config.id2label == {0: "neg", 1: "pos"}

@@ -22,7 +22,7 @@ def test_cached_training_matches_live_teacher(assets, tmp_path):
     live = fit(assets, tmp_path / "live", cache_dir, cache=False)
     cached = fit(assets, tmp_path / "cached", cache_dir, cache=True)
     assert cached.model.teacher_cache is not None and live.model.teacher_cache is None
-    for a, b in zip(live.model.student.parameters(), cached.model.student.parameters()):
+    for a, b in zip(live.model.student.parameters(), cached.model.student.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     # every training batch is served from the cache, and agrees with the live teacher
     dm, model = cached.datamodule, cached.model

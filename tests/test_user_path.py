@@ -45,7 +45,9 @@ def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     if check and proc.returncode != 0:
-        raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        command = " ".join(map(str, args))
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"kdlight {command} exited {proc.returncode}:\n{output}")
     return proc
 
 

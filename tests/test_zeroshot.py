@@ -8,7 +8,7 @@ import yaml
 from transformers import BertForMaskedLM, BertForSequenceClassification
 
 import kdlight.data.text
-from conftest import tiny_config, trainer_args
+from conftest import tiny_config, trainer_args, wikitext_lines
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
 from kdlight.components.rewriting import banned_token_ids, choose_mask, embed_with_replacements, sample_replacements
@@ -17,7 +17,6 @@ from kdlight.errors import KDLightError
 from kdlight.models.hf import load_generator
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import ZeroShotAdversarialKD
-from conftest import wikitext_lines
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "offline.yaml"
 
@@ -305,7 +304,8 @@ def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_ru
                              teacher_cache_dir=str(tmp_path / "teacher_logits"))
         counter = CountTeacherCalls()
         trainer = Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[counter])
+                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[counter],
+                          default_root_dir=tmp_path / f"run_{cache}")
         trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / f"corpus_{cache}"))
         return module, counter.calls
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from kdlight.data.base import load_tokenizer
-from kdlight.losses_layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
+from kdlight.losses.layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
 from kdlight.models import TruncatedTeacher
 from kdlight.models.hf import load_classifier
 from kdlight.models.layers import Needs, forward_internals

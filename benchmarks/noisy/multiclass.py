@@ -78,10 +78,6 @@ def datamodule(cfg, rate: float):
     )
 
 
-def link(dm) -> dict:
-    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
-
-
 def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
     return cache_dir() / "teachers" / f"tweets_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
@@ -97,7 +93,7 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
     if not (out / "config.json").is_file():
         start = time.perf_counter()
         seed_everything(0, verbose=False)
-        model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), **link(dm))
+        model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task)
         make_trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     from kdlight.models.hf import load_classifier
@@ -149,7 +145,7 @@ def train_student(cfg, rate: float, teacher_kind: str, method: str, lam: float |
     teacher = str(teacher_dir(cfg, teacher_kind, rate))
     work = cfg.work / f"worker{os.getpid()}"
     common = dict(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True, learning_rate=cfg.lr,
-                  warmup_ratio=0.1, export_dir=str(work / "export"), export_best=False, **link(dm))
+                  warmup_ratio=0.1, export_dir=str(work / "export"), export_best=False, task=dm.task)
     seed_everything(seed, verbose=False)
     if method == "KD":
         model = VanillaKD(alpha=lam, **common)

@@ -66,17 +66,13 @@ def datamodule(cfg, noise: str, rate: float, meta_batch_size: int = 32) -> Noisy
     )
 
 
-def link(dm) -> dict:
-    return {"num_labels": dm.num_labels, "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name}
-
-
 def noisy_teacher(cfg, dm, noise: str, rate: float) -> str:
     out = cache_dir() / "teachers" / f"noisy_{noise}_{int(rate * 100)}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
     if (out / "config.json").is_file():
         return str(out)
     start = time.perf_counter()
     seed_everything(0, verbose=False)
-    model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), **link(dm))
+    model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task)
     trainer(cfg, out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
     print(f"[noisy] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     return str(out)
@@ -152,7 +148,7 @@ def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | No
     seed_everything(seed, verbose=False)
     model = cls(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
                 learning_rate=cfg.lr, warmup_ratio=0.1, export_dir=str(cfg.work / "export"), export_best=False,
-                **extra, **link(dm))
+                **extra, task=dm.task)
     model.student.get_input_embeddings().requires_grad_(False)  # frozen word embeddings: a cheaper step, same for all methods
     timer = StepTimer()
     t = trainer(cfg, cfg.work / "student", cfg.epochs, [timer])
@@ -199,7 +195,7 @@ def interleaved_timing(cfg, rounds: int = 2, steps: int = 30) -> dict[str, float
                 extra.update(meta_learning_rate=cfg.meta_lr if extra["mixer"] == "table" else cfg.net_meta_lr)
             seed_everything(0, verbose=False)
             model = cls(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
-                        learning_rate=cfg.lr, export_dir=str(cfg.work / "export"), export_best=False, **extra, **link(dm))
+                        learning_rate=cfg.lr, export_dir=str(cfg.work / "export"), export_best=False, **extra, task=dm.task)
             model.student.get_input_embeddings().requires_grad_(False)
             timer = StepTimer()
             t = trainer(cfg, cfg.work / "timing", 1, [timer], max_steps=steps)

@@ -106,9 +106,8 @@ def kdlight_module(module: str, paths, dm, spec):
     from kdlight.models.students import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD, ZeroShotAdversarialKD
 
-    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(spec["student_layers"]), "num_labels": dm.num_labels,
-              "metric": dm.metric, "label_names": dm.label_names, "tokenizer": dm.tokenizer_name, "learning_rate": LR,
-              "weight_decay": 0.0, "warmup_ratio": WARMUP_RATIO}
+    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(spec["student_layers"]), "task": dm.task,
+              "learning_rate": LR, "weight_decay": 0.0, "warmup_ratio": WARMUP_RATIO}
     if module == "vanilla":
         return VanillaKD(alpha=ALPHA, temperature=TEMPERATURE, **common)
     if module == "zeroshot":

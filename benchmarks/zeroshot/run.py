@@ -109,13 +109,12 @@ def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int
     common = {"teacher": teacher, "student": STUDENTS[student](), "export_dir": str(setting.work / "export"), "export_best": False}
     if mode is None:
         dm = task_data(setting, teacher)
-        module = VanillaKD(alpha=0.5, temperature=2.0, learning_rate=2e-4, warmup_ratio=0.1, tokenizer=teacher,
-                           num_labels=2, label_names=dm.label_names, **common)
+        module = VanillaKD(alpha=0.5, temperature=2.0, learning_rate=2e-4, warmup_ratio=0.1, task=dm.task, **common)
         max_steps = setting.student_steps
     else:
         dm = zero_shot_data(setting, teacher)
         args = {**recipe_args(), "inputs": mode[0], "perturbation": mode[1]}
-        module = ZeroShotAdversarialKD(tokenizer=teacher, num_labels=2, label_names=dm.label_names, **common, **args)
+        module = ZeroShotAdversarialKD(task=dm.task, **common, **args)
         gen_steps = args["generator_steps"] if module.trains_generator else 0
         max_steps = batches_for(setting.student_steps, gen_steps, args["student_steps"])
     fit = trainer(max_steps, setting.work)

@@ -2,6 +2,7 @@
 
 from kdlight.data.base import LabelledTextDataModule, load_tokenizer
 from kdlight.data.glue import GLUE_TASKS, GLUEDataModule
+from kdlight.data.spec import TaskSpec
 from kdlight.data.text import RottenTomatoesDataModule, TextClassificationDataModule, TweetSentimentDataModule
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "GLUEDataModule",
     "LabelledTextDataModule",
     "RottenTomatoesDataModule",
+    "TaskSpec",
     "TextClassificationDataModule",
     "TweetSentimentDataModule",
     "load_tokenizer",

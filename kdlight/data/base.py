@@ -1,6 +1,7 @@
 """The shared machinery of every labelled-text datamodule: load splits, tokenise, batch.
 
-A subclass says what the task is (``num_labels``, ``metric``, ``label_names``, split names) and how
+A subclass says what the task is (``num_labels``, ``metric``, ``label_names``, split names; a model
+receives them with the tokenizer as one :class:`~kdlight.data.spec.TaskSpec`, ``datamodule.task``) and how
 to load one split as a ``datasets.Dataset`` with the standard columns ``text``, optionally
 ``text_pair``, ``labels`` and ``idx`` (a stable example id: the row's position in its source split).
 Everything else (tokenisation, cached ``map``, dynamic padding, loaders) lives here once.
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from kdlight.assets import resolve_model_path
 from kdlight.data.sampler import ResumableLoader, loader_generator
-from kdlight.errors import KDLightError
+from kdlight.data.spec import TaskSpec
+from kdlight.errors import KDLightError, first_line
 
 STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -49,7 +51,7 @@ def load_tokenizer(name_or_path: str):
     except (OSError, ValueError) as err:
         raise KDLightError(
             f"cannot load a tokenizer from {name_or_path!r}: give a local model folder (with tokenizer "
-            f"files) or a hub name reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"files) or a hub name reachable from this machine ({type(err).__name__}: {first_line(err)})"
         ) from None
 
 
@@ -67,7 +69,7 @@ class Collator:
                 continue
             pad = self.pad_token_id if key == "input_ids" else 0
             batch[key] = torch.tensor([list(e[key]) + [pad] * (longest - len(e[key])) for e in examples])
-        for key, value in examples[0].items():
+        for key in examples[0]:
             if key not in MODEL_INPUTS:
                 batch[key] = torch.tensor([e[key] for e in examples])
         return batch
@@ -136,7 +138,7 @@ class LabelledTextDataModule(LightningDataModule):
 
     Args:
         tokenizer: hub name or local folder of the tokenizer (``packaged/all-MiniLM-L6-v2`` for the
-            offline model). Left empty, the CLI fills it from the model's teacher/model argument.
+            offline model). Left empty in a recipe, the CLI fills in the model's own (its teacher's).
         max_length: tokens per example after truncation (pairs are truncated longest-first).
         batch_size: training batch size per process.
         eval_batch_size: validation/test batch size (defaults to ``2 * batch_size``).
@@ -190,12 +192,20 @@ class LabelledTextDataModule(LightningDataModule):
     def is_pair_task(self) -> bool:
         return False
 
+    @property
+    def task(self) -> TaskSpec:
+        """What a model needs to know about this data, in one object: ``VanillaKD(..., task=datamodule.task)``
+        (the CLI links it into ``model.init_args.task``)."""
+        return TaskSpec(num_labels=self.num_labels, label_names=self.label_names, metric=self.metric,
+                        tokenizer=self.tokenizer_name)
+
     # ----------------------------------------------------------------------------- machinery
     @cached_property
     def tokenizer(self):
         if not self.tokenizer_name:
             raise KDLightError(
-                f"{type(self).__name__} needs a tokenizer: set data.init_args.tokenizer to a hub name or local model folder"
+                f"{type(self).__name__} needs a tokenizer: set "
+                "data.init_args.tokenizer to a hub name or local model folder"
             )
         return load_tokenizer(self.tokenizer_name)
 

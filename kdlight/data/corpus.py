@@ -11,13 +11,14 @@ source (path, size, mtime or hub name), every argument and the tokenizer, so any
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import datasets
 import numpy as np
@@ -77,8 +78,7 @@ def shape_examples(
                 i += 1
             segments.append(" ".join(parts))
         if pair:
-            for first, second in zip(segments[0::2], segments[1::2]):
-                yield first, second
+            yield from zip(segments[0::2], segments[1::2], strict=False)  # an odd last segment is left out
         else:
             for segment in segments:
                 yield segment, None
@@ -132,6 +132,17 @@ class OutOfDomainCorpus(LightningDataModule):
         self.cache_dir = cache_dir
         self.dataset: datasets.Dataset | None = None
 
+    def shaped_like(
+        self, *, pair: bool, tokenizer: str | None, max_length: int, batch_size: int, num_workers: int,
+        num_examples: int | None,
+    ) -> OutOfDomainCorpus:
+        """A copy of this corpus with a task's input shape and loading settings; this one is left as it is."""
+        shaped = copy.copy(self)
+        shaped.pair, shaped.tokenizer_name, shaped.max_length = pair, tokenizer, max_length
+        shaped.batch_size, shaped.num_workers, shaped.num_examples = batch_size, num_workers, num_examples
+        shaped.dataset = None
+        return shaped
+
     # --------------------------------------------------------------------------------- reading
     def _local_files(self, source: str) -> list[Path]:
         path = Path(source)
@@ -183,7 +194,10 @@ class OutOfDomainCorpus(LightningDataModule):
                 elif isinstance(record, dict) and self.text_field in record:
                     yield str(record[self.text_field])
                 else:
-                    raise KDLightError(f"{path}: records need a {self.text_field!r} field; set text_field to the field holding the text")
+                    raise KDLightError(
+                        f"{path}: records need a {self.text_field!r} field; "
+                        "set text_field to the field holding the text"
+                    )
 
     # ------------------------------------------------------------------------------- building
     def _fingerprint(self) -> str:
@@ -214,7 +228,8 @@ class OutOfDomainCorpus(LightningDataModule):
         folder = self.cache_path()
         if (folder / "dataset_info.json").is_file():
             return datasets.load_from_disk(str(folder))
-        rank_zero_info(f"[kdlight] building the out-of-domain corpus from {self.source} ({'pairs' if self.pair else 'single sentences'})")
+        shape = "pairs" if self.pair else "single sentences"
+        rank_zero_info(f"[kdlight] building the out-of-domain corpus from {self.source} ({shape})")
         texts, pairs = [], []
         for first, second in shape_examples(self.paragraphs(), self.pair, self.max_length, self.min_words, self.seed):
             texts.append(first)
@@ -222,12 +237,16 @@ class OutOfDomainCorpus(LightningDataModule):
         if not texts:
             raise KDLightError(
                 f"corpus {self.source!r} gave no examples: no sentence of {self.min_words}+ words"
-                f"{' in paragraphs of two or more sentences (pairs)' if self.pair else ''}; lower min_words or use more text"
+                f"{' in paragraphs of two or more sentences (pairs)' if self.pair else ''}; "
+                "lower min_words or use more text"
             )
         order = np.random.default_rng(self.seed + 1).permutation(len(texts))
         if self.num_examples is not None:
             if self.num_examples > len(order):
-                rank_zero_info(f"[kdlight] corpus has {len(order)} examples, fewer than num_examples={self.num_examples}: using all")
+                rank_zero_info(
+                    f"[kdlight] corpus has {len(order)} examples, "
+                    f"fewer than num_examples={self.num_examples}: using all"
+                )
             order = order[: self.num_examples]
         columns = {"text": [texts[i] for i in order]}
         if self.pair:

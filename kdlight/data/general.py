@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from kdlight.data.base import Collator
 from kdlight.data.corpus import OutOfDomainCorpus
+from kdlight.data.spec import TaskSpec
 from kdlight.errors import KDLightError
 
 
@@ -22,17 +23,17 @@ class CorpusDataModule(OutOfDomainCorpus):
         **kwargs: see :class:`OutOfDomainCorpus` (source, num_examples, max_length, batch_size ...).
     """
 
-    #: no labels: the CLI still links these into the model, which ignores them
-    num_labels = 0
-    metric = "none"
-    label_names = None
-
     def __init__(self, val_examples: int = 500, **kwargs) -> None:
         super().__init__(**kwargs)
         if val_examples < 1:
             raise KDLightError(f"val_examples must be >= 1, got {val_examples}")
         self.val_examples = val_examples
         self.val_dataset: datasets.Dataset | None = None
+
+    @property
+    def task(self) -> TaskSpec:
+        """Unlabelled text: the model (GeneralDistillation) takes only the tokenizer from it."""
+        return TaskSpec(num_labels=0, tokenizer=self.tokenizer_name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from kdlight.data.base import LabelledTextDataModule
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, first_line
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class GLUEDataModule(LabelledTextDataModule):
             return datasets.load_dataset(self.hub_dataset, self.task_name, split=split)
         except Exception as err:
             raise KDLightError(
-                f"cannot load GLUE {self.task_name}/{split} from the hub ({self.hub_dataset}): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                f"cannot load GLUE {self.task_name}/{split} from the hub ({self.hub_dataset}): {first_line(err)}. "
                 "Offline? Point data.init_args.source at a local GLUE folder."
             ) from None
 
@@ -135,7 +135,8 @@ class GLUEDataModule(LabelledTextDataModule):
             if path.is_file():
                 return datasets.load_dataset(builder, data_files=str(path.resolve()), split="train")
         raise KDLightError(
-            f"GLUE {self.task_name}: no file for split {split!r} in {str(folder)!r}; expected {tsv.name} (GLUE TSV layout) "
+            f"GLUE {self.task_name}: no file for split {split!r} in "
+            f"{str(folder)!r}; expected {tsv.name} (GLUE TSV layout) "
             f"or {split}.parquet/.jsonl/.json/.csv"
         )
 
@@ -152,12 +153,15 @@ class GLUEDataModule(LabelledTextDataModule):
             columns = {spec.tsv_text[0]: spec.text_columns[0], spec.tsv_label: "label"}
         elif split.startswith("test"):
             test_text = {"cola": ("sentence",)}.get(self.task_name, spec.tsv_text)
-            columns = dict(zip(test_text, spec.text_columns))
+            columns = dict(zip(test_text, spec.text_columns, strict=True))
         else:
-            columns = {**dict(zip(spec.tsv_text, spec.text_columns)), spec.tsv_label: "label"}
+            columns = {**dict(zip(spec.tsv_text, spec.text_columns, strict=True)), spec.tsv_label: "label"}
         missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise KDLightError(f"{str(path)!r} is not in the GLUE {self.task_name} layout: columns {missing} not found (has {list(frame.columns)})")
+            raise KDLightError(
+                f"{str(path)!r} is not in the GLUE {self.task_name} layout: "
+                f"columns {missing} not found (has {list(frame.columns)})"
+            )
         frame = frame[list(columns)].rename(columns=columns)
         if "label" not in frame:
             frame["label"] = -1

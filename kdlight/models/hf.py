@@ -14,13 +14,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from kdlight.assets import resolve_model_path
-from kdlight.checkpoints import HF_CONFIGS_KEY, checkpoint_tokenizer, load_checkpoint
-from kdlight.errors import KDLightError
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+from kdlight.checkpoints import HF_CONFIGS_KEY, checkpoint_tokenizer, load_checkpoint, predictor_attr
+from kdlight.errors import KDLightError, first_line
 
 
 def label_config(num_labels: int, label_names: list[str] | None) -> dict:
@@ -43,7 +38,7 @@ def load_config(name_or_path: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)  # a model folder's code never runs
     except (OSError, ValueError) as err:
         where = "local folder has no config.json" if Path(path).is_dir() else "not a local folder, and the hub name could not be loaded"
-        raise KDLightError(f"cannot load model {name_or_path!r}: {where} ({_first_line(err)})") from None
+        raise KDLightError(f"cannot load model {name_or_path!r}: {where} ({first_line(err)})") from None
 
 
 def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] | None = None, *, require_head: bool = False,
@@ -70,7 +65,8 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] |
         order = label_permutation(config, label_names, name_or_path, role)
     elif require_head:
         raise KDLightError(
-            f"{role} {name_or_path!r} has no fine-tuned classification head ({', '.join(config.architectures or ['unknown'])}); "
+            f"{role} {name_or_path!r} has no fine-tuned classification "
+            f"head ({', '.join(config.architectures or ['unknown'])}); "
             "fine-tune it first (model: TeacherFineTuning) and pass the exported folder or checkpoint"
         )
     config.update(label_config(num_labels, label_names))
@@ -78,7 +74,7 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] |
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), config=config,
                                                                    trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise KDLightError(f"cannot load weights of {name_or_path!r}: {_first_line(err)}") from None
+        raise KDLightError(f"cannot load weights of {name_or_path!r}: {first_line(err)}") from None
     return permute_head(model, order, name_or_path, role)
 
 
@@ -165,7 +161,7 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
     except (OSError, ValueError) as err:
         raise KDLightError(
             f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "
-            f"reachable from this machine ({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"reachable from this machine ({type(err).__name__}: {first_line(err)})"
         ) from None
     missing = set(info.get("missing_keys", []))
     transform = _head_transform(model)
@@ -202,12 +198,15 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     """Rebuild a HF model saved inside a kdlight Lightning checkpoint (no hub access needed).
 
     ``prefix`` selects the model in the state dict (``model`` for TeacherFineTuning, ``student``
-    for distillers); by default the checkpoint's own ``kdlight_export_prefix`` is used.
+    for distillers); by default the one the checkpoint records (:func:`~kdlight.checkpoints.predictor_attr`).
     """
     checkpoint = load_checkpoint(path)
     if HF_CONFIGS_KEY not in checkpoint:
-        raise KDLightError(f"{path!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight or a save_pretrained folder")
-    prefix = prefix or checkpoint.get("kdlight_export_prefix", "model")
+        raise KDLightError(
+            f"{path!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); "
+            "pass a .ckpt written by kdlight or a save_pretrained folder"
+        )
+    prefix = prefix or predictor_attr(checkpoint)
     config_dict = dict(checkpoint[HF_CONFIGS_KEY][prefix])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForSequenceClassification.from_config(config)

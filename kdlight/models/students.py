@@ -70,12 +70,13 @@ def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     # ALBERT counts as a plain stack only with one unshared block per group (what layout: albert builds)
     albert_unshared = getattr(config, "num_hidden_groups", None) == depth and getattr(config, "inner_group_num", 1) == 1
     names = ("layer", "layers", "block", "albert_layer_groups") if albert_unshared else ("layer", "layers", "block")
-    for name, module in model.named_modules():
+    for module in model.modules():
         for attr, child in module.named_children():
             if isinstance(child, nn.ModuleList) and len(child) == depth and attr in names:
                 return module, attr, child
     raise KDLightError(
-        f"cannot find the layer list of {type(model).__name__} to truncate it; use FreshStudent or PretrainedStudent instead"
+        f"cannot find the layer list of {type(model).__name__} to "
+        "truncate it; use FreshStudent or PretrainedStudent instead"
     )
 
 
@@ -140,7 +141,8 @@ class FreshStudent(StudentSpec):
                       "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size}
         bad = {k: v for k, v in self.sizes.items() if v is not None and v < 1}
         if bad:
-            raise KDLightError(f"{', '.join(f'{k} must be >= 1, got {v}' for k, v in bad.items())}; leave a size empty to use the teacher's")
+            sizes = ", ".join(f"{k} must be >= 1, got {v}" for k, v in bad.items())
+            raise KDLightError(f"{sizes}; leave a size empty to use the teacher's")
         self.copy_embeddings = copy_embeddings
 
     def init_args(self) -> dict[str, Any]:
@@ -151,7 +153,10 @@ class FreshStudent(StudentSpec):
         config.update({k: v for k, v in self.sizes.items() if v is not None})
         config.update(label_config(num_labels, label_names))
         if config.hidden_size % config.num_attention_heads:
-            raise KDLightError(f"hidden_size={config.hidden_size} must be divisible by num_attention_heads={config.num_attention_heads}")
+            raise KDLightError(
+                f"hidden_size={config.hidden_size} must be divisible by "
+                f"num_attention_heads={config.num_attention_heads}"
+            )
         student = AutoModelForSequenceClassification.from_config(config)
         if self.copy_embeddings:
             source, target = teacher.get_input_embeddings(), student.get_input_embeddings()
@@ -166,7 +171,8 @@ def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel) -> None
     t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
     if t_vocab != s_vocab:
         raise KDLightError(
-            f"vocabulary mismatch: teacher has {t_vocab} token ids, student {s_vocab}; KD on logits needs one tokenizer. "
+            f"vocabulary mismatch: teacher has {t_vocab} token ids, "
+            f"student {s_vocab}; KD on logits needs one tokenizer. "
             "Use a student from the teacher's family (TruncatedTeacher/FreshStudent) or one with the same vocabulary"
         )
     if teacher.config.num_labels != student.config.num_labels:

@@ -92,7 +92,7 @@ from kdlight.models.mixer import (
     mixer_features,
 )
 from kdlight.models.students import check_compatible
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 from kdlight.modules.task import model_inputs
 
 MIXERS = ("table", "network")
@@ -222,7 +222,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return list(self.extra_teachers) if hasattr(self, "extra_teachers") else []
 
     def configure_losses(self) -> None:
-        if self.hparams.num_labels < 2:
+        if self.task.num_labels < 2:
             raise KDLightError("AdaptiveLossMixingKD needs a classification head (num_labels >= 2)")
         self.kd_loss = KLDivergence(self.hparams.temperature, reduction="none")
 
@@ -359,7 +359,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         teacher_logits = self.all_teacher_logits(batch)
 
         if getattr(self, "_head_name", None) is None:  # the student's shape never changes: look it up once
-            self._head_name = last_linear_name(self.student, self.hparams.num_labels)
+            self._head_name = last_linear_name(self.student, self.task.num_labels)
         head_name = self._head_name
         head = self.student.get_submodule(head_name)
         captured: dict[str, Tensor] = {}
@@ -534,7 +534,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
     def _head_forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, nn.Linear]:
         """Student logits and the last linear layer's input (``model(inputs, last=True)`` in the code)."""
-        head = self.student.get_submodule(last_linear_name(self.student, self.hparams.num_labels))
+        head = self.student.get_submodule(last_linear_name(self.student, self.task.num_labels))
         captured: dict[str, Tensor] = {}
         hook = head.register_forward_hook(lambda m, inputs, out: captured.__setitem__("x", inputs[0]))
         try:
@@ -696,10 +696,10 @@ class MultiTeacherALMKD(AdaptiveLossMixingKD):
 
     def configure_models(self) -> None:
         super().configure_models()
-        hp = self.hparams
+        task = self.task
         extra = []
         for source in self.extra_teacher_sources:
-            model = load_classifier(source, hp.num_labels, hp.label_names, require_head=True, role="teacher").eval().requires_grad_(False)
+            model = load_classifier(source, task.num_labels, task.label_names, require_head=True, role="teacher").eval().requires_grad_(False)
             check_compatible(model, self.student)
             extra.append(model)
         self.extra_teachers = nn.ModuleList(extra)

@@ -21,10 +21,9 @@ from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
 from kdlight.assets import resolve_model_path
-from kdlight.errors import KDLightError
-from kdlight.losses_layerwise import SelfAttentionRelations
-from kdlight.models.hf import quiet_transformers
-from kdlight.models.hf import load_config, load_from_checkpoint
+from kdlight.errors import KDLightError, first_line
+from kdlight.losses.layerwise import SelfAttentionRelations
+from kdlight.models.hf import load_config, load_from_checkpoint, quiet_transformers
 from kdlight.models.layers import forward_internals
 from kdlight.models.students import FreshStudent, StudentSpec
 from kdlight.modules.layerwise import freeze_unreached
@@ -40,7 +39,7 @@ def load_encoder(name_or_path: str) -> PreTrainedModel:
         with quiet_transformers():  # dropping a classifier's or MLM's head is expected here
             return AutoModel.from_pretrained(resolve_model_path(name_or_path))
     except (OSError, ValueError) as err:
-        raise KDLightError(f"cannot load the encoder of {name_or_path!r}: {str(err).splitlines()[0]}") from None
+        raise KDLightError(f"cannot load the encoder of {name_or_path!r}: {first_line(err)}") from None
 
 
 class GeneralDistillation(KDLightTask):
@@ -52,11 +51,12 @@ class GeneralDistillation(KDLightTask):
         an upper-middle block of large teachers).
     num_relation_heads: relation heads; must divide both hidden sizes.
     relations: which of ``query``, ``key``, ``value`` relations to distil.
-    **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). ``num_labels``,
-        ``metric`` and ``label_names`` arrive from the datamodule and are not used.
+    **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). The ``task`` arrives from
+        the datamodule (unlabelled text: only its tokenizer matters).
     """
 
-    export_prefix = "student"
+    predictor_attr = "student"
+    default_tokenizer_arg = "teacher"
 
     def __init__(
         self,
@@ -102,10 +102,8 @@ class GeneralDistillation(KDLightTask):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).last_hidden_state
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(datamodule, "tokenizer_name", None):
-            self.check_tokenizer(datamodule.tokenizer)
+    def configure_metrics(self, datamodule) -> None:
+        pass  # unlabelled text: validation scores the relation loss itself
 
     def relation_kl(self, batch: dict[str, Tensor]) -> Tensor:
         inputs = model_inputs(batch)

@@ -1,7 +1,7 @@
 """LayerwiseKD: task distillation that also matches what happens inside the network.
 
 One distiller for TinyBERT, MiniLMv2-style relations, PKD and their mixes: a list of intermediate
-losses (:mod:`kdlight.losses_layerwise`), each with its own weight and layer map, plus the usual logit
+losses (:mod:`kdlight.losses.layerwise`), each with its own weight and layer map, plus the usual logit
 KD / label mix of :class:`~kdlight.modules.vanilla.VanillaKD`::
 
     loss = sum_i weight_i * intermediate_i + logit_weight * (alpha * KD_T + (1 - alpha) * CE)
@@ -9,7 +9,7 @@ KD / label mix of :class:`~kdlight.modules.vanilla.VanillaKD`::
 ``logit_weight: 0`` is TinyBERT's first (intermediate-only) stage; a second run from its checkpoint
 with only the logit term is its prediction-layer stage. Teacher and student forwards return hidden
 states, attention maps or Q/K/V only when a configured loss needs them (attention maps switch both
-models to eager attention: see :class:`~kdlight.losses_layerwise.AttentionMSE`). The losses' learned
+models to eager attention: see :class:`~kdlight.losses.layerwise.AttentionMSE`). The losses' learned
 projections train with the student and are saved in checkpoints (so ``--ckpt_path last`` resumes
 them), but they are not part of the student and are never exported.
 """
@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
-from kdlight.losses_layerwise import IntermediateLoss
+from kdlight.losses.layerwise import IntermediateLoss
 from kdlight.models.layers import LayerOutputs, Needs, forward_internals, use_eager_attention
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 from kdlight.modules.task import model_inputs
 
 
@@ -128,7 +128,8 @@ class LayerwiseKD(BaseDistiller):
         self, student: LayerOutputs, teacher: LayerOutputs, attention_mask: Tensor
     ) -> dict[str, Tensor]:
         return {
-            name: loss(student, teacher, attention_mask) for name, loss in zip(self.layer_loss_names, self.layer_losses)
+            name: loss(student, teacher, attention_mask)
+            for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
         }
 
     def intermediate_total(self, batch: dict[str, Tensor]) -> Tensor:
@@ -138,7 +139,9 @@ class LayerwiseKD(BaseDistiller):
             teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
         student = forward_internals(self.student, inputs, self.student_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
-        return sum(loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses))
+        return sum(
+            loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
+        )
 
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = self.kd_loss(student_logits, teacher_logits)
@@ -154,7 +157,10 @@ class LayerwiseKD(BaseDistiller):
         student = forward_internals(self.student, inputs, self.student_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
         total = sum(
-            (loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses)),
+            (
+                loss.loss_weight * parts[name]
+                for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
+            ),
             torch.zeros((), device=self.device),
         )
         if self.logit_weight > 0:

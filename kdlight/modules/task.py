@@ -25,8 +25,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
-from kdlight.checkpoints import load_checkpoint, plain_hparam
+from kdlight.checkpoints import PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
 from kdlight.data.base import MODEL_INPUTS, load_tokenizer
+from kdlight.data.spec import LEGACY_TASK_KEYS, TaskSpec
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
@@ -47,8 +48,9 @@ class KDLightTask(LightningModule):
     """Base class of kdlight's LightningModules.
 
     Args:
-        num_labels, metric, label_names, tokenizer: set by the datamodule through the CLI's links
-            (never typed in a config); give them yourself only when using the class from Python.
+        task: what the data is (:class:`~kdlight.data.spec.TaskSpec`: label count and names, metric,
+            tokenizer): the datamodule's ``task``, linked in by the CLI (never typed in a config); from
+            Python pass ``task=datamodule.task``. Default: two unnamed classes scored by accuracy.
         learning_rate, weight_decay, warmup_ratio: the default AdamW and linear warm-up/decay.
         optimizer, lr_scheduler: replace the defaults from YAML (``class_path: torch.optim.SGD``).
         export_dir: where ``save_pretrained`` writes the trained model at the end of fit; default
@@ -56,15 +58,16 @@ class KDLightTask(LightningModule):
         export_best: export the best checkpoint's weights (by ``val/score``) rather than the last.
     """
 
-    #: attribute name of the network that is evaluated, checkpointed for reuse and exported
-    export_prefix = "model"
+    #: attribute name of the network that is evaluated, checkpointed for reuse and exported (the predictor);
+    #: also the prefix of its weights in the checkpoint's state dict
+    predictor_attr = "model"
+    #: the constructor argument naming the model whose tokenizer the data uses when none is given
+    #: (the CLI fills ``data.init_args.tokenizer`` from it); None: the data must name its tokenizer
+    default_tokenizer_arg: str | None = None
 
     def __init__(
         self,
-        num_labels: int = 2,
-        metric: str = "accuracy",
-        label_names: list[str] | None = None,
-        tokenizer: str | None = None,
+        task: TaskSpec | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
@@ -72,7 +75,13 @@ class KDLightTask(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         export_dir: str | None = None,
         export_best: bool = True,
+        **legacy_task: Any,
     ) -> None:
+        # ``legacy_task``: the num_labels/metric/label_names/tokenizer hyper-parameters of checkpoints
+        # written before TaskSpec, so that they still load; anything else is a wrong argument
+        unknown = sorted(set(legacy_task) - set(LEGACY_TASK_KEYS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
         super().__init__()
         if not 0 <= warmup_ratio < 1:
             raise KDLightError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
@@ -80,7 +89,9 @@ class KDLightTask(LightningModule):
             raise KDLightError(f"learning_rate must be >= 0, got {learning_rate}; typical values are 1e-5 to 1e-3")
         if weight_decay < 0:
             raise KDLightError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.task = TaskSpec.from_hparams(task, legacy_task)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *LEGACY_TASK_KEYS])
+        self.hparams["task"] = self.task.to_dict()  # plain data; rebuilt by TaskSpec.from_hparams on load
         # plain values only (a StudentSpec as its config, paths as strings): checkpoints then load with
         # weights_only=True, and loggers write readable hparams.yaml files
         for key, value in list(self.hparams.items()):
@@ -102,7 +113,7 @@ class KDLightTask(LightningModule):
     @property
     def predictor(self) -> nn.Module:
         """The network that is evaluated and exported."""
-        return getattr(self, self.export_prefix)
+        return getattr(self, self.predictor_attr)
 
     def side_modules(self) -> dict[str, nn.Module]:
         """Trainable networks kept outside the registered submodules on purpose, so that DDP never
@@ -157,14 +168,22 @@ class KDLightTask(LightningModule):
         if stage == "fit" and self.hparams.export_dir:  # fail now, not after training
             check_export_dir(Path(self.hparams.export_dir))
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.configure_metrics(datamodule)
+        self.check_data(datamodule)
+
+    def configure_metrics(self, datamodule) -> None:
+        """The task's metrics for every validation and test split of ``datamodule``."""
         for eval_stage in ("val", "test"):
             names = datamodule.eval_split_names(eval_stage) if hasattr(datamodule, "eval_split_names") else ["default"]
             for i, split in enumerate(names or ["default"]):
                 key = self._metric_key(eval_stage, i)
                 if key not in self.eval_metrics:
                     prefix = f"{eval_stage}/" if i == 0 else f"{eval_stage}_{split}/"
-                    self.eval_metrics[key] = build_metrics(self.hparams.metric, self.hparams.num_labels).clone(prefix=prefix)
-        # checked before the first step: a mismatch would otherwise surface mid-training, or never
+                    self.eval_metrics[key] = build_metrics(self.task.metric, self.task.num_labels).clone(prefix=prefix)
+
+    def check_data(self, datamodule) -> None:
+        """The data must fit the models: ``max_length`` within their positions, their own tokenizer.
+        Checked before the first step: a mismatch would otherwise surface mid-training, or never."""
         self.check_max_length(getattr(datamodule, "max_length", None))
         if getattr(datamodule, "tokenizer_name", None):
             self.check_tokenizer(datamodule.tokenizer, datamodule.tokenizer_name)
@@ -196,7 +215,8 @@ class KDLightTask(LightningModule):
         vocab = self.predictor.config.vocab_size
         if len(tokenizer) > vocab:
             raise KDLightError(
-                f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} tokens but the model only {vocab} embeddings; "
+                f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} "
+                f"tokens but the model only {vocab} embeddings; "
                 "set data.init_args.tokenizer to the model's own tokenizer"
             )
         used = tokenizer_name or ""
@@ -209,8 +229,10 @@ class KDLightTask(LightningModule):
             difference = tokenizer_difference(tokenizer, load_tokenizer(own))
             if difference:
                 raise KDLightError(
-                    f"tokenizer mismatch: the data's tokenizer {tokenizer_name!r} is not the one the {role} {source!r} was "
-                    f"saved with ({difference}); set data.init_args.tokenizer to {own!r} (left empty it is the {role}'s)"
+                    f"tokenizer mismatch: the data's tokenizer {tokenizer_name!r} "
+                    f"is not the one the {role} {source!r} was "
+                    f"saved with ({difference}); set data.init_args.tokenizer "
+                    f"to {own!r} (left empty it is the {role}'s)"
                 )
 
     @staticmethod
@@ -218,13 +240,13 @@ class KDLightTask(LightningModule):
         return f"{stage}_{dataloader_idx}"
 
     def update_metrics(self, stage: str, logits: Tensor, labels: Tensor, dataloader_idx: int = 0, extra: str = "") -> None:
-        preds = logits.squeeze(-1).float() if self.hparams.num_labels == 1 else logits.argmax(-1)
+        preds = logits.squeeze(-1).float() if self.task.num_labels == 1 else logits.argmax(-1)
         self.eval_metrics[self._metric_key(stage, dataloader_idx) + extra].update(preds, labels)
 
     def log_eval_metrics(self, stage: str) -> dict[str, Tensor]:
         """Compute (synced across ranks by torchmetrics), log and reset every split's metrics."""
         logged = {}
-        score_name = headline(self.hparams.metric)
+        score_name = headline(self.task.metric)
         for key, collection in self.eval_metrics.items():
             if not key.startswith(stage + "_") or not was_updated(collection):
                 continue
@@ -259,7 +281,7 @@ class KDLightTask(LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Tensor]:
         logits = self(batch)
-        preds = logits.squeeze(-1) if self.hparams.num_labels == 1 else logits.argmax(-1)
+        preds = logits.squeeze(-1) if self.task.num_labels == 1 else logits.argmax(-1)
         return {"idx": batch["idx"], "logits": logits, "prediction": preds}
 
     # ------------------------------------------------------------------------- optimisation
@@ -297,11 +319,11 @@ class KDLightTask(LightningModule):
     # ------------------------------------------------------------------- checkpoint and export
     def exported_models(self) -> dict[str, nn.Module]:
         """Networks whose HF config goes into the checkpoint, so it can be rebuilt offline."""
-        return {self.export_prefix: self.predictor}
+        return {self.predictor_attr: self.predictor}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[HF_CONFIGS_KEY] = {name: model.config.to_dict() for name, model in self.exported_models().items()}
-        checkpoint["kdlight_export_prefix"] = self.export_prefix
+        checkpoint[PREDICTOR_ATTR_KEY] = self.predictor_attr
 
     def export_path(self) -> Path:
         if self.hparams.export_dir:
@@ -324,7 +346,7 @@ class KDLightTask(LightningModule):
         if not best or not Path(best).is_file():
             return
         state = load_checkpoint(best)["state_dict"]
-        prefix = self.export_prefix + "."
+        prefix = self.predictor_attr + "."
         self.predictor.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         rank_zero_info(f"[kdlight] loaded the best weights ({Path(best).name}) for export")
 
@@ -340,12 +362,12 @@ class KDLightTask(LightningModule):
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
         try:
             # compressed embeddings become stock layers, so the export loads without kdlight
-            model, tokenizer = stock_export(self.predictor, self.hparams.tokenizer)
+            model, tokenizer = stock_export(self.predictor, self.task.tokenizer)
             model.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-            if self.hparams.label_names:
-                (staging / "label_names.json").write_text(json.dumps(self.hparams.label_names))
+            if self.task.label_names:
+                (staging / "label_names.json").write_text(json.dumps(list(self.task.label_names)))
             replaced = path.exists()
             if replaced:
                 previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
@@ -367,6 +389,7 @@ def check_export_dir(path: Path) -> None:
         raise KDLightError(f"export_dir {str(path)!r} is a file; give a folder path for the exported model")
     if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
         raise KDLightError(
-            f"export_dir {str(path)!r} holds files that are not a model export, and an export replaces the whole folder; "
+            f"export_dir {str(path)!r} holds files that are not a "
+            "model export, and an export replaces the whole folder; "
             "give an empty or new folder"
         )

@@ -18,7 +18,8 @@ class TeacherFineTuning(KDLightTask):
         **kwargs: see :class:`KDLightTask` (optimiser, schedule, export).
     """
 
-    export_prefix = "model"
+    predictor_attr = "model"
+    default_tokenizer_arg = "model"
 
     def __init__(self, model: str = "bert-base-uncased", **kwargs) -> None:
         self.model_name = os.fspath(model)
@@ -29,7 +30,7 @@ class TeacherFineTuning(KDLightTask):
 
     def configure_models(self) -> None:
         # from_pretrained returns eval mode, and Lightning keeps submodule modes as it finds them
-        self.model = load_classifier(self.model_name, self.hparams.num_labels, self.hparams.label_names).train()
+        self.model = load_classifier(self.model_name, self.task.num_labels, self.task.label_names).train()
 
     def training_step(self, batch, batch_idx):
         logits = self(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 
 
 class VanillaKD(BaseDistiller):

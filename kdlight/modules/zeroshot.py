@@ -71,7 +71,7 @@ from kdlight.components.rewriting import describe_rewrites, rewrites_markdown
 from kdlight.data.base import load_tokenizer
 from kdlight.distributed import any_rank, keep_out_of_ddp
 from kdlight.errors import KDLightError, check_choice
-from kdlight.modules.base import BaseDistiller
+from kdlight.modules.distiller import BaseDistiller
 from kdlight.modules.task import model_inputs
 
 Inputs = Literal["both", "out_of_domain", "adversarial", "random_tokens"]
@@ -188,7 +188,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
-            self.generator.prepare(load_tokenizer(self.hparams.tokenizer or self.teacher_source), self.teacher)
+            self.generator.prepare(load_tokenizer(self.task.tokenizer or self.teacher_source), self.teacher)
 
     # ------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
@@ -292,7 +292,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
         examples = describe_rewrites(self.tokenizer_for_display(), batch["input_ids"][:limit].cpu(),
                                      rewritten[:limit].cpu(), batch["attention_mask"][:limit].cpu(),
                                      teacher[:limit].argmax(-1).tolist(), student[:limit].argmax(-1).tolist(),
-                                     self.hparams.get("label_names"))
+                                     self.task.label_names)
         step = int(self.generator.steps)
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +306,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
 
     def tokenizer_for_display(self):
         if getattr(self, "_display_tokenizer", None) is None:
-            self._display_tokenizer = load_tokenizer(self.hparams.tokenizer or self.hparams.teacher)
+            self._display_tokenizer = load_tokenizer(self.task.tokenizer or self.teacher_source)
         return self._display_tokenizer
 
     def student_step(self, batch: dict[str, Tensor]) -> Tensor:

@@ -54,7 +54,8 @@ class BaseDistiller(KDLightTask):
         **kwargs: see :class:`KDLightTask`.
     """
 
-    export_prefix = "student"
+    predictor_attr = "student"
+    default_tokenizer_arg = "teacher"
 
     def __init__(
         self,
@@ -74,10 +75,12 @@ class BaseDistiller(KDLightTask):
 
     # ------------------------------------------------------------------------------- models
     def configure_models(self) -> None:
-        hp = self.hparams
-        self.teacher = load_classifier(self.teacher_source, hp.num_labels, hp.label_names, require_head=True, role="teacher")
+        task = self.task
+        self.teacher = load_classifier(
+            self.teacher_source, task.num_labels, task.label_names, require_head=True, role="teacher"
+        )
         self.teacher.eval().requires_grad_(False)
-        self.student = self.student_spec.build(self.teacher, hp.num_labels, hp.label_names).train()
+        self.student = self.student_spec.build(self.teacher, task.num_labels, task.label_names).train()
         check_compatible(self.teacher, self.student)
 
     def model_sources(self) -> dict[str, str]:
@@ -90,7 +93,7 @@ class BaseDistiller(KDLightTask):
         return {"teacher": self.teacher, "student": self.student}
 
     def configure_losses(self) -> None:
-        self.kd_loss = distillation_loss(self.hparams.num_labels, self.hparams.temperature)
+        self.kd_loss = distillation_loss(self.task.num_labels, self.hparams.temperature)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -126,7 +129,11 @@ class BaseDistiller(KDLightTask):
                 "turn it off for generated or streamed inputs"
             )
         dataset = datamodule.splits[datamodule.train_split]
-        loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0))
+
+        def loader() -> DataLoader:  # built only when the logits are computed
+            pad = datamodule.tokenizer.pad_token_id or 0
+            return DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=Collator(pad))
+
         root = Path(self.hparams.teacher_cache_dir) if self.hparams.teacher_cache_dir else cache_dir() / "teacher_logits"
         strategy = self.trainer.strategy
         cache = None
@@ -135,7 +142,9 @@ class BaseDistiller(KDLightTask):
             rank_zero_info(f"[kdlight] teacher logits {'computed into' if computed else 'loaded from'} {folder}")
         strategy.barrier("teacher_cache")
         if cache is None:
-            cache, _, _ = TeacherLogitCache.load_or_compute(self.teacher, dataset, loader, self.device, root, compute=False)
+            cache, _, _ = TeacherLogitCache.load_or_compute(
+                self.teacher, dataset, None, self.device, root, compute=False
+            )
         return cache.to(self.device)
 
     def student_logits(self, batch: dict[str, Tensor]) -> Tensor:
@@ -165,7 +174,7 @@ class BaseDistiller(KDLightTask):
 
     def on_test_epoch_end(self) -> None:
         logged = self.log_eval_metrics("test")  # includes the teacher's collection
-        teacher_score = logged.get(f"test/teacher_{headline(self.hparams.metric)}")
+        teacher_score = logged.get(f"test/teacher_{headline(self.task.metric)}")
         if teacher_score is not None:
             extra = {"test/teacher_score": teacher_score}
             if "test/score" in logged and teacher_score != 0:

@@ -1,4 +1,4 @@
-"""Small distillation losses, each a module with one job; ``LOSSES`` names them for configs.
+"""Logit losses: small distillation losses on the two models' outputs, each a module with one job.
 
 All take logits shaped ``(batch, num_labels)`` and return a scalar, or per-example values with
 ``reduction="none"`` (ALM-KD weighs examples one by one).
@@ -6,11 +6,12 @@ All take logits shaped ``(batch, num_labels)`` and return a scalar, or per-examp
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, check_choice
 
 
 def check_temperature(temperature: float) -> None:
@@ -19,14 +20,17 @@ def check_temperature(temperature: float) -> None:
         raise KDLightError(f"temperature must be > 0, got {temperature}; 1 is plain softmax, KD usually uses 1 to 8")
 
 
-def _reduce(values: Tensor, reduction: str) -> Tensor:
+#: how per-example values become the loss: averaged, summed, or returned as they are
+Reduction = Literal["mean", "sum", "none"]
+
+
+def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "mean":
         return values.mean()
     if reduction == "sum":
         return values.sum()
-    if reduction == "none":
-        return values
-    raise KDLightError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
+    check_choice("reduction", reduction, Reduction)
+    return values
 
 
 class KLDivergence(nn.Module):
@@ -35,9 +39,10 @@ class KLDivergence(nn.Module):
     The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
     """
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_temperature(temperature)
+        check_choice("reduction", reduction, Reduction)
         self.temperature = temperature
         self.reduction = reduction
 
@@ -52,9 +57,10 @@ class KLDivergence(nn.Module):
 class SoftCrossEntropy(nn.Module):
     """Cross-entropy against the teacher's softened distribution (KL plus the teacher's entropy)."""
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_temperature(temperature)
+        check_choice("reduction", reduction, Reduction)
         self.temperature = temperature
         self.reduction = reduction
 
@@ -68,8 +74,9 @@ class SoftCrossEntropy(nn.Module):
 class LogitMSE(nn.Module):
     """Mean squared error between logits: the KD loss for regression heads (num_labels=1)."""
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
+        check_choice("reduction", reduction, Reduction)
         self.reduction = reduction
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -77,36 +84,14 @@ class LogitMSE(nn.Module):
         return _reduce(per_example, self.reduction)
 
 
-class HiddenStateMSE(nn.Module):
-    """MSE between matched hidden states, through a learned projection when widths differ."""
-
-    def __init__(self, student_dim: int, teacher_dim: int) -> None:
-        super().__init__()
-        self.project = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
-
-    def forward(self, student_hidden: Tensor, teacher_hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        diff = (self.project(student_hidden) - teacher_hidden).pow(2).mean(-1)
-        if attention_mask is None:
-            return diff.mean()
-        mask = attention_mask.to(diff.dtype)
-        return (diff * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def label_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+def label_loss(logits: Tensor, labels: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Cross-entropy for classification heads, MSE for a single regression output."""
     if logits.shape[-1] == 1:
         return _reduce((logits.squeeze(-1).float() - labels.float()).pow(2), reduction)
     return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
 
 
-def distillation_loss(num_labels: int, temperature: float, reduction: str = "mean") -> nn.Module:
+def distillation_loss(num_labels: int, temperature: float, reduction: Reduction = "mean") -> nn.Module:
     """The default teacher-matching loss for a head: KL at temperature T, or MSE for regression."""
     return LogitMSE(reduction) if num_labels == 1 else KLDivergence(temperature, reduction)
 
-
-LOSSES: dict[str, type[nn.Module]] = {
-    "kl": KLDivergence,
-    "soft_ce": SoftCrossEntropy,
-    "mse": LogitMSE,
-    "hidden_mse": HiddenStateMSE,
-}

@@ -21,16 +21,18 @@ for ``m = 1..M`` (TinyBERT's ``g(m) = m * N / M``, halves rounded up); ``last`` 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlight.errors import KDLightError
+from kdlight.errors import KDLightError, check_choice
 from kdlight.models.layers import LayerOutputs, Needs, depth, num_heads, width
 
 LayerMap = Literal["uniform", "last"] | list[tuple[int, int]]
+#: the self-attention vectors whose relations MiniLMv2 distils
+Relation = Literal["query", "key", "value"]
 
 
 def resolve_layer_map(
@@ -140,7 +142,7 @@ class HiddenMSE(ProjectedLayerLoss):
             masked_mean(
                 (project(student.hidden_states[s]) - teacher.hidden_states[t]).float().pow(2).mean(-1), attention_mask
             )
-            for (s, t), project in zip(self.pairs, self.projections)
+            for (s, t), project in zip(self.pairs, self.projections, strict=True)
         ]
         return torch.stack(losses).mean()
 
@@ -253,18 +255,18 @@ class SelfAttentionRelations(IntermediateLoss):
         teacher_layer: int | None = None,
         student_layer: int | None = None,
         num_relation_heads: int = 8,
-        relations: list[Literal["query", "key", "value"]] | None = None,
+        relations: list[Relation] | None = None,
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
         if num_relation_heads < 1:
             raise KDLightError(f"num_relation_heads must be >= 1, got {num_relation_heads}")
-        relations = list(relations or ["query", "key", "value"])
-        if not relations or any(r not in ("query", "key", "value") for r in relations):
-            raise KDLightError(f"relations must be a non-empty subset of query, key, value; got {relations}")
+        relations = list(relations or get_args(Relation))
+        for relation in relations:
+            check_choice("relations", relation, Relation)
         self.teacher_layer, self.student_layer = teacher_layer, student_layer
         self.num_relation_heads = num_relation_heads
-        self.relation_index = sorted({("query", "key", "value").index(r) for r in relations})
+        self.relation_index = sorted({get_args(Relation).index(r) for r in relations})
 
     def bind(self, student, teacher):
         s_depth, t_depth = depth(student), depth(teacher)
@@ -319,7 +321,7 @@ class PatientCLS(ProjectedLayerLoss):
 
     def forward(self, student, teacher, attention_mask):
         losses = []
-        for (s, t), project in zip(self.pairs, self.projections):
+        for (s, t), project in zip(self.pairs, self.projections, strict=True):
             s_cls = F.normalize(project(student.hidden_states[s][:, 0]).float(), dim=-1)
             t_cls = F.normalize(teacher.hidden_states[t][:, 0].float(), dim=-1)
             losses.append((s_cls - t_cls).pow(2).sum(-1).mean())
