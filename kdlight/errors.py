@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 
 class KDLightError(ValueError):
     """Bad input from the user: the message names the problem and the fix."""
@@ -25,3 +27,13 @@ def user_error_in(err: BaseException) -> KDLightError | None:
     if last is not None and str(last) and str(last) in str(err):
         return last
     return None
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise a KDLightError unless ``value`` is one of the values of ``choices`` (a ``typing.Literal`` type).
+
+    jsonargparse already rejects other values from the CLI and YAML; this is the check for Python users.
+    """
+    allowed = typing.get_args(choices)
+    if value not in allowed:
+        raise KDLightError(f"{name} must be one of {', '.join(str(c) for c in allowed)}; got {value!r}")
