@@ -370,6 +370,28 @@ def test_meta_schedule_continues_after_resume(assets, tmp_path):
     assert seen_again == [6, 9]
 
 
+def test_checkpoints_from_before_the_meta_learner_still_load(assets, tmp_path):
+    """Older checkpoints kept the weights beside the state dict (``kdlight_alm_mixer``) and the batch
+    counter as ``meta_progress``: they load into the meta-learner and resume its schedule."""
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, lookahead_lr=1.0, **link(dm))
+    trainer = fit(model, dm, tmp_path / "a", epochs=1, enable_checkpointing=False, limit_val_batches=0)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    old = load_checkpoint(tmp_path / "new.ckpt")
+    state = old["state_dict"]
+    old["kdlight_alm_mixer"] = {"state_dict": {"logits": state.pop("meta.mixer.logits")}}
+    state["meta_progress"] = state.pop("meta.batches_seen")
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = AdaptiveLossMixingKD.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert torch.equal(loaded.table_lambdas(), model.table_lambdas()) and loaded.meta.batches_seen.tolist() == [5]
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, lookahead_lr=1.0, **link(dm))
+    seen = meta_batches(resumed)
+    fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False,
+        limit_val_batches=0)
+    assert seen == [6, 9]
+
+
 # ------------------------------------------------------------------------------- official mode
 def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, clean_x, clean_y, lam, eta, temp, batch_ind):
     """durgas16/AMAL KD/LearnMultiLambdaMeta.py (get_lambdas, lines 61-67, 87-101, 121-149) restated:
