@@ -378,7 +378,7 @@ class MetaLearner(nn.Module):
         return logits, captured["x"]
 
     def losses(self, batch: MetaBatch, logits: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
-        """Per-example CE against the (noisy) labels and each teacher's ``T^2 KL`` of ``logits`` (the batch's)."""
+        """Per-example CE on the (noisy) labels and each teacher's ``T^2 KL``, of ``logits`` or the batch's."""
         logits = batch.logits if logits is None else logits
         ce = F.cross_entropy(logits.float(), batch.labels.long(), reduction="none")
         return ce, [self.kd_loss(logits, t) for t in batch.teacher_logits]
