@@ -12,18 +12,18 @@ from torch import nn
 
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import cli
-from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
-from kdlight.errors import KDLightError
-from kdlight.models.mixer import (
+from kdlight.components import meta
+from kdlight.components.meta import (
     LambdaTable,
+    Lookahead,
     MixingNetwork,
     feature_size,
-    lookahead_loss,
     lookahead_meta_gradients,
     mixed_loss,
 )
+from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
+from kdlight.errors import KDLightError
 from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
-from kdlight.modules.alm import MIXER_KEY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "noisy"
 
@@ -46,32 +46,22 @@ def test_table_and_network_weights_are_convex():
         table(torch.tensor([10]))
 
 
-def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
+def reference_lookahead_loss(head, params, x, xv, yv, inner, lr):
+    """CE on a clean batch after one differentiable SGD step of ``inner`` on ``params``, in plain autograd."""
+    loss = inner(torch.func.functional_call(head, params, (x,)))
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    updated = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+    return nn.functional.cross_entropy(torch.func.functional_call(head, updated, (xv,)), yv)
+
+
+def test_lookahead_meta_gradient_reaches_only_the_batch_rows(monkeypatch):
     torch.manual_seed(0)
     head = nn.Linear(6, 2)
     table = LambdaTable(20, 1)
     idx = torch.tensor([1, 4, 7, 8])
     x, labels, teacher = torch.randn(4, 6), torch.tensor([0, 1, 1, 0]), torch.randn(4, 2)
     xv, yv = torch.randn(8, 6), torch.randint(0, 2, (8,))
-    weights = table(idx)
 
-    def inner(logits):
-        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
-        kd = nn.functional.kl_div(logits.log_softmax(-1), teacher.softmax(-1), reduction="none").sum(-1)
-        return mixed_loss(weights, ce, [kd])
-
-    params = dict(head.named_parameters())
-    score = lookahead_loss(head, params, {"input": x}, {"input": xv}, yv, inner, lr=0.5)
-    (grad,) = torch.autograd.grad(score, [table.logits], retain_graph=True)
-    assert grad[idx].abs().sum() > 0
-    others = torch.ones(20, dtype=torch.bool)
-    others[idx] = False
-    assert grad[others].abs().sum() == 0
-    assert head.weight.grad is None  # the look-ahead never writes the head's gradients
-    # with step size 0 the look-ahead does not depend on the weights
-    zero = lookahead_loss(head, params, {"input": x}, {"input": xv}, yv, inner, lr=0.0)
-    (g0,) = torch.autograd.grad(zero, [table.logits], allow_unused=True)
-    assert g0 is None or g0.abs().sum() == 0
     def inner_of(sel):
         def inner_half(logits):
             ce = nn.functional.cross_entropy(logits, labels[sel], reduction="none")
@@ -79,9 +69,24 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
             return mixed_loss(table(idx[sel]), ce, [kd])
         return inner_half
 
-    # the data-parallel implementation gives the reference's gradient on one process ...
-    score1, (meta,) = lookahead_meta_gradients(head, params, {"input": x}, {"input": xv}, yv, inner_of(slice(0, 4)), 0.5, [table.logits])
-    assert torch.allclose(score1, score) and torch.allclose(meta, grad, atol=1e-7)
+    params = dict(head.named_parameters())
+
+    def step(sel=slice(0, 4), lr=0.5):
+        return Lookahead(head, params, {"input": x[sel]}, {"input": xv}, yv, lr)
+
+    score, (grad,) = lookahead_meta_gradients(step(), inner_of(slice(0, 4)), [table.logits])
+    assert grad[idx].abs().sum() > 0
+    others = torch.ones(20, dtype=torch.bool)
+    others[idx] = False
+    assert grad[others].abs().sum() == 0
+    assert head.weight.grad is None  # the look-ahead never writes the head's gradients
+    # with step size 0 the look-ahead does not depend on the weights
+    _, (g0,) = lookahead_meta_gradients(step(lr=0.0), inner_of(slice(0, 4)), [table.logits])
+    assert g0.abs().sum() == 0
+    # the data-parallel implementation gives plain autograd's gradient of the clean score on one process ...
+    reference = reference_lookahead_loss(head, params, x, xv, yv, inner_of(slice(0, 4)), 0.5)
+    (expected,) = torch.autograd.grad(reference, [table.logits])
+    assert torch.allclose(score, reference) and torch.allclose(grad, expected, atol=1e-7)
 
     # ... and split over two simulated ranks (each with half the training batch and, for simplicity,
     # the whole clean batch), with the all-reduce of the mean gradient done by hand, the same sum
@@ -90,6 +95,7 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
     local = [[g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves]
     mean_grads = [(a + b) / 2 for a, b in zip(*local, strict=True)]
     total = torch.zeros_like(grad)
+    monkeypatch.setattr(meta, "world_size", lambda: 2)
     for sel in halves:
         first = [True]
 
@@ -100,8 +106,8 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows():
                 return mean_grads
             return tensors
 
-        _, (meta_r,) = lookahead_meta_gradients(head, params, {"input": x[sel]}, {"input": xv}, yv, inner_of(sel), 0.5,
-                                                [table.logits], average=average, world_size=2)
+        monkeypatch.setattr(meta, "mean_across_ranks", average)
+        _, (meta_r,) = lookahead_meta_gradients(step(sel), inner_of(sel), [table.logits])
         total += meta_r
     assert torch.allclose(total, grad, atol=1e-6)
 
@@ -193,10 +199,12 @@ def test_no_meta_steps_keeps_weights_and_checkpoint_round_trip(assets, tmp_path)
     path = tmp_path / "alm.ckpt"
     trainer.save_checkpoint(path)
     ckpt = load_checkpoint(path)  # the safe loader reads what kdlight writes
-    assert MIXER_KEY in ckpt and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
-    assert not any("mixer" in k for k in ckpt["state_dict"])  # kept out of DDP's buckets and the state dict
+    assert "meta.mixer.logits" in ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    # the meta-learner's weights and counter are in the state dict, and all of them kept out of DDP's buckets
+    assert set(model._ddp_params_and_buffers_to_ignore) == {k for k in model.state_dict() if k.startswith("meta.")}
     restored = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=dm.task)
     restored.on_load_checkpoint(ckpt)
+    restored.load_state_dict(ckpt["state_dict"])  # what Lightning does with a checkpoint
     assert torch.equal(restored.table_lambdas(), model.table_lambdas())
     # resuming through the trainer restores the table as well
     resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_steps=0, task=dm.task)
@@ -315,13 +323,13 @@ def test_glue_recipes_parse(assets, tmp_path, name):
 def meta_batches(model) -> list[int]:
     """Spy: the training batches (0-based, across runs) at which a meta step ran."""
     seen: list[int] = []
-    original = model.meta_step
+    original = model.meta.meta_gradients
 
     def spy(*args, **kwargs):
-        seen.append(int(model.meta_progress[0]))
+        seen.append(int(model.meta.batches_seen[0]))
         return original(*args, **kwargs)
 
-    model.meta_step = spy
+    model.meta.meta_gradients = spy
     return seen
 
 
@@ -334,7 +342,7 @@ def test_meta_schedule_counts_training_batches(assets, tmp_path, every, warmup, 
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=every, meta_warmup=warmup, task=dm.task)
     seen = meta_batches(model)
     fit(model, dm, tmp_path, epochs=2, enable_checkpointing=False, limit_val_batches=0)
-    assert seen == expected and int(model.meta_progress[0]) == 10
+    assert seen == expected and int(model.meta.batches_seen[0]) == 10
 
 
 def test_meta_schedule_continues_after_resume(assets, tmp_path):
@@ -345,19 +353,41 @@ def test_meta_schedule_continues_after_resume(assets, tmp_path):
     trainer = fit(first, dm, tmp_path / "a", epochs=1, enable_checkpointing=False, limit_val_batches=0)
     path = tmp_path / "epoch1.ckpt"
     trainer.save_checkpoint(path)
-    assert load_checkpoint(path)["state_dict"]["meta_progress"].tolist() == [5]
+    assert load_checkpoint(path)["state_dict"]["meta.batches_seen"].tolist() == [5]
     resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_resumed = meta_batches(resumed)
     fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(path), enable_checkpointing=False, limit_val_batches=0)
     assert (seen_first, seen_resumed) == ([0, 3], [6, 9])
     # a checkpoint written before the counter existed resumes from Lightning's own batch count
     old = load_checkpoint(path)
-    del old["state_dict"]["meta_progress"]
+    del old["state_dict"]["meta.batches_seen"]
     torch.save(old, tmp_path / "old.ckpt")
     again = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_again = meta_batches(again)
     fit(again, dm, tmp_path / "c", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False, limit_val_batches=0)
     assert seen_again == [6, 9]
+
+
+def test_checkpoints_from_before_the_meta_learner_still_load(assets, tmp_path):
+    """Older checkpoints kept the weights beside the state dict (``kdlight_alm_mixer``) and the batch
+    counter as ``meta_progress``: they load into the meta-learner and resume its schedule."""
+    seed_everything(0)
+    dm = noisy_dm(assets)
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, lookahead_lr=1.0, task=dm.task)
+    trainer = fit(model, dm, tmp_path / "a", epochs=1, enable_checkpointing=False, limit_val_batches=0)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    old = load_checkpoint(tmp_path / "new.ckpt")
+    state = old["state_dict"]
+    old["kdlight_alm_mixer"] = {"state_dict": {"logits": state.pop("meta.mixer.logits")}}
+    state["meta_progress"] = state.pop("meta.batches_seen")
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = AdaptiveLossMixingKD.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert torch.equal(loaded.table_lambdas(), model.table_lambdas()) and loaded.meta.batches_seen.tolist() == [5]
+    resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, lookahead_lr=1.0, task=dm.task)
+    seen = meta_batches(resumed)
+    fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False,
+        limit_val_batches=0)
+    assert seen == [6, 9]
 
 
 # ------------------------------------------------------------------------------- official mode
@@ -393,8 +423,13 @@ def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, c
 
 
 def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
+    from kdlight.components.meta_official import (
+        HeadView,
+        last_layer_grads,
+        lookahead_lambda_grads,
+        official_lambda_update,
+    )
     from kdlight.losses import KLDivergence
-    from kdlight.models.alm_official import last_layer_grads, lookahead_lambda_grads, official_lambda_update
 
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)
@@ -415,7 +450,8 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
             ce_rows.append(last_layer_grads(logits, x, lambda z, y=y: nn.functional.cross_entropy(z, y)))
             kd_rows.append(last_layer_grads(logits, x, lambda z, t=t: kd(z, t).mean()))
         grads = [torch.cat(ce_rows), torch.cat(kd_rows)]
-        score, got = lookahead_lambda_grads(lam[batch_ind], grads, clean_x @ head_w.T + head_b, clean_x, clean_y, eta)
+        clean = HeadView(clean_x @ head_w.T + head_b, clean_x, clean_y)
+        score, got = lookahead_lambda_grads(lam[batch_ind], grads, clean, eta)
         assert got.abs().max() > 1e-4
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(score, expected_score, atol=1e-6, rtol=0)
@@ -425,7 +461,7 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
             g, _ = reference_official_meta_gradients(batches, head_w, head_b, teachers, clean_x, clean_y, ref, eta, temp, batch_ind)
             ref[batch_ind] = ref[batch_ind] - 1500 * g
             ref.clamp_(min=1e-7, max=2 - 1e-7)
-        new, _ = official_lambda_update(lam[batch_ind], grads, clean_x @ head_w.T + head_b, clean_x, clean_y, eta, 1500.0, 5)
+        new, _ = official_lambda_update(lam[batch_ind], grads, clean, eta, 1500.0, 5)
         torch.testing.assert_close(new, ref[batch_ind], atol=1e-6, rtol=0)
         assert (new <= 2 - 1e-7).all() and (new >= 1e-7).all() and not torch.allclose(new, lam[batch_ind])
     finally:
@@ -434,7 +470,7 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
 
 @pytest.mark.parametrize("warm, every, expected", [(10, 10, [10, 20, 30]), (1, 2, [1, 3, 5, 7, 9]), (0, 1, list(range(10))), (3, 0, [])])
 def test_official_schedule_epochs(warm, every, expected):
-    from kdlight.models.alm_official import official_meta_due
+    from kdlight.components.meta_official import official_meta_due
 
     assert [e for e in range(31 if warm == 10 else 10) if official_meta_due(e, warm, every)] == expected
 
@@ -443,16 +479,16 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
     """warm_epoch 1, select_every 2 over 4 epochs: meta passes at the start of epochs 1 and 3, each over
     the whole training split (80 examples, batches of 16) in groups of grad_fit = 2 batches (32, 32, 16
     rows), 5 iterations each; the student (lr 0) does not move, the trained rows do, within [1e-7, 2)."""
-    from kdlight.modules import alm
+    from kdlight.components import meta_official
 
     calls = []
-    original = alm.official_lambda_update
+    original = meta_official.official_lambda_update
 
     def spy(lam, grads, *args, **kwargs):
         calls.append((epoch_of[0], lam.shape[0], args[-3] if len(args) >= 6 else kwargs))
         return original(lam, grads, *args, **kwargs)
 
-    monkeypatch.setattr(alm, "official_lambda_update", spy)
+    monkeypatch.setattr(meta_official, "official_lambda_update", spy)
     seed_everything(0)
     dm = noisy_dm(assets, noise_type="uniform")
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), algorithm="official", grad_fit=2, warm_epoch=1, select_every=2,

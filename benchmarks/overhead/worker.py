@@ -291,7 +291,13 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
         return
 
     # ALM-KD: table mixer, last-layer look-ahead scored on a clean batch every step
-    from kdlight.models.mixer import LambdaTable, last_linear_name, lookahead_meta_gradients, mixed_loss
+    from kdlight.components.meta import (
+        LambdaTable,
+        Lookahead,
+        last_linear_name,
+        lookahead_meta_gradients,
+        mixed_loss,
+    )
 
     kd_loss = KLDivergence(TEMPERATURE, reduction="none")
     table = LambdaTable(dm.max_train_idx + 1, 1, 0.9).to(DEVICE)
@@ -322,8 +328,9 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
             ce = F.cross_entropy(logits.float(), labels, reduction="none")
             return mixed_loss(weights, ce, [kd_loss(logits, t)])
 
-        _, grads = lookahead_meta_gradients(head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]},
-                                            clean["labels"], inner_loss, optimizer.param_groups[0]["lr"], [table.logits])
+        lr = optimizer.param_groups[0]["lr"]
+        step = Lookahead(head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]}, clean["labels"], lr)
+        _, grads = lookahead_meta_gradients(step, inner_loss, [table.logits])
         rows = grads[0][idx]
         grads[0] = grads[0] / rows.abs().mean().clamp_min(1e-12)
         meta_opt.zero_grad()

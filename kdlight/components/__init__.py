@@ -6,5 +6,7 @@ own gradients across ranks (:mod:`kdlight.distributed`).
 """
 
 from kdlight.components.generator import AdversarialGenerator
+from kdlight.components.meta import LambdaTable, MetaBatch, MetaLearner, MixingNetwork
+from kdlight.components.meta_official import OfficialMetaLearner
 
-__all__ = ["AdversarialGenerator"]
+__all__ = ["AdversarialGenerator", "LambdaTable", "MetaBatch", "MetaLearner", "MixingNetwork", "OfficialMetaLearner"]

@@ -13,9 +13,6 @@ __all__ = [
     "load_classifier",
     "load_from_checkpoint",
 ]
-from kdlight.models.mixer import LambdaTable, MixingNetwork, lookahead_loss  # noqa: E402
-
-__all__ += ["LambdaTable", "MixingNetwork", "lookahead_loss"]
 from kdlight.models.compact import CompressedEmbeddingStudent  # noqa: E402
 
 __all__ += ["CompressedEmbeddingStudent"]

@@ -71,12 +71,12 @@ class GeneralDistillation(KDLightTask):
         self.student_spec = student or FreshStudent(
             num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
         )
-        # checked now (a typo fails before any model loads), registered as a submodule once nn.Module is set up
+        # built first so that a typo fails before any model loads; a submodule once nn.Module is set up
         relation_loss = SelfAttentionRelations(
             teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations
         )
-        self.__dict__["pending_relation_loss"] = relation_loss
         super().__init__(**kwargs)
+        self.relation_loss = relation_loss
 
     def configure_models(self) -> None:
         self.teacher = load_encoder(self.teacher_source).eval().requires_grad_(False)
@@ -89,7 +89,6 @@ class GeneralDistillation(KDLightTask):
             )
 
     def configure_losses(self) -> None:
-        self.relation_loss = self.__dict__.pop("pending_relation_loss")
         self.relation_loss.bind(self.student, self.teacher)
         self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
         freeze_unreached(self.student, self.relation_kl)  # the last block's FFN and the pooler: DDP-safe
@@ -144,9 +143,6 @@ class GeneralDistillation(KDLightTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
-
-    def side_modules(self) -> dict[str, nn.Module]:
-        return {}
 
 
 __all__ = ["GeneralDistillation", "load_encoder"]

@@ -115,18 +115,6 @@ class KDLightTask(LightningModule):
         """The network that is evaluated and exported."""
         return getattr(self, self.predictor_attr)
 
-    def side_modules(self) -> dict[str, nn.Module]:
-        """Trainable networks kept outside the registered submodules on purpose, so that DDP never
-        buckets them (their gradients are reduced by hand: ALM's mixer, the zero-shot generator).
-        They move with the module (``.to``, ``.float`` ...); checkpointing them is the owner's job."""
-        return {}
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        for module in self.side_modules().values():
-            module._apply(fn)
-        return self
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.predictor.parameters() if p.requires_grad]
 
