@@ -71,12 +71,9 @@ class GeneralDistillation(KDLightTask):
         self.student_spec = student or FreshStudent(
             num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
         )
-        # built first so that a typo fails before any model loads; a submodule once nn.Module is set up
-        relation_loss = SelfAttentionRelations(
-            teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations
-        )
+        # built once here only so that a typo fails before any model loads; configure_losses builds the real one
+        SelfAttentionRelations(teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations)
         super().__init__(**kwargs)
-        self.relation_loss = relation_loss
 
     def configure_models(self) -> None:
         self.teacher = load_encoder(self.teacher_source).eval().requires_grad_(False)
@@ -89,6 +86,10 @@ class GeneralDistillation(KDLightTask):
             )
 
     def configure_losses(self) -> None:
+        hp = self.hparams
+        self.relation_loss = SelfAttentionRelations(
+            teacher_layer=hp.teacher_layer, num_relation_heads=hp.num_relation_heads, relations=hp.relations
+        )
         self.relation_loss.bind(self.student, self.teacher)
         self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
         freeze_unreached(self.student, self.relation_kl)  # the last block's FFN and the pooler: DDP-safe
