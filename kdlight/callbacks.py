@@ -43,8 +43,11 @@ class LatestCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if trainer.received_sigterm:
             self._refresh_last(trainer)
-            print(f"[kdlight] stopped by SIGTERM at step {trainer.global_step}; "
-                  f"the same command with --ckpt_path last continues from {self.last_model_path}", flush=True)
+            print(
+                f"[kdlight] stopped by SIGTERM at step {trainer.global_step}; "
+                f"the same command with --ckpt_path last continues from {self.last_model_path}",
+                flush=True,
+            )
             raise SIGTERMException
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -123,7 +126,11 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         # trainer.log_dir is a collective under DDP: every rank asks, even one with nothing to write
-        path = Path(self.output_file) if self.output_file else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        path = (
+            Path(self.output_file)
+            if self.output_file
+            else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        )
         if not predictions:
             return
         batches = predictions[0] if isinstance(predictions[0], list) else predictions

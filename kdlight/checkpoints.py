@@ -118,7 +118,9 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
                 "refusing to load; use a .ckpt written by kdlight, or re-save just its tensors (torch.save of the "
                 "state_dict) where you trust the file"
             ) from None
-        raise KDLightError(f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight") from None
+        raise KDLightError(
+            f"unreadable checkpoint {path!r}: not a torch checkpoint; pass a Lightning .ckpt written by kdlight"
+        ) from None
     except Exception as err:  # noqa: BLE001  (a damaged file fails in many ways; each is the same user error)
         raise KDLightError(
             f"unreadable checkpoint {path!r}: {first_line(err)}; pass a Lightning .ckpt written by kdlight"
@@ -141,8 +143,10 @@ def checkpoint_tokenizer(path: str | os.PathLike) -> str | None:
     hyper-parameter of checkpoints written before TaskSpec)."""
     checkpoint = load_checkpoint(path, mmap=True)
     if HF_CONFIGS_KEY not in checkpoint:
-        raise KDLightError(f"{os.fspath(path)!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight "
-                           "or a save_pretrained folder")
+        raise KDLightError(
+            f"{os.fspath(path)!r} is not a kdlight checkpoint (no {HF_CONFIGS_KEY}); pass a .ckpt written by kdlight "
+            "or a save_pretrained folder"
+        )
     hparams = checkpoint.get("hyper_parameters") or {}
     if not isinstance(hparams, dict):
         return None

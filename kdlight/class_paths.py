@@ -41,7 +41,11 @@ def _known(slot: str) -> dict[str, type]:
     for package in (kdlight.modules, kdlight.data, kdlight.models):
         for name in getattr(package, "__all__", []):
             value = getattr(package, name, None)
-            if inspect.isclass(value) and issubclass(value, base) and (value is not base or base.__module__.startswith("kdlight")):
+            if (
+                inspect.isclass(value)
+                and issubclass(value, base)
+                and (value is not base or base.__module__.startswith("kdlight"))
+            ):
                 found[name] = value
     return found
 
@@ -68,7 +72,9 @@ def check_class_path(slot: str, value: Any) -> None:
     if not inspect.isclass(cls):
         raise KDLightError(f"{flag}: {module_name!r} has no class {attr!r}")
     if not issubclass(cls, _base(slot)):
-        raise KDLightError(f"{flag}: {value!r} is not a {_base(slot).__name__}; kdlight's choices: {', '.join(sorted(known))}")
+        raise KDLightError(
+            f"{flag}: {value!r} is not a {_base(slot).__name__}; kdlight's choices: {', '.join(sorted(known))}"
+        )
 
 
 def _from_config(config: Any, slot: str) -> Any:

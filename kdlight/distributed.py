@@ -46,9 +46,6 @@ def any_rank(flag: Tensor) -> Tensor:
     return (total > 0).float().reshape(())
 
 
-
-
-
 def keep_out_of_ddp(module, *children: str) -> None:
     """Hide the parameters and buffers of ``module``'s named submodules from DDP's reducer.
 
@@ -69,4 +66,6 @@ def keep_out_of_ddp(module, *children: str) -> None:
         names += [f"{child}.{name}" for name, _ in sub.named_parameters(remove_duplicate=False)]
         names += [f"{child}.{name}" for name, _ in sub.named_buffers(remove_duplicate=False)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+
+
 __all__ = ["any_rank", "keep_out_of_ddp", "mean_across_ranks", "run_seed", "sum_across_ranks", "world_size"]

@@ -28,7 +28,9 @@ def build_metrics(metric: Metric, num_labels: int) -> MetricCollection:
             raise ValueError(f"metric 'pearson_spearman' is for regression (num_labels=1), got num_labels={num_labels}")
         return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()})
     if num_labels < 2:
-        raise ValueError(f"metric {metric!r} needs num_labels >= 2, got {num_labels}; use 'pearson_spearman' for regression")
+        raise ValueError(
+            f"metric {metric!r} needs num_labels >= 2, got {num_labels}; use 'pearson_spearman' for regression"
+        )
     accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
     if metric == "accuracy":
         return MetricCollection({"accuracy": accuracy})

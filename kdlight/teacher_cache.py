@@ -95,9 +95,15 @@ class TeacherLogitCache:
         return torch.cat(all_idx), torch.cat(all_logits)
 
     @classmethod
-    def load_or_compute(cls, teacher: nn.Module, dataset: datasets.Dataset,
-                        loader: DataLoader | Callable[[], DataLoader] | None, device: torch.device, root: Path,
-                        compute: bool = True) -> tuple[TeacherLogitCache, Path, bool]:
+    def load_or_compute(
+        cls,
+        teacher: nn.Module,
+        dataset: datasets.Dataset,
+        loader: DataLoader | Callable[[], DataLoader] | None,
+        device: torch.device,
+        root: Path,
+        compute: bool = True,
+    ) -> tuple[TeacherLogitCache, Path, bool]:
         """Load the cache for (teacher, dataset) from ``root``, computing and saving it if absent.
 
         ``loader`` serves ``dataset`` for the computation: a loader, or a function that builds one

@@ -31,7 +31,9 @@ def make_tokenizer(folder: Path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!"]
     # transformers 5 ignores vocab_file=...; the vocabulary goes in as a dict
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
-    assert tokenizer.convert_tokens_to_ids(["good", "movie"]) == [5, vocab.index("movie")], "the tiny tokenizer lost its vocabulary"
+    assert tokenizer.convert_tokens_to_ids(["good", "movie"]) == [5, vocab.index("movie")], (
+        "the tiny tokenizer lost its vocabulary"
+    )
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -40,8 +42,13 @@ def tiny_config(vocab_size: int, num_labels: int = 2, layers: int = 2, hidden: i
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=num_labels,
     )
 
 
@@ -72,10 +79,16 @@ def zeroshot_datamodule(assets, tmp_path: Path, batch_size: int = 8):
     corpus = tmp_path / "wiki.txt"
     corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
     d = assets["data"]
-    task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
-                                        label_names=["negative", "positive"])
-    return ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus), cache_dir=str(tmp_path / "cache")),
-                              tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=batch_size)
+    task = TextClassificationDataModule(
+        val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"]
+    )
+    return ZeroShotDataModule(
+        task=task,
+        corpus=OutOfDomainCorpus(source=str(corpus), cache_dir=str(tmp_path / "cache")),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=batch_size,
+    )
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -50,7 +50,7 @@ def reference_lookahead_loss(head, params, x, xv, yv, inner, lr):
     """CE on a clean batch after one differentiable SGD step of ``inner`` on ``params``, in plain autograd."""
     loss = inner(torch.func.functional_call(head, params, (x,)))
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    updated = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+    updated = {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
     return nn.functional.cross_entropy(torch.func.functional_call(head, updated, (xv,)), yv)
 
 
@@ -67,6 +67,7 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows(monkeypatch):
             ce = nn.functional.cross_entropy(logits, labels[sel], reduction="none")
             kd = nn.functional.kl_div(logits.log_softmax(-1), teacher[sel].softmax(-1), reduction="none").sum(-1)
             return mixed_loss(table(idx[sel]), ce, [kd])
+
         return inner_half
 
     params = dict(head.named_parameters())
@@ -92,7 +93,9 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows(monkeypatch):
     # the whole clean batch), with the all-reduce of the mean gradient done by hand, the same sum
 
     halves = [slice(0, 2), slice(2, 4)]
-    local = [[g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves]
+    local = [
+        [g.detach() for g in torch.autograd.grad(inner_of(sel)(head(x[sel])), list(params.values()))] for sel in halves
+    ]
     mean_grads = [(a + b) / 2 for a, b in zip(*local, strict=True)]
     total = torch.zeros_like(grad)
     monkeypatch.setattr(meta, "world_size", lambda: 2)
@@ -114,15 +117,26 @@ def test_lookahead_meta_gradient_reaches_only_the_batch_rows(monkeypatch):
 
 def noisy_dm(assets, **kw):
     d = assets["data"]
-    base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"))
+    base = TextClassificationDataModule(
+        train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv")
+    )
     args = dict(noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["teacher"]), max_length=32, batch_size=16)
     args.update(kw)
     return NoisyLabelDataModule(base, **args)
 
 
 def fit(model, dm, root, epochs=1, ckpt_path=None, **kw):
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(root), num_sanity_val_steps=0, **kw)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        num_sanity_val_steps=0,
+        **kw,
+    )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return trainer
 
@@ -132,9 +146,16 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
     """Student lr 0: the student must not move; the weights must (meta step with lookahead_lr=1)."""
     seed_everything(0)
     dm = noisy_dm(assets)
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead=lookahead, learning_rate=0.0,
-                                 weight_decay=0.0, lookahead_lr=1.0, meta_learning_rate=0.05 if mixer == "network" else 1.0,
-                                 task=dm.task)
+    model = AdaptiveLossMixingKD(
+        teacher=str(assets["teacher"]),
+        mixer=mixer,
+        lookahead=lookahead,
+        learning_rate=0.0,
+        weight_decay=0.0,
+        lookahead_lr=1.0,
+        meta_learning_rate=0.05 if mixer == "network" else 1.0,
+        task=dm.task,
+    )
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     fit(model, dm, tmp_path, enable_checkpointing=False, limit_val_batches=0)
@@ -144,7 +165,7 @@ def test_meta_step_changes_only_the_mixer(assets, tmp_path, mixer, lookahead):
         lam = model.table_lambdas()
         train_idx = torch.tensor(dm.splits["train"]["idx"])
         clean_idx = torch.tensor(dm.splits["clean_validation"]["idx"])
-        assert (lam[train_idx] - 0.9).abs().max() > 1e-3      # every visited row can move ...
+        assert (lam[train_idx] - 0.9).abs().max() > 1e-3  # every visited row can move ...
         assert ((lam[train_idx] - 0.9).abs() > 1e-6).float().mean() > 0.5
         assert torch.allclose(lam[clean_idx], torch.tensor(0.9))  # ... rows never trained on cannot
         assert (lam > 0).all() and (lam < 1).all()
@@ -165,8 +186,14 @@ def test_centred_meta_gradient_moves_weights_but_keeps_their_mean(assets, tmp_pa
     for center in (True, False):
         seed_everything(0)
         dm = noisy_dm(assets)
-        model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), center_meta_grad=center, learning_rate=1e-3,
-                                     lookahead_lr=1.0, meta_learning_rate=1.0, task=dm.task)
+        model = AdaptiveLossMixingKD(
+            teacher=str(assets["teacher"]),
+            center_meta_grad=center,
+            learning_rate=1e-3,
+            lookahead_lr=1.0,
+            meta_learning_rate=1.0,
+            task=dm.task,
+        )
         fit(model, dm, tmp_path / str(center), enable_checkpointing=False, limit_val_batches=0)
         rows = model.mixer.logits.detach()[torch.tensor(dm.splits["train"]["idx"])].squeeze(-1)
         assert rows.std() > 0.1  # the per-example signal is kept
@@ -179,8 +206,9 @@ def test_meta_warmup_in_epochs(assets, tmp_path):
     """meta_interval=epoch, meta_warmup=1: no meta step in epoch 0, meta steps from epoch 1 on."""
     seed_everything(0)
     dm = noisy_dm(assets)
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_interval="epoch", meta_warmup=1, lookahead_lr=1.0,
-                                 task=dm.task)
+    model = AdaptiveLossMixingKD(
+        teacher=str(assets["teacher"]), meta_interval="epoch", meta_warmup=1, lookahead_lr=1.0, task=dm.task
+    )
     fit(model, dm, tmp_path / "one", epochs=1, enable_checkpointing=False, limit_val_batches=0)
     assert torch.allclose(model.table_lambdas(), torch.tensor(0.9))
     fit(model, dm, tmp_path / "two", epochs=2, enable_checkpointing=False, limit_val_batches=0)
@@ -231,7 +259,9 @@ def test_without_meta_steps_alm_is_vanilla_kd_at_init_lambda(assets, tmp_path):
 
 def test_needs_the_noisy_datamodule_and_valid_args(assets, tmp_path):
     d = assets["data"]
-    plain = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), tokenizer=str(assets["teacher"]))
+    plain = TextClassificationDataModule(
+        train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), tokenizer=str(assets["teacher"])
+    )
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=plain.task)
     with pytest.raises(KDLightError, match="NoisyLabelDataModule"):
         fit(model, plain, tmp_path)
@@ -274,14 +304,29 @@ def recipe(name: str, assets, tmp_path) -> Path:
     init.pop("export_dir", None)
     data = config["data"]["init_args"]
     d = assets["data"]
-    data["datamodule"] = {"class_path": "TextClassificationDataModule",
-                          "init_args": {"train_file": str(d / "train.csv"), "val_file": str(d / "validation.csv"), "test_file": str(d / "test.csv")}}
+    data["datamodule"] = {
+        "class_path": "TextClassificationDataModule",
+        "init_args": {
+            "train_file": str(d / "train.csv"),
+            "val_file": str(d / "validation.csv"),
+            "test_file": str(d / "test.csv"),
+        },
+    }
     if "tokenizer" in data:
         data["tokenizer"] = teacher
     data.update(max_length=32, batch_size=16)
-    config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-                             logger=False, enable_progress_bar=False, enable_model_summary=False, precision="32-true",
-                             accelerator="cpu", devices=1)
+    config["trainer"].update(
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision="32-true",
+        accelerator="cpu",
+        devices=1,
+    )
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
@@ -291,8 +336,17 @@ RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
 
 def test_recipes_exist():
-    assert {"teacher.yaml", "alm.yaml", "alm_mixer.yaml", "multi_teacher.yaml", "self_distill.yaml",
-            "sst2_teacher.yaml", "sst2_alm.yaml", "mnli_teacher.yaml", "mnli_alm.yaml"} <= set(RECIPES)
+    assert {
+        "teacher.yaml",
+        "alm.yaml",
+        "alm_mixer.yaml",
+        "multi_teacher.yaml",
+        "self_distill.yaml",
+        "sst2_teacher.yaml",
+        "sst2_alm.yaml",
+        "mnli_teacher.yaml",
+        "mnli_alm.yaml",
+    } <= set(RECIPES)
 
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if not n.startswith(("sst2", "mnli"))])
@@ -364,7 +418,15 @@ def test_meta_schedule_continues_after_resume(assets, tmp_path):
     torch.save(old, tmp_path / "old.ckpt")
     again = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, task=dm.task)
     seen_again = meta_batches(again)
-    fit(again, dm, tmp_path / "c", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False, limit_val_batches=0)
+    fit(
+        again,
+        dm,
+        tmp_path / "c",
+        epochs=2,
+        ckpt_path=str(tmp_path / "old.ckpt"),
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     assert seen_again == [6, 9]
 
 
@@ -385,13 +447,22 @@ def test_checkpoints_from_before_the_meta_learner_still_load(assets, tmp_path):
     assert torch.equal(loaded.table_lambdas(), model.table_lambdas()) and loaded.meta.batches_seen.tolist() == [5]
     resumed = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), meta_every=3, lookahead_lr=1.0, task=dm.task)
     seen = meta_batches(resumed)
-    fit(resumed, dm, tmp_path / "b", epochs=2, ckpt_path=str(tmp_path / "old.ckpt"), enable_checkpointing=False,
-        limit_val_batches=0)
+    fit(
+        resumed,
+        dm,
+        tmp_path / "b",
+        epochs=2,
+        ckpt_path=str(tmp_path / "old.ckpt"),
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     assert seen == [6, 9]
 
 
 # ------------------------------------------------------------------------------- official mode
-def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, clean_x, clean_y, lam, eta, temp, batch_ind):
+def reference_official_meta_gradients(
+    batches, head_w, head_b, teacher_logits, clean_x, clean_y, lam, eta, temp, batch_ind
+):
     """durgas16/AMAL KD/LearnMultiLambdaMeta.py (get_lambdas, lines 61-67, 87-101, 121-149) restated:
     autograd through ``lambdas`` with the code's repeat_interleave/repeat layout, one teacher."""
     num_classes = head_w.shape[0]
@@ -403,8 +474,13 @@ def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, c
         l0 = torch.autograd.grad(loss_sl, outputs)[0]
         l1_grads = torch.repeat_interleave(l0, l1.shape[1], dim=1) * l1.repeat(1, num_classes)
         sl_rows.append(torch.cat((l0, l1_grads), dim=1))
-        loss_kd = temp * temp * nn.KLDivLoss(reduction="batchmean")(
-            nn.functional.log_softmax(outputs / temp, dim=1), nn.functional.softmax(t / temp, dim=1))
+        loss_kd = (
+            temp
+            * temp
+            * nn.KLDivLoss(reduction="batchmean")(
+                nn.functional.log_softmax(outputs / temp, dim=1), nn.functional.softmax(t / temp, dim=1)
+            )
+        )
         l0 = torch.autograd.grad(loss_kd, outputs)[0]
         l1_grads = torch.repeat_interleave(l0, l1.shape[1], dim=1) * l1.repeat(1, num_classes)
         kd_rows.append(torch.cat((l0, l1_grads), dim=1))
@@ -415,7 +491,9 @@ def reference_official_meta_gradients(batches, head_w, head_b, teacher_logits, c
     lambdas2 = lambdas[batch_ind, 1][:, None]
     comb_grad = (lambdas1 * sl_grads + lambdas2 * kd_grads).sum(0)
     out_vec_val = init_out - eta * comb_grad[:num_classes].view(1, -1).expand(init_out.shape[0], -1)
-    out_vec_val = out_vec_val - eta * torch.matmul(init_l1, comb_grad[num_classes:].view(num_classes, -1).transpose(0, 1))
+    out_vec_val = out_vec_val - eta * torch.matmul(
+        init_l1, comb_grad[num_classes:].view(num_classes, -1).transpose(0, 1)
+    )
     loss_val = nn.functional.cross_entropy(out_vec_val, clean_y)
     g1 = torch.autograd.grad(loss_val, lambdas1, retain_graph=True)[0].view(-1)
     g2 = torch.autograd.grad(loss_val, lambdas2)[0].view(-1)
@@ -441,8 +519,9 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
         clean_x, clean_y = torch.randn(6, width), torch.randint(0, num_classes, (6,))
         lam = torch.rand(20, 2) * 1.5
         batch_ind = [3, 7, 1, 12, 0, 19, 5, 8]
-        expected, expected_score = reference_official_meta_gradients(batches, head_w, head_b, teachers, clean_x, clean_y, lam,
-                                                                     eta, temp, batch_ind)
+        expected, expected_score = reference_official_meta_gradients(
+            batches, head_w, head_b, teachers, clean_x, clean_y, lam, eta, temp, batch_ind
+        )
         kd = KLDivergence(temp, reduction="none")
         ce_rows, kd_rows = [], []
         for (x, y), t in zip(batches, teachers, strict=True):
@@ -458,7 +537,9 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
         # 5 plain steps of lr 1500, clamped to [1e-7, 2 - 1e-7] after each (lines 119-154)
         ref = lam.clone()
         for _ in range(5):
-            g, _ = reference_official_meta_gradients(batches, head_w, head_b, teachers, clean_x, clean_y, ref, eta, temp, batch_ind)
+            g, _ = reference_official_meta_gradients(
+                batches, head_w, head_b, teachers, clean_x, clean_y, ref, eta, temp, batch_ind
+            )
             ref[batch_ind] = ref[batch_ind] - 1500 * g
             ref.clamp_(min=1e-7, max=2 - 1e-7)
         new, _ = official_lambda_update(lam[batch_ind], grads, clean, eta, 1500.0, 5)
@@ -468,7 +549,9 @@ def test_official_last_layer_meta_gradient_equals_the_codes_closed_form():
         torch.set_default_dtype(torch.float32)
 
 
-@pytest.mark.parametrize("warm, every, expected", [(10, 10, [10, 20, 30]), (1, 2, [1, 3, 5, 7, 9]), (0, 1, list(range(10))), (3, 0, [])])
+@pytest.mark.parametrize(
+    "warm, every, expected", [(10, 10, [10, 20, 30]), (1, 2, [1, 3, 5, 7, 9]), (0, 1, list(range(10))), (3, 0, [])]
+)
 def test_official_schedule_epochs(warm, every, expected):
     from kdlight.components.meta_official import official_meta_due
 
@@ -491,8 +574,17 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
     monkeypatch.setattr(meta_official, "official_lambda_update", spy)
     seed_everything(0)
     dm = noisy_dm(assets, noise_type="uniform")
-    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), algorithm="official", grad_fit=2, warm_epoch=1, select_every=2,
-                                 learning_rate=0.0, weight_decay=0.0, lookahead_lr=1.0, task=dm.task)
+    model = AdaptiveLossMixingKD(
+        teacher=str(assets["teacher"]),
+        algorithm="official",
+        grad_fit=2,
+        warm_epoch=1,
+        select_every=2,
+        learning_rate=0.0,
+        weight_decay=0.0,
+        lookahead_lr=1.0,
+        task=dm.task,
+    )
     assert model.hparams.meta_learning_rate == 1500.0 and model.hparams.meta_iterations == 5
     epoch_of = [0]
     original_pass = model.official_meta_pass
@@ -535,9 +627,18 @@ def test_lambda_png_written_at_fit_end(assets, tmp_path, mixer, caplog):
     seed_everything(0)
     dm = noisy_dm(assets)
     model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), mixer=mixer, lookahead_lr=1.0, task=dm.task)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=CSVLogger(str(tmp_path)), enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0,
-                      enable_checkpointing=False, limit_val_batches=0)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=CSVLogger(str(tmp_path)),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=dm)
     path = Path(trainer.log_dir) / "lambda.png"
     assert path.is_file() and path.stat().st_size > 1000

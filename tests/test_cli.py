@@ -21,8 +21,17 @@ def checkpoints(root: Path, name: str) -> list[Path]:
 def fine_tuned(assets, tmp_path_factory):
     """A tiny teacher fine-tuned through `kdlight fit` (4 steps) and its export folder."""
     root = tmp_path_factory.mktemp("teacher_run")
-    main(["fit", "--model=TeacherFineTuning", f"--model.model={assets['encoder']}", "--model.learning_rate=1e-3",
-          f"--model.export_dir={root / 'export'}", *data_args(assets), *trainer_args(root, **{"--trainer.max_steps": 4, "--trainer.val_check_interval": 2})])
+    main(
+        [
+            "fit",
+            "--model=TeacherFineTuning",
+            f"--model.model={assets['encoder']}",
+            "--model.learning_rate=1e-3",
+            f"--model.export_dir={root / 'export'}",
+            *data_args(assets),
+            *trainer_args(root, **{"--trainer.max_steps": 4, "--trainer.val_check_interval": 2}),
+        ]
+    )
     return root
 
 
@@ -41,9 +50,19 @@ def test_teacher_fit_exports_a_standalone_model(fine_tuned):
 
 def test_vanilla_kd_fit_then_test(assets, fine_tuned, tmp_path, capsys):
     teacher = fine_tuned / "export"
-    main(["fit", "--model=VanillaKD", f"--model.teacher={teacher}", "--model.student=TruncatedTeacher",
-          "--model.student.num_layers=1", "--model.temperature=2.0", "--model.learning_rate=1e-3",
-          *data_args(assets), *trainer_args(tmp_path, **{"--trainer.max_steps": 3})])
+    main(
+        [
+            "fit",
+            "--model=VanillaKD",
+            f"--model.teacher={teacher}",
+            "--model.student=TruncatedTeacher",
+            "--model.student.num_layers=1",
+            "--model.temperature=2.0",
+            "--model.learning_rate=1e-3",
+            *data_args(assets),
+            *trainer_args(tmp_path, **{"--trainer.max_steps": 3}),
+        ]
+    )
     last = checkpoints(tmp_path, "last.ckpt")[-1]
     checkpoint = load_checkpoint(last)
     assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])  # the teacher stays out
@@ -51,8 +70,18 @@ def test_vanilla_kd_fit_then_test(assets, fine_tuned, tmp_path, capsys):
     assert load_from_checkpoint(str(last)).config.num_hidden_layers == 1
     assert (tmp_path / "export" / "config.json").is_file()  # default export: <log_dir>/export
     capsys.readouterr()
-    main(["test", "--model=VanillaKD", f"--model.teacher={teacher}", "--model.student=TruncatedTeacher",
-          "--model.student.num_layers=1", f"--ckpt_path={last}", *data_args(assets), *trainer_args(tmp_path)])
+    main(
+        [
+            "test",
+            "--model=VanillaKD",
+            f"--model.teacher={teacher}",
+            "--model.student=TruncatedTeacher",
+            "--model.student.num_layers=1",
+            f"--ckpt_path={last}",
+            *data_args(assets),
+            *trainer_args(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     for key in ("test/accuracy", "test/teacher_accuracy", "test/pct_of_teacher"):
         assert key in out
@@ -60,8 +89,15 @@ def test_vanilla_kd_fit_then_test(assets, fine_tuned, tmp_path, capsys):
 
 def test_teacher_checkpoint_works_as_teacher_and_names_its_tokenizer(assets, fine_tuned, tmp_path):
     ckpt = checkpoints(fine_tuned, "best-*.ckpt")[-1]
-    main(["fit", "--model=VanillaKD", f"--model.teacher={ckpt}", *data_args(assets),
-          *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1})])
+    main(
+        [
+            "fit",
+            "--model=VanillaKD",
+            f"--model.teacher={ckpt}",
+            *data_args(assets),
+            *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}),
+        ]
+    )
 
 
 def test_resume_continues_steps_optimizer_and_schedule(assets, fine_tuned, tmp_path):
@@ -78,8 +114,13 @@ def test_resume_continues_steps_optimizer_and_schedule(assets, fine_tuned, tmp_p
 
 
 def test_print_config_is_reusable(assets, fine_tuned, tmp_path, capsys):
-    args = ["--model=VanillaKD", f"--model.teacher={fine_tuned / 'export'}", "--model.alpha=0.7", *data_args(assets),
-            *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1})]
+    args = [
+        "--model=VanillaKD",
+        f"--model.teacher={fine_tuned / 'export'}",
+        "--model.alpha=0.7",
+        *data_args(assets),
+        *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}),
+    ]
     with pytest.raises(SystemExit):
         main(["fit", *args, "--print_config"])
     printed = capsys.readouterr().out
@@ -109,8 +150,13 @@ def test_bad_input_exits_with_one_clear_line(assets, fine_tuned, tmp_path, capsy
     BertForSequenceClassification(tiny_config(99)).save_pretrained(tmp_path / "other_vocab")
     paths = {"broken": tmp_path / "broken.ckpt", "encoder": assets["encoder"], "other_vocab": tmp_path / "other_vocab"}
     args = [a.format(**paths) for a in args]
-    base = ["fit", "--model=VanillaKD", f"--model.teacher={fine_tuned / 'export'}", *data_args(assets),
-            *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1})]
+    base = [
+        "fit",
+        "--model=VanillaKD",
+        f"--model.teacher={fine_tuned / 'export'}",
+        *data_args(assets),
+        *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}),
+    ]
     if any(a.startswith("--data=") for a in args):
         base = [a for a in base if not a.startswith("--data.")]
     with pytest.raises(SystemExit) as exit_info:
@@ -122,8 +168,16 @@ def test_bad_input_exits_with_one_clear_line(assets, fine_tuned, tmp_path, capsy
 
 def test_predict_writes_labelled_predictions(assets, fine_tuned, tmp_path):
     out = tmp_path / "preds.csv"
-    main(["predict", "--model=TeacherFineTuning", f"--model.model={fine_tuned / 'export'}", *data_args(assets),
-          *trainer_args(tmp_path), f"--predictions.output_file={out}"])
+    main(
+        [
+            "predict",
+            "--model=TeacherFineTuning",
+            f"--model.model={fine_tuned / 'export'}",
+            *data_args(assets),
+            *trainer_args(tmp_path),
+            f"--predictions.output_file={out}",
+        ]
+    )
     import csv
 
     rows = list(csv.DictReader(out.open()))
@@ -135,9 +189,19 @@ def test_predict_writes_labelled_predictions(assets, fine_tuned, tmp_path):
 def test_optimizer_and_scheduler_from_config(assets, fine_tuned, tmp_path):
     from kdlight.cli import cli
 
-    runner = cli(["--model=VanillaKD", f"--model.teacher={fine_tuned / 'export'}", "--model.optimizer=torch.optim.SGD",
-                  "--model.optimizer.lr=0.1", "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR",
-                  "--model.lr_scheduler.step_size=2", *data_args(assets), *trainer_args(tmp_path)], run=False)
+    runner = cli(
+        [
+            "--model=VanillaKD",
+            f"--model.teacher={fine_tuned / 'export'}",
+            "--model.optimizer=torch.optim.SGD",
+            "--model.optimizer.lr=0.1",
+            "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR",
+            "--model.lr_scheduler.step_size=2",
+            *data_args(assets),
+            *trainer_args(tmp_path),
+        ],
+        run=False,
+    )
     config = runner.model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1

@@ -18,12 +18,23 @@ def recipe(tmp_path, assets, **model_args) -> str:
 
 CASES = {
     "model-typo": (["fit", "--model=VanilaKD"], r"--model: unknown class 'VanilaKD'; did you mean VanillaKD"),
-    "data-typo": (["fit", "--data=TextClassificationDataModul"], r"--data: unknown class .*did you mean TextClassificationDataModule"),
-    "student-typo": (["fit", "--model.student=FrshStudent"], r"--model.student: unknown class 'FrshStudent'; did you mean FreshStudent"),
-    "variant-module-missing": (["fit", "--model=my_missing_kd.MyKD"],
-                               r"cannot import 'my_missing_kd'.*run kdlight from the folder that holds my_missing_kd.py"),
+    "data-typo": (
+        ["fit", "--data=TextClassificationDataModul"],
+        r"--data: unknown class .*did you mean TextClassificationDataModule",
+    ),
+    "student-typo": (
+        ["fit", "--model.student=FrshStudent"],
+        r"--model.student: unknown class 'FrshStudent'; did you mean FreshStudent",
+    ),
+    "variant-module-missing": (
+        ["fit", "--model=my_missing_kd.MyKD"],
+        r"cannot import 'my_missing_kd'.*run kdlight from the folder that holds my_missing_kd.py",
+    ),
     "variant-wrong-base": (["fit", "--model=kdlight.data.GLUEDataModule"], r"is not a LightningModule"),
-    "variant-no-such-class": (["fit", "--model=kdlight.modules.NoSuchKD"], r"'kdlight.modules' has no class 'NoSuchKD'"),
+    "variant-no-such-class": (
+        ["fit", "--model=kdlight.modules.NoSuchKD"],
+        r"'kdlight.modules' has no class 'NoSuchKD'",
+    ),
     "config-class-typo": (["fit", "--config={recipe_typo}"], r"unknown class 'VanillaKDD'; did you mean VanillaKD"),
     "test-missing-ckpt": (["test", "--ckpt_path={tmp}/nowhere.ckpt"], r"checkpoint not found: .*nowhere.ckpt"),
     "test-last-without-run": (["test", "--ckpt_path=last"], r"--ckpt_path last: no run with a last.ckpt"),
@@ -49,8 +60,12 @@ def test_bad_command_input_is_one_clear_line(assets, tmp_path, capsys, case):
     if not any(a.startswith(("--model=", "--config")) for a in rest):
         base = ["--model=VanillaKD", *base]
     data = [] if any(a.startswith("--data=") for a in rest) else data_args(assets)
-    expect_user_error([subcommand, *base, *rest, *data, *trainer_args(tmp_path, **{"--trainer.max_steps": 1})], capsys, match,
-                      export_dir=tmp_path / "export")
+    expect_user_error(
+        [subcommand, *base, *rest, *data, *trainer_args(tmp_path, **{"--trainer.max_steps": 1})],
+        capsys,
+        match,
+        export_dir=tmp_path / "export",
+    )
     assert (tmp_path / "notes" / "mine.txt").is_file(), "a user's folder was replaced"
 
 
@@ -66,8 +81,9 @@ def test_export_replaces_an_earlier_export_as_a_whole(assets, tmp_path):
 
     target = tmp_path / "export"
     tokenizer = str(assets["tokenizer"])
-    classifier = TeacherFineTuning(model=str(assets["encoder"]),
-                                   task=TaskSpec(label_names=["neg", "pos"], tokenizer=tokenizer))
+    classifier = TeacherFineTuning(
+        model=str(assets["encoder"]), task=TaskSpec(label_names=["neg", "pos"], tokenizer=tokenizer)
+    )
     classifier.export(target)
     assert json.loads((target / "label_names.json").read_text()) == ["neg", "pos"]
     regressor = TeacherFineTuning(model=str(assets["encoder"]), task=TaskSpec(num_labels=1, tokenizer=tokenizer))

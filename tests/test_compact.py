@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import FILLER, NEGATIVE, POSITIVE, data_args, trainer_args
 from kdlight.cli import main
+from kdlight.components.rewriting import embed_with_replacements
 from kdlight.data import TaskSpec
 from kdlight.errors import KDLightError
 from kdlight.losses.layerwise import (
@@ -31,7 +32,6 @@ from kdlight.models.compact import (
     fold_compressed_state,
     stock_export,
 )
-from kdlight.components.rewriting import embed_with_replacements
 from kdlight.models.hf import count_parameters
 from kdlight.models.layers import forward_internals
 from kdlight.modules.layerwise import bind_losses

@@ -27,7 +27,9 @@ def test_configs_exist():
     assert {"glue/sst2/teacher.yaml", "glue/mnli/kd.yaml"} <= names and len(CONFIGS) >= 20
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2] if "glue" in p.parts else p.parents[1])))
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2] if "glue" in p.parts else p.parents[1]))
+)
 def test_config_parses(config):
     cli = ParseOnly(subclass_mode_model=True, subclass_mode_data=True, args=["--config", str(config)], run=False)
     assert cli.config["model"]["class_path"].startswith("kdlight.")
@@ -37,7 +39,12 @@ def test_config_parses(config):
 @pytest.mark.parametrize("addon", SCALE, ids=lambda p: p.name)
 def test_scale_addons_parse_on_top_of_a_recipe(addon):
     recipe = ROOT / "glue" / "sst2" / "kd.yaml"
-    cli = ParseOnly(subclass_mode_model=True, subclass_mode_data=True, args=["--config", str(recipe), "--config", str(addon)], run=False)
+    cli = ParseOnly(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=["--config", str(recipe), "--config", str(addon)],
+        run=False,
+    )
     assert cli.config["trainer"]["precision"] == "bf16-mixed"
     assert cli.config["model"]["class_path"] == "kdlight.modules.VanillaKD"
 

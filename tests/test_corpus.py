@@ -20,15 +20,24 @@ def corpus_file(tmp_path):
 
 def corpus(path, tmp_path, assets, **kwargs):
     kwargs.setdefault("max_length", 32)
-    return OutOfDomainCorpus(source=str(path), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path / "cache"), **kwargs)
+    return OutOfDomainCorpus(
+        source=str(path), tokenizer=str(assets["tokenizer"]), cache_dir=str(tmp_path / "cache"), **kwargs
+    )
 
 
 def test_cleaning_drops_headings_and_blank_lines_and_unescapes_wikitext():
     assert clean_paragraph(" = Valkyria Chronicles = ") is None
     assert clean_paragraph(" = = Gameplay = = ") is None
     assert clean_paragraph("   ") is None
-    assert clean_paragraph(" A well @-@ known game , 1 @,@ 000 units at 2 @.@ 5 . ") == "A well-known game , 1,000 units at 2.5 ."
-    assert split_sentences("It rained. Then it stopped! Is it over? yes.", min_words=2) == ["It rained.", "Then it stopped!", "Is it over? yes."]
+    assert (
+        clean_paragraph(" A well @-@ known game , 1 @,@ 000 units at 2 @.@ 5 . ")
+        == "A well-known game , 1,000 units at 2.5 ."
+    )
+    assert split_sentences("It rained. Then it stopped! Is it over? yes.", min_words=2) == [
+        "It rained.",
+        "Then it stopped!",
+        "Is it over? yes.",
+    ]
     assert split_sentences("Too short. This sentence is long enough.", min_words=3) == ["This sentence is long enough."]
 
 
@@ -40,7 +49,9 @@ def test_examples_are_length_matched_and_pairs_come_from_one_paragraph():
     assert all(pair is None for _, pair in singles)
     assert max(lengths) <= budget and len(set(lengths)) > 2  # varied lengths, none beyond the task's budget
     assert " ".join(text for text, _ in singles) == paragraph  # nothing lost, order kept
-    pairs = list(shape_examples([paragraph, "One lonely sentence here."], pair=True, max_length=64, min_words=3, seed=0))
+    pairs = list(
+        shape_examples([paragraph, "One lonely sentence here."], pair=True, max_length=64, min_words=3, seed=0)
+    )
     assert pairs and all(second for _, second in pairs)
     assert all(first in paragraph and second in paragraph for first, second in pairs)
     assert all(len(first.split()) <= budget // 2 + 6 for first, _ in pairs)
@@ -60,6 +71,7 @@ def test_corpus_is_tokenised_shuffled_by_seed_and_cached(corpus_file, tmp_path, 
     assert again.cache_path() == first.cache_path() and again.build()["input_ids"] == built["input_ids"]
     other = corpus(corpus_file, tmp_path, assets, seed=4)
     assert other.cache_path() != first.cache_path()
+
     def tokens(dataset):
         return sorted(t for ids in dataset["input_ids"] for t in ids if t > 4)
 
@@ -95,19 +107,34 @@ def pair_task_files(tmp_path):
     rng = random.Random(5)
 
     def rows(n):
-        return [{"premise": sentence(1, rng), "hypothesis": " ".join(rng.choice(FILLER) for _ in range(4)),
-                 "label": rng.choice(["entailment", "contradiction"])} for _ in range(n)]
+        return [
+            {
+                "premise": sentence(1, rng),
+                "hypothesis": " ".join(rng.choice(FILLER) for _ in range(4)),
+                "label": rng.choice(["entailment", "contradiction"]),
+            }
+            for _ in range(n)
+        ]
 
     return {split: write_csv(tmp_path / f"{split}.csv", rows(12)) for split in ("train", "validation", "test")}
 
 
 def test_zero_shot_batches_come_from_the_corpus_and_evaluation_from_the_task(corpus_file, tmp_path, assets):
     files = pair_task_files(tmp_path)
-    task = TextClassificationDataModule(val_file=str(files["validation"]), test_file=str(files["test"]),
-                                        text_column="premise", text_pair_column="hypothesis",
-                                        label_names=["contradiction", "entailment"])
-    dm = ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(tmp_path / "cache")),
-                            tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=4)
+    task = TextClassificationDataModule(
+        val_file=str(files["validation"]),
+        test_file=str(files["test"]),
+        text_column="premise",
+        text_pair_column="hypothesis",
+        label_names=["contradiction", "entailment"],
+    )
+    dm = ZeroShotDataModule(
+        task=task,
+        corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(tmp_path / "cache")),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=4,
+    )
     assert (dm.num_labels, dm.label_names, dm.metric) == (2, ["contradiction", "entailment"], "accuracy")
     assert dm.corpus.pair and dm.corpus.max_length == 32  # the task's shape is passed on
     dm.setup("fit")
@@ -122,9 +149,17 @@ def test_zero_shot_batches_come_from_the_corpus_and_evaluation_from_the_task(cor
 
 def test_single_sentence_task_gets_single_sentences(corpus_file, tmp_path, assets):
     d = assets["data"]
-    task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"])
-    dm = ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(tmp_path / "cache")),
-                            tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=4, max_train_examples=7)
+    task = TextClassificationDataModule(
+        val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"]
+    )
+    dm = ZeroShotDataModule(
+        task=task,
+        corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(tmp_path / "cache")),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=4,
+        max_train_examples=7,
+    )
     dm.setup("fit")
     assert len(dm.splits["out_of_domain"]) == 7
     batch = next(iter(dm.train_dataloader()))

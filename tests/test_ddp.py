@@ -37,20 +37,35 @@ def read_metrics(root: Path) -> dict[str, float]:
     return values
 
 
-def run(args: list[str], root: Path, devices: int, batch_size: int, overrides: tuple[str, ...] = ()) -> dict[str, float]:
+def run(
+    args: list[str], root: Path, devices: int, batch_size: int, overrides: tuple[str, ...] = ()
+) -> dict[str, float]:
     common = [
-        *args, f"--data.batch_size={batch_size}", "--trainer.accelerator=cpu",
-        f"--trainer.devices={devices}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
-        "--trainer.val_check_interval=4", "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={root}",
+        *args,
+        f"--data.batch_size={batch_size}",
+        "--trainer.accelerator=cpu",
+        f"--trainer.devices={devices}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=4",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.logger=CSVLogger",
+        f"--trainer.logger.save_dir={root}",
         "--seed_everything=0",  # no export_dir: the default <log_dir>/export is found on every rank
         *overrides,
     ]
     if devices > 1:
         common.append("--trainer.strategy=ddp")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "kdlight.cli", "fit", *common], capture_output=True, text=True,
-                          timeout=DDP_TIMEOUT_S, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "kdlight.cli", "fit", *common],
+        capture_output=True,
+        text=True,
+        timeout=DDP_TIMEOUT_S,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return read_metrics(root)
 
@@ -81,17 +96,30 @@ def corpus_args(assets, root: Path) -> list[str]:
     corpus = root / "wiki.txt"
     corpus.write_text("\n".join(wikitext_lines(60)) + "\n")
     d = assets["data"]
-    return ["--data=ZeroShotDataModule", "--data.task=TextClassificationDataModule", f"--data.task.val_file={d / 'validation.csv'}",
-            f"--data.task.test_file={d / 'test.csv'}", "--data.task.label_names=[negative, positive]",
-            f"--data.corpus.source={corpus}", f"--data.corpus.cache_dir={root / 'corpus_cache'}", "--data.max_length=32"]
+    return [
+        "--data=ZeroShotDataModule",
+        "--data.task=TextClassificationDataModule",
+        f"--data.task.val_file={d / 'validation.csv'}",
+        f"--data.task.test_file={d / 'test.csv'}",
+        "--data.task.label_names=[negative, positive]",
+        f"--data.corpus.source={corpus}",
+        f"--data.corpus.cache_dir={root / 'corpus_cache'}",
+        "--data.max_length=32",
+    ]
 
 
 def noisy_args(assets) -> list[str]:
     d = assets["data"]
-    return ["--data=NoisyLabelDataModule", "--data.datamodule=TextClassificationDataModule",
-            f"--data.datamodule.train_file={d / 'train.csv'}", f"--data.datamodule.val_file={d / 'validation.csv'}",
-            f"--data.datamodule.test_file={d / 'test.csv'}", "--data.noise_rate=0.3", "--data.clean_val_size=32",
-            "--data.max_length=32"]
+    return [
+        "--data=NoisyLabelDataModule",
+        "--data.datamodule=TextClassificationDataModule",
+        f"--data.datamodule.train_file={d / 'train.csv'}",
+        f"--data.datamodule.val_file={d / 'validation.csv'}",
+        f"--data.datamodule.test_file={d / 'test.csv'}",
+        "--data.noise_rate=0.3",
+        "--data.clean_val_size=32",
+        "--data.max_length=32",
+    ]
 
 
 def student(layers: int = 1) -> list[str]:
@@ -101,26 +129,53 @@ def student(layers: int = 1) -> list[str]:
 # module -> (model + data arguments, what the comparison covers)
 MODULES = {
     "teacher": lambda t, assets, root: ["--model=TeacherFineTuning", f"--model.model={t}", *SGD, *data_args(assets)],
-    "vanilla_kd": lambda t, assets, root: ["--model=VanillaKD", f"--model.teacher={t}", *student(), "--model.temperature=2",
-                                           *SGD, *data_args(assets)],
+    "vanilla_kd": lambda t, assets, root: [
+        "--model=VanillaKD",
+        f"--model.teacher={t}",
+        *student(),
+        "--model.temperature=2",
+        *SGD,
+        *data_args(assets),
+    ],
     # two generator steps then two student steps; both optimisers plain SGD (see above)
-    "zeroshot": lambda t, assets, root: ["--model=ZeroShotAdversarialKD", f"--model.teacher={t}", f"--model.generator={t}",
-                                         *student(), "--model.generator_steps=2", "--model.student_steps=2",
-                                         "--model.generator_optimizer=torch.optim.SGD", "--model.generator_optimizer.lr=0.5",
-                                         *SGD, *corpus_args(assets, root)],
-    "alm_kd": lambda t, assets, root: ["--model=AdaptiveLossMixingKD", f"--model.teacher={t}", *student(), *SGD,
-                                       *noisy_args(assets)],
+    "zeroshot": lambda t, assets, root: [
+        "--model=ZeroShotAdversarialKD",
+        f"--model.teacher={t}",
+        f"--model.generator={t}",
+        *student(),
+        "--model.generator_steps=2",
+        "--model.student_steps=2",
+        "--model.generator_optimizer=torch.optim.SGD",
+        "--model.generator_optimizer.lr=0.5",
+        *SGD,
+        *corpus_args(assets, root),
+    ],
+    "alm_kd": lambda t, assets, root: [
+        "--model=AdaptiveLossMixingKD",
+        f"--model.teacher={t}",
+        *student(),
+        *SGD,
+        *noisy_args(assets),
+    ],
     # the centred meta-gradient needs the global batch's mean row on every rank
     "alm_kd_centred": lambda t, assets, root: [*MODULES["alm_kd"](t, assets, root), "--model.center_meta_grad=true"],
     # the official meta pass: G summed and dloss/dG averaged across ranks, rows updated per rank then summed
-    "alm_official": lambda t, assets, root: [*MODULES["alm_kd"](t, assets, root), "--model.algorithm=official",
-                                             "--model.warm_epoch=0", "--model.select_every=1", "--model.grad_fit=2"],
+    "alm_official": lambda t, assets, root: [
+        *MODULES["alm_kd"](t, assets, root),
+        "--model.algorithm=official",
+        "--model.warm_epoch=0",
+        "--model.select_every=1",
+        "--model.grad_fit=2",
+    ],
 }
 
 
 # Manual optimisation counts every optimiser's steps: ALM steps the student and the mixer per batch.
-OVERRIDES = {"alm_kd": ("--trainer.max_steps=8",), "alm_kd_centred": ("--trainer.max_steps=8",),
-             "alm_official": ("--trainer.max_steps=8",)}
+OVERRIDES = {
+    "alm_kd": ("--trainer.max_steps=8",),
+    "alm_kd_centred": ("--trainer.max_steps=8",),
+    "alm_official": ("--trainer.max_steps=8",),
+}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -129,8 +184,10 @@ def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, modu
     overrides = OVERRIDES.get(module, ())
     single = run(args, tmp_path / "single", devices=1, batch_size=16, overrides=overrides)
     ddp = run(args, tmp_path / "ddp", devices=2, batch_size=8, overrides=overrides)
-    a, b = (BertForSequenceClassification.from_pretrained(next((tmp_path / name).rglob("export/config.json")).parent)
-            for name in ("single", "ddp"))  # under DDP rank 0 exported
+    a, b = (
+        BertForSequenceClassification.from_pretrained(next((tmp_path / name).rglob("export/config.json")).parent)
+        for name in ("single", "ddp")
+    )  # under DDP rank 0 exported
     pairs = zip(a.named_parameters(), b.parameters(), strict=True)
     diffs = {name: (p - q).abs().max().item() for (name, p), q in pairs}
     assert single["val/accuracy"] == ddp["val/accuracy"]
@@ -165,9 +222,13 @@ def test_ddp_reducer_never_owns_the_zero_shot_generator(assets, monkeypatch):
     from kdlight.models.students import TruncatedTeacher
     from kdlight.modules import ZeroShotAdversarialKD
 
-    module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]),
-                                   student=TruncatedTeacher(1), tokenizer=str(assets["tokenizer"]),
-                                   label_names=["negative", "positive"])
+    module = ZeroShotAdversarialKD(
+        teacher=str(assets["teacher"]),
+        generator=str(assets["encoder"]),
+        student=TruncatedTeacher(1),
+        tokenizer=str(assets["tokenizer"]),
+        label_names=["negative", "positive"],
+    )
     network = module.generator.network
     assert network.get_output_embeddings().weight is network.get_input_embeddings().weight  # the tied case
     with socket.socket() as free:

@@ -4,9 +4,15 @@ from kdlight.data import GLUE_TASKS, GLUEDataModule
 from kdlight.errors import KDLightError
 
 EXPECTED = {  # task: (num_labels, metric, pair?)
-    "cola": (2, "matthews", False), "sst2": (2, "accuracy", False), "mrpc": (2, "f1", True),
-    "qqp": (2, "f1", True), "stsb": (1, "pearson_spearman", True), "mnli": (3, "accuracy", True),
-    "qnli": (2, "accuracy", True), "rte": (2, "accuracy", True), "wnli": (2, "accuracy", True),
+    "cola": (2, "matthews", False),
+    "sst2": (2, "accuracy", False),
+    "mrpc": (2, "f1", True),
+    "qqp": (2, "f1", True),
+    "stsb": (1, "pearson_spearman", True),
+    "mnli": (3, "accuracy", True),
+    "qnli": (2, "accuracy", True),
+    "rte": (2, "accuracy", True),
+    "wnli": (2, "accuracy", True),
 }
 
 
@@ -48,7 +54,7 @@ def test_original_glue_tsv_layouts(assets, tmp_path):
     header = ["index", "sentence1", "sentence2", "gold_label"]
     write(mnli / "train.tsv", [header, ["0", "a film", "a movie", "entailment"], ["1", "good", "bad", "contradiction"]])
     write(mnli / "dev_matched.tsv", [header, ["0", "the plot", "a story", "neutral"]])
-    write(mnli / "dev_mismatched.tsv", [header, ["0", "it is \"quoted", "it is", "entailment"]])
+    write(mnli / "dev_mismatched.tsv", [header, ["0", 'it is "quoted', "it is", "entailment"]])
     dm = GLUEDataModule(task="mnli", source=str(mnli), tokenizer=str(assets["tokenizer"]))
     dm.setup("test")
     assert list(dm.splits["validation_matched"]["labels"]) == [1]
@@ -64,7 +70,9 @@ def test_original_glue_tsv_layouts(assets, tmp_path):
 def test_local_parquet_in_hub_column_names_and_missing_split(assets, tmp_path):
     import pandas as pd
 
-    pd.DataFrame({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [2.5, 4.0], "idx": [7, 9]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [2.5, 4.0], "idx": [7, 9]}).to_parquet(
+        tmp_path / "train.parquet"
+    )
     dm = GLUEDataModule(task="stsb", source=str(tmp_path), tokenizer=str(assets["tokenizer"]))
     train = dm.tokenize_split("train")
     assert list(train["labels"]) == [2.5, 4.0] and list(train["idx"]) == [7, 9]
@@ -84,8 +92,18 @@ def test_glue_folder_through_the_cli(assets, tmp_path, capsys):
     rows = [["sentence", "label"]] + [[sentence(i % 2, rng), str(i % 2)] for i in range(40)]
     write(sst2 / "train.tsv", rows)
     write(sst2 / "dev.tsv", rows[:17])
-    main(["validate", "--model=TeacherFineTuning", f"--model.model={assets['teacher']}", "--data=GLUEDataModule",
-          "--data.task=sst2", f"--data.source={sst2}", "--data.batch_size=8",
-          "--data.max_length=64", *trainer_args(tmp_path)])  # the tiny teacher has 64 positions
+    main(
+        [
+            "validate",
+            "--model=TeacherFineTuning",
+            f"--model.model={assets['teacher']}",
+            "--data=GLUEDataModule",
+            "--data.task=sst2",
+            f"--data.source={sst2}",
+            "--data.batch_size=8",
+            "--data.max_length=64",
+            *trainer_args(tmp_path),
+        ]
+    )  # the tiny teacher has 64 positions
     out = capsys.readouterr().out
     assert "val/accuracy" in out and "val/score" in out

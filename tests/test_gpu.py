@@ -27,9 +27,14 @@ STEPS, LOG_EVERY = 6, 4
 
 def task_data(assets):
     d = assets["data"]
-    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                        test_file=str(d / "test.csv"), tokenizer=str(assets["tokenizer"]), max_length=32,
-                                        batch_size=8)
+    return TextClassificationDataModule(
+        train_file=str(d / "train.csv"),
+        val_file=str(d / "validation.csv"),
+        test_file=str(d / "test.csv"),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=8,
+    )
 
 
 def build(name: str, assets, tmp_path):
@@ -39,7 +44,11 @@ def build(name: str, assets, tmp_path):
         return TeacherFineTuning(model=teacher, task=dm.task), dm
     if name in ("vanilla_kd", "vanilla_kd_cached"):
         dm = task_data(assets)
-        cache = {"cache_teacher_logits": True, "teacher_cache_dir": str(tmp_path / "logits")} if name.endswith("cached") else {}
+        cache = (
+            {"cache_teacher_logits": True, "teacher_cache_dir": str(tmp_path / "logits")}
+            if name.endswith("cached")
+            else {}
+        )
         return VanillaKD(teacher=teacher, student=TruncatedTeacher(1), **cache, task=dm.task), dm
     if name == "layerwise_kd":
         dm = task_data(assets)
@@ -48,13 +57,22 @@ def build(name: str, assets, tmp_path):
         from conftest import zeroshot_datamodule
 
         dm = zeroshot_datamodule(assets, tmp_path)
-        return ZeroShotAdversarialKD(teacher=teacher, generator=str(assets["encoder"]), student=TruncatedTeacher(1),
-                                     task=dm.task, generator_steps=2, student_steps=2), dm
+        return ZeroShotAdversarialKD(
+            teacher=teacher,
+            generator=str(assets["encoder"]),
+            student=TruncatedTeacher(1),
+            task=dm.task,
+            generator_steps=2,
+            student_steps=2,
+        ), dm
     if name == "alm_kd":
         d = assets["data"]
-        base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                            test_file=str(d / "test.csv"))
-        dm = NoisyLabelDataModule(base, noise_rate=0.4, clean_val_size=16, tokenizer=teacher, max_length=32, batch_size=8)
+        base = TextClassificationDataModule(
+            train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv")
+        )
+        dm = NoisyLabelDataModule(
+            base, noise_rate=0.4, clean_val_size=16, tokenizer=teacher, max_length=32, batch_size=8
+        )
         return AdaptiveLossMixingKD(teacher=teacher, student=TruncatedTeacher(1), task=dm.task), dm
     raise ValueError(name)
 
@@ -63,9 +81,18 @@ MODULES = ["teacher", "vanilla_kd", "vanilla_kd_cached", "layerwise_kd", "zerosh
 
 
 def trainer(tmp_path, precision: str, **kwargs) -> Trainer:
-    args = {"accelerator": "cuda", "devices": 1, "precision": precision, "max_steps": STEPS, "log_every_n_steps": LOG_EVERY,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "default_root_dir": str(tmp_path)}
+    args = {
+        "accelerator": "cuda",
+        "devices": 1,
+        "precision": precision,
+        "max_steps": STEPS,
+        "log_every_n_steps": LOG_EVERY,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(tmp_path),
+    }
     args.update(kwargs)
     return Trainer(**args)
 

@@ -29,7 +29,18 @@ from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning
 KDLIGHT = str(Path(__file__).resolve().parents[1] / "kdlight")
 STEPS, LOG_EVERY = 6, 4  # batches 4 and 6 log; the others must be sync-free
 
-SYNC_METHODS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "nonzero", "masked_select"]
+SYNC_METHODS = [
+    "item",
+    "tolist",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "cpu",
+    "numpy",
+    "nonzero",
+    "masked_select",
+]
 
 
 def _bool_index(index) -> bool:
@@ -66,6 +77,7 @@ def counting_host_reads(calls: list[str]):
             if where is not None:
                 calls.append(f"{name} at {where}")
             return original(self, *args, **kwargs)
+
         return counted
 
     def getitem(self, index):
@@ -106,18 +118,34 @@ def host_reads_per_step(module, datamodule, tmp_path) -> list[tuple[bool, list[s
 
     module.training_step = counted_step
     seed_everything(0)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=STEPS, log_every_n_steps=LOG_EVERY,
-                      logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                      limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=STEPS,
+        log_every_n_steps=LOG_EVERY,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, datamodule=datamodule)
     return per_step
 
 
 def task_data(assets, batch_size=8):
     d = assets["data"]
-    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                        test_file=str(d / "test.csv"), tokenizer=str(assets["tokenizer"]),
-                                        max_length=32, batch_size=batch_size)
+    return TextClassificationDataModule(
+        train_file=str(d / "train.csv"),
+        val_file=str(d / "validation.csv"),
+        test_file=str(d / "test.csv"),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=batch_size,
+    )
 
 
 def fused_adamw(lr):
@@ -131,14 +159,20 @@ def vanilla(assets, tmp_path):
 
 def vanilla_cached(assets, tmp_path):
     dm = task_data(assets)
-    return VanillaKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), cache_teacher_logits=True,
-                     teacher_cache_dir=str(tmp_path / "teacher_logits"), task=dm.task), dm
+    return VanillaKD(
+        teacher=str(assets["teacher"]),
+        student=TruncatedTeacher(1),
+        cache_teacher_logits=True,
+        teacher_cache_dir=str(tmp_path / "teacher_logits"),
+        task=dm.task,
+    ), dm
 
 
 def layerwise(assets, tmp_path):
     dm = task_data(assets)
-    return LayerwiseKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()],
-                       task=dm.task), dm
+    return LayerwiseKD(
+        teacher=str(assets["teacher"]), student=TruncatedTeacher(2), losses=[HiddenMSE()], task=dm.task
+    ), dm
 
 
 def teacher(assets, tmp_path):
@@ -149,27 +183,41 @@ def teacher(assets, tmp_path):
 def alm(mixer):
     def build(assets, tmp_path):
         d = assets["data"]
-        base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                            test_file=str(d / "test.csv"))
-        dm = NoisyLabelDataModule(base, noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["teacher"]), max_length=32,
-                                  batch_size=8)
-        return AdaptiveLossMixingKD(teacher=str(assets["teacher"]), student=TruncatedTeacher(1), mixer=mixer,
-                                    task=dm.task), dm
+        base = TextClassificationDataModule(
+            train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv")
+        )
+        dm = NoisyLabelDataModule(
+            base, noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["teacher"]), max_length=32, batch_size=8
+        )
+        return AdaptiveLossMixingKD(
+            teacher=str(assets["teacher"]), student=TruncatedTeacher(1), mixer=mixer, task=dm.task
+        ), dm
+
     return build
 
 
 def zeroshot(inputs, perturbation="generator"):
     """Fused optimisers skip a non-finite step on the device; the default (foreach) ones need the host
     to decide, which is the documented fallback (see ZeroShotAdversarialKD) and the default on CPU only."""
+
     def build(assets, tmp_path):
         from conftest import zeroshot_datamodule
 
         dm = zeroshot_datamodule(assets, tmp_path)
-        module = ZeroShotAdversarialKD(teacher=str(assets["teacher"]), generator=str(assets["encoder"]), student=TruncatedTeacher(1),
-                                       task=dm.task,
-                                       generator_steps=2, student_steps=2, inputs=inputs, perturbation=perturbation,
-                                       optimizer=fused_adamw(1e-4), generator_optimizer=fused_adamw(1e-5))
+        module = ZeroShotAdversarialKD(
+            teacher=str(assets["teacher"]),
+            generator=str(assets["encoder"]),
+            student=TruncatedTeacher(1),
+            task=dm.task,
+            generator_steps=2,
+            student_steps=2,
+            inputs=inputs,
+            perturbation=perturbation,
+            optimizer=fused_adamw(1e-4),
+            generator_optimizer=fused_adamw(1e-5),
+        )
         return module, dm
+
     return build
 
 

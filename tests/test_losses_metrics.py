@@ -49,7 +49,12 @@ def test_glue_metrics_match_hand_computation():
     assert mcc == pytest.approx((tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
     reg = build_metrics("pearson_spearman", 1)(torch.tensor([1.0, 2.0, 3.5]), torch.tensor([1.0, 2.0, 3.0]))
     assert reg["spearman"].item() == pytest.approx(1.0, abs=1e-5) and 0.98 < reg["pearson"].item() < 1.0
-    assert [headline(m) for m in ("accuracy", "matthews", "f1", "pearson_spearman")] == ["accuracy", "matthews", "f1", "pearson"]
+    assert [headline(m) for m in ("accuracy", "matthews", "f1", "pearson_spearman")] == [
+        "accuracy",
+        "matthews",
+        "f1",
+        "pearson",
+    ]
 
 
 def test_metric_errors_name_the_fix():

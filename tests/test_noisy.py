@@ -12,13 +12,20 @@ from kdlight.errors import KDLightError
 
 def inner(assets, **kw):
     d = assets["data"]
-    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                        test_file=str(d / "test.csv"), **kw)
+    return TextClassificationDataModule(
+        train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), **kw
+    )
 
 
 def noisy(assets, **kw):
-    args = dict(noise_type="symmetric", noise_rate=0.4, clean_val_size=16, tokenizer=str(assets["tokenizer"]),
-                max_length=32, batch_size=8)
+    args = dict(
+        noise_type="symmetric",
+        noise_rate=0.4,
+        clean_val_size=16,
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=8,
+    )
     args.update(kw)
     return NoisyLabelDataModule(inner(assets), **args)
 
@@ -39,8 +46,8 @@ def test_symmetric_rate_realised_and_to_other_class(rate):
 def test_asymmetric_flips_follow_the_mapping():
     labels = np.repeat(np.arange(3), 200)
     out = corrupt_labels(labels, 3, "asymmetric", 0.4, seed=0, mapping={0: 2})
-    assert ((labels == 0) & (out == 2)).sum() == 80          # exactly 40% of class 0, all to class 2
-    assert (out[labels != 0] == labels[labels != 0]).all()   # other classes untouched
+    assert ((labels == 0) & (out == 2)).sum() == 80  # exactly 40% of class 0, all to class 2
+    assert (out[labels != 0] == labels[labels != 0]).all()  # other classes untouched
     default = corrupt_labels(labels, 3, "asymmetric", 0.4, seed=0)
     changed = default != labels
     assert (default[changed] == (labels[changed] + 1) % 3).all() and changed.mean() == pytest.approx(0.4)
@@ -126,8 +133,15 @@ def test_asymmetric_map_by_label_names_and_instance_noise(assets):
 
 # ------------------------------------------------ the wrapped datamodule's own arguments (issue 11, defect 11)
 def test_wrapper_honours_the_wrapped_modules_own_arguments(assets):
-    wrapped = inner(assets, tokenizer=str(assets["tokenizer"]), max_train_examples=40, max_length=8, batch_size=4,
-                    eval_batch_size=6, shuffle=False)
+    wrapped = inner(
+        assets,
+        tokenizer=str(assets["tokenizer"]),
+        max_train_examples=40,
+        max_length=8,
+        batch_size=4,
+        eval_batch_size=6,
+        shuffle=False,
+    )
     dm = NoisyLabelDataModule(wrapped, noise_rate=0.4, clean_val_size=10)
     assert (dm.max_train_examples, dm.max_length, dm.batch_size, dm.eval_batch_size, dm.shuffle) == (40, 8, 4, 6, False)
     assert dm.meta_batch_size == 4
@@ -143,16 +157,25 @@ def test_wrapper_honours_the_wrapped_modules_own_arguments(assets):
 
 
 def test_wrapper_arguments_fill_in_for_unset_inner_ones_and_conflicts_are_errors(assets):
-    dm = NoisyLabelDataModule(inner(assets, max_length=8), tokenizer=str(assets["tokenizer"]), batch_size=5,
-                              max_train_examples=30, clean_val_size=6)
+    dm = NoisyLabelDataModule(
+        inner(assets, max_length=8),
+        tokenizer=str(assets["tokenizer"]),
+        batch_size=5,
+        max_train_examples=30,
+        clean_val_size=6,
+    )
     assert (dm.max_length, dm.batch_size, dm.eval_batch_size, dm.max_train_examples) == (8, 5, 10, 30)
     dm.setup("fit")
     assert len(dm.splits["train"]) == 24
-    same = NoisyLabelDataModule(inner(assets, max_train_examples=30), max_train_examples=30,
-                                tokenizer=str(assets["tokenizer"]))
+    same = NoisyLabelDataModule(
+        inner(assets, max_train_examples=30), max_train_examples=30, tokenizer=str(assets["tokenizer"])
+    )
     assert same.max_train_examples == 30
-    with pytest.raises(KDLightError, match=r"max_train_examples is set twice.*30 on NoisyLabelDataModule and 40 on its "
-                                           r"datamodule.*data.init_args.datamodule.init_args.max_train_examples"):
+    with pytest.raises(
+        KDLightError,
+        match=r"max_train_examples is set twice.*30 on NoisyLabelDataModule and 40 on its "
+        r"datamodule.*data.init_args.datamodule.init_args.max_train_examples",
+    ):
         NoisyLabelDataModule(inner(assets, max_train_examples=40), max_train_examples=30)
     with pytest.raises(KDLightError, match="batch_size must be a whole number >= 1"):
         NoisyLabelDataModule(inner(assets), batch_size=0)
@@ -163,16 +186,28 @@ def test_inner_arguments_are_honoured_through_the_cli(assets, tmp_path, capsys):
     from kdlight.cli import cli
 
     d = assets["data"]
-    args = ["--model=TeacherFineTuning", f"--model.model={assets['teacher']}", "--data=NoisyLabelDataModule",
-            "--data.datamodule=TextClassificationDataModule", f"--data.datamodule.train_file={d / 'train.csv'}",
-            f"--data.datamodule.val_file={d / 'validation.csv'}", "--data.datamodule.max_train_examples=40",
-            "--data.datamodule.max_length=16", "--data.datamodule.batch_size=4", "--data.clean_val_size=10",
-            *trainer_args(tmp_path)]
+    args = [
+        "--model=TeacherFineTuning",
+        f"--model.model={assets['teacher']}",
+        "--data=NoisyLabelDataModule",
+        "--data.datamodule=TextClassificationDataModule",
+        f"--data.datamodule.train_file={d / 'train.csv'}",
+        f"--data.datamodule.val_file={d / 'validation.csv'}",
+        "--data.datamodule.max_train_examples=40",
+        "--data.datamodule.max_length=16",
+        "--data.datamodule.batch_size=4",
+        "--data.clean_val_size=10",
+        *trainer_args(tmp_path),
+    ]
     dm = cli(args, run=False).datamodule
     assert (dm.max_train_examples, dm.max_length, dm.batch_size) == (40, 16, 4)
     dm.setup("fit")
     assert len(dm.splits["train"]) + len(dm.splits[CLEAN_VAL_SPLIT]) == 40
-    expect_user_error(["fit", *args, "--data.max_length=32"], capsys, r"max_length is set twice.*32 on NoisyLabelDataModule and 16 on its datamodule")
+    expect_user_error(
+        ["fit", *args, "--data.max_length=32"],
+        capsys,
+        r"max_length is set twice.*32 on NoisyLabelDataModule and 16 on its datamodule",
+    )
 
 
 @pytest.mark.parametrize("num_labels, rate", [(3, 0.4), (3, 0.2), (10, 0.6), (2, 0.4)])

@@ -23,8 +23,17 @@ def test_readme_variant_is_short_and_trains(assets, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_kd", None)
     teacher = assets["teacher"]
-    runner = cli(["--model=my_kd.LogitMatchingKD", f"--model.teacher={teacher}", "--model.beta=0.3",
-                  "--model.learning_rate=1e-3", *data_args(assets), *trainer_args(tmp_path, **{"--trainer.max_steps": 3})], run=False)
+    runner = cli(
+        [
+            "--model=my_kd.LogitMatchingKD",
+            f"--model.teacher={teacher}",
+            "--model.beta=0.3",
+            "--model.learning_rate=1e-3",
+            *data_args(assets),
+            *trainer_args(tmp_path, **{"--trainer.max_steps": 3}),
+        ],
+        run=False,
+    )
     student_before = [p.detach().clone() for p in runner.model.student.parameters()]
     teacher_before = [p.detach().clone() for p in runner.model.teacher.parameters()]
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)

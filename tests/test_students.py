@@ -20,7 +20,10 @@ def test_truncated_teacher_copies_the_chosen_layers(teacher):
         t_layer = teacher.bert.encoder.layer[t_index]
         assert all(torch.equal(a, b) for a, b in zip(s_layer.parameters(), t_layer.parameters(), strict=True))
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
-    assert student.bert.embeddings.word_embeddings.weight.data_ptr() != teacher.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        student.bert.embeddings.word_embeddings.weight.data_ptr()
+        != teacher.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
     assert student.config.id2label == {0: "neg", 1: "pos"}
     assert all(p.requires_grad for p in student.parameters())
     assert TruncatedTeacher(2, layers=[1, 2]).keep(4) == [1, 2]
@@ -29,7 +32,9 @@ def test_truncated_teacher_copies_the_chosen_layers(teacher):
 
 
 def test_fresh_student_has_the_requested_sizes(teacher):
-    student = FreshStudent(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32).build(teacher, 2)
+    student = FreshStudent(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32).build(
+        teacher, 2
+    )
     assert (student.config.num_hidden_layers, student.config.hidden_size) == (1, 16)
     assert student.config.vocab_size == teacher.config.vocab_size
     with pytest.raises(KDLightError, match="divisible"):

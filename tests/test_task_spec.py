@@ -30,8 +30,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def task_data(assets, **kwargs) -> TextClassificationDataModule:
     d = assets["data"]
-    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                        test_file=str(d / "test.csv"), **kwargs)
+    return TextClassificationDataModule(
+        train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), **kwargs
+    )
 
 
 def test_spec_defaults_follow_the_label_count_and_bad_specs_are_refused():
@@ -78,8 +79,9 @@ def test_every_datamodule_describes_its_task(assets, tmp_path):
     corpus_file = tmp_path / "wiki.txt"
     corpus_file.write_text("A first sentence of plain text here. And a second one follows it.\n")
     corpus = OutOfDomainCorpus(source=str(corpus_file))
-    evaluation = TextClassificationDataModule(val_file=str(assets["data"] / "validation.csv"),
-                                              label_names=["negative", "positive"])
+    evaluation = TextClassificationDataModule(
+        val_file=str(assets["data"] / "validation.csv"), label_names=["negative", "positive"]
+    )
     zero_shot = ZeroShotDataModule(task=evaluation, corpus=corpus, tokenizer=tokenizer, max_length=32, batch_size=4)
     assert zero_shot.task == plain.task and zero_shot.inner is evaluation
     assert evaluation.tokenizer_name is None and corpus.tokenizer_name is None and corpus.max_length == 128
@@ -105,14 +107,24 @@ def test_checkpoints_written_before_task_spec_still_load(assets, tmp_path, capsy
     """Old checkpoints keep num_labels/metric/label_names/tokenizer as separate hyper-parameters and
     name the predictor ``kdlight_export_prefix``: Python and the CLI still read them."""
     teacher = str(assets["teacher"])
-    common = ["--model=VanillaKD", f"--model.teacher={teacher}", "--model.student=TruncatedTeacher",
-              "--model.student.num_layers=1", *data_args(assets)]
+    common = [
+        "--model=VanillaKD",
+        f"--model.teacher={teacher}",
+        "--model.student=TruncatedTeacher",
+        "--model.student.num_layers=1",
+        *data_args(assets),
+    ]
     main(["fit", *common, *trainer_args(tmp_path / "new", **{"--trainer.max_steps": 2})])
     new = max((tmp_path / "new").rglob("last.ckpt"))
     checkpoint = torch.load(new, weights_only=True)
     task = checkpoint["hyper_parameters"].pop("task")
-    assert task == {"num_labels": 2, "label_names": ["negative", "positive"], "metric": "accuracy",
-                    "tokenizer": teacher, "task_type": "classification"}
+    assert task == {
+        "num_labels": 2,
+        "label_names": ["negative", "positive"],
+        "metric": "accuracy",
+        "tokenizer": teacher,
+        "task_type": "classification",
+    }
     checkpoint["hyper_parameters"].update({k: task[k] for k in ("num_labels", "metric", "label_names", "tokenizer")})
     checkpoint["kdlight_export_prefix"] = checkpoint.pop("kdlight_predictor_attr")
     old = tmp_path / "old.ckpt"
@@ -129,24 +141,49 @@ def test_checkpoints_written_before_task_spec_still_load(assets, tmp_path, capsy
 
 
 def test_cli_links_the_task_and_fills_the_tokenizer_from_the_model(assets, tmp_path, capsys):
-    runner = cli(["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets),
-                  *trainer_args(tmp_path)], run=False)
+    runner = cli(
+        ["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets), *trainer_args(tmp_path)],
+        run=False,
+    )
     assert runner.datamodule.tokenizer_name == str(assets["teacher"])  # the teacher's, filled before building
     assert runner.model.task == runner.datamodule.task
-    runner = cli(["--model=TeacherFineTuning", f"--model.model={assets['encoder']}", *data_args(assets),
-                  *trainer_args(tmp_path)], run=False)
+    runner = cli(
+        [
+            "--model=TeacherFineTuning",
+            f"--model.model={assets['encoder']}",
+            *data_args(assets),
+            *trainer_args(tmp_path),
+        ],
+        run=False,
+    )
     assert isinstance(runner.model, TeacherFineTuning) and runner.model.task.tokenizer == str(assets["encoder"])
     with pytest.raises(SystemExit):
-        main(["fit", "--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets),
-              *trainer_args(tmp_path), "--print_config"])
+        main(
+            [
+                "fit",
+                "--model=VanillaKD",
+                f"--model.teacher={assets['teacher']}",
+                *data_args(assets),
+                *trainer_args(tmp_path),
+                "--print_config",
+            ]
+        )
     config = yaml.safe_load(capsys.readouterr().out)
     assert "task" not in config["model"]["init_args"]  # linked, never typed
 
 
 def test_a_typo_in_a_choice_is_refused_by_the_parser(assets, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets),
-              "--data.task_type=ranking", *trainer_args(tmp_path)])
+        main(
+            [
+                "fit",
+                "--model=VanillaKD",
+                f"--model.teacher={assets['teacher']}",
+                *data_args(assets),
+                "--data.task_type=ranking",
+                *trainer_args(tmp_path),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "classification" in capsys.readouterr().err
 
@@ -156,11 +193,17 @@ def test_readme_python_example_runs(assets, tmp_path, monkeypatch):
     assert match, "README lost its Python example"
     code = match.group(1)
     d = assets["data"]
-    for old, new in [('"train.csv"', repr(str(d / "train.csv"))), ('"dev.csv"', repr(str(d / "validation.csv"))),
-                     ('tokenizer="runs/teacher/export"', f"tokenizer={str(assets['teacher'])!r}, max_length=32"),
-                     ('teacher="runs/teacher/export"', f"teacher={str(assets['teacher'])!r}"),
-                     ("Trainer(max_epochs=3)", "Trainer(max_steps=2, limit_val_batches=1, logger=False, "
-                                               "enable_checkpointing=False, enable_progress_bar=False)")]:
+    for old, new in [
+        ('"train.csv"', repr(str(d / "train.csv"))),
+        ('"dev.csv"', repr(str(d / "validation.csv"))),
+        ('tokenizer="runs/teacher/export"', f"tokenizer={str(assets['teacher'])!r}, max_length=32"),
+        ('teacher="runs/teacher/export"', f"teacher={str(assets['teacher'])!r}"),
+        (
+            "Trainer(max_epochs=3)",
+            "Trainer(max_steps=2, limit_val_batches=1, logger=False, "
+            "enable_checkpointing=False, enable_progress_bar=False)",
+        ),
+    ]:
         assert old in code, old
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)

@@ -10,9 +10,18 @@ from kdlight.teacher_cache import TeacherLogitCache
 
 
 def fit(assets, root, cache_dir, cache: bool, steps: int = 4, **data):
-    runner = cli(["--model=VanillaKD", f"--model.teacher={assets['teacher']}", "--model.learning_rate=1e-3",
-                  f"--model.cache_teacher_logits={str(cache).lower()}", f"--model.teacher_cache_dir={cache_dir}",
-                  *data_args(assets, **data), *trainer_args(root, **{"--trainer.max_steps": steps})], run=False)
+    runner = cli(
+        [
+            "--model=VanillaKD",
+            f"--model.teacher={assets['teacher']}",
+            "--model.learning_rate=1e-3",
+            f"--model.cache_teacher_logits={str(cache).lower()}",
+            f"--model.teacher_cache_dir={cache_dir}",
+            *data_args(assets, **data),
+            *trainer_args(root, **{"--trainer.max_steps": steps}),
+        ],
+        run=False,
+    )
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
     return runner
 
@@ -41,23 +50,31 @@ def test_cache_is_reused_and_invalidated(assets, tmp_path):
     stamp = next(iter(first)).stat().st_mtime_ns
     fit(assets, tmp_path / "b", cache_dir, cache=True, steps=1)
     assert set(cache_dir.iterdir()) == first and next(iter(first)).stat().st_mtime_ns == stamp  # reused
-    fit(assets, tmp_path / "c", cache_dir, cache=True, steps=1, **{"--data.max_length": 8})  # truncates: the sentences run to 11 tokens
+    fit(
+        assets, tmp_path / "c", cache_dir, cache=True, steps=1, **{"--data.max_length": 8}
+    )  # truncates: the sentences run to 11 tokens
     assert len(set(cache_dir.iterdir())) == 2  # different tokenisation, new cache
 
 
 def test_changed_teacher_gets_a_new_fingerprint(assets, tmp_path):
     from kdlight.models import load_classifier
 
-    runner = cli(["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets),
-                  *trainer_args(tmp_path)], run=False)
+    runner = cli(
+        ["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets), *trainer_args(tmp_path)],
+        run=False,
+    )
     dm = runner.datamodule
     dm.setup("fit")
     teacher = load_classifier(str(assets["teacher"]), 2)
     loader = torch.utils.data.DataLoader(dm.splits["train"], batch_size=32, collate_fn=Collator(0))
-    _, folder_a, computed = TeacherLogitCache.load_or_compute(teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path)
+    _, folder_a, computed = TeacherLogitCache.load_or_compute(
+        teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path
+    )
     assert computed
     with torch.no_grad():
         teacher.classifier.bias.add_(1.0)
-    cache, folder_b, computed = TeacherLogitCache.load_or_compute(teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path)
+    cache, folder_b, computed = TeacherLogitCache.load_or_compute(
+        teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path
+    )
     assert computed and folder_a != folder_b
     assert cache.lookup(torch.tensor([10_000])) is None  # an unknown example falls back to the live teacher

@@ -1,4 +1,3 @@
-
 import pytest
 
 from conftest import sentiment_rows, write_csv
@@ -30,7 +29,15 @@ def test_string_labels_are_mapped_and_batches_are_padded(assets):
 
 def test_one_file_is_split_reproducibly_without_overlap(assets, tmp_path):
     write_csv(tmp_path / "all.csv", sentiment_rows(100, seed=5))
-    kwargs = dict(data_file=str(tmp_path / "all.csv"), train_file=None, val_file=None, test_file=None, val_fraction=0.2, test_fraction=0.1, split_seed=3)
+    kwargs = dict(
+        data_file=str(tmp_path / "all.csv"),
+        train_file=None,
+        val_file=None,
+        test_file=None,
+        val_fraction=0.2,
+        test_fraction=0.1,
+        split_seed=3,
+    )
     a, b = make(assets, **kwargs), make(assets, **kwargs)
     a.setup(None), b.setup(None)
     ids = {s: list(a.splits[s]["idx"]) for s in ("train", "validation", "test")}
@@ -45,8 +52,14 @@ def test_one_file_is_split_reproducibly_without_overlap(assets, tmp_path):
 def test_regression_and_pair_columns(assets, tmp_path):
     rows = [{"a": f"the movie {i}", "b": "good plot", "score": i / 10} for i in range(20)]
     path = write_csv(tmp_path / "reg.csv", rows)
-    dm = TextClassificationDataModule(tokenizer=str(assets["tokenizer"]), data_file=str(path), text_column="a",
-                                      text_pair_column="b", label_column="score", task_type="regression")
+    dm = TextClassificationDataModule(
+        tokenizer=str(assets["tokenizer"]),
+        data_file=str(path),
+        text_column="a",
+        text_pair_column="b",
+        label_column="score",
+        task_type="regression",
+    )
     assert dm.num_labels == 1 and dm.metric == "pearson_spearman"
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -57,7 +70,10 @@ def test_regression_and_pair_columns(assets, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"label_column": "sentiment"}, "column\\(s\\) not found: label_column='sentiment'.*Available columns: text, label"),
+        (
+            {"label_column": "sentiment"},
+            "column\\(s\\) not found: label_column='sentiment'.*Available columns: text, label",
+        ),
         ({"text_column": "review"}, "text_column='review'"),
         ({"label_names": ["negative", "neutral"]}, "outside the label set"),
         ({"train_file": "nowhere/train.csv"}, "data file not found"),

@@ -22,11 +22,13 @@ from kdlight.models import load_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 KDLIGHT = shutil.which("kdlight")
-pytestmark = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)")
+pytestmark = pytest.mark.skipif(
+    KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"
+)
 
 # A callback a user could write: sends a signal to its own process after a given optimiser step, so
 # the test stops a run at a known point instead of racing a timer.
-KILLER = '''
+KILLER = """
 import os, signal
 from lightning.pytorch.callbacks import Callback
 
@@ -38,12 +40,14 @@ class SignalAt(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.sig))
-'''
+"""
 
 
 def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     if check and proc.returncode != 0:
         command = " ".join(map(str, args))
         output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -58,9 +62,16 @@ def write_recipe(folder: Path, assets) -> Path:
         "seed_everything": 0,
         "trainer": {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1},
         "model": {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}},
-        "data": {"class_path": "TextClassificationDataModule", "init_args": {
-            "train_file": str(data / "train.csv"), "val_file": str(data / "validation.csv"),
-            "test_file": str(data / "test.csv"), "batch_size": 16, "max_length": 32}},
+        "data": {
+            "class_path": "TextClassificationDataModule",
+            "init_args": {
+                "train_file": str(data / "train.csv"),
+                "val_file": str(data / "validation.csv"),
+                "test_file": str(data / "test.csv"),
+                "batch_size": 16,
+                "max_length": 32,
+            },
+        },
     }
     (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
     (folder / "signal_at.py").write_text(KILLER)
@@ -94,8 +105,16 @@ def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_nam
     """Stopped at step 8 of 18: SIGKILL loses the steps after the epoch-end last.ckpt (step 6), SIGTERM saves
     last.ckpt at step 8 first (mid-epoch). Either way `--ckpt_path last` continues in the same run folder and
     ends with exactly the weights of an uninterrupted run (same batches, same dropout masks)."""
-    stopped = kdlight("fit", "--config", "kd.yaml", "--trainer.callbacks+=signal_at.SignalAt", "--trainer.callbacks.step=8",
-                      f"--trainer.callbacks.sig={signal_name}", cwd=workdir, check=False)
+    stopped = kdlight(
+        "fit",
+        "--config",
+        "kd.yaml",
+        "--trainer.callbacks+=signal_at.SignalAt",
+        "--trainer.callbacks.step=8",
+        f"--trainer.callbacks.sig={signal_name}",
+        cwd=workdir,
+        check=False,
+    )
     assert stopped.returncode == exit_code, stopped.stderr[-2000:]
     last = run_folder(workdir) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == resumed_from_step
@@ -123,8 +142,16 @@ def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, work
     texts = [line.rsplit(",", 1)[0].strip('"') for line in (assets["data"] / "test.csv").read_text().splitlines()[1:]]
     tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
     for alias, expected_file in (("last", folder / "last.ckpt"), ("best", Path(best_path))):
-        proc = kdlight("predict", "--config", "kd.yaml", "--ckpt_path", alias, "--predictions.output_file", f"{alias}.csv",
-                       cwd=workdir)
+        proc = kdlight(
+            "predict",
+            "--config",
+            "kd.yaml",
+            "--ckpt_path",
+            alias,
+            "--predictions.output_file",
+            f"{alias}.csv",
+            cwd=workdir,
+        )
         out = proc.stdout + proc.stderr
         assert Path(re.search(rf"--ckpt_path {alias}: (\S+)", out).group(1)) == expected_file
         rows = (workdir / f"{alias}.csv").read_text().splitlines()[1:]
@@ -153,13 +180,31 @@ def test_readme_variant_command_runs_verbatim(assets, workdir):
     --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer in place of the quickstart's)."""
     readme = (REPO / "README.md").read_text()
     code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.DOTALL).group(1)
-    command = re.search(r"^kdlight fit --config configs/quickstart/kd.yaml --model my_kd\.\S+.*$", readme, re.MULTILINE).group(0)
+    command = re.search(
+        r"^kdlight fit --config configs/quickstart/kd.yaml --model my_kd\.\S+.*$", readme, re.MULTILINE
+    ).group(0)
     (workdir / "my_kd.py").write_text(code)
     data = assets["data"]
-    tiny = ["--model.teacher", assets["teacher"], "--data", "TextClassificationDataModule",
-            "--data.train_file", data / "train.csv", "--data.val_file", data / "validation.csv",
-            "--data.max_length", "32", "--data.batch_size", "16", "--trainer.max_epochs", "1",
-            "--trainer.default_root_dir", workdir / "runs", "--model.cache_teacher_logits", "false"]
+    tiny = [
+        "--model.teacher",
+        assets["teacher"],
+        "--data",
+        "TextClassificationDataModule",
+        "--data.train_file",
+        data / "train.csv",
+        "--data.val_file",
+        data / "validation.csv",
+        "--data.max_length",
+        "32",
+        "--data.batch_size",
+        "16",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        workdir / "runs",
+        "--model.cache_teacher_logits",
+        "false",
+    ]
     args = command.split()[1:]
     args[args.index("--config") + 1] = str(REPO / "configs/quickstart/kd.yaml")
     proc = kdlight(*args, *tiny, cwd=workdir)
@@ -173,9 +218,22 @@ def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets,
     --data.predict_file new.csv` with a file that has no label column."""
     texts = ["a good movie", "the plot was awful", "very boring film", "superb and moving", "it is fine"]
     (tmp_path / "new.csv").write_text("text\n" + "\n".join(texts) + "\n")
-    kdlight("predict", "--model", "TeacherFineTuning", "--model.model", assets["teacher"], "--data", "TextClassificationDataModule",
-            "--data.predict_file", "new.csv", "--data.max_length", "32", "--data.label_names", "[negative, positive]",
-            cwd=tmp_path)
+    kdlight(
+        "predict",
+        "--model",
+        "TeacherFineTuning",
+        "--model.model",
+        assets["teacher"],
+        "--data",
+        "TextClassificationDataModule",
+        "--data.predict_file",
+        "new.csv",
+        "--data.max_length",
+        "32",
+        "--data.label_names",
+        "[negative, positive]",
+        cwd=tmp_path,
+    )
     rows = (run_folder(tmp_path) / "predictions.csv").read_text().splitlines()
     assert rows[0] == "idx,prediction,label,logits"
     assert [int(row.split(",")[0]) for row in rows[1:]] == list(range(len(texts)))
@@ -185,4 +243,6 @@ def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets,
         expected = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     predicted = torch.tensor([[float(v) for v in row.split(",")[3].split()] for row in rows[1:]])
     torch.testing.assert_close(predicted, expected, rtol=0, atol=1e-4)
-    assert [row.split(",")[2] for row in rows[1:]] == [["negative", "positive"][i] for i in expected.argmax(-1).tolist()]
+    assert [row.split(",")[2] for row in rows[1:]] == [
+        ["negative", "positive"][i] for i in expected.argmax(-1).tolist()
+    ]

@@ -30,16 +30,28 @@ def corpus_file(tmp_path_factory):
 
 def zero_shot_data(assets, corpus_file, cache, **kwargs) -> ZeroShotDataModule:
     d = assets["data"]
-    task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"])
-    return ZeroShotDataModule(task=task, corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(cache)),
-                              tokenizer=str(assets["tokenizer"]), max_length=32, batch_size=8, **kwargs)
+    task = TextClassificationDataModule(
+        val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["negative", "positive"]
+    )
+    return ZeroShotDataModule(
+        task=task,
+        corpus=OutOfDomainCorpus(source=str(corpus_file), cache_dir=str(cache)),
+        tokenizer=str(assets["tokenizer"]),
+        max_length=32,
+        batch_size=8,
+        **kwargs,
+    )
 
 
 def make_module(assets, **kwargs) -> ZeroShotAdversarialKD:
     kwargs.setdefault("generator", str(assets["encoder"]))
     kwargs.setdefault("student", TruncatedTeacher(1))
-    return ZeroShotAdversarialKD(teacher=str(assets["teacher"]), tokenizer=str(assets["tokenizer"]),
-                                 label_names=["negative", "positive"], **kwargs)
+    return ZeroShotAdversarialKD(
+        teacher=str(assets["teacher"]),
+        tokenizer=str(assets["tokenizer"]),
+        label_names=["negative", "positive"],
+        **kwargs,
+    )
 
 
 # ----------------------------------------------------------------------------- generator pieces
@@ -99,8 +111,16 @@ def fitted(module, data, tmp_path, max_steps):
     from lightning import Trainer, seed_everything
 
     seed_everything(0)
-    trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -145,6 +165,7 @@ def test_generator_step_moves_only_the_generator(assets, corpus_file, tmp_path):
 def test_non_finite_losses_are_skipped_counted_and_stop_a_diverged_run(assets, corpus_file, tmp_path):
     module = make_module(assets, generator_steps=1, student_steps=2, max_consecutive_skips=3)
     student, generator = snapshot(module.student), snapshot(module.generator)
+
     class NaNLoss(torch.nn.Module):
         def forward(self, student_logits, teacher_logits):
             return (student_logits.sum() + teacher_logits.sum()) * float("nan")
@@ -157,7 +178,9 @@ def test_non_finite_losses_are_skipped_counted_and_stop_a_diverged_run(assets, c
     assert not changed(student, module.student) and not changed(generator, module.generator)
 
 
-@pytest.mark.parametrize("inputs, perturbation", [("out_of_domain", "generator"), ("adversarial", "random"), ("random_tokens", "generator")])
+@pytest.mark.parametrize(
+    "inputs, perturbation", [("out_of_domain", "generator"), ("adversarial", "random"), ("random_tokens", "generator")]
+)
 def test_ablations_train_without_a_generator(assets, corpus_file, tmp_path, inputs, perturbation):
     module = make_module(assets, inputs=inputs, perturbation=perturbation)
     assert module.generator.network is None and not any(k.startswith("generator.network.") for k in module.state_dict())
@@ -177,7 +200,7 @@ def test_ablations_train_without_a_generator(assets, corpus_file, tmp_path, inpu
         assert rewrites == []
         return
     before, after = rewrites[0]
-    real = (before > 4)
+    real = before > 4
     share = (before != after)[real].float().mean().item()
     assert (before == after)[~real].all()  # special tokens and padding untouched
     assert (after[real] > 4).all()  # never a special token
@@ -199,19 +222,29 @@ def test_mismatched_vocabularies_fail_before_training(assets, tmp_path):
 def recipe_args(assets, corpus_file, root) -> list[str]:
     d = assets["data"]
     return [
-        "--config", str(CONFIG),
-        f"--model.teacher={assets['teacher']}", f"--model.generator={assets['encoder']}",
-        "--model.student.num_layers=1", "--model.generator_steps=2", "--model.student_steps=3",
-        "--data.task=TextClassificationDataModule", f"--data.task.train_file={d / 'train.csv'}",
-        f"--data.task.val_file={d / 'validation.csv'}", f"--data.task.test_file={d / 'test.csv'}",
+        "--config",
+        str(CONFIG),
+        f"--model.teacher={assets['teacher']}",
+        f"--model.generator={assets['encoder']}",
+        "--model.student.num_layers=1",
+        "--model.generator_steps=2",
+        "--model.student_steps=3",
+        "--data.task=TextClassificationDataModule",
+        f"--data.task.train_file={d / 'train.csv'}",
+        f"--data.task.val_file={d / 'validation.csv'}",
+        f"--data.task.test_file={d / 'test.csv'}",
         "--data.task.label_names=[negative, positive]",
-        f"--data.corpus.source={corpus_file}", f"--data.corpus.cache_dir={root / 'corpus'}",
-        "--data.batch_size=8", "--data.max_length=32",
+        f"--data.corpus.source={corpus_file}",
+        f"--data.corpus.cache_dir={root / 'corpus'}",
+        "--data.batch_size=8",
+        "--data.max_length=32",
         *trainer_args(root, **{"--trainer.max_steps": 8, "--trainer.val_check_interval": 2}),
     ]
 
 
-def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(assets, corpus_file, tmp_path, monkeypatch, capsys):
+def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(
+    assets, corpus_file, tmp_path, monkeypatch, capsys
+):
     """The proof that no task training example is used: reading the training file fails the test."""
     train_file = str(assets["data"] / "train.csv")
     read = []
@@ -247,7 +280,11 @@ def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_pa
     args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
     main(["fit", *args, f"--ckpt_path={last}"])
     final = load_checkpoint(sorted(resumed.rglob("last.ckpt"))[-1])
-    assert final["state_dict"]["progress"].tolist()[:3] == [10, 6, 4]  # batches 8, 9 are the cycle's 4th and 5th: student steps
+    assert final["state_dict"]["progress"].tolist()[:3] == [
+        10,
+        6,
+        4,
+    ]  # batches 8, 9 are the cycle's 4th and 5th: student steps
     assert len(final["optimizer_states"]) == 2
     weight = "generator.network.cls.predictions.transform.dense.weight"
     assert torch.equal(saved["state_dict"][weight], final["state_dict"][weight])  # restored, then not stepped
@@ -262,7 +299,7 @@ def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(asset
     state = checkpoint["state_dict"]
     del state["generator.steps"]
     prefix = "generator.network."
-    checkpoint["kdlight_generator"] = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    checkpoint["kdlight_generator"] = {k[len(prefix) :]: state.pop(k) for k in list(state) if k.startswith(prefix)}
     legacy = tmp_path / "legacy.ckpt"
     torch.save(checkpoint, legacy)
     finals = []
@@ -300,12 +337,25 @@ def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_ru
 
     def fit(cache: bool):
         seed_everything(0)
-        module = make_module(assets, generator_steps=1, student_steps=2, cache_teacher_logits=cache,
-                             teacher_cache_dir=str(tmp_path / "teacher_logits"))
+        module = make_module(
+            assets,
+            generator_steps=1,
+            student_steps=2,
+            cache_teacher_logits=cache,
+            teacher_cache_dir=str(tmp_path / "teacher_logits"),
+        )
         counter = CountTeacherCalls()
-        trainer = Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[counter],
-                          default_root_dir=tmp_path / f"run_{cache}")
+        trainer = Trainer(
+            max_steps=6,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            accelerator="cpu",
+            callbacks=[counter],
+            default_root_dir=tmp_path / f"run_{cache}",
+        )
         trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / f"corpus_{cache}"))
         return module, counter.calls
 
@@ -314,7 +364,7 @@ def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_ru
     # 6 batches = 2 cycles of (1 generator step, 2 student steps)
     assert (live_calls, cached_calls) == (2 + 4 * 2, 2 + 4 * 1)
     assert int(cached.progress[1]) == 4 and int(cached.progress[2]) == 2
-    for (name, a), b in zip(live.student.state_dict().items(), cached.student.state_dict().values()):
+    for (name, a), b in zip(live.student.state_dict().items(), cached.student.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)  # same logits, computed in another batch
 
 
@@ -327,8 +377,15 @@ def test_generator_rewrites_are_decoded_for_people_every_n_generator_steps(asset
 
     seed_everything(0)
     module = make_module(assets, generator_steps=2, student_steps=1, show_rewrites_every=2)
-    trainer = Trainer(max_steps=9, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=0, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = Trainer(
+        max_steps=9,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / "corpus"))
     rows = [json.loads(line) for line in (Path(trainer.log_dir) / "rewrites.jsonl").read_text().splitlines()]
     # 9 batches = 3 cycles of 2 generator + 1 student steps: the 2nd, 4th and 6th generator batches, 4 examples each

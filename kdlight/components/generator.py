@@ -55,21 +55,25 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # 
 
 # What plan() adds to a batch: the host-side decisions a step would otherwise read back from the device.
 NOISE_KEYS, REWRITE_MASK, REWRITE_POSITIONS, REWRITE_COUNTS = (
-    "kdlight_noise_keys", "kdlight_rewrite_mask", "kdlight_rewrite_positions", "kdlight_rewrite_counts")
+    "kdlight_noise_keys",
+    "kdlight_rewrite_mask",
+    "kdlight_rewrite_positions",
+    "kdlight_rewrite_counts",
+)
 # The purposes of the per-example noise: which tokens, the Gumbel noise, random tokens.
 MASK, GUMBEL, RANDOM = 0, 1, 2
 
 
 class AdversarialGenerator(nn.Module):
     """Args:
-        network: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary.
-        perturbation: ``generator`` (the network's proposals) or ``random`` (uniformly random
-            tokens; no network is loaded).
-        mask_rate: fraction of each example's real tokens that are rewritten.
-        gumbel_tau: Gumbel-softmax temperature.
-        learning_rate: the default optimiser's (AdamW).
-        clip: gradient-norm clip of each update.
-        optimizer: replaces the default optimiser (a factory of the parameters, as from YAML).
+    network: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary.
+    perturbation: ``generator`` (the network's proposals) or ``random`` (uniformly random
+        tokens; no network is loaded).
+    mask_rate: fraction of each example's real tokens that are rewritten.
+    gumbel_tau: Gumbel-softmax temperature.
+    learning_rate: the default optimiser's (AdamW).
+    clip: gradient-norm clip of each update.
+    optimizer: replaces the default optimiser (a factory of the parameters, as from YAML).
     """
 
     def __init__(
@@ -102,8 +106,11 @@ class AdversarialGenerator(nn.Module):
         """The one-hot rows multiply each model's embeddings: one vocabulary for all three."""
         if self.network is None:
             return
-        vocab = {"teacher": teacher.config.vocab_size, "student": student.config.vocab_size,
-                 "generator": self.network.config.vocab_size}
+        vocab = {
+            "teacher": teacher.config.vocab_size,
+            "student": student.config.vocab_size,
+            "generator": self.network.config.vocab_size,
+        }
         if len(set(vocab.values())) != 1:
             raise KDLightError(
                 f"teacher, student and generator must share one vocabulary (the generator's one-hot tokens multiply "
@@ -114,8 +121,9 @@ class AdversarialGenerator(nn.Module):
     def prepare(self, tokenizer, teacher: nn.Module) -> None:
         """Take the data's tokenizer and the teacher's vocabulary and positions (before fitting)."""
         if self.network is not None and tokenizer.mask_token_id is None:
-            raise KDLightError(f"the tokenizer {tokenizer.name_or_path!r} has no mask token; "
-                               "the MLM generator needs one")
+            raise KDLightError(
+                f"the tokenizer {tokenizer.name_or_path!r} has no mask token; the MLM generator needs one"
+            )
         device = self.steps.device
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids_host = torch.tensor(tokenizer.all_special_ids)
@@ -145,8 +153,8 @@ class AdversarialGenerator(nn.Module):
         out keeps DDP's reducer (which owns the student) out of this backward pass."""
         params = self.trainable_parameters()
         grads = torch.autograd.grad(-divergence, params, allow_unused=True)
-        grads = mean_across_ranks([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
-        for p, g in zip(params, grads):
+        grads = mean_across_ranks([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)])
+        for p, g in zip(params, grads, strict=True):
             p.grad = g
         self.grad_norm = nn.utils.clip_grad_norm_(params, self.clip)
         return self.grad_norm
@@ -198,8 +206,9 @@ class AdversarialGenerator(nn.Module):
         mask, counts = batch[REWRITE_MASK], batch[REWRITE_COUNTS]
         if self.network is None:
             uniform = self.noise(batch, RANDOM, counts)
-            replacements = random_replacements(sum(counts), self.vocab_size, self.banned_ids, mask.device, uniform,
-                                               self.allowed_ids)
+            replacements = random_replacements(
+                sum(counts), self.vocab_size, self.banned_ids, mask.device, uniform, self.allowed_ids
+            )
         else:
             replacements = self.propose(batch).argmax(-1)
         return scatter_positions(batch["input_ids"], mask, batch[REWRITE_POSITIONS], replacements)

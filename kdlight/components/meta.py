@@ -132,8 +132,9 @@ def feature_size(num_teachers: int) -> int:
 
 
 @torch.no_grad()
-def mixer_features(ce: Tensor, kd: list[Tensor], student_logits: Tensor, teacher_logits: list[Tensor],
-                   labels: Tensor) -> Tensor:
+def mixer_features(
+    ce: Tensor, kd: list[Tensor], student_logits: Tensor, teacher_logits: list[Tensor], labels: Tensor
+) -> Tensor:
     """Per-example inputs of the mixing network (all detached): losses and confidences."""
     cols = [ce.detach().float(), *[k.detach().float() for k in kd]]
     for logits in [student_logits, *teacher_logits]:
@@ -204,8 +205,9 @@ class Lookahead:
     logits_of: Callable[[Any], Tensor] = _identity
 
 
-def lookahead_meta_gradients(step: Lookahead, inner_loss: Callable[[Tensor], Tensor],
-                             mix_params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+def lookahead_meta_gradients(
+    step: Lookahead, inner_loss: Callable[[Tensor], Tensor], mix_params: list[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
     """The gradient of the look-ahead's clean score with respect to ``mix_params``, data-parallel exact.
 
     ``inner_loss(train_logits)`` is the mixed training loss; it must depend on the mixing weights.
@@ -219,14 +221,14 @@ def lookahead_meta_gradients(step: Lookahead, inner_loss: Callable[[Tensor], Ten
     grads = torch.autograd.grad(inner_loss(train_logits), list(params.values()), create_graph=True)
     # the value is the ranks' mean gradient; the derivative flows only into this rank's weights
     means = mean_across_ranks([g.detach() for g in grads])
-    grads = [m + (g - g.detach()) / world_size() for m, g in zip(means, grads)]
-    updated = {name: p.detach() - step.lr * g for (name, p), g in zip(params.items(), grads)}
+    grads = [m + (g - g.detach()) / world_size() for m, g in zip(means, grads, strict=True)]
+    updated = {name: p.detach() - step.lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
     val_logits = step.logits_of(functional_call(step.module, updated, args=(), kwargs=step.clean_inputs))
     score = F.cross_entropy(val_logits.float(), step.clean_labels.long())
     # chain rule through the updated parameters, with the clean-score gradient averaged over ranks
     outer = mean_across_ranks(list(torch.autograd.grad(score, list(updated.values()), retain_graph=True)))
     meta = torch.autograd.grad(list(updated.values()), mix_params, grad_outputs=outer, allow_unused=True)
-    meta = [torch.zeros_like(p) if g is None else g for p, g in zip(mix_params, meta)]
+    meta = [torch.zeros_like(p) if g is None else g for p, g in zip(mix_params, meta, strict=True)]
     return mean_across_ranks([score.detach()])[0], meta
 
 
@@ -414,7 +416,7 @@ class MetaLearner(nn.Module):
 
         params = list(self.mixer.parameters())
         score, grads = lookahead_meta_gradients(self._lookahead(student, batch, clean, student_lr), inner_loss, params)
-        for p, g in zip(params, self._reduce(grads, batch.idx)):
+        for p, g in zip(params, self._reduce(grads, batch.idx), strict=True):
             p.grad = g.detach()
         return score.detach()
 

@@ -118,8 +118,9 @@ def official_meta_due(epoch: int, warm_epoch: int, select_every: int) -> bool:
     return select_every > 0 and epoch >= warm_epoch and (epoch - warm_epoch) % select_every == 0
 
 
-def last_layer_grads(logits: Tensor, features: Tensor, loss_fn: Callable[[Tensor], Tensor],
-                     bias: bool = True) -> Tensor:
+def last_layer_grads(
+    logits: Tensor, features: Tensor, loss_fn: Callable[[Tensor], Tensor], bias: bool = True
+) -> Tensor:
     """Per-example gradients of ``loss_fn(logits)`` (a batch *mean*) for a last linear layer, closed form.
 
     Row ``i``: ``[dL/dz_i (K values, if bias), dL/dz_i[k] * h_i[d] for k, d (K*D values, row-major
@@ -167,8 +168,9 @@ def lookahead_lambda_grads(lam: Tensor, grads: list[Tensor], clean: HeadView, et
     return score.detach(), torch.stack([g @ d_total for g in grads], dim=1)
 
 
-def official_lambda_update(lam: Tensor, grads: list[Tensor], clean: HeadView, eta: float, meta_lr: float = 1500.0,
-                           iterations: int = 5) -> tuple[Tensor, Tensor]:
+def official_lambda_update(
+    lam: Tensor, grads: list[Tensor], clean: HeadView, eta: float, meta_lr: float = 1500.0, iterations: int = 5
+) -> tuple[Tensor, Tensor]:
     """``iterations`` plain gradient steps on one group's rows, each clamped (lines 119-154).
 
     Returns the new rows and the clean score before the last step.
@@ -190,11 +192,13 @@ class OfficialMetaLearner(MetaLearner):
     table_class = OfficialLambdaTable
     default_learning_rate = 1500.0
 
-    def __init__(self, grad_fit: int = 3, select_every: int = 10, warm_epoch: int = 10, meta_iterations: int = 5,
-                 **kwargs) -> None:
+    def __init__(
+        self, grad_fit: int = 3, select_every: int = 10, warm_epoch: int = 10, meta_iterations: int = 5, **kwargs
+    ) -> None:
         if kwargs.get("mixer", "table") != "table":
-            raise KDLightError("algorithm='official' learns a lambda table; "
-                               "set mixer: table (or algorithm: default for the network)")
+            raise KDLightError(
+                "algorithm='official' learns a lambda table; set mixer: table (or algorithm: default for the network)"
+            )
         if grad_fit < 1 or select_every < 0 or warm_epoch < 0 or meta_iterations < 0:
             raise KDLightError("grad_fit must be >= 1; select_every, warm_epoch and meta_iterations >= 0")
         super().__init__(**kwargs)
@@ -220,8 +224,9 @@ class OfficialMetaLearner(MetaLearner):
         return teacher_share(weights)
 
     @torch.no_grad()
-    def meta_pass(self, student: nn.Module, batches: Iterable[MetaBatch], clean: Iterator[MetaBatch],
-                  student_lr: float) -> Tensor | None:
+    def meta_pass(
+        self, student: nn.Module, batches: Iterable[MetaBatch], clean: Iterator[MetaBatch], student_lr: float
+    ) -> Tensor | None:
         """LearnMultiLambdaMeta.get_lambdas (lines 45-157) over this rank's share of the training set.
 
         ``batches``: the training batches with the (frozen) student's and the teachers' logits; ``clean``
@@ -251,8 +256,9 @@ class OfficialMetaLearner(MetaLearner):
             table.lam.copy_((before + delta).clamp(LAMBDA_MIN, LAMBDA_MAX))
         return torch.stack(scores).mean() if scores else None
 
-    def _update_rows(self, student: nn.Module, group: list[tuple[Tensor, list[Tensor]]], clean: MetaBatch, eta: float,
-                     bias: bool) -> Tensor:
+    def _update_rows(
+        self, student: nn.Module, group: list[tuple[Tensor, list[Tensor]]], clean: MetaBatch, eta: float, bias: bool
+    ) -> Tensor:
         """One clean batch's plain steps on the rows of a group of training batches (lines 105-154)."""
         idx = torch.cat([i for i, _ in group])
         grads = [torch.cat([rows[c] for _, rows in group]) for c in range(len(group[0][1]))]
@@ -263,5 +269,12 @@ class OfficialMetaLearner(MetaLearner):
         return score
 
 
-__all__ = ["HeadView", "OfficialLambdaTable", "OfficialMetaLearner", "last_layer_grads", "lookahead_lambda_grads",
-           "official_lambda_update", "official_meta_due"]
+__all__ = [
+    "HeadView",
+    "OfficialLambdaTable",
+    "OfficialMetaLearner",
+    "last_layer_grads",
+    "lookahead_lambda_grads",
+    "official_lambda_update",
+    "official_meta_due",
+]

@@ -24,8 +24,9 @@ from kdlight.errors import KDLightError
 _UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
 
 
-def masked_logits(generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor,
-                  positions: Tensor | None = None) -> Tensor:
+def masked_logits(
+    generator: PreTrainedModel, inputs: dict[str, Tensor], mask: Tensor, positions: Tensor | None = None
+) -> Tensor:
     """The generator's vocabulary logits at the masked positions only, one row per position.
 
     For BERT-family MLMs (an encoder plus a ``cls`` head) the head runs on the masked positions
@@ -77,15 +78,16 @@ def example_uniform(keys: list[tuple[int, ...]], numels: list[int], device) -> l
     (seed, step, idx, purpose), never on which other examples share the batch or the process, so
     one process and N data-parallel processes make exactly the same random choices."""
     out = []
-    for key, numel in zip(keys, numels):
+    for key, numel in zip(keys, numels, strict=True):
         generator = torch.Generator(device=device)
         generator.manual_seed(example_seed(*key))
         out.append(torch.rand(numel, generator=generator, device=device))
     return out
 
 
-def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float,
-                scores: Tensor | None = None) -> Tensor:
+def choose_mask(
+    input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, rate: float, scores: Tensor | None = None
+) -> Tensor:
     """A boolean mask over ``rate`` of each row's real, non-special tokens (at least one per row).
 
     ``scores``: uniform noise of the same shape (default: drawn from the global generator).
@@ -100,8 +102,9 @@ def choose_mask(input_ids: Tensor, attention_mask: Tensor, special_ids: Tensor, 
     return mask | (first & ~mask.any(1, keepdim=True))
 
 
-def sample_replacements(logits: Tensor, banned: Tensor | None, tau: float = 1.0,
-                        uniform: Tensor | None = None) -> Tensor:
+def sample_replacements(
+    logits: Tensor, banned: Tensor | None, tau: float = 1.0, uniform: Tensor | None = None
+) -> Tensor:
     """Straight-through hard Gumbel-softmax over the vocabulary: one-hot rows in the forward pass,
     the soft sample's gradient in the backward pass. ``uniform``: noise shaped like ``logits``."""
     logits = logits.float()
@@ -124,8 +127,14 @@ def allowed_token_ids(vocab_size: int, banned: Tensor | None, device=None) -> Te
     return allowed.nonzero().squeeze(1)
 
 
-def random_replacements(count: int, vocab_size: int, banned: Tensor | None, device, uniform: Tensor | None = None,
-                        choices: Tensor | None = None) -> Tensor:
+def random_replacements(
+    count: int,
+    vocab_size: int,
+    banned: Tensor | None,
+    device,
+    uniform: Tensor | None = None,
+    choices: Tensor | None = None,
+) -> Tensor:
     """Uniformly random token ids (none of them banned): the random-token baseline. ``choices``:
     :func:`allowed_token_ids`, made once (finding them takes a host sync on a GPU)."""
     if choices is None:
@@ -135,8 +144,9 @@ def random_replacements(count: int, vocab_size: int, banned: Tensor | None, devi
     return choices[(uniform * len(choices)).long().clamp(max=len(choices) - 1)]
 
 
-def embed_with_replacements(model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor,
-                            positions: Tensor | None = None) -> Tensor:
+def embed_with_replacements(
+    model: PreTrainedModel, input_ids: Tensor, mask: Tensor, one_hot: Tensor, positions: Tensor | None = None
+) -> Tensor:
     """``inputs_embeds`` for ``model``: its own word embeddings, with the masked positions replaced by
     ``one_hot @ E`` (``one_hot`` has one row per masked position, in row-major order; ``positions``:
     the mask's flat indices, see :func:`mask_positions`)."""
@@ -167,8 +177,15 @@ __all__ = [
 ]
 
 
-def describe_rewrites(tokenizer, original: Tensor, rewritten: Tensor, attention_mask: Tensor, teacher: list[int],
-                      student: list[int], label_names: list[str] | None = None) -> list[dict]:
+def describe_rewrites(
+    tokenizer,
+    original: Tensor,
+    rewritten: Tensor,
+    attention_mask: Tensor,
+    teacher: list[int],
+    student: list[int],
+    label_names: list[str] | None = None,
+) -> list[dict]:
     """Rewrites as people read them: the decoded original and rewrite, each changed span as
     ``original -> generated`` (runs of adjacent changed tokens joined), and both models' predictions."""
     names = list(label_names or [])
@@ -184,13 +201,15 @@ def describe_rewrites(tokenizer, original: Tensor, rewritten: Tensor, attention_
             if not changed and start is not None:
                 spans.append(f"{tokenizer.decode(before[start:i])} -> {tokenizer.decode(after[start:i])}")
                 start = None
-        examples.append({
-            "original": tokenizer.decode(before, skip_special_tokens=True),
-            "rewritten": tokenizer.decode(after, skip_special_tokens=True),
-            "spans": spans,
-            "teacher": names[teacher[row]] if teacher[row] < len(names) else str(teacher[row]),
-            "student": names[student[row]] if student[row] < len(names) else str(student[row]),
-        })
+        examples.append(
+            {
+                "original": tokenizer.decode(before, skip_special_tokens=True),
+                "rewritten": tokenizer.decode(after, skip_special_tokens=True),
+                "spans": spans,
+                "teacher": names[teacher[row]] if teacher[row] < len(names) else str(teacher[row]),
+                "student": names[student[row]] if student[row] < len(names) else str(student[row]),
+            }
+        )
     return examples
 
 

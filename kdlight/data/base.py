@@ -95,16 +95,26 @@ def check_loader_settings(batch_size, eval_batch_size, num_workers, max_train_ex
 
 
 #: the loading settings every LabelledTextDataModule takes, with their defaults
-LOADER_SETTINGS: dict[str, Any] = {"tokenizer": None, "max_length": 128, "batch_size": 32, "eval_batch_size": None,
-                                   "num_workers": 0, "max_train_examples": None, "shuffle": True}
+LOADER_SETTINGS: dict[str, Any] = {
+    "tokenizer": None,
+    "max_length": 128,
+    "batch_size": 32,
+    "eval_batch_size": None,
+    "num_workers": 0,
+    "max_train_examples": None,
+    "shuffle": True,
+}
 
 
 def loader_settings(datamodule: LabelledTextDataModule) -> dict[str, Any]:
     """The loading settings a datamodule was built with, by argument name."""
     return {
-        "tokenizer": datamodule.tokenizer_name, "max_length": datamodule.max_length,
-        "batch_size": datamodule.batch_size, "eval_batch_size": datamodule.given_eval_batch_size,
-        "num_workers": datamodule.num_workers, "max_train_examples": datamodule.max_train_examples,
+        "tokenizer": datamodule.tokenizer_name,
+        "max_length": datamodule.max_length,
+        "batch_size": datamodule.batch_size,
+        "eval_batch_size": datamodule.given_eval_batch_size,
+        "num_workers": datamodule.num_workers,
+        "max_train_examples": datamodule.max_train_examples,
         "shuffle": datamodule.shuffle,
     }
 
@@ -196,8 +206,9 @@ class LabelledTextDataModule(LightningDataModule):
     def task(self) -> TaskSpec:
         """What a model needs to know about this data, in one object: ``VanillaKD(..., task=datamodule.task)``
         (the CLI links it into ``model.init_args.task``)."""
-        return TaskSpec(num_labels=self.num_labels, label_names=self.label_names, metric=self.metric,
-                        tokenizer=self.tokenizer_name)
+        return TaskSpec(
+            num_labels=self.num_labels, label_names=self.label_names, metric=self.metric, tokenizer=self.tokenizer_name
+        )
 
     # ----------------------------------------------------------------------------- machinery
     @cached_property
@@ -257,8 +268,13 @@ class LabelledTextDataModule(LightningDataModule):
         # a step of N x batch_size sees exactly the examples of a single-process step with N times the
         # batch; the loader also records its position so `--ckpt_path last` resumes mid-epoch exactly.
         return ResumableLoader(
-            self.splits[self.train_split], batch_size=self.batch_size, shuffle=self.shuffle, world_size=world, rank=rank,
-            num_workers=self.num_workers, collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+            self.splits[self.train_split],
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            world_size=world,
+            rank=rank,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id or 0),
             persistent_workers=self.num_workers > 0,
         )
 

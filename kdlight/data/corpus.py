@@ -133,7 +133,13 @@ class OutOfDomainCorpus(LightningDataModule):
         self.dataset: datasets.Dataset | None = None
 
     def shaped_like(
-        self, *, pair: bool, tokenizer: str | None, max_length: int, batch_size: int, num_workers: int,
+        self,
+        *,
+        pair: bool,
+        tokenizer: str | None,
+        max_length: int,
+        batch_size: int,
+        num_workers: int,
         num_examples: int | None,
     ) -> OutOfDomainCorpus:
         """A copy of this corpus with a task's input shape and loading settings; this one is left as it is."""
@@ -185,7 +191,11 @@ class OutOfDomainCorpus(LightningDataModule):
                     yield from handle
                 continue
             with path.open(encoding="utf-8") as handle:
-                records = [json.loads(line) for line in handle if line.strip()] if path.suffix.lower() == ".jsonl" else json.load(handle)
+                records = (
+                    [json.loads(line) for line in handle if line.strip()]
+                    if path.suffix.lower() == ".jsonl"
+                    else json.load(handle)
+                )
             if isinstance(records, dict):  # {key: record} as in the packaged summaries
                 records = list(records.values())
             for record in records:
@@ -207,14 +217,27 @@ class OutOfDomainCorpus(LightningDataModule):
         else:
             identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._local_files(source)]
         tokenizer = self.tokenizer
-        key = [identity, self.text_field, self.num_examples, self.min_words, self.seed, self.pair, self.max_length,
-               type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), 1]
+        key = [
+            identity,
+            self.text_field,
+            self.num_examples,
+            self.min_words,
+            self.seed,
+            self.pair,
+            self.max_length,
+            type(tokenizer).__name__,
+            tokenizer.name_or_path,
+            len(tokenizer),
+            1,
+        ]
         return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
 
     @property
     def tokenizer(self):
         if not self.tokenizer_name:
-            raise KDLightError("OutOfDomainCorpus needs a tokenizer: set tokenizer (the teacher's) or use it inside ZeroShotDataModule")
+            raise KDLightError(
+                "OutOfDomainCorpus needs a tokenizer: set tokenizer (the teacher's) or use it inside ZeroShotDataModule"
+            )
         if getattr(self, "_tokenizer", None) is None or self._tokenizer_for != self.tokenizer_name:
             self._tokenizer, self._tokenizer_for = load_tokenizer(self.tokenizer_name), self.tokenizer_name
         return self._tokenizer
@@ -260,8 +283,12 @@ class OutOfDomainCorpus(LightningDataModule):
                 return tokenizer(batch["text"], batch["text_pair"], truncation="longest_first", max_length=max_length)
             return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
-        table = table.map(encode, batched=True, remove_columns=[c for c in ("text", "text_pair") if c in columns],
-                          desc="tokenising the corpus")
+        table = table.map(
+            encode,
+            batched=True,
+            remove_columns=[c for c in ("text", "text_pair") if c in columns],
+            desc="tokenising the corpus",
+        )
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         table.save_to_disk(str(tmp))
@@ -290,6 +317,13 @@ class OutOfDomainCorpus(LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         # Every rank draws from the same seeded permutation (the seed comes from seed_everything).
-        return ResumableLoader(self.dataset, batch_size=self.batch_size, shuffle=True, world_size=world, rank=rank,
-                               num_workers=self.num_workers, collate_fn=Collator(self.tokenizer.pad_token_id or 0),
-                               persistent_workers=self.num_workers > 0)
+        return ResumableLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            world_size=world,
+            rank=rank,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+            persistent_workers=self.num_workers > 0,
+        )

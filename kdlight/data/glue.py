@@ -50,17 +50,29 @@ _MNLI_FILES = {
 GLUE_TASKS: dict[str, GlueTask] = {
     "cola": GlueTask(("sentence",), ("unacceptable", "acceptable"), "matthews", (3,), 1, tsv_has_header=False),
     "sst2": GlueTask(("sentence",), ("negative", "positive"), "accuracy", ("sentence",), "label"),
-    "mrpc": GlueTask(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1", ("#1 String", "#2 String"), "Quality"),
-    "qqp": GlueTask(("question1", "question2"), ("not_duplicate", "duplicate"), "f1", ("question1", "question2"), "is_duplicate"),
+    "mrpc": GlueTask(
+        ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1", ("#1 String", "#2 String"), "Quality"
+    ),
+    "qqp": GlueTask(
+        ("question1", "question2"), ("not_duplicate", "duplicate"), "f1", ("question1", "question2"), "is_duplicate"
+    ),
     "stsb": GlueTask(("sentence1", "sentence2"), None, "pearson_spearman", ("sentence1", "sentence2"), "score"),
     "mnli": GlueTask(
-        ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), "accuracy", ("sentence1", "sentence2"), "gold_label",
-        val_splits=("validation_matched",), test_splits=("validation_matched", "validation_mismatched"),
-        predict_split="test_matched", tsv_files=_MNLI_FILES,
+        ("premise", "hypothesis"),
+        ("entailment", "neutral", "contradiction"),
+        "accuracy",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        val_splits=("validation_matched",),
+        test_splits=("validation_matched", "validation_mismatched"),
+        predict_split="test_matched",
+        tsv_files=_MNLI_FILES,
     ),
     "qnli": GlueTask(("question", "sentence"), _NLI, "accuracy", ("question", "sentence"), "label"),
     "rte": GlueTask(("sentence1", "sentence2"), _NLI, "accuracy", ("sentence1", "sentence2"), "label"),
-    "wnli": GlueTask(("sentence1", "sentence2"), ("not_entailment", "entailment"), "accuracy", ("sentence1", "sentence2"), "label"),
+    "wnli": GlueTask(
+        ("sentence1", "sentence2"), ("not_entailment", "entailment"), "accuracy", ("sentence1", "sentence2"), "label"
+    ),
 }
 GLUE_TASK_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
@@ -95,7 +107,9 @@ class GLUEDataModule(LabelledTextDataModule):
         self.task_name = GLUE_TASK_ALIASES.get(task.lower(), task.lower())
         self.spec = glue_task(task)
         if source is not None and not Path(source).is_dir():
-            raise KDLightError(f"GLUE source folder not found: {source!r}; give a local folder or leave source empty for the hub")
+            raise KDLightError(
+                f"GLUE source folder not found: {source!r}; give a local folder or leave source empty for the hub"
+            )
         self.source, self.hub_dataset = source, hub_dataset
         self.label_names = list(self.spec.label_names) if self.spec.label_names else None
         self.num_labels = len(self.spec.label_names) if self.spec.label_names else 1
@@ -147,8 +161,15 @@ class GLUEDataModule(LabelledTextDataModule):
         spec = self.spec
         # GLUE test files have a header even for CoLA, and no labels.
         has_header = spec.tsv_has_header or split.startswith("test")
-        frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, header=0 if has_header else None,
-                            dtype=str, keep_default_na=False, on_bad_lines="error")
+        frame = pd.read_csv(
+            path,
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            header=0 if has_header else None,
+            dtype=str,
+            keep_default_na=False,
+            on_bad_lines="error",
+        )
         if not has_header:
             columns = {spec.tsv_text[0]: spec.text_columns[0], spec.tsv_label: "label"}
         elif split.startswith("test"):
@@ -172,13 +193,19 @@ class GLUEDataModule(LabelledTextDataModule):
             ids = [str(i) for i in range(len(names))]
             bad = sorted(set(frame["label"]) - set(names) - set(ids))
             if bad:
-                raise KDLightError(f"{str(path)!r}: labels {bad[:10]} are outside GLUE {self.task_name}'s label set {names}")
+                raise KDLightError(
+                    f"{str(path)!r}: labels {bad[:10]} are outside GLUE {self.task_name}'s label set {names}"
+                )
             frame["label"] = [names.index(v) if v in names else int(v) for v in frame["label"]]
         return datasets.Dataset.from_pandas(frame.reset_index(drop=True), preserve_index=False)
 
     def _standardise(self, raw: datasets.Dataset, split: str) -> datasets.Dataset:
         columns = self.spec.text_columns
-        self.require_columns(raw.column_names, {f"text {i}": c for i, c in enumerate(columns)} | {"label": "label"}, f"GLUE {self.task_name}/{split}")
+        self.require_columns(
+            raw.column_names,
+            {f"text {i}": c for i, c in enumerate(columns)} | {"label": "label"},
+            f"GLUE {self.task_name}/{split}",
+        )
         regression = self.spec.label_names is None
         has_idx = "idx" in raw.column_names
 
@@ -189,7 +216,9 @@ class GLUEDataModule(LabelledTextDataModule):
             out["idx"] = batch["idx"] if has_idx else indices
             return out
 
-        return raw.map(standardise, batched=True, with_indices=True, remove_columns=raw.column_names, desc=f"reading {split}")
+        return raw.map(
+            standardise, batched=True, with_indices=True, remove_columns=raw.column_names, desc=f"reading {split}"
+        )
 
     def state_dict(self) -> dict:
         return {"task": self.task_name}

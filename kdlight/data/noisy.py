@@ -145,14 +145,20 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         shuffle: bool | None = None,
     ) -> None:
         if not isinstance(datamodule, LabelledTextDataModule):
-            raise KDLightError(f"datamodule must be a kdlight task datamodule (TextClassificationDataModule, "
-                               f"GLUEDataModule ...), got {type(datamodule).__name__}")
+            raise KDLightError(
+                f"datamodule must be a kdlight task datamodule (TextClassificationDataModule, "
+                f"GLUEDataModule ...), got {type(datamodule).__name__}"
+            )
         # The defaults are null so that an unset argument can defer to the wrapped module: a user who
         # sets max_train_examples there expects it to hold (it once corrupted the whole training set).
         given = {
-            "tokenizer": tokenizer, "max_length": max_length, "batch_size": batch_size,
-            "eval_batch_size": eval_batch_size, "num_workers": num_workers,
-            "max_train_examples": max_train_examples, "shuffle": shuffle,
+            "tokenizer": tokenizer,
+            "max_length": max_length,
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            "num_workers": num_workers,
+            "max_train_examples": max_train_examples,
+            "shuffle": shuffle,
         }
         super().__init__(**inherit_loader_settings(type(self).__name__, given, datamodule, "datamodule"))
         if meta_batch_size is not None and not (isinstance(meta_batch_size, int) and meta_batch_size >= 1):
@@ -206,7 +212,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         n = len(full)
         n_clean = int(round(self.clean_val_size * n)) if self.clean_val_size < 1 else int(self.clean_val_size)
         if not 1 <= n_clean < n:
-            raise KDLightError(f"clean_val_size={self.clean_val_size} leaves no clean or no training examples out of {n}")
+            raise KDLightError(
+                f"clean_val_size={self.clean_val_size} leaves no clean or no training examples out of {n}"
+            )
         order = np.random.default_rng(self.seed).permutation(n)
         clean = full.select(sorted(order[:n_clean].tolist()))
         train = full.select(sorted(order[n_clean:].tolist()))
@@ -214,15 +222,30 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         scores = targets = None
         if self.noise_type == "instance" and self.noise_rate > 0:
             scores, targets = self._reference_scores(train)
-        noisy = corrupt_labels(labels, self.num_labels, self.noise_type, self.noise_rate, self.seed + 1,
-                               self.asymmetric_map, scores, targets) if self.noise_rate > 0 else labels.copy()
+        noisy = (
+            corrupt_labels(
+                labels,
+                self.num_labels,
+                self.noise_type,
+                self.noise_rate,
+                self.seed + 1,
+                self.asymmetric_map,
+                scores,
+                targets,
+            )
+            if self.noise_rate > 0
+            else labels.copy()
+        )
         flipped = noisy != labels
         train = train.rename_column("labels", "clean_labels")
         train = train.add_column("labels", noisy.tolist()).add_column("is_flipped", flipped.astype(np.int64).tolist())
         idx = np.asarray(train["idx"])
         self.noise_report = {
-            "noise_type": self.noise_type, "noise_rate": self.noise_rate, "seed": self.seed,
-            "num_train": int(n - n_clean), "num_clean_validation": n_clean,
+            "noise_type": self.noise_type,
+            "noise_rate": self.noise_rate,
+            "seed": self.seed,
+            "num_train": int(n - n_clean),
+            "num_clean_validation": n_clean,
             "nominal_rate": self.noise_rate,
             "realised_rate": float(flipped.mean()) if len(flipped) else 0.0,  # labels that actually differ
             "transition_matrix": transition_matrix(labels, noisy, self.num_labels),
@@ -237,7 +260,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
 
         model = load_classifier(self.reference_model, self.num_labels, self.label_names, require_head=True).eval()
         tokenised = self._encode(train, "reference scores")
-        loader = DataLoader(tokenised, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id or 0))
+        loader = DataLoader(
+            tokenised, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id or 0)
+        )
         probs = []
         with torch.no_grad():
             for batch in loader:
@@ -261,7 +286,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         if split in (self.train_split, CLEAN_VAL_SPLIT):
             return self._partition[split]
         if split == self.inner.train_split:
-            raise KDLightError(f"split {split!r} is the wrapped training split; use {self.train_split!r} or {CLEAN_VAL_SPLIT!r}")
+            raise KDLightError(
+                f"split {split!r} is the wrapped training split; use {self.train_split!r} or {CLEAN_VAL_SPLIT!r}"
+            )
         return self.inner.load_split(split)
 
     def tokenize_split(self, split: str) -> datasets.Dataset:
@@ -295,10 +322,15 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         root.mkdir(parents=True, exist_ok=True)
         (root / "noise.json").write_text(json.dumps(self.noise_report, indent=1))
         for logger in trainer.loggers:
-            logger.log_hyperparams({"noise/type": self.noise_type, "noise/rate": self.noise_rate,
-                                    "noise/nominal_rate": self.noise_rate,
-                                    "noise/realised_rate": self.noise_report["realised_rate"],
-                                    "noise/num_flipped": len(self.noise_report["flipped_idx"])})
+            logger.log_hyperparams(
+                {
+                    "noise/type": self.noise_type,
+                    "noise/rate": self.noise_rate,
+                    "noise/nominal_rate": self.noise_rate,
+                    "noise/realised_rate": self.noise_report["realised_rate"],
+                    "noise/num_flipped": len(self.noise_report["flipped_idx"]),
+                }
+            )
 
     @property
     def max_train_idx(self) -> int:
@@ -316,10 +348,19 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         dataset = self.splits[CLEAN_VAL_SPLIT]
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)) + self.seed)
-        loader = DataLoader(dataset, batch_size=self.meta_batch_size, sampler=sampler,
-                            collate_fn=Collator(self.tokenizer.pad_token_id or 0))
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)) + self.seed,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=self.meta_batch_size,
+            sampler=sampler,
+            collate_fn=Collator(self.tokenizer.pad_token_id or 0),
+        )
         epoch = 0
         while True:
             sampler.set_epoch(epoch)
@@ -328,5 +369,10 @@ class NoisyLabelDataModule(LabelledTextDataModule):
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return {"label_names": self.label_names, "num_labels": self.num_labels,
-                "noise": {k: self.noise_report[k] for k in ("noise_type", "noise_rate", "seed", "realised_rate")} if self.noise_report else None}
+        return {
+            "label_names": self.label_names,
+            "num_labels": self.num_labels,
+            "noise": {k: self.noise_report[k] for k in ("noise_type", "noise_rate", "seed", "realised_rate")}
+            if self.noise_report
+            else None,
+        }

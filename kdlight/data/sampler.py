@@ -52,11 +52,13 @@ class ResumableLoader(DataLoader):
 
     sampler: ResumableSampler
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, world_size: int = 1, rank: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: Dataset, *, batch_size: int, shuffle: bool, world_size: int = 1, rank: int = 0, **kwargs: Any
+    ) -> None:
         kwargs.pop("sampler", None)  # Lightning may re-instantiate the loader with our own sampler
-        sampler = ResumableSampler(dataset, batch_size, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                   seed=run_seed())
+        sampler = ResumableSampler(
+            dataset, batch_size, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=run_seed()
+        )
         kwargs.setdefault("generator", loader_generator())
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self.batches_yielded = 0

@@ -19,13 +19,13 @@ OUT_OF_DOMAIN_SPLIT = "out_of_domain"
 
 class ZeroShotDataModule(LabelledTextDataModule):
     """Args:
-        task: the task to evaluate on (``GLUEDataModule``, ``TextClassificationDataModule`` with
-            only ``val_file``/``test_file``, ``RottenTomatoesDataModule`` ...). Only its evaluation
-            splits and label set are used (kept as ``inner``; ``task`` is this module's TaskSpec).
-        corpus: the out-of-domain text (default ``OutOfDomainCorpus()``: WikiText-103). A copy of it
-            is used, with the tokenizer, max length, pair shape and batch size of this module and the task.
-        **kwargs: see :class:`LabelledTextDataModule` (tokenizer: the teacher's, filled by the CLI;
-            max_length: the task's; batch sizes ...). ``max_train_examples`` caps the corpus.
+    task: the task to evaluate on (``GLUEDataModule``, ``TextClassificationDataModule`` with
+        only ``val_file``/``test_file``, ``RottenTomatoesDataModule`` ...). Only its evaluation
+        splits and label set are used (kept as ``inner``; ``task`` is this module's TaskSpec).
+    corpus: the out-of-domain text (default ``OutOfDomainCorpus()``: WikiText-103). A copy of it
+        is used, with the tokenizer, max length, pair shape and batch size of this module and the task.
+    **kwargs: see :class:`LabelledTextDataModule` (tokenizer: the teacher's, filled by the CLI;
+        max_length: the task's; batch sizes ...). ``max_train_examples`` caps the corpus.
     """
 
     train_split = OUT_OF_DOMAIN_SPLIT
@@ -44,8 +44,11 @@ class ZeroShotDataModule(LabelledTextDataModule):
         corpus = corpus or OutOfDomainCorpus()
         # a copy shaped like the task's inputs; the corpus given is left as it is
         self.corpus = corpus.shaped_like(
-            pair=task.is_pair_task, tokenizer=self.tokenizer_name, max_length=self.max_length,
-            batch_size=self.batch_size, num_workers=self.num_workers,
+            pair=task.is_pair_task,
+            tokenizer=self.tokenizer_name,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
             num_examples=corpus.num_examples if self.max_train_examples is None else self.max_train_examples,
         )
 

@@ -94,4 +94,3 @@ def label_loss(logits: Tensor, labels: Tensor, reduction: Reduction = "mean") ->
 def distillation_loss(num_labels: int, temperature: float, reduction: Reduction = "mean") -> nn.Module:
     """The default teacher-matching loss for a head: KL at temperature T, or MSE for regression."""
     return LogitMSE(reduction) if num_labels == 1 else KLDivergence(temperature, reduction)
-

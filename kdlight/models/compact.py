@@ -52,6 +52,7 @@ Layout = Literal["factorised", "albert"]
 #: whose word embeddings the factorisation's SVD starts from
 FactoriseFrom = Literal["auto", "teacher", "student"]
 
+
 class FactorisedEmbedding(nn.Module):
     """Word embeddings ``E = token_factors @ hidden_factors`` of rank ``rank``.
 
@@ -293,14 +294,26 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
         )
     c, rank = bert.config, up_projection.shape[0]
     config = AlbertConfig(
-        vocab_size=c.vocab_size, embedding_size=rank, hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers, num_hidden_groups=c.num_hidden_layers, inner_group_num=1,
-        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=c.hidden_act,
-        hidden_dropout_prob=c.hidden_dropout_prob, attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+        vocab_size=c.vocab_size,
+        embedding_size=rank,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_hidden_groups=c.num_hidden_layers,
+        inner_group_num=1,
+        num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        hidden_act=c.hidden_act,
+        hidden_dropout_prob=c.hidden_dropout_prob,
+        attention_probs_dropout_prob=c.attention_probs_dropout_prob,
         classifier_dropout_prob=getattr(c, "classifier_dropout", None) or c.hidden_dropout_prob,
-        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
-        layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id, num_labels=c.num_labels,
-        id2label=c.id2label, label2id=c.label2id, problem_type=c.problem_type,
+        max_position_embeddings=c.max_position_embeddings,
+        type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps,
+        pad_token_id=c.pad_token_id,
+        num_labels=c.num_labels,
+        id2label=c.id2label,
+        label2id=c.label2id,
+        problem_type=c.problem_type,
     )
     albert = AlbertForSequenceClassification(config)
     source, target = bert.bert.embeddings, albert.albert.embeddings

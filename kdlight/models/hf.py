@@ -37,12 +37,22 @@ def load_config(name_or_path: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)  # a model folder's code never runs
     except (OSError, ValueError) as err:
-        where = "local folder has no config.json" if Path(path).is_dir() else "not a local folder, and the hub name could not be loaded"
+        where = (
+            "local folder has no config.json"
+            if Path(path).is_dir()
+            else "not a local folder, and the hub name could not be loaded"
+        )
         raise KDLightError(f"cannot load model {name_or_path!r}: {where} ({first_line(err)})") from None
 
 
-def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] | None = None, *, require_head: bool = False,
-                    role: str = "model") -> PreTrainedModel:
+def load_classifier(
+    name_or_path: str,
+    num_labels: int,
+    label_names: list[str] | None = None,
+    *,
+    require_head: bool = False,
+    role: str = "model",
+) -> PreTrainedModel:
     """A sequence classifier from a hub name, a local folder, or a kdlight ``.ckpt``.
 
     A bare encoder (no classification head, like all-MiniLM-L6-v2) gets a fresh head of
@@ -71,8 +81,9 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: list[str] |
         )
     config.update(label_config(num_labels, label_names))
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name_or_path), config=config,
-                                                                   trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(name_or_path), config=config, trust_remote_code=False
+        )
     except (OSError, ValueError) as err:
         raise KDLightError(f"cannot load weights of {name_or_path!r}: {first_line(err)}") from None
     return permute_head(model, order, name_or_path, role)
@@ -98,7 +109,9 @@ def trained_label_names(config: PretrainedConfig) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def label_permutation(config: PretrainedConfig, label_names: list[str] | None, source: str, role: str = "model") -> list[int] | None:
+def label_permutation(
+    config: PretrainedConfig, label_names: list[str] | None, source: str, role: str = "model"
+) -> list[int] | None:
     """Which trained output each of the data's labels is: ``order[i]`` is the head row of ``label_names[i]``.
 
     None when there is nothing to reorder: no data names, a head without names (used by position),
@@ -128,7 +141,9 @@ def classification_head(model: nn.Module, num_labels: int) -> nn.Linear:
         if isinstance(module, nn.Linear) and module.out_features == num_labels:
             head = module
     if head is None:
-        raise KDLightError(f"cannot find the classification head of {type(model).__name__} (no linear layer with {num_labels} outputs)")
+        raise KDLightError(
+            f"cannot find the classification head of {type(model).__name__} (no linear layer with {num_labels} outputs)"
+        )
     return head
 
 
@@ -170,8 +185,10 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
             transform.weight.copy_(torch.eye(*transform.weight.shape))
             if transform.bias is not None:
                 transform.bias.zero_()
-        rank_zero_info(f"[kdlight] generator {name_or_path}: no MLM head saved; "
-                       "a fresh head (identity transform, decoder tied to the word embeddings)")
+        rank_zero_info(
+            f"[kdlight] generator {name_or_path}: no MLM head saved; "
+            "a fresh head (identity transform, decoder tied to the word embeddings)"
+        )
     return model
 
 
@@ -218,13 +235,22 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     # Tied or buffer-only keys may legitimately be absent; real weights may not.
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise KDLightError(f"checkpoint {path!r} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise KDLightError(
+            f"checkpoint {path!r} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.eval()
 
 
 # files that mean a model folder carries its own tokenizer
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 SPECIAL_TOKENS = ("pad", "cls", "sep", "unk", "mask", "bos", "eos")
 
 
@@ -253,9 +279,11 @@ def tokenizer_difference(tokenizer, reference) -> str | None:
             return f"{len(ours)} vs {len(theirs)} tokens"
         differ = sum(1 for token, i in ours.items() if theirs.get(token) != i)
         return f"{differ} of {len(ours)} token ids differ"
-    specials = [f"{name} {getattr(tokenizer, f'{name}_token_id', None)} vs {getattr(reference, f'{name}_token_id', None)}"
-                for name in SPECIAL_TOKENS
-                if getattr(tokenizer, f"{name}_token_id", None) != getattr(reference, f"{name}_token_id", None)]
+    specials = [
+        f"{name} {getattr(tokenizer, f'{name}_token_id', None)} vs {getattr(reference, f'{name}_token_id', None)}"
+        for name in SPECIAL_TOKENS
+        if getattr(tokenizer, f"{name}_token_id", None) != getattr(reference, f"{name}_token_id", None)
+    ]
     return f"special token ids differ ({', '.join(specials)})" if specials else None
 
 
@@ -266,8 +294,16 @@ def usable_positions(config: PretrainedConfig) -> int | None:
     relative = getattr(config, "position_embedding_type", "absolute") not in ("absolute", None)
     if not positions or relative or getattr(config, "position_biased_input", True) is False:
         return None  # relative positions (DeBERTa ...) have no hard limit here
-    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod",
-                             "roberta-prelayernorm", "xlm-roberta-xl"):
+    if config.model_type in (
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "xmod",
+        "roberta-prelayernorm",
+        "xlm-roberta-xl",
+    ):
         return positions - (config.pad_token_id or 0) - 1
     return positions
 

@@ -44,7 +44,11 @@ class StudentSpec:
             return config
         class_path = config.get("class_path", "") if isinstance(config, dict) else ""
         cls = _STUDENT_SPECS.get(class_path.rsplit(".", 1)[-1])
-        if cls is None or class_path not in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}", f"kdlight.models.{cls.__name__}"):
+        if cls is None or class_path not in (
+            cls.__name__,
+            f"{cls.__module__}.{cls.__qualname__}",
+            f"kdlight.models.{cls.__name__}",
+        ):
             # only kdlight's own specs are rebuilt from data: importing a module named in a file could run code
             raise KDLightError(
                 f"student {config!r} is not one of kdlight's student specs ({', '.join(_STUDENT_SPECS)}); "
@@ -98,7 +102,9 @@ class TruncatedTeacher(StudentSpec):
 
     def keep(self, depth: int) -> list[int]:
         if self.num_layers > depth:
-            raise KDLightError(f"cannot keep {self.num_layers} layers of a {depth}-layer teacher; choose num_layers <= {depth}")
+            raise KDLightError(
+                f"cannot keep {self.num_layers} layers of a {depth}-layer teacher; choose num_layers <= {depth}"
+            )
         if self.layers is not None:
             if not all(0 <= i < depth for i in self.layers):
                 raise KDLightError(f"layers={self.layers} must be in 0..{depth - 1}")
@@ -137,8 +143,12 @@ class FreshStudent(StudentSpec):
         intermediate_size: int | None = None,
         copy_embeddings: bool = False,
     ) -> None:
-        self.sizes = {"num_hidden_layers": num_hidden_layers, "hidden_size": hidden_size,
-                      "num_attention_heads": num_attention_heads, "intermediate_size": intermediate_size}
+        self.sizes = {
+            "num_hidden_layers": num_hidden_layers,
+            "hidden_size": hidden_size,
+            "num_attention_heads": num_attention_heads,
+            "intermediate_size": intermediate_size,
+        }
         bad = {k: v for k, v in self.sizes.items() if v is not None and v < 1}
         if bad:
             sizes = ", ".join(f"{k} must be >= 1, got {v}" for k, v in bad.items())
@@ -161,7 +171,9 @@ class FreshStudent(StudentSpec):
         if self.copy_embeddings:
             source, target = teacher.get_input_embeddings(), student.get_input_embeddings()
             if source.weight.shape != target.weight.shape:
-                raise KDLightError("copy_embeddings needs the teacher's hidden_size; leave hidden_size empty or turn it off")
+                raise KDLightError(
+                    "copy_embeddings needs the teacher's hidden_size; leave hidden_size empty or turn it off"
+                )
             target.weight.data.copy_(source.weight.data)
         return student
 
@@ -181,6 +193,8 @@ def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel) -> None
         )
 
 
-_STUDENT_SPECS: dict[str, type[StudentSpec]] = {c.__name__: c for c in (PretrainedStudent, TruncatedTeacher, FreshStudent)}
+_STUDENT_SPECS: dict[str, type[StudentSpec]] = {
+    c.__name__: c for c in (PretrainedStudent, TruncatedTeacher, FreshStudent)
+}
 # checkpoints written from Python by earlier kdlight versions hold these objects in their hyper-parameters
 allow_in_checkpoints(*_STUDENT_SPECS.values())

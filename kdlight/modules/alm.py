@@ -125,16 +125,32 @@ class AdaptiveLossMixingKD(BaseDistiller):
         **kwargs,
     ) -> None:
         check_choice("algorithm", algorithm, Algorithm)
-        official = {"grad_fit": grad_fit, "select_every": select_every, "warm_epoch": warm_epoch,
-                    "meta_iterations": meta_iterations}
+        official = {
+            "grad_fit": grad_fit,
+            "select_every": select_every,
+            "warm_epoch": warm_epoch,
+            "meta_iterations": meta_iterations,
+        }
         learner, extra = (OfficialMetaLearner, official) if algorithm == "official" else (MetaLearner, {})
         # built (and its arguments checked) before any model is loaded; its weights come at fit start
         meta = learner(
-            num_teachers=1 + len(self.extra_teacher_sources), mixer=mixer, init_lambda=init_lambda, lookahead=lookahead,
-            lookahead_lr=lookahead_lr, meta_every=meta_every, meta_interval=meta_interval, meta_warmup=meta_warmup,
-            meta_steps=meta_steps, meta_optimizer=meta_optimizer, meta_learning_rate=meta_learning_rate,
-            normalize_meta_grad=normalize_meta_grad, center_meta_grad=center_meta_grad, num_examples=num_examples,
-            mixer_hidden=mixer_hidden, temperature=temperature, **extra,
+            num_teachers=1 + len(self.extra_teacher_sources),
+            mixer=mixer,
+            init_lambda=init_lambda,
+            lookahead=lookahead,
+            lookahead_lr=lookahead_lr,
+            meta_every=meta_every,
+            meta_interval=meta_interval,
+            meta_warmup=meta_warmup,
+            meta_steps=meta_steps,
+            meta_optimizer=meta_optimizer,
+            meta_learning_rate=meta_learning_rate,
+            normalize_meta_grad=normalize_meta_grad,
+            center_meta_grad=center_meta_grad,
+            num_examples=num_examples,
+            mixer_hidden=mixer_hidden,
+            temperature=temperature,
+            **extra,
         )
         self._clean_batches = None
         super().__init__(teacher, temperature=temperature, **kwargs)
@@ -222,8 +238,11 @@ class AdaptiveLossMixingKD(BaseDistiller):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
         per_rank = -(-len(order) // world)
         order = (order + order[: per_rank * world - len(order)])[rank::world]
-        loader = DataLoader(Subset(dataset, order), batch_size=datamodule.batch_size,
-                            collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0))
+        loader = DataLoader(
+            Subset(dataset, order),
+            batch_size=datamodule.batch_size,
+            collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0),
+        )
         for batch in loader:
             yield self.observe({k: v.to(self.device) for k, v in batch.items()})
 
@@ -253,14 +272,16 @@ class AdaptiveLossMixingKD(BaseDistiller):
     def mixer(self) -> nn.Module:
         """The learned weights (``meta.mixer``): the lambda table or the mixing network."""
         if self.meta.mixer is None:
-            raise KDLightError("the mixing weights are built at fit start (or from a checkpoint); "
-                               "call trainer.fit first")
+            raise KDLightError(
+                "the mixing weights are built at fit start (or from a checkpoint); call trainer.fit first"
+            )
         return self.meta.mixer
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not hasattr(self.trainer.datamodule, "clean_val_batches"):  # the first thing to fix
-            raise KDLightError("AdaptiveLossMixingKD meta-learns on clean data: "
-                               "wrap the datamodule in NoisyLabelDataModule")
+            raise KDLightError(
+                "AdaptiveLossMixingKD meta-learns on clean data: wrap the datamodule in NoisyLabelDataModule"
+            )
         super().setup(stage)
         if stage == "fit":
             if self.meta.mixer is None:
@@ -272,8 +293,10 @@ class AdaptiveLossMixingKD(BaseDistiller):
         num = self.hparams.num_examples
         if num is None and self.hparams.mixer == "table":
             if not hasattr(self.trainer.datamodule, "max_train_idx"):
-                raise KDLightError("AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and "
-                                   "example ids), or set num_examples")
+                raise KDLightError(
+                    "AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and "
+                    "example ids), or set num_examples"
+                )
             num = self.trainer.datamodule.max_train_idx + 1
         return num
 
@@ -311,8 +334,15 @@ class AdaptiveLossMixingKD(BaseDistiller):
             state.update({f"extra_teachers.{i}.{k}": v for k, v in t.state_dict().items()})
 
     # ------------------------------------------------------------------------------ logs
-    def log_step(self, loss: Tensor, ce: Tensor, kd: list[Tensor], lam: Tensor, batch: dict[str, Tensor],
-                 meta_loss: Tensor | None) -> None:
+    def log_step(
+        self,
+        loss: Tensor,
+        ce: Tensor,
+        kd: list[Tensor],
+        lam: Tensor,
+        batch: dict[str, Tensor],
+        meta_loss: Tensor | None,
+    ) -> None:
         """``train/*`` at the logger's cadence; the teacher weights ``lam`` of flipped and clean examples every step."""
         n = len(ce)
         if "is_flipped" in batch:  # every step (epoch statistics); products, not boolean indexing (a host sync on GPU)
@@ -321,9 +351,13 @@ class AdaptiveLossMixingKD(BaseDistiller):
             self._flip_stats += torch.stack([(lam * flipped).sum(), flipped.sum(), (lam * clean).sum(), clean.sum()])
         parts = None
         if self.logs_this_step():
-            parts = {"loss": loss.detach(), "ce": ce.detach().mean(), "kd": torch.stack(kd).detach().mean(),
-                     "lambda_mean": lam.mean(),
-                     "lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device)}
+            parts = {
+                "loss": loss.detach(),
+                "ce": ce.detach().mean(),
+                "kd": torch.stack(kd).detach().mean(),
+                "lambda_mean": lam.mean(),
+                "lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device),
+            }
             if meta_loss is not None:
                 parts["meta_loss"] = meta_loss
         self.log_training(parts, loss, n)
@@ -390,11 +424,21 @@ class AdaptiveLossMixingKD(BaseDistiller):
             mask = [int(i) in flipped_ids for i in idx]
             flipped = lam[mask]
             clean = lam[[not m for m in mask]]
-            ax.hist(clean, bins=bins, alpha=0.6, density=True,
-                    label=f"clean labels (n={len(clean)}, mean {clean.mean():.3f})")
+            ax.hist(
+                clean,
+                bins=bins,
+                alpha=0.6,
+                density=True,
+                label=f"clean labels (n={len(clean)}, mean {clean.mean():.3f})",
+            )
             if len(flipped):
-                ax.hist(flipped, bins=bins, alpha=0.6, density=True,
-                        label=f"flipped labels (n={len(flipped)}, mean {flipped.mean():.3f})")
+                ax.hist(
+                    flipped,
+                    bins=bins,
+                    alpha=0.6,
+                    density=True,
+                    label=f"flipped labels (n={len(flipped)}, mean {flipped.mean():.3f})",
+                )
             ax.legend(fontsize=8)
         else:
             ax.hist(lam, bins=bins, alpha=0.8, density=True)
@@ -439,8 +483,9 @@ class MultiTeacherALMKD(AdaptiveLossMixingKD):
 
     def __init__(self, teachers: list[str], teacher: str | None = None, **kwargs) -> None:
         if len(teachers) < 2:
-            raise KDLightError(f"MultiTeacherALMKD needs two or more teachers, got {len(teachers)}; "
-                               "use AdaptiveLossMixingKD for one")
+            raise KDLightError(
+                f"MultiTeacherALMKD needs two or more teachers, got {len(teachers)}; use AdaptiveLossMixingKD for one"
+            )
         if teacher is not None and teacher != teachers[0]:
             raise KDLightError("MultiTeacherALMKD: leave teacher empty (teachers[0] is the base teacher)")
         self.extra_teacher_sources = list(teachers[1:])

@@ -37,21 +37,23 @@ CACHE_HIT_KEY = "kdlight_teacher_cached"  # set on training batches when a teach
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 # Distillers take host-side decisions in on_before_batch_transfer (a datamodule overriding that hook
 # wins, and the step then works the same things out on the device); Lightning warns about any override.
-warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed in.*")
+warnings.filterwarnings(
+    "ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed in.*"
+)
 
 
 class BaseDistiller(KDLightTask):
     """Args:
-        teacher: the fine-tuned teacher: a ``save_pretrained`` folder (what TeacherFineTuning
-            exports), a hub name, or a TeacherFineTuning ``.ckpt``.
-        student: how to build the student (``TruncatedTeacher``, ``FreshStudent``,
-            ``PretrainedStudent``); default: the teacher cut to 2 layers.
-        temperature: softmax temperature of the KD term.
-        cache_teacher_logits: compute the teacher's logits on the training set once (first fit
-            start) and look them up by example ``idx`` afterwards; reused across runs, invalidated
-            when the teacher or the tokenised data change. Only for fixed student inputs.
-        teacher_cache_dir: where the cache lives (default ``<kdlight cache>/teacher_logits``).
-        **kwargs: see :class:`KDLightTask`.
+    teacher: the fine-tuned teacher: a ``save_pretrained`` folder (what TeacherFineTuning
+        exports), a hub name, or a TeacherFineTuning ``.ckpt``.
+    student: how to build the student (``TruncatedTeacher``, ``FreshStudent``,
+        ``PretrainedStudent``); default: the teacher cut to 2 layers.
+    temperature: softmax temperature of the KD term.
+    cache_teacher_logits: compute the teacher's logits on the training set once (first fit
+        start) and look them up by example ``idx`` afterwards; reused across runs, invalidated
+        when the teacher or the tokenised data change. Only for fixed student inputs.
+    teacher_cache_dir: where the cache lives (default ``<kdlight cache>/teacher_logits``).
+    **kwargs: see :class:`KDLightTask`.
     """
 
     predictor_attr = "student"
@@ -112,8 +114,13 @@ class BaseDistiller(KDLightTask):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # whether the cache holds the whole batch is decided here, while ``idx`` is still on the
         # host: deciding it in the step would read a device tensor back (a sync) every step
-        if (self.teacher_cache is not None and self._trainer is not None and self.trainer.training
-                and isinstance(batch, dict) and "idx" in batch):
+        if (
+            self.teacher_cache is not None
+            and self._trainer is not None
+            and self.trainer.training
+            and isinstance(batch, dict)
+            and "idx" in batch
+        ):
             batch[CACHE_HIT_KEY] = self.teacher_cache.covers(batch["idx"])
         return batch
 
@@ -134,11 +141,15 @@ class BaseDistiller(KDLightTask):
             pad = datamodule.tokenizer.pad_token_id or 0
             return DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=Collator(pad))
 
-        root = Path(self.hparams.teacher_cache_dir) if self.hparams.teacher_cache_dir else cache_dir() / "teacher_logits"
+        root = (
+            Path(self.hparams.teacher_cache_dir) if self.hparams.teacher_cache_dir else cache_dir() / "teacher_logits"
+        )
         strategy = self.trainer.strategy
         cache = None
         if strategy.is_global_zero:  # one rank computes; the others read what it wrote
-            cache, folder, computed = TeacherLogitCache.load_or_compute(self.teacher, dataset, loader, self.device, root)
+            cache, folder, computed = TeacherLogitCache.load_or_compute(
+                self.teacher, dataset, loader, self.device, root
+            )
             rank_zero_info(f"[kdlight] teacher logits {'computed into' if computed else 'loaded from'} {folder}")
         strategy.barrier("teacher_cache")
         if cache is None:
@@ -150,7 +161,9 @@ class BaseDistiller(KDLightTask):
     def student_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).logits
 
-    def compute_loss(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def compute_loss(
+        self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         """Return a dict with the total ``loss`` and any parts worth logging. Override me."""
         raise NotImplementedError
 

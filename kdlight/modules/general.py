@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import AutoModel, PreTrainedModel
 
 from kdlight.assets import resolve_model_path

@@ -227,7 +227,9 @@ class KDLightTask(LightningModule):
     def _metric_key(stage: str, dataloader_idx: int) -> str:
         return f"{stage}_{dataloader_idx}"
 
-    def update_metrics(self, stage: str, logits: Tensor, labels: Tensor, dataloader_idx: int = 0, extra: str = "") -> None:
+    def update_metrics(
+        self, stage: str, logits: Tensor, labels: Tensor, dataloader_idx: int = 0, extra: str = ""
+    ) -> None:
         preds = logits.squeeze(-1).float() if self.task.num_labels == 1 else logits.argmax(-1)
         self.eval_metrics[self._metric_key(stage, dataloader_idx) + extra].update(preds, labels)
 
@@ -252,7 +254,14 @@ class KDLightTask(LightningModule):
         self.update_metrics(stage, logits, batch["labels"], dataloader_idx)
         loss = label_loss(logits, batch["labels"])
         if dataloader_idx == 0:
-            self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(logits), sync_dist=True, add_dataloader_idx=False)
+            self.log(
+                f"{stage}/loss",
+                loss,
+                prog_bar=stage == "val",
+                batch_size=len(logits),
+                sync_dist=True,
+                add_dataloader_idx=False,
+            )
         return logits
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -281,12 +290,22 @@ class KDLightTask(LightningModule):
             decay = [p for p in params if p.ndim >= 2]  # no decay on biases and LayerNorm weights
             no_decay = [p for p in params if p.ndim < 2]
             optimizer = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=self.hparams.learning_rate, **fused_on_gpu(self.device),
+                [
+                    {"params": decay, "weight_decay": self.hparams.weight_decay},
+                    {"params": no_decay, "weight_decay": 0.0},
+                ],
+                lr=self.hparams.learning_rate,
+                **fused_on_gpu(self.device),
             )
         if self.scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.linear_warmup(optimizer), "interval": "step"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+            }
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.linear_warmup(optimizer), "interval": "step"},
+        }
 
     def scheduled_steps(self) -> int:
         """How many times the learning-rate schedule will be stepped in this fit."""
@@ -335,7 +354,7 @@ class KDLightTask(LightningModule):
             return
         state = load_checkpoint(best)["state_dict"]
         prefix = self.predictor_attr + "."
-        self.predictor.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.predictor.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         rank_zero_info(f"[kdlight] loaded the best weights ({Path(best).name}) for export")
 
     def export(self, path: str | Path) -> Path:

@@ -80,28 +80,28 @@ LEGACY_GENERATOR_KEY = "kdlight_generator"  # where checkpoints kept the generat
 
 class ZeroShotAdversarialKD(BaseDistiller):
     """Args:
-        teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
-        generator: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary
-            (``bert-base-uncased`` for BERT teachers; offline: ``packaged/all-MiniLM-L6-v2``).
-        inputs: what the student trains on: ``both`` (out-of-domain + adversarial, the paper),
-            ``out_of_domain``, ``adversarial``, or ``random_tokens`` (baseline).
-        perturbation: ``generator`` (learned, adversarial) or ``random`` (random tokens at the
-            masked positions; no generator is loaded).
-        mask_rate: fraction of real tokens the generator rewrites.
-        gumbel_tau: Gumbel-softmax temperature.
-        generator_steps, student_steps: one cycle's generator updates, then student updates.
-        generator_optimizer: the generator's optimiser from YAML; default AdamW(generator_learning_rate).
-        generator_learning_rate: see above (very small, as in MATE-KD).
-        generator_clip: gradient-norm clip of the generator's update.
-        adversarial_weight: weight of the adversarial KD term in the student's loss.
-        temperature: KD temperature.
-        max_consecutive_skips: stop with an error after this many non-finite steps in a row (the
-            run has diverged; without a stop, ``max_steps`` would never be reached).
-        show_rewrites_every: every this many generator steps, decode a few of the generator's rewrites
-            (original span -> generated tokens, the teacher's and the student's predictions on the rewrite)
-            into ``rewrites.jsonl`` in the run's log folder and, when the logger takes text (TensorBoard),
-            as text there too. 0: never. Decoding reads the batch on the host, so it stays out of most steps.
-        **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule ...).
+    teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
+    generator: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary
+        (``bert-base-uncased`` for BERT teachers; offline: ``packaged/all-MiniLM-L6-v2``).
+    inputs: what the student trains on: ``both`` (out-of-domain + adversarial, the paper),
+        ``out_of_domain``, ``adversarial``, or ``random_tokens`` (baseline).
+    perturbation: ``generator`` (learned, adversarial) or ``random`` (random tokens at the
+        masked positions; no generator is loaded).
+    mask_rate: fraction of real tokens the generator rewrites.
+    gumbel_tau: Gumbel-softmax temperature.
+    generator_steps, student_steps: one cycle's generator updates, then student updates.
+    generator_optimizer: the generator's optimiser from YAML; default AdamW(generator_learning_rate).
+    generator_learning_rate: see above (very small, as in MATE-KD).
+    generator_clip: gradient-norm clip of the generator's update.
+    adversarial_weight: weight of the adversarial KD term in the student's loss.
+    temperature: KD temperature.
+    max_consecutive_skips: stop with an error after this many non-finite steps in a row (the
+        run has diverged; without a stop, ``max_steps`` would never be reached).
+    show_rewrites_every: every this many generator steps, decode a few of the generator's rewrites
+        (original span -> generated tokens, the teacher's and the student's predictions on the rewrite)
+        into ``rewrites.jsonl`` in the run's log folder and, when the logger takes text (TensorBoard),
+        as text there too. 0: never. Decoding reads the batch on the host, so it stays out of most steps.
+    **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule ...).
     """
 
     def __init__(
@@ -130,17 +130,23 @@ class ZeroShotAdversarialKD(BaseDistiller):
         if not 0 < mask_rate <= 1:
             raise KDLightError(f"mask_rate must be in (0, 1], got {mask_rate}")
         if generator_steps < 0 or student_steps < 1:
-            raise KDLightError(f"generator_steps must be >= 0 and student_steps >= 1, "
-                               f"got {generator_steps} and {student_steps}")
+            raise KDLightError(
+                f"generator_steps must be >= 0 and student_steps >= 1, got {generator_steps} and {student_steps}"
+            )
         if gumbel_tau <= 0:
             raise KDLightError(f"gumbel_tau must be > 0, got {gumbel_tau}")
         if generator_learning_rate < 0 or adversarial_weight < 0:
-            name, value = (("generator_learning_rate", generator_learning_rate) if generator_learning_rate < 0
-                           else ("adversarial_weight", adversarial_weight))
+            name, value = (
+                ("generator_learning_rate", generator_learning_rate)
+                if generator_learning_rate < 0
+                else ("adversarial_weight", adversarial_weight)
+            )
             raise KDLightError(f"{name} must be >= 0, got {value}")
         if generator_clip <= 0 or max_consecutive_skips < 1:
-            raise KDLightError(f"generator_clip must be > 0 and max_consecutive_skips >= 1, "
-                               f"got {generator_clip} and {max_consecutive_skips}")
+            raise KDLightError(
+                f"generator_clip must be > 0 and max_consecutive_skips >= 1, "
+                f"got {generator_clip} and {max_consecutive_skips}"
+            )
         self.generator_optimizer_factory = generator_optimizer
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("generator_optimizer", None)
@@ -167,9 +173,15 @@ class ZeroShotAdversarialKD(BaseDistiller):
         super().configure_models()
         hp = self.hparams
         # without a learned generator the rewrites are random tokens, and no network is loaded
-        self.generator = AdversarialGenerator(hp.generator, "generator" if self.uses_generator else "random",
-                                              hp.mask_rate, hp.gumbel_tau, hp.generator_learning_rate,
-                                              hp.generator_clip, self.generator_optimizer_factory)
+        self.generator = AdversarialGenerator(
+            hp.generator,
+            "generator" if self.uses_generator else "random",
+            hp.mask_rate,
+            hp.gumbel_tau,
+            hp.generator_learning_rate,
+            hp.generator_clip,
+            self.generator_optimizer_factory,
+        )
         self.generator.check_vocabulary(self.teacher, self.student)
         keep_out_of_ddp(self, "generator")  # it steps with its own optimiser, outside the student's backward
 
@@ -253,9 +265,14 @@ class ZeroShotAdversarialKD(BaseDistiller):
         if self.logs_this_step():
             if self._worst_streak is not None:  # the device path's stop, read at the logger's cadence
                 self.stop_if_diverged(int(self._worst_streak))
-            self.log_dict({"train/student_steps": self.progress[1].float(),
-                           "train/generator_steps": self.progress[2].float(),
-                           "train/skipped_nonfinite": self.progress[3].float()}, batch_size=len(batch["input_ids"]))
+            self.log_dict(
+                {
+                    "train/student_steps": self.progress[1].float(),
+                    "train/generator_steps": self.progress[2].float(),
+                    "train/skipped_nonfinite": self.progress[3].float(),
+                },
+                batch_size=len(batch["input_ids"]),
+            )
         return loss
 
     def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
@@ -277,22 +294,32 @@ class ZeroShotAdversarialKD(BaseDistiller):
         if every and self.generator_steps_seen % every == 0:  # the n-th, 2n-th ... generator batch
             self.show_rewrites(batch, one_hot.argmax(-1), teacher, student)
         if self.logs_this_step():
-            self.log_dict({"train/generator_divergence": divergence.detach(),
-                           "train/generator_grad_norm": self.generator.grad_norm.detach(),
-                           "train/masked_fraction": batch[REWRITE_MASK].float().sum() / batch["attention_mask"].sum()},
-                          batch_size=len(batch["input_ids"]))
+            self.log_dict(
+                {
+                    "train/generator_divergence": divergence.detach(),
+                    "train/generator_grad_norm": self.generator.grad_norm.detach(),
+                    "train/masked_fraction": batch[REWRITE_MASK].float().sum() / batch["attention_mask"].sum(),
+                },
+                batch_size=len(batch["input_ids"]),
+            )
         return divergence.detach()
 
-    def show_rewrites(self, batch: dict[str, Tensor], replacements: Tensor, teacher: Tensor, student: Tensor,
-                      limit: int = 4) -> None:
+    def show_rewrites(
+        self, batch: dict[str, Tensor], replacements: Tensor, teacher: Tensor, student: Tensor, limit: int = 4
+    ) -> None:
         """Decode the first ``limit`` rewrites of this generator batch for people to read (rank 0 only)."""
         if not self.trainer.is_global_zero:
             return
         rewritten = self.generator.replace(batch, replacements)
-        examples = describe_rewrites(self.tokenizer_for_display(), batch["input_ids"][:limit].cpu(),
-                                     rewritten[:limit].cpu(), batch["attention_mask"][:limit].cpu(),
-                                     teacher[:limit].argmax(-1).tolist(), student[:limit].argmax(-1).tolist(),
-                                     self.task.label_names)
+        examples = describe_rewrites(
+            self.tokenizer_for_display(),
+            batch["input_ids"][:limit].cpu(),
+            rewritten[:limit].cpu(),
+            batch["attention_mask"][:limit].cpu(),
+            teacher[:limit].argmax(-1).tolist(),
+            student[:limit].argmax(-1).tolist(),
+            self.task.label_names,
+        )
         step = int(self.generator.steps)
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
