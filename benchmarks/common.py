@@ -1,8 +1,9 @@
-"""Shared pieces of the studies in benchmarks/: the fine-tuned offline teacher, runs, result files."""
+"""What several studies in benchmarks/ use: the repository's paths, the CLI, the fine-tuned offline teacher.
+
+Runs, workers and result files are ``benchmarks/study.py``'s."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from kdlight.assets import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def run_cli(args: list[str]):
@@ -37,25 +37,3 @@ def fine_tuned_rt_teacher(extra_args: list[str] | None = None, name: str = "mini
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
     print(f"[benchmarks] teacher {name} trained in {time.perf_counter() - start:.0f}s -> {out / 'export'}")
     return out / "export"
-
-
-def write_results(name: str, rows: list[dict], markdown: str, plot) -> None:
-    """Write benchmarks/results/<name>.md, <name>.json and <name>.png (``plot(path)`` draws the PNG)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown)
-    plot(RESULTS / f"{name}.png")
-    print(f"[benchmarks] wrote {RESULTS / name}.md/.json/.png")
-
-
-def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A markdown table of ``rows`` with (key, header) columns; floats to 4 significant places."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body]) + "\n"

@@ -12,7 +12,11 @@ A study is its measurement logic plus a :class:`Study`:
 * **Workers**: ``workers > 1`` runs jobs in that many spawned processes (one torch thread each, so two
   workers fill a 2-core machine without oversubscribing it); ``workers == 1`` runs them in this process.
 * **Results**: ``write`` puts the same rows in ``<name>.json`` and a markdown table in ``<name>.md``, and
-  draws ``<name>.png`` with the study's plot function.
+  draws ``<name>.png`` with the study's plot function. Prose about one machine or one sitting does not
+  belong in a study's code: pass it as ``notes`` or add it to the committed ``.md`` by hand.
+* **Older runs files**: a study whose runs file predates this helper (a JSON list of records, or a dict
+  with extra entries) passes ``load``/``dump`` (see :func:`keyed_list`) so that it reads and extends the
+  file in its own format.
 """
 
 from __future__ import annotations
@@ -57,20 +61,26 @@ def _timed(function: Callable[..., dict], kwargs: dict) -> dict:
 
 
 class Study:
-    def __init__(self, name: str, workers: int = 1, results: Path = RESULTS) -> None:
+    """``load`` turns the runs file's JSON into ``{key: record}`` and ``dump`` turns that back into the
+    file's JSON (both default to the identity: the file is that dict)."""
+
+    def __init__(self, name: str, workers: int = 1, results: Path = RESULTS, *,
+                 load: Callable[[Any], dict[str, dict]] | None = None,
+                 dump: Callable[[dict[str, dict]], Any] | None = None) -> None:
         self.name, self.workers, self.results = name, workers, Path(results)
         self.runs_path = self.results / f"{name}_runs.json"
+        self.load, self.dump = load or (lambda raw: raw), dump or (lambda runs: runs)
 
     # ------------------------------------------------------------------------------ runs
     def done(self) -> dict[str, dict]:
-        return json.loads(self.runs_path.read_text()) if self.runs_path.is_file() else {}
+        return self.load(json.loads(self.runs_path.read_text())) if self.runs_path.is_file() else {}
 
     def save(self, key: str, record: dict) -> None:
         runs = self.done()
         runs[key] = record
         self.results.mkdir(parents=True, exist_ok=True)
         tmp = self.runs_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(runs, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(self.dump(runs), indent=1, sort_keys=True))
         tmp.replace(self.runs_path)
 
     def run(self, jobs: dict[str, Job]) -> dict[str, dict]:
@@ -102,11 +112,14 @@ class Study:
 
     # --------------------------------------------------------------------------- results
     def write(self, rows: list[dict], columns: list[tuple[str, str]], *, title: str, intro: str = "",
-              notes: str = "", plot: Callable[[Path], None] | None = None) -> None:
-        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``."""
+              notes: str = "", plot: Callable[[Path], None] | None = None,
+              table_rows: list[dict] | None = None) -> None:
+        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``. The
+        table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``."""
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
-        parts = [f"# {title}", intro.strip(), markdown_table(rows, columns).strip(), notes.strip()]
+        table = markdown_table(rows if table_rows is None else table_rows, columns)
+        parts = [f"# {title}", intro.strip(), table.strip(), notes.strip()]
         (self.results / f"{self.name}.md").write_text("\n\n".join(p for p in parts if p) + "\n")
         if plot is not None:
             plot(self.results / f"{self.name}.png")
@@ -131,4 +144,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     import statistics
 
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def target(claim: str, met: bool, detail: str) -> str:
+    """One line of a study's "Targets" section: ``- claim: **met** (detail).``"""
+    return f"- {claim}: **{'met' if met else 'missed'}** ({detail})."
+
+
+def keyed_list(key: Callable[[dict], str]) -> dict[str, Callable]:
+    """``load``/``dump`` for a runs file that is a JSON list of records, each keyed by ``key(record)``:
+    ``Study(name, **keyed_list(lambda r: f"{r['method']}|{r['seed']}"))`` reads and appends to it as a list."""
+    return {"load": lambda raw: {key(r): r for r in raw}, "dump": lambda runs: list(runs.values())}

@@ -28,7 +28,6 @@ Results: benchmarks/results/compact.{md,json,png}; finished runs in compact_runs
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -73,9 +72,9 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
     if method == "b":
         return compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY)
     if method in ("c", "d"):  # the general-distilled ALBERT, its vocabulary pruned to the task's tokens
+        base = {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
         return {"class_path": "CompressedEmbeddingStudent",
-                "init_args": {"base": {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}},
-                              "embedding_rank": None, "vocabulary_files": VOCABULARY}}
+                "init_args": {"base": base, "embedding_rank": None, "vocabulary_files": VOCABULARY}}
     if method == "e":
         return compressed({"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size,
                           vocabulary_files=VOCABULARY)

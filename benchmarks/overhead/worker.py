@@ -48,7 +48,8 @@ def make_assets(root: Path, size: str) -> dict[str, Path]:
     if (out / "done").is_file():
         return paths
     words = [f"w{i}" for i in range(spec.get("vocab_words", VOCAB_WORDS))]
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])})
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate([*special, *words])})
     tokenizer.save_pretrained(paths["tokenizer"])
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=spec["hidden"], num_hidden_layers=spec["teacher_layers"],
                         num_attention_heads=spec.get("heads", 4 if spec["hidden"] % 4 == 0 else 2),
@@ -60,8 +61,8 @@ def make_assets(root: Path, size: str) -> dict[str, Path]:
     rng = random.Random(SEED)
     paths["data"].mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 2048), ("validation", 64), ("test", 64)):
-        rows = ["text,label"] + [" ".join(rng.choice(words) for _ in range(spec["length"])) + f",{'pos' if i % 2 else 'neg'}"
-                                 for i in range(n)]
+        rows = ["text,label"] + [" ".join(rng.choice(words) for _ in range(spec["length"]))
+                                 + f",{'pos' if i % 2 else 'neg'}" for i in range(n)]
         (paths["data"] / f"{split}.csv").write_text("\n".join(rows) + "\n")
     (paths["data"] / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(spec["length"]))
                                                         for _ in range(2048)) + "\n")
@@ -75,8 +76,8 @@ def task_data(paths, spec, **kwargs):
     d = paths["data"]
     return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
                                         test_file=str(d / "test.csv"), label_names=["neg", "pos"],
-                                        tokenizer=str(paths["tokenizer"]), max_length=spec["length"], batch_size=spec["batch"],
-                                        **kwargs)
+                                        tokenizer=str(paths["tokenizer"]), max_length=spec["length"],
+                                        batch_size=spec["batch"], **kwargs)
 
 
 def datamodule(module: str, paths, spec):
@@ -88,7 +89,8 @@ def datamodule(module: str, paths, spec):
         d = paths["data"]
         task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
                                             label_names=["neg", "pos"])
-        corpus = OutOfDomainCorpus(source=str(d / "corpus.txt"), cache_dir=str(paths["root"] / "corpus_cache"), min_words=1)
+        corpus = OutOfDomainCorpus(source=str(d / "corpus.txt"), cache_dir=str(paths["root"] / "corpus_cache"),
+                                   min_words=1)
         dm = ZeroShotDataModule(task=task, corpus=corpus, tokenizer=str(paths["tokenizer"]), max_length=spec["length"],
                                 batch_size=spec["batch"])
     else:
@@ -111,10 +113,11 @@ def kdlight_module(module: str, paths, dm, spec):
     if module == "vanilla":
         return VanillaKD(alpha=ALPHA, temperature=TEMPERATURE, **common)
     if module == "zeroshot":
-        return ZeroShotAdversarialKD(generator=str(paths["generator"]), generator_steps=ZS_CYCLE[0], student_steps=ZS_CYCLE[1],
+        return ZeroShotAdversarialKD(generator=str(paths["generator"]), generator_steps=ZS_CYCLE[0],
+                                     student_steps=ZS_CYCLE[1],
                                      generator_learning_rate=1e-5, temperature=TEMPERATURE, **common)
-    return AdaptiveLossMixingKD(mixer="table", lookahead="last_layer", meta_every=1, init_lambda=0.9, meta_learning_rate=1.0,
-                                **common)
+    return AdaptiveLossMixingKD(mixer="table", lookahead="last_layer", meta_every=1, init_lambda=0.9,
+                                meta_learning_rate=1.0, **common)
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -169,7 +172,10 @@ def run_kdlight(module: str, paths, spec, steps: int, clock: Clock, work: Path) 
 
 def lr_lambda(total: int):
     warmup = int(total * WARMUP_RATIO)
-    return lambda step: (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    def factor(step: int) -> float:
+        return (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
 
 
 def adamw(params, lr=LR):
@@ -208,13 +214,17 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
 
     seed_everything(SEED, verbose=False)
     dm = datamodule(module, paths, spec)
-    teacher = load_classifier(str(paths["teacher"]), 2, ["neg", "pos"], require_head=True, role="teacher").eval().requires_grad_(False)
+    teacher = load_classifier(str(paths["teacher"]), 2, ["neg", "pos"], require_head=True, role="teacher")
+    teacher = teacher.eval().requires_grad_(False)
     student = TruncatedTeacher(spec["student_layers"]).build(teacher, 2, ["neg", "pos"]).train()
     teacher, student = teacher.to(DEVICE), student.to(DEVICE)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps))
-    inputs_of = lambda b: {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+
+    def inputs_of(b):
+        return {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+
     loader = on_device(dm.train_dataloader())
 
     if module == "vanilla":
@@ -234,7 +244,6 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
         return
 
     if module == "zeroshot":
-        from kdlight.data.base import load_tokenizer
         from kdlight.components.rewriting import (
             banned_token_ids,
             choose_mask,
@@ -242,6 +251,7 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
             masked_logits,
             sample_replacements,
         )
+        from kdlight.data.base import load_tokenizer
         from kdlight.models.hf import load_generator
 
         kd_loss = distillation_loss(2, TEMPERATURE)
@@ -257,7 +267,8 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
 
         def one_hot(batch, mask):
             masked = batch["input_ids"].masked_fill(mask, tokenizer.mask_token_id)
-            return sample_replacements(masked_logits(generator, {**inputs_of(batch), "input_ids": masked}, mask), banned)
+            logits = masked_logits(generator, {**inputs_of(batch), "input_ids": masked}, mask)
+            return sample_replacements(logits, banned)
 
         for step, batch in enumerate(loader):
             if step == steps:
@@ -266,12 +277,13 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
             rest = {k: v for k, v in inputs_of(batch).items() if k != "input_ids"}
             if step % (n_gen + n_student) < n_gen:
                 rows = one_hot(batch, mask)
-                t = teacher(inputs_embeds=embed_with_replacements(teacher, batch["input_ids"], mask, rows), **rest).logits
-                s = student(inputs_embeds=embed_with_replacements(student, batch["input_ids"], mask, rows), **rest).logits
+                ids = batch["input_ids"]
+                t = teacher(inputs_embeds=embed_with_replacements(teacher, ids, mask, rows), **rest).logits
+                s = student(inputs_embeds=embed_with_replacements(student, ids, mask, rows), **rest).logits
                 divergence = kd_loss(s, t)
                 if torch.isfinite(divergence):
                     grads = torch.autograd.grad(-divergence, gen_params, allow_unused=True)
-                    for p, g in zip(gen_params, grads):
+                    for p, g in zip(gen_params, grads, strict=True):
                         p.grad = torch.zeros_like(p) if g is None else g
                     torch.nn.utils.clip_grad_norm_(gen_params, 1.0)
                     gen_opt.step()
@@ -329,7 +341,8 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
             return mixed_loss(weights, ce, [kd_loss(logits, t)])
 
         lr = optimizer.param_groups[0]["lr"]
-        step = Lookahead(head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]}, clean["labels"], lr)
+        step = Lookahead(head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]},
+                         clean["labels"], lr)
         _, grads = lookahead_meta_gradients(step, inner_loss, [table.logits])
         rows = grads[0][idx]
         grads[0] = grads[0] / rows.abs().mean().clamp_min(1e-12)

@@ -24,6 +24,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -66,7 +70,8 @@ class Memory:
     def stop(self) -> dict[str, float]:
         now = self.status()
         return {"baseline_rss_mb": self.baseline_mb, "train_peak_rss_mb": now["VmHWM"],
-                "peak_mem_mb": now["VmHWM"] - self.baseline_mb, "process_peak_mb": max(now["VmHWM"], self.setup_peak_mb)}
+                "peak_mem_mb": now["VmHWM"] - self.baseline_mb,
+                "process_peak_mb": max(now["VmHWM"], self.setup_peak_mb)}
 
 
 # ----------------------------------------------------------------------------------------- shared
@@ -114,7 +119,7 @@ def train_loader(dataset):
     return DataLoader(dataset, batch_size=BATCH, sampler=sampler, collate_fn=Collator(0))
 
 
-def evaluate(student, dataset) -> tuple[float, "torch.Tensor"]:
+def evaluate(student, dataset) -> tuple[float, torch.Tensor]:
     import torch
     from torch.utils.data import DataLoader
 
@@ -175,7 +180,8 @@ def run_handwritten(args, clock: Clock, memory: Memory, epochs: int = 1, cached:
     teacher, student = models(teacher_dir, dm.label_names)
     cache = None
     if cached:
-        cache, _, _ = TeacherLogitCache.load_or_compute(teacher, train, None, torch.device("cpu"), Path(args.cache_dir), compute=False)
+        cache, _, _ = TeacherLogitCache.load_or_compute(teacher, train, None, torch.device("cpu"), Path(args.cache_dir),
+                                                        compute=False)
     memory.start()
     loader = train_loader(train)
     steps_per_epoch = args.total_steps if epochs == 1 else args.epoch_steps
@@ -211,7 +217,8 @@ def run_handwritten(args, clock: Clock, memory: Memory, epochs: int = 1, cached:
     return {"student": student, "dm": dm}
 
 
-def kdlight_args(args, work: Path, teacher_dir: str, model: list[str], data: list[str], trainer: list[str] = ()) -> list[str]:
+def kdlight_args(args, work: Path, teacher_dir: str, model: list[str], data: list[str],
+                 trainer: list[str] = ()) -> list[str]:
     return [
         f"--seed_everything={SEED}",
         *model,
@@ -230,12 +237,14 @@ def vanilla_args(args, work: Path, teacher_dir: str, cached: bool = False) -> li
         "--model=VanillaKD", f"--model.init_args.teacher={teacher_dir}",
         "--model.init_args.student=TruncatedTeacher", "--model.init_args.student.init_args.num_layers=2",
         f"--model.init_args.alpha={ALPHA}", f"--model.init_args.temperature={TEMPERATURE}",
-        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0", f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
+        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0",
+        f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
         f"--model.init_args.cache_teacher_logits={str(cached).lower()}",
     ]
     if cached:
         model.append(f"--model.init_args.teacher_cache_dir={args.cache_dir}")
-    data = ["--data=RottenTomatoesDataModule", f"--data.init_args.max_length={MAX_LENGTH}", f"--data.init_args.batch_size={BATCH}"]
+    data = ["--data=RottenTomatoesDataModule", f"--data.init_args.max_length={MAX_LENGTH}",
+            f"--data.init_args.batch_size={BATCH}"]
     return kdlight_args(args, work, teacher_dir, model, data)
 
 
@@ -297,19 +306,23 @@ def run_alm(args, clock, memory):
         "--model=AdaptiveLossMixingKD", f"--model.init_args.teacher={teacher_dir}",
         "--model.init_args.student=TruncatedTeacher", "--model.init_args.student.init_args.num_layers=2",
         "--model.init_args.mixer=table", "--model.init_args.init_lambda=0.9", "--model.init_args.temperature=4.0",
-        "--model.init_args.lookahead=last_layer", "--model.init_args.meta_every=1", "--model.init_args.meta_interval=step",
+        "--model.init_args.lookahead=last_layer", "--model.init_args.meta_every=1",
+        "--model.init_args.meta_interval=step",
         "--model.init_args.meta_warmup=0", "--model.init_args.meta_steps=1", "--model.init_args.meta_learning_rate=1.0",
         "--model.init_args.cache_teacher_logits=false",
-        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0", f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
+        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0",
+        f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
     ]
     data = [
         "--data=NoisyLabelDataModule", "--data.init_args.datamodule=RottenTomatoesDataModule",
-        "--data.init_args.noise_type=symmetric", "--data.init_args.noise_rate=0.4", "--data.init_args.clean_val_size=0.1",
+        "--data.init_args.noise_type=symmetric", "--data.init_args.noise_rate=0.4",
+        "--data.init_args.clean_val_size=0.1",
         "--data.init_args.seed=0", f"--data.init_args.max_length={MAX_LENGTH}", f"--data.init_args.batch_size={BATCH}",
     ]
     # ALM steps two optimisers per batch (Lightning counts both in global_step): limit batches instead
     cli_args = kdlight_args(args, work, teacher_dir, model, data,
-                            ["--trainer.max_steps=-1", "--trainer.max_epochs=1", f"--trainer.limit_train_batches={args.total_steps}"])
+                            ["--trainer.max_steps=-1", "--trainer.max_epochs=1",
+                             f"--trainer.limit_train_batches={args.total_steps}"])
     return run_kdlight_cli(args, clock, memory, cli_args)
 
 
@@ -323,7 +336,8 @@ def run_zeroshot(args, clock, memory):
     teacher_dir = teacher_path()
     cli_args = ["--config", str(CONFIGS / "zeroshot" / "offline.yaml"),
                 f"--model.init_args.teacher={teacher_dir}",
-                f"--model.init_args.generator_steps={args.zs_generator_steps}", f"--model.init_args.student_steps={args.zs_student_steps}",
+                f"--model.init_args.generator_steps={args.zs_generator_steps}",
+                f"--model.init_args.student_steps={args.zs_student_steps}",
                 "--trainer.max_steps=-1", "--trainer.max_epochs=1", f"--trainer.limit_train_batches={args.total_steps}",
                 f"--data.init_args.batch_size={BATCH}", f"--data.init_args.max_length={MAX_LENGTH}"]
     cli_args += kdlight_args(args, work, teacher_dir, [], [])
@@ -375,15 +389,18 @@ def run_textbrewer(args, clock: Clock, memory: Memory) -> dict:
             seed_now()
         return batch  # labels stay in: the HF model computes the hard-label CE
 
-    train_config = TrainingConfig(device="cpu", ckpt_steps=args.total_steps, output_dir=str(Path(args.work) / "textbrewer"), log_dir=None)
-    distill_config = DistillationConfig(temperature=TEMPERATURE, kd_loss_type="ce", kd_loss_weight=ALPHA * TEMPERATURE ** 2,
+    train_config = TrainingConfig(device="cpu", ckpt_steps=args.total_steps,
+                                  output_dir=str(Path(args.work) / "textbrewer"), log_dir=None)
+    distill_config = DistillationConfig(temperature=TEMPERATURE, kd_loss_type="ce",
+                                        kd_loss_weight=ALPHA * TEMPERATURE ** 2,
                                         hard_label_weight=1 - ALPHA)
     distiller = BasicDistiller(train_config, distill_config, teacher, student,
                                adaptor_T=lambda batch, out: {"logits": out.logits},
                                adaptor_S=lambda batch, out: {"logits": out.logits, "losses": out.loss})
     with distiller:
         distiller.train(optimizer, loader, num_steps=args.total_steps, scheduler_class=scheduler_class,
-                        scheduler_args={"lr_lambda": lr_factor(args.total_steps)}, batch_postprocessor=batch_postprocessor)
+                        scheduler_args={"lr_lambda": lr_factor(args.total_steps)},
+                        batch_postprocessor=batch_postprocessor)
     return {"student": student, "dm": dm, "extra": {"tensorboardX_stub": stubbed}}
 
 
@@ -421,7 +438,8 @@ def run_torchdistill(args, clock: Clock, memory: Memory) -> dict:
         "student": {"forward_proc": "forward_batch_only_as_kwargs", "forward_hook": hook, "requires_grad": True},
         "optimizer": {"key": "AdamW", "kwargs": {"lr": LR, "weight_decay": 0.0}},
         "scheduler": {"key": "LambdaLR", "kwargs": {"lr_lambda": lr_factor(args.total_steps)}, "scheduling_step": 1},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}}},
+        "criterion": {"key": "WeightedSumLoss",
+                      "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}}},
     }
     box = get_distillation_box(teacher, student, {"train": train}, train_config, torch.device("cpu"), None, False, 1)
     box.pre_epoch_process(epoch=0)
@@ -491,8 +509,9 @@ def main(argv: list[str] | None = None) -> None:
             result["logits"] = str(logits_path)
     result["wall_s"] = time.perf_counter() - start
     Path(args.out).write_text(json.dumps(result))
-    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
-    print(f"[throughput] {args.system}: {len(clock.stamps)} steps, median step {statistics.median(steps) if steps else float('nan'):.3f}s, "
+    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]
+    median = statistics.median(steps) if steps else float("nan")
+    print(f"[throughput] {args.system}: {len(clock.stamps)} steps, median step {median:.3f}s, "
           f"peak +{mem['peak_mem_mb']:.0f} MB, acc {result.get('accuracy')}", file=sys.stderr)
 
 

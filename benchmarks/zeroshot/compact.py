@@ -243,11 +243,11 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float):
         plt.close(fig)
 
         fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 4), squeeze=False)
-        for ax, student in zip(axes[0], students):
+        for ax, student in zip(axes[0], students, strict=True):
             for method in methods:
                 for record in (r for r in records if r["student"] == student and r["method"] == method):
                     if record["curve"]:
-                        steps, scores = zip(*record["curve"])
+                        steps, scores = zip(*record["curve"], strict=True)
                         ax.plot(steps, scores, lw=1, label=method if record["seed"] == 0 else None,
                                 color=f"C{list(METHODS).index(method)}")
             ax.axhline(teacher_score, color="black", lw=0.8, ls=":")

@@ -1,7 +1,7 @@
 """Zero-shot adversarial KD, measured on the offline stand-in task (one command).
 
-    python -m benchmarks.zeroshot.run            # the study (~30 min on 2 CPU cores, plus ~3 min to fine-tune the teacher once)
-    python -m benchmarks.zeroshot.run --quick    # a few steps per run, to check the plumbing
+    python -m benchmarks.zeroshot.run            # the study (~30 min on 2 CPU cores, +3 min for the teacher once)
+    python -m benchmarks.zeroshot.run --quick    # a few steps per run, to check the plumbing (temp folder)
 
 Teacher: the packaged all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (the quickstart teacher, trained
 once and cached). Students: 2 layers, truncated from the teacher or freshly initialised ("scratch").
@@ -10,14 +10,14 @@ methods never read the task's training split (only its test split, for the score
 
 Rows: supervised KD on the task's training data (upper bound); zero-shot (out-of-domain +
 adversarial); out-of-domain only; adversarial only; random tokens. Results go to
-benchmarks/results/zeroshot.{md,json,png}.
+benchmarks/results/zeroshot.{md,json,png}; finished runs to zeroshot_runs.json (resumable).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.common import CONFIGS, RESULTS, fine_tuned_rt_teacher, markdown_table, write_results
-from kdlight.assets import PACKAGED_MINILM, PACKAGED_WIKI_SUMMARIES
+from benchmarks.common import CONFIGS, fine_tuned_rt_teacher
+from benchmarks.study import RESULTS, Job, Study, keyed_list, mean_std, target
+from kdlight.assets import PACKAGED_WIKI_SUMMARIES
 from kdlight.data import OutOfDomainCorpus, RottenTomatoesDataModule, ZeroShotDataModule
 from kdlight.data.base import Collator
 from kdlight.models import FreshStudent, TruncatedTeacher, count_parameters, load_classifier
@@ -50,6 +51,10 @@ class Setting:
     batch_size: int = 32
     max_length: int = 64
     work: Path = Path("runs/benchmarks/zeroshot")
+
+    @property
+    def key(self) -> list[int]:
+        return [self.student_steps, self.batch_size, self.max_length]
 
 
 def recipe_args() -> dict:
@@ -96,17 +101,21 @@ def zero_shot_data(setting: Setting, teacher: str) -> ZeroShotDataModule:
 
 
 def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int) -> dict:
+    """One run (a Study job): its record, with the setting it ran under."""
     from lightning import seed_everything
 
     seed_everything(seed, verbose=False)
     mode = METHODS[method]
+    record = {"method": method, "student": student, "seed": seed}
+    tag = f"[zeroshot] {student:9s} {method:42s} seed {seed}"
     if mode == "untrained":  # the floor every method starts from: the truncated student keeps the teacher's head
         built = STUDENTS[student]().build(load_classifier(teacher, 2, require_head=True), 2)
         accuracy = test_accuracy(built, task_data(setting, teacher))
-        print(f"[zeroshot] {student:9s} {method:42s} seed {seed}: accuracy {accuracy:.4f} (no training)", flush=True)
-        return {"method": method, "student": student, "seed": seed, "accuracy": accuracy, "seconds": 0.0,
-                "student_steps": 0, "batches": 0, "params": count_parameters(built)}
-    common = {"teacher": teacher, "student": STUDENTS[student](), "export_dir": str(setting.work / "export"), "export_best": False}
+        print(f"{tag}: accuracy {accuracy:.4f} (no training)", flush=True)
+        return {**record, "accuracy": accuracy, "seconds": 0.0, "student_steps": 0, "batches": 0,
+                "params": count_parameters(built), "setting": setting.key}
+    common = {"teacher": teacher, "student": STUDENTS[student](), "export_dir": str(setting.work / "export"),
+              "export_best": False}
     if mode is None:
         dm = task_data(setting, teacher)
         module = VanillaKD(alpha=0.5, temperature=2.0, learning_rate=2e-4, warmup_ratio=0.1, task=dm.task, **common)
@@ -123,12 +132,19 @@ def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int
     seconds = time.perf_counter() - start
     student_steps = int(module.progress[1]) if mode is not None else fit.global_step
     accuracy = test_accuracy(module.student, dm)
-    row = {"method": method, "student": student, "seed": seed, "accuracy": accuracy, "seconds": seconds,
-           "student_steps": student_steps, "batches": max_steps, "params": count_parameters(module.student)}
+    record.update(accuracy=accuracy, seconds=seconds, student_steps=student_steps, batches=max_steps,
+                  params=count_parameters(module.student))
     if mode is not None:
-        row["skipped_nonfinite"] = int(module.progress[3])
-    print(f"[zeroshot] {student:9s} {method:42s} seed {seed}: accuracy {accuracy:.4f} in {seconds:.0f}s ({student_steps} student steps)", flush=True)
-    return row
+        record["skipped_nonfinite"] = int(module.progress[3])
+    print(f"{tag}: accuracy {accuracy:.4f} in {seconds:.0f}s ({student_steps} student steps)", flush=True)
+    return {**record, "setting": setting.key}
+
+
+def run_key(record: dict) -> str:
+    """A run's key in the runs file: its setting (records from before settings were recorded ran at batch 16,
+    length 32), student, method and seed."""
+    setting = record["setting"] if "setting" in record else [record["student_steps"], 16, 32]
+    return f"{'/'.join(map(str, setting))}|{record['student']}|{record['method']}|{record['seed']}"
 
 
 def summarise(runs: list[dict], teacher_accuracy: float, teacher_params: int) -> list[dict]:
@@ -139,12 +155,12 @@ def summarise(runs: list[dict], teacher_accuracy: float, teacher_params: int) ->
             if not group:
                 continue
             accs = [r["accuracy"] for r in group]
-            mean = statistics.mean(accs)
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            mean, std = mean_std(accs)
             rows.append({
                 "method": method, "student": student, "accuracy_mean": mean, "accuracy_std": std,
                 "accuracies": accs, "pct_of_teacher": 100 * mean / teacher_accuracy, "params": group[0]["params"],
-                "compression": teacher_params / group[0]["params"], "seconds": statistics.median(r["seconds"] for r in group),
+                "compression": teacher_params / group[0]["params"],
+                "seconds": statistics.median(r["seconds"] for r in group),
                 "student_steps": group[0]["student_steps"], "batches": group[0]["batches"], "seeds": len(group),
                 "uses_task_training_data": METHODS[method] is None,
             })
@@ -172,7 +188,8 @@ def plot(rows: list[dict], teacher_accuracy: float):
         ax.axhline(85, color="grey", lw=0.8, ls="--", label="target: 85% of teacher")
         ax.set_xticks(range(len(methods)), [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods], fontsize=8)
         ax.set_ylabel("% of teacher test accuracy")
-        ax.set_title(f"Zero-shot KD on Rotten Tomatoes (teacher {100 * teacher_accuracy:.1f}% accuracy), mean ± std over seeds")
+        ax.set_title(f"Zero-shot KD on Rotten Tomatoes (teacher {100 * teacher_accuracy:.1f}% accuracy), "
+                     "mean ± std over seeds")
         ax.legend(fontsize=8, loc="lower left")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -191,14 +208,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch-methods", type=int, default=5,
                         help="how many methods the scratch student runs (zero-shot, out-of-domain only, random tokens, "
                              "adversarial only, supervised KD, in that order); the truncated student runs all")
-    parser.add_argument("--quick", action="store_true", help="a few steps and one seed: check the plumbing, write nothing")
+    parser.add_argument("--quick", action="store_true", help="a few steps and one seed (results in a temp folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--name", default="zeroshot", help="results go to benchmarks/results/<name>.{md,json,png}")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in benchmarks/results/<name>_runs.json and do only the missing ones")
-    parser.add_argument("--budget-minutes", type=float, default=None, help="start no new run after this many minutes")
+    parser.add_argument("--name", default="zeroshot", help="results go to <results>/<name>.{md,json,png}")
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="start no new run after this many minutes (0: only rebuild the results from the runs "
+                             "file)")
     args = parser.parse_args(argv)
-    setting = Setting(student_steps=5 if args.quick else args.student_steps, seeds=args.seeds[:1] if args.quick else args.seeds,
+    setting = Setting(student_steps=5 if args.quick else args.student_steps,
+                      seeds=args.seeds[:1] if args.quick else args.seeds,
                       max_length=args.max_length, batch_size=args.batch_size)
     torch.set_num_threads(args.threads or torch.get_num_threads())
 
@@ -207,66 +226,61 @@ def main(argv: list[str] | None = None) -> None:
     teacher_accuracy = test_accuracy(teacher_model, task_data(setting, teacher))
     teacher_params = count_parameters(teacher_model)
     print(f"[zeroshot] teacher test accuracy {teacher_accuracy:.4f}, {teacher_params} parameters", flush=True)
-    start = time.perf_counter()
-    runs: list[dict] = []
-    runs_file = RESULTS / f"{args.name}_runs.json"
-    if args.resume and runs_file.is_file():
-        runs = [r for r in json.loads(runs_file.read_text())
-                if r.get("setting", [r["student_steps"], 16, 32]) == [setting.student_steps, setting.batch_size, setting.max_length]]
-        print(f"[zeroshot] resuming: {len(runs)} runs already in {runs_file}", flush=True)
+    results = args.results or (Path(tempfile.mkdtemp(prefix="zeroshot_quick_")) if args.quick else RESULTS)
+    study = Study(args.name, results=results, **keyed_list(run_key))
     # The runs the targets compare (zero-shot, out-of-domain only, random tokens; truncated student) come
-    # first for every seed, then the upper bound, then the rest. Results are rewritten after every run, so a
-    # study cut short by --budget-minutes still leaves complete tables for what it ran.
+    # first for every seed, then the upper bound, then the rest, so that a study cut short by
+    # --budget-minutes has complete tables for what it ran.
     names = list(METHODS)
     scratch_order = [names[1], names[2], names[4], names[3], names[0]]  # zero-shot first, the upper bound last
     groups = [("truncated", [names[1], names[2], names[4]]), ("truncated", [names[0], names[5]]),
               ("truncated", [names[3]]), ("scratch", [names[5], *scratch_order[:args.scratch_methods]])]
-    plan = [(seed, student, method) for student, methods in groups if student in args.students
-            for seed in setting.seeds for method in methods]
-    done = {(r["seed"], r["student"], r["method"]) for r in runs}
-    for seed, student, method in plan:
-        if (seed, student, method) in done:
+    plan = {run_key({"setting": setting.key, "student": student, "method": method, "seed": seed}):
+            Job(run_one, setting=setting, teacher=teacher, method=method, student=student, seed=seed)
+            for student, methods in groups if student in args.students
+            for seed in setting.seeds for method in methods}
+    start, done = time.perf_counter(), study.done()
+    for key, job in plan.items():
+        if key in done:
             continue
-        if args.budget_minutes and (time.perf_counter() - start) / 60 > args.budget_minutes:
-            print(f"[zeroshot] time budget of {args.budget_minutes} min reached: stopping", flush=True)
+        if args.budget_minutes is not None and (time.perf_counter() - start) / 60 >= args.budget_minutes:
+            study.log(f"time budget of {args.budget_minutes} min reached: stopping")
             break
-        run = run_one(setting, teacher, method, student, seed)
-        runs.append({**run, "setting": [setting.student_steps, setting.batch_size, setting.max_length]})
-        if not args.quick:
-            report(args.name, runs, setting, teacher_accuracy, teacher_params, sum(r['seconds'] for r in runs), len(plan))
-    if not args.quick and runs:  # also when --resume found nothing left to run: the text is rewritten
-        report(args.name, runs, setting, teacher_accuracy, teacher_params, sum(r['seconds'] for r in runs), len(plan))
-    if args.quick:
-        print(report_text(summarise(runs, teacher_accuracy, teacher_params), setting, teacher_accuracy, teacher_params,
-                          time.perf_counter() - start, len(runs), len(plan)))
+        study.run({key: job})
+    records = [record for key, record in study.done().items() if key in plan]
+    if not records:
+        return
+    rows = summarise(records, teacher_accuracy, teacher_params)
+    study.write(rows, COLUMNS, title="Zero-shot adversarial KD on the offline stand-in task",
+                intro=intro(setting, teacher_accuracy, teacher_params, sum(r["seconds"] for r in records) / 60,
+                            len(records), len(plan)),
+                notes=targets_text(rows), plot=plot(rows, teacher_accuracy))
 
 
-def report_text(rows, setting, teacher_accuracy, teacher_params, seconds, done, planned) -> str:
-    columns = [("student", "student"), ("method", "method"), ("accuracy_mean", "test acc. (mean)"), ("accuracy_std", "std"),
-               ("pct_of_teacher", "% of teacher"), ("params", "params"), ("compression", "compression"),
-               ("seconds", "wall s / run (median)"), ("student_steps", "student steps"), ("seeds", "seeds")]
+COLUMNS = [("student", "student"), ("method", "method"), ("accuracy_mean", "test acc. (mean)"), ("accuracy_std", "std"),
+           ("pct_of_teacher", "% of teacher"), ("params", "params"), ("compression", "compression"),
+           ("seconds", "wall s / run (median)"), ("student_steps", "student steps"), ("seeds", "seeds")]
+
+
+def intro(setting: Setting, teacher_accuracy: float, teacher_params: int, minutes: float, done: int,
+          planned: int) -> str:
     return "\n".join([
-        "# Zero-shot adversarial KD on the offline stand-in task",
-        "",
-        "Produced by `python -m benchmarks.zeroshot.run` on a 2-core CPU machine.",
+        "Produced by `python -m benchmarks.zeroshot.run`.",
         f"Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (the quickstart teacher), test accuracy "
-        f"{teacher_accuracy:.4f} at max length {setting.max_length}, {teacher_params:,} parameters. Students: 2 transformer "
-        "layers, hidden 384, either truncated from the teacher (its first and last layers, weights copied) or freshly "
-        "initialised (scratch).",
+        f"{teacher_accuracy:.4f} at max length {setting.max_length}, {teacher_params:,} parameters. Students: 2 "
+        "transformer layers, hidden 384, either truncated from the teacher (its first and last layers, weights "
+        "copied) or freshly initialised (scratch).",
         f"Every run makes {setting.student_steps} student updates of batch {setting.batch_size} (max length "
         f"{setting.max_length}); the zero-shot rows use the recipe `configs/zeroshot/offline.yaml` "
         "(cycles of 10 generator + 100 student steps, 30% of tokens rewritten, hard Gumbel-softmax, tau 1) and "
         "train on the Wikipedia summaries only: the Rotten Tomatoes training split is never read. Test split: 1,275 "
         "snippets (57.7% positive). 'supervised KD' is VanillaKD (T=2, alpha=0.5) on the task's training data.",
-        f"Seeds: {setting.seeds}; {done} of {planned} planned runs done, their fits {seconds / 60:.1f} min in all. Wall "
-        "time per run is the fit alone (the generator's steps included), measured while other jobs sometimes shared the "
-        "machine: compare within the table, not across machines.",
+        f"Seeds: {setting.seeds}; {done} of {planned} planned runs done, their fits {minutes:.1f} min in all. Wall "
+        "time per run is the fit alone (the generator's steps included): compare within the table, not across "
+        "machines.",
         "'no distillation' is the student as built, before any update: the truncated student keeps the teacher's "
         "embeddings, two of its blocks and its classifier head, so it starts well above chance; the gain of each "
         "method is its distance from that row.",
-        "",
-        markdown_table(rows, columns),
-        targets_text(rows),
     ])
 
 
@@ -277,22 +291,16 @@ def targets_text(rows: list[dict]) -> str:
     lines = ["## Targets (truncated student)", ""]
     if names[1] in row:
         pct = row[names[1]]["pct_of_teacher"]
-        lines.append(f"- zero-shot >= 85% of the teacher: **{'met' if pct >= 85 else 'missed'}** ({pct:.1f}%).")
+        lines.append(target("zero-shot >= 85% of the teacher", pct >= 85, f"{pct:.1f}%"))
     for better, worse in ((names[1], names[2]), (names[2], names[4])):
         if better in row and worse in row:
             a, b = row[better], row[worse]
             gap, spread = a["accuracy_mean"] - b["accuracy_mean"], max(a["accuracy_std"], b["accuracy_std"])
-            verdict = "met" if gap > spread and min(a["seeds"], b["seeds"]) > 1 else "missed"
-            lines.append(f"- {better} > {worse} by more than the seed spread: **{verdict}** (difference "
-                         f"{100 * gap:+.2f} points, larger std {100 * spread:.2f} points, {min(a['seeds'], b['seeds'])} seeds).")
+            seeds = min(a["seeds"], b["seeds"])
+            lines.append(target(f"{better} > {worse} by more than the seed spread", gap > spread and seeds > 1,
+                                f"difference {100 * gap:+.2f} points, larger std {100 * spread:.2f} points, "
+                                f"{seeds} seeds"))
     return "\n".join(lines) + "\n"
-
-
-def report(name, runs, setting, teacher_accuracy, teacher_params, seconds, planned) -> None:
-    rows = summarise(runs, teacher_accuracy, teacher_params)
-    text = report_text(rows, setting, teacher_accuracy, teacher_params, seconds, len(runs), planned)
-    write_results(name, rows, text, plot(rows, teacher_accuracy))
-    (RESULTS / f"{name}_runs.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":
