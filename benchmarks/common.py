@@ -29,11 +29,16 @@ def fine_tuned_rt_teacher(extra_args: list[str] | None = None, name: str = "mini
     if (out / "export" / "config.json").is_file():
         return out / "export"
     start = time.perf_counter()
-    runner = run_cli([
-        "--config", str(CONFIGS / "quickstart" / "teacher.yaml"),
-        f"--trainer.default_root_dir={out}", f"--model.init_args.export_dir={out / 'export'}",
-        "--trainer.enable_progress_bar=false", *(extra_args or []),
-    ])
+    runner = run_cli(
+        [
+            "--config",
+            str(CONFIGS / "quickstart" / "teacher.yaml"),
+            f"--trainer.default_root_dir={out}",
+            f"--model.init_args.export_dir={out / 'export'}",
+            "--trainer.enable_progress_bar=false",
+            *(extra_args or []),
+        ]
+    )
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
     print(f"[benchmarks] teacher {name} trained in {time.perf_counter() - start:.0f}s -> {out / 'export'}")
     return out / "export"

@@ -64,9 +64,15 @@ class Study:
     """``load`` turns the runs file's JSON into ``{key: record}`` and ``dump`` turns that back into the
     file's JSON (both default to the identity: the file is that dict)."""
 
-    def __init__(self, name: str, workers: int = 1, results: Path = RESULTS, *,
-                 load: Callable[[Any], dict[str, dict]] | None = None,
-                 dump: Callable[[dict[str, dict]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        workers: int = 1,
+        results: Path = RESULTS,
+        *,
+        load: Callable[[Any], dict[str, dict]] | None = None,
+        dump: Callable[[dict[str, dict]], Any] | None = None,
+    ) -> None:
         self.name, self.workers, self.results = name, workers, Path(results)
         self.runs_path = self.results / f"{name}_runs.json"
         self.load, self.dump = load or (lambda raw: raw), dump or (lambda runs: runs)
@@ -95,8 +101,9 @@ class Study:
                 self.save(key, _timed(job.function, job.kwargs))
         elif todo:
             threads = max(1, (os.cpu_count() or 1) // self.workers)
-            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                     initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(
+                self.workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+            ) as pool:
                 pending = {pool.submit(_timed, job.function, job.kwargs): key for key, job in todo.items()}
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -111,9 +118,17 @@ class Study:
         print(f"[{self.name}] {message}", file=sys.stderr, flush=True)
 
     # --------------------------------------------------------------------------- results
-    def write(self, rows: list[dict], columns: list[tuple[str, str]], *, title: str, intro: str = "",
-              notes: str = "", plot: Callable[[Path], None] | None = None,
-              table_rows: list[dict] | None = None) -> None:
+    def write(
+        self,
+        rows: list[dict],
+        columns: list[tuple[str, str]],
+        *,
+        title: str,
+        intro: str = "",
+        notes: str = "",
+        plot: Callable[[Path], None] | None = None,
+        table_rows: list[dict] | None = None,
+    ) -> None:
         """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``. The
         table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``."""
         self.results.mkdir(parents=True, exist_ok=True)

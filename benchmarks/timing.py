@@ -20,8 +20,15 @@ def run_module(module: str, args: list[str], timeout: float, env: dict[str, str]
     """``python -m module *args`` in a fresh process at the repository root, this checkout first on the path.
     Returns the ``CompletedProcess`` (output captured); the caller judges failure."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def stderr_tail(proc: subprocess.CompletedProcess, lines: int) -> str:
@@ -44,12 +51,14 @@ def own_time(path: Path, categories: Categories) -> tuple[dict[str, float], dict
 
 def git_state() -> str:
     """The commit measured, and whether kdlight/ had uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
     try:
-        return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in kdlight/"
-                                                       if git("status", "--porcelain", "--", "kdlight") else "")
+        return git("rev-parse", "--short", "HEAD") + (
+            " + uncommitted changes in kdlight/" if git("status", "--porcelain", "--", "kdlight") else ""
+        )
     except OSError:
         return "unknown"
 
@@ -63,5 +72,5 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"

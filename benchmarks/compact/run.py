@@ -41,10 +41,14 @@ WORK = Path("runs/benchmarks/compact")
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
 SIZES = {  # FreshStudent sizes and the ALBERT embedding width
     "4x": {"blocks": {"num_hidden_layers": 2}, "embedding": 128},
-    "10x": {"blocks": {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
-                       "intermediate_size": 1024}, "embedding": 48},
-    "20x": {"blocks": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
-                       "intermediate_size": 512}, "embedding": 48},
+    "10x": {
+        "blocks": {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+        "embedding": 48,
+    },
+    "20x": {
+        "blocks": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512},
+        "embedding": 48,
+    },
 }
 METHODS = {
     "a": "scratch + KD",
@@ -58,8 +62,10 @@ QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate":
 
 
 def compressed(base: dict, size: str, **extra) -> dict:
-    return {"class_path": "CompressedEmbeddingStudent",
-            "init_args": {"base": base, "embedding_rank": SIZES[size]["embedding"], "layout": "albert", **extra}}
+    return {
+        "class_path": "CompressedEmbeddingStudent",
+        "init_args": {"base": base, "embedding_rank": SIZES[size]["embedding"], "layout": "albert", **extra},
+    }
 
 
 def fresh(size: str) -> dict:
@@ -73,11 +79,14 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
         return compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY)
     if method in ("c", "d"):  # the general-distilled ALBERT, its vocabulary pruned to the task's tokens
         base = {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
-        return {"class_path": "CompressedEmbeddingStudent",
-                "init_args": {"base": base, "embedding_rank": None, "vocabulary_files": VOCABULARY}}
+        return {
+            "class_path": "CompressedEmbeddingStudent",
+            "init_args": {"base": base, "embedding_rank": None, "vocabulary_files": VOCABULARY},
+        }
     if method == "e":
-        return compressed({"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size,
-                          vocabulary_files=VOCABULARY)
+        return compressed(
+            {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size, vocabulary_files=VOCABULARY
+        )
     raise ValueError(method)
 
 
@@ -88,12 +97,24 @@ def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}",
-                  "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"], run=False)
+    runner = cli(
+        [
+            "--config",
+            str(root / "config.yaml"),
+            f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ],
+        run=False,
+    )
     start = time.perf_counter()
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-    record = {"fit_seconds": time.perf_counter() - start, "steps": runner.trainer.global_step,
-              "params": count_parameters(runner.model.predictor), "export": str(runner.model.export_path())}
+    record = {
+        "fit_seconds": time.perf_counter() - start,
+        "steps": runner.trainer.global_step,
+        "params": count_parameters(runner.model.predictor),
+        "export": str(runner.model.export_path()),
+    }
     if test:
         best = runner.trainer.checkpoint_callback.best_model_path
         metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
@@ -105,25 +126,45 @@ def general_distillation(size: str, teacher: str, setting: dict) -> dict:
     root = WORK / size / "general"
     config = {
         "seed_everything": 0,
-        "trainer": {"max_steps": setting["general_steps"], "val_check_interval": max(2, setting["general_steps"] // 3),
-                    "check_val_every_n_epoch": None, "log_every_n_steps": 20},
-        "model": {"class_path": "GeneralDistillation", "init_args": {
-            "teacher": "packaged/all-MiniLM-L6-v2",
-            "student": compressed(fresh(size), size, factorise_from="teacher"),
-            "num_relation_heads": 16, "relations": ["query", "key", "value"],
-            "learning_rate": 5e-4, "warmup_ratio": 0.05, "export_dir": str(root / "export")}},
-        "data": {"class_path": "CorpusDataModule", "init_args": {
-            "source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200}},
+        "trainer": {
+            "max_steps": setting["general_steps"],
+            "val_check_interval": max(2, setting["general_steps"] // 3),
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 20,
+        },
+        "model": {
+            "class_path": "GeneralDistillation",
+            "init_args": {
+                "teacher": "packaged/all-MiniLM-L6-v2",
+                "student": compressed(fresh(size), size, factorise_from="teacher"),
+                "num_relation_heads": 16,
+                "relations": ["query", "key", "value"],
+                "learning_rate": 5e-4,
+                "warmup_ratio": 0.05,
+                "export_dir": str(root / "export"),
+            },
+        },
+        "data": {
+            "class_path": "CorpusDataModule",
+            "init_args": {"source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200},
+        },
     }
     record = fit_and_test(config, root, test=False)
     return record
 
 
-def task_distillation(size: str, method: str, seed: int, teacher: str, general_export: str | None,
-                      setting: dict) -> dict:
+def task_distillation(
+    size: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict
+) -> dict:
     student = student_config(size, method, general_export)
-    model = {"teacher": teacher, "student": student, "alpha": 0.5, "temperature": 2.0,
-             "learning_rate": setting["learning_rate"], "warmup_ratio": 0.1}
+    model = {
+        "teacher": teacher,
+        "student": student,
+        "alpha": 0.5,
+        "temperature": 2.0,
+        "learning_rate": setting["learning_rate"],
+        "warmup_ratio": 0.1,
+    }
     if method == "d":
         model["losses"] = [
             {"class_path": "HiddenMSE", "init_args": {"layers": "uniform", "weight": 1.0}},
@@ -135,10 +176,14 @@ def task_distillation(size: str, method: str, seed: int, teacher: str, general_e
     config = {
         "seed_everything": seed,
         "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
-        "model": {"class_path": "LayerwiseKD" if method == "d" else "VanillaKD",
-                  "init_args": {**model, "export_dir": str(root / "export")}},
-        "data": {"class_path": "RottenTomatoesDataModule", "init_args": {
-            "max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]}},
+        "model": {
+            "class_path": "LayerwiseKD" if method == "d" else "VanillaKD",
+            "init_args": {**model, "export_dir": str(root / "export")},
+        },
+        "data": {
+            "class_path": "RottenTomatoesDataModule",
+            "init_args": {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]},
+        },
     }
     record = fit_and_test(config, root)
     record.update(size=size, method=method, seed=seed)
@@ -149,8 +194,11 @@ def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
     from kdlight.quickstart import inference_speed, test_texts
 
     speed = inference_speed({"teacher": teacher, "student": student_export}, test_texts(texts))
-    return {"teacher_samples_per_s": speed["teacher"], "samples_per_s": speed["student"],
-            "speedup": speed["student"] / speed["teacher"]}
+    return {
+        "teacher_samples_per_s": speed["teacher"],
+        "samples_per_s": speed["student"],
+        "speedup": speed["student"] / speed["teacher"],
+    }
 
 
 def summarise(records: dict[str, dict], speeds: dict[str, dict], teacher_params: int) -> list[dict]:
@@ -163,13 +211,22 @@ def summarise(records: dict[str, dict], speeds: dict[str, dict], teacher_params:
     for (size, method), runs in sorted(groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), kv[0][1])):
         mean, std = mean_std([r["test/score"] for r in runs])
         speed = speeds.get(size, {})
-        rows.append({
-            "student": size, "method": method, "method_name": METHODS[method], "params": runs[0]["params"],
-            "compression": teacher_params / runs[0]["params"], "accuracy_mean": mean, "accuracy_std": std,
-            "seeds": len(runs), "pct_of_teacher": 100 * mean / teacher_score,
-            "samples_per_s": speed.get("samples_per_s"), "speedup": speed.get("speedup"),
-            "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
-        })
+        rows.append(
+            {
+                "student": size,
+                "method": method,
+                "method_name": METHODS[method],
+                "params": runs[0]["params"],
+                "compression": teacher_params / runs[0]["params"],
+                "accuracy_mean": mean,
+                "accuracy_std": std,
+                "seeds": len(runs),
+                "pct_of_teacher": 100 * mean / teacher_score,
+                "samples_per_s": speed.get("samples_per_s"),
+                "speedup": speed.get("speedup"),
+                "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
+            }
+        )
     return rows
 
 
@@ -184,8 +241,14 @@ def plot(rows: list[dict], teacher_score: float):
         for method, name in METHODS.items():
             mine = [r for r in rows if r["method"] == method]
             if mine:
-                ax.errorbar([r["compression"] for r in mine], [r["accuracy_mean"] for r in mine],
-                            yerr=[r["accuracy_std"] for r in mine], marker="o", capsize=3, label=f"{method}: {name}")
+                ax.errorbar(
+                    [r["compression"] for r in mine],
+                    [r["accuracy_mean"] for r in mine],
+                    yerr=[r["accuracy_std"] for r in mine],
+                    marker="o",
+                    capsize=3,
+                    label=f"{method}: {name}",
+                )
         ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
         ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
         ax.set_xscale("log")
@@ -211,8 +274,13 @@ def main(argv: list[str] | None = None) -> None:
     global WORK
     WORK = WORK.with_name("compact_quick") if args.quick else WORK
     teacher = str(fine_tuned_rt_teacher())
-    generals = study.run({f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting)
-                          for size in args.sizes if {"c", "d"} & set(args.methods)})
+    generals = study.run(
+        {
+            f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting)
+            for size in args.sizes
+            if {"c", "d"} & set(args.methods)
+        }
+    )
     jobs = {}
     for seed in args.seeds:
         for size in args.sizes:
@@ -221,34 +289,54 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 general = generals.get(f"general/{size}", {}).get("export")
                 jobs[f"task/{size}/{method}/seed{seed}"] = Job(
-                    task_distillation, size=size, method=method, seed=seed, teacher=teacher,
-                    general_export=general, setting=setting)
+                    task_distillation,
+                    size=size,
+                    method=method,
+                    seed=seed,
+                    teacher=teacher,
+                    general_export=general,
+                    setting=setting,
+                )
     records = study.run(jobs)
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
     speed_jobs = {}
     for size in SIZES:
         exports = [r["export"] for r in done.values() if r["size"] == size and Path(r["export"]).is_dir()]
         if exports:
-            speed_jobs[f"speed/{size}"] = Job(inference, size=size, student_export=exports[0], teacher=teacher,
-                                              texts=64 if args.quick else 640)
+            speed_jobs[f"speed/{size}"] = Job(
+                inference, size=size, student_export=exports[0], teacher=teacher, texts=64 if args.quick else 640
+            )
     speeds = {k.split("/")[1]: v for k, v in Study(study.name, workers=1).run(speed_jobs).items()}
     from kdlight.models.hf import count_parameters, load_classifier
 
     teacher_params = count_parameters(load_classifier(teacher, 2))
     rows = summarise(done, speeds, teacher_params)
     teacher_score = next(r["test/teacher_score"] for r in done.values() if "test/teacher_score" in r)
-    general_rows = "\n".join(f"- general distillation, {k.split('/')[1]}: {v['steps']} steps in {v['fit_seconds']:.0f}s"
-                             for k, v in study.done().items() if k.startswith("general/"))
+    general_rows = "\n".join(
+        f"- general distillation, {k.split('/')[1]}: {v['steps']} steps in {v['fit_seconds']:.0f}s"
+        for k, v in study.done().items()
+        if k.startswith("general/")
+    )
     study.write(
         rows,
-        [("student", "size"), ("method", "m"), ("method_name", "method"), ("params", "params"),
-         ("compression", "compression"), ("accuracy_mean", "test acc (mean)"), ("accuracy_std", "std"),
-         ("seeds", "seeds"), ("pct_of_teacher", "% of teacher"), ("samples_per_s", "samples/s"),
-         ("speedup", "speed-up"), ("train_seconds", "train s/run")],
+        [
+            ("student", "size"),
+            ("method", "m"),
+            ("method_name", "method"),
+            ("params", "params"),
+            ("compression", "compression"),
+            ("accuracy_mean", "test acc (mean)"),
+            ("accuracy_std", "std"),
+            ("seeds", "seeds"),
+            ("pct_of_teacher", "% of teacher"),
+            ("samples_per_s", "samples/s"),
+            ("speedup", "speed-up"),
+            ("train_seconds", "train s/run"),
+        ],
         title="Compact students on the Rotten Tomatoes stand-in" + (" (--quick: plumbing only)" if args.quick else ""),
         intro=f"Teacher: all-MiniLM-L6-v2 fine-tuned (quickstart teacher), {teacher_params / 1e6:.2f}M parameters, "
-              f"test accuracy {teacher_score:.4f}. Setting: {json.dumps(setting)}. See benchmarks/compact/run.py "
-              "for the methods; every student is a stock ALBERT export of the size shown.",
+        f"test accuracy {teacher_score:.4f}. Setting: {json.dumps(setting)}. See benchmarks/compact/run.py "
+        "for the methods; every student is a stock ALBERT export of the size shown.",
         notes=general_rows,
         plot=plot(rows, teacher_score),
     )

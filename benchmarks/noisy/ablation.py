@@ -44,8 +44,11 @@ VARIANTS: dict[str, tuple] = {
     "KD lambda=0.5": (study.KD, 0.5, {}),
     "KD lambda=0.9": (study.KD, 0.9, {}),
     "ALM table, init 0.9 (as in the main study)": (TABLE, None, {"init_lambda": 0.9}),
-    "ALM table, init 0.9, meta from epoch 1": (TABLE, None,
-                                               {"init_lambda": 0.9, "meta_interval": "epoch", "meta_warmup": 1}),
+    "ALM table, init 0.9, meta from epoch 1": (
+        TABLE,
+        None,
+        {"init_lambda": 0.9, "meta_interval": "epoch", "meta_warmup": 1},
+    ),
     "ALM table, init 0.9, centred meta-gradient": (TABLE, None, CENTRED),
     "ALM table, init 0.5, centred meta-gradient": (TABLE, None, {**CENTRED, "init_lambda": 0.5}),
     "ALM table, init 0.9, centred, clean batch 128": (TABLE, None, CENTRED, {"meta_batch_size": 128}),
@@ -56,8 +59,16 @@ VARIANTS: dict[str, tuple] = {
 
 
 def config(quick: bool) -> argparse.Namespace:
-    cfg = argparse.Namespace(train_examples=3000, max_length=32, epochs=3, teacher_epochs=2, lr=2e-4, meta_lr=1.0,
-                             net_meta_lr=0.01, work=cache_dir() / "noisy_ablation")
+    cfg = argparse.Namespace(
+        train_examples=3000,
+        max_length=32,
+        epochs=3,
+        teacher_epochs=2,
+        lr=2e-4,
+        meta_lr=1.0,
+        net_meta_lr=0.01,
+        work=cache_dir() / "noisy_ablation",
+    )
     if quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs = 200, 1, 1
     return cfg
@@ -82,9 +93,18 @@ def summarise(runs: list[dict], teacher_accuracy: float, majority: float) -> lis
             continue
         accs = [r["accuracy"] for r in mine]
         acc_mean, acc_std = mean_std(accs)
-        row = {"method": variant, "noise": NOISE, "rate": RATE, "accuracy_mean": acc_mean, "accuracy_std": acc_std,
-               "seeds": len(accs), "accuracy_per_seed": accs, "teacher_accuracy": teacher_accuracy,
-               "majority_accuracy": majority, "step_time_ms": 1000 * statistics.mean(r["step_time"] for r in mine)}
+        row = {
+            "method": variant,
+            "noise": NOISE,
+            "rate": RATE,
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "seeds": len(accs),
+            "accuracy_per_seed": accs,
+            "teacher_accuracy": teacher_accuracy,
+            "majority_accuracy": majority,
+            "step_time_ms": 1000 * statistics.mean(r["step_time"] for r in mine),
+        }
         for key in ("lambda_flipped", "lambda_clean"):
             if key in mine[0]:
                 row[key] = statistics.mean(r[key] for r in mine)
@@ -104,10 +124,12 @@ def plot(rows: list[dict]):
 
         fig, ax = plt.subplots(figsize=(10, 4.8))
         names = [r["method"] for r in rows]
-        colors = ["tab:gray" if n.startswith("CE") else "tab:blue" if n.startswith("KD") else "tab:orange"
-                  for n in names]
-        ax.barh(names, [100 * r["accuracy_mean"] for r in rows], xerr=[100 * r["accuracy_std"] for r in rows],
-                color=colors)
+        colors = [
+            "tab:gray" if n.startswith("CE") else "tab:blue" if n.startswith("KD") else "tab:orange" for n in names
+        ]
+        ax.barh(
+            names, [100 * r["accuracy_mean"] for r in rows], xerr=[100 * r["accuracy_std"] for r in rows], color=colors
+        )
         teacher, majority = 100 * rows[0]["teacher_accuracy"], 100 * rows[0]["majority_accuracy"]
         ax.axvline(teacher, color="k", ls="--", lw=1, label="noisy teacher")
         ax.axvline(majority, color="r", ls=":", lw=1, label="majority class")
@@ -136,8 +158,9 @@ def reading(rows: list[dict]) -> str:
     gap = 100 * (best_alm["accuracy_mean"] - best_kd["accuracy_mean"])
     spread = 100 * max(best_alm["accuracy_std"], best_kd["accuracy_std"])
     verdict = "beats" if gap > spread else "does not beat"
-    gaps = "; ".join(f"{r['method']}: {r['lambda_flipped'] - r['lambda_clean']:+.3f}"
-                     for r in alm if "lambda_flipped" in r)
+    gaps = "; ".join(
+        f"{r['method']}: {r['lambda_flipped'] - r['lambda_clean']:+.3f}" for r in alm if "lambda_flipped" in r
+    )
     teacher = rows[0]["teacher_accuracy"]
     return (
         "## Reading\n\n"
@@ -154,13 +177,18 @@ def reading(rows: list[dict]) -> str:
 
 def write(results: Study, rows: list[dict], cfg, fit_minutes: float, workers: int) -> None:
     best_kd = max((r for r in rows if r["method"].startswith("KD")), key=lambda r: r["accuracy_mean"])
-    table = [{
-        "method": r["method"], "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
-        "vs": f"{100 * (r['accuracy_mean'] - best_kd['accuracy_mean']):+.2f}", "seeds": r["seeds"],
-        "time": None if r["step_time_vs_kd"] is None else f"{r['step_time_vs_kd']:.2f}x",
-        "lf": f"{r['lambda_flipped']:.3f}" if "lambda_flipped" in r else None,
-        "lc": f"{r['lambda_clean']:.3f}" if "lambda_clean" in r else None,
-    } for r in rows]
+    table = [
+        {
+            "method": r["method"],
+            "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
+            "vs": f"{100 * (r['accuracy_mean'] - best_kd['accuracy_mean']):+.2f}",
+            "seeds": r["seeds"],
+            "time": None if r["step_time_vs_kd"] is None else f"{r['step_time_vs_kd']:.2f}x",
+            "lf": f"{r['lambda_flipped']:.3f}" if "lambda_flipped" in r else None,
+            "lc": f"{r['lambda_clean']:.3f}" if "lambda_clean" in r else None,
+        }
+        for r in rows
+    ]
     intro = (
         f"`python -m benchmarks.noisy.ablation`: the runs' fits took {fit_minutes:.0f} min in all, {workers} at a "
         "time (worker processes with one torch thread each).\n\n"
@@ -176,12 +204,23 @@ def write(results: Study, rows: list[dict], cfg, fit_minutes: float, workers: in
         "change only what the row names. Step times come from the runs themselves (two runs share the machine at "
         "any time), so treat them as rough."
     )
-    results.write(rows, [("method", "method"), ("acc", "clean test acc. (%) mean ± std"),
-                         ("vs", f"vs best KD ({best_kd['method']})"), ("seeds", "seeds"),
-                         ("time", "step time vs KD 0.5 (in-study)"), ("lf", "mean lambda (flipped)"),
-                         ("lc", "mean lambda (clean)")],
-                  title="Noisy labels, 40 % symmetric: what we tried for ALM-KD", intro=intro, notes=reading(rows),
-                  plot=plot(rows), table_rows=table)
+    results.write(
+        rows,
+        [
+            ("method", "method"),
+            ("acc", "clean test acc. (%) mean ± std"),
+            ("vs", f"vs best KD ({best_kd['method']})"),
+            ("seeds", "seeds"),
+            ("time", "step time vs KD 0.5 (in-study)"),
+            ("lf", "mean lambda (flipped)"),
+            ("lc", "mean lambda (clean)"),
+        ],
+        title="Noisy labels, 40 % symmetric: what we tried for ALM-KD",
+        intro=intro,
+        notes=reading(rows),
+        plot=plot(rows),
+        table_rows=table,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,10 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     dm.setup("test")
     teacher_accuracy = study.clean_test_accuracy(study.load_student_like(teacher), dm)
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_ablation_quick_")) if args.quick else RESULTS)
-    runs = Study("noisy_ablation", workers=args.workers, results=results,
-                 **keyed_list(lambda r: f"{r['variant']}|{r['seed']}"))
-    records = runs.run({f"{variant}|{seed}": Job(one_run, cfg=cfg, variant=variant, seed=seed)
-                        for seed in range(seeds) for variant in VARIANTS})
+    runs = Study(
+        "noisy_ablation", workers=args.workers, results=results, **keyed_list(lambda r: f"{r['variant']}|{r['seed']}")
+    )
+    records = runs.run(
+        {
+            f"{variant}|{seed}": Job(one_run, cfg=cfg, variant=variant, seed=seed)
+            for seed in range(seeds)
+            for variant in VARIANTS
+        }
+    )
     records = list(records.values())
     rows = summarise(records, teacher_accuracy, study.majority_accuracy())
     write(runs, rows, cfg, sum(r["seconds"] for r in records) / 60, args.workers)

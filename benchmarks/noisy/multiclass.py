@@ -58,7 +58,7 @@ def load_runs(raw: dict) -> dict[str, dict]:
 
 
 def dump_runs(runs: dict[str, dict]) -> dict:
-    teachers = {key[len(TEACHER):]: value for key, value in runs.items() if key.startswith(TEACHER)}
+    teachers = {key[len(TEACHER) :]: value for key, value in runs.items() if key.startswith(TEACHER)}
     return {"_teachers": teachers, **{key: value for key, value in runs.items() if not key.startswith(TEACHER)}}
 
 
@@ -66,9 +66,17 @@ def datamodule(cfg, rate: float):
     from kdlight.data import NoisyLabelDataModule, TweetSentimentDataModule
 
     return NoisyLabelDataModule(
-        TweetSentimentDataModule(), noise_type="uniform", noise_rate=rate, clean_val_size=0.1, seed=0,
-        tokenizer=PACKAGED_MINILM, max_length=cfg.max_length, batch_size=32, eval_batch_size=128,
-        max_train_examples=cfg.train_examples, meta_batch_size=cfg.meta_batch,
+        TweetSentimentDataModule(),
+        noise_type="uniform",
+        noise_rate=rate,
+        clean_val_size=0.1,
+        seed=0,
+        tokenizer=PACKAGED_MINILM,
+        max_length=cfg.max_length,
+        batch_size=32,
+        eval_batch_size=128,
+        max_train_examples=cfg.train_examples,
+        meta_batch_size=cfg.meta_batch,
     )
 
 
@@ -87,8 +95,9 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
     if not (out / "config.json").is_file():
         start = time.perf_counter()
         seed_everything(0, verbose=False)
-        model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out),
-                                  task=dm.task)
+        model = TeacherFineTuning(
+            model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task
+        )
         trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     from kdlight.models.hf import load_classifier
@@ -132,8 +141,9 @@ def accuracy(model, dm, split: str) -> float:
     return correct / total
 
 
-def train_student(cfg, rate: float, teacher_kind: str, method: str, lam: float | None, seed: int,
-                  lambda_png: Path | None = None) -> dict:
+def train_student(
+    cfg, rate: float, teacher_kind: str, method: str, lam: float | None, seed: int, lambda_png: Path | None = None
+) -> dict:
     """One student run (a Study job): KD with ``lam`` (``method == "KD"``) or one of the ALM modes."""
     from kdlight.models import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD
@@ -142,9 +152,17 @@ def train_student(cfg, rate: float, teacher_kind: str, method: str, lam: float |
     dm = datamodule(cfg, rate)
     teacher = str(teacher_dir(cfg, teacher_kind, rate))
     work = cfg.work / f"worker{os.getpid()}"
-    common = dict(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
-                  learning_rate=cfg.lr, warmup_ratio=0.1, export_dir=str(work / "export"), export_best=False,
-                  task=dm.task)
+    common = dict(
+        teacher=teacher,
+        student=TruncatedTeacher(2),
+        temperature=4.0,
+        cache_teacher_logits=True,
+        learning_rate=cfg.lr,
+        warmup_ratio=0.1,
+        export_dir=str(work / "export"),
+        export_best=False,
+        task=dm.task,
+    )
     seed_everything(seed, verbose=False)
     if method == "KD":
         model = VanillaKD(alpha=lam, **common)
@@ -175,18 +193,24 @@ def train_student(cfg, rate: float, teacher_kind: str, method: str, lam: float |
     shutil.rmtree(root, ignore_errors=True)
     trainer(root, cfg.epochs, [timer]).fit(model, datamodule=dm)
     times = timer.times[2:] or timer.times  # the first steps include lazy set-up
-    out = {"accuracy": accuracy(model.student, dm, "test"),
-           "val_accuracy": accuracy(model.student, dm, "clean_validation"),
-           "step_time": statistics.mean(times) + meta_seconds[0] / max(len(timer.times), 1),
-           "meta_pass_s": meta_seconds[0], "steps": len(timer.times),
-           "realised_rate": dm.noise_report["realised_rate"]}
+    out = {
+        "accuracy": accuracy(model.student, dm, "test"),
+        "val_accuracy": accuracy(model.student, dm, "clean_validation"),
+        "step_time": statistics.mean(times) + meta_seconds[0] / max(len(timer.times), 1),
+        "meta_pass_s": meta_seconds[0],
+        "steps": len(timer.times),
+        "realised_rate": dm.noise_report["realised_rate"],
+    }
     out.update(getattr(model, "last_flip_stats", {}) or {})
     if lambda_png is not None and (root / "lambda.png").is_file():
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
-    print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: acc={out['accuracy']:.4f} "
-          f"val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms "
-          f"lam_f={out.get('lambda_flipped', '')} lam_c={out.get('lambda_clean', '')}", flush=True)
+    print(
+        f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: acc={out['accuracy']:.4f} "
+        f"val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms "
+        f"lam_f={out.get('lambda_flipped', '')} lam_c={out.get('lambda_clean', '')}",
+        flush=True,
+    )
     return out
 
 
@@ -216,19 +240,32 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
         times = [runs[k]["step_time"] for lam in LAMBDAS if (k := run_key(rate, kind, "KD", lam, s)) in runs]
         if times:
             kd_time_mean[s] = statistics.mean(times)
-    base = {"noise": "uniform", "rate": rate, "teacher": kind,
-            "teacher_test_accuracy": teachers.get(f"{kind}|{rate}", {}).get("test_accuracy")}
+    base = {
+        "noise": "uniform",
+        "rate": rate,
+        "teacher": kind,
+        "teacher_test_accuracy": teachers.get(f"{kind}|{rate}", {}).get("test_accuracy"),
+    }
 
     def row(method, results, **extra):
         if not results:
             return None
         acc_mean, acc_std = mean_std([r["accuracy"] for r in results])
-        out = {"method": method, **base, "accuracy_mean": acc_mean, "accuracy_std": acc_std, "seeds": len(results),
-               "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
-               "lambda_flipped": None, "lambda_clean": None,
-               "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
-               if all(r.get("seed") in kd_time_mean for r in results) else None,
-               "realised_rate": results[0]["realised_rate"], **extra}
+        out = {
+            "method": method,
+            **base,
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "seeds": len(results),
+            "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
+            "lambda_flipped": None,
+            "lambda_clean": None,
+            "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
+            if all(r.get("seed") in kd_time_mean for r in results)
+            else None,
+            "realised_rate": results[0]["realised_rate"],
+            **extra,
+        }
         if all("lambda_flipped" in r for r in results):
             out["lambda_flipped"] = statistics.mean(r["lambda_flipped"] for r in results)
             out["lambda_clean"] = statistics.mean(r["lambda_clean"] for r in results)
@@ -243,8 +280,13 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
         oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
         grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
         grid_val = {str(lam): statistics.mean(r["val_accuracy"] for r in complete[lam]) for lam in LAMBDAS}
-        candidates.append(row(f"KD, lambda={by_val} (best on clean validation)", complete[by_val],
-                              **{"lambda": by_val, "kd_grid_test": grid, "kd_grid_clean_val": grid_val}))
+        candidates.append(
+            row(
+                f"KD, lambda={by_val} (best on clean validation)",
+                complete[by_val],
+                **{"lambda": by_val, "kd_grid_test": grid, "kd_grid_clean_val": grid_val},
+            )
+        )
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None)))
@@ -255,14 +297,19 @@ def write(study: Study, rows: list[dict], cfg, status: str, teachers: dict) -> N
     def pct(v):
         return "" if v is None else f"{100 * v:.2f}"
 
-    table = [{
-        "col": f"{int(round(r['rate'] * 100))}% / {r['teacher']}", "method": r["method"],
-        "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}", "val": pct(r["val_accuracy_mean"]),
-        "seeds": r["seeds"],
-        "lf": "" if r["lambda_flipped"] is None else f"{r['lambda_flipped']:.3f}",
-        "lc": "" if r["lambda_clean"] is None else f"{r['lambda_clean']:.3f}",
-        "time": "" if r["step_time_vs_kd"] is None else f"{r['step_time_vs_kd']:.2f}x",
-    } for r in rows]
+    table = [
+        {
+            "col": f"{int(round(r['rate'] * 100))}% / {r['teacher']}",
+            "method": r["method"],
+            "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
+            "val": pct(r["val_accuracy_mean"]),
+            "seeds": r["seeds"],
+            "lf": "" if r["lambda_flipped"] is None else f"{r['lambda_flipped']:.3f}",
+            "lc": "" if r["lambda_clean"] is None else f"{r['lambda_clean']:.3f}",
+            "time": "" if r["step_time_vs_kd"] is None else f"{r['step_time_vs_kd']:.2f}x",
+        }
+        for r in rows
+    ]
     intro = (
         f"**Status:** {status}\n\n"
         f"`python -m benchmarks.noisy.multiclass` (resumable; {cfg.workers} worker processes, one torch thread "
@@ -285,14 +332,27 @@ def write(study: Study, rows: list[dict], cfg, status: str, teachers: dict) -> N
         f"Adam meta lr {cfg.net_meta_lr}. The ALM settings were fixed before any test number was seen. Lambda = the "
         "weight on the teacher term, w_KD / (w_CE + w_KD) (1 - w_CE for the convex modes), mean over the last "
         "epoch's steps on flipped / clean training examples. Step time vs KD: see the module docstring.\n\n"
-        + "".join(f"- teacher `{k}`: clean test accuracy {pct(v['test_accuracy'])} %\n"
-                  for k, v in sorted(teachers.items()))
+        + "".join(
+            f"- teacher `{k}`: clean test accuracy {pct(v['test_accuracy'])} %\n" for k, v in sorted(teachers.items())
+        )
     )
-    study.write(rows, [("col", "noise / teacher"), ("method", "method"), ("acc", "clean test acc. % (mean ± std)"),
-                       ("val", "clean val. acc. %"), ("seeds", "seeds"), ("lf", "lambda flipped"),
-                       ("lc", "lambda clean"), ("time", "step time vs KD")],
-                title="Noisy labels, 3 classes: CE vs fixed-lambda KD vs ALM-KD (official, default, network)",
-                intro=intro, plot=(lambda path: plot(rows, path)) if rows else None, table_rows=table)
+    study.write(
+        rows,
+        [
+            ("col", "noise / teacher"),
+            ("method", "method"),
+            ("acc", "clean test acc. % (mean ± std)"),
+            ("val", "clean val. acc. %"),
+            ("seeds", "seeds"),
+            ("lf", "lambda flipped"),
+            ("lc", "lambda clean"),
+            ("time", "step time vs KD"),
+        ],
+        title="Noisy labels, 3 classes: CE vs fixed-lambda KD vs ALM-KD (official, default, network)",
+        intro=intro,
+        plot=(lambda path: plot(rows, path)) if rows else None,
+        table_rows=table,
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -305,10 +365,18 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(5.5 * max(len(columns), 1), 4.5), squeeze=False)
     for ax, (rate, kind) in zip(axes[0], columns, strict=True):
         sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
-        names = [r["method"].replace(" (best on clean validation)", "\n(clean val.)")
-                 .replace(" (test-set oracle)", "\n(oracle)") for r in sel]
-        ax.barh(range(len(sel)), [100 * r["accuracy_mean"] for r in sel],
-                xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
+        names = [
+            r["method"]
+            .replace(" (best on clean validation)", "\n(clean val.)")
+            .replace(" (test-set oracle)", "\n(oracle)")
+            for r in sel
+        ]
+        ax.barh(
+            range(len(sel)),
+            [100 * r["accuracy_mean"] for r in sel],
+            xerr=[100 * r["accuracy_std"] for r in sel],
+            capsize=3,
+        )
         ax.set_yticks(range(len(sel)), names, fontsize=7)
         ax.invert_yaxis()
         lo = min(100 * r["accuracy_mean"] for r in sel) - 3
@@ -335,14 +403,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch", action="store_true", help="like --quick at the given sizes (to time runs)")
     parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
     parser.add_argument("--status", default=None, help="the status line at the top of the md (default: computed)")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all"
+    )
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    cfg = argparse.Namespace(train_examples=args.train_examples, max_length=64, epochs=args.epochs,
-                             teacher_epochs=args.teacher_epochs, lr=2e-4, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3,
-                             warm_epoch=1, select_every=1, meta_batch=128, work=cache_dir() / "noisy_multiclass",
-                             workers=args.workers)
+    cfg = argparse.Namespace(
+        train_examples=args.train_examples,
+        max_length=64,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        lr=2e-4,
+        meta_lr=1.0,
+        net_meta_lr=0.001,
+        grad_fit=3,
+        warm_epoch=1,
+        select_every=1,
+        meta_batch=128,
+        work=cache_dir() / "noisy_multiclass",
+        workers=args.workers,
+    )
     if args.quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs = 400, 2, 1
     args.quick = args.quick or args.scratch
@@ -353,8 +433,13 @@ def main(argv: list[str] | None = None) -> None:
     rates = [r / 100 for r in args.rates]
     seeds = list(range(args.seeds))
     if not args.report:
-        study.run({f"{TEACHER}{kind}|{rate}": Job(train_teacher, cfg=cfg, kind=kind, rate=rate)
-                   for rate in rates for kind in TEACHERS})
+        study.run(
+            {
+                f"{TEACHER}{kind}|{rate}": Job(train_teacher, cfg=cfg, kind=kind, rate=rate)
+                for rate in rates
+                for kind in TEACHERS
+            }
+        )
         jobs = {}
         for seed in seeds:  # seed-major: a partial study has every row with fewer seeds, not half the rows
             for rate in rates:
@@ -366,17 +451,27 @@ def main(argv: list[str] | None = None) -> None:
                         if method == "ALM official" and seed == 0 and not args.quick:
                             png = study.results / f"{NAME}_lambda_{int(round(rate * 100))}_{kind}.png"
                         jobs[run_key(rate, kind, method, lam, seed)] = Job(
-                            train_student, cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed,
-                            lambda_png=png)
+                            train_student,
+                            cfg=cfg,
+                            rate=rate,
+                            teacher_kind=kind,
+                            method=method,
+                            lam=lam,
+                            seed=seed,
+                            lambda_png=png,
+                        )
         study.run(jobs)
     done = study.done()
-    teachers = {key[len(TEACHER):]: value for key, value in done.items() if key.startswith(TEACHER)}
+    teachers = {key[len(TEACHER) :]: value for key, value in done.items() if key.startswith(TEACHER)}
     runs = {key: value for key, value in done.items() if not key.startswith(TEACHER)}
     expected = len(rates) * len(TEACHERS) * len(seeds) * (len(LAMBDAS) + len(ALM))
     have = sum(1 for k in runs if float(k.split("|")[0]) in rates)
     status = args.status or (
         f"complete for noise rates {', '.join(f'{int(r * 100)} %' for r in rates)} ({have} student runs, both "
-        f"teachers, {len(seeds)} seeds)" if have >= expected else f"partial: {have} of {expected} student runs")
+        f"teachers, {len(seeds)} seeds)"
+        if have >= expected
+        else f"partial: {have} of {expected} student runs"
+    )
     write(study, build_rows(runs, teachers, rates, seeds), cfg, status, teachers)
     study.log(status)
 

@@ -59,28 +59,51 @@ class StepTimer(Callback):
 
 
 def trainer(root: Path, epochs: int, callbacks=(), max_steps: int = -1) -> Trainer:
-    return Trainer(accelerator="cpu", devices=1, max_epochs=epochs, max_steps=max_steps, logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   limit_val_batches=0, default_root_dir=str(root), callbacks=list(callbacks), num_sanity_val_steps=0)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+    )
 
 
 def datamodule(cfg, noise: str, rate: float, meta_batch_size: int = 32) -> NoisyLabelDataModule:
     return NoisyLabelDataModule(
-        RottenTomatoesDataModule(), noise_type=noise, noise_rate=rate, clean_val_size=0.1, seed=0,
-        tokenizer=PACKAGED_MINILM, max_length=cfg.max_length, batch_size=32, eval_batch_size=128,
-        max_train_examples=cfg.train_examples, meta_batch_size=meta_batch_size,
+        RottenTomatoesDataModule(),
+        noise_type=noise,
+        noise_rate=rate,
+        clean_val_size=0.1,
+        seed=0,
+        tokenizer=PACKAGED_MINILM,
+        max_length=cfg.max_length,
+        batch_size=32,
+        eval_batch_size=128,
+        max_train_examples=cfg.train_examples,
+        meta_batch_size=meta_batch_size,
     )
 
 
 def noisy_teacher(cfg, dm, noise: str, rate: float) -> str:
     """The teacher fine-tuned on ``dm``'s noisy labels (trained once, cached). ``dm`` is set up on return."""
-    out = (cache_dir() / "teachers"
-           / f"noisy_{noise}_{int(rate * 100)}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}")
+    out = (
+        cache_dir()
+        / "teachers"
+        / f"noisy_{noise}_{int(rate * 100)}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    )
     if not (out / "config.json").is_file():
         start = time.perf_counter()
         seed_everything(0, verbose=False)
-        model = TeacherFineTuning(model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out),
-                                  task=dm.task)
+        model = TeacherFineTuning(
+            model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task
+        )
         trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[noisy] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     if dm.noise_report is None:  # a cached teacher: the noise report comes from setting the data up
@@ -89,17 +112,27 @@ def noisy_teacher(cfg, dm, noise: str, rate: float) -> str:
     return str(out)
 
 
-def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None,
-                  alm_args: dict | None = None) -> dict:
+def train_student(
+    cfg, dm, teacher: str, method: str, seed: int, lam: float | None = None, alm_args: dict | None = None
+) -> dict:
     """Train one student and score it; ``alm_args`` override ALM-KD's arguments (ablations)."""
     cls, extra = METHODS[method](lam)
     if cls is AdaptiveLossMixingKD:
         extra.update(init_lambda=0.9, meta_learning_rate=cfg.meta_lr if extra["mixer"] == "table" else cfg.net_meta_lr)
         extra.update(alm_args or {})
     seed_everything(seed, verbose=False)
-    model = cls(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
-                learning_rate=cfg.lr, warmup_ratio=0.1, export_dir=str(cfg.work / "export"), export_best=False,
-                **extra, task=dm.task)
+    model = cls(
+        teacher=teacher,
+        student=TruncatedTeacher(2),
+        temperature=4.0,
+        cache_teacher_logits=True,
+        learning_rate=cfg.lr,
+        warmup_ratio=0.1,
+        export_dir=str(cfg.work / "export"),
+        export_best=False,
+        **extra,
+        task=dm.task,
+    )
     model.student.get_input_embeddings().requires_grad_(False)  # frozen word embeddings: cheaper, same for all
     timer = StepTimer()
     trainer(cfg.work / "student", cfg.epochs, [timer]).fit(model, datamodule=dm)
@@ -107,9 +140,12 @@ def train_student(cfg, dm, teacher: str, method: str, seed: int, lam: float | No
     times = timer.times[2:] or timer.times  # first steps include lazy set-up (teacher cache look-up)
     out = {"accuracy": accuracy, "step_time": statistics.mean(times)}
     out.update(getattr(model, "last_flip_stats", {}) or {})
-    print(f"[noisy] {dm.noise_type} {dm.noise_rate:.1f} {method}{'' if lam is None else f' lambda={lam}'} "
-          f"seed={seed}: acc={accuracy:.4f} step={out['step_time'] * 1000:.0f}ms "
-          f"{out.get('lambda_flipped', '')} {out.get('lambda_clean', '')}", flush=True)
+    print(
+        f"[noisy] {dm.noise_type} {dm.noise_rate:.1f} {method}{'' if lam is None else f' lambda={lam}'} "
+        f"seed={seed}: acc={accuracy:.4f} step={out['step_time'] * 1000:.0f}ms "
+        f"{out.get('lambda_flipped', '')} {out.get('lambda_clean', '')}",
+        flush=True,
+    )
     return out
 
 
@@ -147,8 +183,13 @@ def interleaved_timing(cfg, rounds: int = 2, steps: int = 30) -> dict[str, float
     that load from other processes hits every method alike. Returns ms per step."""
     dm = datamodule(cfg, "symmetric", 0.4)
     teacher = noisy_teacher(cfg, dm, "symmetric", 0.4)
-    plan = [(KD, 0.5), ("CE only", None), ("ALM-KD (table)", None), ("ALM-KD (mixing net)", None),
-            ("ALM-KD (all-param look-ahead)", None)]
+    plan = [
+        (KD, 0.5),
+        ("CE only", None),
+        ("ALM-KD (table)", None),
+        ("ALM-KD (mixing net)", None),
+        ("ALM-KD (all-param look-ahead)", None),
+    ]
     times: dict[str, list[float]] = {m: [] for m, _ in plan}
     for _ in range(rounds):
         for method, lam in plan:
@@ -156,9 +197,17 @@ def interleaved_timing(cfg, rounds: int = 2, steps: int = 30) -> dict[str, float
             if cls is AdaptiveLossMixingKD:
                 extra.update(meta_learning_rate=cfg.meta_lr if extra["mixer"] == "table" else cfg.net_meta_lr)
             seed_everything(0, verbose=False)
-            model = cls(teacher=teacher, student=TruncatedTeacher(2), temperature=4.0, cache_teacher_logits=True,
-                        learning_rate=cfg.lr, export_dir=str(cfg.work / "export"), export_best=False, **extra,
-                        task=dm.task)
+            model = cls(
+                teacher=teacher,
+                student=TruncatedTeacher(2),
+                temperature=4.0,
+                cache_teacher_logits=True,
+                learning_rate=cfg.lr,
+                export_dir=str(cfg.work / "export"),
+                export_best=False,
+                **extra,
+                task=dm.task,
+            )
             model.student.get_input_embeddings().requires_grad_(False)
             timer = StepTimer()
             trainer(cfg.work / "timing", 1, [timer], max_steps=steps).fit(model, datamodule=dm)
@@ -181,9 +230,14 @@ def study_setting(study: Study, cfg, noise: str, rate: float, seeds: list[int], 
     teacher = noisy_teacher(cfg, dm, noise, rate)
     plan = [(KD, s, lam) for lam in LAMBDAS for s in seeds]
     plan += [(method, s, None) for method in methods if method != KD for s in seeds]
-    records = study.run({run_key(noise, rate, m, lam, s): Job(student_job, cfg=cfg, noise=noise, rate=rate,
-                                                               teacher=teacher, method=m, seed=s, lam=lam)
-                         for m, s, lam in plan})
+    records = study.run(
+        {
+            run_key(noise, rate, m, lam, s): Job(
+                student_job, cfg=cfg, noise=noise, rate=rate, teacher=teacher, method=m, seed=s, lam=lam
+            )
+            for m, s, lam in plan
+        }
+    )
     results = {(m, s, lam): records[run_key(noise, rate, m, lam, s)] for m, s, lam in plan}
     kd = {lam: [results[(KD, s, lam)] for s in seeds] for lam in LAMBDAS}
     best = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in kd[lam]))
@@ -194,10 +248,17 @@ def study_setting(study: Study, cfg, noise: str, rate: float, seeds: list[int], 
     for method in methods:
         mine = runs[method]
         acc_mean, acc_std = mean_std([r["accuracy"] for r in mine])
-        row = {"method": method, "noise": noise, "rate": rate, "accuracy_mean": acc_mean, "accuracy_std": acc_std,
-               "step_time_vs_kd": statistics.mean(r["step_time"] for r in mine) / kd_time,
-               "step_time_ms": 1000 * statistics.mean(r["step_time"] for r in mine), "seeds": len(mine),
-               "realised_rate": dm.noise_report["realised_rate"]}
+        row = {
+            "method": method,
+            "noise": noise,
+            "rate": rate,
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "step_time_vs_kd": statistics.mean(r["step_time"] for r in mine) / kd_time,
+            "step_time_ms": 1000 * statistics.mean(r["step_time"] for r in mine),
+            "seeds": len(mine),
+            "realised_rate": dm.noise_report["realised_rate"],
+        }
         if method == KD:
             row["lambda"] = best
             row["kd_grid"] = {str(lam): mean_std([r["accuracy"] for r in kd[lam]])[0] for lam in LAMBDAS}
@@ -217,11 +278,18 @@ def plot(rows: list[dict]):
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method in dict.fromkeys(r["method"] for r in rows):
-            sym = sorted((r for r in rows if r["method"] == method and r["noise"] == "symmetric"),
-                         key=lambda r: r["rate"])
+            sym = sorted(
+                (r for r in rows if r["method"] == method and r["noise"] == "symmetric"), key=lambda r: r["rate"]
+            )
             if sym:
-                ax.errorbar([r["rate"] * 100 for r in sym], [r["accuracy_mean"] * 100 for r in sym],
-                            yerr=[r["accuracy_std"] * 100 for r in sym], marker="o", capsize=3, label=method)
+                ax.errorbar(
+                    [r["rate"] * 100 for r in sym],
+                    [r["accuracy_mean"] * 100 for r in sym],
+                    yerr=[r["accuracy_std"] * 100 for r in sym],
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
             for r in rows:
                 if r["method"] == method and r["noise"] == "asymmetric":
                     ax.scatter([r["rate"] * 100 + 1.5], [r["accuracy_mean"] * 100], marker="x")
@@ -241,14 +309,18 @@ def write(study: Study, rows: list[dict], cfg, minutes: float | None) -> None:
     def pct(v):
         return f"{100 * v:.2f}"
 
-    table = [{
-        "noise": f"{r['noise']} {int(round(r['rate'] * 100))}%",
-        "method": r["method"] + (f" (lambda={r['lambda']})" if "lambda" in r else ""),
-        "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}", "seeds": r["seeds"],
-        "time": f"{r['step_time_vs_kd']:.2f}x",
-        "lf": f"{r['lambda_flipped']:.3f}" if "lambda_flipped" in r else None,
-        "lc": f"{r['lambda_clean']:.3f}" if "lambda_clean" in r else None,
-    } for r in rows]
+    table = [
+        {
+            "noise": f"{r['noise']} {int(round(r['rate'] * 100))}%",
+            "method": r["method"] + (f" (lambda={r['lambda']})" if "lambda" in r else ""),
+            "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
+            "seeds": r["seeds"],
+            "time": f"{r['step_time_vs_kd']:.2f}x",
+            "lf": f"{r['lambda_flipped']:.3f}" if "lambda_flipped" in r else None,
+            "lc": f"{r['lambda_clean']:.3f}" if "lambda_clean" in r else None,
+        }
+        for r in rows
+    ]
     took = "" if minutes is None else f"{minutes:.0f} min, "
     intro = (
         f"`python -m benchmarks.noisy.run` ({took}one torch thread per student run, {cfg.workers} run(s) at a "
@@ -267,10 +339,22 @@ def write(study: Study, rows: list[dict], cfg, minutes: float | None) -> None:
         f"Majority class (always predicting the most frequent test label) scores {pct(majority_accuracy())} % on "
         "this test split."
     )
-    study.write(rows, [("noise", "noise"), ("method", "method"), ("acc", "clean test acc. (%) mean ± std"),
-                       ("seeds", "seeds"), ("time", "step time vs KD"), ("lf", "mean lambda (flipped)"),
-                       ("lc", "mean lambda (clean)")],
-                title="Noisy labels: CE vs fixed-lambda KD vs ALM-KD", intro=intro, plot=plot(rows), table_rows=table)
+    study.write(
+        rows,
+        [
+            ("noise", "noise"),
+            ("method", "method"),
+            ("acc", "clean test acc. (%) mean ± std"),
+            ("seeds", "seeds"),
+            ("time", "step time vs KD"),
+            ("lf", "mean lambda (flipped)"),
+            ("lc", "mean lambda (clean)"),
+        ],
+        title="Noisy labels: CE vs fixed-lambda KD vs ALM-KD",
+        intro=intro,
+        plot=plot(rows),
+        table_rows=table,
+    )
 
 
 def majority_accuracy() -> float:
@@ -286,18 +370,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="seeds at 40%% symmetric noise")
     parser.add_argument("--other-seeds", type=int, default=3, help="seeds at the other noise settings")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="student runs in parallel, one process and one torch thread each (1: in this process)")
-    parser.add_argument("--resume", action="store_true",
-                        help="also keep the settings of results/noisy.json that already have enough seeds (runs "
-                             "recorded in noisy_runs.json are always kept) and the interleaved step times")
-    parser.add_argument("--timing-only", action="store_true",
-                        help="only re-measure step times (interleaved) and rewrite the existing results/noisy.*")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="student runs in parallel, one process and one torch thread each (1: in this process)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="also keep the settings of results/noisy.json that already have enough seeds (runs "
+        "recorded in noisy_runs.json are always kept) and the interleaved step times",
+    )
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only re-measure step times (interleaved) and rewrite the existing results/noisy.*",
+    )
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = argparse.Namespace(train_examples=1200, max_length=40, epochs=2, teacher_epochs=1, lr=2e-4, meta_lr=1.0,
-                             net_meta_lr=0.01, work=cache_dir() / "noisy_study", workers=args.workers)
+    cfg = argparse.Namespace(
+        train_examples=1200,
+        max_length=40,
+        epochs=2,
+        teacher_epochs=1,
+        lr=2e-4,
+        meta_lr=1.0,
+        net_meta_lr=0.01,
+        work=cache_dir() / "noisy_study",
+        workers=args.workers,
+    )
     settings = SETTINGS
     if args.quick:
         cfg.train_examples, cfg.epochs, settings = 200, 1, [("symmetric", 0.4)]

@@ -59,8 +59,20 @@ def settings(quick: bool, gpu: bool = False) -> argparse.Namespace:
 
 def worker(module: str, size: str, cfg, work: Path, assets: Path, profile: bool = False) -> dict:
     out = work / f"{module}_{size}{'_profile' if profile else ''}.json"
-    args = ["--module", module, "--size", size, "--rounds", "1" if profile else str(cfg.rounds),
-            "--steps", str(cfg.steps), "--assets", str(assets), "--out", str(out)]
+    args = [
+        "--module",
+        module,
+        "--size",
+        size,
+        "--rounds",
+        "1" if profile else str(cfg.rounds),
+        "--steps",
+        str(cfg.steps),
+        "--assets",
+        str(assets),
+        "--out",
+        str(out),
+    ]
     if profile:
         args += ["--profile", *map(str, cfg.profile)]
     if cfg.device != "cpu":  # wait for the GPU at the timed window's ends only (stamps index i = step i + 1)
@@ -95,25 +107,42 @@ def summarise(result: dict, cfg) -> dict:
         ratios = [r["handwritten"] / r["kdlight"] for r in by_round.values()]  # throughput kdlight / hand-written
         hand = statistics.median(r["handwritten"] for r in by_round.values())
         kd = statistics.median(r["kdlight"] for r in by_round.values())
-        out[clock] = {"handwritten_ms": 1000 * hand, "kdlight_ms": 1000 * kd, "ratio": statistics.median(ratios),
-                      "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
-                      "extra_ms_per_step": 1000 * (kd - hand)}
+        out[clock] = {
+            "handwritten_ms": 1000 * hand,
+            "kdlight_ms": 1000 * kd,
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "ratios": ratios,
+            "extra_ms_per_step": 1000 * (kd - hand),
+        }
     judged = out["wall"] if cfg.device != "cpu" or "cpu" not in out else out["cpu"]
-    return {**judged, "clock": "wall" if judged is out.get("wall") else "cpu", "wall_ratio": out["wall"]["ratio"],
-            "wall_range": f"{out['wall']['ratio_min']:.3f}-{out['wall']['ratio_max']:.3f}", "by_clock": out}
+    return {
+        **judged,
+        "clock": "wall" if judged is out.get("wall") else "cpu",
+        "wall_ratio": out["wall"]["ratio"],
+        "wall_range": f"{out['wall']['ratio_min']:.3f}-{out['wall']['ratio_max']:.3f}",
+        "by_clock": out,
+    }
 
 
 # --------------------------------------------------------------------------------------- profiling
 CATEGORIES = [
-    ("torch kernels (model maths, autograd, optimiser)",
-     lambda f, n: f == "~" and ("torch" in n or "_EngineBase" in n)),
-    ("Lightning (loops, hooks, logging)",
-     lambda f, n: "/lightning/" in f or "/lightning_utilities/" in f or "/torchmetrics/" in f),
+    (
+        "torch kernels (model maths, autograd, optimiser)",
+        lambda f, n: f == "~" and ("torch" in n or "_EngineBase" in n),
+    ),
+    (
+        "Lightning (loops, hooks, logging)",
+        lambda f, n: "/lightning/" in f or "/lightning_utilities/" in f or "/torchmetrics/" in f,
+    ),
     ("kdlight (Python)", lambda f, n: "/kdlight/" in f),
     ("transformers (Python)", lambda f, n: "/transformers/" in f),
     ("torch.optim / lr_scheduler (Python)", lambda f, n: "/torch/optim/" in f),
-    ("data loading (sampler, collate)",
-     lambda f, n: "/torch/utils/data/" in f or "/datasets/" in f or "/pyarrow/" in f),
+    (
+        "data loading (sampler, collate)",
+        lambda f, n: "/torch/utils/data/" in f or "/datasets/" in f or "/pyarrow/" in f,
+    ),
     ("torch.nn / autograd (Python)", lambda f, n: "/torch/" in f),
     ("other Python and builtins", lambda f, n: True),
 ]
@@ -123,13 +152,21 @@ MODEL_MATHS = ("/transformers/", "/torch/nn/", "/torch/optim/", "/torch/autograd
 
 def profile_summary(path: Path, steps: int) -> dict:
     seconds, stats = own_time(path, CATEGORIES)
-    top = sorted(((tottime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
-                  for (file, line, name), (_, ncalls, tottime, _, _) in stats.items()
-                  if file != "~" and not any(part in file for part in MODEL_MATHS)), reverse=True)
-    return {"ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
-            "total_ms_per_step": 1000 * sum(seconds.values()) / steps,
-            "top_own_time": [{"ms_per_step": 1000 * t / steps, "calls_per_step": n / steps, "where": w}
-                             for t, n, w in top[:15]]}
+    top = sorted(
+        (
+            (tottime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
+            for (file, line, name), (_, ncalls, tottime, _, _) in stats.items()
+            if file != "~" and not any(part in file for part in MODEL_MATHS)
+        ),
+        reverse=True,
+    )
+    return {
+        "ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
+        "total_ms_per_step": 1000 * sum(seconds.values()) / steps,
+        "top_own_time": [
+            {"ms_per_step": 1000 * t / steps, "calls_per_step": n / steps, "where": w} for t, n, w in top[:15]
+        ],
+    }
 
 
 def run_profiles(cfg, work: Path, assets: Path) -> dict:
@@ -138,8 +175,10 @@ def run_profiles(cfg, work: Path, assets: Path) -> dict:
     size = cfg.sizes[0]
     for module in MODULES:
         worker(module, size, cfg, work, assets, profile=True)
-        out[module] = {system: profile_summary(work / f"{module}_{size}_profile.{system}.prof", steps)
-                       for system in ("handwritten", "kdlight")}
+        out[module] = {
+            system: profile_summary(work / f"{module}_{size}_profile.{system}.prof", steps)
+            for system in ("handwritten", "kdlight")
+        }
     return out
 
 
@@ -153,40 +192,77 @@ def verdict(ratio: float, size: str) -> str:
 
 def write(study: Study, all_rows: list[dict], gpu: bool) -> None:
     """One table of every label's ratios; per label, when and how it was measured and its profiles."""
-    table = [{**r, "range": f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}", "judged": verdict(r["ratio"], r["size"])}
-             for r in all_rows if r.get("section") == "ratio"]
+    table = [
+        {**r, "range": f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}", "judged": verdict(r["ratio"], r["size"])}
+        for r in all_rows
+        if r.get("section") == "ratio"
+    ]
     notes = []
     for info in [r for r in all_rows if r.get("section") == "meta"]:
         label = info["label"]
-        notes.append(f"## {label}: {info['description']}\n\n"
-                     f"{('Commit ' + info['commit'] + ', ') if info['commit'] else ''}{info['date']}, {info['rounds']} "
-                     f"rounds x {info['timed_steps']} timed steps; load average at the end {info['loadavg_end']:.2f}.")
+        notes.append(
+            f"## {label}: {info['description']}\n\n"
+            f"{('Commit ' + info['commit'] + ', ') if info['commit'] else ''}{info['date']}, {info['rounds']} "
+            f"rounds x {info['timed_steps']} timed steps; load average at the end {info['loadavg_end']:.2f}."
+        )
         for p in [r for r in all_rows if r.get("label") == label and r.get("section") == "profile"]:
             hand, kd = p["handwritten"]["ms_per_step"], p["kdlight"]["ms_per_step"]
-            cats = [{"category": c, "handwritten": hand[c], "kdlight": kd[c], "difference": kd[c] - hand[c]}
-                    for c in kd]
-            notes.append(f"### Where the time goes: {p['module']} at the smallest size (cProfile, ms per step)\n\n"
-                         + markdown_table(cats, [("category", "category (own time)"), ("handwritten", "hand-written"),
-                                                 ("kdlight", "kdlight"), ("difference", "kdlight - hand-written")])
-                         + "\nkdlight's top entries by own time outside the model forward/backward and the optimiser:"
-                         "\n\n" + markdown_table(p["kdlight"]["top_own_time"],
-                                                  [("where", "function"), ("ms_per_step", "ms/step"),
-                                                   ("calls_per_step", "calls/step")]))
-    intro = ("Made by `python -m benchmarks.overhead.run` (see its docstring for the method). "
-             + ("MiniLM-shaped random models on CUDA, bf16-mixed, batch 64 and 256; judged on wall time. " if gpu else
-                "Tiny random BERTs (teacher 2 layers, student 1 layer cut from it; vocabulary 2,005), one thread per "
-                "process; judged on process CPU time per step (`clock`; wall-time ratios, which also count other "
-                "jobs taking the core, alongside). ")
-             + "Both systems on the same batches from the same weights. Ratio = throughput kdlight / hand-written, "
-             "median over rounds of the ratio within a round.")
-    study.write(all_rows, [("label", "label"), ("module", "module"), ("size", "size"),
-                           ("handwritten_ms", "hand-written ms/step"), ("kdlight_ms", "kdlight ms/step"),
-                           ("extra_ms_per_step", "extra ms/step"), ("ratio", "ratio"), ("range", "range"),
-                           ("judged", "target"), ("clock", "clock"), ("wall_ratio", "wall-time ratio"),
-                           ("wall_range", "wall range")],
-                title="Framework overhead: kdlight vs hand-written loops at short steps"
-                      + (" (GPU)" if gpu else " (CPU proxy)"),
-                intro=intro, notes="\n\n".join(notes), plot=lambda path: plot(all_rows, path, gpu), table_rows=table)
+            cats = [
+                {"category": c, "handwritten": hand[c], "kdlight": kd[c], "difference": kd[c] - hand[c]} for c in kd
+            ]
+            notes.append(
+                f"### Where the time goes: {p['module']} at the smallest size (cProfile, ms per step)\n\n"
+                + markdown_table(
+                    cats,
+                    [
+                        ("category", "category (own time)"),
+                        ("handwritten", "hand-written"),
+                        ("kdlight", "kdlight"),
+                        ("difference", "kdlight - hand-written"),
+                    ],
+                )
+                + "\nkdlight's top entries by own time outside the model forward/backward and the optimiser:"
+                "\n\n"
+                + markdown_table(
+                    p["kdlight"]["top_own_time"],
+                    [("where", "function"), ("ms_per_step", "ms/step"), ("calls_per_step", "calls/step")],
+                )
+            )
+    intro = (
+        "Made by `python -m benchmarks.overhead.run` (see its docstring for the method). "
+        + (
+            "MiniLM-shaped random models on CUDA, bf16-mixed, batch 64 and 256; judged on wall time. "
+            if gpu
+            else "Tiny random BERTs (teacher 2 layers, student 1 layer cut from it; vocabulary 2,005), one thread per "
+            "process; judged on process CPU time per step (`clock`; wall-time ratios, which also count other "
+            "jobs taking the core, alongside). "
+        )
+        + "Both systems on the same batches from the same weights. Ratio = throughput kdlight / hand-written, "
+        "median over rounds of the ratio within a round."
+    )
+    study.write(
+        all_rows,
+        [
+            ("label", "label"),
+            ("module", "module"),
+            ("size", "size"),
+            ("handwritten_ms", "hand-written ms/step"),
+            ("kdlight_ms", "kdlight ms/step"),
+            ("extra_ms_per_step", "extra ms/step"),
+            ("ratio", "ratio"),
+            ("range", "range"),
+            ("judged", "target"),
+            ("clock", "clock"),
+            ("wall_ratio", "wall-time ratio"),
+            ("wall_range", "wall range"),
+        ],
+        title="Framework overhead: kdlight vs hand-written loops at short steps"
+        + (" (GPU)" if gpu else " (CPU proxy)"),
+        intro=intro,
+        notes="\n\n".join(notes),
+        plot=lambda path: plot(all_rows, path, gpu),
+        table_rows=table,
+    )
 
 
 def plot(all_rows: list[dict], path: Path, gpu: bool = False) -> None:
@@ -201,12 +277,17 @@ def plot(all_rows: list[dict], path: Path, gpu: bool = False) -> None:
     width = 0.8 / max(1, len(labels))
     for ax, title in zip(axes, MODULES.values(), strict=True):
         for i, label in enumerate(labels):
-            rows = {r["size"]: r for r in all_rows
-                    if r.get("label") == label and r.get("section") == "ratio" and r["module"] == title}
+            rows = {
+                r["size"]: r
+                for r in all_rows
+                if r.get("label") == label and r.get("section") == "ratio" and r["module"] == title
+            }
             xs = [j + i * width for j in range(len(sizes))]
             ys = [rows[s]["ratio"] if s in rows else 0 for s in sizes]
-            errs = [[(rows[s]["ratio"] - rows[s]["ratio_min"]) if s in rows else 0 for s in sizes],
-                    [(rows[s]["ratio_max"] - rows[s]["ratio"]) if s in rows else 0 for s in sizes]]
+            errs = [
+                [(rows[s]["ratio"] - rows[s]["ratio_min"]) if s in rows else 0 for s in sizes],
+                [(rows[s]["ratio_max"] - rows[s]["ratio"]) if s in rows else 0 for s in sizes],
+            ]
             ax.bar(xs, ys, width, yerr=errs, label=label, capsize=2)
         for j, size in enumerate(sizes):
             if size in TARGETS or size.startswith("gpu"):
@@ -229,8 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--description", default="")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
-    parser.add_argument("--results", "--results-dir", dest="results", type=Path, default=None,
-                        help="results folder (default benchmarks/results; a temp folder with --quick)")
+    parser.add_argument(
+        "--results",
+        "--results-dir",
+        dest="results",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results; a temp folder with --quick)",
+    )
     args = parser.parse_args(argv)
     cfg = settings(args.quick, args.gpu)
     name = "gpu_overhead" if args.gpu else "overhead"
@@ -242,14 +329,26 @@ def main(argv: list[str] | None = None) -> None:
             for module, title in MODULES.items():
                 summary = summarise(worker(module, size, cfg, work, assets), cfg)
                 rows.append({"label": args.label, "section": "ratio", "module": title, "size": size, **summary})
-                print(f"[overhead] {title} ~{size}: ratio {summary['ratio']:.3f} ({summary['clock']} time; wall "
-                      f"{summary['wall_ratio']:.3f}) ({summary['handwritten_ms']:.1f} vs "
-                      f"{summary['kdlight_ms']:.1f} ms/step)", flush=True)
+                print(
+                    f"[overhead] {title} ~{size}: ratio {summary['ratio']:.3f} ({summary['clock']} time; wall "
+                    f"{summary['wall_ratio']:.3f}) ({summary['handwritten_ms']:.1f} vs "
+                    f"{summary['kdlight_ms']:.1f} ms/step)",
+                    flush=True,
+                )
         profiles = {} if args.no_profile else run_profiles(cfg, work, assets)
     rows += [{"label": args.label, "section": "profile", "module": MODULES[m], **p} for m, p in profiles.items()]
-    rows.append({"label": args.label, "section": "meta", "description": args.description or args.label,
-                 "commit": git_state(), "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": cfg.rounds,
-                 "timed_steps": cfg.last - cfg.first, "loadavg_end": os.getloadavg()[0]})
+    rows.append(
+        {
+            "label": args.label,
+            "section": "meta",
+            "description": args.description or args.label,
+            "commit": git_state(),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "rounds": cfg.rounds,
+            "timed_steps": cfg.last - cfg.first,
+            "loadavg_end": os.getloadavg()[0],
+        }
+    )
     study = Study(name, results=results)
     existing = []
     if (study.results / f"{name}.json").is_file():  # the other labels' rows are kept

@@ -28,8 +28,20 @@ SIZES = {
 }
 # GPU sizes (benchmarks/gpu/run.sh): all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, vocabulary
 # 30,522) with random weights (the step time depends on the shape only), a 2-layer student, bf16-mixed
-SIZES.update({f"gpu-b{batch}": {"hidden": 384, "teacher_layers": 6, "student_layers": 2, "batch": batch, "length": 64,
-                                "heads": 12, "vocab_words": 30517} for batch in (64, 256)})
+SIZES.update(
+    {
+        f"gpu-b{batch}": {
+            "hidden": 384,
+            "teacher_layers": 6,
+            "student_layers": 2,
+            "batch": batch,
+            "length": 64,
+            "heads": 12,
+            "vocab_words": 30517,
+        }
+        for batch in (64, 256)
+    }
+)
 VOCAB_WORDS = 2000
 DEVICE = "cpu"  # --device
 ZS_CYCLE = (2, 6)  # generator steps, student steps: both kinds fall in every timed window
@@ -43,17 +55,28 @@ def make_assets(root: Path, size: str) -> dict[str, Path]:
 
     spec = SIZES[size]
     out = root / size
-    paths = {"root": out, "tokenizer": out / "tokenizer", "teacher": out / "teacher", "generator": out / "generator",
-             "data": out / "data"}
+    paths = {
+        "root": out,
+        "tokenizer": out / "tokenizer",
+        "teacher": out / "teacher",
+        "generator": out / "generator",
+        "data": out / "data",
+    }
     if (out / "done").is_file():
         return paths
     words = [f"w{i}" for i in range(spec.get("vocab_words", VOCAB_WORDS))]
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate([*special, *words])})
     tokenizer.save_pretrained(paths["tokenizer"])
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=spec["hidden"], num_hidden_layers=spec["teacher_layers"],
-                        num_attention_heads=spec.get("heads", 4 if spec["hidden"] % 4 == 0 else 2),
-                        intermediate_size=4 * spec["hidden"], max_position_embeddings=128, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec["hidden"],
+        num_hidden_layers=spec["teacher_layers"],
+        num_attention_heads=spec.get("heads", 4 if spec["hidden"] % 4 == 0 else 2),
+        intermediate_size=4 * spec["hidden"],
+        max_position_embeddings=128,
+        num_labels=2,
+    )
     torch.manual_seed(SEED)
     for key, model in (("teacher", BertForSequenceClassification(config)), ("generator", BertForMaskedLM(config))):
         model.save_pretrained(paths[key])
@@ -61,11 +84,14 @@ def make_assets(root: Path, size: str) -> dict[str, Path]:
     rng = random.Random(SEED)
     paths["data"].mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 2048), ("validation", 64), ("test", 64)):
-        rows = ["text,label"] + [" ".join(rng.choice(words) for _ in range(spec["length"]))
-                                 + f",{'pos' if i % 2 else 'neg'}" for i in range(n)]
+        rows = ["text,label"] + [
+            " ".join(rng.choice(words) for _ in range(spec["length"])) + f",{'pos' if i % 2 else 'neg'}"
+            for i in range(n)
+        ]
         (paths["data"] / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    (paths["data"] / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(spec["length"]))
-                                                        for _ in range(2048)) + "\n")
+    (paths["data"] / "corpus.txt").write_text(
+        "\n".join(" ".join(rng.choice(words) for _ in range(spec["length"])) for _ in range(2048)) + "\n"
+    )
     (out / "done").write_text("")
     return paths
 
@@ -74,10 +100,16 @@ def task_data(paths, spec, **kwargs):
     from kdlight.data import TextClassificationDataModule
 
     d = paths["data"]
-    return TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                        test_file=str(d / "test.csv"), label_names=["neg", "pos"],
-                                        tokenizer=str(paths["tokenizer"]), max_length=spec["length"],
-                                        batch_size=spec["batch"], **kwargs)
+    return TextClassificationDataModule(
+        train_file=str(d / "train.csv"),
+        val_file=str(d / "validation.csv"),
+        test_file=str(d / "test.csv"),
+        label_names=["neg", "pos"],
+        tokenizer=str(paths["tokenizer"]),
+        max_length=spec["length"],
+        batch_size=spec["batch"],
+        **kwargs,
+    )
 
 
 def datamodule(module: str, paths, spec):
@@ -87,18 +119,35 @@ def datamodule(module: str, paths, spec):
         dm = task_data(paths, spec)
     elif module == "zeroshot":
         d = paths["data"]
-        task = TextClassificationDataModule(val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"),
-                                            label_names=["neg", "pos"])
-        corpus = OutOfDomainCorpus(source=str(d / "corpus.txt"), cache_dir=str(paths["root"] / "corpus_cache"),
-                                   min_words=1)
-        dm = ZeroShotDataModule(task=task, corpus=corpus, tokenizer=str(paths["tokenizer"]), max_length=spec["length"],
-                                batch_size=spec["batch"])
+        task = TextClassificationDataModule(
+            val_file=str(d / "validation.csv"), test_file=str(d / "test.csv"), label_names=["neg", "pos"]
+        )
+        corpus = OutOfDomainCorpus(
+            source=str(d / "corpus.txt"), cache_dir=str(paths["root"] / "corpus_cache"), min_words=1
+        )
+        dm = ZeroShotDataModule(
+            task=task,
+            corpus=corpus,
+            tokenizer=str(paths["tokenizer"]),
+            max_length=spec["length"],
+            batch_size=spec["batch"],
+        )
     else:
         d = paths["data"]
-        base = TextClassificationDataModule(train_file=str(d / "train.csv"), val_file=str(d / "validation.csv"),
-                                            test_file=str(d / "test.csv"), label_names=["neg", "pos"])
-        dm = NoisyLabelDataModule(base, noise_rate=0.4, clean_val_size=0.1, tokenizer=str(paths["tokenizer"]),
-                                  max_length=spec["length"], batch_size=spec["batch"])
+        base = TextClassificationDataModule(
+            train_file=str(d / "train.csv"),
+            val_file=str(d / "validation.csv"),
+            test_file=str(d / "test.csv"),
+            label_names=["neg", "pos"],
+        )
+        dm = NoisyLabelDataModule(
+            base,
+            noise_rate=0.4,
+            clean_val_size=0.1,
+            tokenizer=str(paths["tokenizer"]),
+            max_length=spec["length"],
+            batch_size=spec["batch"],
+        )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -108,16 +157,28 @@ def kdlight_module(module: str, paths, dm, spec):
     from kdlight.models.students import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD, ZeroShotAdversarialKD
 
-    common = {"teacher": str(paths["teacher"]), "student": TruncatedTeacher(spec["student_layers"]), "task": dm.task,
-              "learning_rate": LR, "weight_decay": 0.0, "warmup_ratio": WARMUP_RATIO}
+    common = {
+        "teacher": str(paths["teacher"]),
+        "student": TruncatedTeacher(spec["student_layers"]),
+        "task": dm.task,
+        "learning_rate": LR,
+        "weight_decay": 0.0,
+        "warmup_ratio": WARMUP_RATIO,
+    }
     if module == "vanilla":
         return VanillaKD(alpha=ALPHA, temperature=TEMPERATURE, **common)
     if module == "zeroshot":
-        return ZeroShotAdversarialKD(generator=str(paths["generator"]), generator_steps=ZS_CYCLE[0],
-                                     student_steps=ZS_CYCLE[1],
-                                     generator_learning_rate=1e-5, temperature=TEMPERATURE, **common)
-    return AdaptiveLossMixingKD(mixer="table", lookahead="last_layer", meta_every=1, init_lambda=0.9,
-                                meta_learning_rate=1.0, **common)
+        return ZeroShotAdversarialKD(
+            generator=str(paths["generator"]),
+            generator_steps=ZS_CYCLE[0],
+            student_steps=ZS_CYCLE[1],
+            generator_learning_rate=1e-5,
+            temperature=TEMPERATURE,
+            **common,
+        )
+    return AdaptiveLossMixingKD(
+        mixer="table", lookahead="last_layer", meta_every=1, init_lambda=0.9, meta_learning_rate=1.0, **common
+    )
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -163,15 +224,26 @@ def run_kdlight(module: str, paths, spec, steps: int, clock: Clock, work: Path) 
     dm = datamodule(module, paths, spec)
     model = kdlight_module(module, paths, dm, spec)
     gpu = {"accelerator": "cuda", "precision": "bf16-mixed"} if DEVICE != "cpu" else {"accelerator": "cpu"}
-    trainer = Trainer(**gpu, devices=1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
-                      num_sanity_val_steps=0, logger=CSVLogger(str(work), name="overhead"), enable_progress_bar=False,
-                      enable_checkpointing=False, enable_model_summary=False, callbacks=[Ticks()],
-                      default_root_dir=str(work))
+    trainer = Trainer(
+        **gpu,
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(str(work), name="overhead"),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[Ticks()],
+        default_root_dir=str(work),
+    )
     trainer.fit(model, datamodule=dm)
 
 
 def lr_lambda(total: int):
     warmup = int(total * WARMUP_RATIO)
+
     def factor(step: int) -> float:
         return (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
@@ -182,8 +254,14 @@ def adamw(params, lr=LR):
     import torch
 
     fused = {"fused": True} if DEVICE != "cpu" else {}  # as kdlight's default on CUDA
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.0},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr, **fused)
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.0},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        **fused,
+    )
 
 
 def on_device(batches):
@@ -341,8 +419,9 @@ def handwritten_loop(module: str, paths, spec, steps: int, clock: Clock, work: P
             return mixed_loss(weights, ce, [kd_loss(logits, t)])
 
         lr = optimizer.param_groups[0]["lr"]
-        step = Lookahead(head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]},
-                         clean["labels"], lr)
+        step = Lookahead(
+            head, dict(head.named_parameters()), {"input": train_x}, {"input": captured["x"]}, clean["labels"], lr
+        )
         _, grads = lookahead_meta_gradients(step, inner_loss, [table.logits])
         rows = grads[0][idx]
         grads[0] = grads[0] / rows.abs().mean().clamp_min(1e-12)

@@ -63,26 +63,65 @@ ZEROSHOT_RECIPE = (10, 100)  # configs/zeroshot/offline.yaml: generator steps, s
 # ------------------------------------------------------------------------------------ configuration
 def settings(quick: bool) -> argparse.Namespace:
     if quick:
-        return argparse.Namespace(rounds=1, warmup=1, steps=2, epoch_steps=3, variant_warmup=1, variant_steps=2,
-                                  zs_generator_steps=1, zs_student_steps=2, zs_total=4, profile_steps=2)
-    return argparse.Namespace(rounds=3, warmup=4, steps=12, epoch_steps=7, variant_warmup=3, variant_steps=9,
-                              zs_generator_steps=2, zs_student_steps=6, zs_total=10, profile_steps=6)
+        return argparse.Namespace(
+            rounds=1,
+            warmup=1,
+            steps=2,
+            epoch_steps=3,
+            variant_warmup=1,
+            variant_steps=2,
+            zs_generator_steps=1,
+            zs_student_steps=2,
+            zs_total=4,
+            profile_steps=2,
+        )
+    return argparse.Namespace(
+        rounds=3,
+        warmup=4,
+        steps=12,
+        epoch_steps=7,
+        variant_warmup=3,
+        variant_steps=9,
+        zs_generator_steps=2,
+        zs_student_steps=6,
+        zs_total=10,
+        profile_steps=6,
+    )
 
 
 def zeroshot_available() -> bool:
-    return all(path.is_file() for path in (REPO / "kdlight" / "modules" / "zeroshot.py",
-                                           CONFIGS / "zeroshot" / "offline.yaml"))
+    return all(
+        path.is_file() for path in (REPO / "kdlight" / "modules" / "zeroshot.py", CONFIGS / "zeroshot" / "offline.yaml")
+    )
 
 
 # ----------------------------------------------------------------------------------------- running
-def worker(system: str, cfg, out: Path, threads: int, cache_dir: Path, extra: list[str] = (),
-           timeout: int = 900) -> dict:
+def worker(
+    system: str, cfg, out: Path, threads: int, cache_dir: Path, extra: list[str] = (), timeout: int = 900
+) -> dict:
     """One run of ``system`` in its own process (``worker.py``): its JSON record, or ``{"error": ...}``."""
-    total = {"alm": cfg.variant_warmup + cfg.variant_steps, "zeroshot": cfg.zs_total}.get(system,
-                                                                                        cfg.warmup + cfg.steps)
-    args = ["--system", system, "--total-steps", str(total), "--epoch-steps", str(cfg.epoch_steps),
-            "--zs-generator-steps", str(cfg.zs_generator_steps), "--zs-student-steps", str(cfg.zs_student_steps),
-            "--threads", str(threads), "--cache-dir", str(cache_dir), "--out", str(out), *extra]
+    total = {"alm": cfg.variant_warmup + cfg.variant_steps, "zeroshot": cfg.zs_total}.get(
+        system, cfg.warmup + cfg.steps
+    )
+    args = [
+        "--system",
+        system,
+        "--total-steps",
+        str(total),
+        "--epoch-steps",
+        str(cfg.epoch_steps),
+        "--zs-generator-steps",
+        str(cfg.zs_generator_steps),
+        "--zs-student-steps",
+        str(cfg.zs_student_steps),
+        "--threads",
+        str(threads),
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
     start = time.perf_counter()
     proc = run_module("benchmarks.throughput.worker", args, timeout)
     if proc.returncode != 0 or not out.is_file():
@@ -122,8 +161,9 @@ def zeroshot_kinds(result: dict) -> dict[str, float]:
 def contention() -> list[str]:
     """Other busy processes right now (ps), for the record."""
     try:
-        out = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True
+        ).stdout
     except OSError:
         return []
     busy = []
@@ -143,23 +183,36 @@ CATEGORIES = [
     ("kdlight", lambda f, n: "/kdlight/" in f),
     ("transformers (Python)", lambda f, n: "/transformers/" in f),
     ("torch.optim / lr_scheduler (Python)", lambda f, n: "/torch/optim/" in f),
-    ("torch.nn / autograd (Python)",
-     lambda f, n: "/torch/" in f and "/torch/utils/data/" not in f and "/torch/optim/" not in f),
-    ("data loading (sampler, collate, datasets/arrow)",
-     lambda f, n: "/torch/utils/data/" in f or "/datasets/" in f or "/pyarrow/" in f),
+    (
+        "torch.nn / autograd (Python)",
+        lambda f, n: "/torch/" in f and "/torch/utils/data/" not in f and "/torch/optim/" not in f,
+    ),
+    (
+        "data loading (sampler, collate, datasets/arrow)",
+        lambda f, n: "/torch/utils/data/" in f or "/datasets/" in f or "/pyarrow/" in f,
+    ),
     ("other Python", lambda f, n: True),
 ]
 
 
 def profile_summary(path: Path, steps: int) -> dict:
     seconds, stats = own_time(path, CATEGORIES)
-    top_framework = sorted(((cumtime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
-                            for (file, line, name), (_, ncalls, _, cumtime, _) in stats.items()
-                            if "/lightning/" in file or "/kdlight/" in file), reverse=True)
-    return {"steps": steps, "ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
-            "total_ms_per_step": 1000 * sum(seconds.values()) / steps,
-            "top_framework_cumulative_ms_per_step": [(f"{1000 * c / steps:.1f}", n, where)
-                                                     for c, n, where in top_framework[:25]]}
+    top_framework = sorted(
+        (
+            (cumtime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
+            for (file, line, name), (_, ncalls, _, cumtime, _) in stats.items()
+            if "/lightning/" in file or "/kdlight/" in file
+        ),
+        reverse=True,
+    )
+    return {
+        "steps": steps,
+        "ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
+        "total_ms_per_step": 1000 * sum(seconds.values()) / steps,
+        "top_framework_cumulative_ms_per_step": [
+            (f"{1000 * c / steps:.1f}", n, where) for c, n, where in top_framework[:25]
+        ],
+    }
 
 
 def run_profiles(cfg, work: Path, threads: int, cache_dir: Path) -> dict:
@@ -168,8 +221,14 @@ def run_profiles(cfg, work: Path, threads: int, cache_dir: Path) -> dict:
         warmup = min(cfg.warmup, 2)
         first, last = warmup, warmup + cfg.profile_steps
         pcfg = argparse.Namespace(**{**vars(cfg), "warmup": warmup, "steps": cfg.profile_steps})
-        res = worker(system, pcfg, work / f"profile_{system}.json", threads, cache_dir,
-                     ["--profile-window", str(first), str(last), "--no-eval"])
+        res = worker(
+            system,
+            pcfg,
+            work / f"profile_{system}.json",
+            threads,
+            cache_dir,
+            ["--profile-window", str(first), str(last), "--no-eval"],
+        )
         prof = work / f"profile_{system}.prof"
         if "error" in res or not prof.is_file():
             out[system] = {"error": res.get("error", "no profile written")}
@@ -240,17 +299,36 @@ def round_records(round_runs: list[dict], cfg) -> dict[str, dict]:
         recs["kdlight_cached_2ep"]["max_abs_logit_diff_vs_uncached"] = max_diff(kc_logits, unc_logits)
     if "handwritten_cached_2ep" in recs:
         recs["handwritten_cached_2ep"]["max_abs_logit_diff_vs_kdlight_cached"] = max_diff(
-            logits(by["handwritten_cached_2ep"]), kc_logits)
+            logits(by["handwritten_cached_2ep"]), kc_logits
+        )
     return recs
 
 
-SUMMARY_KEYS = ("samples_per_s", "ratio_vs_handwritten", "step_s", "step_cost_vs_vanillakd", "speedup_vs_uncached",
-                "ratio_vs_handwritten_cached", "kdlight_speed_vs_this", "peak_mem_mb", "process_peak_mb",
-                "baseline_rss_mb", "accuracy", "generator_step_s", "student_step_s",
-                "max_abs_logit_diff_vs_handwritten", "max_abs_logit_diff_vs_uncached",
-                "max_abs_logit_diff_vs_kdlight_cached")
-RANGED = ("ratio_vs_handwritten", "kdlight_speed_vs_this", "speedup_vs_uncached", "step_cost_vs_vanillakd",
-          "ratio_vs_handwritten_cached")
+SUMMARY_KEYS = (
+    "samples_per_s",
+    "ratio_vs_handwritten",
+    "step_s",
+    "step_cost_vs_vanillakd",
+    "speedup_vs_uncached",
+    "ratio_vs_handwritten_cached",
+    "kdlight_speed_vs_this",
+    "peak_mem_mb",
+    "process_peak_mb",
+    "baseline_rss_mb",
+    "accuracy",
+    "generator_step_s",
+    "student_step_s",
+    "max_abs_logit_diff_vs_handwritten",
+    "max_abs_logit_diff_vs_uncached",
+    "max_abs_logit_diff_vs_kdlight_cached",
+)
+RANGED = (
+    "ratio_vs_handwritten",
+    "kdlight_speed_vs_this",
+    "speedup_vs_uncached",
+    "step_cost_vs_vanillakd",
+    "ratio_vs_handwritten_cached",
+)
 
 
 def analyse(runs: list[list[dict]], cfg) -> dict:
@@ -269,8 +347,9 @@ def analyse(runs: list[list[dict]], cfg) -> dict:
                 row[key] = max(values) if key.startswith("max_abs") else median(values)
                 if len(values) > 1 and key in RANGED:
                     row[key + "_range"] = [min(values), max(values)]
-        row["per_round"] = {k: [r.get(k) for r in recs] for k in ("samples_per_s", "ratio_vs_handwritten", "step_s",
-                                                                  "loadavg_end")}
+        row["per_round"] = {
+            k: [r.get(k) for r in recs] for k in ("samples_per_s", "ratio_vs_handwritten", "step_s", "loadavg_end")
+        }
         errors = [r["error"] for r in recs if r.get("error")]
         if errors:
             row["errors"] = errors
@@ -296,17 +375,32 @@ def result_rows(summary: dict, meta: dict, profiles: dict | None) -> list[dict]:
         if row is None:
             continue
         section = "peers" if system in MAIN else "cache" if system in CACHE else "variants"
-        out = {"system": row["system"], "key": system, "section": section,
-               "samples_per_s": row.get("samples_per_s"), "ratio_vs_handwritten": row.get("ratio_vs_handwritten"),
-               "peak_mem_mb": row.get("peak_mem_mb"), "accuracy": row.get("accuracy")}
+        out = {
+            "system": row["system"],
+            "key": system,
+            "section": section,
+            "samples_per_s": row.get("samples_per_s"),
+            "ratio_vs_handwritten": row.get("ratio_vs_handwritten"),
+            "peak_mem_mb": row.get("peak_mem_mb"),
+            "accuracy": row.get("accuracy"),
+        }
         out.update({k: v for k, v in row.items() if k not in out and k != "system"})
         if system == "kdlight" and profiles:
             out["profile"] = profiles
         rows.append(out)
     if "zeroshot" not in summary:
-        rows.append({"system": LABELS["zeroshot"], "key": "zeroshot", "section": "variants", "samples_per_s": None,
-                     "ratio_vs_handwritten": None, "peak_mem_mb": None, "accuracy": None,
-                     "todo": meta.get("zeroshot_note", "TODO: not measured")})
+        rows.append(
+            {
+                "system": LABELS["zeroshot"],
+                "key": "zeroshot",
+                "section": "variants",
+                "samples_per_s": None,
+                "ratio_vs_handwritten": None,
+                "peak_mem_mb": None,
+                "accuracy": None,
+                "todo": meta.get("zeroshot_note", "TODO: not measured"),
+            }
+        )
     return rows
 
 
@@ -319,58 +413,109 @@ def acc(x: dict) -> str | None:
 
 
 def peer_table(rows: list[dict]) -> list[dict]:
-    return [{"system": x["system"], "sps": fmt(x.get("samples_per_s"), "{:.1f}"),
-             "ratio": fmt(x.get("ratio_vs_handwritten"), "{:.3f}x"), "range": span(x.get("ratio_vs_handwritten_range")),
-             "step": ms(x), "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"), "pmem": fmt(x.get("process_peak_mb"), "{:.0f}"),
-             "acc": acc(x), "diff": fmt(x.get("max_abs_logit_diff_vs_handwritten"), "{:.1e}"),
-             "n": f"{x.get('rounds_ok', 0)}/{x.get('rounds', 0)}"}
-            for x in rows if x["section"] == "peers"]
+    return [
+        {
+            "system": x["system"],
+            "sps": fmt(x.get("samples_per_s"), "{:.1f}"),
+            "ratio": fmt(x.get("ratio_vs_handwritten"), "{:.3f}x"),
+            "range": span(x.get("ratio_vs_handwritten_range")),
+            "step": ms(x),
+            "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"),
+            "pmem": fmt(x.get("process_peak_mb"), "{:.0f}"),
+            "acc": acc(x),
+            "diff": fmt(x.get("max_abs_logit_diff_vs_handwritten"), "{:.1e}"),
+            "n": f"{x.get('rounds_ok', 0)}/{x.get('rounds', 0)}",
+        }
+        for x in rows
+        if x["section"] == "peers"
+    ]
 
 
 def cache_table(rows: list[dict], cfg) -> str:
     def diff(x):
-        for key, versus in (("max_abs_logit_diff_vs_uncached", "uncached"),
-                            ("max_abs_logit_diff_vs_kdlight_cached", "kdlight cached")):
+        for key, versus in (
+            ("max_abs_logit_diff_vs_uncached", "uncached"),
+            ("max_abs_logit_diff_vs_kdlight_cached", "kdlight cached"),
+        ):
             if x.get(key) is not None:
                 return f"{x[key]:.1e} (vs {versus})"
         return None
 
     return markdown_table(
-        [{"system": x["system"], "sps": fmt(x.get("samples_per_s"), "{:.1f}"), "step": ms(x),
-          "speed": "1x" if x["key"] == "kdlight_uncached_2ep" else fmt(x.get("speedup_vs_uncached"), "{:.2f}x"),
-          "range": span(x.get("speedup_vs_uncached_range")), "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"),
-          "acc": acc(x), "diff": diff(x)}
-         for x in rows if x["section"] == "cache"],
-        [("system", "system"), ("sps", "samples/s, epoch 2 (median)"), ("step", "ms/step"),
-         ("speed", "vs kdlight uncached (median of per-round ratios)"), ("range", "per-round range"),
-         ("mem", "peak RSS delta, MB"), ("acc", f"test acc. % after 2 x {cfg.epoch_steps} steps"),
-         ("diff", "max abs test-logit diff")])
+        [
+            {
+                "system": x["system"],
+                "sps": fmt(x.get("samples_per_s"), "{:.1f}"),
+                "step": ms(x),
+                "speed": "1x" if x["key"] == "kdlight_uncached_2ep" else fmt(x.get("speedup_vs_uncached"), "{:.2f}x"),
+                "range": span(x.get("speedup_vs_uncached_range")),
+                "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"),
+                "acc": acc(x),
+                "diff": diff(x),
+            }
+            for x in rows
+            if x["section"] == "cache"
+        ],
+        [
+            ("system", "system"),
+            ("sps", "samples/s, epoch 2 (median)"),
+            ("step", "ms/step"),
+            ("speed", "vs kdlight uncached (median of per-round ratios)"),
+            ("range", "per-round range"),
+            ("mem", "peak RSS delta, MB"),
+            ("acc", f"test acc. % after 2 x {cfg.epoch_steps} steps"),
+            ("diff", "max abs test-logit diff"),
+        ],
+    )
 
 
 def variant_table(rows: list[dict]) -> str:
     kd = next((x for x in rows if x["key"] == "kdlight"), {})
-    reference = {"system": LABELS["kdlight"] + " (reference)", "step": ms(kd), "cost": "1x",
-                 "mem": fmt(kd.get("peak_mem_mb"), "{:.0f}"), "note": "T=2, alpha=0.5, teacher run every step"}
+    reference = {
+        "system": LABELS["kdlight"] + " (reference)",
+        "step": ms(kd),
+        "cost": "1x",
+        "mem": fmt(kd.get("peak_mem_mb"), "{:.0f}"),
+        "note": "T=2, alpha=0.5, teacher run every step",
+    }
     return markdown_table(
-        [reference] + [{"system": x["system"], "step": ms(x), "cost": fmt(x.get("step_cost_vs_vanillakd"), "{:.2f}x"),
-                        "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"), "note": x.get("todo") or variant_note(x)}
-                       for x in rows if x["section"] == "variants"],
-        [("system", "system"), ("step", "ms per training step (median)"),
-         ("cost", "step cost vs VanillaKD (median of per-round ratios)"), ("mem", "peak RSS delta, MB"),
-         ("note", "what a step is")])
+        [reference]
+        + [
+            {
+                "system": x["system"],
+                "step": ms(x),
+                "cost": fmt(x.get("step_cost_vs_vanillakd"), "{:.2f}x"),
+                "mem": fmt(x.get("peak_mem_mb"), "{:.0f}"),
+                "note": x.get("todo") or variant_note(x),
+            }
+            for x in rows
+            if x["section"] == "variants"
+        ],
+        [
+            ("system", "system"),
+            ("step", "ms per training step (median)"),
+            ("cost", "step cost vs VanillaKD (median of per-round ratios)"),
+            ("mem", "peak RSS delta, MB"),
+            ("note", "what a step is"),
+        ],
+    )
 
 
 def variant_note(x: dict) -> str:
     if x["key"] == "alm":
-        return ("one batch of 32: teacher + student forward, per-example CE/KD mix with the lambda table, last-layer "
-                "look-ahead meta step on a clean batch of 32, student update (configs/noisy/alm.yaml settings, teacher "
-                "not cached, T=4)")
+        return (
+            "one batch of 32: teacher + student forward, per-example CE/KD mix with the lambda table, last-layer "
+            "look-ahead meta step on a clean batch of 32, student update (configs/noisy/alm.yaml settings, teacher "
+            "not cached, T=4)"
+        )
     if x["key"] == "zeroshot":
         g, s = x.get("generator_step_s"), x.get("student_step_s")
-        return (f"weighted by the recipe's 10 generator : 100 student steps; generator step "
-                f"{fmt(1000 * g, '{:.0f}') if g else '?'} ms (MLM generator + Gumbel rewrite, teacher and student on "
-                f"it, backward to the generator), student step {fmt(1000 * s, '{:.0f}') if s else '?'} ms (teacher + "
-                "student on 32 Wikipedia snippets and on their rewrites)")
+        return (
+            f"weighted by the recipe's 10 generator : 100 student steps; generator step "
+            f"{fmt(1000 * g, '{:.0f}') if g else '?'} ms (MLM generator + Gumbel rewrite, teacher and student on "
+            f"it, backward to the generator), student step {fmt(1000 * s, '{:.0f}') if s else '?'} ms (teacher + "
+            "student on 32 Wikipedia snippets and on their rewrites)"
+        )
     return ""
 
 
@@ -379,33 +524,49 @@ def targets(rows: list[dict], meta: dict) -> list[str]:
     kd, lines = r.get("kdlight", {}), []
     if kd.get("ratio_vs_handwritten") is not None:
         rng = kd.get("ratio_vs_handwritten_range")
-        lines.append(target("kdlight VanillaKD >= 0.95x the hand-written loop", kd["ratio_vs_handwritten"] >= 0.95,
-                            f"{kd['ratio_vs_handwritten']:.3f}x" + (f"; per-round {rng[0]:.3f}x to {rng[1]:.3f}x"
-                                                                     if rng else "")))
+        lines.append(
+            target(
+                "kdlight VanillaKD >= 0.95x the hand-written loop",
+                kd["ratio_vs_handwritten"] >= 0.95,
+                f"{kd['ratio_vs_handwritten']:.3f}x" + (f"; per-round {rng[0]:.3f}x to {rng[1]:.3f}x" if rng else ""),
+            )
+        )
     for p in (r.get("textbrewer", {}), r.get("torchdistill", {})):
         if p.get("kdlight_speed_vs_this") is not None:
             rng = p.get("kdlight_speed_vs_this_range")
-            lines.append(target(f"kdlight >= {p['system']}", p["kdlight_speed_vs_this"] >= 1.0,
-                                f"kdlight / {p['key']} = {p['kdlight_speed_vs_this']:.3f}x, median of per-round ratios"
-                                + (f"; per-round {rng[0]:.3f}x to {rng[1]:.3f}x" if rng else "")
-                                + f"; medians {kd.get('samples_per_s', 0):.2f} vs {p['samples_per_s']:.2f} samples/s"))
+            lines.append(
+                target(
+                    f"kdlight >= {p['system']}",
+                    p["kdlight_speed_vs_this"] >= 1.0,
+                    f"kdlight / {p['key']} = {p['kdlight_speed_vs_this']:.3f}x, median of per-round ratios"
+                    + (f"; per-round {rng[0]:.3f}x to {rng[1]:.3f}x" if rng else "")
+                    + f"; medians {kd.get('samples_per_s', 0):.2f} vs {p['samples_per_s']:.2f} samples/s",
+                )
+            )
     cached, bound = r.get("kdlight_cached_2ep", {}), r.get("handwritten_cached_2ep", {})
     if cached.get("speedup_vs_uncached") is not None:
         ok = cached["speedup_vs_uncached"] >= 2.0
         detail = f"{cached['speedup_vs_uncached']:.2f}x"
         if bound.get("speedup_vs_uncached") and cached.get("ratio_vs_handwritten_cached"):
-            detail += (f"; the hand-written loop with the same logits looked up reaches "
-                       f"{bound['speedup_vs_uncached']:.2f}x, and kdlight cached runs at "
-                       f"{cached['ratio_vs_handwritten_cached']:.3f}x of it")
-        lines.append(target("teacher-logit cache >= 2x", ok, detail)
-                     + ("" if ok or "cache_ceiling" not in meta else " " + meta["cache_ceiling"]))
+            detail += (
+                f"; the hand-written loop with the same logits looked up reaches "
+                f"{bound['speedup_vs_uncached']:.2f}x, and kdlight cached runs at "
+                f"{cached['ratio_vs_handwritten_cached']:.3f}x of it"
+            )
+        lines.append(
+            target("teacher-logit cache >= 2x", ok, detail)
+            + ("" if ok or "cache_ceiling" not in meta else " " + meta["cache_ceiling"])
+        )
     return lines
 
 
 def notes(summary: dict, profiles: dict | None, meta: dict) -> list[str]:
     """Failures, the cache's ceiling and the profile's headline, from this run's figures."""
-    out = [f"{LABELS[key]}: failed in {len(row['errors'])} round(s): {row['errors'][0]}"
-           for key, row in summary.items() if row.get("errors")]
+    out = [
+        f"{LABELS[key]}: failed in {len(row['errors'])} round(s): {row['errors'][0]}"
+        for key, row in summary.items()
+        if row.get("errors")
+    ]
     if meta.get("zeroshot_note"):
         out.append(f"ZeroShotAdversarialKD: {meta['zeroshot_note']}.")
     unc = summary.get("kdlight_uncached_2ep", {})
@@ -415,15 +576,18 @@ def notes(summary: dict, profiles: dict | None, meta: dict) -> list[str]:
         meta["cache_ceiling"] = (
             f"The cache removes only the teacher's forward pass, {100 * share:.0f} % of an uncached step here "
             "(uncached kdlight step vs the hand-written looked-up step); the student's forward + backward and AdamW "
-            "remain, so the ceiling is 1 / (1 - teacher share).")
+            "remain, so the ceiling is 1 / (1 - teacher share)."
+        )
     if profiles and all("ms_per_step" in profiles.get(s, {}) for s in ("handwritten", "kdlight")):
         h, k = profiles["handwritten"], profiles["kdlight"]
         kernels = "torch kernels (model math, autograd, optimiser)"
         fw = k["ms_per_step"]["Lightning"] + k["ms_per_step"]["kdlight"]
-        out.append(f"Profiler (cProfile, {k['steps']} steps each, own time per library): Lightning + kdlight Python "
-                   f"code costs {fw:.1f} ms per step of {k['total_ms_per_step']:.0f} ms "
-                   f"({100 * fw / k['total_ms_per_step']:.1f} %); torch kernels {k['ms_per_step'][kernels]:.0f} ms in "
-                   f"kdlight vs {h['ms_per_step'][kernels]:.0f} ms in the hand-written loop.")
+        out.append(
+            f"Profiler (cProfile, {k['steps']} steps each, own time per library): Lightning + kdlight Python "
+            f"code costs {fw:.1f} ms per step of {k['total_ms_per_step']:.0f} ms "
+            f"({100 * fw / k['total_ms_per_step']:.1f} %); torch kernels {k['ms_per_step'][kernels]:.0f} ms in "
+            f"kdlight vs {h['ms_per_step'][kernels]:.0f} ms in the hand-written loop."
+        )
     return out
 
 
@@ -437,11 +601,16 @@ def profile_text(profiles: dict | None) -> str:
             lines.append(f"- {system}: profile failed ({p.get('error')})")
             continue
         parts = ", ".join(f"{k} {v:.0f}" for k, v in p["ms_per_step"].items() if v >= 0.5)
-        lines.append(f"- {LABELS[system]}: {p['total_ms_per_step']:.0f} ms/step under cProfile over {p['steps']} "
-                     f"steps: {parts} (ms/step, own time)")
-    return ("## Where a step's time goes (cProfile, own time per function grouped by library)\n\n" + "\n".join(lines)
-            + "\n\nFull top-25 list of Lightning/kdlight functions by cumulative time in `throughput.json` "
-            "(`profile`).")
+        lines.append(
+            f"- {LABELS[system]}: {p['total_ms_per_step']:.0f} ms/step under cProfile over {p['steps']} "
+            f"steps: {parts} (ms/step, own time)"
+        )
+    return (
+        "## Where a step's time goes (cProfile, own time per function grouped by library)\n\n"
+        + "\n".join(lines)
+        + "\n\nFull top-25 list of Lightning/kdlight functions by cumulative time in `throughput.json` "
+        "(`profile`)."
+    )
 
 
 def write(study: Study, summary: dict, cfg, meta: dict, profiles: dict | None) -> list[dict]:
@@ -459,23 +628,45 @@ def write(study: Study, summary: dict, cfg, meta: dict, profiles: dict | None) -
         "## 1. Framework overhead and peers (teacher run every step)"
     )
     sections = [
-        "## 2. Teacher-logit cache", "",
+        "## 2. Teacher-logit cache",
+        "",
         f"2 epochs of {cfg.epoch_steps} batches, timed over the second. The cache is filled once, before the first "
-        f"step, and kept on disk: {meta.get('cache_fill', 'n/a')}.", "",
+        f"step, and kept on disk: {meta.get('cache_fill', 'n/a')}.",
+        "",
         cache_table(rows, cfg),
-        "## 3. Step cost of the other distillers", "", variant_table(rows),
-        "## Targets", "", *targets(rows, meta), "",
-        "## Notes and failures", "", *(f"- {n}" for n in notes_list), "",
+        "## 3. Step cost of the other distillers",
+        "",
+        variant_table(rows),
+        "## Targets",
+        "",
+        *targets(rows, meta),
+        "",
+        "## Notes and failures",
+        "",
+        *(f"- {n}" for n in notes_list),
+        "",
         profile_text(profiles),
     ]
-    study.write(json.loads(json.dumps(rows, default=str)),
-                [("system", "system"), ("sps", "samples/s (median)"),
-                 ("ratio", "vs hand-written (median of per-round ratios)"), ("range", "per-round range"),
-                 ("step", "ms/step"), ("mem", "peak RSS delta, MB"), ("pmem", "process peak RSS, MB"),
-                 ("acc", f"test acc. % after {cfg.warmup + cfg.steps} steps"),
-                 ("diff", "max abs test-logit diff vs hand-written"), ("n", "rounds ok")],
-                title="Training throughput: kdlight vs a hand-written loop vs TextBrewer vs torchdistill",
-                intro=intro, notes="\n".join(sections), plot=plot(rows), table_rows=peer_table(rows))
+    study.write(
+        json.loads(json.dumps(rows, default=str)),
+        [
+            ("system", "system"),
+            ("sps", "samples/s (median)"),
+            ("ratio", "vs hand-written (median of per-round ratios)"),
+            ("range", "per-round range"),
+            ("step", "ms/step"),
+            ("mem", "peak RSS delta, MB"),
+            ("pmem", "process peak RSS, MB"),
+            ("acc", f"test acc. % after {cfg.warmup + cfg.steps} steps"),
+            ("diff", "max abs test-logit diff vs hand-written"),
+            ("n", "rounds ok"),
+        ],
+        title="Training throughput: kdlight vs a hand-written loop vs TextBrewer vs torchdistill",
+        intro=intro,
+        notes="\n".join(sections),
+        plot=plot(rows),
+        table_rows=peer_table(rows),
+    )
     return rows
 
 
@@ -491,14 +682,21 @@ def plot(rows: list[dict]):
         ax = axes[0]
         names = [r["system"].replace(" ", "\n", 1) for r in peers]
         values = [r["ratio_vs_handwritten"] for r in peers]
-        colors = ["#888888" if r["key"] == "handwritten" else "#2b7bba" if r["key"] == "kdlight" else "#e08a2c"
-                  for r in peers]
+        colors = [
+            "#888888" if r["key"] == "handwritten" else "#2b7bba" if r["key"] == "kdlight" else "#e08a2c" for r in peers
+        ]
         bars = ax.bar(names, values, color=colors)
         ax.axhline(1.0, color="black", lw=0.8)
         ax.axhline(0.95, color="red", lw=0.8, ls="--", label="0.95x target")
         for b, v, r in zip(bars, values, peers, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.3f}x\n{r['samples_per_s']:.1f}/s", ha="center",
-                    va="bottom", fontsize=8)
+            ax.text(
+                b.get_x() + b.get_width() / 2,
+                v + 0.01,
+                f"{v:.3f}x\n{r['samples_per_s']:.1f}/s",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_ylim(0, max(values + [1.0]) * 1.25)
         ax.set_ylabel("training throughput vs hand-written loop")
         ax.set_title("Same KD math, same batches (median ratio)")
@@ -508,15 +706,21 @@ def plot(rows: list[dict]):
         ax = axes[1]
         cache = [r for r in rows if r["section"] == "cache" and r.get("samples_per_s")]
         if cache:
-            names = {"kdlight_uncached_2ep": "kdlight\nteacher every step",
-                     "kdlight_cached_2ep": "kdlight\ncached logits",
-                     "handwritten_cached_2ep": "hand-written\nlooked-up logits"}
+            names = {
+                "kdlight_uncached_2ep": "kdlight\nteacher every step",
+                "kdlight_cached_2ep": "kdlight\ncached logits",
+                "handwritten_cached_2ep": "hand-written\nlooked-up logits",
+            }
             colors = {"kdlight_uncached_2ep": "#888888", "kdlight_cached_2ep": "#2b7bba"}
-            bars = ax.bar([names[r["key"]] for r in cache], [r["samples_per_s"] for r in cache],
-                          color=[colors.get(r["key"], "#bbbbbb") for r in cache])
+            bars = ax.bar(
+                [names[r["key"]] for r in cache],
+                [r["samples_per_s"] for r in cache],
+                color=[colors.get(r["key"], "#bbbbbb") for r in cache],
+            )
             for b, r in zip(bars, cache, strict=True):
-                label = f"{r['samples_per_s']:.1f}/s" + (f"\n{r['speedup_vs_uncached']:.2f}x"
-                                                         if r.get("speedup_vs_uncached") else "")
+                label = f"{r['samples_per_s']:.1f}/s" + (
+                    f"\n{r['speedup_vs_uncached']:.2f}x" if r.get("speedup_vs_uncached") else ""
+                )
                 ax.text(b.get_x() + b.get_width() / 2, r["samples_per_s"], label, ha="center", va="bottom", fontsize=8)
             ax.set_ylim(0, max(r["samples_per_s"] for r in cache) * 1.3)
         ax.set_ylabel("samples/s, second epoch")
@@ -529,8 +733,9 @@ def plot(rows: list[dict]):
         values = [1.0] + [r.get("step_cost_vs_vanillakd") or 0.0 for r in var]
         bars = ax.bar(names, values, color=["#888888"] + ["#2b7bba" if v else "#dddddd" for v in values[1:]])
         for b, v in zip(bars, values, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}x" if v else "TODO", ha="center", va="bottom",
-                    fontsize=8)
+            ax.text(
+                b.get_x() + b.get_width() / 2, v, f"{v:.2f}x" if v else "TODO", ha="center", va="bottom", fontsize=8
+            )
         ax.set_ylim(0, max(values) * 1.25)
         ax.set_ylabel("time per training step vs VanillaKD")
         ax.set_title("Step cost of the other distillers")
@@ -549,8 +754,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 3; 1 with --quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--systems", nargs="*", default=None, help="subset of systems to run")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="skip the cProfile breakdown of kdlight vs the hand-written loop")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the cProfile breakdown of kdlight vs the hand-written loop"
+    )
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     cfg = settings(args.quick)
@@ -571,11 +777,20 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    meta: dict = {"threads": args.threads, "machine": machine(), "git": git_state(),
-                  "date": time.strftime("%Y-%m-%d %H:%M"), "contention_start": contention(),
-                  "versions": {"torch": torch.__version__, "lightning": lightning.__version__,
-                               "transformers": transformers.__version__, "datasets": datasets.__version__,
-                               "python": platform.python_version()}}
+    meta: dict = {
+        "threads": args.threads,
+        "machine": machine(),
+        "git": git_state(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "contention_start": contention(),
+        "versions": {
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
+            "python": platform.python_version(),
+        },
+    }
     systems = MAIN + CACHE + ["alm"]
     if zeroshot_available():
         systems.append("zeroshot")
@@ -591,48 +806,79 @@ def main(argv: list[str] | None = None) -> None:
         existed = any(p.is_dir() and not p.name.endswith(".tmp") for p in logit_cache.iterdir())
         if not existed:
             prep_cfg = argparse.Namespace(**{**vars(cfg), "epoch_steps": 1})
-            res = worker("kdlight_cached_2ep", prep_cfg, work / "cache_prep.json", args.threads, logit_cache,
-                         ["--no-eval"], timeout=1800)
+            res = worker(
+                "kdlight_cached_2ep",
+                prep_cfg,
+                work / "cache_prep.json",
+                args.threads,
+                logit_cache,
+                ["--no-eval"],
+                timeout=1800,
+            )
             first_step = (res.get("extra") or {}).get("time_to_first_step_s")
             if first_step is not None:
-                fill_record.write_text(json.dumps({"time_to_first_step_s": first_step, "date": meta["date"],
-                                                   "threads": args.threads}))
+                fill_record.write_text(
+                    json.dumps({"time_to_first_step_s": first_step, "date": meta["date"], "threads": args.threads})
+                )
         print(f"[throughput] teacher-logit cache {'found' if existed else 'computed'} in {logit_cache}", flush=True)
 
     runs: list[list[dict]] = []
     for rnd in range(cfg.rounds):
-        order = systems[rnd % len(systems):] + systems[: rnd % len(systems)]
+        order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
         round_runs = []
         for system in order:
             # accuracy is deterministic (seeded, same batches): evaluated in the first round only
-            res = worker(system, cfg, work / f"r{rnd}_{system}.json", args.threads, logit_cache,
-                         [] if rnd == 0 else ["--no-eval"])
+            res = worker(
+                system,
+                cfg,
+                work / f"r{rnd}_{system}.json",
+                args.threads,
+                logit_cache,
+                [] if rnd == 0 else ["--no-eval"],
+            )
             round_runs.append(res)
             w = window(res, cfg) if "error" not in res else None
-            print(f"[throughput] round {rnd + 1}/{cfg.rounds} {system}: "
-                  + (f"{w[1] * BATCH / w[0]:.2f} samples/s, acc {res.get('accuracy')}, "
-                     f"+{res.get('peak_mem_mb', 0):.0f} MB, load {res.get('loadavg_end', 0):.1f}" if w
-                     else res.get("error", "zeroshot (per-kind timing)"))
-                  + f" [{(time.perf_counter() - start) / 60:.1f} min]", flush=True)
+            print(
+                f"[throughput] round {rnd + 1}/{cfg.rounds} {system}: "
+                + (
+                    f"{w[1] * BATCH / w[0]:.2f} samples/s, acc {res.get('accuracy')}, "
+                    f"+{res.get('peak_mem_mb', 0):.0f} MB, load {res.get('loadavg_end', 0):.1f}"
+                    if w
+                    else res.get("error", "zeroshot (per-kind timing)")
+                )
+                + f" [{(time.perf_counter() - start) / 60:.1f} min]",
+                flush=True,
+            )
         runs.append(round_runs)
 
     profiles = None if args.no_profile else run_profiles(cfg, work, args.threads, logit_cache)
-    first_steps = {system: [r["extra"]["time_to_first_step_s"] for rr in runs for r in rr
-                            if r.get("system") == system and (r.get("extra") or {}).get("time_to_first_step_s")]
-                   for system in ("kdlight_cached_2ep", "kdlight_uncached_2ep")}
+    first_steps = {
+        system: [
+            r["extra"]["time_to_first_step_s"]
+            for rr in runs
+            for r in rr
+            if r.get("system") == system and (r.get("extra") or {}).get("time_to_first_step_s")
+        ]
+        for system in ("kdlight_cached_2ep", "kdlight_uncached_2ep")
+    }
     if fill_record.is_file():
         fill = json.loads(fill_record.read_text())
-        meta["cache_fill"] = (f"filling it took {fill['time_to_first_step_s']:.0f} s from `trainer.fit` to the end of "
-                              f"the first step (measured {fill['date']}, {fill['threads']} thread(s))")
+        meta["cache_fill"] = (
+            f"filling it took {fill['time_to_first_step_s']:.0f} s from `trainer.fit` to the end of "
+            f"the first step (measured {fill['date']}, {fill['threads']} thread(s))"
+        )
     if all(first_steps.values()):
         cached, uncached = (statistics.median(first_steps[s]) for s in ("kdlight_cached_2ep", "kdlight_uncached_2ep"))
-        meta["cache_fill"] = (meta.get("cache_fill", "fill time not recorded") + "; with the cache on disk, `fit` to "
-                              f"the end of the first step takes {cached:.0f} s (uncached: {uncached:.0f} s)")
+        meta["cache_fill"] = (
+            meta.get("cache_fill", "fill time not recorded") + "; with the cache on disk, `fit` to "
+            f"the end of the first step takes {cached:.0f} s (uncached: {uncached:.0f} s)"
+        )
     meta["contention_end"] = contention()
     summary = analyse(runs, cfg)
     loads = [r.get("loadavg_end") for rr in runs for r in rr if r.get("loadavg_end") is not None]
-    meta["load_range"] = (f"{min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f})"
-                          if loads else "n/a")
+    meta["load_range"] = (
+        f"{min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f})" if loads else "n/a"
+    )
     meta["minutes"] = (time.perf_counter() - start) / 60
     write(Study("throughput", results=results), summary, cfg, meta, profiles)
     print((results / "throughput.md").read_text())

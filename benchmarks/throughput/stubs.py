@@ -58,8 +58,14 @@ def install_torchvision_stub() -> bool:
     detection = _module("torchvision.models.detection")
     segmentation = _module("torchvision.models.segmentation")
     quantization = _module("torchvision.models.quantization")
-    models = _module("torchvision.models", densenet=densenet, resnet=resnet, detection=detection,
-                     segmentation=segmentation, quantization=quantization)
+    models = _module(
+        "torchvision.models",
+        densenet=densenet,
+        resnet=resnet,
+        detection=detection,
+        segmentation=segmentation,
+        quantization=quantization,
+    )
     datasets = _module("torchvision.datasets")
     transforms = _module("torchvision.transforms")
     _module("torchvision", models=models, datasets=datasets, transforms=transforms, __version__="stub")

@@ -69,9 +69,12 @@ class Memory:
 
     def stop(self) -> dict[str, float]:
         now = self.status()
-        return {"baseline_rss_mb": self.baseline_mb, "train_peak_rss_mb": now["VmHWM"],
-                "peak_mem_mb": now["VmHWM"] - self.baseline_mb,
-                "process_peak_mb": max(now["VmHWM"], self.setup_peak_mb)}
+        return {
+            "baseline_rss_mb": self.baseline_mb,
+            "train_peak_rss_mb": now["VmHWM"],
+            "peak_mem_mb": now["VmHWM"] - self.baseline_mb,
+            "process_peak_mb": max(now["VmHWM"], self.setup_peak_mb),
+        }
 
 
 # ----------------------------------------------------------------------------------------- shared
@@ -180,8 +183,9 @@ def run_handwritten(args, clock: Clock, memory: Memory, epochs: int = 1, cached:
     teacher, student = models(teacher_dir, dm.label_names)
     cache = None
     if cached:
-        cache, _, _ = TeacherLogitCache.load_or_compute(teacher, train, None, torch.device("cpu"), Path(args.cache_dir),
-                                                        compute=False)
+        cache, _, _ = TeacherLogitCache.load_or_compute(
+            teacher, train, None, torch.device("cpu"), Path(args.cache_dir), compute=False
+        )
     memory.start()
     loader = train_loader(train)
     steps_per_epoch = args.total_steps if epochs == 1 else args.epoch_steps
@@ -217,34 +221,48 @@ def run_handwritten(args, clock: Clock, memory: Memory, epochs: int = 1, cached:
     return {"student": student, "dm": dm}
 
 
-def kdlight_args(args, work: Path, teacher_dir: str, model: list[str], data: list[str],
-                 trainer: list[str] = ()) -> list[str]:
+def kdlight_args(
+    args, work: Path, teacher_dir: str, model: list[str], data: list[str], trainer: list[str] = ()
+) -> list[str]:
     return [
         f"--seed_everything={SEED}",
         *model,
-        f"--model.init_args.export_dir={work / 'export'}", "--model.init_args.export_best=false",
+        f"--model.init_args.export_dir={work / 'export'}",
+        "--model.init_args.export_best=false",
         *data,
-        "--trainer.accelerator=cpu", "--trainer.devices=1", f"--trainer.default_root_dir={work}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        "--checkpoint.save_top_k=0", "--checkpoint.save_last=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.default_root_dir={work}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--checkpoint.save_top_k=0",
+        "--checkpoint.save_last=false",
         *trainer,
     ]
 
 
 def vanilla_args(args, work: Path, teacher_dir: str, cached: bool = False) -> list[str]:
     model = [
-        "--model=VanillaKD", f"--model.init_args.teacher={teacher_dir}",
-        "--model.init_args.student=TruncatedTeacher", "--model.init_args.student.init_args.num_layers=2",
-        f"--model.init_args.alpha={ALPHA}", f"--model.init_args.temperature={TEMPERATURE}",
-        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0",
+        "--model=VanillaKD",
+        f"--model.init_args.teacher={teacher_dir}",
+        "--model.init_args.student=TruncatedTeacher",
+        "--model.init_args.student.init_args.num_layers=2",
+        f"--model.init_args.alpha={ALPHA}",
+        f"--model.init_args.temperature={TEMPERATURE}",
+        f"--model.init_args.learning_rate={LR}",
+        "--model.init_args.weight_decay=0.0",
         f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
         f"--model.init_args.cache_teacher_logits={str(cached).lower()}",
     ]
     if cached:
         model.append(f"--model.init_args.teacher_cache_dir={args.cache_dir}")
-    data = ["--data=RottenTomatoesDataModule", f"--data.init_args.max_length={MAX_LENGTH}",
-            f"--data.init_args.batch_size={BATCH}"]
+    data = [
+        "--data=RottenTomatoesDataModule",
+        f"--data.init_args.max_length={MAX_LENGTH}",
+        f"--data.init_args.batch_size={BATCH}",
+    ]
     return kdlight_args(args, work, teacher_dir, model, data)
 
 
@@ -290,7 +308,10 @@ def run_kdlight_epochs(args, clock, memory, cached: bool):
     """Two short epochs (``--epoch-steps`` batches each); run.py times the second one."""
     work = Path(args.work)
     cli_args = vanilla_args(args, work, teacher_path(), cached=cached) + [
-        "--trainer.max_epochs=2", f"--trainer.limit_train_batches={args.epoch_steps}", "--trainer.log_every_n_steps=50"]
+        "--trainer.max_epochs=2",
+        f"--trainer.limit_train_batches={args.epoch_steps}",
+        "--trainer.log_every_n_steps=50",
+    ]
     t0 = time.perf_counter()
     out = run_kdlight_cli(args, clock, memory, cli_args)
     out["extra"]["time_to_first_step_s"] = clock.stamps[0] - t0 if clock.stamps else None
@@ -303,26 +324,43 @@ def run_alm(args, clock, memory):
     work = Path(args.work)
     teacher_dir = teacher_path()
     model = [
-        "--model=AdaptiveLossMixingKD", f"--model.init_args.teacher={teacher_dir}",
-        "--model.init_args.student=TruncatedTeacher", "--model.init_args.student.init_args.num_layers=2",
-        "--model.init_args.mixer=table", "--model.init_args.init_lambda=0.9", "--model.init_args.temperature=4.0",
-        "--model.init_args.lookahead=last_layer", "--model.init_args.meta_every=1",
+        "--model=AdaptiveLossMixingKD",
+        f"--model.init_args.teacher={teacher_dir}",
+        "--model.init_args.student=TruncatedTeacher",
+        "--model.init_args.student.init_args.num_layers=2",
+        "--model.init_args.mixer=table",
+        "--model.init_args.init_lambda=0.9",
+        "--model.init_args.temperature=4.0",
+        "--model.init_args.lookahead=last_layer",
+        "--model.init_args.meta_every=1",
         "--model.init_args.meta_interval=step",
-        "--model.init_args.meta_warmup=0", "--model.init_args.meta_steps=1", "--model.init_args.meta_learning_rate=1.0",
+        "--model.init_args.meta_warmup=0",
+        "--model.init_args.meta_steps=1",
+        "--model.init_args.meta_learning_rate=1.0",
         "--model.init_args.cache_teacher_logits=false",
-        f"--model.init_args.learning_rate={LR}", "--model.init_args.weight_decay=0.0",
+        f"--model.init_args.learning_rate={LR}",
+        "--model.init_args.weight_decay=0.0",
         f"--model.init_args.warmup_ratio={WARMUP_RATIO}",
     ]
     data = [
-        "--data=NoisyLabelDataModule", "--data.init_args.datamodule=RottenTomatoesDataModule",
-        "--data.init_args.noise_type=symmetric", "--data.init_args.noise_rate=0.4",
+        "--data=NoisyLabelDataModule",
+        "--data.init_args.datamodule=RottenTomatoesDataModule",
+        "--data.init_args.noise_type=symmetric",
+        "--data.init_args.noise_rate=0.4",
         "--data.init_args.clean_val_size=0.1",
-        "--data.init_args.seed=0", f"--data.init_args.max_length={MAX_LENGTH}", f"--data.init_args.batch_size={BATCH}",
+        "--data.init_args.seed=0",
+        f"--data.init_args.max_length={MAX_LENGTH}",
+        f"--data.init_args.batch_size={BATCH}",
     ]
     # ALM steps two optimisers per batch (Lightning counts both in global_step): limit batches instead
-    cli_args = kdlight_args(args, work, teacher_dir, model, data,
-                            ["--trainer.max_steps=-1", "--trainer.max_epochs=1",
-                             f"--trainer.limit_train_batches={args.total_steps}"])
+    cli_args = kdlight_args(
+        args,
+        work,
+        teacher_dir,
+        model,
+        data,
+        ["--trainer.max_steps=-1", "--trainer.max_epochs=1", f"--trainer.limit_train_batches={args.total_steps}"],
+    )
     return run_kdlight_cli(args, clock, memory, cli_args)
 
 
@@ -334,12 +372,18 @@ def run_zeroshot(args, clock, memory):
 
     work = Path(args.work)
     teacher_dir = teacher_path()
-    cli_args = ["--config", str(CONFIGS / "zeroshot" / "offline.yaml"),
-                f"--model.init_args.teacher={teacher_dir}",
-                f"--model.init_args.generator_steps={args.zs_generator_steps}",
-                f"--model.init_args.student_steps={args.zs_student_steps}",
-                "--trainer.max_steps=-1", "--trainer.max_epochs=1", f"--trainer.limit_train_batches={args.total_steps}",
-                f"--data.init_args.batch_size={BATCH}", f"--data.init_args.max_length={MAX_LENGTH}"]
+    cli_args = [
+        "--config",
+        str(CONFIGS / "zeroshot" / "offline.yaml"),
+        f"--model.init_args.teacher={teacher_dir}",
+        f"--model.init_args.generator_steps={args.zs_generator_steps}",
+        f"--model.init_args.student_steps={args.zs_student_steps}",
+        "--trainer.max_steps=-1",
+        "--trainer.max_epochs=1",
+        f"--trainer.limit_train_batches={args.total_steps}",
+        f"--data.init_args.batch_size={BATCH}",
+        f"--data.init_args.max_length={MAX_LENGTH}",
+    ]
     cli_args += kdlight_args(args, work, teacher_dir, [], [])
     kinds: list[str] = []
     out = run_kdlight_cli(args, clock, memory, cli_args, kinds)
@@ -389,18 +433,29 @@ def run_textbrewer(args, clock: Clock, memory: Memory) -> dict:
             seed_now()
         return batch  # labels stay in: the HF model computes the hard-label CE
 
-    train_config = TrainingConfig(device="cpu", ckpt_steps=args.total_steps,
-                                  output_dir=str(Path(args.work) / "textbrewer"), log_dir=None)
-    distill_config = DistillationConfig(temperature=TEMPERATURE, kd_loss_type="ce",
-                                        kd_loss_weight=ALPHA * TEMPERATURE ** 2,
-                                        hard_label_weight=1 - ALPHA)
-    distiller = BasicDistiller(train_config, distill_config, teacher, student,
-                               adaptor_T=lambda batch, out: {"logits": out.logits},
-                               adaptor_S=lambda batch, out: {"logits": out.logits, "losses": out.loss})
+    train_config = TrainingConfig(
+        device="cpu", ckpt_steps=args.total_steps, output_dir=str(Path(args.work) / "textbrewer"), log_dir=None
+    )
+    distill_config = DistillationConfig(
+        temperature=TEMPERATURE, kd_loss_type="ce", kd_loss_weight=ALPHA * TEMPERATURE**2, hard_label_weight=1 - ALPHA
+    )
+    distiller = BasicDistiller(
+        train_config,
+        distill_config,
+        teacher,
+        student,
+        adaptor_T=lambda batch, out: {"logits": out.logits},
+        adaptor_S=lambda batch, out: {"logits": out.logits, "losses": out.loss},
+    )
     with distiller:
-        distiller.train(optimizer, loader, num_steps=args.total_steps, scheduler_class=scheduler_class,
-                        scheduler_args={"lr_lambda": lr_factor(args.total_steps)},
-                        batch_postprocessor=batch_postprocessor)
+        distiller.train(
+            optimizer,
+            loader,
+            num_steps=args.total_steps,
+            scheduler_class=scheduler_class,
+            scheduler_args={"lr_lambda": lr_factor(args.total_steps)},
+            batch_postprocessor=batch_postprocessor,
+        )
     return {"student": student, "dm": dm, "extra": {"tensorboardX_stub": stubbed}}
 
 
@@ -426,20 +481,35 @@ def run_torchdistill(args, clock: Clock, memory: Memory) -> dict:
     memory.start()
     register_collate_func(Collator(0))
     hook = {"input": [], "output": ["classifier"]}
-    kd = {"student_module_path": "classifier", "student_module_io": "output", "teacher_module_path": "classifier",
-          "teacher_module_io": "output", "temperature": TEMPERATURE, "alpha": 1 - ALPHA, "reduction": "batchmean"}
+    kd = {
+        "student_module_path": "classifier",
+        "student_module_io": "output",
+        "teacher_module_path": "classifier",
+        "teacher_module_io": "output",
+        "temperature": TEMPERATURE,
+        "alpha": 1 - ALPHA,
+        "reduction": "batchmean",
+    }
     train_config = {
         "num_epochs": 1,
-        "train_data_loader": {"dataset_id": "train", "requires_supp": False, "collate_fn": "Collator",
-                              "sampler": {"class_or_func": DistributedSampler,
-                                          "kwargs": {"num_replicas": 1, "rank": 0, "shuffle": True, "seed": SEED}},
-                              "kwargs": {"batch_size": BATCH, "num_workers": 0}},
+        "train_data_loader": {
+            "dataset_id": "train",
+            "requires_supp": False,
+            "collate_fn": "Collator",
+            "sampler": {
+                "class_or_func": DistributedSampler,
+                "kwargs": {"num_replicas": 1, "rank": 0, "shuffle": True, "seed": SEED},
+            },
+            "kwargs": {"batch_size": BATCH, "num_workers": 0},
+        },
         "teacher": {"forward_proc": "forward_batch_only_as_kwargs", "forward_hook": hook, "requires_grad": False},
         "student": {"forward_proc": "forward_batch_only_as_kwargs", "forward_hook": hook, "requires_grad": True},
         "optimizer": {"key": "AdamW", "kwargs": {"lr": LR, "weight_decay": 0.0}},
         "scheduler": {"key": "LambdaLR", "kwargs": {"lr_lambda": lr_factor(args.total_steps)}, "scheduling_step": 1},
-        "criterion": {"key": "WeightedSumLoss",
-                      "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}}},
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {"sub_terms": {"kd": {"criterion": {"key": "KDLoss", "kwargs": kd}, "weight": 1.0}}},
+        },
     }
     box = get_distillation_box(teacher, student, {"train": train}, train_config, torch.device("cpu"), None, False, 1)
     box.pre_epoch_process(epoch=0)
@@ -480,8 +550,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--work", default=None)
     parser.add_argument("--no-eval", action="store_true")
-    parser.add_argument("--profile-window", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
-                        help="cProfile steps FIRST..LAST-1 and write the stats next to --out (.prof)")
+    parser.add_argument(
+        "--profile-window",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("FIRST", "LAST"),
+        help="cProfile steps FIRST..LAST-1 and write the stats next to --out (.prof)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -498,8 +574,14 @@ def main(argv: list[str] | None = None) -> None:
         if clock.profiler is not None:
             clock.profiler.disable()
             clock.profiler.dump_stats(str(Path(args.out).with_suffix(".prof")))
-        result = {"system": args.system, "stamps": clock.stamps, **mem, "extra": out.get("extra", {}),
-                  "threads": torch.get_num_threads(), "loadavg_end": os.getloadavg()[0]}
+        result = {
+            "system": args.system,
+            "stamps": clock.stamps,
+            **mem,
+            "extra": out.get("extra", {}),
+            "threads": torch.get_num_threads(),
+            "loadavg_end": os.getloadavg()[0],
+        }
         if not args.no_eval:
             dm = out["dm"] or task_data(teacher_path())
             accuracy, logits = evaluate(out["student"], dm.tokenize_split("test"))
@@ -511,8 +593,11 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(result))
     steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]
     median = statistics.median(steps) if steps else float("nan")
-    print(f"[throughput] {args.system}: {len(clock.stamps)} steps, median step {median:.3f}s, "
-          f"peak +{mem['peak_mem_mb']:.0f} MB, acc {result.get('accuracy')}", file=sys.stderr)
+    print(
+        f"[throughput] {args.system}: {len(clock.stamps)} steps, median step {median:.3f}s, "
+        f"peak +{mem['peak_mem_mb']:.0f} MB, acc {result.get('accuracy')}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -48,10 +48,24 @@ METHODS = {  # name -> (inputs, perturbation, corpus); None: supervised KD; "unt
     "zero-shot, news corpus (lee_news)": ("both", "generator", "packaged/lee_news"),
 }
 STUDENTS = ("general", "scratch", "truncated")
-FULL = {"student_steps": 1000, "generator_steps": 10, "cycle": 100, "batch_size": 32, "max_length": 32,
-        "general_steps": 600, "train_examples": None}
-QUICK = {"student_steps": 6, "generator_steps": 2, "cycle": 3, "batch_size": 8, "max_length": 32, "general_steps": 4,
-         "train_examples": 64}
+FULL = {
+    "student_steps": 1000,
+    "generator_steps": 10,
+    "cycle": 100,
+    "batch_size": 32,
+    "max_length": 32,
+    "general_steps": 600,
+    "train_examples": None,
+}
+QUICK = {
+    "student_steps": 6,
+    "generator_steps": 2,
+    "cycle": 3,
+    "batch_size": 8,
+    "max_length": 32,
+    "general_steps": 4,
+    "train_examples": 64,
+}
 
 
 def student_config(student: str, general_export: str | None) -> dict:
@@ -59,9 +73,15 @@ def student_config(student: str, general_export: str | None) -> dict:
         return {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}
     if student == "general":
         return {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
-    return {"class_path": "CompressedEmbeddingStudent", "init_args": {
-        "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)}, "embedding_rank": EMBEDDING,
-        "layout": "albert", "factorise_from": "student"}}
+    return {
+        "class_path": "CompressedEmbeddingStudent",
+        "init_args": {
+            "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
+            "embedding_rank": EMBEDDING,
+            "layout": "albert",
+            "factorise_from": "student",
+        },
+    }
 
 
 def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
@@ -70,8 +90,16 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}",
-                  "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"], run=False)
+    runner = cli(
+        [
+            "--config",
+            str(root / "config.yaml"),
+            f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ],
+        run=False,
+    )
     record = {"params": count_parameters(runner.model.predictor)}
     start = time.perf_counter()
     best = None
@@ -106,28 +134,57 @@ def general_distillation(teacher: str, setting: dict) -> dict:
     steps = setting["general_steps"]
     config = {
         "seed_everything": 0,
-        "trainer": {"max_steps": steps, "val_check_interval": max(2, steps // 3), "check_val_every_n_epoch": None,
-                    "log_every_n_steps": 20},
-        "model": {"class_path": "GeneralDistillation", "init_args": {
-            "teacher": "packaged/all-MiniLM-L6-v2",
-            "student": {"class_path": "CompressedEmbeddingStudent", "init_args": {
-                "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)}, "embedding_rank": EMBEDDING,
-                "layout": "albert", "factorise_from": "teacher"}},
-            "num_relation_heads": 16, "relations": ["query", "key", "value"],
-            "learning_rate": 5e-4, "warmup_ratio": 0.05, "export_dir": str(root / "export")}},
-        "data": {"class_path": "CorpusDataModule", "init_args": {
-            "source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200}},
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": max(2, steps // 3),
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 20,
+        },
+        "model": {
+            "class_path": "GeneralDistillation",
+            "init_args": {
+                "teacher": "packaged/all-MiniLM-L6-v2",
+                "student": {
+                    "class_path": "CompressedEmbeddingStudent",
+                    "init_args": {
+                        "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
+                        "embedding_rank": EMBEDDING,
+                        "layout": "albert",
+                        "factorise_from": "teacher",
+                    },
+                },
+                "num_relation_heads": 16,
+                "relations": ["query", "key", "value"],
+                "learning_rate": 5e-4,
+                "warmup_ratio": 0.05,
+                "export_dir": str(root / "export"),
+            },
+        },
+        "data": {
+            "class_path": "CorpusDataModule",
+            "init_args": {"source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200},
+        },
     }
     from kdlight.cli import cli
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}",
-                  "--trainer.enable_progress_bar=false"], run=False)
+    runner = cli(
+        [
+            "--config",
+            str(root / "config.yaml"),
+            f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false",
+        ],
+        run=False,
+    )
     start = time.perf_counter()
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-    return {"export": str(runner.model.export_path()), "fit_seconds": time.perf_counter() - start,
-            "steps": runner.trainer.global_step}
+    return {
+        "export": str(runner.model.export_path()),
+        "fit_seconds": time.perf_counter() - start,
+        "steps": runner.trainer.global_step,
+    }
 
 
 def batches_for(student_steps: int, generator_steps: int, cycle: int) -> int:
@@ -141,35 +198,69 @@ def one_run(student: str, method: str, seed: int, teacher: str, general_export: 
     root = WORK / student / method.split(" ")[0].strip(":,") / f"seed{seed}"
     if mode is not None and mode != "untrained":
         root = WORK / student / "_".join(mode[:1] + (Path(mode[2]).name,)) / f"seed{seed}"
-    task = {"class_path": "RottenTomatoesDataModule",
-            "init_args": {"max_length": setting["max_length"], "batch_size": setting["batch_size"],
-                          "max_train_examples": setting["train_examples"]}}
-    common = {"teacher": teacher, "student": student_config(student, general_export), "learning_rate": 5e-4,
-              "warmup_ratio": 0.1, "export_dir": str(root / "export")}
+    task = {
+        "class_path": "RottenTomatoesDataModule",
+        "init_args": {
+            "max_length": setting["max_length"],
+            "batch_size": setting["batch_size"],
+            "max_train_examples": setting["train_examples"],
+        },
+    }
+    common = {
+        "teacher": teacher,
+        "student": student_config(student, general_export),
+        "learning_rate": 5e-4,
+        "warmup_ratio": 0.1,
+        "export_dir": str(root / "export"),
+    }
     if mode is None or mode == "untrained":
         steps = setting["student_steps"]
-        model = {"class_path": "VanillaKD", "init_args": {**common, "alpha": 0.5, "temperature": 2.0,
-                                                          "cache_teacher_logits": True}}
+        model = {
+            "class_path": "VanillaKD",
+            "init_args": {**common, "alpha": 0.5, "temperature": 2.0, "cache_teacher_logits": True},
+        }
         data = task
         val_every = setting["cycle"]
     else:
         inputs, perturbation, corpus = mode
-        model = {"class_path": "ZeroShotAdversarialKD", "init_args": {
-            **common, "generator": "packaged/all-MiniLM-L6-v2", "inputs": inputs, "perturbation": perturbation,
-            "mask_rate": 0.3, "generator_steps": setting["generator_steps"], "student_steps": setting["cycle"],
-            "generator_learning_rate": 1e-5, "temperature": 1.0}}
+        model = {
+            "class_path": "ZeroShotAdversarialKD",
+            "init_args": {
+                **common,
+                "generator": "packaged/all-MiniLM-L6-v2",
+                "inputs": inputs,
+                "perturbation": perturbation,
+                "mask_rate": 0.3,
+                "generator_steps": setting["generator_steps"],
+                "student_steps": setting["cycle"],
+                "generator_learning_rate": 1e-5,
+                "temperature": 1.0,
+            },
+        }
         generator_steps = setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
         steps = batches_for(setting["student_steps"], generator_steps, setting["cycle"])
         val_every = setting["cycle"] + generator_steps
-        data = {"class_path": "ZeroShotDataModule", "init_args": {
-            "task": {"class_path": "RottenTomatoesDataModule"},
-            "corpus": {"class_path": "OutOfDomainCorpus", "init_args": {"source": corpus}},
-            "max_length": setting["max_length"], "batch_size": setting["batch_size"],
-            "max_train_examples": setting["train_examples"]}}
-    config = {"seed_everything": seed,
-              "trainer": {"max_steps": steps, "val_check_interval": val_every, "check_val_every_n_epoch": None,
-                          "log_every_n_steps": 10},
-              "model": model, "data": data}
+        data = {
+            "class_path": "ZeroShotDataModule",
+            "init_args": {
+                "task": {"class_path": "RottenTomatoesDataModule"},
+                "corpus": {"class_path": "OutOfDomainCorpus", "init_args": {"source": corpus}},
+                "max_length": setting["max_length"],
+                "batch_size": setting["batch_size"],
+                "max_train_examples": setting["train_examples"],
+            },
+        }
+    config = {
+        "seed_everything": seed,
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": val_every,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 10,
+        },
+        "model": model,
+        "data": data,
+    }
     record = run_cli(config, root, fit=mode != "untrained")
     record.update(student=student, method=method, seed=seed)
     return record
@@ -183,12 +274,21 @@ def summarise(records: list[dict], teacher_score: float, teacher_params: int) ->
             if not runs:
                 continue
             mean, std = mean_std([r["test/score"] for r in runs])
-            rows.append({"student": student, "method": method, "params": runs[0]["params"],
-                         "compression": teacher_params / runs[0]["params"], "accuracy_mean": mean,
-                         "accuracy_std": std, "seeds": len(runs), "pct_of_teacher": 100 * mean / teacher_score,
-                         "seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
-                         "student_steps": runs[0].get("student_steps", 0),
-                         "uses_task_training_data": METHODS[method] is None})
+            rows.append(
+                {
+                    "student": student,
+                    "method": method,
+                    "params": runs[0]["params"],
+                    "compression": teacher_params / runs[0]["params"],
+                    "accuracy_mean": mean,
+                    "accuracy_std": std,
+                    "seeds": len(runs),
+                    "pct_of_teacher": 100 * mean / teacher_score,
+                    "seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
+                    "student_steps": runs[0].get("student_steps", 0),
+                    "uses_task_training_data": METHODS[method] is None,
+                }
+            )
     return rows
 
 
@@ -201,18 +301,25 @@ def targets(rows: list[dict]) -> str:
     zs = row("general", names[1])
     if zs:
         verdict = "met" if zs["pct_of_teacher"] >= 92 else "missed"
-        lines.append(f"- general student ({zs['compression']:.1f}x) zero-shot >= 92 % of the teacher: **{verdict}** "
-                     f"({zs['pct_of_teacher']:.1f} %, {zs['seeds']} seeds).")
-    pairs = [(("general", names[1]), ("general", names[3])), (("general", names[3]), ("general", names[4])),
-             (("general", names[1]), ("scratch", names[1]))]
+        lines.append(
+            f"- general student ({zs['compression']:.1f}x) zero-shot >= 92 % of the teacher: **{verdict}** "
+            f"({zs['pct_of_teacher']:.1f} %, {zs['seeds']} seeds)."
+        )
+    pairs = [
+        (("general", names[1]), ("general", names[3])),
+        (("general", names[3]), ("general", names[4])),
+        (("general", names[1]), ("scratch", names[1])),
+    ]
     for a_key, b_key in pairs:
         a, b = row(*a_key), row(*b_key)
         if a and b:
             gap, spread = a["accuracy_mean"] - b["accuracy_mean"], max(a["accuracy_std"], b["accuracy_std"])
             seeds = min(a["seeds"], b["seeds"])
             verdict = "met" if gap > spread and seeds > 1 else ("missed" if seeds > 1 else "not judged (1 seed)")
-            lines.append(f"- {a_key[0]}/{a_key[1]} > {b_key[0]}/{b_key[1]} by more than the seed spread: **{verdict}** "
-                         f"({100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seeds).")
+            lines.append(
+                f"- {a_key[0]}/{a_key[1]} > {b_key[0]}/{b_key[1]} by more than the seed spread: **{verdict}** "
+                f"({100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seeds)."
+            )
     return "\n".join(lines)
 
 
@@ -230,9 +337,14 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float):
         for j, student in enumerate(students):
             values = [next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods]
             xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(xs, [v["pct_of_teacher"] if v else 0 for v in values], width,
-                   yerr=[100 * v["accuracy_std"] / teacher_score if v else 0 for v in values], capsize=3,
-                   label=student)
+            ax.bar(
+                xs,
+                [v["pct_of_teacher"] if v else 0 for v in values],
+                width,
+                yerr=[100 * v["accuracy_std"] / teacher_score if v else 0 for v in values],
+                capsize=3,
+                label=student,
+            )
         ax.axhline(100, color="black", lw=0.8)
         ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
         ax.set_xticks(range(len(methods)), [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods], fontsize=7)
@@ -248,8 +360,13 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float):
                 for record in (r for r in records if r["student"] == student and r["method"] == method):
                     if record["curve"]:
                         steps, scores = zip(*record["curve"], strict=True)
-                        ax.plot(steps, scores, lw=1, label=method if record["seed"] == 0 else None,
-                                color=f"C{list(METHODS).index(method)}")
+                        ax.plot(
+                            steps,
+                            scores,
+                            lw=1,
+                            label=method if record["seed"] == 0 else None,
+                            color=f"C{list(METHODS).index(method)}",
+                        )
             ax.axhline(teacher_score, color="black", lw=0.8, ls=":")
             ax.set_title(f"{student} student: validation accuracy")
             ax.set_xlabel("training batch")
@@ -265,8 +382,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
-    parser.add_argument("--methods", type=int, nargs="+", default=list(range(len(METHODS))),
-                        help="method numbers, in the order of METHODS")
+    parser.add_argument(
+        "--methods",
+        type=int,
+        nargs="+",
+        default=list(range(len(METHODS))),
+        help="method numbers, in the order of METHODS",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -288,8 +410,15 @@ def main(argv: list[str] | None = None) -> None:
                 method = names[index]
                 if method.startswith("zero-shot, news") and student != "general":
                     continue
-                jobs[f"{student}/{method}/seed{seed}"] = Job(one_run, student=student, method=method, seed=seed,
-                                                             teacher=teacher, general_export=export, setting=setting)
+                jobs[f"{student}/{method}/seed{seed}"] = Job(
+                    one_run,
+                    student=student,
+                    method=method,
+                    seed=seed,
+                    teacher=teacher,
+                    general_export=export,
+                    setting=setting,
+                )
     study.run(jobs)
     records = [r for k, r in study.done().items() if k != "general"]
     from kdlight.models.hf import count_parameters, load_classifier
@@ -299,13 +428,22 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarise(records, teacher_score, teacher_params)
     study.write(
         rows,
-        [("student", "student"), ("method", "method"), ("accuracy_mean", "test acc (mean)"), ("accuracy_std", "std"),
-         ("seeds", "seeds"), ("pct_of_teacher", "% of teacher"), ("params", "params"),
-         ("compression", "compression"), ("student_steps", "student steps"), ("seconds", "fit s/run")],
+        [
+            ("student", "student"),
+            ("method", "method"),
+            ("accuracy_mean", "test acc (mean)"),
+            ("accuracy_std", "std"),
+            ("seeds", "seeds"),
+            ("pct_of_teacher", "% of teacher"),
+            ("params", "params"),
+            ("compression", "compression"),
+            ("student_steps", "student steps"),
+            ("seconds", "fit s/run"),
+        ],
         title="Zero-shot distillation at real compression (Rotten Tomatoes stand-in)"
-              + (" -- --quick: plumbing only" if args.quick else ""),
+        + (" -- --quick: plumbing only" if args.quick else ""),
         intro=f"Teacher: the quickstart teacher, test accuracy {teacher_score:.4f}, {teacher_params:,} parameters. "
-              f"Setting: {json.dumps(setting)}. Students and methods: see benchmarks/zeroshot/compact.py.",
+        f"Setting: {json.dumps(setting)}. Students and methods: see benchmarks/zeroshot/compact.py.",
         notes=targets(rows),
         plot=plots(rows, records, teacher_score),
     )

@@ -74,8 +74,17 @@ def batches_for(student_steps: int, generator_steps: int, cycle_students: int) -
 def trainer(max_steps: int, root: Path):
     from lightning import Trainer
 
-    return Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=root)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
 
 
 @torch.no_grad()
@@ -96,8 +105,13 @@ def task_data(setting: Setting, teacher: str) -> RottenTomatoesDataModule:
 
 
 def zero_shot_data(setting: Setting, teacher: str) -> ZeroShotDataModule:
-    return ZeroShotDataModule(task=RottenTomatoesDataModule(), corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
-                              tokenizer=teacher, max_length=setting.max_length, batch_size=setting.batch_size)
+    return ZeroShotDataModule(
+        task=RottenTomatoesDataModule(),
+        corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
+        tokenizer=teacher,
+        max_length=setting.max_length,
+        batch_size=setting.batch_size,
+    )
 
 
 def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int) -> dict:
@@ -112,10 +126,21 @@ def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int
         built = STUDENTS[student]().build(load_classifier(teacher, 2, require_head=True), 2)
         accuracy = test_accuracy(built, task_data(setting, teacher))
         print(f"{tag}: accuracy {accuracy:.4f} (no training)", flush=True)
-        return {**record, "accuracy": accuracy, "seconds": 0.0, "student_steps": 0, "batches": 0,
-                "params": count_parameters(built), "setting": setting.key}
-    common = {"teacher": teacher, "student": STUDENTS[student](), "export_dir": str(setting.work / "export"),
-              "export_best": False}
+        return {
+            **record,
+            "accuracy": accuracy,
+            "seconds": 0.0,
+            "student_steps": 0,
+            "batches": 0,
+            "params": count_parameters(built),
+            "setting": setting.key,
+        }
+    common = {
+        "teacher": teacher,
+        "student": STUDENTS[student](),
+        "export_dir": str(setting.work / "export"),
+        "export_best": False,
+    }
     if mode is None:
         dm = task_data(setting, teacher)
         module = VanillaKD(alpha=0.5, temperature=2.0, learning_rate=2e-4, warmup_ratio=0.1, task=dm.task, **common)
@@ -132,8 +157,13 @@ def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int
     seconds = time.perf_counter() - start
     student_steps = int(module.progress[1]) if mode is not None else fit.global_step
     accuracy = test_accuracy(module.student, dm)
-    record.update(accuracy=accuracy, seconds=seconds, student_steps=student_steps, batches=max_steps,
-                  params=count_parameters(module.student))
+    record.update(
+        accuracy=accuracy,
+        seconds=seconds,
+        student_steps=student_steps,
+        batches=max_steps,
+        params=count_parameters(module.student),
+    )
     if mode is not None:
         record["skipped_nonfinite"] = int(module.progress[3])
     print(f"{tag}: accuracy {accuracy:.4f} in {seconds:.0f}s ({student_steps} student steps)", flush=True)
@@ -156,14 +186,23 @@ def summarise(runs: list[dict], teacher_accuracy: float, teacher_params: int) ->
                 continue
             accs = [r["accuracy"] for r in group]
             mean, std = mean_std(accs)
-            rows.append({
-                "method": method, "student": student, "accuracy_mean": mean, "accuracy_std": std,
-                "accuracies": accs, "pct_of_teacher": 100 * mean / teacher_accuracy, "params": group[0]["params"],
-                "compression": teacher_params / group[0]["params"],
-                "seconds": statistics.median(r["seconds"] for r in group),
-                "student_steps": group[0]["student_steps"], "batches": group[0]["batches"], "seeds": len(group),
-                "uses_task_training_data": METHODS[method] is None,
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "student": student,
+                    "accuracy_mean": mean,
+                    "accuracy_std": std,
+                    "accuracies": accs,
+                    "pct_of_teacher": 100 * mean / teacher_accuracy,
+                    "params": group[0]["params"],
+                    "compression": teacher_params / group[0]["params"],
+                    "seconds": statistics.median(r["seconds"] for r in group),
+                    "student_steps": group[0]["student_steps"],
+                    "batches": group[0]["batches"],
+                    "seeds": len(group),
+                    "uses_task_training_data": METHODS[method] is None,
+                }
+            )
     return rows
 
 
@@ -181,15 +220,21 @@ def plot(rows: list[dict], teacher_accuracy: float):
         for j, student in enumerate(students):
             values = [next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods]
             xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(xs, [v["pct_of_teacher"] if v else 0 for v in values], width,
-                   yerr=[100 * v["accuracy_std"] / teacher_accuracy if v else 0 for v in values], capsize=3,
-                   label=f"{student} 2-layer student")
+            ax.bar(
+                xs,
+                [v["pct_of_teacher"] if v else 0 for v in values],
+                width,
+                yerr=[100 * v["accuracy_std"] / teacher_accuracy if v else 0 for v in values],
+                capsize=3,
+                label=f"{student} 2-layer student",
+            )
         ax.axhline(100, color="black", lw=0.8)
         ax.axhline(85, color="grey", lw=0.8, ls="--", label="target: 85% of teacher")
         ax.set_xticks(range(len(methods)), [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods], fontsize=8)
         ax.set_ylabel("% of teacher test accuracy")
-        ax.set_title(f"Zero-shot KD on Rotten Tomatoes (teacher {100 * teacher_accuracy:.1f}% accuracy), "
-                     "mean ± std over seeds")
+        ax.set_title(
+            f"Zero-shot KD on Rotten Tomatoes (teacher {100 * teacher_accuracy:.1f}% accuracy), mean ± std over seeds"
+        )
         ax.legend(fontsize=8, loc="lower left")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -205,20 +250,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=32, help="tokens per input (corpus and task alike)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
-    parser.add_argument("--scratch-methods", type=int, default=5,
-                        help="how many methods the scratch student runs (zero-shot, out-of-domain only, random tokens, "
-                             "adversarial only, supervised KD, in that order); the truncated student runs all")
+    parser.add_argument(
+        "--scratch-methods",
+        type=int,
+        default=5,
+        help="how many methods the scratch student runs (zero-shot, out-of-domain only, random tokens, "
+        "adversarial only, supervised KD, in that order); the truncated student runs all",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps and one seed (results in a temp folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--name", default="zeroshot", help="results go to <results>/<name>.{md,json,png}")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--budget-minutes", type=float, default=None,
-                        help="start no new run after this many minutes (0: only rebuild the results from the runs "
-                             "file)")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="start no new run after this many minutes (0: only rebuild the results from the runs file)",
+    )
     args = parser.parse_args(argv)
-    setting = Setting(student_steps=5 if args.quick else args.student_steps,
-                      seeds=args.seeds[:1] if args.quick else args.seeds,
-                      max_length=args.max_length, batch_size=args.batch_size)
+    setting = Setting(
+        student_steps=5 if args.quick else args.student_steps,
+        seeds=args.seeds[:1] if args.quick else args.seeds,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+    )
     torch.set_num_threads(args.threads or torch.get_num_threads())
 
     teacher = str(fine_tuned_rt_teacher())
@@ -233,12 +288,21 @@ def main(argv: list[str] | None = None) -> None:
     # --budget-minutes has complete tables for what it ran.
     names = list(METHODS)
     scratch_order = [names[1], names[2], names[4], names[3], names[0]]  # zero-shot first, the upper bound last
-    groups = [("truncated", [names[1], names[2], names[4]]), ("truncated", [names[0], names[5]]),
-              ("truncated", [names[3]]), ("scratch", [names[5], *scratch_order[:args.scratch_methods]])]
-    plan = {run_key({"setting": setting.key, "student": student, "method": method, "seed": seed}):
-            Job(run_one, setting=setting, teacher=teacher, method=method, student=student, seed=seed)
-            for student, methods in groups if student in args.students
-            for seed in setting.seeds for method in methods}
+    groups = [
+        ("truncated", [names[1], names[2], names[4]]),
+        ("truncated", [names[0], names[5]]),
+        ("truncated", [names[3]]),
+        ("scratch", [names[5], *scratch_order[: args.scratch_methods]]),
+    ]
+    plan = {
+        run_key({"setting": setting.key, "student": student, "method": method, "seed": seed}): Job(
+            run_one, setting=setting, teacher=teacher, method=method, student=student, seed=seed
+        )
+        for student, methods in groups
+        if student in args.students
+        for seed in setting.seeds
+        for method in methods
+    }
     start, done = time.perf_counter(), study.done()
     for key, job in plan.items():
         if key in done:
@@ -251,37 +315,55 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         return
     rows = summarise(records, teacher_accuracy, teacher_params)
-    study.write(rows, COLUMNS, title="Zero-shot adversarial KD on the offline stand-in task",
-                intro=intro(setting, teacher_accuracy, teacher_params, sum(r["seconds"] for r in records) / 60,
-                            len(records), len(plan)),
-                notes=targets_text(rows), plot=plot(rows, teacher_accuracy))
+    study.write(
+        rows,
+        COLUMNS,
+        title="Zero-shot adversarial KD on the offline stand-in task",
+        intro=intro(
+            setting, teacher_accuracy, teacher_params, sum(r["seconds"] for r in records) / 60, len(records), len(plan)
+        ),
+        notes=targets_text(rows),
+        plot=plot(rows, teacher_accuracy),
+    )
 
 
-COLUMNS = [("student", "student"), ("method", "method"), ("accuracy_mean", "test acc. (mean)"), ("accuracy_std", "std"),
-           ("pct_of_teacher", "% of teacher"), ("params", "params"), ("compression", "compression"),
-           ("seconds", "wall s / run (median)"), ("student_steps", "student steps"), ("seeds", "seeds")]
+COLUMNS = [
+    ("student", "student"),
+    ("method", "method"),
+    ("accuracy_mean", "test acc. (mean)"),
+    ("accuracy_std", "std"),
+    ("pct_of_teacher", "% of teacher"),
+    ("params", "params"),
+    ("compression", "compression"),
+    ("seconds", "wall s / run (median)"),
+    ("student_steps", "student steps"),
+    ("seeds", "seeds"),
+]
 
 
-def intro(setting: Setting, teacher_accuracy: float, teacher_params: int, minutes: float, done: int,
-          planned: int) -> str:
-    return "\n".join([
-        "Produced by `python -m benchmarks.zeroshot.run`.",
-        f"Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (the quickstart teacher), test accuracy "
-        f"{teacher_accuracy:.4f} at max length {setting.max_length}, {teacher_params:,} parameters. Students: 2 "
-        "transformer layers, hidden 384, either truncated from the teacher (its first and last layers, weights "
-        "copied) or freshly initialised (scratch).",
-        f"Every run makes {setting.student_steps} student updates of batch {setting.batch_size} (max length "
-        f"{setting.max_length}); the zero-shot rows use the recipe `configs/zeroshot/offline.yaml` "
-        "(cycles of 10 generator + 100 student steps, 30% of tokens rewritten, hard Gumbel-softmax, tau 1) and "
-        "train on the Wikipedia summaries only: the Rotten Tomatoes training split is never read. Test split: 1,275 "
-        "snippets (57.7% positive). 'supervised KD' is VanillaKD (T=2, alpha=0.5) on the task's training data.",
-        f"Seeds: {setting.seeds}; {done} of {planned} planned runs done, their fits {minutes:.1f} min in all. Wall "
-        "time per run is the fit alone (the generator's steps included): compare within the table, not across "
-        "machines.",
-        "'no distillation' is the student as built, before any update: the truncated student keeps the teacher's "
-        "embeddings, two of its blocks and its classifier head, so it starts well above chance; the gain of each "
-        "method is its distance from that row.",
-    ])
+def intro(
+    setting: Setting, teacher_accuracy: float, teacher_params: int, minutes: float, done: int, planned: int
+) -> str:
+    return "\n".join(
+        [
+            "Produced by `python -m benchmarks.zeroshot.run`.",
+            f"Teacher: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (the quickstart teacher), test accuracy "
+            f"{teacher_accuracy:.4f} at max length {setting.max_length}, {teacher_params:,} parameters. Students: 2 "
+            "transformer layers, hidden 384, either truncated from the teacher (its first and last layers, weights "
+            "copied) or freshly initialised (scratch).",
+            f"Every run makes {setting.student_steps} student updates of batch {setting.batch_size} (max length "
+            f"{setting.max_length}); the zero-shot rows use the recipe `configs/zeroshot/offline.yaml` "
+            "(cycles of 10 generator + 100 student steps, 30% of tokens rewritten, hard Gumbel-softmax, tau 1) and "
+            "train on the Wikipedia summaries only: the Rotten Tomatoes training split is never read. Test split: "
+            "1,275 snippets (57.7% positive). 'supervised KD' is VanillaKD (T=2, alpha=0.5) on the task's training data.",
+            f"Seeds: {setting.seeds}; {done} of {planned} planned runs done, their fits {minutes:.1f} min in all. Wall "
+            "time per run is the fit alone (the generator's steps included): compare within the table, not across "
+            "machines.",
+            "'no distillation' is the student as built, before any update: the truncated student keeps the teacher's "
+            "embeddings, two of its blocks and its classifier head, so it starts well above chance; the gain of each "
+            "method is its distance from that row.",
+        ]
+    )
 
 
 def targets_text(rows: list[dict]) -> str:
@@ -297,9 +379,13 @@ def targets_text(rows: list[dict]) -> str:
             a, b = row[better], row[worse]
             gap, spread = a["accuracy_mean"] - b["accuracy_mean"], max(a["accuracy_std"], b["accuracy_std"])
             seeds = min(a["seeds"], b["seeds"])
-            lines.append(target(f"{better} > {worse} by more than the seed spread", gap > spread and seeds > 1,
-                                f"difference {100 * gap:+.2f} points, larger std {100 * spread:.2f} points, "
-                                f"{seeds} seeds"))
+            lines.append(
+                target(
+                    f"{better} > {worse} by more than the seed spread",
+                    gap > spread and seeds > 1,
+                    f"difference {100 * gap:+.2f} points, larger std {100 * spread:.2f} points, {seeds} seeds",
+                )
+            )
     return "\n".join(lines) + "\n"
 
 

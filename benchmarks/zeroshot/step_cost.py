@@ -44,18 +44,42 @@ def timed_fit(teacher: str, cache: bool, steps: int, work: Path) -> list[float]:
             self.times.append(time.perf_counter() - self.start)
 
     seed_everything(0, verbose=False)
-    data = ZeroShotDataModule(task=RottenTomatoesDataModule(), corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
-                              tokenizer=teacher, max_length=32, batch_size=32, max_train_examples=CORPUS_LINES)
-    student = CompressedEmbeddingStudent(FreshStudent(**ARCH), embedding_rank=EMBEDDING, layout="albert",
-                                         factorise_from="student")
-    module = ZeroShotAdversarialKD(teacher=teacher, student=student, generator="packaged/all-MiniLM-L6-v2",
-                                   inputs="both", generator_steps=0, student_steps=100, task=data.task,
-                                   cache_teacher_logits=cache, show_rewrites_every=0,
-                                   teacher_cache_dir=str(work / "teacher_logits"), export_dir=str(work / "export"))
+    data = ZeroShotDataModule(
+        task=RottenTomatoesDataModule(),
+        corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
+        tokenizer=teacher,
+        max_length=32,
+        batch_size=32,
+        max_train_examples=CORPUS_LINES,
+    )
+    student = CompressedEmbeddingStudent(
+        FreshStudent(**ARCH), embedding_rank=EMBEDDING, layout="albert", factorise_from="student"
+    )
+    module = ZeroShotAdversarialKD(
+        teacher=teacher,
+        student=student,
+        generator="packaged/all-MiniLM-L6-v2",
+        inputs="both",
+        generator_steps=0,
+        student_steps=100,
+        task=data.task,
+        cache_teacher_logits=cache,
+        show_rewrites_every=0,
+        teacher_cache_dir=str(work / "teacher_logits"),
+        export_dir=str(work / "export"),
+    )
     clock = StepTimes()
-    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[clock],
-                      default_root_dir=work)
+    trainer = Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        callbacks=[clock],
+        default_root_dir=work,
+    )
     trainer.fit(module, datamodule=data)
     return clock.times[2:]  # the first steps warm up allocators
 
@@ -73,8 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         for name, cache in (("live teacher", False), ("cached out-of-domain logits", True)):
             medians[name].append(statistics.median(timed_fit(teacher, cache, args.steps, work)))
     live = statistics.median(medians["live teacher"])
-    rows = [{"setting": name, "step_seconds": statistics.median(values), "rounds": values,
-             "ratio_to_live": statistics.median(values) / live} for name, values in medians.items()]
+    rows = [
+        {
+            "setting": name,
+            "step_seconds": statistics.median(values),
+            "rounds": values,
+            "ratio_to_live": statistics.median(values) / live,
+        }
+        for name, values in medians.items()
+    ]
 
     def plot(path: Path) -> None:
         import matplotlib
@@ -89,13 +120,18 @@ def main(argv: list[str] | None = None) -> None:
         fig.savefig(path, dpi=120)
 
     Study("zeroshot_step_cost").write(
-        rows, [("setting", "teacher on out-of-domain inputs"), ("step_seconds", "s / student step"),
-               ("ratio_to_live", "ratio to live")],
+        rows,
+        [
+            ("setting", "teacher on out-of-domain inputs"),
+            ("step_seconds", "s / student step"),
+            ("ratio_to_live", "ratio to live"),
+        ],
         title="Zero-shot student step: live teacher vs cached out-of-domain logits",
         intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
-              "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
-              "The machine was shared with other jobs: compare the two rows, not absolute times.",
-        plot=plot)
+        "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
+        "The machine was shared with other jobs: compare the two rows, not absolute times.",
+        plot=plot,
+    )
 
 
 if __name__ == "__main__":
