@@ -355,7 +355,8 @@ def intro(
             f"{setting.max_length}); the zero-shot rows use the recipe `configs/zeroshot/offline.yaml` "
             "(cycles of 10 generator + 100 student steps, 30% of tokens rewritten, hard Gumbel-softmax, tau 1) and "
             "train on the Wikipedia summaries only: the Rotten Tomatoes training split is never read. Test split: "
-            "1,275 snippets (57.7% positive). 'supervised KD' is VanillaKD (T=2, alpha=0.5) on the task's training data.",
+            "1,275 snippets (57.7% positive). 'supervised KD' is VanillaKD (T=2, alpha=0.5) on the task's training "
+            "data.",
             f"Seeds: {setting.seeds}; {done} of {planned} planned runs done, their fits {minutes:.1f} min in all. Wall "
             "time per run is the fit alone (the generator's steps included): compare within the table, not across "
             "machines.",
