@@ -177,7 +177,7 @@ def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir):
 
 def test_readme_variant_command_runs_verbatim(assets, workdir):
     """README: write my_kd.py, then `kdlight fit --config configs/quickstart/kd.yaml --model my_kd.LogitMatchingKD
-    --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer in place of the quickstart's)."""
+    --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer/student in place of the quickstart's)."""
     readme = (REPO / "README.md").read_text()
     code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.DOTALL).group(1)
     command = re.search(
@@ -204,6 +204,11 @@ def test_readme_variant_command_runs_verbatim(assets, workdir):
         workdir / "runs",
         "--model.cache_teacher_logits",
         "false",
+        # the quickstart's compact student (rank-128 embeddings, the RT vocabulary) does not fit the tiny teacher
+        "--model.student",
+        "TruncatedTeacher",
+        "--model.student.num_layers",
+        "1",
     ]
     args = command.split()[1:]
     args[args.index("--config") + 1] = str(REPO / "configs/quickstart/kd.yaml")
