@@ -177,7 +177,7 @@ def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir):
 
 def test_readme_variant_command_runs_verbatim(assets, workdir):
     """README: write my_kd.py, then `kdlight fit --config configs/quickstart/kd.yaml --model my_kd.LogitMatchingKD
-    --model.beta 0.3` from that folder (here with the tiny teacher/data/trainer/student in place of the quickstart's)."""
+    --model.beta 0.3` from that folder (with tiny stand-ins for the quickstart's teacher, data, trainer, student)."""
     readme = (REPO / "README.md").read_text()
     code = re.search(r"<!-- example: my_kd.py -->\s*```python\n(.*?)```", readme, re.DOTALL).group(1)
     command = re.search(
