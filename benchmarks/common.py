@@ -20,6 +20,72 @@ def run_cli(args: list[str]):
     return cli(args, run=False)
 
 
+def runner_for(config: dict, root: Path):
+    """A CLI run of ``config`` (written to ``root/config.yaml``, as a user's recipe) logging under ``root``, quiet."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return run_cli(
+        [
+            "--config",
+            str(root / "config.yaml"),
+            f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
+
+
+def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
+    """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, test metrics."""
+    from kdlight.models.hf import count_parameters
+
+    runner = runner_for(config, root)
+    start = time.perf_counter()
+    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
+    record = {
+        "fit_seconds": time.perf_counter() - start,
+        "steps": runner.trainer.global_step,
+        "params": count_parameters(runner.model.predictor),
+        "export": str(runner.model.export_path()),
+    }
+    if test:
+        best = runner.trainer.checkpoint_callback.best_model_path
+        metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
+        record.update({k: float(v) for k, v in metrics.items()})
+    return record
+
+
+def general_distillation_config(student: dict, steps: int, export_dir: Path) -> dict:
+    """MiniLMv2-style general distillation of ``student`` from the packaged MiniLM on the Wikipedia summaries."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": max(2, steps // 3),
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 20,
+        },
+        "model": {
+            "class_path": "GeneralDistillation",
+            "init_args": {
+                "teacher": "packaged/all-MiniLM-L6-v2",
+                "student": student,
+                "num_relation_heads": 16,
+                "relations": ["query", "key", "value"],
+                "learning_rate": 5e-4,
+                "warmup_ratio": 0.05,
+                "export_dir": str(export_dir),
+            },
+        },
+        "data": {
+            "class_path": "CorpusDataModule",
+            "init_args": {"source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200},
+        },
+    }
+
+
 def fine_tuned_rt_teacher(extra_args: list[str] | None = None, name: str = "minilm_rt") -> Path:
     """The quickstart teacher (all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes), trained once and cached.
 

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks.common import fine_tuned_rt_teacher
+from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config
 from benchmarks.study import Job, Study, mean_std
 
 WORK = Path("runs/benchmarks/compact")
@@ -90,67 +87,12 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
     raise ValueError(method)
 
 
-def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
-    """One kdlight run through the CLI (as `kdlight fit` then `test --ckpt_path best`); test metrics and sizes."""
-    from kdlight.cli import cli
-    from kdlight.models.hf import count_parameters
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(
-        [
-            "--config",
-            str(root / "config.yaml"),
-            f"--trainer.default_root_dir={root}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ],
-        run=False,
-    )
-    start = time.perf_counter()
-    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-    record = {
-        "fit_seconds": time.perf_counter() - start,
-        "steps": runner.trainer.global_step,
-        "params": count_parameters(runner.model.predictor),
-        "export": str(runner.model.export_path()),
-    }
-    if test:
-        best = runner.trainer.checkpoint_callback.best_model_path
-        metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
-        record.update({k: float(v) for k, v in metrics.items()})
-    return record
-
-
 def general_distillation(size: str, teacher: str, setting: dict) -> dict:
     root = WORK / size / "general"
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_steps": setting["general_steps"],
-            "val_check_interval": max(2, setting["general_steps"] // 3),
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 20,
-        },
-        "model": {
-            "class_path": "GeneralDistillation",
-            "init_args": {
-                "teacher": "packaged/all-MiniLM-L6-v2",
-                "student": compressed(fresh(size), size, factorise_from="teacher"),
-                "num_relation_heads": 16,
-                "relations": ["query", "key", "value"],
-                "learning_rate": 5e-4,
-                "warmup_ratio": 0.05,
-                "export_dir": str(root / "export"),
-            },
-        },
-        "data": {
-            "class_path": "CorpusDataModule",
-            "init_args": {"source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200},
-        },
-    }
-    record = fit_and_test(config, root, test=False)
-    return record
+    student = compressed(fresh(size), size, factorise_from="teacher")
+    return fit_and_test(
+        general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
+    )
 
 
 def task_distillation(

@@ -30,9 +30,7 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks.common import fine_tuned_rt_teacher
+from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for
 from benchmarks.study import Job, Study, mean_std
 
 WORK = Path("runs/benchmarks/zeroshot_compact")
@@ -85,21 +83,9 @@ def student_config(student: str, general_export: str | None) -> dict:
 
 
 def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
-    from kdlight.cli import cli
     from kdlight.models.hf import count_parameters
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(
-        [
-            "--config",
-            str(root / "config.yaml"),
-            f"--trainer.default_root_dir={root}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ],
-        run=False,
-    )
+    runner = runner_for(config, root)
     record = {"params": count_parameters(runner.model.predictor)}
     start = time.perf_counter()
     best = None
@@ -131,60 +117,18 @@ def validation_curve(root: Path) -> list[tuple[int, float]]:
 
 def general_distillation(teacher: str, setting: dict) -> dict:
     root = WORK / "general"
-    steps = setting["general_steps"]
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_steps": steps,
-            "val_check_interval": max(2, steps // 3),
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 20,
-        },
-        "model": {
-            "class_path": "GeneralDistillation",
-            "init_args": {
-                "teacher": "packaged/all-MiniLM-L6-v2",
-                "student": {
-                    "class_path": "CompressedEmbeddingStudent",
-                    "init_args": {
-                        "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
-                        "embedding_rank": EMBEDDING,
-                        "layout": "albert",
-                        "factorise_from": "teacher",
-                    },
-                },
-                "num_relation_heads": 16,
-                "relations": ["query", "key", "value"],
-                "learning_rate": 5e-4,
-                "warmup_ratio": 0.05,
-                "export_dir": str(root / "export"),
-            },
-        },
-        "data": {
-            "class_path": "CorpusDataModule",
-            "init_args": {"source": "packaged/wiki_summaries", "max_length": 64, "batch_size": 32, "val_examples": 200},
+    student = {
+        "class_path": "CompressedEmbeddingStudent",
+        "init_args": {
+            "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
+            "embedding_rank": EMBEDDING,
+            "layout": "albert",
+            "factorise_from": "teacher",
         },
     }
-    from kdlight.cli import cli
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    runner = cli(
-        [
-            "--config",
-            str(root / "config.yaml"),
-            f"--trainer.default_root_dir={root}",
-            "--trainer.enable_progress_bar=false",
-        ],
-        run=False,
+    return fit_and_test(
+        general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
     )
-    start = time.perf_counter()
-    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-    return {
-        "export": str(runner.model.export_path()),
-        "fit_seconds": time.perf_counter() - start,
-        "steps": runner.trainer.global_step,
-    }
 
 
 def batches_for(student_steps: int, generator_steps: int, cycle: int) -> int:
