@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,9 +122,17 @@ class TeacherLogitCache:
             loader = loader()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             idx, logits = cls.compute(teacher, loader, device)  # iterating a loader draws from the global RNG
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A folder of this process's own, renamed into place: runs that share the cache (study workers, two
+        # users' jobs) and compute the same logits at once must not delete or half-overwrite each other's.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp", dir=folder.parent))
         datasets.Dataset.from_dict({"idx": idx.tolist(), "logits": logits.tolist()}).save_to_disk(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        if folder.exists() and not (folder / "dataset_info.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # not a finished cache: replace it
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run wrote the same (teacher, dataset) logits first: theirs equal ours
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "dataset_info.json").is_file():
+                raise
         return cls(idx, logits), folder, True

@@ -78,3 +78,50 @@ def test_changed_teacher_gets_a_new_fingerprint(assets, tmp_path):
     )
     assert computed and folder_a != folder_b
     assert cache.lookup(torch.tensor([10_000])) is None  # an unknown example falls back to the live teacher
+
+
+def test_two_runs_computing_the_same_cache_at_once_both_succeed(assets, tmp_path, monkeypatch):
+    """Study workers share one cache and may compute the same logits at once: both runs must succeed and
+    leave one finished folder (the old code had both write one shared ``.tmp`` folder and rename it)."""
+    import threading
+
+    from kdlight.models import load_classifier
+
+    runner = cli(
+        ["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets), *trainer_args(tmp_path)],
+        run=False,
+    )
+    dm = runner.datamodule
+    dm.setup("fit")
+    teacher = load_classifier(str(assets["teacher"]), 2)
+    compute, both_computing = TeacherLogitCache.compute, threading.Barrier(2, timeout=60)
+
+    def in_step(teacher, loader, device):
+        result = compute(teacher, loader, device)
+        both_computing.wait()  # neither has written anything yet
+        return result
+
+    monkeypatch.setattr(TeacherLogitCache, "compute", staticmethod(in_step))
+    root, results, errors = tmp_path / "cache", [], []
+
+    def run() -> None:
+        try:
+            loader = torch.utils.data.DataLoader(dm.splits["train"], batch_size=32, collate_fn=Collator(0))
+            results.append(
+                TeacherLogitCache.load_or_compute(teacher, dm.splits["train"], loader, torch.device("cpu"), root)
+            )
+        except Exception as error:  # noqa: BLE001 -- reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    (cache_a, folder, _), (cache_b, _, _) = results
+    assert [p.name for p in root.iterdir()] == [folder.name]  # no temporary folder left behind
+    reloaded, _, computed = TeacherLogitCache.load_or_compute(
+        teacher, dm.splits["train"], None, torch.device("cpu"), root
+    )
+    assert not computed and torch.equal(reloaded.lookup(torch.arange(4)), cache_a.lookup(torch.arange(4)))
