@@ -79,6 +79,15 @@ for stage in $stages; do
       (while sleep 20; do tar czf "$OUT/studies.tgz.tmp" benchmarks/results/*_gpu* 2>/dev/null \
          && mv "$OUT/studies.tgz.tmp" "$OUT/studies.tgz"; done) &
       snapshots=$! ;;
+    extras-start)  # other settings: ZS_EXTRA / CP_EXTRA are each study's flags (with a --label of their own)
+      seconds=${STUDY_SECONDS:-400}
+      [ -n "${ZS_EXTRA:-}" ] && (timeout "$seconds" $PY -m benchmarks.zeroshot.compact $ZS_EXTRA; echo "exit $?") \
+        > "$OUT/zeroshot_compact.log" 2>&1 &
+      [ -n "${CP_EXTRA:-}" ] && (timeout "$seconds" $PY -m benchmarks.compact.run $CP_EXTRA; echo "exit $?") \
+        > "$OUT/compact.log" 2>&1 &
+      (while sleep 20; do tar czf "$OUT/studies.tgz.tmp" benchmarks/results/*_gpu* 2>/dev/null \
+         && mv "$OUT/studies.tgz.tmp" "$OUT/studies.tgz"; done) &
+      snapshots=$! ;;
     studies-wait)
       wait $(jobs -p | grep -vx "${snapshots:-0}") 2>/dev/null
       kill "${snapshots:-0}" 2>/dev/null
