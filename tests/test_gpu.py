@@ -149,7 +149,9 @@ def test_fit_then_test_on_cuda_without_host_syncs(assets, tmp_path, name, precis
     assert devices.seen == {"cuda"}, devices.seen
     if name == "vanilla_kd_cached":
         assert devices.cache == {"cuda"}, devices.cache
-    results = trainer(tmp_path, precision).test(module, datamodule=dm, ckpt_path="best")
+    best = fit.checkpoint_callback.best_model_path  # "best" names the fitting trainer's checkpoint, not a new one's
+    assert best
+    results = trainer(tmp_path, precision).test(module, datamodule=dm, ckpt_path=best)
     assert results and math.isfinite(results[0]["test/score"])
 
 
