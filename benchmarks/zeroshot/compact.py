@@ -54,6 +54,7 @@ FULL = {
     "max_length": 32,
     "general_steps": 600,
     "train_examples": None,
+    "show_rewrites_every": 50,
 }
 QUICK = {
     "student_steps": 6,
@@ -63,6 +64,7 @@ QUICK = {
     "max_length": 32,
     "general_steps": 4,
     "train_examples": 64,
+    "show_rewrites_every": 1,
 }
 
 
@@ -98,6 +100,7 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
     metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
     record.update({k: float(v) for k, v in metrics.items()})
     record["curve"] = validation_curve(root)
+    record["rewrites"] = shown_rewrites(root)
     record["export"] = str(runner.model.export_path()) if fit else None
     return record
 
@@ -113,6 +116,37 @@ def validation_curve(root: Path) -> list[tuple[int, float]]:
         return []
     rows = list(csv.DictReader(files[-1].open()))
     return [(int(r["step"]), float(r["val/score"])) for r in rows if r.get("val/score")]
+
+
+def shown_rewrites(root: Path) -> list[dict]:
+    """The generator's rewrites the run decoded for people (``show_rewrites_every``), last shown step first."""
+    files = sorted(root.rglob("rewrites.jsonl"))
+    if not files:
+        return []
+    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: -r["generator_step"])
+
+
+def rewrite_examples(records: list[dict], limit: int = 8) -> str:
+    """A results-file section: what the generator wrote for the general student (zero-shot, first seed)."""
+    from kdlight.components.rewriting import rewrites_markdown
+
+    zero_shot = list(METHODS)[1]
+    runs = sorted(
+        (r for r in records if r["student"] == "general" and r["method"] == zero_shot and r.get("rewrites")),
+        key=lambda r: r["seed"],
+    )
+    if not runs:
+        return ""
+    shown = runs[0]["rewrites"][:limit]
+    steps = sorted({r["generator_step"] for r in shown})
+    return (
+        f"## What the generator writes\n\nGeneral student, zero-shot, seed {runs[0]['seed']}: rewrites of "
+        f"out-of-domain sentences decoded at generator step(s) {', '.join(map(str, steps))} "
+        "(`rewrites.jsonl` in each run's log folder; TensorBoard shows them as text). Masked positions that "
+        "the generator filled are the changed spans; teacher and student are each model's predicted class "
+        "on the rewrite.\n\n" + rewrites_markdown(shown)
+    )
 
 
 def general_distillation(teacher: str, setting: dict) -> dict:
@@ -179,6 +213,7 @@ def one_run(student: str, method: str, seed: int, teacher: str, general_export: 
                 "student_steps": setting["cycle"],
                 "generator_learning_rate": 1e-5,
                 "temperature": 1.0,
+                "show_rewrites_every": setting["show_rewrites_every"],
                 # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
                 "cache_teacher_logits": inputs in ("both", "out_of_domain"),
             },
@@ -203,6 +238,8 @@ def one_run(student: str, method: str, seed: int, teacher: str, general_export: 
             "val_check_interval": val_every,
             "check_val_every_n_epoch": None,
             "log_every_n_steps": 10,
+            # metrics.csv holds the validation curve; the default logger is TensorBoard where it is installed
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}},
         },
         "model": model,
         "data": data,
@@ -401,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         + (" -- --quick: plumbing only" if args.quick else ""),
         intro=f"Teacher: the quickstart teacher, test accuracy {teacher_score:.4f}, {teacher_params:,} parameters. "
         f"Setting: {json.dumps(setting)}. Students and methods: see benchmarks/zeroshot/compact.py.",
-        notes=targets(rows),
+        notes=targets(rows) + "\n\n" + rewrite_examples(records),
         plot=plots(rows, records, teacher_score),
     )
 

@@ -1,0 +1,106 @@
+"""Inference speed of each compact student size against the teacher, on this machine's CPU (one command).
+
+    python -m benchmarks.compact.speed [--texts 640] [--threads 2]
+
+Speed does not depend on the weights, so each size of ``benchmarks/compact/run.py`` is built as its method (b)
+student (the teacher's SVD embeddings, vocabulary pruned to the training text), exported untrained with
+``save_pretrained`` exactly as a trained run exports it, and timed with the quickstart's timer: stock
+``AutoModelForSequenceClassification`` loading, batch 32, up to 64 tokens, the Rotten Tomatoes test snippets,
+teacher and students taking turns in each round, best of 3 rounds. This is how the study's speed-up column is
+measured where the study ran on another machine (its GPU run measured on that machine's busy CPU).
+Results: benchmarks/results/compact_speed.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import fine_tuned_rt_teacher, runner_for
+from benchmarks.compact.run import SIZES, student_config
+from benchmarks.study import Study
+
+
+def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
+    from kdlight.models.hf import count_parameters
+
+    config = {
+        "model": {
+            "class_path": "VanillaKD",
+            "init_args": {"teacher": teacher, "student": student_config(size, "b", None)},
+        },
+        "data": {"class_path": "RottenTomatoesDataModule", "init_args": {"max_length": 64}},
+    }
+    runner = runner_for(config, folder / size)
+    return runner.model.export(folder / size / "export"), count_parameters(runner.model.predictor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    import torch
+
+    from kdlight.models.hf import count_parameters, load_classifier
+    from kdlight.quickstart import inference_speed, test_texts
+
+    torch.set_num_threads(args.threads)
+    teacher = str(fine_tuned_rt_teacher())
+    teacher_params = count_parameters(load_classifier(teacher, 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = {"teacher": (teacher, teacher_params)}
+        for size in SIZES:
+            path, params = export_untrained(size, teacher, Path(tmp))
+            exports[size] = (str(path), params)
+        speed = inference_speed({name: path for name, (path, _) in exports.items()}, test_texts(args.texts))
+    rows = [
+        {
+            "student": name,
+            "params": params,
+            "compression": teacher_params / params,
+            "samples_per_s": speed[name],
+            "speedup": speed[name] / speed["teacher"],
+        }
+        for name, (_, params) in exports.items()
+    ]
+
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot([r["compression"] for r in rows], [r["speedup"] for r in rows], marker="o")
+        for r in rows:
+            ax.annotate(r["student"], (r["compression"], r["speedup"]), textcoords="offset points", xytext=(4, 4))
+        ax.set_xscale("log")
+        ax.set_xlabel("compression (teacher params / student params)")
+        ax.set_ylabel(f"CPU inference speed-up vs teacher ({args.threads} threads)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    Study("compact_speed").write(
+        rows,
+        [
+            ("student", "model"),
+            ("params", "params"),
+            ("compression", "compression"),
+            ("samples_per_s", "samples/s"),
+            ("speedup", "speed-up"),
+        ],
+        title="Compact students: CPU inference speed against the teacher",
+        intro=f"Batch 32, up to 64 tokens, {args.texts} Rotten Tomatoes test snippets, {args.threads} torch threads, "
+        f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "
+        f"Setting: {json.dumps({'texts': args.texts, 'threads': args.threads})}.",
+        plot=draw,
+    )
+
+
+if __name__ == "__main__":
+    main()
