@@ -188,5 +188,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``kdlight-quickstart`` console script: :func:`main` without its return value, which a console
+    script would hand to ``sys.exit`` (a dict there prints it and exits with status 1)."""
     main()
+
+
+if __name__ == "__main__":
+    command()

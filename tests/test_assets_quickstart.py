@@ -2,6 +2,7 @@
 
 import bz2
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,23 @@ def _have_offline_assets() -> bool:
     reason="offline assets not fetched: run `python -m kdlight.assets` (scripts/setup.sh does)",
 )
 def test_quickstart_smoke_on_packaged_minilm(tmp_path):
-    from kdlight.quickstart import main
+    """README command 1's entry point, as a user runs it: the installed ``kdlight-quickstart`` script in a
+    subprocess from a fresh folder. It must exit 0 (it once returned its summary dict, which the console
+    script handed to ``sys.exit``: the table printed, then exit status 1, breaking ``&&`` chains)."""
+    import shutil
+    import subprocess
 
-    summary = main(["--smoke", "--output", str(tmp_path)])
+    script = shutil.which("kdlight-quickstart")
+    assert script, "the kdlight-quickstart console script is not installed (pip install -e .)"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [script, "--smoke"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    tmp_path = tmp_path / "runs" / "quickstart"  # the default --output, relative to the working folder
     written = json.loads((tmp_path / "results.json").read_text())
-    assert written["student_score"] == summary["student_score"] and written["smoke"] is True
+    assert f"{100 * written['student_score'] / written['teacher_score']:.1f}" in proc.stdout  # the table
+    assert written["smoke"] is True
     assert written["teacher_params"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-label head
     assert written["compression"] >= 4.0 and 0.0 <= written["student_score"] <= 1.0
     assert written["teacher_samples_per_s"] > 0 and written["speedup"] > 1.0  # 2 of the teacher's 6 blocks
