@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Zero-shot student step: live teacher vs cached out-of-domain logits",
         intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
         "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
-        "The machine was shared with other jobs: compare the two rows, not absolute times.",
+        "Compare the two rows (measured in the same rounds), not absolute times across machines.",
         plot=plot,
     )
 
