@@ -56,26 +56,26 @@ def test_cache_is_reused_and_invalidated(assets, tmp_path):
     assert len(set(cache_dir.iterdir())) == 2  # different tokenisation, new cache
 
 
-def test_changed_teacher_gets_a_new_fingerprint(assets, tmp_path):
+def teacher_and_training_set(assets, tmp_path):
+    """The tiny teacher and the tiny task's tokenised training split, as a VanillaKD run would see them."""
     from kdlight.models import load_classifier
 
     runner = cli(
         ["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets), *trainer_args(tmp_path)],
         run=False,
     )
-    dm = runner.datamodule
-    dm.setup("fit")
-    teacher = load_classifier(str(assets["teacher"]), 2)
-    loader = torch.utils.data.DataLoader(dm.splits["train"], batch_size=32, collate_fn=Collator(0))
-    _, folder_a, computed = TeacherLogitCache.load_or_compute(
-        teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path
-    )
+    runner.datamodule.setup("fit")
+    return load_classifier(str(assets["teacher"]), 2), runner.datamodule.splits["train"]
+
+
+def test_changed_teacher_gets_a_new_fingerprint(assets, tmp_path):
+    teacher, train = teacher_and_training_set(assets, tmp_path)
+    loader = torch.utils.data.DataLoader(train, batch_size=32, collate_fn=Collator(0))
+    _, folder_a, computed = TeacherLogitCache.load_or_compute(teacher, train, loader, torch.device("cpu"), tmp_path)
     assert computed
     with torch.no_grad():
         teacher.classifier.bias.add_(1.0)
-    cache, folder_b, computed = TeacherLogitCache.load_or_compute(
-        teacher, dm.splits["train"], loader, torch.device("cpu"), tmp_path
-    )
+    cache, folder_b, computed = TeacherLogitCache.load_or_compute(teacher, train, loader, torch.device("cpu"), tmp_path)
     assert computed and folder_a != folder_b
     assert cache.lookup(torch.tensor([10_000])) is None  # an unknown example falls back to the live teacher
 
@@ -85,15 +85,7 @@ def test_two_runs_computing_the_same_cache_at_once_both_succeed(assets, tmp_path
     leave one finished folder (the old code had both write one shared ``.tmp`` folder and rename it)."""
     import threading
 
-    from kdlight.models import load_classifier
-
-    runner = cli(
-        ["--model=VanillaKD", f"--model.teacher={assets['teacher']}", *data_args(assets), *trainer_args(tmp_path)],
-        run=False,
-    )
-    dm = runner.datamodule
-    dm.setup("fit")
-    teacher = load_classifier(str(assets["teacher"]), 2)
+    teacher, train = teacher_and_training_set(assets, tmp_path)
     compute, both_computing = TeacherLogitCache.compute, threading.Barrier(2, timeout=60)
 
     def in_step(teacher, loader, device):
@@ -106,10 +98,8 @@ def test_two_runs_computing_the_same_cache_at_once_both_succeed(assets, tmp_path
 
     def run() -> None:
         try:
-            loader = torch.utils.data.DataLoader(dm.splits["train"], batch_size=32, collate_fn=Collator(0))
-            results.append(
-                TeacherLogitCache.load_or_compute(teacher, dm.splits["train"], loader, torch.device("cpu"), root)
-            )
+            loader = torch.utils.data.DataLoader(train, batch_size=32, collate_fn=Collator(0))
+            results.append(TeacherLogitCache.load_or_compute(teacher, train, loader, torch.device("cpu"), root))
         except Exception as error:  # noqa: BLE001 -- reported below
             errors.append(error)
 
@@ -121,7 +111,5 @@ def test_two_runs_computing_the_same_cache_at_once_both_succeed(assets, tmp_path
     assert not errors, errors
     (cache_a, folder, _), (cache_b, _, _) = results
     assert [p.name for p in root.iterdir()] == [folder.name]  # no temporary folder left behind
-    reloaded, _, computed = TeacherLogitCache.load_or_compute(
-        teacher, dm.splits["train"], None, torch.device("cpu"), root
-    )
+    reloaded, _, computed = TeacherLogitCache.load_or_compute(teacher, train, None, torch.device("cpu"), root)
     assert not computed and torch.equal(reloaded.lookup(torch.arange(4)), cache_a.lookup(torch.arange(4)))
