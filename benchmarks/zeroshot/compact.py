@@ -33,7 +33,7 @@ from pathlib import Path
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for
 from benchmarks.study import Job, Study, mean_std
 
-WORK = Path("runs/benchmarks/zeroshot_compact")
+WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
 EMBEDDING = 32
 METHODS = {  # name -> (inputs, perturbation, corpus); None: supervised KD; "untrained": no distillation
@@ -149,8 +149,8 @@ def rewrite_examples(records: list[dict], limit: int = 8) -> str:
     )
 
 
-def general_distillation(teacher: str, setting: dict) -> dict:
-    root = WORK / "general"
+def general_distillation(teacher: str, setting: dict, work: str) -> dict:
+    root = Path(work) / "general"
     student = {
         "class_path": "CompressedEmbeddingStudent",
         "init_args": {
@@ -171,11 +171,13 @@ def batches_for(student_steps: int, generator_steps: int, cycle: int) -> int:
     return full * (generator_steps + cycle) + (generator_steps + rest if rest else 0)
 
 
-def one_run(student: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict) -> dict:
+def one_run(
+    student: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict, work: str
+) -> dict:
     mode = METHODS[method]
-    root = WORK / student / method.split(" ")[0].strip(":,") / f"seed{seed}"
+    root = Path(work) / student / method.split(" ")[0].strip(":,") / f"seed{seed}"
     if mode is not None and mode != "untrained":
-        root = WORK / student / "_".join(mode[:1] + (Path(mode[2]).name,)) / f"seed{seed}"
+        root = Path(work) / student / "_".join(mode[:1] + (Path(mode[2]).name,)) / f"seed{seed}"
     task = {
         "class_path": "RottenTomatoesDataModule",
         "init_args": {
@@ -381,19 +383,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
     parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
-    global WORK
     setting = dict(QUICK if args.quick else FULL)
     for key in ("student_steps", "general_steps"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
     name = "zeroshot_compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
-    WORK = WORK.with_name(name)
+    work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     study = Study(name, workers=args.workers, report_only=args.report_only)
     teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
     general = {}
     if "general" in args.students:
         general = Study(name, workers=1, report_only=args.report_only).run(
-            {"general": Job(general_distillation, teacher=teacher, setting=setting)}
+            {"general": Job(general_distillation, teacher=teacher, setting=setting, work=work)}
         )
     export = general.get("general", {}).get("export")
     names = list(METHODS)
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                     teacher=teacher,
                     general_export=export,
                     setting=setting,
+                    work=work,
                 )
     study.run(jobs)
     records = [r for k, r in study.done().items() if k != "general"]
