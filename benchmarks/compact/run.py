@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
     speed_jobs = {}
     for size in SIZES:
-        exports = [r["export"] for r in done.values() if r["size"] == size and Path(r["export"]).is_dir()]
+        exports = [  # a report from another machine's runs reads its recorded speeds: the exports stayed there
+            r["export"] for r in done.values() if r["size"] == size and (args.report_only or Path(r["export"]).is_dir())
+        ]
         if exports:
             speed_jobs[f"speed/{size}"] = Job(
                 inference, size=size, student_export=exports[0], teacher=teacher, texts=64 if args.quick else 640
