@@ -25,7 +25,7 @@ from kdlight.errors import KDLightError, check_choice
 from kdlight.models import TruncatedTeacher, load_from_checkpoint
 from kdlight.modules import TeacherFineTuning, VanillaKD
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+USAGE_DOC = Path(__file__).resolve().parents[1] / "docs" / "usage.md"  # holds the Python example
 
 
 def task_data(assets, **kwargs) -> TextClassificationDataModule:
@@ -189,8 +189,9 @@ def test_a_typo_in_a_choice_is_refused_by_the_parser(assets, tmp_path, capsys):
 
 
 def test_readme_python_example_runs(assets, tmp_path, monkeypatch):
-    match = re.search(r"<!-- example: python -->\s*```python\n(.*?)```\s*<!-- /example -->", README.read_text(), re.S)
-    assert match, "README lost its Python example"
+    example = r"<!-- example: python -->\s*```python\n(.*?)```\s*<!-- /example -->"
+    match = re.search(example, USAGE_DOC.read_text(), re.S)
+    assert match, "docs/usage.md lost its Python example"
     code = match.group(1)
     d = assets["data"]
     for old, new in [
@@ -208,6 +209,6 @@ def test_readme_python_example_runs(assets, tmp_path, monkeypatch):
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own example)
+    exec(compile(code, "docs/usage.md", "exec"), namespace)  # noqa: S102  (the docs' own example)
     assert namespace["model"].task == namespace["data"].task
     assert namespace["model"].trainer.global_step == 2
