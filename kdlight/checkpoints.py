@@ -9,11 +9,14 @@ plus the short allow-list below.
 What kdlight itself writes is plain: Lightning's own entries (state dicts, loop and callback state,
 optimizer and scheduler state dicts), the HF configs as dicts, and hyper-parameters that
 :func:`plain_hparam` turns into plain values (a ``StudentSpec`` becomes ``{"class_path", "init_args"}``,
-a path becomes a string). The allow-list only covers what checkpoints written by earlier kdlight
-versions from Python could hold: the student specs themselves and ``pathlib`` paths. Both are plain
+nested specs too, a path becomes a string). The allow-list only covers what checkpoints written by earlier
+kdlight versions from Python could hold: the student specs themselves and ``pathlib`` paths. Both are plain
 data holders (no ``__setstate__``, no ``__reduce__`` that calls anything but the path constructor),
 so rebuilding them runs no code of the checkpoint's choosing. It is registered with torch once, at
 import, so Lightning's own loads (``--ckpt_path``) accept exactly what :func:`load_checkpoint` accepts.
+
+This module is a leaf: it imports nothing of kdlight but its errors, so every layer (models, data,
+modules) can use it; student specs add themselves to the allow-list where they are defined.
 """
 
 from __future__ import annotations
@@ -156,11 +159,15 @@ def checkpoint_tokenizer(path: str | os.PathLike) -> str | None:
 
 
 def plain_hparam(value: Any) -> Any:
-    """A hyper-parameter as plain data, so the checkpoint it goes into loads with ``weights_only=True``."""
-    from kdlight.models.students import StudentSpec
+    """A hyper-parameter as plain data, so the checkpoint it goes into loads with ``weights_only=True``.
 
-    if isinstance(value, StudentSpec):
-        return value.to_config()
+    An object that knows its plain form (a ``to_config()`` method returning ``{"class_path", "init_args"}``,
+    as kdlight's student specs do) is replaced by it, recursively, so a spec holding a spec stays plain;
+    paths become strings; dicts, lists and tuples are walked.
+    """
+    to_config = getattr(value, "to_config", None)
+    if callable(to_config) and not isinstance(value, type):
+        return plain_hparam(to_config())
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, dict):

@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+import kdlight.data
+import kdlight.models
+import kdlight.modules
 from kdlight.errors import KDLightError, first_line
 
 # The config slots whose class_path names a kdlight class, and the base class each must extend.
@@ -33,10 +36,6 @@ def _base(slot: str) -> type:
 
 def _known(slot: str) -> dict[str, type]:
     """kdlight's public classes usable in a slot, by short name."""
-    import kdlight.data
-    import kdlight.models
-    import kdlight.modules
-
     base, found = _base(slot), {}
     for package in (kdlight.modules, kdlight.data, kdlight.models):
         for name in getattr(package, "__all__", []):

@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from kdlight.assets import fetch_all, rotten_tomatoes_dir
+from kdlight.cli import cli
+from kdlight.models.hf import count_parameters
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "quickstart"
 SMOKE_OVERRIDES = [
     "--data.init_args.max_train_examples=64",
@@ -36,9 +40,6 @@ def stage(message: str) -> None:
 
 def run_stage(config: Path, overrides: list[str]) -> dict:
     """fit then test (best checkpoint) one recipe; returns test metrics, size and timings."""
-    from kdlight.cli import cli
-    from kdlight.models.hf import count_parameters
-
     runner = cli(["--config", str(config), *overrides], run=False)
     start = time.perf_counter()
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
@@ -90,8 +91,6 @@ def inference_speed(
 
 def test_texts(limit: int) -> list[str]:
     import pandas as pd
-
-    from kdlight.assets import rotten_tomatoes_dir
 
     return pd.read_csv(rotten_tomatoes_dir() / "test.csv")["text"].astype(str).tolist()[:limit]
 
@@ -148,8 +147,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="runs/quickstart", help="run folder (checkpoints, exports, results.json)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run (64 examples, 2 eval batches) for tests")
     args = parser.parse_args(argv)
-    from kdlight.assets import fetch_all
-
     out = Path(args.output)
     extra = SMOKE_OVERRIDES if args.smoke else []
     start = time.perf_counter()

@@ -20,10 +20,10 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from kdlight.assets import resolve_model_path
 from kdlight.data.sampler import ResumableLoader, loader_generator
 from kdlight.data.spec import TaskSpec
-from kdlight.errors import KDLightError, first_line
+from kdlight.errors import KDLightError
+from kdlight.models.hf import load_tokenizer  # re-exported: it lives with the model loaders
 
 STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -40,19 +40,6 @@ def tokenize_dataset(dataset: datasets.Dataset, tokenizer, max_length: int, desc
 
     drop = [c for c in ("text", "text_pair") if c in dataset.column_names]
     return dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenising {desc}")
-
-
-def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise KDLightError(
-            f"cannot load a tokenizer from {name_or_path!r}: give a local model folder (with tokenizer "
-            f"files) or a hub name reachable from this machine ({type(err).__name__}: {first_line(err)})"
-        ) from None
 
 
 class Collator:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
 from kdlight.errors import KDLightError, check_choice
+from kdlight.models.hf import load_classifier
 
 NoiseType = Literal["uniform", "symmetric", "asymmetric", "instance"]
 CLEAN_VAL_SPLIT = "clean_validation"
@@ -256,8 +257,6 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         return {self.train_split: train, CLEAN_VAL_SPLIT: clean}
 
     def _reference_scores(self, train: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-        from kdlight.models.hf import load_classifier
-
         model = load_classifier(self.reference_model, self.num_labels, self.label_names, require_head=True).eval()
         tokenised = self._encode(train, "reference scores")
         loader = DataLoader(

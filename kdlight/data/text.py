@@ -19,6 +19,7 @@ from kdlight.assets import PACKAGED_ROTTEN_TOMATOES, PACKAGED_TWEETS, TWEET_LABE
 from kdlight.data.base import LabelledTextDataModule
 from kdlight.errors import KDLightError, check_choice, first_line
 from kdlight.metrics import Metric
+from kdlight.models.hf import has_classification_head, load_config
 
 _BUILDERS = {
     ".csv": ("csv", {}),
@@ -537,8 +538,6 @@ class TextClassificationDataModule(LabelledTextDataModule):
 
     def _labels_of_model(self) -> list[str]:
         """Predicting only: the label names of the model, whose folder the tokenizer comes from."""
-        from kdlight.models.hf import has_classification_head, load_config
-
         fix = "pass label_names (the model's labels, in the order of its outputs)"
         config = None
         if self.tokenizer_name:

@@ -39,12 +39,23 @@ import copy
 from collections import Counter
 from typing import Literal
 
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import AlbertConfig, AlbertForSequenceClassification, PreTrainedModel
 
+from kdlight.assets import resolve_data_file
 from kdlight.errors import KDLightError, check_choice
+from kdlight.models.embeddings import (
+    FactorisedEmbedding,
+    PrunedVocabularyEmbedding,
+    factorise,
+    fold_compressed_state,
+    materialised,
+    principal_coordinates,
+    require_full_vocabulary,
+)
+from kdlight.models.hf import load_tokenizer
 from kdlight.models.students import FreshStudent, StudentSpec
 
 #: where a compressed student's factorisation lives (see the module docstring)
@@ -53,88 +64,10 @@ Layout = Literal["factorised", "albert"]
 FactoriseFrom = Literal["auto", "teacher", "student"]
 
 
-class FactorisedEmbedding(nn.Module):
-    """Word embeddings ``E = token_factors @ hidden_factors`` of rank ``rank``.
-
-    ``weight`` is the product (what one-hot inputs multiply); looking ids up never builds it.
-    """
-
-    def __init__(self, token_factors: Tensor, hidden_factors: Tensor, padding_idx: int | None = None) -> None:
-        super().__init__()
-        self.token_factors = nn.Parameter(token_factors)
-        self.hidden_factors = nn.Parameter(hidden_factors)
-        self.padding_idx = padding_idx
-        self.num_embeddings, self.rank = token_factors.shape
-        self.embedding_dim = hidden_factors.shape[1]
-
-    @property
-    def weight(self) -> Tensor:
-        return self.token_factors @ self.hidden_factors
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        # padding_idx only stops the padding row's gradient, as in nn.Embedding
-        return F.embedding(input_ids, self.token_factors, self.padding_idx) @ self.hidden_factors
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
-
-
-class PrunedVocabularyEmbedding(nn.Module):
-    """Embeddings for a kept subset of the vocabulary, read through the original ids.
-
-    ``remap`` takes every original id to its row (unkept ids to ``[UNK]``'s row); ``kept_token_ids`` lists
-    the original id of each row, in order, which is the pruned tokenizer's vocabulary.
-    """
-
-    def __init__(
-        self, rows: nn.Module, remap: Tensor, kept_token_ids: Tensor, tokenizer_source: str | None = None
-    ) -> None:
-        super().__init__()
-        self.rows = rows
-        self.register_buffer("remap", remap.long())
-        self.register_buffer("kept_token_ids", kept_token_ids.long())
-        self.tokenizer_source = tokenizer_source
-        self.num_embeddings = int(remap.numel())
-        self.embedding_dim = rows.embedding_dim
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.rows(self.remap[input_ids])
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings} ids -> {len(self.kept_token_ids)} rows"
-
-
-def require_full_vocabulary(model: nn.Module, purpose: str) -> None:
-    """Stop with a clear error when ``model`` has a pruned vocabulary but ``purpose`` needs all rows."""
-    if isinstance(model.get_input_embeddings(), PrunedVocabularyEmbedding):
-        raise KDLightError(
-            f"{purpose} multiplies one-hot rows over the full shared vocabulary, "
-            "but the student's vocabulary is pruned; "
-            "remove vocabulary_files from the student (embedding_rank alone keeps the full vocabulary)"
-        )
-
-
 # --------------------------------------------------------------------------------------- export
-def materialised(embedding: nn.Module) -> nn.Module:
-    """A plain ``nn.Embedding`` computing what ``embedding`` computes on its own rows (identity for stock ones)."""
-    if isinstance(embedding, PrunedVocabularyEmbedding):
-        inner = materialised(embedding.rows)
-        padding = inner.padding_idx
-        plain = nn.Embedding(inner.num_embeddings, inner.embedding_dim, padding_idx=padding)
-        plain.weight.data.copy_(inner.weight.data)
-        return plain
-    if isinstance(embedding, FactorisedEmbedding):
-        plain = nn.Embedding(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx)
-        plain.weight.data.copy_(embedding.weight.detach())
-        return plain
-    return embedding
-
-
 def stock_export(model: PreTrainedModel, tokenizer_source: str | None):
     """(model, tokenizer) to ``save_pretrained``: compressed embeddings become stock layers, a pruned
     vocabulary comes with its pruned tokenizer. Uncompressed models are returned as they are."""
-    from kdlight.data.base import load_tokenizer
-
     embedding = model.get_input_embeddings()
     if not isinstance(embedding, (FactorisedEmbedding, PrunedVocabularyEmbedding)):
         return model, load_tokenizer(tokenizer_source) if tokenizer_source else None
@@ -154,32 +87,10 @@ def stock_export(model: PreTrainedModel, tokenizer_source: str | None):
     return stock, tokenizer
 
 
-def fold_compressed_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A compressed student's state dict as a stock model's (``...word_embeddings.weight``), same predictions.
-
-    Used when a kdlight checkpoint is rebuilt as a stock HF model; a pruned vocabulary is folded back to
-    the full id space (unkept ids get the ``[UNK]`` row), which computes exactly what the student did.
-    """
-    state = dict(state)
-    for key in [k for k in state if k.endswith(".hidden_factors")]:
-        prefix = key[: -len("hidden_factors")]
-        state[prefix + "weight"] = state.pop(prefix + "token_factors") @ state.pop(key)
-    for key in [k for k in state if k.endswith(".kept_token_ids")]:
-        prefix = key[: -len("kept_token_ids")]
-        state.pop(key)
-        remap = state.pop(prefix + "remap")
-        state[prefix + "weight"] = state.pop(prefix + "rows.weight")[remap]
-    return state
-
-
 # ------------------------------------------------------------------------------- vocabulary pruning
 def read_texts(files: list[str], text_columns: list[str]) -> list[str]:
     """Texts of ``.txt`` files (one per line) and of the named columns of csv/tsv/json/jsonl/parquet files
     (paths, or files of packaged datasets such as ``packaged/rotten_tomatoes/train.csv``)."""
-    import pandas as pd
-
-    from kdlight.assets import resolve_data_file
-
     texts: list[str] = []
     for name in files:
         path = resolve_data_file(name)
@@ -251,32 +162,6 @@ def pruned_tokenizer(tokenizer, kept_token_ids: list[int]):
 
 
 # ------------------------------------------------------------------------------------ the student
-def _principal_coordinates(matrix: Tensor, columns: int) -> Tensor:
-    """``matrix``'s coordinates on its top ``columns`` right singular vectors (zero-padded when wider)."""
-    u, s, _ = torch.linalg.svd(matrix.double(), full_matrices=False)
-    keep = min(columns, len(s))
-    out = torch.zeros(matrix.shape[0], columns, dtype=torch.float64)
-    out[:, :keep] = u[:, :keep] * s[:keep]
-    return out.float()
-
-
-def factorise(matrix: Tensor, rank: int, width: int) -> tuple[Tensor, Tensor]:
-    """``(token_factors, hidden_factors)`` from a truncated SVD ``matrix ~ U_r S_r V_r^T``.
-
-    Same width: ``U_r S_r`` and ``V_r^T``, the best rank-r approximation (Eckart-Young). Another
-    width: the student's embedding space is taken to be the source's principal subspace, so the
-    token factors are the same ``U_r S_r`` (each token's top-r principal coordinates) and the hidden
-    factors put them on the student's first ``r`` dimensions (``[I_r | 0]``); the rest start at zero.
-    """
-    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
-    tokens = (u[:, :rank] * s[:rank]).float()
-    if matrix.shape[1] == width:
-        return tokens, vh[:rank].float()
-    hidden = torch.zeros(rank, width)
-    hidden[:, :rank] = torch.eye(rank)
-    return tokens, hidden
-
-
 def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tensor | None = None) -> PreTrainedModel:
     """``bert`` (a BERT sequence classifier) rewritten as a stock ``AlbertForSequenceClassification``.
 
@@ -286,8 +171,6 @@ def bert_as_albert(bert: PreTrainedModel, up_projection: Tensor, word_rows: Tens
     Every block, the pooler and the classifier are copied as they are (ALBERT's block is BERT's: post-LN
     attention then feed-forward), one block per group so nothing is shared.
     """
-    from transformers import AlbertConfig, AlbertForSequenceClassification
-
     if getattr(bert.config, "model_type", None) != "bert" or not hasattr(bert, "bert"):
         raise KDLightError(
             f"layout: albert rewrites BERT students; this student is {type(bert).__name__}: use layout: factorised"
@@ -410,8 +293,6 @@ class CompressedEmbeddingStudent(StudentSpec):
         return model.get_input_embeddings().weight.detach().float().cpu()
 
     def kept_ids(self, teacher: nn.Module) -> tuple[list[int], int, str]:
-        from kdlight.data.base import load_tokenizer
-
         source = self.tokenizer or getattr(teacher, "name_or_path", "") or ""
         if not source:
             raise KDLightError("vocabulary pruning needs the teacher's tokenizer: set student.init_args.tokenizer")
@@ -466,7 +347,7 @@ class CompressedEmbeddingStudent(StudentSpec):
                 rows = FactorisedEmbedding(token_factors, hidden_factors, padding_idx=padding)
         else:
             rows = nn.Embedding(matrix.shape[0], width, padding_idx=padding)
-            rows.weight.data.copy_(matrix if matrix.shape[1] == width else _principal_coordinates(matrix, width))
+            rows.weight.data.copy_(matrix if matrix.shape[1] == width else principal_coordinates(matrix, width))
         if kept is not None:
             rows = PrunedVocabularyEmbedding(rows, remap, torch.tensor(kept), tokenizer_source)
         student.set_input_embeddings(rows)

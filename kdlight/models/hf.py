@@ -11,11 +11,32 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.utils import logging as transformers_logging
 
 from kdlight.assets import resolve_model_path
 from kdlight.checkpoints import HF_CONFIGS_KEY, checkpoint_tokenizer, load_checkpoint, predictor_attr
 from kdlight.errors import KDLightError, first_line
+from kdlight.models.embeddings import fold_compressed_state
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a hub name, a local model folder or a ``packaged/`` model."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise KDLightError(
+            f"cannot load a tokenizer from {name_or_path!r}: give a local model folder (with tokenizer "
+            f"files) or a hub name reachable from this machine ({type(err).__name__}: {first_line(err)})"
+        ) from None
 
 
 def label_config(num_labels: int, label_names: list[str] | None) -> dict:
@@ -167,8 +188,6 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
     all-MiniLM-L6-v2 gets an MLM head whose decoder is tied to its word embeddings; the head's
     transform (untrained) starts as the identity, so the first proposals score each position's
     hidden state against the vocabulary rather than a random projection."""
-    from transformers import AutoModelForMaskedLM
-
     path = resolve_model_path(name_or_path)
     try:
         with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
@@ -194,14 +213,12 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
 
 @contextmanager
 def quiet_transformers():
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
-        logging.set_verbosity(level)
+        transformers_logging.set_verbosity(level)
 
 
 def _head_transform(model: nn.Module) -> nn.Linear | None:
@@ -228,8 +245,6 @@ def load_from_checkpoint(path: str, prefix: str | None = None) -> PreTrainedMode
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = AutoModelForSequenceClassification.from_config(config)
     state = {k[len(prefix) + 1 :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix + ".")}
-    from kdlight.models.compact import fold_compressed_state  # compact imports this module
-
     state = fold_compressed_state(state)  # a compressed student's embeddings as stock ones (same predictions)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only keys may legitimately be absent; real weights may not.

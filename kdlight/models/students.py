@@ -9,19 +9,33 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from kdlight.checkpoints import allow_in_checkpoints
+from kdlight.checkpoints import allow_in_checkpoints, plain_hparam
 from kdlight.errors import KDLightError
 from kdlight.models.hf import label_config, load_classifier
 
 
 class StudentSpec:
-    """Base class: builds the student network given the (frozen) teacher."""
+    """Base class: builds the student network given the (frozen) teacher.
+
+    Every subclass registers itself when it is defined, so that a checkpoint's hyper-parameters
+    (:meth:`to_config`'s plain form) rebuild it by name without importing anything named in a file.
+    """
+
+    #: every spec class defined so far, by its full class path (``module.QualName``)
+    registry: ClassVar[dict[str, type[StudentSpec]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        StudentSpec.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        if cls.__module__.startswith("kdlight."):
+            # checkpoints written from Python by earlier kdlight versions hold these objects in their hyper-parameters
+            allow_in_checkpoints(cls)
 
     def build(self, teacher: PreTrainedModel, num_labels: int, label_names: list[str] | None = None) -> PreTrainedModel:
         raise NotImplementedError
@@ -33,28 +47,54 @@ class StudentSpec:
 
     def to_config(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}``: how the spec is kept in hyper-parameters and checkpoints
-        (plain data, so checkpoints load with ``weights_only=True``), as in the CLI's own configs."""
+        (plain data all the way down, a spec argument as its own config, so checkpoints load with
+        ``weights_only=True``), as in the CLI's own configs."""
         cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.init_args()}
+        init_args = {name: plain_hparam(value) for name, value in self.init_args().items()}
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+    @staticmethod
+    def lookup(class_path: str) -> type[StudentSpec]:
+        """The registered spec class a config names: its full path, or for kdlight's own specs also
+        the short name (``TruncatedTeacher``) or ``kdlight.models.<Name>``."""
+        cls = StudentSpec.registry.get(class_path)
+        if cls is not None:
+            return cls
+        short = class_path.removeprefix("kdlight.models.")
+        own = {c.__name__: c for path, c in StudentSpec.registry.items() if path.startswith("kdlight.")}
+        if short in own:
+            return own[short]
+        # only specs defined in this process are rebuilt from data: importing a module named in a file could run code
+        raise KDLightError(
+            f"student {class_path!r} is not one of kdlight's student specs ({', '.join(sorted(own))}) nor a spec "
+            "defined in this process; import its module first, or pass the student as an object (student=MyStudent())"
+        )
 
     @staticmethod
     def from_config(config: StudentSpec | dict | None) -> StudentSpec | None:
-        """A spec from :meth:`to_config`'s form (hyper-parameters read back from a checkpoint)."""
+        """A spec from :meth:`to_config`'s form (hyper-parameters read back from a checkpoint); specs
+        among its arguments are rebuilt the same way."""
         if config is None or isinstance(config, StudentSpec):
             return config
-        class_path = config.get("class_path", "") if isinstance(config, dict) else ""
-        cls = _STUDENT_SPECS.get(class_path.rsplit(".", 1)[-1])
-        if cls is None or class_path not in (
-            cls.__name__,
-            f"{cls.__module__}.{cls.__qualname__}",
-            f"kdlight.models.{cls.__name__}",
-        ):
-            # only kdlight's own specs are rebuilt from data: importing a module named in a file could run code
+        if not isinstance(config, dict) or not isinstance(config.get("class_path"), str):
             raise KDLightError(
-                f"student {config!r} is not one of kdlight's student specs ({', '.join(_STUDENT_SPECS)}); "
-                "pass the student as an object (student=MyStudent(...))"
+                f"student {config!r} is not a student spec; give {{class_path: TruncatedTeacher, init_args: ...}}"
             )
-        return cls(**config.get("init_args", {}))
+        cls = StudentSpec.lookup(config["class_path"])
+        return cls(**{name: _rebuild_specs(value) for name, value in (config.get("init_args") or {}).items()})
+
+
+def _is_spec_config(value: Any) -> bool:
+    return isinstance(value, dict) and "class_path" in value and set(value) <= {"class_path", "init_args"}
+
+
+def _rebuild_specs(value: Any) -> Any:
+    """A spec argument read back from plain data: spec configs become specs again, anything else stays."""
+    if _is_spec_config(value):
+        return StudentSpec.from_config(value)
+    if isinstance(value, list):
+        return [_rebuild_specs(v) for v in value]
+    return value
 
 
 class PretrainedStudent(StudentSpec):
@@ -191,10 +231,3 @@ def check_compatible(teacher: PreTrainedModel, student: PreTrainedModel) -> None
         raise KDLightError(
             f"label mismatch: teacher predicts {teacher.config.num_labels} labels, student {student.config.num_labels}"
         )
-
-
-_STUDENT_SPECS: dict[str, type[StudentSpec]] = {
-    c.__name__: c for c in (PretrainedStudent, TruncatedTeacher, FreshStudent)
-}
-# checkpoints written from Python by earlier kdlight versions hold these objects in their hyper-parameters
-allow_in_checkpoints(*_STUDENT_SPECS.values())

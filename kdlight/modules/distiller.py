@@ -1,4 +1,4 @@
-"""BaseDistiller: a frozen teacher, a trainable student, and one loss hook.
+"""TeacherStudentModule: a frozen teacher and a trainable student; BaseDistiller: that plus one loss hook on logits.
 
 A training step is: teacher forward (no grad) -> student forward -> ``compute_loss`` -> logged
 parts. A new KD variant overrides ``compute_loss`` only. Variants with their own optimisation loop
@@ -6,7 +6,10 @@ parts. A new KD variant overrides ``compute_loss`` only. Variants with their own
 always stepping through ``self.manual_backward`` so DDP and precision plugins stay in charge.
 
 The teacher is loaded once, kept in eval mode (also after Lightning's ``.train()`` calls), never in
-the optimiser, and never written into the student's checkpoint.
+the optimiser, and never written into the student's checkpoint: :class:`TeacherStudentModule` owns
+that, and the student spec (rebuilt from a checkpoint's plain hyper-parameters), for every module that
+distils one network into another, on logits (:class:`BaseDistiller`) or on internals only
+(:class:`~kdlight.modules.general.GeneralDistillation`).
 """
 
 from __future__ import annotations
@@ -42,12 +45,80 @@ warnings.filterwarnings(
 )
 
 
-class BaseDistiller(KDLightTask):
+class TeacherStudentModule(KDLightTask):
+    """A frozen teacher and a student built from a :class:`~kdlight.models.students.StudentSpec`.
+
+    Subclasses say how the teacher loads (:meth:`load_teacher`) and what of the spec's network is
+    the student (:meth:`build_student`); the teacher's freezing, eval mode and absence from
+    checkpoints are the same for all.
+
+    Args:
+        teacher: where the teacher loads from (folder, hub name, or a kdlight ``.ckpt``).
+        student: how to build the student; default :meth:`default_student`.
+        **kwargs: see :class:`KDLightTask`.
+    """
+
+    predictor_attr = "student"
+    default_tokenizer_arg = "teacher"
+
+    def __init__(self, teacher: str, student: StudentSpec | None = None, **kwargs) -> None:
+        self.teacher_source = os.fspath(teacher)
+        # a spec read back from a checkpoint's hyper-parameters is plain data: rebuild it
+        self.student_spec = StudentSpec.from_config(student) or self.default_student()
+        super().__init__(**kwargs)
+
+    def default_student(self) -> StudentSpec:
+        """The student when none is given: the teacher cut to 2 layers."""
+        return TruncatedTeacher(num_layers=2)
+
+    # ------------------------------------------------------------------------------- models
+    def load_teacher(self) -> torch.nn.Module:
+        """The teacher network (frozen by :meth:`configure_models`): a fine-tuned classifier of the task's labels."""
+        task = self.task
+        return load_classifier(
+            self.teacher_source, task.num_labels, task.label_names, require_head=True, role="teacher"
+        )
+
+    def build_student(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        """The student network, built by the spec from the (frozen) teacher."""
+        student = self.student_spec.build(teacher, self.task.num_labels, self.task.label_names)
+        check_compatible(teacher, student)
+        return student
+
+    def configure_models(self) -> None:
+        self.teacher = self.load_teacher().eval().requires_grad_(False)
+        self.student = self.build_student(self.teacher).train()
+
+    def model_sources(self) -> dict[str, str]:
+        sources = {"teacher": self.teacher_source}
+        if isinstance(self.student_spec, PretrainedStudent):
+            sources["student"] = self.student_spec.name_or_path
+        return sources
+
+    def position_limited_models(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.teacher, "student": self.student}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+    # ----------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The teacher is frozen and reloaded from its own source; keep it out of the checkpoint.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+
+class BaseDistiller(TeacherStudentModule):
     """Args:
     teacher: the fine-tuned teacher: a ``save_pretrained`` folder (what TeacherFineTuning
         exports), a hub name, or a TeacherFineTuning ``.ckpt``.
     student: how to build the student (``TruncatedTeacher``, ``FreshStudent``,
-        ``PretrainedStudent``); default: the teacher cut to 2 layers.
+        ``PretrainedStudent``, ``CompressedEmbeddingStudent``); default: the teacher cut to 2 layers.
     temperature: softmax temperature of the KD term.
     cache_teacher_logits: compute the teacher's logits on the training set once (first fit
         start) and look them up by example ``idx`` afterwards; reused across runs, invalidated
@@ -55,9 +126,6 @@ class BaseDistiller(KDLightTask):
     teacher_cache_dir: where the cache lives (default ``<kdlight cache>/teacher_logits``).
     **kwargs: see :class:`KDLightTask`.
     """
-
-    predictor_attr = "student"
-    default_tokenizer_arg = "teacher"
 
     def __init__(
         self,
@@ -69,38 +137,11 @@ class BaseDistiller(KDLightTask):
         **kwargs,
     ) -> None:
         check_temperature(temperature)  # before the teacher is loaded: bad arguments fail first
-        self.teacher_source = os.fspath(teacher)
-        # a spec read back from a checkpoint's hyper-parameters is plain data: rebuild it
-        self.student_spec = StudentSpec.from_config(student) or TruncatedTeacher(num_layers=2)
         self.teacher_cache: TeacherLogitCache | None = None
-        super().__init__(**kwargs)
-
-    # ------------------------------------------------------------------------------- models
-    def configure_models(self) -> None:
-        task = self.task
-        self.teacher = load_classifier(
-            self.teacher_source, task.num_labels, task.label_names, require_head=True, role="teacher"
-        )
-        self.teacher.eval().requires_grad_(False)
-        self.student = self.student_spec.build(self.teacher, task.num_labels, task.label_names).train()
-        check_compatible(self.teacher, self.student)
-
-    def model_sources(self) -> dict[str, str]:
-        sources = {"teacher": self.teacher_source}
-        if isinstance(self.student_spec, PretrainedStudent):
-            sources["student"] = self.student_spec.name_or_path
-        return sources
-
-    def position_limited_models(self) -> dict[str, torch.nn.Module]:
-        return {"teacher": self.teacher, "student": self.student}
+        super().__init__(teacher=teacher, student=student, **kwargs)
 
     def configure_losses(self) -> None:
         self.kd_loss = distillation_loss(self.task.num_labels, self.hparams.temperature)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
-        return self
 
     # ------------------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -193,12 +234,3 @@ class BaseDistiller(KDLightTask):
             if "test/score" in logged and teacher_score != 0:
                 extra["test/pct_of_teacher"] = 100.0 * logged["test/score"] / teacher_score
             self.log_dict(extra, add_dataloader_idx=False)
-
-    # ----------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        # The teacher is frozen and reloaded from its own source; keep it out of the checkpoint.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

@@ -14,7 +14,7 @@ held-out text (``val/loss``; ``val/score = -val/loss`` so the best checkpoint is
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,8 +26,9 @@ from kdlight.losses.layerwise import SelfAttentionRelations
 from kdlight.models.hf import load_config, load_from_checkpoint, quiet_transformers
 from kdlight.models.layers import forward_internals
 from kdlight.models.students import FreshStudent, StudentSpec
+from kdlight.modules.distiller import TeacherStudentModule
 from kdlight.modules.layerwise import freeze_unreached
-from kdlight.modules.task import KDLightTask, model_inputs
+from kdlight.modules.task import model_inputs
 
 
 def load_encoder(name_or_path: str) -> PreTrainedModel:
@@ -42,7 +43,7 @@ def load_encoder(name_or_path: str) -> PreTrainedModel:
         raise KDLightError(f"cannot load the encoder of {name_or_path!r}: {first_line(err)}") from None
 
 
-class GeneralDistillation(KDLightTask):
+class GeneralDistillation(TeacherStudentModule):
     """Args:
     teacher: the encoder to distil (folder, hub name, ``packaged/all-MiniLM-L6-v2``, or a ``.ckpt``).
     student: the student's shape (``FreshStudent``, optionally inside ``CompressedEmbeddingStudent``);
@@ -51,12 +52,11 @@ class GeneralDistillation(KDLightTask):
         an upper-middle block of large teachers).
     num_relation_heads: relation heads; must divide both hidden sizes.
     relations: which of ``query``, ``key``, ``value`` relations to distil.
-    **kwargs: see :class:`KDLightTask` (learning rate, schedule, export_dir). The ``task`` arrives from
-        the datamodule (unlabelled text: only its tokenizer matters).
-    """
+    **kwargs: see :class:`~kdlight.modules.task.KDLightTask` (learning rate, schedule, export_dir). The
+        ``task`` arrives from the datamodule (unlabelled text: only its tokenizer matters).
 
-    predictor_attr = "student"
-    default_tokenizer_arg = "teacher"
+    The teacher's freezing, eval mode and absence from checkpoints come from :class:`TeacherStudentModule`.
+    """
 
     def __init__(
         self,
@@ -67,23 +67,26 @@ class GeneralDistillation(KDLightTask):
         relations: list[Literal["query", "key", "value"]] | None = None,
         **kwargs,
     ) -> None:
-        self.teacher_source = teacher
-        self.student_spec = student or FreshStudent(
-            num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
-        )
         # built once here only so that a typo fails before any model loads; configure_losses builds the real one
         SelfAttentionRelations(teacher_layer=teacher_layer, num_relation_heads=num_relation_heads, relations=relations)
-        super().__init__(**kwargs)
+        super().__init__(teacher=teacher, student=student, **kwargs)
 
-    def configure_models(self) -> None:
-        self.teacher = load_encoder(self.teacher_source).eval().requires_grad_(False)
+    def default_student(self) -> StudentSpec:
+        """BERT-Mini's shape: 4 layers, hidden 256, 4 heads."""
+        return FreshStudent(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+
+    def load_teacher(self) -> PreTrainedModel:
+        return load_encoder(self.teacher_source)
+
+    def build_student(self, teacher: PreTrainedModel) -> PreTrainedModel:
         # any spec builds a sequence classifier; general distillation keeps its encoder (the head comes with the task)
-        self.student = self.student_spec.build(self.teacher, 2).base_model.train()
-        if self.student.config.vocab_size != self.teacher.config.vocab_size:
+        student = self.student_spec.build(teacher, 2).base_model
+        if student.config.vocab_size != teacher.config.vocab_size:
             raise KDLightError(
-                f"vocabulary mismatch: teacher has {self.teacher.config.vocab_size} token ids, student "
-                f"{self.student.config.vocab_size}; the student must read the teacher's tokens"
+                f"vocabulary mismatch: teacher has {teacher.config.vocab_size} token ids, student "
+                f"{student.config.vocab_size}; the student must read the teacher's tokens"
             )
+        return student
 
     def configure_losses(self) -> None:
         hp = self.hparams
@@ -93,11 +96,6 @@ class GeneralDistillation(KDLightTask):
         self.relation_loss.bind(self.student, self.teacher)
         self.student_needs, self.teacher_needs = self.relation_loss.student_needs(), self.relation_loss.teacher_needs()
         freeze_unreached(self.student, self.relation_kl)  # the last block's FFN and the pooler: DDP-safe
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
-        return self
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).last_hidden_state
@@ -135,15 +133,6 @@ class GeneralDistillation(KDLightTask):
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> dict[str, Tensor]:
         raise KDLightError("GeneralDistillation has no predictions; fine-tune or distil its export on a task first")
-
-    # ----------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        # the teacher is frozen and reloaded from its own source; keep it out of the checkpoint
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
 
 
 __all__ = ["GeneralDistillation", "load_encoder"]

@@ -26,13 +26,13 @@ from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
 from kdlight.checkpoints import PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
-from kdlight.data.base import MODEL_INPUTS, load_tokenizer
+from kdlight.data.base import MODEL_INPUTS
 from kdlight.data.spec import LEGACY_TASK_KEYS, TaskSpec
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.metrics import build_metrics, headline
 from kdlight.models.compact import stock_export
-from kdlight.models.hf import HF_CONFIGS_KEY, own_tokenizer, tokenizer_difference, usable_positions
+from kdlight.models.hf import HF_CONFIGS_KEY, load_tokenizer, own_tokenizer, tokenizer_difference, usable_positions
 from kdlight.optim import fused_on_gpu
 
 
