@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,29 @@ class LatestCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None  # global step of the newest last.ckpt
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Paths are recorded absolute: in a copied or moved run folder they name the old place, whose
+        files are another run's (or gone), and Lightning would still export the old ``best_model_path``.
+        Each recorded file is read as the same name in this run's own folder (dropped if absent there)."""
+        recorded_dir = state_dict.get("dirpath")
+        if recorded_dir and self.dirpath and os.path.realpath(recorded_dir) != os.path.realpath(self.dirpath):
+            state_dict = dict(state_dict)
+
+            def here(recorded: Any) -> str:
+                name = Path(str(recorded)).name if recorded else ""
+                own = Path(self.dirpath) / name
+                return str(own) if name.endswith(".ckpt") and own.is_file() else ""
+
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = here(state_dict[key])
+            kept = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+            state_dict["best_k_models"] = {path: score for path, score in kept.items() if path}
+            state_dict["dirpath"] = self.dirpath
+            if not state_dict.get("best_model_path"):
+                state_dict["best_model_score"] = None
+        super().load_state_dict(state_dict)
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
-from kdlight.checkpoints import PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
+from kdlight.checkpoints import MODULE_CLASS_KEY, PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
 from kdlight.data.base import MODEL_INPUTS, load_tokenizer
 from kdlight.data.spec import LEGACY_TASK_KEYS, TaskSpec
 from kdlight.errors import KDLightError
@@ -331,6 +331,7 @@ class KDLightTask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[HF_CONFIGS_KEY] = {name: model.config.to_dict() for name, model in self.exported_models().items()}
         checkpoint[PREDICTOR_ATTR_KEY] = self.predictor_attr
+        checkpoint[MODULE_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"  # which recipe wrote it
 
     def export_path(self) -> Path:
         if self.hparams.export_dir:
