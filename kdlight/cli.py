@@ -28,6 +28,7 @@ from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
 from kdlight.class_paths import check_class_paths
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.distiller import BaseDistiller
+from kdlight.parse_errors import KDLightArgumentParser
 from kdlight.resume import resolve_ckpt_path, untrained_hint
 
 
@@ -122,6 +123,7 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> KDLightCLI:
     return KDLightCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=KDLightArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,

@@ -253,3 +253,57 @@ def test_exports_are_plain_save_pretrained_folders(runs, run):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK, path
     assert "auto_map" not in json.loads((export / "config.json").read_text())
     assert json.loads((export / "tokenizer_config.json").read_text())["model_max_length"] == 32
+
+
+# -------------------------------------------------------------------------------------------- input
+def test_a_teacher_folder_without_its_vocabulary_stops(runs, assets, tmp_path):
+    """Without tokenizer.json the folder still loads, as a tokenizer of its 5 special tokens that reads
+    every word as [UNK]; training on that must stop in one line, not train and export."""
+    broken = tmp_path / "teacher_without_vocabulary"
+    shutil.copytree(runs["teacher"], broken)
+    (broken / "tokenizer.json").unlink()
+    work = fresh_folder(runs, tmp_path, assets)
+    proc = kdlight(
+        "fit",
+        "--config",
+        "kd.yaml",
+        "--model.init_args.teacher",
+        broken,
+        "--trainer.fast_dev_run=1",
+        cwd=work,
+        check=False,
+    )
+    line = one_error_line(proc)
+    assert "tokenizer" in line and "vocabulary" in line, line
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_path):
+    rows = (assets["data"] / "validation.csv").read_text().splitlines()
+    long_text = " ".join(["good movie"] * 70_000)  # 699,999 characters, over csv's 131,072 default
+    (tmp_path / "long.csv").write_text("\n".join([rows[0], f'"{long_text}",positive', *rows[1:]]) + "\n")
+    work = fresh_folder(runs, tmp_path, assets)
+    proc = kdlight("validate", "--config", "kd.yaml", "--data.init_args.val_file", tmp_path / "long.csv", cwd=work)
+    assert "val/accuracy" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.init_args.temprature", "2"], r"--model\.temprature: .*did you mean temperature"),
+        (["--model.learning_rat", "1e-3"], r"--model\.learning_rat: .*did you mean learning_rate"),
+        (["--model.student.num_layer", "1"], r"--model\.student\.num_layer: .*did you mean num_layers"),
+        (["--data.init_args.max_lenght", "16"], r"--data\.max_lenght: .*did you mean max_length"),
+        (["--trainer.max_epochz", "2"], r"--trainer\.max_epochz.*did you mean --trainer\.max_epochs"),
+        (["--checkpoint.monitr", "val/loss"], r"--checkpoint\.monitr.*did you mean --checkpoint\.monitor"),
+        (["--data.batch_size", "many"], r"--data\.batch_size: 'many' .*expected int"),
+        (["--model.learning_rate", "fast"], r"--model\.learning_rate: 'fast' .*expected float"),
+        (["--trainer.max_epochs", "three"], r"--trainer\.max_epochs: 'three' .*expected int"),
+        (["--model.student.num_layers", "x"], r"--model\.student\.num_layers: 'x' .*expected int"),
+    ],
+)
+def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(runs, assets, tmp_path, args, expected):
+    """Not a 70-90 line usage dump: one line naming the option, what is wrong, and the closest key."""
+    work = fresh_folder(runs, tmp_path, assets)
+    proc = kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
+    assert re.search(expected, one_error_line(proc))
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
