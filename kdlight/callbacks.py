@@ -28,6 +28,7 @@ class LatestCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None  # global step of the newest last.ckpt
+        self._stopping = False  # SIGTERM received and last.ckpt saved: stop at the next hook
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Paths are recorded absolute: in a copied or moved run folder they name the old place, whose
@@ -65,14 +66,28 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.received_sigterm:
+        if trainer.received_sigterm and not self._stopping:
+            # Saved now, stopped at the next hook: Lightning logs this batch's step metrics only after
+            # this hook, and a stop here would lose that metrics.csv row for good (the resumed run
+            # starts after this batch). Under DDP Lightning itself stops at the next batch's start.
             self._refresh_last(trainer)
+            self._stopping = True
+
+    def _stop_if_terminated(self, trainer) -> None:
+        if self._stopping and trainer.state.fn == "fit":
+            self._stopping = False
             print(
                 f"[kdlight] stopped by SIGTERM at step {trainer.global_step}; "
                 f"the same command with --ckpt_path last continues from {self.last_model_path}",
                 flush=True,
             )
-            raise SIGTERMException
+            raise SIGTERMException  # the loggers flush their rows as Lightning handles the stop
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._stop_if_terminated(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)  # a pre-empted run does not validate first
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -80,10 +95,12 @@ class LatestCheckpoint(ModelCheckpoint):
             self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)
         super().on_train_epoch_end(trainer, pl_module)
         self._refresh_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
 

@@ -50,14 +50,16 @@ def _run_folders(trainer) -> list[tuple[Path, int | str | None]]:
 
 def _keep_csv_metrics(logger: CSVLogger, up_to_step: int) -> None:
     """Lightning's CSV writer deletes an existing metrics.csv when it opens a run folder; a resumed run
-    keeps the rows logged up to its checkpoint and appends after them."""
+    keeps the rows logged before its checkpoint and appends after them (rows of steps it runs again,
+    written before a SIGKILL, are dropped rather than duplicated)."""
     metrics = Path(logger.log_dir) / "metrics.csv"
     rows = []
     if metrics.is_file():
         with metrics.open(newline="") as handle:
             reader = csv.DictReader(handle)
             fields = list(reader.fieldnames or [])
-            rows = [row for row in reader if not row.get("step") or int(float(row["step"])) <= up_to_step]
+            # a checkpoint at global step G holds the batches logged as steps 0 .. G-1 (and their validation)
+            rows = [row for row in reader if not row.get("step") or int(float(row["step"])) < up_to_step]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         writer = logger.experiment  # opening it deletes the old file
@@ -226,7 +228,7 @@ def resolve_ckpt_path(trainer, subcommand: str, ckpt_path: str, model=None) -> s
             rank_zero_info(f"[kdlight] no last.ckpt{mine} under {where}{theirs}: starting a new run")
             return None
         raise KDLightError(
-            f"--ckpt_path {ckpt_path}: no run{mine} with a last.ckpt under "
+            f"--ckpt_path {ckpt_path}: no run with a last.ckpt{mine} under "
             f"{where}{theirs}; train first with `kdlight fit` and the same "
             "trainer.default_root_dir, or pass the .ckpt file itself"
         )

@@ -211,7 +211,7 @@ def test_last_and_best_name_the_recipes_own_run(runs):
         cwd=work,
         check=False,
     )
-    assert "no run of VanillaKD" in one_error_line(proc)
+    assert "no run with a last.ckpt of VanillaKD" in one_error_line(proc)
 
 
 def test_test_without_ckpt_path_says_it_scores_the_untrained_student(runs, assets, tmp_path):
@@ -307,3 +307,51 @@ def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(runs, assets, 
     proc = kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
     assert re.search(expected, one_error_line(proc))
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ------------------------------------------------------------------------------------- metrics.csv
+KILLER = """
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, step: int, sig: str) -> None:
+        self.step, self.sig = step, sig
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.sig))
+"""
+
+
+def metrics_rows(run: Path) -> list[tuple]:
+    text = (run / "metrics.csv").read_text().splitlines()
+    header = text[0].split(",")
+    return sorted(tuple(sorted((k, v) for k, v in zip(header, line.split(","), strict=True) if v)) for line in text[1:])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_metrics(runs, assets, tmp_path_factory) -> list[tuple]:
+    work = fresh_folder(runs, tmp_path_factory.mktemp("uninterrupted"), assets)
+    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=work)
+    return metrics_rows(work / "lightning_logs" / "version_0")
+
+
+@pytest.mark.parametrize(("signal_name", "exit_code"), [("SIGKILL", -9), ("SIGTERM", 143)])
+def test_metrics_csv_after_a_resume_has_each_row_once(
+    runs, assets, tmp_path, uninterrupted_metrics, signal_name, exit_code
+):
+    """Stopped at step 8 of 12 and resumed with --ckpt_path last: metrics.csv holds exactly the rows of an
+    uninterrupted run (no row of a step run twice, none of the step the stop interrupted lost)."""
+    work = fresh_folder(runs, tmp_path, assets)
+    (work / "signal_at.py").write_text(KILLER)
+    stop = [
+        "--trainer.callbacks+=signal_at.SignalAt",
+        "--trainer.callbacks.step=8",
+        f"--trainer.callbacks.sig={signal_name}",
+    ]
+    stopped = kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", *stop, cwd=work, check=False)
+    assert stopped.returncode == exit_code, stopped.stderr[-2000:]
+    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", "--ckpt_path", "last", cwd=work)
+    assert metrics_rows(work / "lightning_logs" / "version_0") == uninterrupted_metrics
