@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -51,6 +52,10 @@ class LatestCheckpoint(ModelCheckpoint):
             state_dict["dirpath"] = self.dirpath
             if not state_dict.get("best_model_path"):
                 state_dict["best_model_score"] = None
+            rank_zero_info(
+                f"[kdlight] the checkpoint's run folder was {recorded_dir}; its checkpoints are looked up in "
+                f"{self.dirpath} (best: {state_dict.get('best_model_path') or 'none there yet'})"
+            )
         super().load_state_dict(state_dict)
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
