@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -27,6 +29,34 @@ class LatestCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None  # global step of the newest last.ckpt
+        self._stopping = False  # SIGTERM received and last.ckpt saved: stop at the next hook
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Paths are recorded absolute: in a copied or moved run folder they name the old place, whose
+        files are another run's (or gone), and Lightning would still export the old ``best_model_path``.
+        Each recorded file is read as the same name in this run's own folder (dropped if absent there)."""
+        recorded_dir = state_dict.get("dirpath")
+        if recorded_dir and self.dirpath and os.path.realpath(recorded_dir) != os.path.realpath(self.dirpath):
+            state_dict = dict(state_dict)
+
+            def here(recorded: Any) -> str:
+                name = Path(str(recorded)).name if recorded else ""
+                own = Path(self.dirpath) / name
+                return str(own) if name.endswith(".ckpt") and own.is_file() else ""
+
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = here(state_dict[key])
+            kept = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+            state_dict["best_k_models"] = {path: score for path, score in kept.items() if path}
+            state_dict["dirpath"] = self.dirpath
+            if not state_dict.get("best_model_path"):
+                state_dict["best_model_score"] = None
+            rank_zero_info(
+                f"[kdlight] the checkpoint's run folder was {recorded_dir}; its checkpoints are looked up in "
+                f"{self.dirpath} (best: {state_dict.get('best_model_path') or 'none there yet'})"
+            )
+        super().load_state_dict(state_dict)
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -41,14 +71,28 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if trainer.received_sigterm:
+        if trainer.received_sigterm and not self._stopping:
+            # Saved now, stopped at the next hook: Lightning logs this batch's step metrics only after
+            # this hook, and a stop here would lose that metrics.csv row for good (the resumed run
+            # starts after this batch). Under DDP Lightning itself stops at the next batch's start.
             self._refresh_last(trainer)
+            self._stopping = True
+
+    def _stop_if_terminated(self, trainer) -> None:
+        if self._stopping and trainer.state.fn == "fit":
+            self._stopping = False
             print(
                 f"[kdlight] stopped by SIGTERM at step {trainer.global_step}; "
                 f"the same command with --ckpt_path last continues from {self.last_model_path}",
                 flush=True,
             )
-            raise SIGTERMException
+            raise SIGTERMException  # the loggers flush their rows as Lightning handles the stop
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._stop_if_terminated(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)  # a pre-empted run does not validate first
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -56,10 +100,12 @@ class LatestCheckpoint(ModelCheckpoint):
             self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)
         super().on_train_epoch_end(trainer, pl_module)
         self._refresh_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_if_terminated(trainer)
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
 

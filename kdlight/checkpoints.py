@@ -39,6 +39,8 @@ HF_CONFIGS_KEY = "kdlight_hf_configs"
 PREDICTOR_ATTR_KEY = "kdlight_predictor_attr"
 #: the same, as checkpoints written before the rename call it
 _LEGACY_PREDICTOR_ATTR_KEY = "kdlight_export_prefix"
+#: key naming the LightningModule class that wrote a checkpoint (``module.QualName``): which recipe made it
+MODULE_CLASS_KEY = "kdlight_module_class"
 
 #: the non-plain objects a kdlight checkpoint may contain (see the module docstring)
 SAFE_GLOBALS: list[Any] = [pathlib.PosixPath, pathlib.PurePosixPath]
@@ -179,6 +181,7 @@ def plain_hparam(value: Any) -> Any:
 
 __all__ = [
     "HF_CONFIGS_KEY",
+    "MODULE_CLASS_KEY",
     "PREDICTOR_ATTR_KEY",
     "SAFE_GLOBALS",
     "allow_in_checkpoints",

@@ -28,7 +28,8 @@ from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
 from kdlight.class_paths import check_class_paths
 from kdlight.errors import KDLightError, user_error_in
 from kdlight.modules.distiller import BaseDistiller
-from kdlight.resume import resolve_ckpt_path
+from kdlight.parse_errors import KDLightArgumentParser
+from kdlight.resume import resolve_ckpt_path, untrained_hint
 
 
 class KDLightCLI(LightningCLI):
@@ -52,9 +53,14 @@ class KDLightCLI(LightningCLI):
         return trainer
 
     def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path`` is read without running code, like every other checkpoint (Lightning reads
-        it here for its hyper-parameters, then again to restore): a missing or unsafe file is one clear
-        line before anything is built. The check maps tensors instead of reading them."""
+        """Only a safety check of ``--ckpt_path``: it deliberately does not call Lightning's version.
+
+        Lightning's ``_parse_ckpt_path`` lays the checkpoint's hyper-parameters over the config, so a
+        checkpoint would pick the module class, the teacher and the export folder (a file from elsewhere
+        could make an export replace a folder outside the run). In kdlight the config always wins; once
+        the model is built, :func:`kdlight.resume.resolve_ckpt_path` compares the checkpoint with it and
+        stops on a disagreement that cannot work. A missing or unsafe file is one clear line before
+        anything is built (the check maps tensors instead of reading them)."""
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else {}
         if config.get("weights_only") is False:
             raise KDLightError(
@@ -64,12 +70,13 @@ class KDLightCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES and not str(ckpt_path).startswith("registry"):
             load_checkpoint(ckpt_path, mmap=True)
-        super()._parse_ckpt_path()
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") is not None:
-            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]))
+            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]), self.model)
+        else:
+            untrained_hint(self.model, subcommand)
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             kwargs["weights_only"] = True  # Lightning's own restore: never the unsafe unpickler
         return kwargs
@@ -116,6 +123,7 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> KDLightCLI:
     return KDLightCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=KDLightArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,

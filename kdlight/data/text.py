@@ -37,6 +37,9 @@ LabelledTaskType = Literal["classification", "regression"]
 PREDICT_SPLIT = "predict"
 #: how many line or row numbers an error message lists
 _SHOWN = 5
+# The csv module refuses cells over 131,072 characters (a long document in one cell); pandas, which
+# reads the rows, has no such limit, so the header check and line numbering must not have one either.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 def _encoding_error(path: Path, encoding: str) -> KDLightError:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
-from kdlight.checkpoints import PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
+from kdlight.checkpoints import MODULE_CLASS_KEY, PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
 from kdlight.data.base import MODEL_INPUTS
 from kdlight.data.spec import LEGACY_TASK_KEYS, TaskSpec
 from kdlight.errors import KDLightError
@@ -201,6 +201,15 @@ class KDLightTask(LightningModule):
     def check_tokenizer(self, tokenizer, tokenizer_name: str | None = None) -> None:
         """The data must be tokenised as the models were trained: same vocabulary, same special ids."""
         vocab = self.predictor.config.vocab_size
+        words = len(set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens))
+        # a folder without its vocabulary file (tokenizer.json, vocab.txt ...) still loads: as a tokenizer
+        # of special tokens only, which turns every word into [UNK], and training "works"
+        if words == 0 or len(tokenizer) < vocab // 2:
+            raise KDLightError(
+                f"tokenizer {tokenizer_name or ''!r} has {len(tokenizer)} tokens ({words} besides special tokens) "
+                f"for the model's {vocab} embeddings: its vocabulary file (tokenizer.json or vocab.txt) is missing "
+                "or it is another model's; set data.init_args.tokenizer to the model's own tokenizer"
+            )
         if len(tokenizer) > vocab:
             raise KDLightError(
                 f"tokenizer/model mismatch: the tokenizer has {len(tokenizer)} "
@@ -331,6 +340,7 @@ class KDLightTask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[HF_CONFIGS_KEY] = {name: model.config.to_dict() for name, model in self.exported_models().items()}
         checkpoint[PREDICTOR_ATTR_KEY] = self.predictor_attr
+        checkpoint[MODULE_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"  # which recipe wrote it
 
     def export_path(self) -> Path:
         if self.hparams.export_dir:
@@ -375,6 +385,7 @@ class KDLightTask(LightningModule):
                 tokenizer.save_pretrained(staging)
             if self.task.label_names:
                 (staging / "label_names.json").write_text(json.dumps(list(self.task.label_names)))
+            self._plain_export_files(staging)
             replaced = path.exists()
             if replaced:
                 previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
@@ -388,6 +399,30 @@ class KDLightTask(LightningModule):
         note = " (replacing the previous export there)" if replaced else ""
         rank_zero_info(f"[kdlight] exported {type(self.predictor).__name__} to {path}{note}")
         return path
+
+    def _plain_export_files(self, folder: Path) -> None:
+        """What ``save_pretrained`` leaves that does not describe this export: private file modes (mkdtemp's
+        0700 folder; an export is as readable as any file the user makes), an ``auto_map`` inherited from the teacher
+        that points at remote code the export does not hold, and the tokenizer's ``model_max_length``
+        (the teacher's, not the length the model was trained with)."""
+        umask = os.umask(0)
+        os.umask(umask)
+        folder.chmod(0o777 & ~umask)
+        for path in folder.rglob("*"):  # some writers (safetensors) create their files 0600 as well
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        _edit_json(folder / "config.json", drop="auto_map")
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        max_length = getattr(datamodule, "max_length", None)
+        _edit_json(folder / "tokenizer_config.json", drop="auto_map", model_max_length=max_length)
+
+
+def _edit_json(path: Path, drop: str, **values: Any) -> None:
+    if not path.is_file():
+        return
+    content = json.loads(path.read_text())
+    content.pop(drop, None)
+    content.update({key: value for key, value in values.items() if value})
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
 def check_export_dir(path: Path) -> None:
