@@ -32,7 +32,16 @@ def has_classification_head(config: PretrainedConfig) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
+#: weight files that are part of a model folder, never a model by themselves
+WEIGHT_FILE_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth")
+
+
 def load_config(name_or_path: str) -> PretrainedConfig:
+    if name_or_path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.isfile(name_or_path):
+        raise KDLightError(
+            f"{name_or_path!r} is a weights file without its config: give the folder that holds it with config.json "
+            f"({os.path.dirname(name_or_path) or '.'!r}), or a kdlight .ckpt"
+        )
     path = resolve_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)  # a model folder's code never runs
