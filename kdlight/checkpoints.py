@@ -18,6 +18,7 @@ import, so Lightning's own loads (``--ckpt_path``) accept exactly what :func:`lo
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import pickle
@@ -161,7 +162,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(checkpoint, partial)
+            buffer = io.BytesIO()  # serialised first: torch's own file writer reports a full disk as a RuntimeError
+            torch.save(checkpoint, buffer)
+            with open(partial, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(partial, path)
         except OSError as err:
             partial.unlink(missing_ok=True)

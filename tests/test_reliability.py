@@ -362,7 +362,7 @@ CASES = {
     "lower-max-epochs-resuming-a-finished-run": (
         case_lower_max_epochs_on_resume,
         2,
-        r"already trained 2 epoch.*max_epochs=1",
+        r"already trained 12 steps.*max_epochs=1",
     ),
     "predict-output-folder-cannot-be-created": (
         lambda c: {"--ckpt_path": c.run / "checkpoints" / "last.ckpt", **case_predict_into_a_file(c)},

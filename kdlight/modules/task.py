@@ -195,20 +195,18 @@ class KDLightTask(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # where a resumed fit starts: a fit that then takes no step was asked for nothing (see on_fit_end)
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-        epochs_done = progress.get("completed", checkpoint.get("epoch", 0))
-        self._restored_at = (int(checkpoint.get("global_step", 0)), int(epochs_done))
+        self._restored_at = int(checkpoint.get("global_step", 0))
 
     def check_took_steps(self) -> None:
         """A resumed run whose max_epochs/max_steps it has already reached trains nothing; say so instead of
         exporting the checkpoint's weights again as if this were a new result."""
         trainer, restored = self.trainer, getattr(self, "_restored_at", None)
-        if trainer.state.fn != "fit" or restored is None or trainer.global_step != restored[0] or restored[0] == 0:
+        if trainer.state.fn != "fit" or not restored or trainer.global_step != restored:
             return
         limits = [f"max_epochs={trainer.max_epochs}"] if trainer.max_epochs is not None else []
         limits += [f"max_steps={trainer.max_steps}"] if trainer.max_steps >= 0 else []
         raise KDLightError(
-            f"{trainer.ckpt_path} has already trained {restored[1]} epoch(s) ({restored[0]} steps), so "
+            f"{trainer.ckpt_path} has already trained {restored} steps (epoch {trainer.current_epoch}), so "
             f"{' and '.join(limits)} leaves nothing to train and nothing was exported: raise the limit to train on, "
             "or evaluate the checkpoint with `kdlight test --ckpt_path ...`"
         )
