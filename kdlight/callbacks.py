@@ -25,7 +25,8 @@ class LatestCheckpoint(ModelCheckpoint):
     ``--ckpt_path last`` would resume from the last *improvement*. Here ``last.ckpt`` is refreshed
     after every top-k decision (never before it: a save marks the step as saved, and Lightning then
     skips the top-k save of that step), at the end of training, and when the run receives SIGTERM
-    (a scheduler's pre-emption), after which the run stops; ``--ckpt_path last`` continues from there.
+    (a scheduler's pre-emption) or Ctrl-C (SIGINT), after which the run stops; ``--ckpt_path last``
+    continues from there. Ctrl-C ends with one line saying so (exit 130); a second Ctrl-C stops at once.
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -36,10 +36,11 @@ def file_system_error(err: BaseException) -> KDLightError | None:
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
             where = f" {seen.filename!r}" if seen.filename else ""
-            return KDLightError(
-                f"could not write{where}: {seen.strerror or seen}; free space or choose a writable location "
-                "(files written before this point are unchanged)"
+            full = seen.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+            fix = (
+                "free space or write elsewhere" if full else "check the path (a file may stand where a folder belongs)"
             )
+            return KDLightError(f"could not write{where}: {seen.strerror or seen}; {fix}")
         seen = seen.__cause__ or seen.__context__
     return None
 
