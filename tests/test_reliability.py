@@ -178,6 +178,27 @@ def _bin_teacher(c: Ctx, legacy: bool) -> Path:
     return folder
 
 
+class Payload:
+    """Unpickling this creates ``marker``: the stand-in for code a crafted weights file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def case_bin_teacher_that_would_run_code(c: Ctx) -> dict:
+    folder = _bin_teacher(c, legacy=False)
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    torch.save({**state, "extra": Payload(c.tmp / "marker")}, folder / "pytorch_model.bin")
+    return {"--model.teacher": folder}
+
+
+def no_code_ran(root: Path, tmp: Path) -> None:
+    assert not (tmp / "marker").exists(), "unpickling the teacher's weights ran code"
+
+
 def case_negative_split_seed(c: Ctx) -> dict:
     d = c.assets["data"]
     return {
@@ -222,7 +243,7 @@ def _fail_with(c: Ctx, target: str, err: int, only_under: Path | None = None) ->
 
 def case_full_disk_on_checkpoint(c: Ctx) -> dict:
     _fail_with(c, "torch.save", errno.ENOSPC)
-    return c.into_run(**{"--ckpt_path": "last", "--trainer.max_steps": -1, "--trainer.max_epochs": 3})
+    return c.into_run(**{"--ckpt_path": "last", "--trainer.max_steps": 13, "--trainer.max_epochs": 3})
 
 
 def case_full_disk_on_export(c: Ctx) -> dict:
@@ -316,7 +337,7 @@ CASES = {
     "full-disk-writing-a-checkpoint": (
         case_full_disk_on_checkpoint,
         2,
-        r"could not write checkpoint .*\.ckpt.*No space left",
+        r"could not write checkpoint .*last\.ckpt.* unchanged.*No space left",
     ),
     "full-disk-writing-the-export": (case_full_disk_on_export, 2, r"could not write the export .*No space left"),
     "read-only-export-folder": (case_read_only_export_parent, 2, r"export_dir .*export.*Read-only file system"),
@@ -332,6 +353,12 @@ CASES = {
     "tokenizer-files-are-symlinks": (case_symlinked_tokenizer, 0, None),
     "bin-teacher-folder": (lambda c: {"--model.teacher": _bin_teacher(c, legacy=False)}, 0, None),
     "legacy-bin-teacher-folder": (lambda c: {"--model.teacher": _bin_teacher(c, legacy=True)}, 0, None),
+    "bin-teacher-that-would-run-code": (
+        case_bin_teacher_that_would_run_code,
+        2,
+        r"pytorch_model.bin.*refusing to load",
+        no_code_ran,
+    ),
     "bin-file-as-teacher": (
         lambda c: {"--model.teacher": _bin_teacher(c, legacy=False) / "pytorch_model.bin"},
         2,
@@ -479,7 +506,7 @@ def test_ctrl_c_saves_last_ckpt_and_says_how_to_resume(assets, tmp_path):
 def test_two_runs_started_together_get_their_own_version_folders(assets, tmp_path):
     """Two fits into one default_root_dir at the same moment: two run folders, two exports (the second run once
     took the first's version_0 and replaced its export)."""
-    folder = write_recipe(tmp_path, assets, max_epochs=1)
+    folder = write_recipe(tmp_path, assets, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     procs = [start(["fit", "--config", "kd.yaml", f"--seed_everything={seed}"], folder) for seed in (0, 1)]
     results = [finish(proc) for proc in procs]
     for code, _, err in results:
@@ -489,7 +516,7 @@ def test_two_runs_started_together_get_their_own_version_folders(assets, tmp_pat
     exports = [json.loads((run / "export" / "config.json").read_text()) for run in runs]
     assert len(exports) == 2
     checkpoints = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for run in runs]
-    assert checkpoints == [6, 6]
+    assert checkpoints == [2, 2]
 
 
 def test_runs_built_together_claim_distinct_version_folders(assets, tmp_path):
@@ -514,12 +541,12 @@ def test_file_size_limit_while_writing_a_checkpoint_keeps_the_last_good_one(trai
     args = kd_args(
         assets,
         run,
-        **{"--ckpt_path": "last", "--trainer.max_steps": -1, "--trainer.max_epochs": 3},
+        **{"--ckpt_path": "last", "--trainer.max_steps": 13, "--trainer.max_epochs": 3},
     )
     code, out, err = finish(start(args, tmp_path, file_size_limit=limit))
     assert code == 2, err[-3000:]
-    line = error_line(err)
-    assert re.search(r"could not write checkpoint .*\.ckpt.*File too large", line), line
+    line = error_line(err)  # one step, then last.ckpt at the end of training is too large to write
+    assert re.search(r"could not write checkpoint .*last\.ckpt.* unchanged.*File too large", line), line
     assert_intact(before, run)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
 
