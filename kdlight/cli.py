@@ -29,7 +29,7 @@ from kdlight.class_paths import check_class_paths
 from kdlight.errors import KDLightError, RunInterrupted, file_system_error, first_line, user_error_in
 from kdlight.modules.distiller import BaseDistiller
 from kdlight.resume import resolve_ckpt_path
-from kdlight.versions import claim_version_folders, release_unused_versions
+from kdlight.versions import as_unclaimed, claim_version_folders
 
 
 class KDLightCLI(LightningCLI):
@@ -77,10 +77,10 @@ class KDLightCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") is not None:
-            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]))
+            with as_unclaimed(self.trainer, getattr(self, "_claimed_versions", {})):  # a resume logs into its run
+                kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]))
             if kwargs["ckpt_path"] and kwargs["ckpt_path"] not in _LIGHTNING_CKPT_NAMES + ("registry",):
                 load_lightning_checkpoint(kwargs["ckpt_path"], mmap=True)  # a truncated last.ckpt: one line
-            release_unused_versions(self.trainer, getattr(self, "_claimed_versions", {}))  # resumed: its own folder
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             kwargs["weights_only"] = True  # Lightning's own restore: never the unsafe unpickler
         return kwargs

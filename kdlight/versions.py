@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -52,20 +54,28 @@ def claim_version_folders(trainer) -> dict[Path, int]:
     return claimed
 
 
-def release_unused_versions(trainer, claimed: dict[Path, int]) -> None:
-    """Remove claimed folders no logger uses any more (a resumed fit logs into the run it continues);
-    only while still empty."""
-    in_use = {
-        (Path(root), getattr(logger, "_version", None))
-        for logger in trainer.loggers
-        if (root := getattr(logger, "root_dir", None))
-    }
-    for root, number in claimed.items():
-        if (root, number) not in in_use:
-            try:
-                (root / f"version_{number}").rmdir()
-            except OSError:  # written to meanwhile, or gone: leave it
-                pass
+@contextmanager
+def as_unclaimed(trainer, claimed: dict[Path, int]) -> Iterator[None]:
+    """Inside: the loggers look as Lightning built them (no version), so ``--ckpt_path last`` searches every
+    run folder and may point them at the run it resumes. After: a claimed folder that a resume replaced is
+    removed (while still empty); the others keep their claim."""
+    hidden = []
+    for logger in trainer.loggers:
+        root = getattr(logger, "root_dir", None)
+        if root and claimed.get(Path(root)) == getattr(logger, "_version", None):
+            logger._version = None
+            hidden.append((logger, Path(root)))
+    try:
+        yield
+    finally:
+        for logger, root in hidden:
+            if logger._version is None:
+                logger._version = claimed[root]
+            elif logger._version != claimed[root]:
+                try:
+                    (root / f"version_{claimed[root]}").rmdir()
+                except OSError:  # written to meanwhile, or gone: leave it
+                    pass
 
 
-__all__ = ["claim_version_folders", "release_unused_versions"]
+__all__ = ["as_unclaimed", "claim_version_folders"]
