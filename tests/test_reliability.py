@@ -117,6 +117,7 @@ class Ctx:
 
     def __init__(self, assets, tmp: Path, monkeypatch) -> None:
         self.assets, self.tmp, self.run, self.monkeypatch = assets, tmp, tmp / "run", monkeypatch
+        self.snapshot_also: Path | None = None  # a run the case made itself, also to be left intact
 
     def into_run(self, **overrides) -> dict:
         """Options that fit (again) into the earlier run's folder and export."""
@@ -241,9 +242,23 @@ def _fail_with(c: Ctx, target: str, err: int, only_under: Path | None = None) ->
     c.monkeypatch.setattr(owner, attr, failing)
 
 
+def train_in_place(assets, root: Path, steps: int = 3) -> Path:
+    """A short run trained in ``root`` itself: a resume there rewrites its own last.ckpt (in a copied run
+    Lightning would write last-v1.ckpt beside it, the recorded folder being another)."""
+    main(kd_args(assets, root, **{"--trainer.max_steps": steps}))
+    return root
+
+
 def case_full_disk_on_checkpoint(c: Ctx) -> dict:
+    run = train_in_place(c.assets, c.tmp / "own")
+    c.snapshot_also = run
     _fail_with(c, "torch.save", errno.ENOSPC)
-    return c.into_run(**{"--ckpt_path": "last", "--trainer.max_steps": 13, "--trainer.max_epochs": 3})
+    return {
+        "--trainer.default_root_dir": run,
+        "--model.export_dir": run / "export",
+        "--ckpt_path": "last",
+        "--trainer.max_steps": 4,
+    }
 
 
 def case_full_disk_on_export(c: Ctx) -> dict:
@@ -407,10 +422,12 @@ def test_case(case, assets, run_copy, tmp_path, capsys, caplog, monkeypatch):
     arrange, expected_code, pattern = CASES[case][:3]
     check = CASES[case][3] if len(CASES[case]) > 3 else None
     root = tmp_path / "new"
-    overrides = arrange(Ctx(assets, tmp_path, monkeypatch))
+    ctx = Ctx(assets, tmp_path, monkeypatch)
+    overrides = arrange(ctx)
     args = kd_args(assets, root, SUBCOMMANDS.get(case, "fit"), **overrides)
     root = Path(overrides.get("--trainer.default_root_dir", root))
     before = snapshot(run_copy)
+    own_before = snapshot(ctx.snapshot_also) if ctx.snapshot_also else None
     with caplog.at_level(logging.INFO):
         code, out, err = run_kdlight(args, capsys)
     assert code == expected_code, f"exit {code}:\n{err[-3000:]}"
@@ -426,6 +443,8 @@ def test_case(case, assets, run_copy, tmp_path, capsys, caplog, monkeypatch):
     if check is not None:
         check(root, tmp_path)
     assert_intact(before, run_copy)
+    if own_before is not None:
+        assert_intact(own_before, ctx.snapshot_also)
 
 
 # ------------------------------------------------------------------ cases that need a real process
@@ -532,23 +551,19 @@ def test_runs_built_together_claim_distinct_version_folders(assets, tmp_path):
 
 
 @needs_script
-def test_file_size_limit_while_writing_a_checkpoint_keeps_the_last_good_one(trained, assets, tmp_path):
+def test_file_size_limit_while_writing_a_checkpoint_keeps_the_last_good_one(assets, tmp_path):
     """A resumed fit under a file-size limit smaller than a checkpoint (EFBIG, as a full disk): exit 2, one
     line naming the checkpoint, and the previous last.ckpt and export unchanged and loadable."""
-    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    run = train_in_place(assets, tmp_path / "run")
     before = snapshot(run)
     limit = (run / "checkpoints" / "last.ckpt").stat().st_size // 2
-    args = kd_args(
-        assets,
-        run,
-        **{"--ckpt_path": "last", "--trainer.max_steps": 13, "--trainer.max_epochs": 3},
-    )
+    args = kd_args(assets, run, **{"--ckpt_path": "last", "--trainer.max_steps": 4})
     code, out, err = finish(start(args, tmp_path, file_size_limit=limit))
     assert code == 2, err[-3000:]
     line = error_line(err)  # one step, then last.ckpt at the end of training is too large to write
     assert re.search(r"could not write checkpoint .*last\.ckpt.* unchanged.*File too large", line), line
     assert_intact(before, run)
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 # ------------------------------------------------------------------------- tests that could not fail
