@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from kdlight.errors import RunInterrupted
 
 
 class LatestCheckpoint(ModelCheckpoint):
@@ -23,13 +27,16 @@ class LatestCheckpoint(ModelCheckpoint):
     ``--ckpt_path last`` would resume from the last *improvement*. Here ``last.ckpt`` is refreshed
     after every top-k decision (never before it: a save marks the step as saved, and Lightning then
     skips the top-k save of that step), at the end of training, and when the run receives SIGTERM
-    (a scheduler's pre-emption), after which the run stops; ``--ckpt_path last`` continues from there.
+    (a scheduler's pre-emption) or Ctrl-C (SIGINT), after which the run stops; ``--ckpt_path last``
+    continues from there. Ctrl-C ends with one line saying so (exit 130); a second Ctrl-C stops at once.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None  # global step of the newest last.ckpt
         self._stopping = False  # SIGTERM received and last.ckpt saved: stop at the next hook
+        self._interrupted = False  # Ctrl-C seen during training: stop after the current batch
+        self._previous_sigint: Any = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Paths are recorded absolute: in a copied or moved run folder they name the old place, whose
@@ -69,8 +76,41 @@ class LatestCheckpoint(ModelCheckpoint):
         if self._last_written_at != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # Ctrl-C: like SIGTERM, the batch in progress ends, last.ckpt is written and the run stops with one
+    # line saying how to continue. A second Ctrl-C stops at once (Python's KeyboardInterrupt).
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+            signal.default_int_handler,
+            None,
+        ):
+            self._interrupted = False
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._restore_sigint()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._interrupted:
+            self._restore_sigint()
+            self._refresh_last(trainer)
+            where = self.last_model_path or "no checkpoint (save_last is off)"
+            raise RunInterrupted(
+                f"interrupted (Ctrl-C) at step {trainer.global_step}; saved {where}; run the same command with "
+                "--ckpt_path last to continue from there"
+            )
         if trainer.received_sigterm and not self._stopping:
             # Saved now, stopped at the next hook: Lightning logs this batch's step metrics only after
             # this hook, and a stop here would lose that metrics.csv row for good (the resumed run

@@ -21,6 +21,7 @@ modules) can use it; student specs add themselves to the allow-list where they a
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import pickle
@@ -30,6 +31,7 @@ import zipfile
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from kdlight.errors import KDLightError, first_line
 
@@ -138,6 +140,56 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     return checkpoint
 
 
+def load_lightning_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """:func:`load_checkpoint`, and the file must be a Lightning checkpoint (a ``--ckpt_path``), not bare weights."""
+    checkpoint = load_checkpoint(path, mmap=mmap)
+    if "state_dict" not in checkpoint:
+        raise KDLightError(
+            f"{os.fspath(path)!r} is not a Lightning checkpoint (it holds no state_dict; a pytorch_model.bin holds "
+            "only weights): give a .ckpt written by kdlight fit, or pass the model folder as the teacher or student"
+        )
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but a checkpoint is written beside its place and renamed into it.
+
+    Lightning opens the target itself for writing, so a full disk or a file-size limit half-way leaves
+    a truncated ``last.ckpt`` where the previous good one was. Here the previous file stays whole until
+    the new one is complete, and a failed write is one line naming the file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = pathlib.Path(path)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()  # serialised first: torch's own file writer reports a full disk as a RuntimeError
+            torch.save(checkpoint, buffer)
+            with open(partial, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            kept = " (the previous one there is unchanged)" if path.is_file() else ""
+            raise KDLightError(
+                f"could not write checkpoint {str(path)!r}{kept}: {err.strerror or err}; free space or set "
+                "trainer.default_root_dir to a writable place with room, then resume with --ckpt_path last"
+            ) from None
+
+
+def use_atomic_checkpoints(trainer) -> None:
+    """Give the trainer :class:`AtomicCheckpointIO` unless it was configured with a writer of its own."""
+    strategy = trainer.strategy
+    if type(getattr(strategy, "checkpoint_io", None)) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
 def predictor_attr(checkpoint: dict[str, Any]) -> str:
     """The attribute (and state-dict prefix) of the predictor in a kdlight checkpoint: ``model`` or ``student``."""
     return checkpoint.get(PREDICTOR_ATTR_KEY) or checkpoint.get(_LEGACY_PREDICTOR_ATTR_KEY) or "model"
@@ -182,6 +234,9 @@ def plain_hparam(value: Any) -> Any:
 __all__ = [
     "HF_CONFIGS_KEY",
     "MODULE_CLASS_KEY",
+    "AtomicCheckpointIO",
+    "load_lightning_checkpoint",
+    "use_atomic_checkpoints",
     "PREDICTOR_ATTR_KEY",
     "SAFE_GLOBALS",
     "allow_in_checkpoints",

@@ -18,18 +18,19 @@ import sys
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import kdlight.data
 import kdlight.models
 import kdlight.modules  # noqa: F401  (registers LightningModules)
 from kdlight.callbacks import ExactResume, LatestCheckpoint, PredictionWriter
-from kdlight.checkpoints import checkpoint_tokenizer, load_checkpoint
+from kdlight.checkpoints import checkpoint_tokenizer, load_lightning_checkpoint, use_atomic_checkpoints
 from kdlight.class_paths import check_class_paths
-from kdlight.errors import KDLightError, user_error_in
+from kdlight.errors import KDLightError, RunInterrupted, file_system_error, first_line, user_error_in
 from kdlight.modules.distiller import BaseDistiller
 from kdlight.parse_errors import KDLightArgumentParser
 from kdlight.resume import resolve_ckpt_path, untrained_hint
+from kdlight.versions import as_unclaimed, claim_version_folders
 
 
 class KDLightCLI(LightningCLI):
@@ -49,6 +50,13 @@ class KDLightCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
+        if os.path.isfile(str(trainer.default_root_dir)):
+            raise KDLightError(
+                f"trainer.default_root_dir {str(trainer.default_root_dir)!r} is a file; give a folder for the "
+                "run's logs, checkpoints and export"
+            )
+        use_atomic_checkpoints(trainer)  # a failed write keeps the previous last.ckpt whole
+        self._claimed_versions = claim_version_folders(trainer)  # runs started together get their own folders
         trainer.callbacks.append(ExactResume())  # exact resume: dropout continues where it stopped
         return trainer
 
@@ -69,12 +77,15 @@ class KDLightCLI(LightningCLI):
             )
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES and not str(ckpt_path).startswith("registry"):
-            load_checkpoint(ckpt_path, mmap=True)
+            check_same_model_class(load_lightning_checkpoint(ckpt_path, mmap=True), config, ckpt_path)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") is not None:
-            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]), self.model)
+            with as_unclaimed(self.trainer, getattr(self, "_claimed_versions", {})):  # a resume logs into its run
+                kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]), self.model)
+            if kwargs["ckpt_path"] and kwargs["ckpt_path"] not in _LIGHTNING_CKPT_NAMES + ("registry",):
+                load_lightning_checkpoint(kwargs["ckpt_path"], mmap=True)  # a truncated last.ckpt: one line
         else:
             untrained_hint(self.model, subcommand)
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
@@ -119,6 +130,26 @@ def tokenizer_of(model_source: str) -> str:
     return model_source
 
 
+def check_same_model_class(checkpoint: dict, config, ckpt_path) -> None:
+    """Lightning rebuilds the model from a checkpoint's hyper-parameters, its class included: a checkpoint of
+    another method would silently replace the model the command names. Refuse that in one line."""
+    written_by = str((checkpoint.get("hyper_parameters") or {}).get("_class_path") or "").rpartition(".")[2]
+    wanted = str((config.get("model") or {}).get("class_path") or "").rpartition(".")[2]
+    if written_by and wanted and written_by != wanted:
+        raise KDLightError(
+            f"{ckpt_path} was written by {written_by}, but the command names {wanted}: resume with the model class "
+            f"that wrote it, or start a new {wanted} run without --ckpt_path (a trained student is reused through "
+            "its export, as teacher or student)"
+        )
+
+
+def lightning_error(err: BaseException) -> KDLightError | None:
+    """Lightning's own configuration errors (a bad trainer argument, a monitor it cannot find) as one line."""
+    if isinstance(err, MisconfigurationException):
+        return KDLightError(first_line(err))
+    return None
+
+
 def cli(args: list[str] | None = None, **kwargs: Any) -> KDLightCLI:
     return KDLightCLI(
         subclass_mode_model=True,
@@ -145,8 +176,18 @@ def main(args: list[str] | None = None) -> None:
         cli(args)
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None  # the shell's code for "terminated", not success
+    except RunInterrupted as stop:  # Ctrl-C during fit: last.ckpt saved, the message says how to go on
+        print(f"kdlight: error: {stop}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except KeyboardInterrupt:
+        if os.environ.get("KDLIGHT_TRACEBACK"):
+            raise
+        print("kdlight: error: interrupted (Ctrl-C) before training started; nothing was saved", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except Exception as err:
-        user_error = user_error_in(err)
+        # kdlight's own errors, Lightning's configuration errors and file-system failures are the user's
+        # to fix: each becomes one line; anything else is a bug and keeps its traceback
+        user_error = user_error_in(err) or lightning_error(err) or file_system_error(err)
         if user_error is None or os.environ.get("KDLIGHT_TRACEBACK"):
             raise
         print(f"kdlight: error: {user_error}", file=sys.stderr)

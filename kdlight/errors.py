@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any, get_args
 
 
@@ -14,6 +15,34 @@ class KDLightError(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         KDLightError.last = self
+
+
+class RunInterrupted(Exception):  # noqa: N818  (a stop the user asked for, not an error in the run)
+    """Ctrl-C during ``fit``: the state was saved; the message says where and how to continue."""
+
+
+#: what the file system says when a write fails for a reason outside kdlight (full disk, size limit,
+#: read-only mount, permissions, a file where a folder belongs)
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM", "EEXIST", "ENOTDIR", "EISDIR")
+    if hasattr(errno, name)
+)
+
+
+def file_system_error(err: BaseException) -> KDLightError | None:
+    """A file-system failure anywhere in ``err``'s chain, restated as one line naming the path; else None."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
+            where = f" {seen.filename!r}" if seen.filename else ""
+            full = seen.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+            fix = (
+                "free space or write elsewhere" if full else "check the path (a file may stand where a folder belongs)"
+            )
+            return KDLightError(f"could not write{where}: {seen.strerror or seen}; {fix}")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def user_error_in(err: BaseException) -> KDLightError | None:
@@ -46,4 +75,12 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-__all__ = ["KDLightError", "check_choice", "first_line", "user_error_in"]
+__all__ = [
+    "WRITE_ERRNOS",
+    "KDLightError",
+    "RunInterrupted",
+    "check_choice",
+    "file_system_error",
+    "first_line",
+    "user_error_in",
+]

@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from kdlight.data.sampler import ResumableLoader, loader_generator
@@ -60,6 +61,18 @@ class Collator:
             if key not in MODEL_INPUTS:
                 batch[key] = torch.tensor([e[key] for e in examples])
         return batch
+
+
+#: fewer validation examples than this make val/score (which picks the best checkpoint) mostly noise
+TINY_VALIDATION = 30
+
+
+def warn_if_tiny(split: str, size: int) -> None:
+    if size < TINY_VALIDATION:
+        rank_zero_info(
+            f"[kdlight] warning: the {split} split has only {size} example{'s' if size != 1 else ''}; val/score, "
+            "which picks the best checkpoint and the export, is measured on them alone: give a larger validation set"
+        )
 
 
 def _is_count(value) -> bool:
@@ -232,6 +245,8 @@ class LabelledTextDataModule(LightningDataModule):
         for split in self.stage_splits(stage):
             if split not in self.splits:
                 self.splits[split] = self.tokenize_split(split)
+                if stage in ("fit", "validate") and split in self.val_splits:
+                    warn_if_tiny(split, len(self.splits[split]))
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         if split not in self.splits:  # a loader asked for outside trainer.fit/validate/test

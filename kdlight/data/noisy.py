@@ -166,6 +166,10 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             raise KDLightError(
                 f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
             )
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            raise KDLightError(
+                f"seed must be a whole number >= 0 (it seeds the clean carve-out and the noise), got {seed!r}"
+            )
         check_choice("noise_type", noise_type, NoiseType)
         if not (isinstance(noise_rate, (int, float)) and 0 <= noise_rate < 1):
             raise KDLightError(f"noise_rate must be in [0, 1), got {noise_rate!r}")

@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import os
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -105,12 +106,18 @@ def _raise_on_bad_json(path: Path, encoding: str) -> None:
         ) from None
     for number, line in lines:  # JSON lines: one object per line
         try:
-            json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as err:
             raise KDLightError(
                 f"{str(path)!r}: line {number} is not valid JSON ({err.msg}); fix that line "
                 f"(a .jsonl file holds one JSON object per line)"
             ) from None
+        if not isinstance(value, dict):
+            kind = {str: "string", list: "list", bool: "boolean", type(None): "null"}.get(type(value), "number")
+            raise KDLightError(
+                f"{str(path)!r}: line {number} holds a {kind} ({line.strip()[:40]}), not a JSON object; every line "
+                'of a .jsonl file is one example such as {"text": "...", "label": "..."}'
+            )
 
 
 def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> datasets.Dataset:
@@ -226,6 +233,40 @@ def _number(value) -> float | None:
     return float(value)
 
 
+def _fold(label: str) -> str:
+    """What a label is matched by when its exact spelling is not a class: case and outer spaces ignored."""
+    return label.strip().casefold()
+
+
+def _folded_index(names: list[str]) -> dict[str, int]:
+    """Class id by folded name; names that fold alike (given as distinct label_names) are only matched exactly."""
+    folded = [_fold(str(name)) for name in names]
+    return {key: i for i, key in enumerate(folded) if folded.count(key) == 1}
+
+
+def _canonical_spellings(values) -> dict[str, str]:
+    """Labels that differ only by case or surrounding spaces are one class, spelled as the most frequent
+    of them (stripped): ``{other spelling: class}`` for every spelling that is not the class itself."""
+    counts = Counter(k for k in (_label_key(v) for v in values) if isinstance(k, str))
+    groups: dict[str, list[str]] = {}
+    for spelling, _ in counts.most_common():
+        groups.setdefault(_fold(spelling), []).append(spelling)
+    return {
+        spelling: group[0].strip() for group in groups.values() for spelling in group if spelling != group[0].strip()
+    }
+
+
+def _folding_line(source: str, spellings: dict[str, str]) -> str:
+    shown = "; ".join(
+        f"{', '.join(repr(s) for s in sorted(k for k, v in spellings.items() if v == name))} -> {name!r}"
+        for name in sorted(set(spellings.values()))
+    )
+    return (
+        f"[kdlight] labels of {source} that differ only by case or surrounding spaces are normalised to one class "
+        f"each: {shown}"
+    )
+
+
 def _mapping_line(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(f"{name}->{i}" for i, name in enumerate(names[:limit]))
     return shown + (f", ... ({len(names)} classes)" if len(names) > limit else "")
@@ -298,6 +339,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
             raise KDLightError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1"
             )
+        if not (isinstance(split_seed, int) and not isinstance(split_seed, bool) and split_seed >= 0):
+            raise KDLightError(f"split_seed must be a whole number >= 0 (it seeds the data split), got {split_seed!r}")
         if metric is not None:
             check_choice("metric", metric, Metric)
         if label_column is None and labelled:
@@ -330,6 +373,7 @@ class TextClassificationDataModule(LabelledTextDataModule):
             self.predict_split = self.test_splits[0] if self.test_splits else "validation"
         self._ints_are_ids = False
         self._announced_ids = False
+        self._names_split: str | None = None  # the split the label names were read from
         self._label_origin = ""
         # The label set must be known before the model is built (the CLI links it into the model).
         if task_type == "regression":
@@ -343,6 +387,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
             # numeric names (given, or inferred from integer labels) they are matched by value.
             self._ints_are_ids = label_names is not None and any(_as_int(n) is None for n in self.label_names)
         self._label_index = {name: i for i, name in enumerate(self.label_names or [])}
+        self._folded_index = _folded_index(self.label_names or [])
+        self._announced_folding: set[str] = set()
 
     @property
     def is_pair_task(self) -> bool:
@@ -450,6 +496,16 @@ class TextClassificationDataModule(LabelledTextDataModule):
                 f"set label_column to a column of single labels"
             )
         gaps = [i for i, v in enumerate(values) if _is_missing(v)]
+        # only empty cells are missing when files are read (a text "None" is text), but a label cell that
+        # says NaN is a gap from a spreadsheet or pandas export, never a class (or, for regression, a target)
+        not_a_number = [i for i, v in enumerate(values) if isinstance(v, str) and _fold(v) == "nan"]
+        if not_a_number and not self.drop_missing:
+            raise KDLightError(
+                f"{source}: column {column!r} has {len(not_a_number)} label cell(s) reading "
+                f"{values[not_a_number[0]]!r} at {self._where(split, table, not_a_number)}: a missing value, not a "
+                "class; fill them in, or set drop_missing: true to leave those rows out"
+            )
+        gaps = sorted(set(gaps) | set(not_a_number))
         if len(gaps) == len(values):
             raise KDLightError(
                 f"{source}: column {column!r} has no labels at all (every cell is empty); set label_column to the "
@@ -518,7 +574,12 @@ class TextClassificationDataModule(LabelledTextDataModule):
         first = labelled[0]  # the training file unless only evaluation files are given
         source, column = self._source(first), self.label_column
         self._label_origin = f"the labels of {source}"
-        keys = {_label_key(v) for v in self._checked(first)[column]}
+        self._names_split = first
+        values = self._checked(first)[column]
+        spellings = _canonical_spellings(values)
+        if spellings:
+            rank_zero_info(_folding_line(source, spellings))
+        keys = {spellings.get(k, k) if isinstance(k, str) else k for k in (_label_key(v) for v in values)}
         fractional = sorted(k for k in keys if isinstance(k, float))
         if fractional:
             raise KDLightError(
@@ -565,7 +626,8 @@ class TextClassificationDataModule(LabelledTextDataModule):
     def _label_id(self, key) -> int | None:
         if self._ints_are_ids and _is_id(key):
             return key if 0 <= key < len(self.label_names) else None
-        return self._label_index.get(str(key))
+        found = self._label_index.get(str(key))
+        return found if found is not None or not isinstance(key, str) else self._folded_index.get(_fold(key))
 
     def _check_labels(self, table: datasets.Dataset, split: str) -> None:
         keys = {_label_key(v) for v in table.unique(self.label_column)} - {None}
@@ -575,6 +637,10 @@ class TextClassificationDataModule(LabelledTextDataModule):
                 f"{self._source(split)}: labels {bad[:10]} in column {self.label_column!r} are outside the label set "
                 f"{self.label_names} (from {self._label_origin}); fix the file or pass label_names listing every label"
             )
+        folded = sorted(k for k in keys if isinstance(k, str) and k not in self._label_index)
+        if folded and split not in self._announced_folding and split != self._names_split:
+            self._announced_folding.add(split)
+            rank_zero_info(_folding_line(self._source(split), {k: self.label_names[self._label_id(k)] for k in folded}))
         if self._ints_are_ids and not self._announced_ids and any(_is_id(k) for k in keys):
             self._announced_ids = True
             rank_zero_info(
@@ -589,11 +655,15 @@ class TextClassificationDataModule(LabelledTextDataModule):
         if labelled and not regression:
             self._check_labels(table, split)
         index, ints_are_ids, count = dict(self._label_index), self._ints_are_ids, self.num_labels
+        folded_index = dict(self._folded_index)
         label_col, pair_col, text_col = self.label_column, self.text_pair_column, self.text_column
 
         def label_id(value) -> int:  # what _label_id does, without the datamodule in the map's fingerprint
             key = _label_key(value)
-            return key if ints_are_ids and _is_id(key) and 0 <= key < count else index[str(key)]
+            if ints_are_ids and _is_id(key) and 0 <= key < count:
+                return key
+            found = index.get(str(key))
+            return found if found is not None else folded_index[_fold(str(key))]
 
         def standardise(batch):
             out = {"text": batch[text_col]}

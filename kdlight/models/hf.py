@@ -4,6 +4,7 @@ or kdlight checkpoints."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,16 @@ def has_classification_head(config: PretrainedConfig) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
+#: weight files that are part of a model folder, never a model by themselves
+WEIGHT_FILE_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth")
+
+
 def load_config(name_or_path: str) -> PretrainedConfig:
+    if name_or_path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.isfile(name_or_path):
+        raise KDLightError(
+            f"{name_or_path!r} is a weights file without its config: give the folder that holds it with config.json "
+            f"({os.path.dirname(name_or_path) or '.'!r}), or a kdlight .ckpt"
+        )
     path = resolve_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)  # a model folder's code never runs
@@ -105,9 +115,19 @@ def load_classifier(
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_path(name_or_path), config=config, trust_remote_code=False
         )
+    except pickle.UnpicklingError:  # transformers reads .bin weights with weights_only=True: nothing ran
+        raise unsafe_weights_error(name_or_path) from None
     except (OSError, ValueError) as err:
         raise KDLightError(f"cannot load weights of {name_or_path!r}: {first_line(err)}") from None
     return permute_head(model, order, name_or_path, role)
+
+
+def unsafe_weights_error(name_or_path: str) -> KDLightError:
+    return KDLightError(
+        f"the weights file of {name_or_path!r} (pytorch_model.bin) holds objects other than tensors, which could run "
+        "code when unpickled; refusing to load it (it was read with weights_only=True, so nothing ran): re-save the "
+        "model as model.safetensors where you trust the file"
+    )
 
 
 def _check_head(config: PretrainedConfig, num_labels: int, source: str) -> None:
@@ -192,6 +212,8 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
     try:
         with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
             model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
+    except pickle.UnpicklingError:
+        raise unsafe_weights_error(name_or_path) from None
     except (OSError, ValueError) as err:
         raise KDLightError(
             f"cannot load a masked-LM generator from {name_or_path!r}: give a local model folder or a hub name "

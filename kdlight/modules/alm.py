@@ -298,6 +298,14 @@ class AdaptiveLossMixingKD(BaseDistiller):
                     "example ids), or set num_examples"
                 )
             num = self.trainer.datamodule.max_train_idx + 1
+        elif num is not None and self.hparams.mixer == "table":
+            largest = getattr(self.trainer.datamodule, "max_train_idx", None)
+            if largest is not None and num <= largest:  # checked now: mid-training it is an IndexError
+                raise KDLightError(
+                    f"num_examples={num} is smaller than the training set: its example ids run to {largest}, so the "
+                    f"lambda table needs {largest + 1} rows; set num_examples to {largest + 1} or more, or leave it "
+                    "null (sized from the data)"
+                )
         return num
 
     def configure_optimizers(self):
@@ -332,6 +340,15 @@ class AdaptiveLossMixingKD(BaseDistiller):
             state["meta.batches_seen"] = torch.tensor([done], dtype=torch.long)
         for i, t in enumerate(self.extra_teacher_list()):
             state.update({f"extra_teachers.{i}.{k}": v for k, v in t.state_dict().items()})
+        missing = [k for k in self.state_dict() if k.startswith("meta.") and k not in state]
+        if missing:  # Lightning would load the student and silently start a fresh lambda table
+            source = (
+                self.trainer.ckpt_path if self._trainer is not None and self.trainer.ckpt_path else "the checkpoint"
+            )
+            raise KDLightError(
+                f"{source} was not written by AdaptiveLossMixingKD (it has no {missing[0]}); resume an ALM run from "
+                "its own checkpoint, or start a new run (a distilled student can be the teacher via its export)"
+            )
 
     # ------------------------------------------------------------------------------ logs
     def log_step(

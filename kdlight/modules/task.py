@@ -154,10 +154,62 @@ class KDLightTask(LightningModule):
     # ---------------------------------------------------------------------------- metrics
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.export_dir:  # fail now, not after training
-            check_export_dir(Path(self.hparams.export_dir))
+            check_export_dir(Path(self.hparams.export_dir), writable=True)
+        if stage == "fit" and self._trainer is not None:
+            self.check_training_length()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.configure_metrics(datamodule)
+        if stage == "fit" and self._trainer is not None:
+            self.check_monitor()
         self.check_data(datamodule)
+        if stage == "fit" and self.hparams.learning_rate == 0 and self.optimizer_factory is None:
+            rank_zero_info(
+                f"[kdlight] warning: learning_rate is 0: the {self.predictor_attr}'s weights will not change, and "
+                "the export will be the model as it started"
+            )
+
+    def check_training_length(self) -> None:
+        """A fit that can take no step would export the untrained model (over an earlier export): refuse it."""
+        trainer = self.trainer
+        fix = "set it to the number to train (or -1 and bound the run with the other)"
+        if trainer.max_steps == 0:
+            raise KDLightError(f"trainer.max_steps=0 trains nothing and would export an untrained model; {fix}")
+        if trainer.max_epochs == 0 and trainer.max_steps < 0:
+            raise KDLightError(f"trainer.max_epochs=0 trains nothing and would export an untrained model; {fix}")
+
+    def check_monitor(self) -> None:
+        """A checkpoint ``monitor`` on a validation metric must be one kdlight logs. Lightning would only notice
+        at the first validation (a whole epoch in), or never when the run is shorter than one."""
+        logged = {"val/score", "val/loss"}
+        for key, collection in self.eval_metrics.items():
+            if key.startswith("val_"):
+                logged |= set(collection.keys(keep_base=False))
+        for callback in getattr(self.trainer, "checkpoint_callbacks", []):
+            monitor = getattr(callback, "monitor", None)
+            if monitor and monitor.startswith("val") and monitor not in logged:
+                names = ["val/score", *sorted(logged - {"val/score"})]
+                raise KDLightError(
+                    f"checkpoint monitor {monitor!r} is not a metric kdlight logs; validation logs {', '.join(names)} "
+                    "(training logs train/<loss part>); set checkpoint.monitor to one of them"
+                )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # where a resumed fit starts: a fit that then takes no step was asked for nothing (see on_fit_end)
+        self._restored_at = int(checkpoint.get("global_step", 0))
+
+    def check_took_steps(self) -> None:
+        """A resumed run whose max_epochs/max_steps it has already reached trains nothing; say so instead of
+        exporting the checkpoint's weights again as if this were a new result."""
+        trainer, restored = self.trainer, getattr(self, "_restored_at", None)
+        if trainer.state.fn != "fit" or not restored or trainer.global_step != restored:
+            return
+        limits = [f"max_epochs={trainer.max_epochs}"] if trainer.max_epochs is not None else []
+        limits += [f"max_steps={trainer.max_steps}"] if trainer.max_steps >= 0 else []
+        raise KDLightError(
+            f"{trainer.ckpt_path} has already trained {restored} steps (epoch {trainer.current_epoch}), so "
+            f"{' and '.join(limits)} leaves nothing to train and nothing was exported: raise the limit to train on, "
+            "or evaluate the checkpoint with `kdlight test --ckpt_path ...`"
+        )
 
     def configure_metrics(self, datamodule) -> None:
         """The task's metrics for every validation and test split of ``datamodule``."""
@@ -351,6 +403,13 @@ class KDLightTask(LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.fast_dev_run:
             return
+        self.check_took_steps()
+        if self.trainer.global_step == 0:  # e.g. limit_train_batches: 0
+            rank_zero_info(
+                f"[kdlight] warning: no training step was taken, so the untrained model is not exported "
+                f"({self.export_path()} is left as it was)"
+            )
+            return
         if self.hparams.export_best:
             self._load_best_weights()
         path = self.export_path()  # trainer.log_dir is a collective under DDP: every rank asks
@@ -375,8 +434,12 @@ class KDLightTask(LightningModule):
         """
         path = Path(path)
         check_export_dir(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+        except OSError as err:
+            raise export_error(path, err) from None
+        replaced = False
         try:
             # compressed embeddings become stock layers, so the export loads without kdlight
             model, tokenizer = stock_export(self.predictor, self.task.tokenizer)
@@ -386,13 +449,21 @@ class KDLightTask(LightningModule):
             if self.task.label_names:
                 (staging / "label_names.json").write_text(json.dumps(list(self.task.label_names)))
             self._plain_export_files(staging)
-            replaced = path.exists()
-            if replaced:
-                previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
+            previous = path.with_name(f".{path.name}.previous-{os.getpid()}")
+            if path.exists():
                 os.replace(path, previous)
-            os.replace(staging, path)
+                replaced = True
+            try:
+                os.replace(staging, path)
+            except OSError:
+                if replaced:  # put the previous export back
+                    os.replace(previous, path)
+                raise
             if replaced:
-                shutil.rmtree(previous)
+                shutil.rmtree(previous, ignore_errors=True)
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise export_error(path, err) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -425,8 +496,29 @@ def _edit_json(path: Path, drop: str, **values: Any) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-def check_export_dir(path: Path) -> None:
-    """An export replaces its folder as a whole, so the folder must be an earlier export (or empty)."""
+def export_error(path: Path, err: OSError) -> KDLightError:
+    kept = "the previous export there is unchanged" if (path / "config.json").is_file() else "nothing was exported"
+    return KDLightError(
+        f"could not write the export {str(path)!r}: {err.strerror or err} ({kept}; the checkpoints are in the run "
+        "folder); free space or set model.export_dir to a writable place"
+    )
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_export_dir(path: Path, writable: bool = False) -> None:
+    """An export replaces its folder as a whole, so the folder must be an earlier export (or empty), a real
+    folder (not a link), and (``writable``, checked before training) in a place where files can be made."""
+    if path.is_symlink():
+        raise KDLightError(
+            f"export_dir {str(path)!r} is a symbolic link (to {os.readlink(path)!r}); an export replaces its folder "
+            f"as a whole, which would replace the link: set export_dir to the folder itself, {str(path.resolve())!r}"
+        )
     if path.is_file():
         raise KDLightError(f"export_dir {str(path)!r} is a file; give a folder path for the exported model")
     if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
@@ -435,3 +527,12 @@ def check_export_dir(path: Path) -> None:
             "model export, and an export replaces the whole folder; "
             "give an empty or new folder"
         )
+    if writable:
+        where = path.parent if path.parent.exists() else _existing_ancestor(path)
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".kdlight-write-check-", dir=where))
+        except OSError as err:
+            raise KDLightError(
+                f"export_dir {str(path)!r} cannot be written: {err.strerror or err} in {str(where)!r}; set "
+                "model.export_dir to a writable folder"
+            ) from None
