@@ -166,6 +166,7 @@ __all__ = [
     "choose_mask",
     "embed_with_replacements",
     "example_uniform",
+    "known_token_share",
     "mask_positions",
     "masked_logits",
     "random_replacements",
@@ -211,6 +212,19 @@ def describe_rewrites(
             }
         )
     return examples
+
+
+def known_token_share(original: Tensor, rewritten: Tensor, known_ids: Tensor, special_ids: Tensor) -> float:
+    """The share of rewritten positions (where ``rewritten`` differs from ``original``, or all positions a
+    rewrite chose but left as it was are skipped) whose new token is a non-special token of
+    ``known_ids``, the token ids that occur in real text (e.g. a held-out corpus): a fluent generator
+    proposes them, a random one mostly does not."""
+    changed = rewritten != original
+    tokens = rewritten[changed]
+    if not len(tokens):
+        return float("nan")
+    good = torch.isin(tokens, known_ids.to(tokens.device)) & ~torch.isin(tokens, special_ids.to(tokens.device))
+    return float(good.float().mean())
 
 
 def rewrites_markdown(examples: list[dict]) -> str:
