@@ -226,20 +226,52 @@ def zero_shot_data(assets, corpus_file, cache) -> ZeroShotDataModule:
 
 
 def test_generator_steps_raise_the_divergence_on_their_batch(assets, corpus_file, tmp_path):
-    """Each generator step is measured on its own batch (16 fixed examples) with its own noise, before and
-    after the update: gradient *ascent* must raise the teacher-student divergence on the rewrites. A flipped
-    sign (descent) lowers it and fails here."""
+    """Each generator step of a real fit is measured on its own batch with its own noise, before and after the
+    update, on the soft Gumbel-softmax rewrite (the smooth quantity whose gradient the straight-through rows
+    carry; a small step seldom flips a hard token): gradient *ascent* must raise the teacher-student
+    divergence. A flipped sign (descent) lowers it, and this test fails (checked by flipping it)."""
+    from lightning import Callback
+
+    from kdlight.callbacks_zeroshot import evaluating
+    from kdlight.components.generator import NOISE_KEYS
+
+    class SoftDivergence(Callback):
+        def __init__(self):
+            self.gains, self.before = [], None
+
+        def measure(self, module, batch):
+            with evaluating(module.generator.network, module.student):
+                return float(
+                    module.generator.divergence(module.teacher, module.student, batch, module.kd_loss, False)[0]
+                )
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if NOISE_KEYS not in batch:
+                module.generator.plan(batch, module.batch_count(), module.rewrite_rate())
+            self.before = self.measure(module, batch) if module.is_generator_step() else None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if self.before is not None:
+                self.gains.append(self.measure(module, batch) - self.before)
+
     seed_everything(0)
     module = zero_shot_module(
-        assets, generator_steps=8, student_steps=1, generator_learning_rate=3e-3, show_rewrites_every=0
+        assets, generator_steps=8, student_steps=1, generator_learning_rate=1e-3, show_rewrites_every=0
     )
-    trainer = quiet_trainer(tmp_path, 8)
+    for network in (module.generator.network, module.student, module.teacher):
+        for layer in network.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0  # the update's gradient and the measurement see the same function
+    with torch.no_grad():  # random tiny models agree to ~1e-6 (float noise); sharp, opposed heads disagree
+        module.teacher.classifier.weight.mul_(30.0)
+        module.student.classifier.weight.mul_(-30.0)
+    probe = SoftDivergence()
+    trainer = quiet_trainer(tmp_path, 8, callbacks=[probe])
     trainer.fit(module, datamodule=zero_shot_data(assets, corpus_file, tmp_path / "corpus"))
+    assert int(module.generator.steps) == 8 and len(probe.gains) == 8
+    assert sum(g > 0 for g in probe.gains) >= 7, probe.gains
     monitor = next(c for c in trainer.callbacks if isinstance(c, AdversaryMonitor))
-    assert len(monitor.history) == 8 and [h["adversary/generator_step"] for h in monitor.history] == list(range(1, 9))
-    gains = [h["adversary/divergence_after"] - h["adversary/divergence_before"] for h in monitor.history]
-    assert sum(g > 0 for g in gains) >= 6, gains
-    assert sum(gains) / len(gains) > 0, gains
+    assert [h["adversary/generator_step"] for h in monitor.history] == list(range(1, 9))
 
 
 def test_divergence_curves_reach_the_logger_on_every_generator_step(assets, corpus_file, tmp_path):
@@ -256,7 +288,7 @@ def test_divergence_curves_reach_the_logger_on_every_generator_step(assets, corp
     # 8 batches = 2 cycles of 2 generator + 2 student steps, each generator step logged despite log_every_n_steps=50
     assert [int(float(r["adversary/generator_step"])) for r in measured] == [1, 2, 3, 4]
     for row in measured:
-        assert all(float(row[k]) >= 0 for k in DIVERGENCE_KEYS)
+        assert all(float(row[k]) > -1e-6 for k in DIVERGENCE_KEYS), row  # KL, up to rounding
     assert zero_shot_module(assets, inputs="out_of_domain").configure_callbacks() == []  # nothing to watch
     off = zero_shot_module(assets, track_divergence=False).configure_callbacks()[0]
     assert off.track_divergence is False

@@ -182,16 +182,17 @@ class AdversarialGenerator(nn.Module):
         keys = [(*key, purpose) for key in batch[NOISE_KEYS]]
         return torch.cat(example_uniform(keys, numels, device if device is not None else batch["input_ids"].device))
 
-    def propose(self, batch: dict) -> Tensor:
+    def propose(self, batch: dict, hard: bool = True) -> Tensor:
         """The network's proposals at the planned positions: straight-through one-hot rows, one per
-        position, through which a divergence's gradient reaches the network."""
+        position, through which a divergence's gradient reaches the network (``hard=False``: the soft
+        Gumbel-softmax rows themselves, same noise)."""
         mask = batch[REWRITE_MASK]
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         inputs["input_ids"] = batch["input_ids"].masked_fill(mask, self.mask_token_id)
         logits = masked_logits(self.network, inputs, mask, batch[REWRITE_POSITIONS])
         vocab = logits.shape[-1]
         uniform = self.noise(batch, GUMBEL, [n * vocab for n in batch[REWRITE_COUNTS]]).view(-1, vocab)
-        return sample_replacements(logits, self.banned_ids, self.gumbel_tau, uniform)
+        return sample_replacements(logits, self.banned_ids, self.gumbel_tau, uniform, hard)
 
     def embed(self, model: nn.Module, batch: dict, one_hot: Tensor) -> Tensor:
         """``inputs_embeds`` for ``model``: its word embeddings, the planned positions replaced by ``one_hot @ E``."""
@@ -199,13 +200,19 @@ class AdversarialGenerator(nn.Module):
         return embed_with_replacements(model, batch["input_ids"], mask, one_hot, positions)
 
     def divergence(
-        self, teacher: nn.Module, student: nn.Module, batch: dict, loss: Callable[[Tensor, Tensor], Tensor]
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        batch: dict,
+        loss: Callable[[Tensor, Tensor], Tensor],
+        hard: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``loss(student(x'), teacher(x'))`` on the network's straight-through rewrite ``x'`` of the planned
         positions, with a gradient to the network (the quantity :meth:`ascend` raises). Returns
         (divergence, one-hot rows, teacher logits, student logits). ``loss`` takes (student, teacher) logits,
-        e.g. a distiller's KD loss."""
-        one_hot = self.propose(batch)
+        e.g. a distiller's KD loss. ``hard=False``: on the soft Gumbel-softmax rows instead (a smooth
+        function of the network, for measuring an update's direction)."""
+        one_hot = self.propose(batch, hard)
         rest = {k: batch[k] for k in MODEL_INPUTS if k in batch and k != "input_ids"}
         teacher_logits = teacher(inputs_embeds=self.embed(teacher, batch, one_hot), **rest).logits
         student_logits = student(inputs_embeds=self.embed(student, batch, one_hot), **rest).logits
