@@ -292,3 +292,15 @@ def test_divergence_curves_reach_the_logger_on_every_generator_step(assets, corp
     assert zero_shot_module(assets, inputs="out_of_domain").configure_callbacks() == []  # nothing to watch
     off = zero_shot_module(assets, track_divergence=False).configure_callbacks()[0]
     assert off.track_divergence is False
+
+
+def test_zero_shot_recipe_uses_the_trained_generator_and_chooses_nothing_on_task_labels():
+    config = yaml.safe_load((ROOT / "configs" / "zeroshot" / "offline.yaml").read_text())
+    model = config["model"]["init_args"]
+    assert model["generator"].endswith("generators/minilm-mlm")
+    assert model["export_best"] is False and config["checkpoint"]["monitor"] is None
+
+
+def test_a_missing_trained_generator_names_the_recipe(tmp_path):
+    with pytest.raises(KDLightError, match="configs/zeroshot/generator.yaml"):
+        load_generator(str(tmp_path / "generators" / "minilm-mlm"))
