@@ -440,6 +440,8 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float):
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
+        if not students:  # nothing finished yet: the bar chart says so (empty), no curves to draw
+            return
         fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 4), squeeze=False)
         for ax, student in zip(axes[0], students, strict=True):
             for method in methods:
