@@ -354,6 +354,8 @@ def targets(rows: list[dict], student: str = "general") -> str:
     def row(method):
         return next((r for r in rows if r["student"] == student and r["method"] == method), None)
 
+    if not any(r["student"] == student for r in rows):
+        return ""
     lines = ["## Targets", "", f"All on the {student} student's final weights (no checkpoint chosen on task data)."]
     zs = row(ZERO_SHOT)
     if zs:
@@ -504,7 +506,13 @@ def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: l
             f"Setting: {json.dumps(setting)}. Every method: {setting['student_steps']} student updates of "
             f"{setting['inputs_per_update']} student inputs each (out-of-domain + adversarial: "
             f"{setting['inputs_per_update'] // 2} out-of-domain texts + their {setting['inputs_per_update'] // 2} "
-            "rewrites; every other method: a batch of that size).",
+            "rewrites; every other method: a batch of that size)."
+            + (
+                f" Student updates reduced from the study's default {FULL['student_steps']} for CPU time, the same "
+                "for every method."
+                if setting["student_steps"] != FULL["student_steps"]
+                else ""
+            ),
         ]
     )
 
