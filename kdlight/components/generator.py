@@ -9,6 +9,9 @@ disagree most. This module is that generator and everything it does; the Lightni
 * the rewrite maths (:mod:`kdlight.components.rewriting`): :meth:`plan` picks the tokens to rewrite,
   :meth:`propose` turns the network's logits there into straight-through one-hot rows, :meth:`embed`
   feeds them to a model through its own word embeddings, :meth:`rewrite` makes a discrete rewrite;
+* the calls any distiller can make (zero-shot here; supervised MATE-KD augmentation alike):
+  :meth:`divergence` (teacher/student divergence on the straight-through rewrite, differentiable in
+  the network), :meth:`ascend` (its update), :meth:`rewrite_batch` (a rewritten copy of a batch);
 * its optimisation: :meth:`configure_optimizer` (AdamW, fused on CUDA, or a factory from YAML) and
   :meth:`ascend` (the gradient of *minus* the divergence, averaged across ranks and clipped); the
   ``steps`` buffer counts its updates.
@@ -179,21 +182,51 @@ class AdversarialGenerator(nn.Module):
         keys = [(*key, purpose) for key in batch[NOISE_KEYS]]
         return torch.cat(example_uniform(keys, numels, device if device is not None else batch["input_ids"].device))
 
-    def propose(self, batch: dict) -> Tensor:
+    def propose(self, batch: dict, hard: bool = True) -> Tensor:
         """The network's proposals at the planned positions: straight-through one-hot rows, one per
-        position, through which a divergence's gradient reaches the network."""
+        position, through which a divergence's gradient reaches the network (``hard=False``: the soft
+        Gumbel-softmax rows themselves, same noise)."""
         mask = batch[REWRITE_MASK]
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         inputs["input_ids"] = batch["input_ids"].masked_fill(mask, self.mask_token_id)
         logits = masked_logits(self.network, inputs, mask, batch[REWRITE_POSITIONS])
         vocab = logits.shape[-1]
         uniform = self.noise(batch, GUMBEL, [n * vocab for n in batch[REWRITE_COUNTS]]).view(-1, vocab)
-        return sample_replacements(logits, self.banned_ids, self.gumbel_tau, uniform)
+        return sample_replacements(logits, self.banned_ids, self.gumbel_tau, uniform, hard)
 
     def embed(self, model: nn.Module, batch: dict, one_hot: Tensor) -> Tensor:
         """``inputs_embeds`` for ``model``: its word embeddings, the planned positions replaced by ``one_hot @ E``."""
         mask, positions = batch[REWRITE_MASK], batch[REWRITE_POSITIONS]
         return embed_with_replacements(model, batch["input_ids"], mask, one_hot, positions)
+
+    def divergence(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        batch: dict,
+        loss: Callable[[Tensor, Tensor], Tensor],
+        hard: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``loss(student(x'), teacher(x'))`` on the network's straight-through rewrite ``x'`` of the planned
+        positions, with a gradient to the network (the quantity :meth:`ascend` raises). Returns
+        (divergence, one-hot rows, teacher logits, student logits). ``loss`` takes (student, teacher) logits,
+        e.g. a distiller's KD loss. ``hard=False``: on the soft Gumbel-softmax rows instead (a smooth
+        function of the network, for measuring an update's direction)."""
+        one_hot = self.propose(batch, hard)
+        rest = {k: batch[k] for k in MODEL_INPUTS if k in batch and k != "input_ids"}
+        teacher_logits = teacher(inputs_embeds=self.embed(teacher, batch, one_hot), **rest).logits
+        student_logits = student(inputs_embeds=self.embed(student, batch, one_hot), **rest).logits
+        return loss(student_logits, teacher_logits), one_hot, teacher_logits, student_logits
+
+    def rewrite_batch(self, batch: dict, step: int, rate: float | None = None) -> dict:
+        """A copy of ``batch`` whose ``input_ids`` are this generator's discrete rewrite (no gradient): the call
+        a supervised distiller makes for MATE-KD-style augmentation. ``step`` keys the random draws (use
+        the distiller's batch counter); ``rate`` defaults to ``mask_rate``. Call :meth:`prepare` first."""
+        if self.mask_token_id is None:
+            raise KDLightError("AdversarialGenerator.prepare(tokenizer, teacher) must run before rewrite_batch")
+        planned = self.plan(dict(batch), step, self.mask_rate if rate is None else rate)
+        with torch.no_grad():
+            return {**planned, "input_ids": self.rewrite(planned)}
 
     @torch.no_grad()
     def replace(self, batch: dict, replacements: Tensor) -> Tensor:

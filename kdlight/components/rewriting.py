@@ -103,10 +103,11 @@ def choose_mask(
 
 
 def sample_replacements(
-    logits: Tensor, banned: Tensor | None, tau: float = 1.0, uniform: Tensor | None = None
+    logits: Tensor, banned: Tensor | None, tau: float = 1.0, uniform: Tensor | None = None, hard: bool = True
 ) -> Tensor:
     """Straight-through hard Gumbel-softmax over the vocabulary: one-hot rows in the forward pass,
-    the soft sample's gradient in the backward pass. ``uniform``: noise shaped like ``logits``."""
+    the soft sample's gradient in the backward pass. ``uniform``: noise shaped like ``logits``.
+    ``hard=False``: the soft sample itself (the smooth quantity whose gradient the hard rows pass on)."""
     logits = logits.float()
     if banned is not None and len(banned):
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -115,6 +116,8 @@ def sample_replacements(
     tiny = torch.finfo(logits.dtype).tiny
     gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
     soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+    if not hard:
+        return soft
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft
 
@@ -166,6 +169,7 @@ __all__ = [
     "choose_mask",
     "embed_with_replacements",
     "example_uniform",
+    "known_token_share",
     "mask_positions",
     "masked_logits",
     "random_replacements",
@@ -211,6 +215,19 @@ def describe_rewrites(
             }
         )
     return examples
+
+
+def known_token_share(original: Tensor, rewritten: Tensor, known_ids: Tensor, special_ids: Tensor) -> float:
+    """The share of rewritten positions (where ``rewritten`` differs from ``original``, or all positions a
+    rewrite chose but left as it was are skipped) whose new token is a non-special token of
+    ``known_ids``, the token ids that occur in real text (e.g. a held-out corpus): a fluent generator
+    proposes them, a random one mostly does not."""
+    changed = rewritten != original
+    tokens = rewritten[changed]
+    if not len(tokens):
+        return float("nan")
+    good = torch.isin(tokens, known_ids.to(tokens.device)) & ~torch.isin(tokens, special_ids.to(tokens.device))
+    return float(good.float().mean())
 
 
 def rewrites_markdown(examples: list[dict]) -> str:

@@ -203,12 +203,26 @@ def permute_head(model: PreTrainedModel, order: list[int] | None, source: str, r
     return model
 
 
+TRAINED_GENERATOR_DIR = "generators/minilm-mlm"  # where configs/zeroshot/generator.yaml exports, in the kdlight cache
+
+
 def load_generator(name_or_path: str) -> PreTrainedModel:
     """Any ``AutoModelForMaskedLM`` (hub name or local folder). A bare encoder such as the packaged
     all-MiniLM-L6-v2 gets an MLM head whose decoder is tied to its word embeddings; the head's
     transform (untrained) starts as the identity, so the first proposals score each position's
-    hidden state against the vocabulary rather than a random projection."""
-    path = resolve_model_path(name_or_path)
+    hidden state against the vocabulary rather than a random projection. Such a head is untrained (its
+    proposals are close to random tokens); ``configs/zeroshot/generator.yaml`` trains one
+    (:class:`kdlight.modules.MaskedLMPretraining`)."""
+    try:
+        path = resolve_model_path(name_or_path)
+    except KDLightError as err:
+        if TRAINED_GENERATOR_DIR in str(name_or_path):  # the recipes' trained generator, not built on this machine
+            raise KDLightError(
+                f"the trained generator {name_or_path!r} is not here yet: build it with "
+                "`kdlight fit --config configs/zeroshot/generator.yaml` (~20 min on a CPU), or pass another "
+                "masked LM of the teacher's vocabulary"
+            ) from None
+        raise err from None
     try:
         with quiet_transformers():  # a bare encoder's missing head is expected; we report it in one line
             model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, trust_remote_code=False)
@@ -227,8 +241,9 @@ def load_generator(name_or_path: str) -> PreTrainedModel:
             if transform.bias is not None:
                 transform.bias.zero_()
         rank_zero_info(
-            f"[kdlight] generator {name_or_path}: no MLM head saved; "
-            "a fresh head (identity transform, decoder tied to the word embeddings)"
+            f"[kdlight] generator {name_or_path}: no MLM head saved, so its head is UNTRAINED (identity transform, "
+            "decoder tied to the word embeddings) and its rewrites are close to random tokens; train one with "
+            "`kdlight fit --config configs/zeroshot/generator.yaml` and pass its export as the generator"
         )
     return model
 

@@ -16,3 +16,6 @@ from kdlight.modules.general import GeneralDistillation  # noqa: E402
 from kdlight.modules.layerwise import LayerwiseKD  # noqa: E402
 
 __all__ += ["GeneralDistillation", "LayerwiseKD"]
+from kdlight.modules.mlm import MaskedLMPretraining  # noqa: E402
+
+__all__ += ["MaskedLMPretraining"]

@@ -52,8 +52,6 @@ learning-rate schedule and Lightning's step count (both live on the host).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,7 +65,6 @@ from kdlight.components.generator import (
     AdversarialGenerator,
     Perturbation,
 )
-from kdlight.components.rewriting import describe_rewrites, rewrites_markdown
 from kdlight.data.base import load_tokenizer
 from kdlight.distributed import any_rank, keep_out_of_ddp
 from kdlight.errors import KDLightError, check_choice
@@ -101,6 +98,9 @@ class ZeroShotAdversarialKD(BaseDistiller):
         (original span -> generated tokens, the teacher's and the student's predictions on the rewrite)
         into ``rewrites.jsonl`` in the run's log folder and, when the logger takes text (TensorBoard),
         as text there too. 0: never. Decoding reads the batch on the host, so it stays out of most steps.
+    track_divergence: on every generator step, log the teacher-student divergence on the rewrites before
+        and after the update and on the unmodified batch (``adversary/*``; three extra forward passes).
+        Both are done by :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor` (``configure_callbacks``).
     **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule ...).
     """
 
@@ -121,6 +121,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
         temperature: float = 1.0,
         max_consecutive_skips: int = 50,
         show_rewrites_every: int = 50,
+        track_divergence: bool = True,
         **kwargs,
     ) -> None:
         check_choice("inputs", inputs, Inputs)
@@ -157,7 +158,6 @@ class ZeroShotAdversarialKD(BaseDistiller):
         self.batches_seen: int | None = None  # progress[0] on the host (None: read it at fit start)
         self._skip_streak: Tensor | None = None  # device twins of consecutive_skips and its maximum
         self._worst_streak: Tensor | None = None
-        self.generator_steps_seen = 0  # host count of generator batches (shown rewrites), this process only
 
     # ------------------------------------------------------------------------------- models
     @property
@@ -277,11 +277,7 @@ class ZeroShotAdversarialKD(BaseDistiller):
 
     def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
         """One generator update: the divergence on its (straight-through) rewrite, ascended."""
-        one_hot = self.generator.propose(batch)
-        rest = {k: v for k, v in model_inputs(batch).items() if k != "input_ids"}
-        teacher = self.teacher(inputs_embeds=self.generator.embed(self.teacher, batch, one_hot), **rest).logits
-        student = self.student(inputs_embeds=self.generator.embed(self.student, batch, one_hot), **rest).logits
-        divergence = self.kd_loss(student, teacher)
+        divergence = self.generator.divergence(self.teacher, self.student, batch, self.kd_loss)[0]
         optimizer = self.optimizers()[1]
         taken = self.step_if_finite(optimizer, divergence, lambda: self.generator.ascend(divergence))
         if taken is None:
@@ -289,10 +285,6 @@ class ZeroShotAdversarialKD(BaseDistiller):
         optimizer.zero_grad()
         self.generator.steps += taken
         self.progress[2] = self.generator.steps  # the run's record mirrors the generator's own count
-        every = self.hparams.get("show_rewrites_every", 0)
-        self.generator_steps_seen += 1
-        if every and self.generator_steps_seen % every == 0:  # the n-th, 2n-th ... generator batch
-            self.show_rewrites(batch, one_hot.argmax(-1), teacher, student)
         if self.logs_this_step():
             self.log_dict(
                 {
@@ -304,37 +296,15 @@ class ZeroShotAdversarialKD(BaseDistiller):
             )
         return divergence.detach()
 
-    def show_rewrites(
-        self, batch: dict[str, Tensor], replacements: Tensor, teacher: Tensor, student: Tensor, limit: int = 4
-    ) -> None:
-        """Decode the first ``limit`` rewrites of this generator batch for people to read (rank 0 only)."""
-        if not self.trainer.is_global_zero:
-            return
-        rewritten = self.generator.replace(batch, replacements)
-        examples = describe_rewrites(
-            self.tokenizer_for_display(),
-            batch["input_ids"][:limit].cpu(),
-            rewritten[:limit].cpu(),
-            batch["attention_mask"][:limit].cpu(),
-            teacher[:limit].argmax(-1).tolist(),
-            student[:limit].argmax(-1).tolist(),
-            self.task.label_names,
-        )
-        step = int(self.generator.steps)
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "rewrites.jsonl").open("a") as out:
-            for example in examples:
-                out.write(json.dumps({"generator_step": step, "global_step": self.global_step, **example}) + "\n")
-        for logger in self.loggers:
-            add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
-            if callable(add_text):
-                add_text("rewrites", rewrites_markdown(examples), global_step=self.global_step)
+    def configure_callbacks(self) -> list:
+        """The adversary's display (divergence curves, decoded rewrites), kept out of the steps:
+        :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor`."""
+        if not self.trains_generator:
+            return []
+        from kdlight.callbacks_zeroshot import AdversaryMonitor
 
-    def tokenizer_for_display(self):
-        if getattr(self, "_display_tokenizer", None) is None:
-            self._display_tokenizer = load_tokenizer(self.task.tokenizer or self.teacher_source)
-        return self._display_tokenizer
+        hp = self.hparams
+        return [AdversaryMonitor(hp.get("show_rewrites_every", 0), hp.get("track_divergence", True))]
 
     def student_step(self, batch: dict[str, Tensor]) -> Tensor:
         """One student update: KD on the out-of-domain batch and on a fresh rewrite of it (no gradient
