@@ -30,9 +30,8 @@ from torch import Tensor
 
 from kdlight.components.generator import NOISE_KEYS
 from kdlight.components.rewriting import describe_rewrites, rewrites_markdown
-from kdlight.data.base import load_tokenizer
+from kdlight.data.base import load_tokenizer, model_inputs
 from kdlight.errors import KDLightError
-from kdlight.modules.task import model_inputs
 
 DIVERGENCE_KEYS = ("adversary/divergence_before", "adversary/divergence_after", "adversary/divergence_out_of_domain")
 

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from kdlight.checkpoints import MODULE_CLASS_KEY, load_checkpoint
 from kdlight.errors import KDLightError
+from kdlight.models.students import StudentSpec, TruncatedTeacher
 
 #: ckpt_path values Lightning resolves itself (cluster and registry checkpoints)
 _LIGHTNING_ALIASES = ("hpc", "registry")
@@ -118,8 +119,6 @@ def _same_source(a: Any, b: Any) -> bool:
 
 
 def _student_config(value: Any) -> Any:
-    from kdlight.models.students import StudentSpec, TruncatedTeacher
-
     try:
         return (StudentSpec.from_config(value) or TruncatedTeacher(num_layers=2)).to_config()
     except (KDLightError, TypeError):

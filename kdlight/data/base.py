@@ -30,6 +30,11 @@ STANDARD_COLUMNS = ("text", "text_pair", "labels", "idx")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def model_inputs(batch: dict) -> dict:
+    """The keys of a batch that a model's forward takes (no labels, no ``idx``)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
 def tokenize_dataset(dataset: datasets.Dataset, tokenizer, max_length: int, desc: str) -> datasets.Dataset:
     """Tokenise the ``text`` (and ``text_pair``) columns with a cached ``map``; other columns stay."""
     pair = "text_pair" in dataset.column_names

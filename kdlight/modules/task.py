@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
 from kdlight.checkpoints import MODULE_CLASS_KEY, PREDICTOR_ATTR_KEY, load_checkpoint, plain_hparam
-from kdlight.data.base import MODEL_INPUTS
+from kdlight.data.base import model_inputs
 from kdlight.data.spec import LEGACY_TASK_KEYS, TaskSpec
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
@@ -34,10 +34,6 @@ from kdlight.metrics import build_metrics, headline
 from kdlight.models.compact import stock_export
 from kdlight.models.hf import HF_CONFIGS_KEY, load_tokenizer, own_tokenizer, tokenizer_difference, usable_positions
 from kdlight.optim import fused_on_gpu
-
-
-def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def was_updated(collection) -> bool:

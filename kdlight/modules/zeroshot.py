@@ -59,6 +59,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from kdlight.callbacks_zeroshot import AdversaryMonitor
 from kdlight.components.generator import (
     NOISE_KEYS,
     REWRITE_MASK,
@@ -301,8 +302,6 @@ class ZeroShotAdversarialKD(BaseDistiller):
         :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor`."""
         if not self.trains_generator:
             return []
-        from kdlight.callbacks_zeroshot import AdversaryMonitor
-
         hp = self.hparams
         return [AdversaryMonitor(hp.get("show_rewrites_every", 0), hp.get("track_divergence", True))]
 
