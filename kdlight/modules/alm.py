@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.components.meta import (
+    CleanScore,
     LookaheadScope,
     MetaBatch,
     MetaInterval,
@@ -113,6 +114,10 @@ class AdaptiveLossMixingKD(BaseDistiller):
             images. With ``mixer: network`` this costs one forward pass over the training set. Either
             way the :class:`~kdlight.lambda_monitor.LambdaMonitor` logs ``lambda/flipped``,
             ``lambda/clean`` and ``lambda/flipped_auc`` every epoch.
+        clean_score: the look-ahead's score on the clean batch: ``cross_entropy`` (the paper and the code)
+            or ``expected_error`` (``1 - p(label)``; see :func:`kdlight.components.meta.clean_score`: once the
+            student fits most of the clean split, CE's gradient is its few errors, and the look-ahead then
+            rewards wrong labels -- measured in ``benchmarks/results/alm_inversion.md``). Both algorithms.
         **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule, teacher-logit cache ...).
     """
 
@@ -142,6 +147,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         warm_epoch: int = 10,
         meta_iterations: int = 5,
         lambda_plot: bool = True,
+        clean_score: CleanScore = "cross_entropy",
         **kwargs,
     ) -> None:
         check_choice("algorithm", algorithm, Algorithm)
@@ -170,6 +176,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
             num_examples=num_examples,
             mixer_hidden=mixer_hidden,
             temperature=temperature,
+            clean_score=clean_score,
             **extra,
         )
         self._clean_batches = None
