@@ -57,6 +57,24 @@ from kdlight.losses import KLDivergence
 Mixer = Literal["table", "network"]
 LookaheadScope = Literal["last_layer", "all"]
 MetaInterval = Literal["step", "epoch"]
+CleanScore = Literal["cross_entropy", "expected_error"]
+
+
+def clean_score(logits: Tensor, labels: Tensor, kind: CleanScore = "cross_entropy") -> Tensor:
+    """The look-ahead's score on a clean batch: mean CE (the paper and the code) or the expected error
+    ``1 - p(label)``.
+
+    Why the second: the CE gradient of a clean example is its residual ``softmax - onehot``, large for
+    the examples the student gets wrong; once the student fits most of the clean split, the few it
+    misclassifies dominate the clean gradient, and a one-step look-ahead then rewards any training step
+    that pushes the student away from its own (mostly right) predictions -- which is what a wrong label's
+    CE step does. On tweets at 40 % noise this inverted the default table (more label weight on the
+    flipped examples; ``benchmarks/results/alm_inversion.md``). The expected error's gradient is the same
+    residual times ``p(label)``: the confidently misclassified clean examples no longer dominate.
+    """
+    if kind == "expected_error":
+        return 1 - F.softmax(logits.float(), -1).gather(1, labels.long().view(-1, 1)).mean()
+    return F.cross_entropy(logits.float(), labels.long())
 
 
 # ------------------------------------------------------------------------------------ the weights
@@ -203,6 +221,7 @@ class Lookahead:
     clean_labels: Tensor
     lr: float
     logits_of: Callable[[Any], Tensor] = _identity
+    score: CleanScore = "cross_entropy"
 
 
 def lookahead_meta_gradients(
@@ -224,7 +243,7 @@ def lookahead_meta_gradients(
     grads = [m + (g - g.detach()) / world_size() for m, g in zip(means, grads, strict=True)]
     updated = {name: p.detach() - step.lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
     val_logits = step.logits_of(functional_call(step.module, updated, args=(), kwargs=step.clean_inputs))
-    score = F.cross_entropy(val_logits.float(), step.clean_labels.long())
+    score = clean_score(val_logits, step.clean_labels, step.score)
     # chain rule through the updated parameters, with the clean-score gradient averaged over ranks
     outer = mean_across_ranks(list(torch.autograd.grad(score, list(updated.values()), retain_graph=True)))
     meta = torch.autograd.grad(list(updated.values()), mix_params, grad_outputs=outer, allow_unused=True)
@@ -270,6 +289,7 @@ class MetaLearner(nn.Module):
         num_examples: int | None = None,
         mixer_hidden: int = 32,
         temperature: float = 4.0,
+        clean_score: CleanScore = "cross_entropy",
     ) -> None:
         super().__init__()
         if meta_learning_rate is None:
@@ -277,6 +297,8 @@ class MetaLearner(nn.Module):
         check_choice("mixer", mixer, Mixer)
         check_choice("lookahead", lookahead, LookaheadScope)
         check_choice("meta_interval", meta_interval, MetaInterval)
+        check_choice("clean_score", clean_score, CleanScore)
+        self.clean_score = clean_score
         if meta_every < 1 or meta_steps < 0 or meta_warmup < 0:
             raise KDLightError("meta_every must be >= 1, meta_steps and meta_warmup >= 0")
         if not 0 < init_lambda < 1:
@@ -424,12 +446,15 @@ class MetaLearner(nn.Module):
         lr = self.lookahead_lr if self.lookahead_lr is not None else student_lr
         if self.scope == "all":
             params = {k: v for k, v in student.named_parameters() if v.requires_grad}
-            return Lookahead(student, params, batch.inputs, clean.inputs, clean.labels, lr, lambda out: out.logits)
+            return Lookahead(
+                student, params, batch.inputs, clean.inputs, clean.labels, lr, lambda out: out.logits, self.clean_score
+            )
         head = self.head(student)
         with torch.no_grad():  # the clean batch's head input under the current (fixed) body
             _, clean_input = self.student_forward(student, clean.inputs)
         params = dict(head.named_parameters())
-        return Lookahead(head, params, {"input": batch.head_input}, {"input": clean_input}, clean.labels, lr)
+        inputs, clean_inputs = {"input": batch.head_input}, {"input": clean_input}
+        return Lookahead(head, params, inputs, clean_inputs, clean.labels, lr, score=self.clean_score)
 
     def _reduce(self, grads: list[Tensor], idx: Tensor) -> list[Tensor]:
         """The global batch's meta-gradient on every rank, centred and normalised over the global batch's rows."""
@@ -458,6 +483,7 @@ class MetaLearner(nn.Module):
 
 
 __all__ = [
+    "CleanScore",
     "LambdaTable",
     "Lookahead",
     "LookaheadScope",
@@ -466,6 +492,7 @@ __all__ = [
     "MetaLearner",
     "Mixer",
     "MixingNetwork",
+    "clean_score",
     "lookahead_meta_gradients",
     "mixed_loss",
     "mixer_features",

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlight.components.meta import MetaBatch, MetaLearner, teacher_share
+from kdlight.components.meta import CleanScore, MetaBatch, MetaLearner, clean_score, teacher_share
 from kdlight.distributed import mean_across_ranks, sum_across_ranks, world_size
 from kdlight.errors import KDLightError
 
@@ -143,7 +143,9 @@ class HeadView:
     bias: bool = True  # whether the layer has a bias (the per-example gradient rows then start with dL/dz)
 
 
-def lookahead_lambda_grads(lam: Tensor, grads: list[Tensor], clean: HeadView, eta: float) -> tuple[Tensor, Tensor]:
+def lookahead_lambda_grads(
+    lam: Tensor, grads: list[Tensor], clean: HeadView, eta: float, score_kind: CleanScore = "cross_entropy"
+) -> tuple[Tensor, Tensor]:
     """Clean CE after the closed-form last-layer look-ahead, and its gradient with respect to ``lam``.
 
     ``lam`` is ``(n, C)`` (the group's rows), ``grads[c]`` the ``(n, P)`` per-example gradients of loss
@@ -162,14 +164,24 @@ def lookahead_lambda_grads(lam: Tensor, grads: list[Tensor], clean: HeadView, et
         step = clean.features.to(total.dtype) @ weight.view(num_classes, -1).T
         if clean.bias:
             step = step + total[:num_classes]
-        score = F.cross_entropy(clean.logits.to(total.dtype) - eta * step, clean.labels.long())
+        logits = clean.logits.to(total.dtype) - eta * step
+        if score_kind == "cross_entropy":  # the code's criterion_red (line 141), in the logits' own precision
+            score = F.cross_entropy(logits, clean.labels.long())
+        else:
+            score = clean_score(logits, clean.labels, score_kind)
         d_total = torch.autograd.grad(score, total)[0]
     (d_total,) = mean_across_ranks([d_total])
     return score.detach(), torch.stack([g @ d_total for g in grads], dim=1)
 
 
 def official_lambda_update(
-    lam: Tensor, grads: list[Tensor], clean: HeadView, eta: float, meta_lr: float = 1500.0, iterations: int = 5
+    lam: Tensor,
+    grads: list[Tensor],
+    clean: HeadView,
+    eta: float,
+    meta_lr: float = 1500.0,
+    iterations: int = 5,
+    score_kind: CleanScore = "cross_entropy",
 ) -> tuple[Tensor, Tensor]:
     """``iterations`` plain gradient steps on one group's rows, each clamped (lines 119-154).
 
@@ -177,7 +189,7 @@ def official_lambda_update(
     """
     score = torch.zeros(())
     for _ in range(iterations):
-        score, d_lam = lookahead_lambda_grads(lam, grads, clean, eta)
+        score, d_lam = lookahead_lambda_grads(lam, grads, clean, eta, score_kind)
         lam = (lam - meta_lr * d_lam.to(lam.dtype)).clamp(LAMBDA_MIN, LAMBDA_MAX)
     return lam, score
 
@@ -264,7 +276,9 @@ class OfficialMetaLearner(MetaLearner):
         grads = [torch.cat([rows[c] for _, rows in group]) for c in range(len(group[0][1]))]
         logits, features = self.student_forward(student, clean.inputs)
         view = HeadView(logits, features, clean.labels, bias)
-        lam, score = official_lambda_update(self.mixer.lam[idx], grads, view, eta, self.learning_rate, self.iterations)
+        lam, score = official_lambda_update(
+            self.mixer.lam[idx], grads, view, eta, self.learning_rate, self.iterations, self.clean_score
+        )
         self.mixer.lam[idx] = lam
         return score
 

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.components.meta import (
+    CleanScore,
     LookaheadScope,
     MetaBatch,
     MetaInterval,
@@ -36,6 +37,7 @@ from kdlight.components.meta import (
 from kdlight.components.meta_official import OfficialMetaLearner
 from kdlight.distributed import keep_out_of_ddp
 from kdlight.errors import KDLightError, check_choice
+from kdlight.lambda_monitor import LambdaMonitor, write_lambda_plot
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import check_compatible
 from kdlight.modules.distiller import BaseDistiller
@@ -43,6 +45,23 @@ from kdlight.modules.task import model_inputs
 
 Algorithm = Literal["default", "official"]
 LEGACY_MIXER_KEY = "kdlight_alm_mixer"  # where checkpoints written before kdlight.components kept the weights
+
+
+def lookahead_assumption(optimizers: Any, hparams: dict) -> str:
+    """One line for the log: which update the look-ahead models, and how it differs from the student's optimiser."""
+    student_opt = optimizers[0] if isinstance(optimizers, list) else optimizers
+    real = getattr(student_opt, "optimizer", student_opt)  # Lightning's wrapper
+    step = "lookahead_lr" if hparams.get("lookahead_lr") is not None else "the student's current lr"
+    line = f"one plain SGD step of size {step} (as the authors' code); the student's optimiser is {type(real).__name__}"
+    if not isinstance(real, torch.optim.SGD):
+        return line + ": the look-ahead does not model its update (set optimizer: torch.optim.SGD to make it)"
+    group = real.param_groups[0]
+    if group.get("momentum") or group.get("weight_decay"):
+        return line + (
+            f" with momentum {group.get('momentum', 0)} (nesterov {group.get('nesterov', False)}) and weight decay "
+            f"{group.get('weight_decay', 0)}, which the look-ahead leaves out, as the authors' code does"
+        )
+    return line + ": the look-ahead models its update"
 
 
 class AdaptiveLossMixingKD(BaseDistiller):
@@ -92,7 +111,13 @@ class AdaptiveLossMixingKD(BaseDistiller):
             of those plain steps (default 1500, the code's).
         lambda_plot: at the end of fit write ``<log_dir>/lambda.png`` (the learned teacher weights,
             flipped vs clean examples when the datamodule knows them) and log it if the logger takes
-            images. With ``mixer: network`` this costs one forward pass over the training set.
+            images. With ``mixer: network`` this costs one forward pass over the training set. Either
+            way the :class:`~kdlight.lambda_monitor.LambdaMonitor` logs ``lambda/flipped``,
+            ``lambda/clean`` and ``lambda/flipped_auc`` every epoch.
+        clean_score: the look-ahead's score on the clean batch: ``cross_entropy`` (the paper and the code)
+            or ``expected_error`` (``1 - p(label)``; see :func:`kdlight.components.meta.clean_score`: once the
+            student fits most of the clean split, CE's gradient is its few errors, and the look-ahead then
+            rewards wrong labels -- measured in ``benchmarks/results/alm_inversion.md``). Both algorithms.
         **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule, teacher-logit cache ...).
     """
 
@@ -122,6 +147,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         warm_epoch: int = 10,
         meta_iterations: int = 5,
         lambda_plot: bool = True,
+        clean_score: CleanScore = "cross_entropy",
         **kwargs,
     ) -> None:
         check_choice("algorithm", algorithm, Algorithm)
@@ -150,6 +176,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
             num_examples=num_examples,
             mixer_hidden=mixer_hidden,
             temperature=temperature,
+            clean_score=clean_score,
             **extra,
         )
         self._clean_batches = None
@@ -159,6 +186,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self.automatic_optimization = False
         self.meta = meta
         self._pass_score: Tensor | None = None  # the official meta pass's clean score, logged by the epoch's first step
+        self.last_teacher_weight: tuple[Tensor, Tensor] | None = None  # (idx, weight) of the last training batch
 
     # ------------------------------------------------------------------------- the algorithm
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -188,7 +216,9 @@ class AdaptiveLossMixingKD(BaseDistiller):
         self.manual_backward(loss)
         student_opt.step()
         self.lr_schedulers().step()
-        self.log_step(loss, ce, kd, self.meta.teacher_weight(weights), batch, meta_loss)
+        lam = self.meta.teacher_weight(weights)
+        self.last_teacher_weight = (seen.idx, lam)  # read by the LambdaMonitor callback
+        self.log_step(loss, ce, kd, lam, meta_loss)
         self.meta.count_batch()
         return loss.detach()
 
@@ -318,8 +348,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._clean_batches = None
-        self._flip_stats = torch.zeros(4, device=self.device)  # sum lambda flipped, n flipped, sum clean, n clean
         self.meta.read_batches_seen()  # once per fit (after any checkpoint restore)
+        rank_zero_info(f"[kdlight] ALM-KD look-ahead: {lookahead_assumption(self.optimizers(), self.hparams)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -351,21 +381,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
             )
 
     # ------------------------------------------------------------------------------ logs
-    def log_step(
-        self,
-        loss: Tensor,
-        ce: Tensor,
-        kd: list[Tensor],
-        lam: Tensor,
-        batch: dict[str, Tensor],
-        meta_loss: Tensor | None,
-    ) -> None:
-        """``train/*`` at the logger's cadence; the teacher weights ``lam`` of flipped and clean examples every step."""
-        n = len(ce)
-        if "is_flipped" in batch:  # every step (epoch statistics); products, not boolean indexing (a host sync on GPU)
-            flipped = batch["is_flipped"].to(lam.dtype)
-            clean = 1 - flipped
-            self._flip_stats += torch.stack([(lam * flipped).sum(), flipped.sum(), (lam * clean).sum(), clean.sum()])
+    def log_step(self, loss: Tensor, ce: Tensor, kd: list[Tensor], lam: Tensor, meta_loss: Tensor | None) -> None:
+        """``train/*`` at the logger's cadence (the per-epoch flipped/clean statistics: :class:`LambdaMonitor`)."""
         parts = None
         if self.logs_this_step():
             parts = {
@@ -373,31 +390,15 @@ class AdaptiveLossMixingKD(BaseDistiller):
                 "ce": ce.detach().mean(),
                 "kd": torch.stack(kd).detach().mean(),
                 "lambda_mean": lam.mean(),
-                "lambda_std": lam.std() if n > 1 else torch.zeros((), device=lam.device),
+                "lambda_std": lam.std() if len(ce) > 1 else torch.zeros((), device=lam.device),
             }
             if meta_loss is not None:
                 parts["meta_loss"] = meta_loss
-        self.log_training(parts, loss, n)
+        self.log_training(parts, loss, len(ce))
 
-    def on_train_epoch_end(self) -> None:
-        stats = self._flip_stats
-        if self.trainer.world_size > 1:
-            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        out = {}
-        if stats[1] > 0:
-            out["train/lambda_flipped"] = stats[0] / stats[1]
-        if stats[3] > 0:
-            out["train/lambda_clean"] = stats[2] / stats[3]
-        if out:
-            self.log_dict(out, sync_dist=False)
-        self.last_flip_stats = {k.split("/")[1]: float(v) for k, v in out.items()}
-        self._flip_stats = torch.zeros(4, device=self.device)
-
-    # ------------------------------------------------------------------------------ the picture
-    def on_fit_end(self) -> None:
-        super().on_fit_end()
-        if self.hparams.get("lambda_plot", True) and not self.trainer.fast_dev_run and self.meta.mixer is not None:
-            self.write_lambda_plot()
+    def configure_callbacks(self) -> list:
+        """The lambda monitor: per-epoch teacher weights on flipped / clean examples, their AUC, ``lambda.png``."""
+        return [LambdaMonitor(plot=self.hparams.get("lambda_plot", True))]
 
     @torch.no_grad()
     def learned_lambdas(self) -> tuple[Tensor, Tensor]:
@@ -413,72 +414,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return torch.cat(ids), torch.cat(shares)
 
     def write_lambda_plot(self) -> Path | None:
-        """``<log_dir>/lambda.png``: histogram of the learned teacher weights, flipped vs clean if known."""
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            idx, lam = self.learned_lambdas()
-        finally:
-            self.student.train(was_training)
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: every rank asks
-        if not self.trainer.is_global_zero:
-            return None
-        report = getattr(self.trainer.datamodule, "noise_report", None) or {}
-        flipped_ids = set(report.get("flipped_idx", []))
-        lam, idx = lam.float().cpu().numpy(), idx.cpu().numpy()
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        lo, hi = float(lam.min()), float(lam.max())
-        if hi - lo < 1e-3:  # weights that did not move (e.g. no meta step yet): numpy cannot bin a zero range
-            lo, hi = lo - 0.01, hi + 0.01
-        bins = np.linspace(lo, hi, 41)
-        if flipped_ids:
-            mask = [int(i) in flipped_ids for i in idx]
-            flipped = lam[mask]
-            clean = lam[[not m for m in mask]]
-            ax.hist(
-                clean,
-                bins=bins,
-                alpha=0.6,
-                density=True,
-                label=f"clean labels (n={len(clean)}, mean {clean.mean():.3f})",
-            )
-            if len(flipped):
-                ax.hist(
-                    flipped,
-                    bins=bins,
-                    alpha=0.6,
-                    density=True,
-                    label=f"flipped labels (n={len(flipped)}, mean {flipped.mean():.3f})",
-                )
-            ax.legend(fontsize=8)
-        else:
-            ax.hist(lam, bins=bins, alpha=0.8, density=True)
-        ax.set_xlabel("learned teacher weight lambda (w_KD / (w_CE + w_KD))")
-        ax.set_ylabel("density")
-        algorithm = self.hparams.get("algorithm", "default")
-        ax.set_title(f"ALM-KD ({algorithm}, {self.hparams.mixer}) after {self.current_epoch} epoch(s)")
-        fig.tight_layout()
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / "lambda.png"
-        fig.savefig(path, dpi=110)
-        logged = False
-        for logger in self.trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(logger, "log_image"):  # W&B, Neptune
-                logger.log_image(key="lambda", images=[str(path)])
-                logged = True
-            elif hasattr(experiment, "add_figure"):  # TensorBoard
-                experiment.add_figure("lambda", fig, global_step=self.global_step)
-                logged = True
-        plt.close(fig)
-        rank_zero_info(f"[kdlight] learned lambda histogram: {path}{' (also logged)' if logged else ''}")
-        return path
+        """``<log_dir>/lambda.png`` now (the monitor writes it at the end of fit)."""
+        return write_lambda_plot(self.trainer, self)
 
     # ------------------------------------------------------------------------------ analysis
     def table_lambdas(self) -> Tensor:
