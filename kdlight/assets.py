@@ -121,20 +121,8 @@ def rotten_tomatoes_dir() -> Path:
         label=frame["category"].map({"fresh": "positive", "rotten": "negative"}),
     )[["text", "label"]]
     frame = frame[frame["text"].str.len() > 0].drop_duplicates("text")
-    frame = frame.sample(frac=1.0, random_state=ROTTEN_TOMATOES_SPLIT_SEED).reset_index(drop=True)
-    n_val = int(len(frame) * ROTTEN_TOMATOES_SPLIT["validation"])
-    n_test = int(len(frame) * ROTTEN_TOMATOES_SPLIT["test"])
-    parts = {
-        "validation": frame.iloc[:n_val],
-        "test": frame.iloc[n_val : n_val + n_test],
-        "train": frame.iloc[n_val + n_test :],
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    for split, part in parts.items():
-        tmp = files[split].with_suffix(".tmp")
-        part.to_csv(tmp, index=False)
-        tmp.replace(files[split])
-    _log(f"wrote {', '.join(f'{k}={len(v)}' for k, v in parts.items())} rows under {out}")
+    counts = _write_splits(out, frame, ROTTEN_TOMATOES_SPLIT, ROTTEN_TOMATOES_SPLIT_SEED)
+    _log(f"wrote {', '.join(f'{k}={n}' for k, n in counts.items())} rows under {out}")
     return out
 
 
@@ -153,6 +141,14 @@ def _write_splits(out: Path, frame, fractions: dict[str, float], seed: int) -> d
         part.to_csv(tmp, index=False)
         tmp.replace(out / f"{split}.csv")
     return {k: len(v) for k, v in parts.items()}
+
+
+def _write_lines(out: Path, lines: list[str]) -> None:
+    """``lines`` as a UTF-8 text file, one a line, written atomically (a reader never sees half a file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out)
 
 
 def _decode_lines(raw: bytes) -> str:
@@ -210,10 +206,7 @@ def wiki_summaries_path() -> Path:
         text = " ".join(str(record.get("extract", "")).split())
         if text:
             lines.append(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    _write_lines(out, lines)
     _log(f"wrote {len(lines)} summaries to {out}")
     return out
 
@@ -231,10 +224,7 @@ def lee_news_path() -> Path:
         for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", " ".join(article.split())):
             if len(sentence.split()) >= 5:
                 lines.append(sentence)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    _write_lines(out, lines)
     _log(f"wrote {len(lines)} sentences from {len(articles)} articles to {out}")
     return out
 

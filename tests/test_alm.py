@@ -365,15 +365,6 @@ def test_recipe_fits_end_to_end(assets, tmp_path, name):
         assert "state_dict" in load_checkpoint(path)
 
 
-@pytest.mark.parametrize("name", [n for n in RECIPES if n.startswith(("sst2", "mnli"))])
-def test_glue_recipes_parse(assets, tmp_path, name):
-    """The hub recipes parse and wrap GLUE (the data itself needs the hub, so no fit here)."""
-    config = yaml.safe_load((CONFIGS / name).read_text())
-    assert config["data"]["class_path"] == "NoisyLabelDataModule"
-    assert config["data"]["init_args"]["datamodule"]["class_path"] == "GLUEDataModule"
-    assert config["data"]["init_args"]["noise_rate"] == 0.4 and config["data"]["init_args"]["clean_val_size"] == 0.1
-
-
 def meta_batches(model) -> list[int]:
     """Spy: the training batches (0-based, across runs) at which a meta step ran."""
     seen: list[int] = []

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import data_args, trainer_args
 from kdlight.checkpoints import load_checkpoint
-from kdlight.cli import main
+from kdlight.cli import cli, main
 from kdlight.models import load_from_checkpoint
 
 
@@ -89,15 +89,23 @@ def test_vanilla_kd_fit_then_test(assets, fine_tuned, tmp_path, capsys):
 
 def test_teacher_checkpoint_works_as_teacher_and_names_its_tokenizer(assets, fine_tuned, tmp_path):
     ckpt = checkpoints(fine_tuned, "best-*.ckpt")[-1]
-    main(
+    runner = cli(
         [
-            "fit",
             "--model=VanillaKD",
             f"--model.teacher={ckpt}",
             *data_args(assets),
             *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}),
-        ]
+        ],
+        run=False,
     )
+    # no data.tokenizer given: the data is tokenised with the one the teacher was trained with, which its
+    # checkpoint records (the encoder folder TeacherFineTuning started from)
+    assert Path(runner.datamodule.tokenizer_name) == assets["encoder"]
+    teacher_state = load_checkpoint(ckpt)["state_dict"]
+    assert torch.equal(runner.model.teacher.classifier.weight, teacher_state["model.classifier.weight"])
+    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
+    assert runner.trainer.global_step == 1
+    assert torch.equal(runner.model.teacher.classifier.weight, teacher_state["model.classifier.weight"])  # frozen
 
 
 def test_resume_continues_steps_optimizer_and_schedule(assets, fine_tuned, tmp_path):

@@ -1,4 +1,4 @@
-"""The README's "new KD variant" example runs as written, through the CLI, in under 30 lines."""
+"""The README's "new KD variant" example runs as written, through the CLI."""
 
 import re
 import sys
@@ -16,9 +16,8 @@ def readme_example() -> str:
     return match.group(1)
 
 
-def test_readme_variant_is_short_and_trains(assets, tmp_path, monkeypatch):
+def test_readme_variant_trains(assets, tmp_path, monkeypatch):
     code = readme_example()
-    assert len(code.strip().splitlines()) < 30
     (tmp_path / "my_kd.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_kd", None)

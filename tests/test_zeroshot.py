@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import BertForMaskedLM, BertForSequenceClassification
 
 import kdlight.data.text
@@ -312,14 +311,6 @@ def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(asset
     assert "kdlight_generator" not in upgraded and upgraded["state_dict"]["generator.steps"] == 4
     current, upgraded = current["state_dict"], upgraded["state_dict"]
     assert current.keys() == upgraded.keys() and all(torch.equal(current[k], upgraded[k]) for k in current)
-
-
-def test_recipe_names_the_paper_setting():
-    glue = yaml.safe_load((CONFIG.parents[1] / "glue" / "mnli" / "zeroshot.yaml").read_text())
-    args = glue["model"]["init_args"]
-    assert args["student"]["init_args"]["name_or_path"] == "google/bert_uncased_L-4_H-256_A-4"
-    assert args["generator"] == "bert-base-uncased" and (args["generator_steps"], args["student_steps"]) == (10, 100)
-    assert glue["data"]["init_args"]["corpus"]["init_args"]["source"] == "wikitext-103"
 
 
 def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_runs_only_on_rewrites(

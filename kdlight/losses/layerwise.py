@@ -106,12 +106,18 @@ def _projection(student_width: int, teacher_width: int) -> nn.Module:
 
 class ProjectedLayerLoss(IntermediateLoss):
     """A loss over mapped blocks that compares student states through one learned projection per pair
-    (the identity when the widths agree)."""
+    (the identity when the widths agree) with the teacher's: both models return their hidden states."""
 
     def __init__(self, layers: LayerMap = "uniform", weight: float = 1.0) -> None:
         super().__init__(weight)
         self.layers = layers
         self.projections = nn.ModuleList()
+
+    def student_needs(self):
+        return Needs(hidden_states=True)
+
+    def teacher_needs(self):
+        return Needs(hidden_states=True)
 
     def bind(self, student, teacher):
         self.pairs = resolve_layer_map(self.layers, depth(student), depth(teacher), loss=type(self).__name__)
@@ -130,12 +136,6 @@ class HiddenMSE(ProjectedLayerLoss):
     """
 
     name = "hidden_mse"
-
-    def student_needs(self):
-        return Needs(hidden_states=True)
-
-    def teacher_needs(self):
-        return Needs(hidden_states=True)
 
     def forward(self, student, teacher, attention_mask):
         losses = [
@@ -312,12 +312,6 @@ class PatientCLS(ProjectedLayerLoss):
     """
 
     name = "patient"
-
-    def student_needs(self):
-        return Needs(hidden_states=True)
-
-    def teacher_needs(self):
-        return Needs(hidden_states=True)
 
     def forward(self, student, teacher, attention_mask):
         losses = []

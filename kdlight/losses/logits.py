@@ -33,11 +33,8 @@ def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
     return values
 
 
-class KLDivergence(nn.Module):
-    """Hinton's soft-target loss: KL(teacher_T || student_T) * T^2.
-
-    The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
-    """
+class SoftTargetLoss(nn.Module):
+    """A loss between the student's and the teacher's logits softened by ``temperature``, reduced per example."""
 
     def __init__(self, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
         super().__init__()
@@ -45,6 +42,13 @@ class KLDivergence(nn.Module):
         check_choice("reduction", reduction, Reduction)
         self.temperature = temperature
         self.reduction = reduction
+
+
+class KLDivergence(SoftTargetLoss):
+    """Hinton's soft-target loss: KL(teacher_T || student_T) * T^2.
+
+    The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
+    """
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         t = self.temperature
@@ -54,15 +58,8 @@ class KLDivergence(nn.Module):
         return _reduce(per_example, self.reduction)
 
 
-class SoftCrossEntropy(nn.Module):
+class SoftCrossEntropy(SoftTargetLoss):
     """Cross-entropy against the teacher's softened distribution (KL plus the teacher's entropy)."""
-
-    def __init__(self, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        check_temperature(temperature)
-        check_choice("reduction", reduction, Reduction)
-        self.temperature = temperature
-        self.reduction = reduction
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         t = self.temperature

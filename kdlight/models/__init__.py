@@ -1,9 +1,11 @@
 """Plain torch/transformers building blocks (no Lightning): model loading and student builders."""
 
-from kdlight.models.hf import count_parameters, load_classifier, load_from_checkpoint
+from kdlight.models.compact import CompressedEmbeddingStudent
+from kdlight.models.hf import count_parameters, load_classifier, load_from_checkpoint, load_tokenizer
 from kdlight.models.students import FreshStudent, PretrainedStudent, StudentSpec, TruncatedTeacher, check_compatible
 
 __all__ = [
+    "CompressedEmbeddingStudent",
     "FreshStudent",
     "PretrainedStudent",
     "StudentSpec",
@@ -12,7 +14,5 @@ __all__ = [
     "count_parameters",
     "load_classifier",
     "load_from_checkpoint",
+    "load_tokenizer",
 ]
-from kdlight.models.compact import CompressedEmbeddingStudent  # noqa: E402
-
-__all__ += ["CompressedEmbeddingStudent"]

@@ -30,6 +30,7 @@ from kdlight.errors import KDLightError
 from kdlight.losses import check_temperature, distillation_loss
 from kdlight.metrics import headline
 from kdlight.models.hf import load_classifier
+from kdlight.models.layers import LayerOutputs, Needs, forward_internals
 from kdlight.models.students import PretrainedStudent, StudentSpec, TruncatedTeacher, check_compatible
 from kdlight.modules.task import KDLightTask, model_inputs
 from kdlight.teacher_cache import TeacherLogitCache
@@ -102,6 +103,16 @@ class TeacherStudentModule(KDLightTask):
         super().train(mode)
         self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
         return self
+
+    def internals(
+        self, batch: dict[str, Tensor], student_needs: Needs, teacher_needs: Needs
+    ) -> tuple[LayerOutputs, LayerOutputs]:
+        """The student's and the teacher's (gradient-free) hidden states, attentions or Q/K/V on one batch,
+        as much as the losses need: what internal-state losses compare."""
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher = forward_internals(self.teacher, inputs, teacher_needs)
+        return forward_internals(self.student, inputs, student_needs), teacher
 
     # ----------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 from transformers import AutoModel, PreTrainedModel
 
@@ -24,7 +23,6 @@ from kdlight.assets import resolve_model_path
 from kdlight.errors import KDLightError, first_line
 from kdlight.losses.layerwise import SelfAttentionRelations
 from kdlight.models.hf import load_config, load_from_checkpoint, quiet_transformers
-from kdlight.models.layers import forward_internals
 from kdlight.models.students import FreshStudent, StudentSpec
 from kdlight.modules.distiller import TeacherStudentModule
 from kdlight.modules.layerwise import freeze_unreached
@@ -104,10 +102,7 @@ class GeneralDistillation(TeacherStudentModule):
         pass  # unlabelled text: validation scores the relation loss itself
 
     def relation_kl(self, batch: dict[str, Tensor]) -> Tensor:
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
-        student = forward_internals(self.student, inputs, self.student_needs)
+        student, teacher = self.internals(batch, self.student_needs, self.teacher_needs)
         return self.relation_loss(student, teacher, batch.get("attention_mask"))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -25,9 +25,8 @@ from torch import Tensor, nn
 from kdlight.errors import KDLightError
 from kdlight.losses import label_loss
 from kdlight.losses.layerwise import IntermediateLoss
-from kdlight.models.layers import LayerOutputs, Needs, forward_internals, use_eager_attention
+from kdlight.models.layers import LayerOutputs, Needs, use_eager_attention
 from kdlight.modules.distiller import BaseDistiller
-from kdlight.modules.task import model_inputs
 
 
 def bind_losses(
@@ -134,10 +133,7 @@ class LayerwiseKD(BaseDistiller):
 
     def intermediate_total(self, batch: dict[str, Tensor]) -> Tensor:
         """The weighted intermediate losses alone, on one batch (the probe of ``freeze_unreached``)."""
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
-        student = forward_internals(self.student, inputs, self.student_needs)
+        student, teacher = self.internals(batch, self.student_needs, self.teacher_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
         return sum(
             loss.loss_weight * parts[name] for name, loss in zip(self.layer_loss_names, self.layer_losses, strict=True)
@@ -151,10 +147,7 @@ class LayerwiseKD(BaseDistiller):
         return {"loss": self.alpha * kd + (1 - self.alpha) * ce, "kd": kd, "ce": ce}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            teacher = forward_internals(self.teacher, inputs, self.teacher_needs)
-        student = forward_internals(self.student, inputs, self.student_needs)
+        student, teacher = self.internals(batch, self.student_needs, self.teacher_needs)
         parts = self.intermediate_parts(student, teacher, batch.get("attention_mask"))
         total = sum(
             (
