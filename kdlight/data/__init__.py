@@ -25,3 +25,6 @@ __all__ += ["OutOfDomainCorpus", "ZeroShotDataModule"]
 from kdlight.data.general import CorpusDataModule  # noqa: E402
 
 __all__ += ["CorpusDataModule"]
+from kdlight.data.augment import AugmentedKDDataModule, TextRewriter  # noqa: E402
+
+__all__ += ["AugmentedKDDataModule", "TextRewriter"]
