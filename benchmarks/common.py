@@ -48,6 +48,12 @@ class ValidationCurve:
             def __init__(self) -> None:
                 self.points: list[dict] = []
 
+            def state_dict(self) -> dict:  # saved in checkpoints: a resumed run keeps its earlier points
+                return {"points": list(self.points)}
+
+            def load_state_dict(self, state_dict: dict) -> None:
+                self.points = list(state_dict.get("points", []))
+
             def on_validation_end(self, trainer, pl_module) -> None:
                 if trainer.sanity_checking or "val/score" not in trainer.callback_metrics:
                     return
@@ -62,16 +68,24 @@ class ValidationCurve:
         return _Curve()
 
 
-def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
+def latest_last_checkpoint(root: Path) -> Path | None:
+    """The newest ``last.ckpt`` under ``root`` (a run interrupted part-way), or None."""
+    found = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
     """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
-    validation curve and the best checkpoint's validation score (what selection may use), test metrics."""
+    validation curve and the best checkpoint's validation score (what selection may use), test metrics.
+    ``resume``: continue from the newest ``last.ckpt`` under ``root`` if an earlier attempt left one."""
     from kdlight.models.hf import count_parameters
 
+    last = latest_last_checkpoint(root) if resume else None
     runner = runner_for(config, root)
     curve = ValidationCurve()
     runner.trainer.callbacks.append(curve)
     start = time.perf_counter()
-    runner.trainer.fit(runner.model, datamodule=runner.datamodule)
+    runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=str(last) if last else None)
     checkpoint = runner.trainer.checkpoint_callback
     best_val = checkpoint.best_model_score if checkpoint is not None else None
     record = {
@@ -81,6 +95,7 @@ def fit_and_test(config: dict, root: Path, test: bool = True) -> dict:
         "export": str(runner.model.export_path()),
         "val_curve": curve.points,
         "best_val_score": None if best_val is None else float(best_val),
+        "resumed_from": str(last) if last else None,
     }
     if test:
         best = runner.trainer.checkpoint_callback.best_model_path

@@ -83,7 +83,7 @@ def token_augment(
     return out
 
 
-def _read_texts(source: str, min_words: int) -> list[str]:
+def read_texts(source: str, min_words: int) -> list[str]:
     if source == WIKI_SUMMARIES:
         from kdlight.assets import wiki_summaries_path
         from kdlight.data.corpus import clean_paragraph, split_sentences
@@ -213,7 +213,7 @@ class AugmentedKDDataModule(LabelledTextDataModule):
                 rest = full.select(range(start, len(full)))
                 rows.extend(zip(rest["text"], rest["idx"], strict=True))
             else:
-                rows.extend((text, None) for text in _read_texts(source, self.min_words))
+                rows.extend((text, None) for text in read_texts(source, self.min_words))
         if self.max_unlabelled is not None and len(rows) > self.max_unlabelled:
             keep = np.random.default_rng(self.augment_seed).choice(len(rows), self.max_unlabelled, replace=False)
             rows = [rows[i] for i in sorted(keep)]
