@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     parser.add_argument("--quick", action="store_true", help="64 rows per run (plumbing check; own result files)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="runs at a time after the first (which fills the teacher-logit cache)"
+    )
     args = parser.parse_args(argv)
     name = "quickstart_lr" + ("_quick" if args.quick else "")
     study = Study(name, report_only=args.report_only)
@@ -120,7 +123,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         for lr, epochs in CANDIDATES
     }
-    done = study.run(jobs)
+    first = dict(list(jobs.items())[:1])  # alone: it computes the teacher's logits the others then read
+    study.run(first)
+    done = Study(name, workers=args.workers, report_only=args.report_only).run(jobs)
     records = [done[key] for key in jobs if key in done]
     baseline = Study(name).run({"baseline": Job(rt_baseline, train_examples=64 if args.quick else 6000)})["baseline"]
     rows = summarise(records, baseline)
