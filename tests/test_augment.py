@@ -96,9 +96,14 @@ def test_training_split_holds_every_kind_with_own_ids_and_no_labels(assets, tmp_
 
 
 def test_same_rows_on_every_setup(assets, tmp_path):
+    """The rows are a function of augment_seed and the data only: not of the global RNG state, so every DDP
+    rank and a resumed run build the same rows."""
     first = runner(assets, tmp_path / "a", **ALL).datamodule
     second = runner(assets, tmp_path / "b", **ALL).datamodule
-    first.setup("fit"), second.setup("fit")
+    torch.manual_seed(1), np.random.seed(1)
+    first.setup("fit")
+    torch.manual_seed(2), np.random.seed(2), np.random.random(5)
+    second.setup("fit")
     assert first.splits["train"]["input_ids"] == second.splits["train"]["input_ids"]
     other = runner(assets, tmp_path / "c", **{**ALL, "augment_seed": 1}).datamodule
     other.setup("fit")
