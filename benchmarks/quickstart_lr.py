@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CONFIGS, fine_tuned_rt_teacher, fit_and_test, rt_baseline
+from benchmarks.common import CONFIGS, cached_rt_teacher, fine_tuned_rt_teacher, fit_and_test, recorded_rt_baseline
 from benchmarks.study import Job, Study
 
 WORK = Path("runs/benchmarks/quickstart_lr")
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     name = "quickstart_lr" + ("_quick" if args.quick else "")
     study = Study(name, report_only=args.report_only)
-    teacher = str(fine_tuned_rt_teacher())
+    # report-only trains nothing (the teacher's path is only passed to the jobs it does not run)
+    teacher = str(cached_rt_teacher() if args.report_only else fine_tuned_rt_teacher())
     jobs = {
         candidate_key(lr, epochs): Job(
             train, teacher=teacher, learning_rate=lr, epochs=epochs, work=str(WORK / name), quick=args.quick
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     study.run(first)
     done = Study(name, workers=args.workers, report_only=args.report_only).run(jobs)
     records = [done[key] for key in jobs if key in done]
-    baseline = Study(name).run({"baseline": Job(rt_baseline, train_examples=64 if args.quick else 6000)})["baseline"]
+    baseline = recorded_rt_baseline(64 if args.quick else 6000)
     rows = summarise(records, baseline)
     chosen = next((r for r in rows if r["chosen"]), None)
     status = (

@@ -56,3 +56,27 @@ def test_strong_teacher_is_chosen_on_validation(tmp_path):
     assert config["data"]["init_args"]["max_train_examples"] is None and config["trainer"]["max_epochs"] == 3
     assert config["model"]["init_args"]["learning_rate"] == 1e-4
     assert strong_teacher.strong_teacher_export(tmp_path) is None  # nothing chosen here
+
+
+def test_compact_rows_get_the_baseline_and_keep_hand_written_sections(tmp_path):
+    from benchmarks.compact import run as compact
+
+    records = {
+        f"task/10x/b/seed{s}": {
+            "size": "10x",
+            "method": "b",
+            "seed": s,
+            "test/score": x,
+            "test/teacher_score": 0.8,
+            "params": 2_000_000,
+            "fit_seconds": 1.0,
+        }
+        for s, x in enumerate((0.76, 0.78))
+    }
+    (row,) = compact.summarise(records, {}, 20_000_000, baseline_score=0.74)
+    assert row["baseline_accuracy"] == 0.74
+    assert row["margin_kept_pct"] == pytest.approx(100 * (0.77 - 0.74) / (0.8 - 0.74))
+    md = tmp_path / "compact.md"
+    md.write_text("# Title\n\nintro\n\n| a |\n|---|\n\n- notes\n\n## Where this ran\n\nBy hand.\n")
+    assert compact.hand_written_sections(md) == "## Where this ran\n\nBy hand.\n"
+    assert compact.hand_written_sections(tmp_path / "missing.md") == ""
