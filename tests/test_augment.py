@@ -154,3 +154,13 @@ def test_labelled_loss_skips_rows_without_labels():
     partial = torch.tensor([0, UNLABELLED, 1, UNLABELLED])
     assert torch.allclose(labelled_loss(logits, partial), label_loss(logits[[0, 2]], labels[[0, 2]]))
     assert labelled_loss(logits, torch.full((4,), UNLABELLED)).item() == 0.0  # not NaN
+
+
+def test_regression_tasks_are_refused(assets):
+    from kdlight.data import AugmentedKDDataModule, TextClassificationDataModule
+
+    d = assets["data"]
+    inner = TextClassificationDataModule(train_file=str(d / "train.csv"), task_type="regression")
+    assert inner.num_labels == 1
+    with pytest.raises(KDLightError, match="classification tasks"):
+        AugmentedKDDataModule(inner, token_augment_copies=1)

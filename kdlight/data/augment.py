@@ -175,6 +175,11 @@ class AugmentedKDDataModule(LabelledTextDataModule):
             raise KDLightError(f"max_unlabelled must be a whole number >= 1 or null, got {max_unlabelled!r}")
         if rewriter is not None and not isinstance(rewriter, TextRewriter):
             raise KDLightError(f"rewriter must be a kdlight TextRewriter, got {type(rewriter).__name__}")
+        if (unlabelled or rewriter is not None or token_augment_copies) and getattr(datamodule, "num_labels", 2) < 2:
+            raise KDLightError(
+                "unlabelled text, rewrites and token augmentation are for classification tasks (rows without "
+                "a label are marked -100, which a regression target cannot tell from a value)"
+            )
         if (unlabelled or rewriter is not None) and datamodule.is_pair_task:
             raise KDLightError("unlabelled text and rewrites are for single-text tasks; this task has text pairs")
         self.inner = datamodule
