@@ -49,6 +49,15 @@ def train(teacher: str, learning_rate: float, epochs: int, work: str, quick: boo
     return record
 
 
+def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
+    """Fill the teacher-logit cache the candidates share (same teacher, same tokenised rows) with a one-step
+    fit, so that parallel candidates read it instead of each computing it."""
+    root = Path(work) / "teacher_cache_warmup"
+    config = recipe(teacher, 1e-4, 1, root, quick)
+    config["trainer"].update(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
+    fit_and_test(config, root, test=False)
+
+
 def choose(records: list[dict]) -> dict:
     """The candidate with the best validation score (ties: the earlier in CANDIDATES order). Test accuracy
     is never looked at."""
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     parser.add_argument("--quick", action="store_true", help="64 rows per run (plumbing check; own result files)")
     parser.add_argument(
-        "--workers", type=int, default=1, help="runs at a time after the first (which fills the teacher-logit cache)"
+        "--workers", type=int, default=1, help="candidates at a time (the teacher-logit cache is filled first)"
     )
     args = parser.parse_args(argv)
     name = "quickstart_lr" + ("_quick" if args.quick else "")
@@ -124,8 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         for lr, epochs in CANDIDATES
     }
-    first = dict(list(jobs.items())[:1])  # alone: it computes the teacher's logits the others then read
-    study.run(first)
+    if not args.report_only and set(jobs) - set(study.done()):
+        warm_teacher_cache(teacher, str(WORK / name), args.quick)  # once, before the candidates run in parallel
     done = Study(name, workers=args.workers, report_only=args.report_only).run(jobs)
     records = [done[key] for key in jobs if key in done]
     baseline = recorded_rt_baseline(64 if args.quick else 6000)
