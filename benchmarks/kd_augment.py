@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ],
         title="KD inputs: students at 4x/10x/20x, against a bag-of-words baseline"
         + (" (--quick: plumbing only)" if args.quick else ""),
-        intro=f"Teacher: {args.teacher} ({teacher}), {teacher_params / 1e6:.2f}M parameters. Setting: {setting}. "
+        intro=f"Teacher: {args.teacher} ({teacher_path or 'not on this machine'}), {teacher_params / 1e6:.2f}M "
+        f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), *status]),
         plot=plot(rows, baselines),
