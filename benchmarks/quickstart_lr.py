@@ -44,7 +44,8 @@ def recipe(teacher: str, learning_rate: float, epochs: int, root: Path, quick: b
 
 def train(teacher: str, learning_rate: float, epochs: int, work: str, quick: bool = False) -> dict:
     root = Path(work) / candidate_key(learning_rate, epochs).replace("/", "_")
-    record = fit_and_test(recipe(teacher, learning_rate, epochs, root, quick), root)
+    # an interrupted candidate continues from its last.ckpt (the validation curve is in the checkpoint)
+    record = fit_and_test(recipe(teacher, learning_rate, epochs, root, quick), root, resume=True)
     record.update(learning_rate=learning_rate, epochs=epochs)
     return record
 
