@@ -180,3 +180,19 @@ def recorded_rt_baseline(train_examples: int | None) -> dict:
 
     key = f"rotten_tomatoes/{'all' if train_examples is None else train_examples}"
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
+
+
+def in_progress_curve(root: Path) -> list[dict]:
+    """The validation points an unfinished run has logged so far (every ``metrics.csv`` of the CSV logger
+    under ``root``, in step order; a resumed run's versions together): what a study can report about a run
+    it has not recorded. Nothing is chosen or tested from these."""
+    import csv
+
+    points: dict[int, dict] = {}
+    for path in sorted(Path(root).rglob("metrics.csv")) if Path(root).is_dir() else []:
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                if row.get("val/score"):
+                    step = int(row["step"])
+                    points[step] = {"epoch": int(row["epoch"]), "step": step, "val_score": float(row["val/score"])}
+    return [points[k] for k in sorted(points)]

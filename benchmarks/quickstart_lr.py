@@ -19,7 +19,14 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CONFIGS, cached_rt_teacher, fine_tuned_rt_teacher, fit_and_test, recorded_rt_baseline
+from benchmarks.common import (
+    CONFIGS,
+    cached_rt_teacher,
+    fine_tuned_rt_teacher,
+    fit_and_test,
+    in_progress_curve,
+    recorded_rt_baseline,
+)
 from benchmarks.study import Job, Study
 
 WORK = Path("runs/benchmarks/quickstart_lr")
@@ -104,7 +111,8 @@ def plot(records: list[dict]):
                 epochs,
                 [p["val_score"] for p in r["val_curve"]],
                 marker="o",
-                label=candidate_key(r["learning_rate"], r["epochs"]),
+                ls="-" if "test/score" in r else "--",
+                label=candidate_key(r["learning_rate"], r["epochs"]) + ("" if "test/score" in r else " (in progress)"),
             )
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (Rotten Tomatoes)")
@@ -140,6 +148,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = [done[key] for key in jobs if key in done]
     baseline = recorded_rt_baseline(64 if args.quick else 6000)
     rows = summarise(records, baseline)
+    in_progress = []
+    for key, job in jobs.items():  # candidates not finished: their validation points so far, marked as such
+        curve = [] if key in done else in_progress_curve(WORK / name / key.replace("/", "_"))
+        if curve:
+            in_progress.append({**job.kwargs, "val_curve": curve})
+            rows.append(
+                {
+                    "learning_rate": job.kwargs["learning_rate"],
+                    "epochs": job.kwargs["epochs"],
+                    "val_score": max(p["val_score"] for p in curve),
+                    "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {job.kwargs['epochs']})",
+                    "val_curve": [p["val_score"] for p in curve],
+                }
+            )
     chosen = next((r for r in rows if r["chosen"]), None)
     status = (
         f"{len(records)} of {len(jobs)} candidates run"
@@ -173,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=plot(records) if records else None,
+        plot=plot(records + in_progress) if records or in_progress else None,
     )
     return rows
 

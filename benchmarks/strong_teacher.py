@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CONFIGS, fit_and_test, recorded_rt_baseline
+from benchmarks.common import CONFIGS, fit_and_test, in_progress_curve, recorded_rt_baseline
 from benchmarks.study import RESULTS, Job, Study
 
 LEARNING_RATES = (5e-5, 1e-4)
@@ -84,7 +84,13 @@ def plot(records: list[dict], baseline: float):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for r in records:
             steps = [p["step"] for p in r["val_curve"]]
-            ax.plot(steps, [p["val_score"] for p in r["val_curve"]], marker="o", label=f"lr {r['learning_rate']:g}")
+            ax.plot(
+                steps,
+                [p["val_score"] for p in r["val_curve"]],
+                marker="o",
+                ls="-" if "test/score" in r else "--",
+                label=f"lr {r['learning_rate']:g}" + ("" if "test/score" in r else " (in progress)"),
+            )
         ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
         ax.set_xlabel("training step (batch 32)")
         ax.set_ylabel("validation accuracy")
@@ -130,6 +136,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in records
     ]
     missing = [k for k in jobs if k not in done]
+    for key in missing:  # runs still going (or stopped): their validation points so far, marked as such
+        curve = in_progress_curve(teacher_root(key + ("_quick" if args.quick else "")))
+        if curve:
+            best = max(curve, key=lambda p: p["val_score"])
+            rows.append(
+                {
+                    "learning_rate": jobs[key].kwargs["learning_rate"],
+                    "epochs": epochs,
+                    "best_val_score": best["val_score"],
+                    "best_at_step": best["step"],
+                    "chosen": f"in progress (step {curve[-1]['step']})",
+                    "test_score": None,
+                    "baseline_test_score": baseline["test_score"],
+                    "val_curve": [[p["step"], p["val_score"]] for p in curve],
+                    "fit_seconds": None,
+                    "export": None,
+                }
+            )
+            records.append({"learning_rate": jobs[key].kwargs["learning_rate"], "val_curve": curve})
     notes = (
         f"Chosen on validation: lr {chosen['learning_rate']:g}, best checkpoint at step "
         f"{max(chosen['val_curve'], key=lambda p: p['val_score'])['step']} (validation {chosen['best_val_score']:.4f}, "

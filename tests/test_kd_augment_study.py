@@ -80,3 +80,20 @@ def test_compact_rows_get_the_baseline_and_keep_hand_written_sections(tmp_path):
     md.write_text("# Title\n\nintro\n\n| a |\n|---|\n\n- notes\n\n## Where this ran\n\nBy hand.\n")
     assert compact.hand_written_sections(md) == "## Where this ran\n\nBy hand.\n"
     assert compact.hand_written_sections(tmp_path / "missing.md") == ""
+
+
+def test_in_progress_curve_reads_every_version_in_step_order(tmp_path):
+    from benchmarks.common import in_progress_curve
+
+    header = "epoch,step,train/loss,val/accuracy,val/loss,val/score\n"
+    first = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    second = tmp_path / "lightning_logs" / "version_1" / "metrics.csv"  # a resumed run logs to a new version
+    first.parent.mkdir(parents=True)
+    second.parent.mkdir(parents=True)
+    first.write_text(header + "0,19,0.6,,,\n0,158,,0.79,0.44,0.79\n")
+    second.write_text(header + "1,477,,0.83,0.37,0.83\n1,499,0.4,,,\n")
+    assert in_progress_curve(tmp_path) == [
+        {"epoch": 0, "step": 158, "val_score": 0.79},
+        {"epoch": 1, "step": 477, "val_score": 0.83},
+    ]
+    assert in_progress_curve(tmp_path / "nothing") == []
