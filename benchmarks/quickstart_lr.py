@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "val_curve": [p["val_score"] for p in curve],
                 }
             )
-    chosen = next((r for r in rows if r["chosen"]), None)
+    chosen = next((r for r in rows if r["chosen"] == "yes"), None)
     status = (
         f"{len(records)} of {len(jobs)} candidates run"
         + (f"; not yet run: {', '.join(k for k in jobs if k not in done)}" if len(records) < len(jobs) else "")
