@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         + "."
     )
     choice = (
-        f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "
+        ("Provisional, among the finished candidates only: " if len(records) < len(jobs) else "")
+        + f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "
         f"(best validation accuracy {chosen['val_score']:.4f}; its test accuracy {chosen['test_score']:.4f})."
         if chosen
         else "Nothing chosen yet."
