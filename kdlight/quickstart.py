@@ -7,7 +7,11 @@ stage 2 ``configs/quickstart/kd.yaml`` (VanillaKD into the teacher cut to 2 bloc
 model with 128-wide embeddings over the training text's tokens). Both go through the same CLI as
 ``kdlight fit``; each is tested on the held-out test split with its best checkpoint. Inference speed
 is measured on the two exports, loaded with the stock ``AutoModelForSequenceClassification`` (as a
-user would), on CPU at batch 32. The table is printed and written to ``<output>/results.json``.
+user would), on CPU at batch 32. The reference is a TF-IDF + logistic regression baseline
+(:mod:`kdlight.baseline`) fit on the same training rows, its C and n-grams chosen on the validation
+split; the table shows it and the margin kept, (student - baseline) / (teacher - baseline): the share of
+what the teacher adds over bag-of-words that the student keeps. The table is printed and written to
+``<output>/results.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 from pathlib import Path
 
 from kdlight.assets import fetch_all, rotten_tomatoes_dir
+from kdlight.baseline import baseline_for, margin_kept
 from kdlight.cli import cli
+from kdlight.errors import KDLightError
 from kdlight.models.hf import count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "quickstart"
@@ -38,15 +44,16 @@ def stage(message: str) -> None:
     print(f"\n[kdlight-quickstart] {message}", file=sys.stderr, flush=True)
 
 
-def run_stage(config: Path, overrides: list[str]) -> dict:
-    """fit then test (best checkpoint) one recipe; returns test metrics, size and timings."""
+def run_stage(config: Path, overrides: list[str], baseline: bool = False) -> dict:
+    """fit then test (best checkpoint) one recipe; returns test metrics, size and timings, and with
+    ``baseline`` the TF-IDF baseline fit on this run's own training rows (its datamodule's)."""
     runner = cli(["--config", str(config), *overrides], run=False)
     start = time.perf_counter()
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
     fit_seconds = time.perf_counter() - start
     best = runner.trainer.checkpoint_callback.best_model_path if runner.trainer.checkpoint_callback else ""
     metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best or None, verbose=False)[0]
-    return {
+    record = {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "params": count_parameters(runner.model.predictor),
         "fit_seconds": fit_seconds,
@@ -54,6 +61,20 @@ def run_stage(config: Path, overrides: list[str]) -> dict:
         "steps": runner.trainer.global_step,
         "export": str(runner.model.export_path()),
     }
+    if baseline:
+        record["baseline"] = reference_baseline(runner.datamodule)
+    return record
+
+
+def reference_baseline(datamodule) -> dict | None:
+    """The TF-IDF + logistic regression baseline on ``datamodule``'s training rows, or None (with a note)
+    when scikit-learn is not installed: it is an optional dependency, and the quickstart runs without it."""
+    stage("fitting the TF-IDF + logistic regression baseline on the same training rows")
+    try:
+        return baseline_for(datamodule).to_dict()
+    except KDLightError as error:
+        stage(f"no baseline: {error}")
+        return None
 
 
 def inference_speed(
@@ -96,13 +117,21 @@ def test_texts(limit: int) -> list[str]:
 
 
 def summarise(teacher: dict, student: dict, total_seconds: float) -> dict:
+
     teacher_score = teacher["metrics"]["test/score"]
     student_score = student["metrics"]["test/score"]
+    baseline = student.get("baseline")
+    baseline_score = baseline["test_score"] if baseline else None
+    kept = None if baseline is None else margin_kept(student_score, teacher_score, baseline_score)
     return {
         "task": "Rotten Tomatoes (SST-2 stand-in), test accuracy",
         "teacher_score": teacher_score,
         "student_score": student_score,
         "pct_of_teacher": 100.0 * student_score / teacher_score if teacher_score else float("nan"),
+        "baseline_score": baseline_score,
+        "baseline": baseline,  # TF-IDF + logistic regression on the student's training rows: settings, val score
+        # the share of the teacher's advantage over the baseline that the student keeps (NaN: no advantage)
+        "margin_kept": kept if kept == kept else None,  # None (JSON null) where there is no margin: NaN
         "teacher_params": teacher["params"],
         "student_params": student["params"],
         "compression": teacher["params"] / student["params"],
@@ -119,12 +148,18 @@ def summarise(teacher: dict, student: dict, total_seconds: float) -> dict:
     }
 
 
+def percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None or fraction != fraction else f"{100 * fraction:.1f}"
+
+
 def format_table(summary: dict) -> str:
+    """The quickstart's table, from a :func:`summarise` dict (what results.json holds)."""
     rows = [
         ("", "teacher", "student"),
         ("model", "all-MiniLM-L6-v2 (BERT, 6 blocks)", "2 blocks, ALBERT 128-wide embeddings"),
         ("test accuracy", f"{summary['teacher_score']:.4f}", f"{summary['student_score']:.4f}"),
         ("% of teacher", "100.0", f"{summary['pct_of_teacher']:.1f}"),
+        ("% of margin over baseline", "100.0", percent(summary.get("margin_kept"))),
         ("parameters", f"{summary['teacher_params'] / 1e6:.2f}M", f"{summary['student_params'] / 1e6:.2f}M"),
         ("compression", "1.0x", f"{summary['compression']:.2f}x"),
         (
@@ -138,6 +173,20 @@ def format_table(summary: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    baseline = summary.get("baseline")
+    if baseline:
+        lines.append(
+            f"baseline: TF-IDF + logistic regression on the same {baseline['train_rows']} training rows "
+            f"(C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation): "
+            f"test accuracy {summary['baseline_score']:.4f}"
+        )
+        lines.append(
+            "margin over baseline kept = (student - baseline) / (teacher - baseline): "
+            f"({summary['student_score']:.4f} - {summary['baseline_score']:.4f}) / "
+            f"({summary['teacher_score']:.4f} - {summary['baseline_score']:.4f}) = {percent(summary['margin_kept'])} %"
+        )
+    else:
+        lines.append("baseline: not fit (pip install scikit-learn for the TF-IDF + logistic regression reference)")
     lines.append(f"total wall time: {summary['total_seconds']:.0f}s")
     return "\n".join(lines)
 
@@ -170,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--model.init_args.export_dir={out / 'kd' / 'export'}",
             *extra,
         ],
+        baseline=True,
     )
     stage("measuring inference speed of the two exports (CPU, batch 32)")
     speed = inference_speed(

@@ -94,6 +94,8 @@ def test_quickstart_smoke_on_packaged_minilm(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert f"{100 * written['student_score'] / written['teacher_score']:.1f}" in proc.stdout  # the table
     assert written["smoke"] is True
+    assert written["baseline"]["train_rows"] == 64  # the TF-IDF baseline on the student's own training rows
+    assert f"test accuracy {written['baseline_score']:.4f}" in proc.stdout
     assert written["teacher_params"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-label head
     assert written["compression"] >= 4.0 and 0.0 <= written["student_score"] <= 1.0
     assert written["teacher_samples_per_s"] > 0 and written["speedup"] > 1.0  # 2 of the teacher's 6 blocks

@@ -28,3 +28,6 @@ __all__ += ["CorpusDataModule"]
 from kdlight.data.mlm import MaskedLMCorpusDataModule  # noqa: E402
 
 __all__ += ["MaskedLMCorpusDataModule"]
+from kdlight.data.augment import AugmentedKDDataModule, TextRewriter  # noqa: E402
+
+__all__ += ["AugmentedKDDataModule", "TextRewriter"]

@@ -16,6 +16,7 @@ from kdlight.losses.logits import (
     check_temperature,
     distillation_loss,
     label_loss,
+    labelled_loss,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "check_temperature",
     "distillation_loss",
     "label_loss",
+    "labelled_loss",
 ]

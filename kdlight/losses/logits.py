@@ -88,6 +88,17 @@ def label_loss(logits: Tensor, labels: Tensor, reduction: Reduction = "mean") ->
     return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
 
 
+def labelled_loss(logits: Tensor, labels: Tensor, ignore_label: int = -100) -> Tensor:
+    """:func:`label_loss` averaged over the rows that have a label: rows labelled ``ignore_label`` (text
+    only the teacher labelled, see :mod:`kdlight.data.augment`) add nothing, and a batch without any
+    labelled row gives 0, not NaN. Equal to ``label_loss`` when every row is labelled; no host sync."""
+    if logits.shape[-1] == 1:
+        return label_loss(logits, labels)
+    labelled = labels != ignore_label
+    per_row = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_label, reduction="none")
+    return per_row.sum() / labelled.sum().clamp(min=1)
+
+
 def distillation_loss(num_labels: int, temperature: float, reduction: Reduction = "mean") -> nn.Module:
     """The default teacher-matching loss for a head: KL at temperature T, or MSE for regression."""
     return LogitMSE(reduction) if num_labels == 1 else KLDivergence(temperature, reduction)

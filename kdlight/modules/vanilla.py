@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdlight.errors import KDLightError
-from kdlight.losses import label_loss
+from kdlight.losses import labelled_loss
 from kdlight.modules.distiller import BaseDistiller
 
 
@@ -15,7 +15,12 @@ class VanillaKD(BaseDistiller):
     Args:
         alpha: weight of the KD term; 1.0 distils from the teacher alone (no labels needed).
         **kwargs: see :class:`BaseDistiller`.
+
+    Rows without a label (``AugmentedKDDataModule``'s unlabelled text and augmented copies, label -100)
+    get the KD term only: the cross-entropy averages over the labelled rows of the batch.
     """
+
+    learns_from_unlabelled = True  # AugmentedKDDataModule checks this before adding rows without labels
 
     def __init__(self, teacher: str, alpha: float = 0.5, **kwargs) -> None:
         if not 0 <= alpha <= 1:
@@ -25,5 +30,5 @@ class VanillaKD(BaseDistiller):
 
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = self.kd_loss(student_logits, teacher_logits)
-        ce = label_loss(student_logits, batch["labels"])
+        ce = labelled_loss(student_logits, batch["labels"])
         return {"loss": self.alpha * kd + (1 - self.alpha) * ce, "kd": kd, "ce": ce}

@@ -1,0 +1,191 @@
+"""A strong teacher for the studies: the best the offline data allows, chosen on validation (resumable).
+
+    python -m benchmarks.strong_teacher                 # 2 candidates x 3 epochs on all 10,202 rows (hours on CPU)
+    python -m benchmarks.strong_teacher --report-only   # rewrite the results from the recorded runs
+    python -m benchmarks.strong_teacher --quick         # 64 rows, 1 epoch: plumbing only
+
+The quickstart teacher is all-MiniLM-L6-v2 fine-tuned for one epoch on 6,000 Rotten Tomatoes rows. Here the
+same recipe (configs/quickstart/teacher.yaml) trains on every training row for ``EPOCHS`` epochs at each
+learning rate of ``LEARNING_RATES``, validating twice per epoch; the checkpoint with the best validation
+accuracy is that run's teacher (kdlight exports the best checkpoint), and the run with the best of those is
+the strong teacher. Test accuracy is reported and never used to choose. The validation curves are plotted.
+A run stopped part-way continues from its ``last.ckpt`` when the study is started again.
+
+The chosen teacher's export is ``<kdlight cache>/teachers/strong_rt/<candidate>/export``;
+:func:`strong_teacher_export` returns it for other studies (it reads the recorded choice).
+Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in strong_teacher_runs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import CONFIGS, fit_and_test, in_progress_curve, recorded_rt_baseline
+from benchmarks.study import RESULTS, Job, Study
+
+LEARNING_RATES = (5e-5, 1e-4)
+EPOCHS = 3
+
+
+def candidate_key(learning_rate: float, epochs: int) -> str:
+    return f"lr{learning_rate:g}_epochs{epochs}"
+
+
+def teacher_root(key: str) -> Path:
+    from kdlight.assets import cache_dir
+
+    return cache_dir() / "teachers" / "strong_rt" / key
+
+
+def recipe(learning_rate: float, epochs: int, root: Path, quick: bool = False) -> dict:
+    config = yaml.safe_load((CONFIGS / "quickstart" / "teacher.yaml").read_text())
+    config["trainer"].update(max_epochs=epochs, val_check_interval=0.5)
+    config["model"]["init_args"].update(learning_rate=learning_rate, export_dir=str(root / "export"))
+    config["data"]["init_args"]["max_train_examples"] = 64 if quick else None  # every training row
+    if quick:
+        config["trainer"].update(limit_val_batches=2, limit_test_batches=2, val_check_interval=1.0)
+    return config
+
+
+def train(learning_rate: float, epochs: int, quick: bool = False) -> dict:
+    key = candidate_key(learning_rate, epochs) + ("_quick" if quick else "")
+    root = teacher_root(key)
+    record = fit_and_test(recipe(learning_rate, epochs, root, quick), root, resume=True)
+    record.update(learning_rate=learning_rate, epochs=epochs, key=key)
+    return record
+
+
+def choose(records: list[dict]) -> dict:
+    """The run whose best checkpoint has the best validation accuracy (ties: the earlier run)."""
+    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
+
+
+def strong_teacher_export(results: Path = RESULTS) -> Path | None:
+    """The chosen strong teacher's export, if the study has chosen one and its export is on this machine."""
+    path = results / "strong_teacher.json"
+    if not path.is_file():
+        return None
+    chosen = [r for r in json.loads(path.read_text()) if r.get("chosen") == "yes"]
+    export = Path(chosen[0]["export"]) if chosen else None
+    return export if export is not None and (export / "config.json").is_file() else None
+
+
+def plot(records: list[dict], baseline: float):
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for r in records:
+            steps = [p["step"] for p in r["val_curve"]]
+            ax.plot(
+                steps,
+                [p["val_score"] for p in r["val_curve"]],
+                marker="o",
+                ls="-" if "test/score" in r else "--",
+                label=f"lr {r['learning_rate']:g}" + ("" if "test/score" in r else " (in progress)"),
+            )
+        ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
+        ax.set_xlabel("training step (batch 32)")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("MiniLM teacher on all Rotten Tomatoes training rows")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+
+    return draw
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=list(LEARNING_RATES))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
+    parser.add_argument("--quick", action="store_true", help="64 rows, 1 epoch (plumbing check; own result files)")
+    args = parser.parse_args(argv)
+    epochs = 1 if args.quick else args.epochs
+    name = "strong_teacher" + ("_quick" if args.quick else "")
+    study = Study(name, report_only=args.report_only)
+    jobs = {
+        candidate_key(lr, epochs): Job(train, learning_rate=lr, epochs=epochs, quick=args.quick)
+        for lr in args.learning_rates
+    }
+    done = study.run(jobs)
+    records = [done[k] for k in jobs if k in done]
+    baseline = recorded_rt_baseline(64 if args.quick else None)
+    chosen = choose(records) if records else None
+    rows = [
+        {
+            "learning_rate": r["learning_rate"],
+            "epochs": r["epochs"],
+            "best_val_score": r["best_val_score"],
+            "best_at_step": max(r["val_curve"], key=lambda p: p["val_score"])["step"] if r["val_curve"] else None,
+            "chosen": "yes" if r is chosen else "",
+            "test_score": r["test/score"],
+            "baseline_test_score": baseline["test_score"],
+            "val_curve": [[p["step"], p["val_score"]] for p in r["val_curve"]],
+            "fit_seconds": r["fit_seconds"],
+            "export": r["export"],
+        }
+        for r in records
+    ]
+    missing = [k for k in jobs if k not in done]
+    for key in missing:  # runs still going (or stopped): their validation points so far, marked as such
+        curve = in_progress_curve(teacher_root(key + ("_quick" if args.quick else "")))
+        if curve:
+            best = max(curve, key=lambda p: p["val_score"])
+            rows.append(
+                {
+                    "learning_rate": jobs[key].kwargs["learning_rate"],
+                    "epochs": epochs,
+                    "best_val_score": best["val_score"],
+                    "best_at_step": best["step"],
+                    "chosen": f"in progress (step {curve[-1]['step']})",
+                    "test_score": None,
+                    "baseline_test_score": baseline["test_score"],
+                    "val_curve": [[p["step"], p["val_score"]] for p in curve],
+                    "fit_seconds": None,
+                    "export": None,
+                }
+            )
+            records.append({"learning_rate": jobs[key].kwargs["learning_rate"], "val_curve": curve})
+    notes = (
+        f"Chosen on validation: lr {chosen['learning_rate']:g}, best checkpoint at step "
+        f"{max(chosen['val_curve'], key=lambda p: p['val_score'])['step']} (validation {chosen['best_val_score']:.4f}, "
+        f"test {chosen['test/score']:.4f}; the margin a student must keep is {chosen['test/score']:.4f} - "
+        f"{baseline['test_score']:.4f} = {chosen['test/score'] - baseline['test_score']:.4f})."
+        if chosen
+        else "No run has finished yet."
+    )
+    study.write(
+        rows,
+        [
+            ("learning_rate", "lr"),
+            ("epochs", "epochs"),
+            ("best_val_score", "best val acc"),
+            ("best_at_step", "at step"),
+            ("chosen", "chosen on val"),
+            ("test_score", "test acc (best ckpt)"),
+            ("baseline_test_score", "TF-IDF baseline (all rows)"),
+            ("fit_seconds", "fit s"),
+        ],
+        title="Strong teacher: all-MiniLM-L6-v2 on every Rotten Tomatoes training row"
+        + (" (--quick: plumbing only)" if args.quick else ""),
+        intro="configs/quickstart/teacher.yaml on all training rows, validated twice per epoch; each run's best "
+        "checkpoint by validation accuracy is exported and tested. Baseline: TF-IDF + logistic regression on the "
+        f"same {baseline['train_rows']} rows. "
+        + (f"Not finished: {', '.join(missing)} (re-run the command to resume)." if missing else "All runs finished."),
+        notes=notes,
+        plot=plot(records, baseline["test_score"]) if records else None,
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""benchmarks/kd_augment.py and strong_teacher.py: recipes, baseline columns, targets and choices from the rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
+from benchmarks import kd_augment, strong_teacher  # noqa: E402
+
+
+def _record(size: str, method: str, seed: int, score: float, params: int = 2_000_000) -> dict:
+    return {
+        "size": size,
+        "method": method,
+        "seed": seed,
+        "test/score": score,
+        "test/teacher_score": 0.84,
+        "params": params,
+        "fit_seconds": 10.0,
+    }
+
+
+def test_rows_carry_both_baselines_and_margins():
+    records = [_record("10x", "kd", s, x) for s, x in enumerate((0.80, 0.81, 0.82))]
+    records += [_record("10x", "rt_rest", s, x) for s, x in enumerate((0.83, 0.83, 0.83))]
+    rows = kd_augment.summarise(records, {"10x": {"speedup": 6.0}}, 20_000_000, {"rows": 0.74, "all": 0.76})
+    kd, rest = rows
+    assert kd["method"] == "kd" and kd["compression"] == 10.0 and kd["seeds"] == 3
+    assert kd["margin_kept_pct"] == pytest.approx(100 * (0.81 - 0.74) / (0.84 - 0.74))
+    assert kd["margin_kept_all_pct"] == pytest.approx(100 * (0.81 - 0.76) / (0.84 - 0.76))
+    lines = kd_augment.targets(rows)
+    assert any("rt_rest" in line and "**met**" in line for line in lines)  # 87.5 % kept, 6x, 3 seeds
+    assert any("kd:" in line and "**missed**" in line for line in lines)  # 62.5 % kept
+    assert any("rt_rest vs kd: +0.0200" in line and "beyond the seed spread" in line for line in lines)
+
+
+def test_each_method_is_a_datamodule_option():
+    setting = dict(kd_augment.QUICK)
+    assert kd_augment.data_config("kd", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"
+    rest = kd_augment.data_config("rt_rest", setting, quick=False)
+    assert rest["class_path"] == "AugmentedKDDataModule" and rest["init_args"]["unlabelled"] == ["task_rest"]
+    aug = kd_augment.data_config("token_aug", setting, quick=False)["init_args"]
+    assert aug["token_augment_copies"] == 2 and aug["datamodule"]["init_args"]["max_train_examples"] == 64
+    with pytest.raises(ValueError, match="generator"):
+        kd_augment.augmentation("rewrites", setting)
+
+
+def test_strong_teacher_is_chosen_on_validation(tmp_path):
+    runs = [{"best_val_score": 0.84, "test/score": 0.86}, {"best_val_score": 0.85, "test/score": 0.83}]
+    assert strong_teacher.choose(runs) is runs[1]
+    config = strong_teacher.recipe(1e-4, 3, tmp_path)
+    assert config["data"]["init_args"]["max_train_examples"] is None and config["trainer"]["max_epochs"] == 3
+    assert config["model"]["init_args"]["learning_rate"] == 1e-4
+    assert strong_teacher.strong_teacher_export(tmp_path) is None  # nothing chosen here
+
+
+def test_compact_rows_get_the_baseline_and_keep_hand_written_sections(tmp_path):
+    from benchmarks.compact import run as compact
+
+    records = {
+        f"task/10x/b/seed{s}": {
+            "size": "10x",
+            "method": "b",
+            "seed": s,
+            "test/score": x,
+            "test/teacher_score": 0.8,
+            "params": 2_000_000,
+            "fit_seconds": 1.0,
+        }
+        for s, x in enumerate((0.76, 0.78))
+    }
+    (row,) = compact.summarise(records, {}, 20_000_000, baseline_score=0.74)
+    assert row["baseline_accuracy"] == 0.74
+    assert row["margin_kept_pct"] == pytest.approx(100 * (0.77 - 0.74) / (0.8 - 0.74))
+    md = tmp_path / "compact.md"
+    md.write_text("# Title\n\nintro\n\n| a |\n|---|\n\n- notes\n\n## Where this ran\n\nBy hand.\n")
+    assert compact.hand_written_sections(md) == "## Where this ran\n\nBy hand.\n"
+    assert compact.hand_written_sections(tmp_path / "missing.md") == ""
+
+
+def test_in_progress_curve_reads_every_version_in_step_order(tmp_path):
+    from benchmarks.common import in_progress_curve
+
+    header = "epoch,step,train/loss,val/accuracy,val/loss,val/score\n"
+    first = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    second = tmp_path / "lightning_logs" / "version_1" / "metrics.csv"  # a resumed run logs to a new version
+    first.parent.mkdir(parents=True)
+    second.parent.mkdir(parents=True)
+    first.write_text(header + "0,19,0.6,,,\n0,158,,0.79,0.44,0.79\n")
+    second.write_text(header + "1,477,,0.83,0.37,0.83\n1,499,0.4,,,\n")
+    assert in_progress_curve(tmp_path) == [
+        {"epoch": 0, "step": 158, "val_score": 0.79},
+        {"epoch": 1, "step": 477, "val_score": 0.83},
+    ]
+    assert in_progress_curve(tmp_path / "nothing") == []
