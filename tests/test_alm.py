@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning import Trainer, seed_everything
+from lightning import Callback, Trainer, seed_everything
 from torch import nn
 
+from kdlight.callbacks import ExactResume
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import cli
 from kdlight.components import meta
@@ -709,3 +710,47 @@ def test_expected_error_clean_score_is_residual_times_p_label_in_both_modes():
 
     _, (expected,) = lookahead_meta_gradients(step, inner, [w])
     torch.testing.assert_close(official, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_max_steps_counts_student_updates(assets, tmp_path):
+    """``max_steps`` counts student updates in ALM as in every module: the meta optimiser's steps used to count
+    too, so ``max_steps: 6`` ran 3 batches and the linear schedule stopped at half its peak."""
+    seed_everything(0)
+    dm = noisy_dm(assets)  # 5 training batches an epoch
+    model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=dm.task, warmup_ratio=0.0)
+    trainer = fit(model, dm, tmp_path, epochs=5, max_steps=6, enable_checkpointing=False, limit_val_batches=0)
+    assert int(model.meta.batches_seen[0]) == 6
+    assert trainer.global_step == 6
+    assert model.lr_schedulers().get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # the decay ran to its end
+
+
+def test_clean_batches_continue_after_a_resume(assets, tmp_path):
+    """A resumed run draws the clean batches an uninterrupted run would draw next (the clean-batch iterator
+    used to restart from the first batch, one cause of a lambda table that differed after a resume)."""
+
+    class StopAfterFirstEpoch(Callback):  # the same 2-epoch run (same LR schedule), stopped as a kill would
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(root, ckpt_path=None, stop=False) -> list[list[int]]:
+        seed_everything(0)
+        dm = noisy_dm(assets, meta_batch_size=4)  # 16 clean examples: 4 clean batches for 5 training batches
+        model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), task=dm.task)
+        drawn, draw = [], model.next_clean_batch
+
+        def spy():
+            batch = draw()
+            drawn.append(batch.idx.tolist())
+            return batch
+
+        model.next_clean_batch = spy
+        callbacks = [ExactResume(), *([StopAfterFirstEpoch()] if stop else [])]
+        fit(model, dm, root, epochs=2, ckpt_path=ckpt_path, callbacks=callbacks, limit_val_batches=0)
+        return drawn
+
+    straight = run(tmp_path / "straight")
+    first = run(tmp_path / "first", stop=True)
+    written = next((tmp_path / "first").rglob("*.ckpt"))  # the epoch-end checkpoint the run wrote itself
+    resumed = run(tmp_path / "resumed", ckpt_path=str(written))
+    assert len(straight) == 10 and first == straight[:5]
+    assert resumed == straight[5:]

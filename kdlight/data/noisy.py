@@ -28,7 +28,7 @@ import datasets
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
 from kdlight.errors import KDLightError, check_choice
@@ -341,8 +341,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         return int(max(self._partition[self.train_split]["idx"]))
 
     # ---------------------------------------------------------------------------- clean batches
-    def clean_val_batches(self):
-        """An endless iterator of clean validation batches for the meta step.
+    def clean_val_batches(self, start: int = 0):
+        """An endless iterator of clean validation batches for the meta step, from its ``start``-th batch
+        (a resumed run continues where it stopped; the skipped batches are not loaded).
 
         Under DDP each rank draws from its own shard (``DistributedSampler``), reshuffled each pass.
         """
@@ -364,10 +365,17 @@ class NoisyLabelDataModule(LabelledTextDataModule):
             sampler=sampler,
             collate_fn=Collator(self.tokenizer.pad_token_id or 0),
         )
-        epoch = 0
+        epoch, skip = divmod(start, len(loader)) if len(loader) else (0, 0)
         while True:
             sampler.set_epoch(epoch)
-            yield from loader
+            if skip:  # the rest of a pass: the same batches the loader would give after its first `skip`
+                rest = list(sampler)[skip * self.meta_batch_size :]
+                yield from DataLoader(
+                    Subset(dataset, rest), batch_size=self.meta_batch_size, collate_fn=loader.collate_fn
+                )
+                skip = 0
+            else:
+                yield from loader
             epoch += 1
 
     # ----------------------------------------------------------------------------- state

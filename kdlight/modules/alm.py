@@ -64,6 +64,9 @@ def lookahead_assumption(optimizers: Any, hparams: dict) -> str:
     return line + ": the look-ahead models its update"
 
 
+CLEAN_DRAWN_KEY = "kdlight_clean_batches_drawn"  # checkpoint key: the clean-batch stream's position
+
+
 class AdaptiveLossMixingKD(BaseDistiller):
     """ALM-KD with a per-example weight table (or a mixing network), meta-learned on clean data.
 
@@ -180,6 +183,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
             **extra,
         )
         self._clean_batches = None
+        self._clean_drawn = 0  # clean batches drawn so far (host counter; checkpointed)
         super().__init__(teacher, temperature=temperature, **kwargs)
         self.hparams.pop("meta_optimizer", None)
         self.hparams["meta_learning_rate"] = meta.learning_rate  # resolved from null; subclasses' frames keep null
@@ -208,7 +212,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
             for _ in range(self.hparams.meta_steps):
                 lr = student_opt.param_groups[0]["lr"]
                 meta_loss = self.meta.meta_gradients(self.student, seen, self.next_clean_batch(), lr)
-                meta_opt.step()
+                meta_opt.optimizer.step()  # raw: Lightning counts (max_steps) student updates only
         ce, kd = self.meta.losses(seen)
         weights = self.meta.weights(seen, ce, kd)
         loss = mixed_loss(weights, ce, kd)
@@ -247,10 +251,12 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return MetaBatch(inputs, batch["labels"], batch["idx"], logits, head_input.detach(), teacher_logits)
 
     def next_clean_batch(self) -> MetaBatch:
-        """The next batch of the clean split (drawn in turn), on the device."""
+        """The next batch of the clean split (drawn in turn), on the device. How many were drawn goes into
+        checkpoints, so a resumed run continues the same stream (an exact resume)."""
         if self._clean_batches is None:
-            self._clean_batches = self.trainer.datamodule.clean_val_batches()
+            self._clean_batches = self.trainer.datamodule.clean_val_batches(start=self._clean_drawn)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self._clean_batches).items()}
+        self._clean_drawn += 1
         return MetaBatch(model_inputs(batch), batch["labels"], batch.get("idx"))
 
     def training_split(self) -> Iterator[MetaBatch]:
@@ -347,17 +353,19 @@ class AdaptiveLossMixingKD(BaseDistiller):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._clean_batches = None
+        self._clean_batches = None  # reopened at the checkpointed position (0 for a new run)
         self.meta.read_batches_seen()  # once per fit (after any checkpoint restore)
         rank_zero_info(f"[kdlight] ALM-KD look-ahead: {lookahead_assumption(self.optimizers(), self.hparams)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        checkpoint[CLEAN_DRAWN_KEY] = self._clean_drawn
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("extra_teachers.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self._clean_drawn, self._clean_batches = int(checkpoint.get(CLEAN_DRAWN_KEY, 0)), None
         state = checkpoint["state_dict"]
         legacy = checkpoint.pop(LEGACY_MIXER_KEY, None)  # older checkpoints: the weights beside the state dict
         if legacy is not None:
