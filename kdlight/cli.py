@@ -137,7 +137,7 @@ def check_same_model_class(checkpoint: dict, config, ckpt_path) -> None:
     wanted = str((config.get("model") or {}).get("class_path") or "").rpartition(".")[2]
     if written_by and wanted and written_by != wanted:
         raise KDLightError(
-            f"{ckpt_path} was written by {written_by}, but the command names {wanted}: resume with the model class "
+            f"{ckpt_path} was written by {written_by}, but the config builds {wanted}: resume with the model class "
             f"that wrote it, or start a new {wanted} run without --ckpt_path (a trained student is reused through "
             "its export, as teacher or student)"
         )

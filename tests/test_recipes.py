@@ -51,7 +51,8 @@ def model_sources(config: dict) -> list[str]:
 
 def is_offline(config: dict) -> bool:
     classes = {v for k, v in walk(config) if k == "class_path"}
-    local = all(s.startswith(("packaged/", "runs/")) for s in model_sources(config))
+    # packaged weights, an earlier recipe's export, or one built into the kdlight cache (the trained generator)
+    local = all(s.startswith(("packaged/", "runs/", "~/.cache/kdlight/")) for s in model_sources(config))
     return local and "GLUEDataModule" not in classes
 
 
@@ -70,8 +71,9 @@ def replace_models(node: Any, tiny: dict[str, Path], labels: int, key: str | Non
         return node
     if key in ("teacher", "teachers", "reference_model") and node.startswith("runs/"):
         return str(tiny[f"teacher{labels}"])  # an earlier recipe's fine-tuned export
-    if node == PACKAGED_ENCODER or node.startswith("runs/"):
-        return str(tiny["encoder"])  # the packaged encoder, or an earlier recipe's general-distilled encoder
+    if node == PACKAGED_ENCODER or node.startswith(("runs/", "~/.cache/kdlight/")):
+        # the packaged encoder, an earlier recipe's general-distilled encoder, or the trained generator
+        return str(tiny["encoder"])
     return node
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from kdlight.assets import wiki_summaries_path
 from kdlight.data.base import LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
+from kdlight.data.corpus import clean_paragraph, split_sentences
 from kdlight.errors import KDLightError
 
 #: the label of a row the teacher labels and no person did (cross-entropy's ignore index)
@@ -85,9 +87,6 @@ def token_augment(
 
 def read_texts(source: str, min_words: int) -> list[str]:
     if source == WIKI_SUMMARIES:
-        from kdlight.assets import wiki_summaries_path
-        from kdlight.data.corpus import clean_paragraph, split_sentences
-
         texts = []
         for line in wiki_summaries_path().read_text(encoding="utf-8").splitlines():
             paragraph = clean_paragraph(line)
