@@ -14,12 +14,15 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from kdlight.cli import main
 
 KDLIGHT = shutil.which("kdlight")
 pytestmark = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed")
@@ -305,12 +308,25 @@ def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_
         (["--model.student.num_layers", "x"], r"--model\.student\.num_layers: 'x' .*expected int"),
     ],
 )
-def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(runs, assets, tmp_path, args, expected):
-    """Not a 70-90 line usage dump: one line naming the option, what is wrong, and the closest key."""
+def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(
+    runs, assets, tmp_path, args, expected, capsys, monkeypatch
+):
+    """Not a 70-90 line usage dump: one line naming the option, what is wrong, and the closest key. The first
+    case runs the installed script; the others call its entry point in this process (parsing only, faster)."""
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
-    assert re.search(expected, one_error_line(proc))
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    if args[0] == "--model.init_args.temprature":
+        proc = kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
+        assert re.search(expected, one_error_line(proc))
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        return
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["kdlight"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "kd.yaml", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("kdlight: error:"), err
+    assert re.search(expected, err), err
 
 
 # ------------------------------------------------------------------------------------- metrics.csv
