@@ -74,6 +74,31 @@ def latest_last_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def finished_fit(last: Path, trainer: dict) -> dict | None:
+    """What ``last`` recorded if its fit already reached ``trainer``'s max_epochs / max_steps (kdlight refuses
+    to resume a run with nothing left to train), else None."""
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    done = (max_steps not in (None, -1) and state["global_step"] >= max_steps) or (
+        max_epochs not in (None, -1) and epochs_done >= max_epochs
+    )
+    if not done:
+        return None
+    callbacks = state.get("callbacks", {})
+    checkpoint = next((v for k, v in callbacks.items() if "best_model_path" in v), {})
+    curve = next((v for k, v in callbacks.items() if k.endswith("_Curve")), {})
+    score = checkpoint.get("best_model_score")
+    return {
+        "steps": state["global_step"],
+        "best_model_path": checkpoint.get("best_model_path"),
+        "best_val_score": None if score is None else float(score),
+        "val_curve": curve.get("points", []),
+    }
+
+
 def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
     """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
     validation curve and the best checkpoint's validation score (what selection may use), test metrics.
@@ -81,24 +106,37 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
     from kdlight.models.hf import count_parameters
 
     last = latest_last_checkpoint(root) if resume else None
+    finished = finished_fit(last, config["trainer"]) if last else None
     runner = runner_for(config, root)
-    curve = ValidationCurve()
-    runner.trainer.callbacks.append(curve)
-    start = time.perf_counter()
-    runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=str(last) if last else None)
-    checkpoint = runner.trainer.checkpoint_callback
-    best_val = checkpoint.best_model_score if checkpoint is not None else None
-    record = {
-        "fit_seconds": time.perf_counter() - start,
-        "steps": runner.trainer.global_step,
-        "params": count_parameters(runner.model.predictor),
-        "export": str(runner.model.export_path()),
-        "val_curve": curve.points,
-        "best_val_score": None if best_val is None else float(best_val),
-        "resumed_from": str(last) if last else None,
-    }
+    if finished is not None:  # an earlier attempt trained every step and stopped before its test: test it
+        record = {
+            "fit_seconds": None,  # not measured: the fit ran in an earlier process
+            "steps": finished["steps"],
+            "params": count_parameters(runner.model.predictor),
+            "export": str(runner.model.export_path()),
+            "val_curve": finished["val_curve"],
+            "best_val_score": finished["best_val_score"],
+            "resumed_from": str(last),
+        }
+        best = finished["best_model_path"]
+    else:
+        curve = ValidationCurve()
+        runner.trainer.callbacks.append(curve)
+        start = time.perf_counter()
+        runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=str(last) if last else None)
+        checkpoint = runner.trainer.checkpoint_callback
+        best_val = checkpoint.best_model_score if checkpoint is not None else None
+        record = {
+            "fit_seconds": time.perf_counter() - start,
+            "steps": runner.trainer.global_step,
+            "params": count_parameters(runner.model.predictor),
+            "export": str(runner.model.export_path()),
+            "val_curve": curve.points,
+            "best_val_score": None if best_val is None else float(best_val),
+            "resumed_from": str(last) if last else None,
+        }
+        best = checkpoint.best_model_path if checkpoint is not None else None
     if test:
-        best = runner.trainer.checkpoint_callback.best_model_path
         metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
         record.update({k: float(v) for k, v in metrics.items()})
     return record
