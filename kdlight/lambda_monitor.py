@@ -26,6 +26,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from kdlight.components.meta import MixingNetwork, teacher_share
+
 
 def flipped_label_auc(weight: Tensor, flipped: Tensor) -> float | None:
     """ROC-AUC of ``weight`` as a score for ``flipped`` (Mann-Whitney U, ties counted one half).
@@ -113,12 +115,27 @@ class LambdaMonitor(Callback):
             write_lambda_plot(trainer, pl_module)
 
 
+@torch.no_grad()
+def learned_lambdas(pl_module) -> tuple[Tensor, Tensor]:
+    """(idx, teacher share) of every training example under the module's current mixer (the network: a
+    forward pass over the training set)."""
+    mixer, datamodule = pl_module.mixer, pl_module.trainer.datamodule
+    if not isinstance(mixer, MixingNetwork):
+        idx = torch.as_tensor(datamodule.splits[datamodule.train_split]["idx"], device=pl_module.device)
+        return idx, teacher_share(mixer(idx))
+    ids, shares = [], []
+    for seen in pl_module.training_split():
+        ids.append(seen.idx)
+        shares.append(teacher_share(pl_module.meta.weights(seen, *pl_module.meta.losses(seen))))
+    return torch.cat(ids), torch.cat(shares)
+
+
 def write_lambda_plot(trainer, pl_module) -> Path | None:
     """``<log_dir>/lambda.png``: histogram of the learned teacher weights, flipped vs clean if known."""
     was_training = pl_module.student.training
     pl_module.student.eval()
     try:
-        idx, lam = pl_module.learned_lambdas()
+        idx, lam = learned_lambdas(pl_module)
     finally:
         pl_module.student.train(was_training)
     root = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank asks
@@ -152,8 +169,8 @@ def write_lambda_plot(trainer, pl_module) -> Path | None:
         ax.hist(lam.numpy(), bins=bins, alpha=0.8, density=True)
     ax.set_xlabel("learned teacher weight lambda (w_KD / (w_CE + w_KD))")
     ax.set_ylabel("density")
-    algorithm = pl_module.hparams.get("algorithm", "default")
-    ax.set_title(f"ALM-KD ({algorithm}, {pl_module.hparams.mixer}) after {pl_module.current_epoch} epoch(s)")
+    learner = f"{type(pl_module.meta).__name__}, {pl_module.meta.kind}"
+    ax.set_title(f"ALM-KD ({learner}) after {pl_module.current_epoch} epoch(s)")
     fig.tight_layout()
     root.mkdir(parents=True, exist_ok=True)
     path = root / "lambda.png"
@@ -172,4 +189,4 @@ def write_lambda_plot(trainer, pl_module) -> Path | None:
     return path
 
 
-__all__ = ["LambdaMonitor", "flipped_label_auc", "weight_summary", "write_lambda_plot"]
+__all__ = ["LambdaMonitor", "flipped_label_auc", "learned_lambdas", "weight_summary", "write_lambda_plot"]

@@ -104,6 +104,21 @@ class AdversarialGenerator(nn.Module):
         self.vocab_size = self.positions = 0
         self.grad_norm: Tensor | None = None  # of the last update, before clipping (for logging)
 
+    @staticmethod
+    def check_settings(
+        perturbation: str, mask_rate: float, gumbel_tau: float, learning_rate: float, clip: float
+    ) -> None:
+        """One-line errors for bad settings, before any network loads (the owner's argument names)."""
+        check_choice("perturbation", perturbation, Perturbation)
+        if not 0 < mask_rate <= 1:
+            raise KDLightError(f"mask_rate must be in (0, 1], got {mask_rate}")
+        if gumbel_tau <= 0:
+            raise KDLightError(f"gumbel_tau must be > 0, got {gumbel_tau}")
+        if learning_rate < 0:
+            raise KDLightError(f"generator_learning_rate must be >= 0, got {learning_rate}")
+        if clip <= 0:
+            raise KDLightError(f"generator_clip must be > 0, got {clip}")
+
     # ----------------------------------------------------------------------------- setup
     def check_vocabulary(self, teacher: nn.Module, student: nn.Module) -> None:
         """The one-hot rows multiply each model's embeddings: one vocabulary for all three."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +270,14 @@ class MetaLearner(nn.Module):
 
     table_class: type[nn.Module] = LambdaTable
     default_learning_rate = 0.5
+    #: every learner class by its full path and its short name (configs name them; checkpoints hold the path)
+    registry: ClassVar[dict[str, type[MetaLearner]]] = {}
+    #: settings the owning module gives (not the learner's own: kept out of ``to_config``)
+    owner_settings = ("num_teachers", "temperature")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MetaLearner.registry[f"{cls.__module__}.{cls.__qualname__}"] = MetaLearner.registry[cls.__name__] = cls
 
     def __init__(
         self,
@@ -288,10 +296,11 @@ class MetaLearner(nn.Module):
         center_meta_grad: bool = False,
         num_examples: int | None = None,
         mixer_hidden: int = 32,
-        temperature: float = 4.0,
+        temperature: float | None = None,
         clean_score: CleanScore = "cross_entropy",
     ) -> None:
         super().__init__()
+        self.settings = {k: v for k, v in locals().items() if k not in ("self", "__class__", *self.owner_settings)}
         if meta_learning_rate is None:
             meta_learning_rate = self.default_learning_rate
         check_choice("mixer", mixer, Mixer)
@@ -314,13 +323,69 @@ class MetaLearner(nn.Module):
         self.every, self.interval, self.warmup, self.meta_steps = meta_every, meta_interval, meta_warmup, meta_steps
         self.optimizer_factory, self.learning_rate = meta_optimizer, meta_learning_rate
         self.normalize, self.center = normalize_meta_grad, center_meta_grad
-        self.kd_loss = KLDivergence(temperature, reduction="none")
+        self.temperature = temperature
+        self.kd_loss = KLDivergence(4.0 if temperature is None else temperature, reduction="none")
         self.register_module("mixer", None)
         # training batches seen: the meta schedule counts these, not global_step (which also counts the
         # meta optimiser's steps); a buffer, so checkpoints carry it and a resumed fit continues it
         self.register_buffer("batches_seen", torch.zeros(1, dtype=torch.long))
         self._host_batches: int | None = None  # batches_seen on the host: the schedule reads no device tensor
         self._head_name: str | None = None
+
+    # ------------------------------------------------------------------------------- config
+    def to_config(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}`` as plain data (the module's hyper-parameters and checkpoints hold this;
+        an optimiser factory is not data: a learner rebuilt from it gets the default optimiser)."""
+        init_args = {**self.settings, "meta_learning_rate": self.learning_rate}
+        init_args.pop("meta_optimizer", None)
+        init_args.update(getattr(self, "own_settings", {}))  # a subclass's own arguments
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
+
+    @staticmethod
+    def from_config(config: MetaLearner | dict | None, **owner: Any) -> MetaLearner:
+        """A learner from a config (:meth:`to_config`'s form, or a class name), an instance, or None (the
+        default), attached to its owner's ``num_teachers`` and ``temperature``."""
+        if config is None:
+            config = {"class_path": "MetaLearner"}
+        if isinstance(config, MetaLearner):
+            return config.attach(**owner)
+        if not isinstance(config, dict) or config.get("class_path") not in MetaLearner.registry:
+            known = sorted(name for name in MetaLearner.registry if "." not in name)
+            raise KDLightError(f"meta {config!r} is not a meta-learner; give {{class_path: one of {known}, init_args}}")
+        return MetaLearner.registry[config["class_path"]](**(config.get("init_args") or {})).attach(**owner)
+
+    def attach(self, num_teachers: int = 1, temperature: float = 4.0) -> MetaLearner:
+        """Take the owning module's teacher count and KD temperature (one temperature for the whole module)."""
+        if self.temperature is not None and self.temperature != temperature:
+            raise KDLightError(
+                f"the meta-learner's temperature {self.temperature} differs from the module's {temperature}; "
+                "set model.temperature only"
+            )
+        if self.mixer is not None and num_teachers != self.num_teachers:
+            raise KDLightError(
+                f"this meta-learner's weights are for {self.num_teachers} teacher(s), not {num_teachers}"
+            )
+        self.num_teachers = num_teachers
+        self.kd_loss = KLDivergence(temperature, reduction="none")
+        return self
+
+    def rows_for(self, datamodule: Any) -> int | None:
+        """Rows of the lambda table for this data: ``num_examples``, else ``max idx + 1`` of the training split."""
+        num, largest = self.num_examples, getattr(datamodule, "max_train_idx", None)
+        if self.kind != "table":
+            return num
+        if num is None and largest is None:
+            raise KDLightError(
+                "AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and example ids), or set "
+                "num_examples"
+            )
+        if num is not None and largest is not None and num <= largest:  # checked now: mid-training an IndexError
+            raise KDLightError(
+                f"num_examples={num} is smaller than the training set: its example ids run to {largest}, so the "
+                f"lambda table needs {largest + 1} rows; set num_examples to {largest + 1} or more, or leave it "
+                "null (sized from the data)"
+            )
+        return num if num is not None else largest + 1
 
     # ------------------------------------------------------------------------------- weights
     def build(self, num_examples: int | None = None) -> nn.Module:
@@ -482,6 +547,38 @@ class MetaLearner(nn.Module):
         return teacher_share(self.mixer(torch.arange(self.mixer.num_examples, device=self.batches_seen.device)))
 
 
+class NetworkMetaLearner(MetaLearner):
+    """:class:`MetaLearner` with the mixing network (``mixer: network``): per-example weights from the
+    examples' losses and confidences, so they generalise to examples not seen; its optimiser is Adam."""
+
+    def __init__(self, mixer_hidden: int = 32, **kwargs: Any) -> None:
+        table_only = [k for k in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer") if k in kwargs]
+        if table_only:
+            raise KDLightError(f"{table_only[0]} does not apply to NetworkMetaLearner (it is the table's); remove it")
+        super().__init__(mixer="network", mixer_hidden=mixer_hidden, **kwargs)
+        for key in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer"):
+            self.settings.pop(key)
+
+
+def lookahead_assumption(optimizers: Any, settings: dict) -> str:
+    """One line for the log: which update the look-ahead models, and how it differs from the student's optimiser."""
+    student_opt = optimizers[0] if isinstance(optimizers, list) else optimizers
+    real = getattr(student_opt, "optimizer", student_opt)  # Lightning's wrapper
+    step = "lookahead_lr" if settings.get("lookahead_lr") is not None else "the student's current lr"
+    line = f"one plain SGD step of size {step} (as the authors' code); the student's optimiser is {type(real).__name__}"
+    if not isinstance(real, torch.optim.SGD):
+        return line + ": the look-ahead does not model its update (set optimizer: torch.optim.SGD to make it)"
+    group = real.param_groups[0]
+    if group.get("momentum") or group.get("weight_decay"):
+        return line + (
+            f" with momentum {group.get('momentum', 0)} (nesterov {group.get('nesterov', False)}) and weight decay "
+            f"{group.get('weight_decay', 0)}, which the look-ahead leaves out, as the authors' code does"
+        )
+    return line + ": the look-ahead models its update"
+
+
+MetaLearner.registry.update({"kdlight.components.meta.MetaLearner": MetaLearner, "MetaLearner": MetaLearner})
+
 __all__ = [
     "CleanScore",
     "LambdaTable",
@@ -492,7 +589,9 @@ __all__ = [
     "MetaLearner",
     "Mixer",
     "MixingNetwork",
+    "NetworkMetaLearner",
     "clean_score",
+    "lookahead_assumption",
     "lookahead_meta_gradients",
     "mixed_loss",
     "mixer_features",

@@ -65,6 +65,7 @@ teacher share w_KD/(w_CE+w_KD) as lambda
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -76,6 +77,18 @@ from kdlight.components.meta import CleanScore, MetaBatch, MetaLearner, clean_sc
 from kdlight.distributed import mean_across_ranks, sum_across_ranks, world_size
 from kdlight.errors import KDLightError
 
+# MetaLearner's settings of the per-batch meta step, which the official algorithm does not have
+PER_BATCH_SETTINGS = (
+    "lookahead",
+    "meta_every",
+    "meta_interval",
+    "meta_warmup",
+    "meta_steps",
+    "meta_optimizer",
+    "normalize_meta_grad",
+    "center_meta_grad",
+    "mixer_hidden",
+)
 LAMBDA_MIN = 1e-7  # LearnMultiLambdaMeta.py line 154: clamp_(min=1e-7, max=max_value - 1e-7), max_value = 2 (line 53)
 LAMBDA_MAX = 2.0 - 1e-7
 
@@ -213,9 +226,22 @@ class OfficialMetaLearner(MetaLearner):
             )
         if grad_fit < 1 or select_every < 0 or warm_epoch < 0 or meta_iterations < 0:
             raise KDLightError("grad_fit must be >= 1; select_every, warm_epoch and meta_iterations >= 0")
+        defaults = inspect.signature(MetaLearner.__init__).parameters
+        unused = [k for k in PER_BATCH_SETTINGS if k in kwargs and kwargs[k] != defaults[k].default]
+        if unused:  # the official algorithm has no per-batch meta step: these would be silently ignored
+            raise KDLightError(
+                f"{unused[0]} does not apply to OfficialMetaLearner (its weights move in a pass every select_every "
+                "epochs); remove it, or use MetaLearner"
+            )
         super().__init__(**kwargs)
         self.grad_fit, self.select_every, self.warm_epoch = grad_fit, select_every, warm_epoch
         self.iterations = meta_iterations
+        self.own_settings = {
+            "grad_fit": grad_fit,
+            "select_every": select_every,
+            "warm_epoch": warm_epoch,
+            "meta_iterations": meta_iterations,
+        }
 
     def configure_optimizer(self) -> None:  # the weights move by the meta pass's plain steps
         if self.mixer is None:

@@ -5,190 +5,72 @@ via adaptive loss mixing" (arXiv 2202.03250); official code durgas16/AMAL. Each 
 its own weight between the label loss and the KD term(s), meta-learned by a one-step look-ahead of the
 student scored on clean data.
 
-This file is the Lightning side: the teacher(s) and the student, the optimisers' steps, data, logs and
-the picture. The algorithm's weights and maths are a plain torch component, the ``meta`` submodule:
+This file is the Lightning side: the teacher(s) and the student, the order of the steps, the data. The
+algorithm's weights and maths are a plain torch component injected as ``meta`` (by ``class_path``):
 :class:`~kdlight.components.meta.MetaLearner` (the default algorithm; its docstring says where it follows
-the paper and where the code) or :class:`~kdlight.components.meta_official.OfficialMetaLearner`
-(``algorithm: official``, the authors' code, with file/line references to durgas16/AMAL).
+the paper and where the code), :class:`~kdlight.components.meta.NetworkMetaLearner` (the mixing network) or
+:class:`~kdlight.components.meta_official.OfficialMetaLearner` (the authors' code, with file/line
+references to durgas16/AMAL). The steps' bookkeeping is :class:`~kdlight.modules.manual.ManualOptimization`'s
+(``max_steps`` counts student updates); the ``meta`` argument and its deprecated flat keys, and the
+ordered training split, are in :mod:`kdlight.modules.alm_support`; the display is
+:class:`~kdlight.lambda_monitor.LambdaMonitor`; old checkpoints are migrated by :mod:`kdlight.modules.migrations`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from kdlight.components.meta import (
-    CleanScore,
-    LookaheadScope,
-    MetaBatch,
-    MetaInterval,
-    MetaLearner,
-    Mixer,
-    MixingNetwork,
-    mixed_loss,
-    teacher_share,
-)
-from kdlight.components.meta_official import OfficialMetaLearner
+from kdlight.components.meta import MetaBatch, lookahead_assumption, mixed_loss
 from kdlight.distributed import keep_out_of_ddp
-from kdlight.errors import KDLightError, check_choice
+from kdlight.errors import KDLightError
 from kdlight.lambda_monitor import LambdaMonitor, write_lambda_plot
 from kdlight.models.hf import load_classifier
 from kdlight.models.students import check_compatible
+from kdlight.modules.alm_support import MetaArgument, ordered_training_split
 from kdlight.modules.distiller import BaseDistiller
+from kdlight.modules.manual import ManualOptimization
+from kdlight.modules.migrations import migrate_alm_checkpoint
 from kdlight.modules.task import model_inputs
-
-Algorithm = Literal["default", "official"]
-LEGACY_MIXER_KEY = "kdlight_alm_mixer"  # where checkpoints written before kdlight.components kept the weights
-
-
-def lookahead_assumption(optimizers: Any, hparams: dict) -> str:
-    """One line for the log: which update the look-ahead models, and how it differs from the student's optimiser."""
-    student_opt = optimizers[0] if isinstance(optimizers, list) else optimizers
-    real = getattr(student_opt, "optimizer", student_opt)  # Lightning's wrapper
-    step = "lookahead_lr" if hparams.get("lookahead_lr") is not None else "the student's current lr"
-    line = f"one plain SGD step of size {step} (as the authors' code); the student's optimiser is {type(real).__name__}"
-    if not isinstance(real, torch.optim.SGD):
-        return line + ": the look-ahead does not model its update (set optimizer: torch.optim.SGD to make it)"
-    group = real.param_groups[0]
-    if group.get("momentum") or group.get("weight_decay"):
-        return line + (
-            f" with momentum {group.get('momentum', 0)} (nesterov {group.get('nesterov', False)}) and weight decay "
-            f"{group.get('weight_decay', 0)}, which the look-ahead leaves out, as the authors' code does"
-        )
-    return line + ": the look-ahead models its update"
-
 
 CLEAN_DRAWN_KEY = "kdlight_clean_batches_drawn"  # checkpoint key: the clean-batch stream's position
 
+__all__ = ["AdaptiveLossMixingKD", "MultiTeacherALMKD", "lookahead_assumption"]
 
-class AdaptiveLossMixingKD(BaseDistiller):
-    """ALM-KD with a per-example weight table (or a mixing network), meta-learned on clean data.
+
+class AdaptiveLossMixingKD(MetaArgument, ManualOptimization, BaseDistiller):
+    """ALM-KD with per-example loss-mixing weights, meta-learned on clean data.
 
     Needs a datamodule that provides clean batches: :class:`~kdlight.data.noisy.NoisyLabelDataModule`
     (``clean_val_batches()``); training batches must carry ``idx``.
 
     Args:
         teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
-        mixer: ``table`` (one weight per training example, the official code) or ``network``
-            (a small MLP on per-example losses and teacher/student confidences).
-        init_lambda: initial weight of the KD term(s) (0.9 in the official code).
-        lookahead: ``last_layer`` (the classification head only, default) or ``all`` parameters.
-        lookahead_lr: step size of the look-ahead; default the student's current learning rate.
-        meta_every: run the meta step every ``meta_every`` training batches ...
-        meta_interval: ... counted in ``step`` s or ``epoch`` s (then on every step of every
-            ``meta_every``-th epoch);
-        meta_warmup: ... from this batch (``meta_interval=step``; batches of this fit and the runs it
-            resumed, counted from 0) or epoch (``epoch``) on.
-        meta_steps: inner meta updates per meta step (each with a fresh clean batch).
-        meta_optimizer: optimiser of the weights; default SGD(lr=meta_learning_rate) for the table,
-            Adam(lr=meta_learning_rate) for the network.
-        normalize_meta_grad: divide the table's meta-gradient by its mean absolute value over the
-            batch (see :mod:`kdlight.components.meta`). Ignored for the network.
-        center_meta_grad: subtract the batch's mean meta-gradient from the table rows before the
-            meta step, so a step only moves the batch's weights relative to each other and their
-            mean stays at ``init_lambda`` (in logit space). Our addition: the one-step look-ahead
-            scored by clean CE drifts every weight toward the label loss (see
-            ``benchmarks/results/noisy_ablation.md``); centring keeps the per-example signal and
-            drops that drift. Ignored for the network.
-        num_examples: rows of the table; default ``max idx + 1`` of the training split at fit start
-            (restored from checkpoints automatically).
-        mixer_hidden: hidden width of the mixing network.
+        meta: the meta-learner and its settings, by ``class_path``: ``MetaLearner`` (default: a weight table,
+            a one-step look-ahead every ``meta_every`` batches), ``NetworkMetaLearner`` (a mixing network) or
+            ``OfficialMetaLearner`` (the authors' algorithm: a meta pass every ``select_every`` epochs); each
+            documents and checks its own ``init_args``. The flat keys these replaced (``algorithm``,
+            ``mixer``, ``meta_learning_rate``, ...) still work, with a deprecation notice.
         temperature: KD temperature (T = 4 in the paper's code).
-        algorithm: ``default`` (the above) or ``official`` (the authors' code, see
-            :mod:`kdlight.components.meta_official`: a table of free CE/KD weights, a closed-form
-            last-layer meta pass over the training set every ``select_every`` epochs from ``warm_epoch``;
-            ``mixer`` must be ``table``, and ``lookahead``, ``meta_every``, ``meta_interval``,
-            ``meta_warmup``, ``meta_steps``, ``meta_optimizer``, ``normalize_meta_grad``,
-            ``center_meta_grad`` do not apply).
-        grad_fit: (official) training batches whose per-example gradients are accumulated per clean batch.
-        select_every: (official) epochs between meta passes; 0: never.
-        warm_epoch: (official) the first epoch (from 0) with a meta pass.
-        meta_iterations: (official) plain gradient steps on the weights per clean batch.
-        meta_learning_rate: default mode: see ``meta_optimizer`` (default 0.5); official: the step size
-            of those plain steps (default 1500, the code's).
-        lambda_plot: at the end of fit write ``<log_dir>/lambda.png`` (the learned teacher weights,
-            flipped vs clean examples when the datamodule knows them) and log it if the logger takes
-            images. With ``mixer: network`` this costs one forward pass over the training set. Either
-            way the :class:`~kdlight.lambda_monitor.LambdaMonitor` logs ``lambda/flipped``,
-            ``lambda/clean`` and ``lambda/flipped_auc`` every epoch.
-        clean_score: the look-ahead's score on the clean batch: ``cross_entropy`` (the paper and the code)
-            or ``expected_error`` (``1 - p(label)``; see :func:`kdlight.components.meta.clean_score`: once the
-            student fits most of the clean split, CE's gradient is its few errors, and the look-ahead then
-            rewards wrong labels -- measured in ``benchmarks/results/alm_inversion.md``). Both algorithms.
+        lambda_plot: at the end of fit write ``<log_dir>/lambda.png`` (the learned teacher weights, flipped vs
+            clean examples when the datamodule knows them); either way the
+            :class:`~kdlight.lambda_monitor.LambdaMonitor` logs ``lambda/flipped``, ``lambda/clean`` and
+            ``lambda/flipped_auc`` every epoch.
         **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule, teacher-logit cache ...).
     """
 
-    extra_teacher_sources: tuple[str, ...] | list[str] = ()  # MultiTeacherALMKD: the teachers after the first
+    checkpoint_migrations = (migrate_alm_checkpoint,)
+    auxiliary_name = "meta"
 
-    def __init__(
-        self,
-        teacher: str,
-        mixer: Mixer = "table",
-        init_lambda: float = 0.9,
-        lookahead: LookaheadScope = "last_layer",
-        lookahead_lr: float | None = None,
-        meta_every: int = 1,
-        meta_interval: MetaInterval = "step",
-        meta_warmup: int = 0,
-        meta_steps: int = 1,
-        meta_optimizer: OptimizerCallable | None = None,
-        meta_learning_rate: float | None = None,
-        normalize_meta_grad: bool = True,
-        center_meta_grad: bool = False,
-        num_examples: int | None = None,
-        mixer_hidden: int = 32,
-        temperature: float = 4.0,
-        algorithm: Algorithm = "default",
-        grad_fit: int = 3,
-        select_every: int = 10,
-        warm_epoch: int = 10,
-        meta_iterations: int = 5,
-        lambda_plot: bool = True,
-        clean_score: CleanScore = "cross_entropy",
-        **kwargs,
-    ) -> None:
-        check_choice("algorithm", algorithm, Algorithm)
-        official = {
-            "grad_fit": grad_fit,
-            "select_every": select_every,
-            "warm_epoch": warm_epoch,
-            "meta_iterations": meta_iterations,
-        }
-        learner, extra = (OfficialMetaLearner, official) if algorithm == "official" else (MetaLearner, {})
-        # built (and its arguments checked) before any model is loaded; its weights come at fit start
-        meta = learner(
-            num_teachers=1 + len(self.extra_teacher_sources),
-            mixer=mixer,
-            init_lambda=init_lambda,
-            lookahead=lookahead,
-            lookahead_lr=lookahead_lr,
-            meta_every=meta_every,
-            meta_interval=meta_interval,
-            meta_warmup=meta_warmup,
-            meta_steps=meta_steps,
-            meta_optimizer=meta_optimizer,
-            meta_learning_rate=meta_learning_rate,
-            normalize_meta_grad=normalize_meta_grad,
-            center_meta_grad=center_meta_grad,
-            num_examples=num_examples,
-            mixer_hidden=mixer_hidden,
-            temperature=temperature,
-            clean_score=clean_score,
-            **extra,
-        )
-        self._clean_batches = None
+    def __init__(self, teacher: str, temperature: float = 4.0, lambda_plot: bool = True, **kwargs) -> None:
+        self._clean_batches: Iterator | None = None
         self._clean_drawn = 0  # clean batches drawn so far (host counter; checkpointed)
-        super().__init__(teacher, temperature=temperature, **kwargs)
-        self.hparams.pop("meta_optimizer", None)
-        self.hparams["meta_learning_rate"] = meta.learning_rate  # resolved from null; subclasses' frames keep null
-        self.automatic_optimization = False
-        self.meta = meta
+        super().__init__(teacher=teacher, temperature=temperature, **kwargs)
         self._pass_score: Tensor | None = None  # the official meta pass's clean score, logged by the epoch's first step
         self.last_teacher_weight: tuple[Tensor, Tensor] | None = None  # (idx, weight) of the last training batch
 
@@ -201,29 +83,24 @@ class AdaptiveLossMixingKD(BaseDistiller):
            moves the batch's mixing weights;
         2. the student's step on the per-example mixed loss ``w_CE * CE + w_KD * T^2 KL`` with the new weights.
 
-        ``algorithm: official`` moves the weights in a pass over the training set as an epoch starts
-        (:meth:`on_train_epoch_start`); its batches run step 2 only.
+        ``OfficialMetaLearner`` moves the weights in a pass over the training set as an epoch starts instead.
         """
-        optimizers = self.optimizers()
-        student_opt, meta_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
         seen = self.observe(batch)
         meta_loss, self._pass_score = self._pass_score, None
         if self.meta.step_due(self.current_epoch):
-            for _ in range(self.hparams.meta_steps):
-                lr = student_opt.param_groups[0]["lr"]
+            for _ in range(self.meta.meta_steps):
+                lr = self.student_optimizer().param_groups[0]["lr"]
                 meta_loss = self.meta.meta_gradients(self.student, seen, self.next_clean_batch(), lr)
-                meta_opt.optimizer.step()  # raw: Lightning counts (max_steps) student updates only
+                self.step_auxiliary(self.auxiliary_optimizer())  # the weights' step, not counted by max_steps
         ce, kd = self.meta.losses(seen)
         weights = self.meta.weights(seen, ce, kd)
         loss = mixed_loss(weights, ce, kd)
-        student_opt.zero_grad()
-        self.manual_backward(loss)
-        student_opt.step()
-        self.lr_schedulers().step()
+        self.step_student(loss)
         lam = self.meta.teacher_weight(weights)
         self.last_teacher_weight = (seen.idx, lam)  # read by the LambdaMonitor callback
         self.log_step(loss, ce, kd, lam, meta_loss)
         self.meta.count_batch()
+        self.end_batch(len(ce))
         return loss.detach()
 
     def on_train_epoch_start(self) -> None:
@@ -238,7 +115,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         was_training = self.student.training
         self.student.eval()
         try:
-            lr, clean_batches = self.optimizers().param_groups[0]["lr"], iter(self.next_clean_batch, None)  # endless
+            lr, clean_batches = self.student_optimizer().param_groups[0]["lr"], iter(self.next_clean_batch, None)
             return self.meta.meta_pass(self.student, self.training_split(), clean_batches, lr)
         finally:
             self.student.train(was_training)
@@ -260,26 +137,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         return MetaBatch(model_inputs(batch), batch["labels"], batch.get("idx"))
 
     def training_split(self) -> Iterator[MetaBatch]:
-        """The whole training split, observed batch by batch: a seeded, epoch-dependent order (the code's
-        shuffled ``trainloader_ind``), every rank taking every N-th example of one permutation, padded so
-        all ranks see as many batches."""
-        from torch.utils.data import DataLoader, Subset
-
-        from kdlight.data.base import Collator
-
-        datamodule = self.trainer.datamodule
-        dataset = datamodule.splits[datamodule.train_split]
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        seed = int(datamodule.seed if hasattr(datamodule, "seed") else 0) * 1000 + self.current_epoch
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-        per_rank = -(-len(order) // world)
-        order = (order + order[: per_rank * world - len(order)])[rank::world]
-        loader = DataLoader(
-            Subset(dataset, order),
-            batch_size=datamodule.batch_size,
-            collate_fn=Collator(datamodule.tokenizer.pad_token_id or 0),
-        )
-        for batch in loader:
+        """The whole training split, observed batch by batch (see :func:`ordered_training_split`)."""
+        for batch in ordered_training_split(self.trainer, self.current_epoch):
             yield self.observe({k: v.to(self.device) for k, v in batch.items()})
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -321,28 +180,8 @@ class AdaptiveLossMixingKD(BaseDistiller):
         super().setup(stage)
         if stage == "fit":
             if self.meta.mixer is None:
-                self.meta.build(self.training_examples())
+                self.meta.build(self.meta.rows_for(self.trainer.datamodule))
             keep_out_of_ddp(self, "meta")  # it steps outside the student's backward and reduces its own gradients
-
-    def training_examples(self) -> int | None:
-        """Rows of the lambda table: ``num_examples``, else ``max idx + 1`` of the training split."""
-        num = self.hparams.num_examples
-        if num is None and self.hparams.mixer == "table":
-            if not hasattr(self.trainer.datamodule, "max_train_idx"):
-                raise KDLightError(
-                    "AdaptiveLossMixingKD needs data: NoisyLabelDataModule (clean batches and "
-                    "example ids), or set num_examples"
-                )
-            num = self.trainer.datamodule.max_train_idx + 1
-        elif num is not None and self.hparams.mixer == "table":
-            largest = getattr(self.trainer.datamodule, "max_train_idx", None)
-            if largest is not None and num <= largest:  # checked now: mid-training it is an IndexError
-                raise KDLightError(
-                    f"num_examples={num} is smaller than the training set: its example ids run to {largest}, so the "
-                    f"lambda table needs {largest + 1} rows; set num_examples to {largest + 1} or more, or leave it "
-                    "null (sized from the data)"
-                )
-        return num
 
     def configure_optimizers(self):
         student = super().configure_optimizers()
@@ -355,7 +194,7 @@ class AdaptiveLossMixingKD(BaseDistiller):
         super().on_fit_start()
         self._clean_batches = None  # reopened at the checkpointed position (0 for a new run)
         self.meta.read_batches_seen()  # once per fit (after any checkpoint restore)
-        rank_zero_info(f"[kdlight] ALM-KD look-ahead: {lookahead_assumption(self.optimizers(), self.hparams)}")
+        rank_zero_info(f"[kdlight] ALM-KD look-ahead: {lookahead_assumption(self.optimizers(), self.meta.settings)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -367,25 +206,15 @@ class AdaptiveLossMixingKD(BaseDistiller):
         super().on_load_checkpoint(checkpoint)
         self._clean_drawn, self._clean_batches = int(checkpoint.get(CLEAN_DRAWN_KEY, 0)), None
         state = checkpoint["state_dict"]
-        legacy = checkpoint.pop(LEGACY_MIXER_KEY, None)  # older checkpoints: the weights beside the state dict
-        if legacy is not None:
-            state.update({f"meta.mixer.{k}": v for k, v in legacy["state_dict"].items()})
-        if "meta_progress" in state:  # older checkpoints: the batch counter on the module itself
-            state["meta.batches_seen"] = state.pop("meta_progress")
-        if "meta.batches_seen" not in state:  # written before the counter existed: Lightning's batch count
-            loops = checkpoint.get("loops", {}).get("fit_loop", {})
-            done = loops.get("epoch_loop.batch_progress", {}).get("total", {}).get("completed", 0)
-            state["meta.batches_seen"] = torch.tensor([done], dtype=torch.long)
         for i, t in enumerate(self.extra_teacher_list()):
             state.update({f"extra_teachers.{i}.{k}": v for k, v in t.state_dict().items()})
         missing = [k for k in self.state_dict() if k.startswith("meta.") and k not in state]
         if missing:  # Lightning would load the student and silently start a fresh lambda table
-            source = (
-                self.trainer.ckpt_path if self._trainer is not None and self.trainer.ckpt_path else "the checkpoint"
-            )
+            source = self.trainer.ckpt_path if self._trainer is not None and self.trainer.ckpt_path else None
             raise KDLightError(
-                f"{source} was not written by AdaptiveLossMixingKD (it has no {missing[0]}); resume an ALM run from "
-                "its own checkpoint, or start a new run (a distilled student can be the teacher via its export)"
+                f"{source or 'the checkpoint'} was not written by AdaptiveLossMixingKD (it has no {missing[0]}); "
+                "resume an ALM run from its own checkpoint, or start a new run (a distilled student can be the "
+                "teacher via its export)"
             )
 
     # ------------------------------------------------------------------------------ logs
@@ -408,24 +237,10 @@ class AdaptiveLossMixingKD(BaseDistiller):
         """The lambda monitor: per-epoch teacher weights on flipped / clean examples, their AUC, ``lambda.png``."""
         return [LambdaMonitor(plot=self.hparams.get("lambda_plot", True))]
 
-    @torch.no_grad()
-    def learned_lambdas(self) -> tuple[Tensor, Tensor]:
-        """(idx, teacher share) of every training example under the current mixer (a forward pass for the network)."""
-        if not isinstance(self.mixer, MixingNetwork):
-            datamodule = self.trainer.datamodule
-            idx = torch.as_tensor(datamodule.splits[datamodule.train_split]["idx"], device=self.device)
-            return idx, teacher_share(self.mixer(idx))
-        ids, shares = [], []
-        for seen in self.training_split():
-            ids.append(seen.idx)
-            shares.append(teacher_share(self.meta.weights(seen, *self.meta.losses(seen))))
-        return torch.cat(ids), torch.cat(shares)
-
     def write_lambda_plot(self) -> Path | None:
         """``<log_dir>/lambda.png`` now (the monitor writes it at the end of fit)."""
         return write_lambda_plot(self.trainer, self)
 
-    # ------------------------------------------------------------------------------ analysis
     def table_lambdas(self) -> Tensor:
         """Current teacher weight of every table row (``1 - w_CE``), for analysis."""
         return self.meta.table_lambdas()
@@ -464,15 +279,9 @@ class MultiTeacherALMKD(AdaptiveLossMixingKD):
             extra.append(model)
         self.extra_teachers = nn.ModuleList(extra)
 
-    def model_sources(self) -> dict[str, str]:
-        sources = super().model_sources()
-        sources.update({f"teacher {i + 2}": source for i, source in enumerate(self.extra_teacher_sources)})
-        return sources
-
-    def position_limited_models(self) -> dict[str, nn.Module]:
-        models = super().position_limited_models()
-        models.update({f"teacher {i + 2}": model for i, model in enumerate(self.extra_teacher_list())})
-        return models
+    def auxiliary_networks(self) -> dict[str, tuple[str, nn.Module]]:
+        pairs = zip(self.extra_teacher_sources, self.extra_teacher_list(), strict=True)
+        return {f"teacher {i + 2}": pair for i, pair in enumerate(pairs)}
 
     def train(self, mode: bool = True):
         super().train(mode)

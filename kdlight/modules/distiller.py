@@ -90,14 +90,20 @@ class TeacherStudentModule(KDLightTask):
         self.teacher = self.load_teacher().eval().requires_grad_(False)
         self.student = self.build_student(self.teacher).train()
 
+    def auxiliary_networks(self) -> dict[str, tuple[str, torch.nn.Module]]:
+        """Networks besides the teacher and the student (more teachers, a generator): role -> (source, network),
+        checked against the data's tokenizer and length like those two."""
+        return {}
+
     def model_sources(self) -> dict[str, str]:
         sources = {"teacher": self.teacher_source}
         if isinstance(self.student_spec, PretrainedStudent):
             sources["student"] = self.student_spec.name_or_path
-        return sources
+        return sources | {role: source for role, (source, _) in self.auxiliary_networks().items()}
 
     def position_limited_models(self) -> dict[str, torch.nn.Module]:
-        return {"teacher": self.teacher, "student": self.student}
+        models = {"teacher": self.teacher, "student": self.student}
+        return models | {role: network for role, (_, network) in self.auxiliary_networks().items()}
 
     def train(self, mode: bool = True):
         super().train(mode)
