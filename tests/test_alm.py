@@ -577,7 +577,9 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
         lookahead_lr=1.0,
         task=dm.task,
     )
-    assert model.hparams.meta_learning_rate == 1500.0 and model.hparams.meta_iterations == 5
+    meta_args = model.hparams.meta["init_args"]  # the flat keys, translated into the meta-learner's config
+    assert model.hparams.meta["class_path"].endswith("OfficialMetaLearner") and "algorithm" not in model.hparams
+    assert meta_args["meta_learning_rate"] == 1500.0 and meta_args["meta_iterations"] == 5
     epoch_of = [0]
     original_pass = model.official_meta_pass
 
@@ -657,10 +659,12 @@ def test_official_recipe_trains_the_student_as_the_authors_code():
     steps = config["trainer"]["max_epochs"] * math.ceil(data["max_train_examples"] * 0.9 / data["batch_size"])
     assert schedule["class_path"] == "torch.optim.lr_scheduler.MultiStepLR" and schedule["init_args"]["gamma"] == 0.1
     assert schedule["init_args"]["milestones"] == [int(0.75 * steps), int(0.9 * steps)]
-    assert init["algorithm"] == "official" and init["temperature"] == 4.0 and init["init_lambda"] == 0.9
-    assert init["grad_fit"] == 3 and init["meta_iterations"] == 5 and init["meta_learning_rate"] == 1500.0
+    meta = init["meta"]["init_args"]
+    assert init["meta"]["class_path"] == "OfficialMetaLearner" and init["temperature"] == 4.0
+    assert meta["init_lambda"] == 0.9 and meta["grad_fit"] == 3 and meta["meta_iterations"] == 5
+    assert meta["meta_learning_rate"] == 1500.0
     # a meta pass every select_every epochs from warm_epoch, many of them over the fit (the code: 19 over 200)
-    passes = [e for e in range(config["trainer"]["max_epochs"]) if meta_official_due(e, init)]
+    passes = [e for e in range(config["trainer"]["max_epochs"]) if meta_official_due(e, meta)]
     assert len(passes) >= 5
     assert data["noise_type"] == "uniform" and data["meta_batch_size"] >= 128
 

@@ -40,6 +40,7 @@ copies stay identical. The authors' own algorithm (``algorithm: official``) is i
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -552,9 +553,16 @@ class NetworkMetaLearner(MetaLearner):
     examples' losses and confidences, so they generalise to examples not seen; its optimiser is Adam."""
 
     def __init__(self, mixer_hidden: int = 32, **kwargs: Any) -> None:
-        table_only = [k for k in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer") if k in kwargs]
+        defaults = inspect.signature(MetaLearner.__init__).parameters
+        table_only = ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer")
+        table_only = [k for k in table_only if k in kwargs and kwargs[k] != defaults[k].default]
         if table_only:
             raise KDLightError(f"{table_only[0]} does not apply to NetworkMetaLearner (it is the table's); remove it")
+        kwargs = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer")
+        }
         super().__init__(mixer="network", mixer_hidden=mixer_hidden, **kwargs)
         for key in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer"):
             self.settings.pop(key)
