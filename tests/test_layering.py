@@ -12,11 +12,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdlight"
 
-# Function-level imports of kdlight modules that are allowed for now, by file. Each is in a file that another
-# engineer owns at the time of writing (the ALM rewrite); remove an entry once its file imports at module level.
-ALLOWED_FUNCTION_LEVEL = {
-    "kdlight/modules/alm.py": {"kdlight.data.base"},  # Collator inside the meta-set loader (issue 23 owns alm.py)
-}
+# Function-level imports of kdlight modules that are allowed, by file (none today: keep it so).
+ALLOWED_FUNCTION_LEVEL: dict[str, set[str]] = {}
 
 
 def module_name(path: Path) -> str:

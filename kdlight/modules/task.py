@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import AttributeDict, rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.assets import resolve_model_path
@@ -34,6 +34,20 @@ from kdlight.metrics import build_metrics, headline
 from kdlight.models.compact import stock_export
 from kdlight.models.hf import HF_CONFIGS_KEY, load_tokenizer, own_tokenizer, tokenizer_difference, usable_positions
 from kdlight.optim import fused_on_gpu
+
+
+def lightning_logs_now(trainer, automatic_optimization: bool = True) -> bool:
+    """Whether Lightning sends this training step's metrics to the loggers: its ``log_every_n_steps`` rule
+    (every n-th batch that steps, and when the run stops), from public counters. At ``training_step`` time
+    the batch that steps next is ``global_step + 1`` under automatic optimisation and this batch's count under
+    manual optimisation (every batch steps). tests/test_manual.py pins it to Lightning's own decision."""
+    if trainer.log_every_n_steps == 0:
+        return False
+    if automatic_optimization:
+        step = trainer.global_step + 1
+    else:
+        step = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+    return step % trainer.log_every_n_steps == 0 or trainer.should_stop
 
 
 def was_updated(collection) -> bool:
@@ -92,12 +106,17 @@ class KDLightTask(LightningModule):
         # weights_only=True, and loggers write readable hparams.yaml files
         for key, value in list(self.hparams.items()):
             self.hparams[key] = plain_hparam(value)
-        self._hparams_initial = copy.deepcopy(self._hparams)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.eval_metrics = nn.ModuleDict()
         self.configure_models()
         self.configure_losses()
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What loggers record (``hparams.yaml``): the plain hyper-parameters, as the checkpoint holds them
+        (Lightning's own initial copy keeps the raw objects, a student spec or a TaskSpec)."""
+        return AttributeDict(copy.deepcopy(dict(self.hparams)))
 
     # ----------------------------------------------------------------------------- hooks
     def configure_models(self) -> None:
@@ -128,14 +147,13 @@ class KDLightTask(LightningModule):
         if trainer is None:
             return True
         try:
-            if trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
+            if lightning_logs_now(trainer, self.automatic_optimization) or trainer.fast_dev_run:
                 return True
             last_batch = trainer.fit_loop.epoch_loop.batch_idx + 1 >= trainer.num_training_batches
-            # manual optimisation may step several optimisers per batch: one batch's worth is an upper bound
-            steps_per_batch = max(1, len(trainer.optimizers)) if not self.automatic_optimization else 1
-            last_step = 0 < trainer.max_steps <= trainer.global_step + steps_per_batch
+            # Lightning counts one step per batch at most (kdlight's other optimisers step outside its count)
+            last_step = 0 < trainer.max_steps <= trainer.global_step + 1
             return bool(last_batch or last_step)
-        except (AttributeError, NotImplementedError, TypeError):  # a Lightning without these internals: log always
+        except (AttributeError, NotImplementedError, TypeError):  # a Lightning without these attributes: log always
             return True
 
     def log_training(self, parts: dict[str, Tensor] | None, loss: Tensor, batch_size: int) -> None:
