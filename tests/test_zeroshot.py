@@ -16,6 +16,7 @@ from kdlight.errors import KDLightError
 from kdlight.models.hf import load_generator
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import ZeroShotAdversarialKD
+from kdlight.modules.manual import STEP_COUNT_KEY
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zeroshot" / "offline.yaml"
 
@@ -106,13 +107,14 @@ def test_bare_encoder_gets_a_tied_identity_mlm_head(assets):
 
 
 # ------------------------------------------------------------------------------------ module
-def fitted(module, data, tmp_path, max_steps):
+def fitted(module, data, tmp_path, max_steps, **trainer_kwargs):
     from lightning import Trainer, seed_everything
 
     seed_everything(0)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=max_steps,
+        **trainer_kwargs,
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -144,9 +146,10 @@ def test_generator_and_student_steps_alternate_and_touch_only_their_own_model(as
             return original(batch)
 
         setattr(module, f"{name}_step", spy)
-    fitted(module, zero_shot_data(assets, corpus_file, tmp_path / "cache"), tmp_path, max_steps=10)
+    # max_steps counts student updates: 6 of them take 10 batches (2 generator + 3 student steps a cycle)
+    trainer = fitted(module, zero_shot_data(assets, corpus_file, tmp_path / "cache"), tmp_path, max_steps=6)
     assert steps == {"generator": [0, 1, 5, 6], "student": [2, 3, 4, 7, 8, 9]}
-    assert module.progress.tolist() == [10, 6, 4, 0]
+    assert module.progress.tolist() == [10, 6, 4, 0] and trainer.global_step == 6
     assert not changed(teacher, module.teacher)
     assert changed(student, module.student) and changed(generator, module.generator)
 
@@ -154,8 +157,9 @@ def test_generator_and_student_steps_alternate_and_touch_only_their_own_model(as
 def test_generator_step_moves_only_the_generator(assets, corpus_file, tmp_path):
     module = make_module(assets, generator_steps=1, student_steps=1, generator_learning_rate=1e-2)
     student, generator = snapshot(module.student), snapshot(module.generator)
-    trainer = fitted(module, zero_shot_data(assets, corpus_file, tmp_path / "cache"), tmp_path, max_steps=1)
-    assert module.progress.tolist() == [1, 0, 1, 0] and trainer.global_step == 1
+    data = zero_shot_data(assets, corpus_file, tmp_path / "cache")
+    trainer = fitted(module, data, tmp_path, max_steps=-1, max_epochs=1, limit_train_batches=1)
+    assert module.progress.tolist() == [1, 0, 1, 0] and trainer.global_step == 0  # generator steps are not counted
     assert not changed(student, module.student) and changed(generator, module.generator)
     assert all(p.grad is None for p in module.student.parameters())  # no student gradient was even computed
     assert module.optimizers()[1].optimizer.param_groups[0]["lr"] == 1e-2
@@ -237,7 +241,7 @@ def recipe_args(assets, corpus_file, root) -> list[str]:
         f"--data.corpus.cache_dir={root / 'corpus'}",
         "--data.batch_size=8",
         "--data.max_length=32",
-        *trainer_args(root, **{"--trainer.max_steps": 8, "--trainer.val_check_interval": 2}),
+        *trainer_args(root, **{"--trainer.max_steps": 4, "--trainer.val_check_interval": 2}),
     ]
 
 
@@ -260,7 +264,8 @@ def test_offline_recipe_fits_and_tests_without_reading_the_task_training_file(
     assert read and train_file not in read
     last = sorted(tmp_path.rglob("last.ckpt"))[-1]
     checkpoint = load_checkpoint(last)
-    assert checkpoint["state_dict"]["progress"].tolist()[:3] == [8, 4, 4]  # batches, student steps, generator steps
+    # max_steps 4 counts student updates: 8 batches, 4 student steps, 4 generator steps
+    assert checkpoint["state_dict"]["progress"].tolist()[:3] == [8, 4, 4] and checkpoint["global_step"] == 4
     assert any(k.startswith("generator.network.") for k in checkpoint["state_dict"])
     assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     assert (tmp_path / "export" / "config.json").is_file()
@@ -276,7 +281,7 @@ def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_pa
     saved = load_checkpoint(last)
     resumed = tmp_path / "resumed"
     args = recipe_args(assets, corpus_file, resumed)
-    args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
+    args[args.index("--trainer.max_steps=4")] = "--trainer.max_steps=6"
     main(["fit", *args, f"--ckpt_path={last}"])
     final = load_checkpoint(sorted(resumed.rglob("last.ckpt"))[-1])
     assert final["state_dict"]["progress"].tolist()[:3] == [
@@ -291,10 +296,16 @@ def test_resume_restores_the_cycle_and_the_generator(assets, corpus_file, tmp_pa
 
 
 def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(assets, corpus_file, tmp_path):
-    """Older checkpoints kept the generator's weights beside the state dict (``kdlight_generator``)."""
+    """Older checkpoints kept the generator's weights beside the state dict (``kdlight_generator``), and their
+    global step counted the generator's updates too (8 = 4 student + 4 generator steps here)."""
     main(["fit", *recipe_args(assets, corpus_file, tmp_path)])
     last = sorted(tmp_path.rglob("last.ckpt"))[-1]
     checkpoint = torch.load(last, weights_only=False)
+    del checkpoint[STEP_COUNT_KEY]
+    checkpoint["global_step"] += 4
+    steps = checkpoint["loops"]["fit_loop"]["epoch_loop.manual_optimization.optim_step_progress"]
+    for counts in steps.values():
+        counts.update({k: v + 4 for k, v in counts.items()})
     state = checkpoint["state_dict"]
     del state["generator.steps"]
     prefix = "generator.network."
@@ -304,7 +315,7 @@ def test_a_checkpoint_from_before_the_generator_component_resumes_the_same(asset
     finals = []
     for name, ckpt in (("current", last), ("legacy", legacy)):
         args = recipe_args(assets, corpus_file, tmp_path / name)
-        args[args.index("--trainer.max_steps=8")] = "--trainer.max_steps=10"
+        args[args.index("--trainer.max_steps=4")] = "--trainer.max_steps=6"
         main(["fit", *args, f"--ckpt_path={ckpt}"])
         finals.append(load_checkpoint(sorted((tmp_path / name).rglob("last.ckpt"))[-1]))
     current, upgraded = finals
@@ -338,7 +349,7 @@ def test_cached_teacher_logits_serve_the_out_of_domain_inputs_and_the_teacher_ru
         )
         counter = CountTeacherCalls()
         trainer = Trainer(
-            max_steps=6,
+            max_steps=4,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -370,7 +381,7 @@ def test_generator_rewrites_are_decoded_for_people_every_n_generator_steps(asset
     seed_everything(0)
     module = make_module(assets, generator_steps=2, student_steps=1, show_rewrites_every=2)
     trainer = Trainer(
-        max_steps=9,
+        max_steps=3,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

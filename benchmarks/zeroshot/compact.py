@@ -285,7 +285,7 @@ def one_run(
             },
         }
         generator_steps = setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
-        steps = batches_for(setting["student_steps"], generator_steps, setting["cycle"])
+        steps = setting["student_steps"]  # max_steps counts student updates (generator steps are not counted)
         val_every = setting["cycle"] + generator_steps
         data = {
             "class_path": "ZeroShotDataModule",

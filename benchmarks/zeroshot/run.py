@@ -149,8 +149,7 @@ def run_one(setting: Setting, teacher: str, method: str, student: str, seed: int
         dm = zero_shot_data(setting, teacher)
         args = {**recipe_args(), "inputs": mode[0], "perturbation": mode[1]}
         module = ZeroShotAdversarialKD(task=dm.task, **common, **args)
-        gen_steps = args["generator_steps"] if module.trains_generator else 0
-        max_steps = batches_for(setting.student_steps, gen_steps, args["student_steps"])
+        max_steps = setting.student_steps  # max_steps counts student updates (generator steps are not counted)
     fit = trainer(max_steps, setting.work)
     start = time.perf_counter()
     fit.fit(module, datamodule=dm)
