@@ -758,3 +758,67 @@ def test_clean_batches_continue_after_a_resume(assets, tmp_path):
     resumed = run(tmp_path / "resumed", ckpt_path=str(written))
     assert len(straight) == 10 and first == straight[:5]
     assert resumed == straight[5:]
+
+
+@pytest.mark.parametrize(
+    "flat, learner, init_args",
+    [
+        (
+            {"lookahead_lr": 1.0, "meta_learning_rate": 1.0},
+            "MetaLearner",
+            {"lookahead_lr": 1.0, "meta_learning_rate": 1.0},
+        ),
+        ({"mixer": "network", "meta_learning_rate": 0.05}, "NetworkMetaLearner", {"meta_learning_rate": 0.05}),
+        (
+            {"algorithm": "official", "select_every": 1, "warm_epoch": 1, "grad_fit": 2, "meta_steps": 1},
+            "OfficialMetaLearner",
+            {"select_every": 1, "warm_epoch": 1, "grad_fit": 2},
+        ),
+    ],
+)
+def test_the_deprecated_flat_keys_train_exactly_as_the_meta_argument(
+    assets, tmp_path, caplog, flat, learner, init_args
+):
+    """Old YAMLs, scripts and checkpoints (flat keys in their hyper-parameters) keep working: the same run, the same
+    weights and the same hyper-parameters as the ``meta:`` form, and a one-line notice naming the new key."""
+    import logging
+
+    from kdlight.components.meta import MetaLearner
+
+    caplog.set_level(logging.INFO)
+    runs = []
+    for kwargs in (flat, {"meta": {"class_path": learner, "init_args": init_args}}):
+        seed_everything(0)
+        dm = noisy_dm(assets)
+        model = AdaptiveLossMixingKD(teacher=str(assets["teacher"]), learning_rate=1e-3, task=dm.task, **kwargs)
+        fit(model, dm, tmp_path / str(len(runs)), epochs=2, enable_checkpointing=False, limit_val_batches=0)
+        runs.append(
+            (dict(model.hparams), {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")})
+        )
+    (flat_hparams, flat_state), (meta_hparams, meta_state) = runs
+    assert type(model.meta) is MetaLearner.registry[learner]
+    assert flat_hparams == meta_hparams and "algorithm" not in meta_hparams and "mixer" not in meta_hparams
+    assert flat_state.keys() == meta_state.keys() and all(torch.equal(flat_state[k], meta_state[k]) for k in flat_state)
+    assert any(k.startswith("meta.mixer.") for k in meta_state)
+    notices = [r.getMessage() for r in caplog.records if "flat keys" in r.getMessage()]
+    assert len(notices) == 1 and "meta:" in notices[0] and sorted(flat)[0] in notices[0]
+    rebuilt = AdaptiveLossMixingKD(**meta_hparams)  # what load_from_checkpoint does with the saved hparams
+    assert rebuilt.meta.to_config() == model.meta.to_config()
+
+
+def test_meta_learners_check_their_own_settings():
+    from kdlight.components.meta import NetworkMetaLearner
+    from kdlight.components.meta_official import OfficialMetaLearner
+
+    with pytest.raises(KDLightError, match="meta_every does not apply to OfficialMetaLearner"):
+        OfficialMetaLearner(meta_every=2)
+    with pytest.raises(KDLightError, match="center_meta_grad does not apply to NetworkMetaLearner"):
+        NetworkMetaLearner(center_meta_grad=True)
+    with pytest.raises(KDLightError, match="not a meta-learner"):
+        AdaptiveLossMixingKD(teacher="x", meta={"class_path": "MetaLerner"})
+    with pytest.raises(KDLightError, match="give init_lambda in meta.init_args, not beside meta"):
+        AdaptiveLossMixingKD(teacher="x", meta={"class_path": "MetaLearner"}, init_lambda=0.5)
+    with pytest.raises(KDLightError, match="set model.temperature only"):
+        AdaptiveLossMixingKD(
+            teacher="x", temperature=2.0, meta={"class_path": "MetaLearner", "init_args": {"temperature": 4.0}}
+        )

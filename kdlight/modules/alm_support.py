@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, Union
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -50,17 +50,24 @@ FLAT_META_KEYS = (
     "meta_iterations",
 )
 Algorithm = Literal["default", "official"]
+T = TypeVar("T")
+Flat = Union[T, None]  # noqa: UP007  (a deprecated flat key: None when not given)
+TABLE_ONLY = ("mixer", "num_examples", "normalize_meta_grad", "center_meta_grad")
 OFFICIAL_ONLY = ("grad_fit", "select_every", "warm_epoch", "meta_iterations")
 
 
 def meta_config_from_flat(flat: dict[str, Any]) -> dict[str, Any]:
-    """The ``meta`` config that the old flat keys meant (the default algorithm ignored the official-only keys,
-    the official one the per-batch ones: both are dropped as before)."""
+    """The ``meta`` config that the old flat keys meant (each algorithm ignored the keys of the others:
+    they are dropped, as before)."""
     algorithm = flat.pop("algorithm", "default")
     check_choice("algorithm", algorithm, Algorithm)
-    ignored = PER_BATCH_SETTINGS if algorithm == "official" else OFFICIAL_ONLY
-    init_args = {k: v for k, v in flat.items() if k not in ignored}
-    return {"class_path": "OfficialMetaLearner" if algorithm == "official" else "MetaLearner", "init_args": init_args}
+    if algorithm == "official":
+        learner, ignored = "OfficialMetaLearner", PER_BATCH_SETTINGS
+    elif flat.get("mixer") == "network":
+        learner, ignored = "NetworkMetaLearner", (*OFFICIAL_ONLY, *TABLE_ONLY)
+    else:
+        learner, ignored = "MetaLearner", OFFICIAL_ONLY
+    return {"class_path": learner, "init_args": {k: v for k, v in flat.items() if k not in ignored}}
 
 
 class MetaArgument:
@@ -78,26 +85,26 @@ class MetaArgument:
     def __init__(
         self,
         meta: MetaLearner | None = None,
-        mixer: Mixer | None = None,
-        init_lambda: float | None = None,
-        lookahead: LookaheadScope | None = None,
-        lookahead_lr: float | None = None,
-        meta_every: int | None = None,
-        meta_interval: MetaInterval | None = None,
-        meta_warmup: int | None = None,
-        meta_steps: int | None = None,
-        meta_optimizer: OptimizerCallable | None = None,
-        meta_learning_rate: float | None = None,
-        normalize_meta_grad: bool | None = None,
-        center_meta_grad: bool | None = None,
-        num_examples: int | None = None,
-        mixer_hidden: int | None = None,
-        clean_score: CleanScore | None = None,
-        algorithm: Algorithm | None = None,
-        grad_fit: int | None = None,
-        select_every: int | None = None,
-        warm_epoch: int | None = None,
-        meta_iterations: int | None = None,
+        mixer: Flat[Mixer] = None,
+        init_lambda: Flat[float] = None,
+        lookahead: Flat[LookaheadScope] = None,
+        lookahead_lr: Flat[float] = None,
+        meta_every: Flat[int] = None,
+        meta_interval: Flat[MetaInterval] = None,
+        meta_warmup: Flat[int] = None,
+        meta_steps: Flat[int] = None,
+        meta_optimizer: Flat[OptimizerCallable] = None,
+        meta_learning_rate: Flat[float] = None,
+        normalize_meta_grad: Flat[bool] = None,
+        center_meta_grad: Flat[bool] = None,
+        num_examples: Flat[int] = None,
+        mixer_hidden: Flat[int] = None,
+        clean_score: Flat[CleanScore] = None,
+        algorithm: Flat[Algorithm] = None,
+        grad_fit: Flat[int] = None,
+        select_every: Flat[int] = None,
+        warm_epoch: Flat[int] = None,
+        meta_iterations: Flat[int] = None,
         **kwargs: Any,
     ) -> None:
         flat = {k: v for k, v in locals().items() if k in FLAT_META_KEYS and v is not None}
