@@ -822,3 +822,29 @@ def test_meta_learners_check_their_own_settings():
         AdaptiveLossMixingKD(
             teacher="x", temperature=2.0, meta={"class_path": "MetaLearner", "init_args": {"temperature": 4.0}}
         )
+
+
+@pytest.mark.parametrize("name", ["alm.yaml", "alm_mixer.yaml", "alm_official.yaml"])
+def test_a_recipe_in_the_old_flat_form_runs_through_the_cli_as_the_meta_form(assets, tmp_path, name):
+    """The shipped recipes before ``meta:`` wrote the learner's settings flat under init_args (``algorithm:
+    official``, ``mixer: network``, ``meta_learning_rate`` ...): such a YAML still parses, builds the same
+    learner and trains."""
+    path = recipe(name, assets, tmp_path)
+    config = yaml.safe_load(path.read_text())
+    init = config["model"]["init_args"]
+    meta = init.pop("meta")
+    init.update(meta.get("init_args", {}))
+    if meta["class_path"] == "OfficialMetaLearner":
+        init["algorithm"] = "official"
+    if meta["class_path"] == "NetworkMetaLearner":
+        init["mixer"] = "network"
+    config["trainer"]["default_root_dir"] = str(tmp_path / "flat")
+    flat = tmp_path / f"flat_{name}"
+    flat.write_text(yaml.safe_dump(config))
+    built = [cli(["fit", "--config", str(p)]).model for p in (path, flat)]
+    assert built[0].meta.to_config() == built[1].meta.to_config()
+    assert (
+        built[0]
+        .meta.to_config()["class_path"]
+        .endswith(yaml.safe_load(path.read_text())["model"]["init_args"]["meta"]["class_path"])
+    )
