@@ -231,10 +231,10 @@ class ManualOptimization:
         super().on_load_checkpoint(checkpoint)
         self._host_batches = None  # re-read from the restored buffer
         state = checkpoint["state_dict"]
-        if "progress" not in state:  # written before the shared counter: the batches Lightning completed
+        if "progress" not in state:  # written before the shared counter: Lightning's batches and (student) steps
             loops = checkpoint.get("loops", {}).get("fit_loop", {})
             done = loops.get("epoch_loop.batch_progress", {}).get("total", {}).get("completed", 0)
-            state["progress"] = torch.tensor([done, 0, 0, 0], dtype=torch.long)
+            state["progress"] = torch.tensor([done, checkpoint.get("global_step", 0), 0, 0], dtype=torch.long)
 
 
 def subtract_optimizer_steps(checkpoint: dict[str, Any], steps: int) -> None:
