@@ -142,7 +142,9 @@ def test_recipe_fits_and_tests_with_tiny_models(recipe, tiny, tmp_path, monkeypa
         run=False,
     )
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-    assert runner.trainer.global_step >= 1
+    # a batch trained (zero-shot KD's first batch is a generator step, which max_steps and global_step do not count)
+    assert runner.trainer.fit_loop.epoch_loop.batch_progress.total.completed >= 1
+    assert runner.trainer.global_step >= 1 or getattr(runner.model, "trains_generator", False)
     if is_overridden("test_dataloader", runner.datamodule):  # general distillation's unlabelled text has no test set
         metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, verbose=False)[0]
         assert "test/score" in metrics and torch.isfinite(torch.tensor(metrics["test/score"]))
