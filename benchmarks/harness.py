@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -49,27 +50,36 @@ def runner_for(config: dict, root: Path):
 
 
 class StepTimer:
-    """A callback: ``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step."""
+    """A callback: ``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step,
+    and ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
+    ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU or start a profiler). A loop
+    without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
 
-    def __new__(cls):
+    def __new__(cls, before_stamp: Callable[[int], None] | None = None):
         from lightning.pytorch.callbacks import Callback
 
         class _StepTimer(Callback):
             def __init__(self) -> None:
                 self.times: list[float] = []
                 self.cpu_times: list[float] = []
+                self.stamps: list[float] = []
+                self.cpu_stamps: list[float] = []
 
             def on_train_batch_start(self, *args) -> None:
                 self._start = (time.perf_counter(), time.process_time())
 
             def on_train_batch_end(self, *args) -> None:
-                self.times.append(time.perf_counter() - self._start[0])
-                self.cpu_times.append(time.process_time() - self._start[1])
+                if before_stamp is not None:
+                    before_stamp(len(self.stamps))
+                self.stamps.append(time.perf_counter())
+                self.cpu_stamps.append(time.process_time())
+                self.times.append(self.stamps[-1] - self._start[0])
+                self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
 
         return _StepTimer()
 
 
-def interleaved(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list]:
     """``rounds`` rounds of every measure taking turns (the order flips every round): ``{name: [per round]}``."""
     out: dict[str, list[float]] = {name: [] for name in measures}
     for r in range(rounds):

@@ -86,8 +86,15 @@ class Study:
         return self.load(json.loads(self.runs_path.read_text())) if self.runs_path.is_file() else {}
 
     def save(self, key: str, record: dict) -> None:
+        self._write({**self.done(), key: record})
+
+    def forget(self, prefix: str) -> None:
+        """Drop the recorded runs whose key starts with ``prefix``, so that the next ``run`` does them again."""
         runs = self.done()
-        runs[key] = record
+        if any(key.startswith(prefix) for key in runs):
+            self._write({key: r for key, r in runs.items() if not key.startswith(prefix)})
+
+    def _write(self, runs: dict[str, dict]) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
         tmp = self.runs_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.dump(runs), indent=1, sort_keys=True))
