@@ -231,3 +231,33 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
         metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
         record.update({k: float(v) for k, v in metrics.items()})
     return record
+
+
+# --------------------------------------------------------------------------------------- step costs
+def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ratio: str) -> list[dict]:
+    """One row per measure of per-round step times: the median, the rounds, the ratio of medians to ``reference``."""
+    base = statistics.median(times[reference])
+    return [
+        {label: name, "step_seconds": statistics.median(v), "rounds": v, ratio: statistics.median(v) / base}
+        for name, v in times.items()
+    ]
+
+
+def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:
+    """A study's ``plot``: one bar per row."""
+
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6))
+        ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    return draw

@@ -305,13 +305,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
     parser.add_argument("--quick", action="store_true", help="one round at ~10 ms (results in a temp folder)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="measure nothing; rewrite the results from the runs")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     sizes = list(GPU_SIZES if args.gpu else CPU_SIZES)[: 1 if args.quick else None]
     rounds = 1 if args.quick else (min(args.rounds, 3) if args.gpu else args.rounds)  # a GPU call has 10 minutes
     results = args.results or (Path(tempfile.mkdtemp(prefix="kdlight_speed_")) if args.quick else RESULTS)
-    study = Study("speed_gpu" if args.gpu else "speed", results=results)
-    study.forget(f"{args.label}/")  # a label is measured again as a whole, in one sitting
+    study = Study("speed_gpu" if args.gpu else "speed", results=results, report_only=args.report_only)
+    if not args.report_only:
+        study.forget(f"{args.label}/")  # a label is measured again as a whole, in one sitting
     with tempfile.TemporaryDirectory(prefix="kdlight_speed_") as work:
         device = "cuda" if args.gpu else "cpu"
         jobs = {
@@ -322,7 +324,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             jobs[f"{args.label}/profile"] = Job(profile, size=sizes[0], steps=LAST + 1, work=work)
         study.run(jobs)
     rows = []
-    for key, record in sorted(study.done().items()):
+    order = [*CPU_SIZES, *GPU_SIZES, "profile"]
+    for key, record in sorted(
+        study.done().items(), key=lambda kv: (kv[0].split("/")[0], order.index(kv[0].split("/")[1]))
+    ):
         label, size = key.split("/")
         if size == "profile":
             rows.append({"label": label, "section": "profile", "size": list(CPU_SIZES)[0], **record})
