@@ -30,6 +30,7 @@ from pathlib import Path
 from benchmarks.harness import (
     PROFILE_CATEGORIES,
     StepTimer,
+    bar_plot,
     interleaved,
     median_ratios,
     profile_summary,
@@ -215,87 +216,18 @@ def profile(size: str, steps: int, work: str) -> dict:
     return out
 
 
-def write(study: Study, rows: list[dict], gpu: bool) -> None:
-    table = [
-        {
-            **r,
-            "range": f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}",
-            "target": f"{'met' if r['ratio'] >= TARGETS[r['size']] else 'missed'} (>= {TARGETS[r['size']]})"
-            if r["size"] in TARGETS
-            else "none",
-        }
-        for r in rows
-        if r["section"] == "ratio"
-    ]
-    notes = []
-    for p in [r for r in rows if r["section"] == "profile"]:
-        hand, kd = p["handwritten"]["ms_per_step"], p["kdlight"]["ms_per_step"]
-        categories = [
-            {"category": c, "hand": hand[c], "kdlight": kd[c], "extra": kd[c] - hand[c]} for c, _ in PROFILE_CATEGORIES
-        ]
-        columns = [("category", "own time in"), ("hand", "hand-written"), ("kdlight", "kdlight"), ("extra", "extra")]
-        top = [("where", "function"), ("ms_per_step", "ms/step"), ("calls_per_step", "calls/step")]
-        notes.append(
-            f"## {p['label']}: where the time goes at ~{p['size']} (cProfile, CPU ms per step)\n\n"
-            + markdown_table(categories, columns)
-            + "\nkdlight's top entries by own time outside the model maths and the optimiser:\n\n"
-            + markdown_table(p["kdlight"]["top_own_time"], top)
+def profile_notes(label: str, record: dict) -> str:
+    hand, kd = record["handwritten"]["ms_per_step"], record["kdlight"]["ms_per_step"]
+    own = [{"in": c, "hand": hand[c], "kdlight": kd[c], "extra": kd[c] - hand[c]} for c, _ in PROFILE_CATEGORIES]
+    top = [("where", "function"), ("ms_per_step", "ms/step"), ("calls_per_step", "calls/step")]
+    return (
+        f"## {label}: where the time goes at ~{list(CPU_SIZES)[0]} (cProfile, CPU ms per step)\n\n"
+        + markdown_table(
+            own, [("in", "own time in"), ("hand", "hand-written"), ("kdlight", "kdlight"), ("extra", "extra")]
         )
-    study.write(
-        rows,
-        [
-            ("label", "label"),
-            ("size", "size"),
-            ("handwritten_ms", "hand-written ms/step"),
-            ("kdlight_ms", "kdlight ms/step"),
-            ("ratio", "ratio"),
-            ("range", "range"),
-            ("target", "target"),
-            ("clock", "clock"),
-            ("wall_ratio", "wall-time ratio"),
-        ],
-        title="Framework overhead: kdlight's VanillaKD vs a hand-written loop" + (" (GPU)" if gpu else " (CPU)"),
-        intro="Made by `python -m benchmarks.speed` (its docstring has the method). Ratio = throughput kdlight / "
-        "hand-written, the median over rounds of the ratio within a round (range: the rounds' extremes). "
-        + (
-            "MiniLM-shaped random models, bf16-mixed on CUDA, wall time."
-            if gpu
-            else "Tiny random BERTs, one thread; judged on process CPU time (`clock`), wall-time ratios alongside."
-        ),
-        notes="\n\n".join(notes),
-        plot=lambda path: plot(table, path),
-        table_rows=table,
+        + "\nkdlight's top entries by own time outside the model maths and the optimiser:\n\n"
+        + markdown_table(record["kdlight"]["top_own_time"], top)
     )
-
-
-def plot(table: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = sorted({r["label"] for r in table})
-    sizes = list(dict.fromkeys(r["size"] for r in table))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        mine = {r["size"]: r for r in table if r["label"] == label}
-        xs = [j + i * width for j, s in enumerate(sizes) if s in mine]
-        ys = [mine[s]["ratio"] for s in sizes if s in mine]
-        errors = [[mine[s]["ratio"] - mine[s]["ratio_min"] for s in sizes if s in mine]]
-        errors.append([mine[s]["ratio_max"] - mine[s]["ratio"] for s in sizes if s in mine])
-        ax.bar(xs, ys, width, yerr=errors, capsize=2, label=label)
-    for j, size in enumerate(sizes):
-        if size in TARGETS:
-            ax.hlines(TARGETS[size], j - 0.1, j + 0.8, colors="k", linestyles="dashed", linewidth=1)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"~{s}" for s in sizes])
-    ax.set_ylim(0.4, 1.1)
-    ax.set_ylabel("throughput kdlight / hand-written")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("VanillaKD step overhead (dashed: targets)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -323,28 +255,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (args.no_profile or args.gpu):
             jobs[f"{args.label}/profile"] = Job(profile, size=sizes[0], steps=LAST + 1, work=work)
         study.run(jobs)
-    rows = []
-    order = [*CPU_SIZES, *GPU_SIZES, "profile"]
+    rows, notes, order = [], [], [*CPU_SIZES, *GPU_SIZES, "profile"]
     for key, record in sorted(
         study.done().items(), key=lambda kv: (kv[0].split("/")[0], order.index(kv[0].split("/")[1]))
     ):
         label, size = key.split("/")
         if size == "profile":
-            rows.append({"label": label, "section": "profile", "size": list(CPU_SIZES)[0], **record})
+            notes.append(profile_notes(label, record))
             continue
-        judged = record.get("cpu", record["wall"])
+        judged, target = record.get("cpu", record["wall"]), TARGETS.get(size)
         rows.append(
             {
                 "label": label,
-                "section": "ratio",
                 "size": size,
+                "name": f"{label} ~{size}",
                 **judged,
+                "range": f"{judged['ratio_min']:.3f}-{judged['ratio_max']:.3f}",
+                "target": "none"
+                if target is None
+                else f"{'met' if judged['ratio'] >= target else 'missed'} (>= {target})",
                 "clock": "cpu" if "cpu" in record else "wall",
                 "wall_ratio": record["wall"]["ratio"],
                 "seconds": record["seconds"],
             }
         )
-    write(study, rows, args.gpu)
+    columns = [("label", "label"), ("size", "size"), ("handwritten_ms", "hand-written ms/step")]
+    columns += [("kdlight_ms", "kdlight ms/step"), ("ratio", "ratio"), ("range", "range"), ("target", "target")]
+    study.write(
+        rows,
+        [*columns, ("clock", "clock"), ("wall_ratio", "wall-time ratio")],
+        title="Framework overhead: kdlight's VanillaKD vs a hand-written loop" + (" (GPU)" if args.gpu else " (CPU)"),
+        intro="Made by `python -m benchmarks.speed` (its docstring has the method). Ratio = throughput kdlight / "
+        "hand-written, the median over rounds of the ratio within a round (range: the rounds' extremes). "
+        + (
+            "MiniLM-shaped random models, bf16-mixed on CUDA, wall time."
+            if args.gpu
+            else "Tiny random BERTs, one thread; judged on process CPU time (`clock`), wall-time ratios alongside."
+        ),
+        notes="\n\n".join(notes),
+        plot=bar_plot(rows, "name", "ratio", "throughput kdlight / hand-written"),
+    )
     return rows
 
 
