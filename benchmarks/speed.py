@@ -1,8 +1,8 @@
 """Framework overhead: kdlight's VanillaKD against a hand-written PyTorch loop doing the same maths (one command).
 
-    python -m benchmarks.speed --label after    # ~5 min on 2 CPU cores: benchmarks/results/speed.{md,json,png}
+    python -m benchmarks.speed --label after    # ~2 min on 2 CPU cores: benchmarks/results/speed.{md,json,png}
     python -m benchmarks.speed --gpu            # MiniLM shape, batch 64 and 256, bf16-mixed on CUDA: speed_gpu.*
-    python -m benchmarks.speed --quick          # a 1-minute smoke run (results in a temp folder)
+    python -m benchmarks.speed --quick          # a 15-second smoke run (results in a temp folder)
 
 Both systems train the same student (a teacher's first layer) from the same weights on the same batches of the
 same datamodule, with kdlight's own loss functions, optimiser and learning-rate schedule (the hand-written loop
