@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "samples_per_s": speed[name],
             "speedup": speed[name] / speed["teacher"],
         }
-        for name in params
+        for name in ["teacher", *SIZES]
     ]
     study.write(
         rows,
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         intro=f"Batch 32, up to 64 tokens, {args.texts} Rotten Tomatoes test snippets, {args.threads} torch threads, "
         f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "
         f"Setting: {json.dumps({'texts': args.texts, 'threads': args.threads})}.",
+        notes=f"Measurement: {record['note']}." if record.get("note") else "",
         plot=bar_plot(rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"),
     )
     return rows
