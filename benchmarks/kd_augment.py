@@ -31,9 +31,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, recorded_rt_baseline
-from benchmarks.compact.run import SIZES, VOCABULARY, compressed, fresh, inference
-from benchmarks.study import Job, Study, mean_std, target
+from benchmarks.common import fine_tuned_rt_teacher, recorded_rt_baseline
+from benchmarks.compact import run as compact
+from benchmarks.compact.run import SIZES, plot, speeds, task_distillation
+from benchmarks.study import Job, Study, target
 
 WORK = Path("runs/benchmarks")
 METHODS = {
@@ -90,68 +91,9 @@ def wiki_sample(count: int, seed: int = 0) -> Path:
     return path
 
 
-def distil(size: str, method: str, seed: int, teacher: str, setting: dict, work: str, quick: bool = False) -> dict:
-    root = Path(work) / size / method / f"seed{seed}"
-    config = {
-        "seed_everything": seed,
-        "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
-        "model": {
-            "class_path": "VanillaKD",
-            "init_args": {
-                "teacher": teacher,
-                "student": compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY),
-                "alpha": 0.5,
-                "temperature": 2.0,
-                "learning_rate": setting["learning_rate"],
-                "warmup_ratio": 0.1,
-                "cache_teacher_logits": True,
-                "export_dir": str(root / "export"),
-            },
-        },
-        "data": data_config(method, setting, quick),
-    }
-    if quick:
-        config["trainer"].update(limit_val_batches=2, limit_test_batches=2)
-    record = fit_and_test(config, root)
-    record.update(size=size, method=method, seed=seed)
-    return record
-
-
 def summarise(records: list[dict], speeds: dict, teacher_params: int, baselines: dict[str, float]) -> list[dict]:
-    from kdlight.baseline import margin_kept
-
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["size"], r["method"]), []).append(r)
-    rows = []
-    for (size, method), runs in sorted(
-        groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), list(METHODS).index(kv[0][1]))
-    ):
-        mean, std = mean_std([r["test/score"] for r in runs])
-        teacher = runs[0]["test/teacher_score"]
-        kept_rows = margin_kept(mean, teacher, baselines["rows"])
-        kept_all = margin_kept(mean, teacher, baselines["all"])
-        rows.append(
-            {
-                "size": size,
-                "method": method,
-                "method_name": METHODS[method],
-                "params": runs[0]["params"],
-                "compression": teacher_params / runs[0]["params"],
-                "accuracy_mean": mean,
-                "accuracy_std": std,
-                "seeds": len(runs),
-                "teacher_accuracy": teacher,
-                "pct_of_teacher": 100 * mean / teacher,
-                "baseline_rows": baselines["rows"],
-                "margin_kept_pct": 100 * kept_rows if kept_rows == kept_rows else None,
-                "baseline_all": baselines["all"],
-                "margin_kept_all_pct": 100 * kept_all if kept_all == kept_all else None,
-                "speedup": speeds.get(size, {}).get("speedup"),
-                "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
-            }
-        )
-    return rows
+    """The compact study's rows, with the margin kept over both baselines (``rows``: the same labelled rows)."""
+    return compact.summarise(records, speeds, teacher_params, baselines["rows"], baselines["all"], METHODS)
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -170,7 +112,7 @@ def targets(rows: list[dict]) -> list[str]:
             )
     by_size: dict[str, dict[str, dict]] = {}
     for row in rows:
-        by_size.setdefault(row["size"], {})[row["method"]] = row
+        by_size.setdefault(row["student"], {})[row["method"]] = row
     for size, methods in by_size.items():
         plain = methods.get("kd")
         for method, row in methods.items():
@@ -184,39 +126,6 @@ def targets(rows: list[dict]) -> list[str]:
                 f"{row['seeds']} seeds): {verdict}."
             )
     return lines
-
-
-def plot(rows: list[dict], baselines: dict[str, float]):
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method, label in METHODS.items():
-            mine = [r for r in rows if r["method"] == method]
-            if mine:
-                ax.errorbar(
-                    [r["compression"] for r in mine],
-                    [r["accuracy_mean"] for r in mine],
-                    yerr=[r["accuracy_std"] for r in mine],
-                    marker="o",
-                    capsize=3,
-                    label=f"{method}: {label}",
-                )
-        if rows:
-            ax.axhline(rows[0]["teacher_accuracy"], color="k", ls="--", lw=1, label="teacher")
-        ax.axhline(baselines["rows"], color="tab:red", ls="-.", lw=1, label="TF-IDF + LR, 6k rows")
-        ax.axhline(baselines["all"], color="tab:red", ls=":", lw=1, label="TF-IDF + LR, all rows")
-        ax.set_xscale("log")
-        ax.set_xlabel("compression (teacher params / student params)")
-        ax.set_ylabel("test accuracy (Rotten Tomatoes)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-
-    return draw
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -250,15 +159,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
-    jobs = {
+    jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
-            distil,
+            task_distillation,
             size=size,
             method=method,
             seed=seed,
             teacher=teacher,
+            general_export=None,
             setting=setting,
             work=str(WORK / name),
+            student_method="b",
+            data=data_config(method, setting, args.quick),
             quick=args.quick,
         )
         for seed in args.seeds
@@ -267,23 +179,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     study.run(jobs)
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed_jobs = {}
-    for size in SIZES:
-        exports = [
-            r["export"] for r in done.values() if r["size"] == size and (args.report_only or Path(r["export"]).is_dir())
-        ]
-        if exports:
-            speed_jobs[f"speed/{size}"] = Job(
-                inference, size=size, student_export=exports[0], teacher=teacher, texts=64 if args.quick else 640
-            )
-    speeds = {k.split("/")[1]: v for k, v in Study(name, report_only=args.report_only).run(speed_jobs).items()}
+    speed = speeds(name, done, teacher, args.quick, args.report_only)
     from kdlight.models.hf import count_parameters, load_classifier
 
     teacher_params = count_parameters(load_classifier(teacher, 2))
     rows_baseline = recorded_rt_baseline(setting["train_examples"])
     all_baseline = recorded_rt_baseline(64 if args.quick else None)
     baselines = {"rows": rows_baseline["test_score"], "all": all_baseline["test_score"]}
-    rows = summarise(list(done.values()), speeds, teacher_params, baselines)
+    rows = summarise(list(done.values()), speed, teacher_params, baselines)
     planned = len(args.sizes) * len(methods) * len(args.seeds)
     finished = sum(1 for k in jobs if k in done)
     status = [
@@ -295,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     study.write(
         rows,
         [
-            ("size", "size"),
+            ("student", "size"),
             ("method", "method"),
             ("compression", "compression"),
             ("accuracy_mean", "test acc (mean)"),
@@ -303,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ("seeds", "seeds"),
             ("teacher_accuracy", "teacher"),
             ("pct_of_teacher", "% of teacher"),
-            ("baseline_rows", "baseline (6k rows)"),
+            ("baseline_accuracy", "baseline (6k rows)"),
             ("margin_kept_pct", "% margin kept"),
             ("baseline_all", "baseline (all rows)"),
             ("margin_kept_all_pct", "% margin kept (all-rows baseline)"),
@@ -316,7 +219,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), *status]),
-        plot=plot(rows, baselines),
+        plot=plot(
+            rows,
+            rows[0]["teacher_accuracy"] if rows else float("nan"),
+            {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]},
+            METHODS,
+        ),
     )
     return rows
 

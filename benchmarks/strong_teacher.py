@@ -120,41 +120,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = [done[k] for k in jobs if k in done]
     baseline = recorded_rt_baseline(64 if args.quick else None)
     chosen = choose(records) if records else None
-    rows = [
-        {
-            "learning_rate": r["learning_rate"],
-            "epochs": r["epochs"],
-            "best_val_score": r["best_val_score"],
-            "best_at_step": max(r["val_curve"], key=lambda p: p["val_score"])["step"] if r["val_curve"] else None,
-            "chosen": "yes" if r is chosen else "",
-            "test_score": r["test/score"],
+
+    def row(learning_rate: float, curve: list[dict], chosen_text: str, record: dict | None = None) -> dict:
+        best = max(curve, key=lambda p: p["val_score"]) if curve else {}
+        return {
+            "learning_rate": learning_rate,
+            "epochs": epochs,
+            "best_val_score": record["best_val_score"] if record else best.get("val_score"),
+            "best_at_step": best.get("step"),
+            "chosen": chosen_text,
+            "test_score": record["test/score"] if record else None,
             "baseline_test_score": baseline["test_score"],
-            "val_curve": [[p["step"], p["val_score"]] for p in r["val_curve"]],
-            "fit_seconds": r["fit_seconds"],
-            "export": r["export"],
+            "val_curve": [[p["step"], p["val_score"]] for p in curve],
+            "fit_seconds": record["fit_seconds"] if record else None,
+            "export": record["export"] if record else None,
         }
-        for r in records
-    ]
+
+    rows = [row(r["learning_rate"], r["val_curve"], "yes" if r is chosen else "", r) for r in records]
     missing = [k for k in jobs if k not in done]
     for key in missing:  # runs still going (or stopped): their validation points so far, marked as such
         curve = in_progress_curve(teacher_root(key + ("_quick" if args.quick else "")))
         if curve:
-            best = max(curve, key=lambda p: p["val_score"])
-            rows.append(
-                {
-                    "learning_rate": jobs[key].kwargs["learning_rate"],
-                    "epochs": epochs,
-                    "best_val_score": best["val_score"],
-                    "best_at_step": best["step"],
-                    "chosen": f"in progress (step {curve[-1]['step']})",
-                    "test_score": None,
-                    "baseline_test_score": baseline["test_score"],
-                    "val_curve": [[p["step"], p["val_score"]] for p in curve],
-                    "fit_seconds": None,
-                    "export": None,
-                }
-            )
-            records.append({"learning_rate": jobs[key].kwargs["learning_rate"], "val_curve": curve})
+            learning_rate = jobs[key].kwargs["learning_rate"]
+            rows.append(row(learning_rate, curve, f"in progress (step {curve[-1]['step']})"))
+            records.append({"learning_rate": learning_rate, "val_curve": curve})
     notes = (
         f"Chosen on validation: lr {chosen['learning_rate']:g}, best checkpoint at step "
         f"{max(chosen['val_curve'], key=lambda p: p['val_score'])['step']} (validation {chosen['best_val_score']:.4f}, "

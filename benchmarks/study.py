@@ -16,9 +16,8 @@ A study is its measurement logic plus a :class:`Study`:
   belong in a study's code: pass it as ``notes`` or add it to the committed ``.md`` by hand.
 * **Report only**: ``report_only=True`` runs nothing and reports what the runs file holds (the runs of a
   study that ran elsewhere, e.g. on a GPU machine, or was stopped part-way).
-* **Older runs files**: a study whose runs file predates this helper (a JSON list of records, or a dict
-  with extra entries) passes ``load``/``dump`` (see :func:`keyed_list`) so that it reads and extends the
-  file in its own format.
+* **Older runs files**: a study whose runs file predates this helper (e.g. a JSON list of records) passes
+  ``load``/``dump`` so that it reads and extends the file in its own format.
 """
 
 from __future__ import annotations
@@ -86,8 +85,15 @@ class Study:
         return self.load(json.loads(self.runs_path.read_text())) if self.runs_path.is_file() else {}
 
     def save(self, key: str, record: dict) -> None:
+        self._write({**self.done(), key: record})
+
+    def forget(self, prefix: str) -> None:
+        """Drop the recorded runs whose key starts with ``prefix``, so that the next ``run`` does them again."""
         runs = self.done()
-        runs[key] = record
+        if any(key.startswith(prefix) for key in runs):
+            self._write({key: r for key, r in runs.items() if not key.startswith(prefix)})
+
+    def _write(self, runs: dict[str, dict]) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
         tmp = self.runs_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.dump(runs), indent=1, sort_keys=True))
@@ -173,9 +179,3 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def target(claim: str, met: bool, detail: str) -> str:
     """One line of a study's "Targets" section: ``- claim: **met** (detail).``"""
     return f"- {claim}: **{'met' if met else 'missed'}** ({detail})."
-
-
-def keyed_list(key: Callable[[dict], str]) -> dict[str, Callable]:
-    """``load``/``dump`` for a runs file that is a JSON list of records, each keyed by ``key(record)``:
-    ``Study(name, **keyed_list(lambda r: f"{r['method']}|{r['seed']}"))`` reads and appends to it as a list."""
-    return {"load": lambda raw: {key(r): r for r in raw}, "dump": lambda runs: list(runs.values())}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,70 @@ def expect_user_error(args: list[str], capsys, match: str, export_dir: Path | No
     if export_dir is not None:
         assert not Path(export_dir).exists() or not any(Path(export_dir).iterdir()), f"{export_dir} was written"
     return lines[0]
+
+
+# ------------------------------------------------------------ the installed console script, in a subprocess
+KDLIGHT = shutil.which("kdlight")
+# A callback a user could write: sends a signal to its own process after a given optimiser step, so that a test
+# stops a run at a known point instead of racing a timer (``--trainer.callbacks+=signal_at.SignalAt``).
+SIGNAL_AT = """
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, step: int, sig: str = "SIGINT") -> None:
+        self.step, self.sig = step, sig
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.sig))
+"""
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def kdlight_script(*args, cwd: Path, check: bool = True, umask: int | None = None) -> subprocess.CompletedProcess:
+    """The installed ``kdlight`` console script run with ``args`` from ``cwd``; with ``check``, a non-zero exit
+    fails the test with the end of the output."""
+    proc = subprocess.run(
+        [KDLIGHT, *map(str, args)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
+    if check and proc.returncode != 0:
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{output}")
+    return proc
+
+
+def tiny_task_data(assets, **overrides) -> dict:
+    """A recipe's ``data:`` section for the tiny sentiment task (TextClassificationDataModule)."""
+    d = assets["data"]
+    files = {f"{key}_file": str(d / f"{split}.csv") for key, split in (("train", "train"), ("val", "validation"))}
+    init = {**files, "test_file": str(d / "test.csv"), "batch_size": 16, "max_length": 32, **overrides}
+    return {"class_path": "TextClassificationDataModule", "init_args": init}
+
+
+def write_kd_recipe(folder: Path, assets, **trainer) -> Path:
+    """``folder/kd.yaml``: VanillaKD on the tiny task with the user's defaults (loggers, checkpoints, progress bar)
+    and ``trainer``'s settings, and ``folder/signal_at.py`` (:data:`SIGNAL_AT`)."""
+    import yaml
+
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "log_every_n_steps": 1, **trainer},
+        "model": {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}},
+        "data": tiny_task_data(assets),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "signal_at.py").write_text(SIGNAL_AT)
+    return folder

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import expect_user_error, trainer_args
+from conftest import expect_user_error, tiny_task_data, trainer_args
 from kdlight.cli import cli
 from kdlight.data.augment import UNLABELLED, TextRewriter, example_seed, token_augment
 from kdlight.errors import KDLightError
@@ -23,20 +23,9 @@ class ReversedWords(TextRewriter):
 
 
 def config(assets, tmp_path, model: str = "VanillaKD", **augment) -> str:
-    d = assets["data"]
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "extra.txt").write_text("a plain line of extra text\nanother line of text here\nshort\n")
-    inner = {
-        "class_path": "TextClassificationDataModule",
-        "init_args": {
-            "train_file": str(d / "train.csv"),
-            "val_file": str(d / "validation.csv"),
-            "test_file": str(d / "test.csv"),
-            "batch_size": 16,
-            "max_length": 32,
-            "max_train_examples": 48,
-        },
-    }
+    inner = tiny_task_data(assets, max_train_examples=48)
     init = {"datamodule": inner, **augment}
     model_args = {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}
     if model == "VanillaKD":

@@ -9,7 +9,6 @@ recipe's own run; exports look like any ``save_pretrained`` folder.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -22,28 +21,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import KDLIGHT, SIGNAL_AT, kdlight_script, tiny_task_data
 from kdlight.cli import main
 
-KDLIGHT = shutil.which("kdlight")
 pytestmark = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed")
 UMASK = 0o022
 
 
 def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [KDLIGHT, *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        preexec_fn=lambda: os.umask(UMASK),
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
+    return kdlight_script(*args, cwd=cwd, check=check, umask=UMASK)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -56,7 +42,6 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def recipe(assets, teacher: Path, module: str) -> dict:
-    data = assets["data"]
     model = (
         {"class_path": "VanillaKD", "init_args": {"teacher": str(teacher), "learning_rate": 1e-3}}
         if module == "VanillaKD"
@@ -74,16 +59,7 @@ def recipe(assets, teacher: Path, module: str) -> dict:
             "enable_model_summary": False,
         },
         "model": model,
-        "data": {
-            "class_path": "TextClassificationDataModule",
-            "init_args": {
-                "train_file": str(data / "train.csv"),
-                "val_file": str(data / "validation.csv"),
-                "test_file": str(data / "test.csv"),
-                "batch_size": 16,
-                "max_length": 32,
-            },
-        },
+        "data": tiny_task_data(assets),
     }
 
 
@@ -330,21 +306,6 @@ def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(
 
 
 # ------------------------------------------------------------------------------------- metrics.csv
-KILLER = """
-import os, signal
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, step: int, sig: str) -> None:
-        self.step, self.sig = step, sig
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.sig))
-"""
-
-
 def metrics_rows(run: Path) -> list[tuple]:
     text = (run / "metrics.csv").read_text().splitlines()
     header = text[0].split(",")
@@ -365,7 +326,7 @@ def test_metrics_csv_after_a_resume_has_each_row_once(
     """Stopped at step 8 of 12 and resumed with --ckpt_path last: metrics.csv holds exactly the rows of an
     uninterrupted run (no row of a step run twice, none of the step the stop interrupted lost)."""
     work = fresh_folder(runs, tmp_path, assets)
-    (work / "signal_at.py").write_text(KILLER)
+    (work / "signal_at.py").write_text(SIGNAL_AT)
     stop = [
         "--trainer.callbacks+=signal_at.SignalAt",
         "--trainer.callbacks.step=8",

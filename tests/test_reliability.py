@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import BertForSequenceClassification
 
 import kdlight.cli  # noqa: F401  (imported before capsys: Lightning's log handler binds the stderr it finds)
-from conftest import data_args, sentiment_rows, trainer_args, write_csv
+from conftest import KDLIGHT, data_args, sentiment_rows, subprocess_env, trainer_args, write_csv, write_kd_recipe
 from kdlight.cli import main
 
-KDLIGHT = shutil.which("kdlight")
 needs_script = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed")
 
 
@@ -104,10 +102,6 @@ def trained(assets, tmp_path_factory) -> Path:
 def run_copy(trained, tmp_path) -> Path:
     """A private copy of the trained run, so a case may try to damage it."""
     return Path(shutil.copytree(trained, tmp_path / "run"))
-
-
-def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 # ------------------------------------------------------------------ the table: one kdlight command each
@@ -448,44 +442,9 @@ def test_case(case, assets, run_copy, tmp_path, capsys, caplog, monkeypatch):
 
 
 # ------------------------------------------------------------------ cases that need a real process
-SIGNAL_AT = """
-import os, signal
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, step: int, sig: str = "SIGINT") -> None:
-        self.step, self.sig = step, sig
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.sig))
-"""
-
-
 def write_recipe(folder: Path, assets, **trainer) -> Path:
     """A VanillaKD recipe on the tiny task with the user's defaults (CSV/TensorBoard logger, checkpoints)."""
-    data = assets["data"]
-    recipe = {
-        "seed_everything": 0,
-        "trainer": {"max_epochs": 2, "accelerator": "cpu", "log_every_n_steps": 1, "enable_progress_bar": False}
-        | trainer,
-        "model": {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}},
-        "data": {
-            "class_path": "TextClassificationDataModule",
-            "init_args": {
-                "train_file": str(data / "train.csv"),
-                "val_file": str(data / "validation.csv"),
-                "test_file": str(data / "test.csv"),
-                "batch_size": 16,
-                "max_length": 32,
-            },
-        },
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
-    (folder / "signal_at.py").write_text(SIGNAL_AT)
-    return folder
+    return write_kd_recipe(folder, assets, **{"max_epochs": 2, "enable_progress_bar": False, **trainer})
 
 
 def start(args, cwd: Path, file_size_limit: int | None = None) -> subprocess.Popen:

@@ -4,6 +4,7 @@ and a report-only study runs nothing (its runs came from another machine)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,3 +63,31 @@ def test_write_puts_the_same_rows_in_json_and_markdown(tmp_path):
     assert text.startswith("# Demo") and "| a | 0.5123 |" in text and text.rstrip().endswith("n")
     assert markdown_table(rows, [("acc", "accuracy")]).splitlines()[2] == "| 0.5123 |"
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5)) and mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_forget_drops_a_prefix_so_the_next_run_measures_it_again(tmp_path):
+    CALLS.clear()
+    study = Study("demo", results=tmp_path)
+    study.run({"a/1": Job(square, x=1), "b/2": Job(square, x=2)})
+    study.forget("a/")
+    assert set(study.done()) == {"b/2"}
+    study.run({"a/1": Job(square, x=1), "b/2": Job(square, x=2)})
+    assert CALLS == [1, 2, 1]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "benchmarks").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_benchmarks_a_page_names_exist(page):
+    """Every `python -m benchmarks.<study>`, `benchmarks/<file>.py` and results file a page names is in the
+    repository (a study removed with its results must take its mentions with it)."""
+    text = page.read_text()
+    modules = re.findall(r"python3? -m (benchmarks(?:\.\w+)+)", text)
+    files = re.findall(r"benchmarks/[\w/]+\.py", text)
+    results = re.findall(r"benchmarks/results/(\w+)\.(?:md|json|png|\{)", text)
+    missing = [m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).is_file()]
+    missing += [f for f in files if not (ROOT / f).is_file()]
+    missing += [r for r in results if not list((ROOT / "benchmarks" / "results").glob(f"{r}.*"))]
+    assert not missing, f"{page.relative_to(ROOT)} names {missing}"

@@ -7,10 +7,7 @@ folders, signal handling); these are the proof that the README's commands do wha
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,64 +15,19 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import KDLIGHT, write_kd_recipe
+from conftest import kdlight_script as kdlight
 from kdlight.models import load_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-KDLIGHT = shutil.which("kdlight")
 pytestmark = pytest.mark.skipif(
     KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"
 )
 
-# A callback a user could write: sends a signal to its own process after a given optimiser step, so
-# the test stops a run at a known point instead of racing a timer.
-KILLER = """
-import os, signal
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, step: int, sig: str = "SIGKILL") -> None:
-        self.step, self.sig = step, sig
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.sig))
-"""
-
-
-def kdlight(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [KDLIGHT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    if check and proc.returncode != 0:
-        command = " ".join(map(str, args))
-        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        raise AssertionError(f"kdlight {command} exited {proc.returncode}:\n{output}")
-    return proc
-
 
 def write_recipe(folder: Path, assets) -> Path:
     """A VanillaKD recipe on the tiny task (3 epochs of 6 batches, dropout on) in a fresh working directory."""
-    data = assets["data"]
-    recipe = {
-        "seed_everything": 0,
-        "trainer": {"max_epochs": 3, "accelerator": "cpu", "log_every_n_steps": 1},
-        "model": {"class_path": "VanillaKD", "init_args": {"teacher": str(assets["teacher"]), "learning_rate": 1e-3}},
-        "data": {
-            "class_path": "TextClassificationDataModule",
-            "init_args": {
-                "train_file": str(data / "train.csv"),
-                "val_file": str(data / "validation.csv"),
-                "test_file": str(data / "test.csv"),
-                "batch_size": 16,
-                "max_length": 32,
-            },
-        },
-    }
-    (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
-    (folder / "signal_at.py").write_text(KILLER)
-    return folder
+    return write_kd_recipe(folder, assets, max_epochs=3)
 
 
 @pytest.fixture

@@ -104,18 +104,29 @@ def general_distillation(size: str, teacher: str, setting: dict, work: str) -> d
 
 
 def task_distillation(
-    size: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict, work: str
+    size: str,
+    method: str,
+    seed: int,
+    teacher: str,
+    general_export: str | None,
+    setting: dict,
+    work: str,
+    student_method: str | None = None,
+    data: dict | None = None,
+    quick: bool = False,
 ) -> dict:
-    student = student_config(size, method, general_export)
+    """The quickstart's task distillation of ``student_method``'s student (default: ``method``'s) on ``data`` (default:
+    the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``."""
+    student_method = student_method or method
     model = {
         "teacher": teacher,
-        "student": student,
+        "student": student_config(size, student_method, general_export),
         "alpha": 0.5,
         "temperature": 2.0,
         "learning_rate": setting["learning_rate"],
         "warmup_ratio": 0.1,
     }
-    if method == "d":
+    if student_method == "d":
         model["losses"] = [
             {"class_path": "HiddenMSE", "init_args": {"layers": "uniform", "weight": 1.0}},
             {"class_path": "SelfAttentionRelations", "init_args": {"num_relation_heads": 16, "weight": 1.0}},
@@ -123,18 +134,18 @@ def task_distillation(
     else:
         model["cache_teacher_logits"] = True
     root = Path(work) / size / method / f"seed{seed}"
+    rt = {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]}
     config = {
         "seed_everything": seed,
         "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
         "model": {
-            "class_path": "LayerwiseKD" if method == "d" else "VanillaKD",
+            "class_path": "LayerwiseKD" if student_method == "d" else "VanillaKD",
             "init_args": {**model, "export_dir": str(root / "export")},
         },
-        "data": {
-            "class_path": "RottenTomatoesDataModule",
-            "init_args": {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]},
-        },
+        "data": data or {"class_path": "RottenTomatoesDataModule", "init_args": rt},
     }
+    if quick:
+        config["trainer"].update(limit_val_batches=2, limit_test_batches=2)
     record = fit_and_test(config, root)
     record.update(size=size, method=method, seed=seed)
     return record
@@ -151,38 +162,65 @@ def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
     }
 
 
+def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_only: bool) -> dict[str, dict]:
+    """Each size's CPU inference speed-up (one export of it against the teacher), measured once and recorded."""
+    jobs = {}
+    for size in SIZES:
+        exports = [  # a report from another machine's runs reads its recorded speeds: the exports stayed there
+            r["export"] for r in done.values() if r["size"] == size and (report_only or Path(r["export"]).is_dir())
+        ]
+        if exports:
+            texts = 64 if quick else 640
+            jobs[f"speed/{size}"] = Job(inference, size=size, student_export=exports[0], teacher=teacher, texts=texts)
+    return {k.split("/")[1]: v for k, v in Study(name, report_only=report_only).run(jobs).items()}
+
+
 def summarise(
-    records: dict[str, dict], speeds: dict[str, dict], teacher_params: int, baseline_score: float = float("nan")
+    records: dict[str, dict] | list[dict],
+    speeds: dict[str, dict],
+    teacher_params: int,
+    baseline_score: float = float("nan"),
+    all_rows_baseline: float | None = None,
+    methods: dict[str, str] = METHODS,
 ) -> list[dict]:
+    """One row per size and method: accuracy over seeds, % of the teacher and % of its margin over the TF-IDF
+    baseline kept (and over the all-rows baseline, when given), speed-up, train time."""
     from kdlight.baseline import margin_kept
 
-    rows = []
-    teacher_scores = [r["test/teacher_score"] for r in records.values() if "test/teacher_score" in r]
-    teacher_score = teacher_scores[0] if teacher_scores else float("nan")
+    def kept(mean: float, teacher: float, baseline: float) -> float | None:
+        value = margin_kept(mean, teacher, baseline)
+        return None if value != value else 100 * value
+
+    records = list(records.values()) if isinstance(records, dict) else records
+    teacher_scores = [r["test/teacher_score"] for r in records if "test/teacher_score" in r]
+    teacher = teacher_scores[0] if teacher_scores else float("nan")
     groups: dict[tuple[str, str], list[dict]] = {}
-    for record in records.values():
+    for record in records:
         groups.setdefault((record["size"], record["method"]), []).append(record)
-    for (size, method), runs in sorted(groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), kv[0][1])):
+    rows = []
+    for (size, method), runs in sorted(
+        groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), list(methods).index(kv[0][1]))
+    ):
         mean, std = mean_std([r["test/score"] for r in runs])
+        row = {
+            "student": size,
+            "method": method,
+            "method_name": methods[method],
+            "params": runs[0]["params"],
+            "compression": teacher_params / runs[0]["params"],
+            "accuracy_mean": mean,
+            "accuracy_std": std,
+            "seeds": len(runs),
+            "pct_of_teacher": 100 * mean / teacher,
+            "baseline_accuracy": baseline_score,
+            "margin_kept_pct": kept(mean, teacher, baseline_score),
+        }
+        if all_rows_baseline is not None:
+            row.update(teacher_accuracy=teacher, baseline_all=all_rows_baseline)
+            row["margin_kept_all_pct"] = kept(mean, teacher, all_rows_baseline)
         speed = speeds.get(size, {})
-        rows.append(
-            {
-                "student": size,
-                "method": method,
-                "method_name": METHODS[method],
-                "params": runs[0]["params"],
-                "compression": teacher_params / runs[0]["params"],
-                "accuracy_mean": mean,
-                "accuracy_std": std,
-                "seeds": len(runs),
-                "pct_of_teacher": 100 * mean / teacher_score,
-                "baseline_accuracy": baseline_score,
-                "margin_kept_pct": 100 * margin_kept(mean, teacher_score, baseline_score),
-                "samples_per_s": speed.get("samples_per_s"),
-                "speedup": speed.get("speedup"),
-                "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
-            }
-        )
+        row.update(samples_per_s=speed.get("samples_per_s"), speedup=speed.get("speedup"))
+        rows.append({**row, "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs)})
     return rows
 
 
@@ -196,7 +234,9 @@ def hand_written_sections(path: Path) -> str:
     return text[start + 1 :] if start >= 0 else ""
 
 
-def plot(rows: list[dict], teacher_score: float, baseline_score: float = float("nan")):
+def plot(rows: list[dict], teacher_score: float, baselines: dict[str, float], methods: dict[str, str] = METHODS):
+    """Accuracy against compression per method, with the teacher, 92 % of it and the baselines (label: score)."""
+
     def draw(path: Path) -> None:
         import matplotlib
 
@@ -204,7 +244,7 @@ def plot(rows: list[dict], teacher_score: float, baseline_score: float = float("
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method, name in METHODS.items():
+        for method, name in methods.items():
             mine = [r for r in rows if r["method"] == method]
             if mine:
                 ax.errorbar(
@@ -217,8 +257,9 @@ def plot(rows: list[dict], teacher_score: float, baseline_score: float = float("
                 )
         ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
         ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
-        if baseline_score == baseline_score:
-            ax.axhline(baseline_score, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (same rows)")
+        for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
+            if score == score:
+                ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("compression (teacher params / student params)")
         ax.set_ylabel("test accuracy (Rotten Tomatoes)")
@@ -276,27 +317,15 @@ def main(argv: list[str] | None = None) -> None:
                     setting=setting,
                     work=work,
                 )
-    records = study.run(jobs)
+    study.run(jobs)
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed_jobs = {}
-    for size in SIZES:
-        exports = [  # a report from another machine's runs reads its recorded speeds: the exports stayed there
-            r["export"] for r in done.values() if r["size"] == size and (args.report_only or Path(r["export"]).is_dir())
-        ]
-        if exports:
-            speed_jobs[f"speed/{size}"] = Job(
-                inference, size=size, student_export=exports[0], teacher=teacher, texts=64 if args.quick else 640
-            )
-    speeds = {
-        k.split("/")[1]: v
-        for k, v in Study(study.name, workers=1, report_only=args.report_only).run(speed_jobs).items()
-    }
+    speed = speeds(study.name, done, teacher, args.quick, args.report_only)
     from kdlight.models.hf import count_parameters, load_classifier
 
     teacher_params = count_parameters(load_classifier(teacher, 2))
     baseline = recorded_rt_baseline(setting["train_examples"])
     full_baseline = recorded_rt_baseline(None)  # every training row: what a user with all the data would get
-    rows = summarise(done, speeds, teacher_params, baseline["test_score"])
+    rows = summarise(done, speed, teacher_params, baseline["test_score"])
     teacher_score = next(r["test/teacher_score"] for r in done.values() if "test/teacher_score" in r)
     general_rows = "\n".join(
         f"- general distillation, {k.split('/')[1]}: {v['steps']} steps in {v['fit_seconds']:.0f}s"
@@ -330,9 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{baseline['test_score']:.4f} ({full_baseline['test_score']:.4f} on all {full_baseline['train_rows']} "
         "training rows); % of margin kept = 100 (student - baseline) / (teacher - baseline).",
         notes="\n\n".join(p for p in (general_rows, hand_written_sections(study.results / f"{name}.md")) if p),
-        plot=plot(rows, teacher_score, baseline["test_score"]),
+        plot=plot(rows, teacher_score, {"TF-IDF + LR baseline (same rows)": baseline["test_score"]}),
     )
-    del records
 
 
 if __name__ == "__main__":

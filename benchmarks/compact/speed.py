@@ -8,7 +8,8 @@ student (the teacher's SVD embeddings, vocabulary pruned to the training text), 
 ``AutoModelForSequenceClassification`` loading, batch 32, up to 64 tokens, the Rotten Tomatoes test snippets,
 teacher and students taking turns in each round, best of 3 rounds. This is how the study's speed-up column is
 measured where the study ran on another machine (its GPU run measured on that machine's busy CPU).
-Results: benchmarks/results/compact_speed.{md,json,png}.
+Results: benchmarks/results/compact_speed.{md,json,png}; the measurement is kept in compact_speed_runs.json
+(delete it to measure again).
 """
 
 from __future__ import annotations
@@ -21,71 +22,58 @@ from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, runner_for
 from benchmarks.compact.run import SIZES, student_config
-from benchmarks.study import Study
+from benchmarks.harness import bar_plot
+from benchmarks.study import Job, Study
 
 
 def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
     from kdlight.models.hf import count_parameters
 
-    config = {
-        "model": {
-            "class_path": "VanillaKD",
-            "init_args": {"teacher": teacher, "student": student_config(size, "b", None)},
-        },
-        "data": {"class_path": "RottenTomatoesDataModule", "init_args": {"max_length": 64}},
-    }
-    runner = runner_for(config, folder / size)
+    model = {"class_path": "VanillaKD", "init_args": {"teacher": teacher, "student": student_config(size, "b", None)}}
+    data = {"class_path": "RottenTomatoesDataModule", "init_args": {"max_length": 64}}
+    runner = runner_for({"model": model, "data": data}, folder / size)
     return runner.model.export(folder / size / "export"), count_parameters(runner.model.predictor)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=640)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    args = parser.parse_args(argv)
+def measure(texts: int, threads: int) -> dict:
+    """Samples per second and parameters of the teacher and of each size's export."""
     import torch
 
     from kdlight.models.hf import count_parameters, load_classifier
     from kdlight.quickstart import inference_speed, test_texts
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     teacher = str(fine_tuned_rt_teacher())
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    params = {"teacher": count_parameters(load_classifier(teacher, 2))}
     with tempfile.TemporaryDirectory() as tmp:
-        exports = {"teacher": (teacher, teacher_params)}
+        exports = {"teacher": teacher}
         for size in SIZES:
-            path, params = export_untrained(size, teacher, Path(tmp))
-            exports[size] = (str(path), params)
-        speed = inference_speed({name: path for name, (path, _) in exports.items()}, test_texts(args.texts))
+            path, params[size] = export_untrained(size, teacher, Path(tmp))
+            exports[size] = str(path)
+        speed = inference_speed(exports, test_texts(texts))
+    return {"samples_per_s": speed, "params": params}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args(argv)
+    study = Study("compact_speed")
+    key = f"texts{args.texts}_threads{args.threads}"
+    record = study.run({key: Job(measure, texts=args.texts, threads=args.threads)})[key]
+    speed, params = record["samples_per_s"], record["params"]
     rows = [
         {
             "student": name,
-            "params": params,
-            "compression": teacher_params / params,
+            "params": params[name],
+            "compression": params["teacher"] / params[name],
             "samples_per_s": speed[name],
             "speedup": speed[name] / speed["teacher"],
         }
-        for name, (_, params) in exports.items()
+        for name in ["teacher", *SIZES]
     ]
-
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.plot([r["compression"] for r in rows], [r["speedup"] for r in rows], marker="o")
-        for r in rows:
-            ax.annotate(r["student"], (r["compression"], r["speedup"]), textcoords="offset points", xytext=(4, 4))
-        ax.set_xscale("log")
-        ax.set_xlabel("compression (teacher params / student params)")
-        ax.set_ylabel(f"CPU inference speed-up vs teacher ({args.threads} threads)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
-    Study("compact_speed").write(
+    study.write(
         rows,
         [
             ("student", "model"),
@@ -98,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         intro=f"Batch 32, up to 64 tokens, {args.texts} Rotten Tomatoes test snippets, {args.threads} torch threads, "
         f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "
         f"Setting: {json.dumps({'texts': args.texts, 'threads': args.threads})}.",
-        plot=draw,
+        notes=f"Measurement: {record['note']}." if record.get("note") else "",
+        plot=bar_plot(rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"),
     )
+    return rows
 
 
 if __name__ == "__main__":

@@ -3,19 +3,23 @@
 Teacher: all-MiniLM-L6-v2 with a classification head (weights as packaged; the head's values do not
 change the cost). Student: 2 blocks cut from it (so attention maps are comparable). Batch 32 of
 Rotten Tomatoes snippets padded to 64 tokens, one torch thread, one training step = teacher forward,
-student forward and backward, AdamW step. Variants are interleaved over rounds; medians reported.
+student forward and backward, AdamW step. Variants take turns over rounds; medians reported.
 
     python -m benchmarks.compact.step_cost [--rounds 5] [--steps 4]
+
+Writes benchmarks/results/compact_step_cost.{md,json,png}; the measurement is kept in compact_step_cost_runs.json
+(delete it to measure again).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
+from benchmarks.harness import bar_plot, interleaved, step_cost_rows
+from benchmarks.study import Job, Study
 from kdlight.data.base import load_tokenizer
 from kdlight.losses.layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
 from kdlight.models import TruncatedTeacher
@@ -62,11 +66,7 @@ def step(setup, batch):
     optimizer.step()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
+def measure(rounds: int, steps: int) -> dict[str, list[float]]:
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(TEACHER)
     texts = [
@@ -75,19 +75,37 @@ def main() -> None:
     ]
     batch = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=64, return_tensors="pt"))
     setups = {name: build(losses) for name, losses in variants().items()}
-    times: dict[str, list[float]] = {name: [] for name in setups}
     for setup in setups.values():  # warm-up
         step(setup, batch)
-    for _ in range(args.rounds):
-        for name, setup in setups.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step(setup, batch)
-            times[name].append((time.perf_counter() - start) / args.steps)
-    base = statistics.median(times["logit KD only"])
-    print("| variant | s / step (median) | vs logit KD |\n|---|---|---|")
-    for name, values in times.items():
-        print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / base:.2f}x |")
+
+    def timed(setup) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(setup, batch)
+        return (time.perf_counter() - start) / steps
+
+    return interleaved({name: (lambda s=setup: timed(s)) for name, setup in setups.items()}, rounds)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args(argv)
+    study = Study("compact_step_cost")
+    key = f"rounds{args.rounds}_steps{args.steps}"
+    times = study.run({key: Job(measure, rounds=args.rounds, steps=args.steps)})[key]
+    rows = step_cost_rows({name: times[name] for name in variants()}, "logit KD only", "variant", "vs_logit_kd")
+    study.write(
+        rows,
+        [("variant", "variant"), ("step_seconds", "s / step (median)"), ("vs_logit_kd", "vs logit KD")],
+        title="Layer-wise losses: step cost against logit KD",
+        intro=f"{args.rounds} rounds x {args.steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student "
+        "cut from it, batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across "
+        "machines.",
+        plot=bar_plot(rows, "variant", "vs_logit_kd", "step time / logit KD's (median)"),
+    )
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@
 # Stages: env, tests (pytest -m gpu: every module's fit -> test in bf16-mixed and 32-true, caches and side
 # modules on the GPU, resume, export loaded on CPU, set_sync_debug_mode("error") around training steps),
 # quickstart (the offline quickstart, accelerator auto = cuda, fp32, plus the KD stage again in bf16-mixed),
-# overhead (benchmarks/overhead at MiniLM shape, batch 64 and 256, bf16-mixed). Everything lands in $OUT
-# (gpu.md, logs, gpu_overhead.{md,json,png}); copy gpu.md to benchmarks/results/gpu.md and commit it.
+# overhead (benchmarks/speed.py --gpu: VanillaKD vs a hand-written loop at MiniLM shape, batch 64 and 256, bf16-mixed).
+# Everything lands in $OUT (gpu.md, logs, speed_gpu.{md,json,png}); copy gpu.md to benchmarks/results/gpu.md and commit it.
 # studies-start / studies-wait: the compact and zero-shot compact studies at their committed setting, 3 seeds,
 # in worker processes sharing the GPU (STUDY_SECONDS each, default 400; STUDY_ARGS adds flags, e.g. --quick),
 # results as benchmarks/results/{compact,zeroshot_compact}_gpu*, packed into $OUT/studies.tgz every 20 s so a
 # run cut short still returns its finished runs (rebuild the tables here with --label gpu --report-only).
-# Not covered: the throughput benchmark at GPU sizes (benchmarks/throughput is CPU-only: threads, peers).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kdlight_gpu_out}
@@ -51,9 +50,9 @@ for stage in $stages; do
           --trainer.enable_progress_bar=false --ckpt_path=best 2>&1 | grep -E "test/|Error|error" | tail -12
         elapsed "$start"; } | tee "$OUT/quickstart.log" | block "quickstart on the GPU (fp32), then its KD stage in bf16-mixed" ;;
     overhead)
-      { timeout 540 python3 -m benchmarks.overhead.run --gpu --no-profile --label gpu --results-dir "$OUT" 2>&1 \
+      { timeout 540 python3 -m benchmarks.speed --gpu --label gpu --results "$OUT" 2>&1 \
           | tee "$OUT/overhead.log" | tail -12; elapsed "$start"; } | block "overhead benchmark at GPU sizes (table below)"
-      [ -f "$OUT/gpu_overhead.md" ] && cat "$OUT/gpu_overhead.md" >> "$REPORT" ;;
+      [ -f "$OUT/speed_gpu.md" ] && cat "$OUT/speed_gpu.md" >> "$REPORT" ;;
     teacher)
       { timeout 240 $PY -c "from benchmarks.common import fine_tuned_rt_teacher; print(fine_tuned_rt_teacher())" 2>&1 \
           | tail -3; elapsed "$start"; } | block "the quickstart teacher, fine-tuned on the GPU (cached for the studies)" ;;

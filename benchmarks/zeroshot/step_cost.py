@@ -7,24 +7,28 @@ them once (keyed by teacher and corpus) and the teacher runs live only on the ge
 student steps (``inputs: both``: out-of-domain + rewrite; generator_steps 0 so every batch is a student step) of
 the quickstart teacher (MiniLM-L6), the packaged MiniLM generator and the compact 10x student of the zero-shot
 study, batch 32 x 32 tokens, on CPU, with and without the cache, in interleaved rounds (median step time per
-round, then the median over rounds). Writes benchmarks/results/zeroshot_step_cost.{md,json,png}.
+round, then the median over rounds). Writes benchmarks/results/zeroshot_step_cost.{md,json,png}; the measurement
+is kept in zeroshot_step_cost_runs.json (delete it to measure again).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher
-from benchmarks.study import Study
+from benchmarks.harness import StepTimer, bar_plot, interleaved, quiet_trainer, step_cost_rows
+from benchmarks.study import Job, Study
 
 CORPUS_LINES = 2000
+WORK = Path("runs/benchmarks/zeroshot_step_cost")
+SETTINGS = {"live teacher": False, "cached out-of-domain logits": True}
 
 
-def timed_fit(teacher: str, cache: bool, steps: int, work: Path) -> list[float]:
-    from lightning import Callback, Trainer, seed_everything
+def timed_fit(teacher: str, cache: bool, steps: int) -> float:
+    """The median step time of ``steps`` student steps (the first two, which warm up allocators, left out)."""
+    from lightning import seed_everything
 
     from benchmarks.zeroshot.compact import ARCH, EMBEDDING
     from kdlight.assets import PACKAGED_WIKI_SUMMARIES
@@ -32,16 +36,6 @@ def timed_fit(teacher: str, cache: bool, steps: int, work: Path) -> list[float]:
     from kdlight.models.compact import CompressedEmbeddingStudent
     from kdlight.models.students import FreshStudent
     from kdlight.modules import ZeroShotAdversarialKD
-
-    class StepTimes(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_train_batch_start(self, *args) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, *args) -> None:
-            self.times.append(time.perf_counter() - self.start)
 
     seed_everything(0, verbose=False)
     data = ZeroShotDataModule(
@@ -65,61 +59,31 @@ def timed_fit(teacher: str, cache: bool, steps: int, work: Path) -> list[float]:
         task=data.task,
         cache_teacher_logits=cache,
         show_rewrites_every=0,
-        teacher_cache_dir=str(work / "teacher_logits"),
-        export_dir=str(work / "export"),
+        teacher_cache_dir=str(WORK / "teacher_logits"),
+        export_dir=str(WORK / "export"),
     )
-    clock = StepTimes()
-    trainer = Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-        callbacks=[clock],
-        default_root_dir=work,
-    )
-    trainer.fit(module, datamodule=data)
-    return clock.times[2:]  # the first steps warm up allocators
+    timer = StepTimer()
+    quiet_trainer(WORK, epochs=-1, max_steps=steps, callbacks=[timer]).fit(module, datamodule=data)
+    return statistics.median(timer.times[2:])
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(steps: int, rounds: int) -> dict:
+    teacher = str(fine_tuned_rt_teacher())
+    timed_fit(teacher, True, 3)  # fills the cache once, outside the timed rounds
+    settings = {name: (lambda c=cache: timed_fit(teacher, c, steps)) for name, cache in SETTINGS.items()}
+    return interleaved(settings, rounds)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    teacher = str(fine_tuned_rt_teacher())
-    work = Path("runs/benchmarks/zeroshot_step_cost")
-    timed_fit(teacher, True, 3, work)  # fills the cache once, outside the timed rounds
-    medians: dict[str, list[float]] = {"live teacher": [], "cached out-of-domain logits": []}
-    for _ in range(args.rounds):
-        for name, cache in (("live teacher", False), ("cached out-of-domain logits", True)):
-            medians[name].append(statistics.median(timed_fit(teacher, cache, args.steps, work)))
-    live = statistics.median(medians["live teacher"])
-    rows = [
-        {
-            "setting": name,
-            "step_seconds": statistics.median(values),
-            "rounds": values,
-            "ratio_to_live": statistics.median(values) / live,
-        }
-        for name, values in medians.items()
-    ]
-
-    def plot(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.bar([r["setting"] for r in rows], [r["step_seconds"] for r in rows], color=["C0", "C2"])
-        ax.set_ylabel("seconds per student step (median)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-
-    Study("zeroshot_step_cost").write(
+    study = Study("zeroshot_step_cost")
+    key = f"steps{args.steps}_rounds{args.rounds}"
+    times = study.run({key: Job(measure, steps=args.steps, rounds=args.rounds)})[key]
+    rows = step_cost_rows({name: times[name] for name in SETTINGS}, "live teacher", "setting", "ratio_to_live")
+    study.write(
         rows,
         [
             ("setting", "teacher on out-of-domain inputs"),
@@ -130,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
         "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
         "Compare the two rows (measured in the same rounds), not absolute times across machines.",
-        plot=plot,
+        plot=bar_plot(rows, "setting", "step_seconds", "seconds per student step (median)"),
     )
+    return rows
 
 
 if __name__ == "__main__":

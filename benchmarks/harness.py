@@ -1,0 +1,263 @@
+"""How every study in benchmarks/ trains, times and scores, so that each study holds only what it measures.
+
+* :func:`quiet_trainer` / :func:`runner_for`: the one quiet ``Trainer`` (no logger, checkpoint, progress bar,
+  summary or validation unless asked) and the one quiet CLI run (a user's recipe, written to ``config.yaml``).
+* :class:`StepTimer`: wall and process-CPU time of every training step, as a callback.
+* :func:`profile_summary`: a cProfile dump's own time per library, and the top entries outside the model maths.
+* :func:`fit_and_test`: ``kdlight fit`` then ``kdlight test --ckpt_path best`` (accuracy is always ``trainer.test``).
+* :func:`interleaved`: rounds of measurements taking turns, so that load from other processes hits each alike.
+
+Runs, workers and result files are ``benchmarks/study.py``'s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+def quiet_trainer(root: Path, epochs: int = 1, callbacks=(), max_steps: int = -1, **overrides):
+    """A CPU ``Trainer`` that trains and nothing else: no logger, checkpoints or validation (``overrides`` win)."""
+    from lightning import Trainer
+
+    settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_val_batches=0)
+    settings.update(num_sanity_val_steps=0, **QUIET, **overrides)
+    return Trainer(
+        max_epochs=epochs, max_steps=max_steps, default_root_dir=str(root), callbacks=list(callbacks), **settings
+    )
+
+
+def run_cli(args: list[str]):
+    """Build a kdlight CLI run without running it (returns the LightningCLI with trainer/model/data)."""
+    from kdlight.cli import cli
+
+    return cli(args, run=False)
+
+
+def runner_for(config: dict, root: Path):
+    """A CLI run of ``config`` (written to ``root/config.yaml``, as a user's recipe) logging under ``root``, quiet."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    quiet = [f"--trainer.{key}=false" for key in QUIET]
+    return run_cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}", *quiet])
+
+
+class StepTimer:
+    """A callback: ``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step,
+    and ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
+    ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU or start a profiler). A loop
+    without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
+
+    def __new__(cls, before_stamp: Callable[[int], None] | None = None):
+        from lightning.pytorch.callbacks import Callback
+
+        class _StepTimer(Callback):
+            def __init__(self) -> None:
+                self.times: list[float] = []
+                self.cpu_times: list[float] = []
+                self.stamps: list[float] = []
+                self.cpu_stamps: list[float] = []
+
+            def on_train_batch_start(self, *args) -> None:
+                self._start = (time.perf_counter(), time.process_time())
+
+            def on_train_batch_end(self, *args) -> None:
+                if before_stamp is not None:
+                    before_stamp(len(self.stamps))
+                self.stamps.append(time.perf_counter())
+                self.cpu_stamps.append(time.process_time())
+                self.times.append(self.stamps[-1] - self._start[0])
+                self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
+
+        return _StepTimer()
+
+
+def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list]:
+    """``rounds`` rounds of every measure taking turns (the order flips every round): ``{name: [per round]}``."""
+    out: dict[str, list[float]] = {name: [] for name in measures}
+    for r in range(rounds):
+        for name in list(measures)[:: 1 if r % 2 == 0 else -1]:
+            out[name].append(measures[name]())
+    return out
+
+
+def median_ratios(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
+    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference``
+    within a round."""
+    out = {}
+    for name, values in times.items():
+        ratios = [v / ref for v, ref in zip(values, times[reference], strict=True)]
+        out[name] = {
+            "seconds": statistics.median(values),
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------- profiling
+PROFILE_CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
+    ("torch kernels (model maths, autograd, optimiser)", lambda f, n: f == "~" and ("torch" in n or "_Engine" in n)),
+    ("Lightning (loops, hooks, logging)", lambda f, n: any(p in f for p in ("/lightning", "/torchmetrics/"))),
+    ("kdlight (Python)", lambda f, n: "/kdlight/" in f),
+    ("transformers (Python)", lambda f, n: "/transformers/" in f),
+    ("data loading (sampler, collate)", lambda f, n: any(p in f for p in ("/torch/utils/data/", "/datasets/"))),
+    ("torch (Python)", lambda f, n: "/torch/" in f),
+    ("other Python and builtins", lambda f, n: True),
+]
+# what the model's forward/backward and the optimiser do, whoever drives them: left out of the top list
+MODEL_MATHS = ("/transformers/", "/torch/nn/", "/torch/optim/", "/torch/autograd/", "/torch/_tensor.py")
+
+
+def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
+    """Milliseconds of own time per step by library (:data:`PROFILE_CATEGORIES`: first match wins) of a
+    cProfile dump over ``steps`` steps, and the ``top`` entries outside the model maths."""
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats
+    seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    for (file, _, name), (_, _, tottime, _, _) in stats.items():
+        seconds[next(c for c, match in PROFILE_CATEGORIES if match(file, name))] += tottime
+    entries = sorted(
+        (
+            (tottime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
+            for (file, line, name), (_, ncalls, tottime, _, _) in stats.items()
+            if file != "~" and not any(part in file for part in MODEL_MATHS)
+        ),
+        reverse=True,
+    )
+    return {
+        "ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
+        "top_own_time": [
+            {"ms_per_step": 1000 * t / steps, "calls_per_step": n / steps, "where": w} for t, n, w in entries[:top]
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------- fit and test
+class ValidationCurve:
+    """A callback recording ``val/score`` (and the step and epoch) at every validation, sanity check excluded."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Curve(Callback):
+            def __init__(self) -> None:
+                self.points: list[dict] = []
+
+            def state_dict(self) -> dict:  # saved in checkpoints: a resumed run keeps its earlier points
+                return {"points": list(self.points)}
+
+            def load_state_dict(self, state_dict: dict) -> None:
+                self.points = list(state_dict.get("points", []))
+
+            def on_validation_end(self, trainer, pl_module) -> None:
+                if trainer.sanity_checking or "val/score" not in trainer.callback_metrics:
+                    return
+                score = float(trainer.callback_metrics["val/score"])
+                self.points.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "val_score": score})
+
+        return _Curve()
+
+
+def latest_last_checkpoint(root: Path) -> Path | None:
+    """The newest ``last.ckpt`` under ``root`` (a run interrupted part-way), or None."""
+    found = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def finished_fit(last: Path, trainer: dict) -> dict | None:
+    """What ``last`` recorded if its fit already reached ``trainer``'s max_epochs / max_steps (kdlight refuses
+    to resume a run with nothing left to train), else None."""
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    done = (max_steps not in (None, -1) and state["global_step"] >= max_steps) or (
+        max_epochs not in (None, -1) and epochs_done >= max_epochs
+    )
+    if not done:
+        return None
+    callbacks = state.get("callbacks", {})
+    checkpoint = next((v for k, v in callbacks.items() if "best_model_path" in v), {})
+    curve = next((v for k, v in callbacks.items() if k.endswith("_Curve")), {})
+    score = checkpoint.get("best_model_score")
+    return {
+        "steps": state["global_step"],
+        "best_model_path": checkpoint.get("best_model_path"),
+        "best_val_score": None if score is None else float(score),
+        "val_curve": curve.get("points", []),
+    }
+
+
+def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
+    """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
+    validation curve and the best checkpoint's validation score (what selection may use), test metrics.
+    ``resume``: continue from the newest ``last.ckpt`` under ``root`` if an earlier attempt left one."""
+    from kdlight.models.hf import count_parameters
+
+    last = latest_last_checkpoint(root) if resume else None
+    finished = finished_fit(last, config["trainer"]) if last else None
+    runner = runner_for(config, root)
+    record = {
+        "params": count_parameters(runner.model.predictor),
+        "export": str(runner.model.export_path()),
+        "resumed_from": str(last) if last else None,
+    }
+    if finished is not None:  # an earlier attempt trained every step and stopped before its test: test it
+        best = finished["best_model_path"]
+        record.update(fit_seconds=None, steps=finished["steps"])  # fit_seconds: the fit ran in an earlier process
+        record.update(val_curve=finished["val_curve"], best_val_score=finished["best_val_score"])
+    else:
+        curve = ValidationCurve()
+        runner.trainer.callbacks.append(curve)
+        start = time.perf_counter()
+        runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=str(last) if last else None)
+        checkpoint = runner.trainer.checkpoint_callback
+        best_val = checkpoint.best_model_score if checkpoint is not None else None
+        best = checkpoint.best_model_path if checkpoint is not None else None
+        record.update(fit_seconds=time.perf_counter() - start, steps=runner.trainer.global_step)
+        record.update(val_curve=curve.points, best_val_score=None if best_val is None else float(best_val))
+    if test:
+        metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
+        record.update({k: float(v) for k, v in metrics.items()})
+    return record
+
+
+# --------------------------------------------------------------------------------------- step costs
+def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ratio: str) -> list[dict]:
+    """One row per measure of per-round step times: the median, the rounds, the ratio of medians to ``reference``."""
+    base = statistics.median(times[reference])
+    return [
+        {label: name, "step_seconds": statistics.median(v), "rounds": v, ratio: statistics.median(v) / base}
+        for name, v in times.items()
+    ]
+
+
+def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:
+    """A study's ``plot``: one bar per row."""
+
+    def draw(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6))
+        ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    return draw
