@@ -20,8 +20,8 @@ the multi-teacher softmax. Our own additions: the Meta-Weight-Net style :class:`
 rate, ~1e-4 for transformers, so the table barely moves with a plain SGD meta step; we divide the
 batch's meta-gradient by its mean absolute value, a per-batch step-size normalisation that keeps
 its direction), and ``center_meta_grad`` (off by default: subtract the batch's mean meta-gradient,
-so the table only re-weights examples relative to one another; measured in
-``benchmarks/results/noisy_ablation.md``).
+so the table only re-weights examples relative to one another; measured in an
+earlier Rotten Tomatoes ablation, removed in issue 24; git commit 7cf160d has it).
 
 Under DDP the weights are replicated on every rank (kept out of DDP's reducer); each rank's
 meta-gradient holds its own examples' rows and is summed across ranks before the meta step, so the
