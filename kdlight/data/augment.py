@@ -148,21 +148,7 @@ class AugmentedKDDataModule(LabelledTextDataModule):
         max_train_examples: int | None = None,
         shuffle: bool | None = None,
     ) -> None:
-        if not isinstance(datamodule, LabelledTextDataModule):
-            raise KDLightError(
-                "datamodule must be a kdlight task datamodule (RottenTomatoesDataModule, "
-                f"TextClassificationDataModule ...), got {type(datamodule).__name__}"
-            )
-        given = {
-            "tokenizer": tokenizer,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "eval_batch_size": eval_batch_size,
-            "num_workers": num_workers,
-            "max_train_examples": max_train_examples,
-            "shuffle": shuffle,
-        }
-        super().__init__(**inherit_loader_settings(type(self).__name__, given, datamodule, "datamodule"))
+        super().__init__(**inherit_loader_settings(type(self).__name__, locals(), datamodule, "datamodule"))
         for name, value in (("rewrite_copies", rewrite_copies), ("token_augment_copies", token_augment_copies)):
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise KDLightError(f"{name} must be a whole number >= 0, got {value!r}")

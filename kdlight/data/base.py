@@ -125,15 +125,22 @@ def loader_settings(datamodule: LabelledTextDataModule) -> dict[str, Any]:
 
 
 def inherit_loader_settings(
-    wrapper: str, given: dict[str, Any], inner: LabelledTextDataModule, inner_arg: str
+    wrapper: str, arguments: dict[str, Any], inner: LabelledTextDataModule, inner_arg: str
 ) -> dict[str, Any]:
     """Loading settings for a datamodule that wraps ``inner``: its own where given, else the inner one's.
 
-    ``given`` holds the wrapper's own arguments, ``None`` where not given. A setting given on both
+    ``arguments`` holds the wrapper's own arguments (its ``__init__``'s ``locals()``: only the loading
+    settings are read), ``None`` where not given. ``inner`` must be a task datamodule. A setting given on both
     with different values is an error, since either silent choice would ignore one of them. (An
     inner setting equal to its default counts as not given: the constructed inner module cannot
     tell the two apart.)
     """
+    if not isinstance(inner, LabelledTextDataModule):
+        raise KDLightError(
+            f"{inner_arg} must be a kdlight task datamodule (TextClassificationDataModule, RottenTomatoesDataModule, "
+            f"GLUEDataModule ...), got {type(inner).__name__}"
+        )
+    given = {name: arguments.get(name) for name in LOADER_SETTINGS}
     inner_settings = loader_settings(inner)
     merged = {}
     for name, default in LOADER_SETTINGS.items():

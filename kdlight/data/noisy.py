@@ -145,23 +145,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         max_train_examples: int | None = None,
         shuffle: bool | None = None,
     ) -> None:
-        if not isinstance(datamodule, LabelledTextDataModule):
-            raise KDLightError(
-                f"datamodule must be a kdlight task datamodule (TextClassificationDataModule, "
-                f"GLUEDataModule ...), got {type(datamodule).__name__}"
-            )
         # The defaults are null so that an unset argument can defer to the wrapped module: a user who
         # sets max_train_examples there expects it to hold (it once corrupted the whole training set).
-        given = {
-            "tokenizer": tokenizer,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "eval_batch_size": eval_batch_size,
-            "num_workers": num_workers,
-            "max_train_examples": max_train_examples,
-            "shuffle": shuffle,
-        }
-        super().__init__(**inherit_loader_settings(type(self).__name__, given, datamodule, "datamodule"))
+        super().__init__(**inherit_loader_settings(type(self).__name__, locals(), datamodule, "datamodule"))
         if meta_batch_size is not None and not (isinstance(meta_batch_size, int) and meta_batch_size >= 1):
             raise KDLightError(
                 f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
