@@ -223,12 +223,6 @@ def general_distillation(teacher: str, setting: dict, work: str) -> dict:
     )
 
 
-def batches_for(student_steps: int, generator_steps: int, cycle: int) -> int:
-    """Training batches (= optimiser steps) that hold exactly ``student_steps`` student updates."""
-    full, rest = divmod(student_steps, cycle)
-    return full * (generator_steps + cycle) + (generator_steps + rest if rest else 0)
-
-
 def one_run(
     student: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict, work: str
 ) -> dict:
