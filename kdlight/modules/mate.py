@@ -107,16 +107,22 @@ class AdversarialAugmentedKD(AdversarialRewriting, ManualOptimization, VanillaKD
         rewrites = self.is_generator_step() or self.hparams.adversarial_weight > 0
         return self.hparams.mask_rate if rewrites else None
 
-    def student_step(self, batch: dict[str, Tensor]) -> Tensor:
-        """One student update: ``(1 - w) * (alpha * KD(x) + (1 - alpha) * CE(x)) + w * KD(x')``."""
+    def student_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``loss = (1 - w) * (alpha * KD(x) + (1 - alpha) * CE(x)) + w * KD(x')`` and its parts (``kd``, ``ce``,
+        ``kd_rewrite``), ``x'`` a fresh rewrite of the planned positions (no gradient to the generator)."""
         weight = self.hparams.adversarial_weight
-        parts = self.compute_loss(self.student_logits(batch), self.teacher_logits(batch), batch)
-        loss = parts["loss"]
+        parts = self.compute_loss(self.student_logits(batch), self.teacher_logits(batch), batch)  # VanillaKD's
         if weight > 0:
             parts["kd_rewrite"] = self.rewrite_kd(batch)
-            loss = (1 - weight) * loss + weight * parts["kd_rewrite"]
+            parts["loss"] = (1 - weight) * parts["loss"] + weight * parts["kd_rewrite"]
+        return parts
+
+    def student_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One student update on :meth:`student_loss` (a non-finite loss is skipped and counted)."""
+        parts = self.student_loss(batch)
+        loss = parts["loss"]
         if self.step_student(loss, guard=True) is not None:
-            self.log_training({**parts, "loss": loss}, loss, len(batch["input_ids"]))
+            self.log_training(parts, loss, len(batch["input_ids"]))
         return loss.detach()
 
 
