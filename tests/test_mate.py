@@ -8,10 +8,11 @@ from lightning import Callback, Trainer, seed_everything
 
 from conftest import KDLIGHT, data_args, kdlight_script, trainer_args
 from kdlight.callbacks_zeroshot import evaluating
-from kdlight.components.generator import NOISE_KEYS
+from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK
 from kdlight.data import TextClassificationDataModule
 from kdlight.data.base import load_tokenizer
 from kdlight.errors import KDLightError
+from kdlight.models import CompressedEmbeddingStudent
 from kdlight.models.students import TruncatedTeacher
 from kdlight.modules import AdversarialAugmentedKD
 from kdlight.modules.manual import BATCHES, STUDENT_STEPS
@@ -25,9 +26,7 @@ def mate_module(assets, sharpen: bool = True, **kwargs) -> AdversarialAugmentedK
         tokenizer=str(assets["tokenizer"]),
         label_names=LABELS,
         generator=str(assets["encoder"]),
-        student=TruncatedTeacher(1),
-        show_rewrites_every=0,
-        **kwargs,
+        **{"student": TruncatedTeacher(1), "show_rewrites_every": 0, **kwargs},
     )
     if sharpen:
         with torch.no_grad():  # random tiny models agree to ~1e-6 (float noise); sharp, opposed heads disagree
@@ -164,6 +163,25 @@ def test_max_steps_counts_student_updates_only(assets, tmp_path):
     assert int(module.progress[STUDENT_STEPS]) == 5 and int(module.progress[BATCHES]) == 9
     assert int(module.generator.steps) == 4
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 5  # the schedule steps with the student
+
+
+def test_a_pruned_student_gets_rewrites_only_in_its_own_vocabulary(assets, tmp_path):
+    """The quickstart's student keeps only the training text's tokens. The generator must never propose another
+    token (the student would read it as [UNK]); the one-hot rows must embed as the student embeds the ids. Zero-shot
+    KD still refuses such a student (tests/test_compact.py)."""
+    kept_text = tmp_path / "kept.txt"
+    kept_text.write_text("good bad movie film the a was\n")
+    student = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8, vocabulary_files=[str(kept_text)])
+    module = mate_module(assets, student=student).eval()
+    embeddings = module.student.get_input_embeddings()
+    kept = set(embeddings.kept_token_ids.tolist())
+    batch = planned_batch(module, assets)
+    rewritten = module.generator.rewrite(batch)
+    planned = batch[REWRITE_MASK]
+    assert set(rewritten[planned].tolist()) <= kept, "the generator proposed a token the student does not keep"
+    one_hot = F.one_hot(rewritten[planned], embeddings.num_embeddings).float()
+    torch.testing.assert_close(one_hot @ embeddings.weight, embeddings(rewritten[planned]))
+    assert torch.isfinite(module.student_loss(batch)["kd_rewrite"])
 
 
 @pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)")

@@ -50,6 +50,8 @@ class AdversarialRewriting:
 
     auxiliary_name = "generator"  # train/generator_steps: the ``progress`` column of the generator's updates
     generator_optimizer_factory = None  # set by the subclass's __init__ (an OptimizerCallable from YAML, or None)
+    #: whether a student with a pruned vocabulary is taken (the generator then never proposes its unkept tokens)
+    takes_pruned_student = False
 
     @property
     def uses_generator(self) -> bool:
@@ -72,7 +74,7 @@ class AdversarialRewriting:
         kind = "generator" if self.uses_generator else "random"
         settings = (hp.mask_rate, hp.gumbel_tau, hp.generator_learning_rate, hp.generator_clip)
         self.generator = AdversarialGenerator(hp.generator, kind, *settings, self.generator_optimizer_factory)
-        self.generator.check_vocabulary(self.teacher, self.student)
+        self.generator.check_vocabulary(self.teacher, self.student, self.takes_pruned_student)
         keep_out_of_ddp(self, "generator")  # it steps with its own optimiser, outside the student's backward
 
     def auxiliary_networks(self) -> dict[str, tuple[str, nn.Module]]:

@@ -65,6 +65,8 @@ class AdversarialAugmentedKD(AdversarialRewriting, ManualOptimization, VanillaKD
         **kwargs: see :class:`~kdlight.modules.distiller.BaseDistiller` (student, optimiser, schedule, cache ...).
     """
 
+    takes_pruned_student = True  # a student pruned to the training text's tokens: the generator keeps to them
+
     def __init__(
         self,
         teacher: str,
