@@ -171,7 +171,9 @@ def test_a_pruned_student_gets_rewrites_only_in_its_own_vocabulary(assets, tmp_p
     KD still refuses such a student (tests/test_compact.py)."""
     kept_text = tmp_path / "kept.txt"
     kept_text.write_text("good bad movie film the a was\n")
-    student = CompressedEmbeddingStudent(TruncatedTeacher(1), embedding_rank=8, vocabulary_files=[str(kept_text)])
+    student = CompressedEmbeddingStudent(  # the quickstart student's shape: ALBERT layout, pruned vocabulary
+        TruncatedTeacher(1), embedding_rank=8, layout="albert", vocabulary_files=[str(kept_text)]
+    )
     module = mate_module(assets, student=student).eval()
     embeddings = module.student.get_input_embeddings()
     kept = set(embeddings.kept_token_ids.tolist())
