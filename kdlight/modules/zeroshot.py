@@ -33,6 +33,9 @@ their bookkeeping (batch counter ``progress``, the student's schedule, the gener
 Lightning's count, the non-finite guard) is :class:`~kdlight.modules.manual.ManualOptimization`'s, so
 ``trainer.max_steps`` counts student updates; the display is :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor`.
 Which tokens to rewrite is decided on the host before a batch moves (``AdversarialGenerator.plan``): no host syncs.
+The generator's half of the loop (the component, its step, the cycle, the display) is shared with MATE-KD
+(:class:`~kdlight.modules.AdversarialAugmentedKD`) through :class:`~kdlight.modules.adversarial.AdversarialRewriting`;
+this module adds the inputs and the student's step.
 """
 
 from __future__ import annotations
