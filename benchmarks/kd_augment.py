@@ -20,7 +20,8 @@ by method, more inputs the teacher labels (kdlight.data.augment.AugmentedKDDataM
   rewrites    the 6,000 labelled rows, each batch also rewritten by the trained masked-LM generator (MATE-KD:
               AdversarialAugmentedKD with configs/quickstart/kd_mate.yaml's generator settings; the student's
               loss is CE, KD and KD on the rewrite, 1/3 each; 10 of every 110 batches train the generator, so the
-              student takes 100/110 of kd's updates). Needs the trained generator (configs/zeroshot/generator.yaml)
+              student takes 336 updates in 2 epochs to kd's 376). Needs the trained generator
+              (configs/zeroshot/generator.yaml)
 
 Each run's best checkpoint by validation accuracy is tested. Every row shows the TF-IDF + logistic regression
 baseline on the same 6,000 labelled rows and on all 10,202, and the margin kept against each:
