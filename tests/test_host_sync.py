@@ -24,7 +24,14 @@ from lightning import Trainer, seed_everything
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.losses.layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
-from kdlight.modules import AdaptiveLossMixingKD, LayerwiseKD, TeacherFineTuning, VanillaKD, ZeroShotAdversarialKD
+from kdlight.modules import (
+    AdaptiveLossMixingKD,
+    AdversarialAugmentedKD,
+    LayerwiseKD,
+    TeacherFineTuning,
+    VanillaKD,
+    ZeroShotAdversarialKD,
+)
 
 KDLIGHT = str(Path(__file__).resolve().parents[1] / "kdlight")
 STEPS, LOG_EVERY = 6, 4  # batches 4 and 6 log; the others must be sync-free
@@ -221,7 +228,25 @@ def zeroshot(inputs, perturbation="generator"):
     return build
 
 
+def mate(assets, tmp_path):
+    """MATE-KD as its quickstart recipe runs it: the batch's teacher logits cached, the rewrite's computed."""
+    dm = task_data(assets)
+    return AdversarialAugmentedKD(
+        teacher=str(assets["teacher"]),
+        generator=str(assets["encoder"]),
+        student=TruncatedTeacher(1),
+        cache_teacher_logits=True,
+        teacher_cache_dir=str(tmp_path / "teacher_logits"),
+        task=dm.task,
+        generator_steps=2,
+        student_steps=2,
+        optimizer=fused_adamw(1e-4),
+        generator_optimizer=fused_adamw(1e-5),
+    ), dm
+
+
 MODULES = {
+    "mate_kd": mate,
     "teacher": teacher,
     "vanilla_kd": vanilla,
     "vanilla_kd_cached_teacher": vanilla_cached,

@@ -45,8 +45,11 @@ def test_each_method_is_a_datamodule_option():
     assert rest["class_path"] == "AugmentedKDDataModule" and rest["init_args"]["unlabelled"] == ["task_rest"]
     aug = kd_augment.data_config("token_aug", setting, quick=False)["init_args"]
     assert aug["token_augment_copies"] == 2 and aug["datamodule"]["init_args"]["max_train_examples"] == 64
-    with pytest.raises(ValueError, match="generator"):
-        kd_augment.augmentation("rewrites", setting)
+    # MATE-KD is a module option: the labelled rows, AdversarialAugmentedKD with kd_mate.yaml's generator settings
+    assert kd_augment.data_config("rewrites", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"
+    mate = kd_augment.module_config("rewrites", quick=False)
+    assert mate["class_path"] == "AdversarialAugmentedKD" and "generators/minilm-mlm" in mate["init_args"]["generator"]
+    assert "teacher" not in mate["init_args"] and kd_augment.module_config("kd", quick=False) is None
 
 
 def test_strong_teacher_is_chosen_on_validation(tmp_path):

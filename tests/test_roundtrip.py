@@ -26,6 +26,7 @@ MODULE_EXAMPLES: dict[str, Callable[[dict], dict]] = {
     "MultiTeacherALMKD": lambda a: {"teachers": [str(a["teacher"]), str(a["teacher"])]},
     "ZeroShotAdversarialKD": lambda a: {"teacher": str(a["teacher"]), "generator": str(a["encoder"])},
     "MaskedLMPretraining": lambda a: {"model": str(a["encoder"]), "train_layers": 1},
+    "AdversarialAugmentedKD": lambda a: {"teacher": str(a["teacher"]), "generator": str(a["encoder"])},
 }
 # base classes exported for subclassing, not for use as they are
 ABSTRACT = {"KDLightTask": "no networks of its own", "BaseDistiller": "compute_loss is the subclass's"}

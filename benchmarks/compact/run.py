@@ -114,9 +114,11 @@ def task_distillation(
     student_method: str | None = None,
     data: dict | None = None,
     quick: bool = False,
+    module: dict | None = None,
 ) -> dict:
     """The quickstart's task distillation of ``student_method``'s student (default: ``method``'s) on ``data`` (default:
-    the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``."""
+    the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``. ``module``: another
+    distiller's ``class_path`` and its own ``init_args`` in place of VanillaKD (e.g. MATE-KD's, kd_augment.py)."""
     student_method = student_method or method
     model = {
         "teacher": teacher,
@@ -139,8 +141,8 @@ def task_distillation(
         "seed_everything": seed,
         "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
         "model": {
-            "class_path": "LayerwiseKD" if student_method == "d" else "VanillaKD",
-            "init_args": {**model, "export_dir": str(root / "export")},
+            "class_path": (module or {}).get("class_path") or ("LayerwiseKD" if student_method == "d" else "VanillaKD"),
+            "init_args": {**model, **(module or {}).get("init_args", {}), "export_dir": str(root / "export")},
         },
         "data": data or {"class_path": "RottenTomatoesDataModule", "init_args": rt},
     }

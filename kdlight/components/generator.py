@@ -50,6 +50,7 @@ from kdlight.data.base import MODEL_INPUTS
 from kdlight.distributed import mean_across_ranks, run_seed
 from kdlight.errors import KDLightError, check_choice
 from kdlight.models.compact import require_full_vocabulary
+from kdlight.models.embeddings import PrunedVocabularyEmbedding
 from kdlight.models.hf import load_generator
 from kdlight.optim import fused_on_gpu
 
@@ -101,6 +102,7 @@ class AdversarialGenerator(nn.Module):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.special_ids_host = torch.zeros(0, dtype=torch.long)
         self.mask_token_id: int | None = None
+        self.student_token_ids: torch.Tensor | None = None  # a pruned student's kept ids (see check_vocabulary)
         self.vocab_size = self.positions = 0
         self.grad_norm: Tensor | None = None  # of the last update, before clipping (for logging)
 
@@ -120,8 +122,13 @@ class AdversarialGenerator(nn.Module):
             raise KDLightError(f"generator_clip must be > 0, got {clip}")
 
     # ----------------------------------------------------------------------------- setup
-    def check_vocabulary(self, teacher: nn.Module, student: nn.Module) -> None:
-        """The one-hot rows multiply each model's embeddings: one vocabulary for all three."""
+    def check_vocabulary(self, teacher: nn.Module, student: nn.Module, pruned_student: bool = False) -> None:
+        """The one-hot rows multiply each model's embeddings: one vocabulary for all three. ``pruned_student``: a
+        student with a pruned vocabulary is taken, and :meth:`prepare` bans the tokens it does not keep (they would
+        reach it as ``[UNK]`` but the teacher as themselves: a gap the student cannot close)."""
+        embeddings = student.get_input_embeddings()
+        if pruned_student and isinstance(embeddings, PrunedVocabularyEmbedding):  # random tokens keep to them too
+            self.student_token_ids = embeddings.kept_token_ids.cpu()
         if self.network is None:
             return
         vocab = {
@@ -134,7 +141,8 @@ class AdversarialGenerator(nn.Module):
                 f"teacher, student and generator must share one vocabulary (the generator's one-hot tokens multiply "
                 f"each model's embeddings), got sizes {vocab}; pick a generator from the teacher's model family"
             )
-        require_full_vocabulary(student, "zero-shot KD's generator")
+        if self.student_token_ids is None:
+            require_full_vocabulary(student, "zero-shot KD's generator")
 
     def prepare(self, tokenizer, teacher: nn.Module) -> None:
         """Take the data's tokenizer and the teacher's vocabulary and positions (before fitting)."""
@@ -146,8 +154,13 @@ class AdversarialGenerator(nn.Module):
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids_host = torch.tensor(tokenizer.all_special_ids)
         self.special_ids = self.special_ids_host.to(device)
-        self.banned_ids = torch.tensor(banned_token_ids(tokenizer), device=device)
         self.vocab_size = teacher.get_input_embeddings().weight.shape[0]
+        banned = banned_token_ids(tokenizer)
+        if self.student_token_ids is not None:  # a pruned student's unkept tokens (see check_vocabulary)
+            unkept = torch.ones(self.vocab_size, dtype=torch.bool)
+            unkept[self.student_token_ids] = False
+            banned = sorted(set(banned) | set(unkept.nonzero().flatten().tolist()))
+        self.banned_ids = torch.tensor(banned, device=device)
         self.positions = teacher.config.max_position_embeddings
         # found once here: finding them per step (nonzero) would read a device tensor back every step
         self.allowed_ids = allowed_token_ids(self.vocab_size, self.banned_ids.cpu()).to(device)

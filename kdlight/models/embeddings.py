@@ -62,6 +62,12 @@ class PrunedVocabularyEmbedding(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.rows(self.remap[input_ids])
 
+    @property
+    def weight(self) -> Tensor:
+        """The full-vocabulary matrix (an unkept id gets ``[UNK]``'s row): what a one-hot row over the original
+        ids multiplies to give what :meth:`forward` gives (MATE-KD's generator rewrites feed a student so)."""
+        return self.rows.weight[self.remap]
+
     def extra_repr(self) -> str:
         return f"{self.num_embeddings} ids -> {len(self.kept_token_ids)} rows"
 

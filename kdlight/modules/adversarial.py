@@ -1,0 +1,167 @@
+"""AdversarialRewriting: the masked-LM generator's half of a distiller's loop, shared by zero-shot KD and MATE-KD.
+
+Rashid et al.'s two methods (zero-shot KD, EMNLP 2021; MATE-KD, ACL 2021) alternate cycles of
+``generator_steps`` generator updates, each ascending KL(teacher || student) on the generator's rewrite of a
+batch, and ``student_steps`` student updates; they differ only in the student's loss and in the batch (out-of-
+domain text there, the labelled training text here). This mixin is everything but the student's loss: the
+:class:`~kdlight.components.AdversarialGenerator` component (built, checked against the vocabulary, prepared
+with the data's tokenizer, its optimiser after the student's), the cycle (:meth:`is_generator_step`), the
+host-side plan of each batch's rewrite, the generator's update (:meth:`generator_step`), the display
+(:class:`~kdlight.callbacks_zeroshot.AdversaryMonitor`) and the count of student updates in a number of batches.
+
+Use: ``class MyKD(AdversarialRewriting, ManualOptimization, BaseDistiller)`` with the hyper-parameters
+``generator``, ``mask_rate``, ``gumbel_tau``, ``generator_learning_rate``, ``generator_clip``,
+``generator_steps``, ``student_steps`` (and ``perturbation``, ``show_rewrites_every``, ``track_divergence``),
+a ``generator_optimizer_factory`` attribute, and :meth:`rewrite_rate` for the student's batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdlight.callbacks_zeroshot import AdversaryMonitor
+from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGenerator
+from kdlight.data.base import load_tokenizer, model_inputs
+from kdlight.distributed import keep_out_of_ddp
+from kdlight.errors import KDLightError
+
+
+def check_generator_arguments(
+    perturbation: str,
+    mask_rate: float,
+    gumbel_tau: float,
+    generator_learning_rate: float,
+    generator_clip: float,
+    **at_least: tuple[float, float],
+) -> None:
+    """One-line errors for bad settings, before any network loads: the generator's, then each
+    ``name=(value, least)`` (cycle lengths, weights, ...)."""
+    AdversarialGenerator.check_settings(perturbation, mask_rate, gumbel_tau, generator_learning_rate, generator_clip)
+    for name, (value, least) in at_least.items():
+        if value < least:
+            raise KDLightError(f"{name} must be >= {least}, got {value}")
+
+
+class AdversarialRewriting:
+    """Mixin: the generator, its update and the cycle (see the module docstring)."""
+
+    auxiliary_name = "generator"  # train/generator_steps: the ``progress`` column of the generator's updates
+    generator_optimizer_factory = None  # set by the subclass's __init__ (an OptimizerCallable from YAML, or None)
+    #: whether a student with a pruned vocabulary is taken (the generator then never proposes its unkept tokens)
+    takes_pruned_student = False
+
+    @property
+    def uses_generator(self) -> bool:
+        """Whether the rewrites come from the learned network (else uniformly random tokens)."""
+        return self.hparams.perturbation == "generator"
+
+    @property
+    def trains_generator(self) -> bool:
+        return self.uses_generator and self.hparams.generator_steps > 0
+
+    def rewrite_rate(self) -> float | None:
+        """The share of real tokens this batch's step rewrites, or None when it rewrites nothing. Override me."""
+        return self.hparams.mask_rate
+
+    # ------------------------------------------------------------------------------- models
+    def configure_models(self) -> None:
+        super().configure_models()
+        hp = self.hparams
+        # without a learned generator the rewrites are random tokens, and no network is loaded
+        kind = "generator" if self.uses_generator else "random"
+        settings = (hp.mask_rate, hp.gumbel_tau, hp.generator_learning_rate, hp.generator_clip)
+        self.generator = AdversarialGenerator(hp.generator, kind, *settings, self.generator_optimizer_factory)
+        self.generator.check_vocabulary(self.teacher, self.student, self.takes_pruned_student)
+        keep_out_of_ddp(self, "generator")  # it steps with its own optimiser, outside the student's backward
+
+    def auxiliary_networks(self) -> dict[str, tuple[str, nn.Module]]:
+        network = self.generator.network
+        return {} if network is None else {"generator": (self.hparams.generator, network)}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.generator.prepare(load_tokenizer(self.task.tokenizer or self.teacher_source), self.teacher)
+
+    def configure_optimizers(self):
+        student = super().configure_optimizers()
+        generator = [self.generator.configure_optimizer()] if self.trains_generator else []
+        return [student["optimizer"], *generator], [student["lr_scheduler"]]
+
+    def configure_callbacks(self) -> list:
+        """The adversary's display (divergence curves, decoded rewrites): :class:`AdversaryMonitor`."""
+        if not self.trains_generator:
+            return []
+        hp = self.hparams
+        return [AdversaryMonitor(hp.get("show_rewrites_every", 0), hp.get("track_divergence", True))]
+
+    # ---------------------------------------------------------------------------- the cycle
+    def is_generator_step(self) -> bool:
+        hp = self.hparams
+        cycle = hp.generator_steps + hp.student_steps
+        return self.trains_generator and self.batch_count() % cycle < hp.generator_steps
+
+    def student_steps_in(self, batches: int) -> int:
+        """Student updates in the first ``batches`` batches of the cycle."""
+        if not self.trains_generator:
+            return batches
+        hp = self.hparams
+        cycle = hp.generator_steps + hp.student_steps
+        return (batches // cycle) * hp.student_steps + max(0, batches % cycle - hp.generator_steps)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The step's random decisions, made on the host copy of a training batch (see ``plan``)."""
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self._trainer is not None and self.trainer.training and isinstance(batch, dict) and "idx" in batch:
+            batch = self.generator.plan(batch, self.batch_count(), self.rewrite_rate())
+        return batch
+
+    # ---------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Rashid et al. (2021), one batch ``x`` at a time, in cycles of ``generator_steps`` generator updates
+        then ``student_steps`` student updates (the subclass's ``student_step``). ``x'``: the generator's
+        rewrite of ``x``."""
+        if NOISE_KEYS not in batch:  # a datamodule's own on_before_batch_transfer ran instead of ours
+            batch = self.generator.plan(batch, self.batch_count(), self.rewrite_rate())
+        if self.is_generator_step():
+            loss = self.generator_step(batch)  # ascend KL(T(x') || S(x')) in the generator
+        else:
+            loss = self.student_step(batch)
+        self.end_batch(len(batch["input_ids"]))
+        return loss
+
+    def student_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One student update (its loss, ``step_student``, logging). Override me."""
+        raise NotImplementedError
+
+    def generator_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One generator update: the divergence on its (straight-through) rewrite, ascended."""
+        divergence = self.generator.divergence(self.teacher, self.student, batch, self.kd_loss)[0]
+        ascend = lambda: self.generator.ascend(divergence)  # noqa: E731
+        taken = self.step_auxiliary(self.auxiliary_optimizer(), ascend, loss=divergence)
+        if taken is not None:
+            self.generator.steps += taken
+            if self.logs_this_step():
+                real = batch["attention_mask"].sum()
+                self.log_dict(
+                    {
+                        "train/generator_divergence": divergence.detach(),
+                        "train/generator_grad_norm": self.generator.grad_norm.detach(),
+                        "train/masked_fraction": batch[REWRITE_MASK].float().sum() / real,
+                    },
+                    batch_size=len(batch["input_ids"]),
+                )
+        return divergence.detach()
+
+    def rewrite_kd(self, batch: dict[str, Tensor]) -> Tensor:
+        """KD on a fresh discrete rewrite of the planned positions, for the student (no gradient to the generator)."""
+        rewritten = {**batch, "input_ids": self.generator.rewrite(batch)}
+        with torch.no_grad():
+            teacher = self.teacher(**model_inputs(rewritten)).logits
+        return self.kd_loss(self.student_logits(rewritten), teacher)
+
+
+__all__ = ["AdversarialRewriting", "check_generator_arguments"]
