@@ -65,6 +65,24 @@ from benchmarks.study import RESULTS, Job, Study, mean_std  # noqa: E402
 from kdlight.assets import PACKAGED_MINILM, cache_dir  # noqa: E402
 
 NAME = "noisy_multiclass"
+TASK_TITLES = {"tweets": "tweets (3 classes)", "wiki_topics": "Wikipedia topics (6 classes)"}
+# the task the study runs on: (its datamodule, teacher-folder prefix, results-name suffix, description for the md)
+TASKS = {
+    "tweets": (
+        "kdlight.data:TweetSentimentDataModule",
+        "tweets",
+        "",
+        "Tweets (`packaged/tweets`, negative / neutral / positive",
+    ),
+    "wiki_topics": (
+        "kdlight.data.wiki_topics:WikiTopicDataModule",
+        "wikitopics",
+        "_wiki_topics",
+        "Wikipedia topics (`kdlight.data.wiki_topics`: the packaged Wikipedia summaries without their first "
+        "sentence, labelled place / person / organism / substance / creative work / language from the noun that "
+        "sentence defines the subject by; a heuristic label, built offline, 60/20/20 split",
+    ),
+}
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
 TEACHERS = ("clean", "noisy")
 ALM = {
@@ -98,10 +116,13 @@ def dump_runs(runs: dict[str, dict]) -> dict:
 
 
 def datamodule(cfg, rate: float):
-    from kdlight.data import NoisyLabelDataModule, TweetSentimentDataModule
+    import importlib
 
+    from kdlight.data import NoisyLabelDataModule
+
+    module, name = TASKS[cfg.task][0].split(":")
     return NoisyLabelDataModule(
-        TweetSentimentDataModule(),
+        getattr(importlib.import_module(module), name)(),
         noise_type="uniform",
         noise_rate=rate,
         clean_val_size=0.1,
@@ -117,7 +138,11 @@ def datamodule(cfg, rate: float):
 
 def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
-    return cache_dir() / "teachers" / f"tweets_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    return (
+        cache_dir()
+        / "teachers"
+        / f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    )
 
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
@@ -461,11 +486,12 @@ def write(
     )
     intro = (
         f"**Status:** {status}\n\n"
-        "`python -m benchmarks.noisy.multiclass` (resumable; one run at a time, one torch thread, on a 2-core CPU "
+        f"`python -m benchmarks.noisy.multiclass{'' if cfg.task == 'tweets' else ' --task ' + cfg.task}` "
+        "(resumable; one run at a time, one torch thread, on a 2-core CPU "
         "machine whose other core runs another study; this file is rewritten after every finished run).\n\n"
-        "Tweets (`packaged/tweets`, negative / neutral / positive; validation and test splits never corrupted), "
+        f"{TASKS[cfg.task][3]}; validation and test splits never corrupted), "
         f"first {cfg.train_examples} training rows: 10 % carved off as the clean split ALM-KD meta-learns on, the "
-        "rest with uniform noise (the official model: resampled over all 3 classes). **Selection split: the tweets' "
+        "rest with uniform noise (the official model: resampled over all the classes). **Selection split: the task's "
         "validation split** (chooses the fixed lambda and the ALM mode; never trained or meta-trained on). "
         f"max_length {cfg.max_length}, batch 32. Teacher: all-MiniLM-L6-v2 fine-tuned {cfg.teacher_epochs} epochs "
         "(AdamW 1e-4) on the clean or the noisy labels of the same rows.\n\n"
@@ -509,14 +535,14 @@ def write(
             ("time", "step time vs KD"),
             ("wall", "wall s"),
         ],
-        title="Noisy labels, 3 classes, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
+        title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
         intro=intro,
         notes=notes,
         plot=(lambda path: plot(rows, path)) if rows else None,
         table_rows=table,
     )
     if any(r.get("lambda_history") for r in rows):
-        plot_mechanism(rows, study.results / f"{NAME}_mechanism.png")
+        plot_mechanism(rows, study.results / f"{study.name}_mechanism.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -635,6 +661,19 @@ def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
     study.save(key, new)
 
 
+def other_task(study: Study, cfg) -> str:
+    """The status line's word on the other task's study (computed from its runs file)."""
+    other = "wiki_topics" if cfg.task == "tweets" else "tweets"
+    runs_file = study.results / f"{NAME}{TASKS[other][2]}_runs.json"
+    done = 0
+    if runs_file.is_file():
+        import json
+
+        done = sum(1 for key in json.loads(runs_file.read_text()) if key.startswith(PREFIX))
+    where = f"`{NAME}{TASKS[other][2]}.md`, `--task {other}`"
+    return f"the other task ({where}) has {done} student runs of this regime recorded"
+
+
 def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str | None, running: str = "") -> None:
     """Write the md/json/png from the runs file, with a status line computed from what is recorded."""
     done = study.done()
@@ -688,10 +727,10 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
 
     status = status or (
         f"complete for noise rates {', '.join(f'{int(round(r * 100))} %' for r in rates)} ({have} student runs, "
-        f"both teachers, {len(seeds)} seeds); the second task has not been run"
+        f"both teachers, {len(seeds)} seeds); {other_task(study, cfg)}"
         if have >= expected
         else f"partial: {have} of {expected} student runs of this regime recorded (runs per seed: {block_summary()})"
-        f"{running}; the second task has not been run"
+        f"{running}; {other_task(study, cfg)}"
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
@@ -709,6 +748,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="kept for the command line: runs are one at a time, in this process"
     )
+    parser.add_argument(
+        "--task", default="tweets", choices=list(TASKS), help="tweets (3 classes) or wiki_topics (6 classes)"
+    )
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--teacher-epochs", type=int, default=2)
@@ -721,6 +763,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     cfg = argparse.Namespace(
+        task=args.task,
         train_examples=args.train_examples,
         max_length=64,
         epochs=args.epochs,
@@ -742,7 +785,7 @@ def main(argv: list[str] | None = None) -> None:
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_multiclass_quick_")) if args.quick else RESULTS)
     # one run at a time in this process: the machine's other core runs another study, and two workers on
     # one core made every run ~10x slower (see the module docstring's cost note)
-    study = Study(NAME, workers=1, results=results, load=load_runs, dump=dump_runs)
+    study = Study(NAME + TASKS[cfg.task][2], workers=1, results=results, load=load_runs, dump=dump_runs)
     rates = [r / 100 for r in args.rates]
     seeds = list(range(args.seeds))
     if args.report:
@@ -765,7 +808,7 @@ def main(argv: list[str] | None = None) -> None:
         png = None
         if method.startswith("ALM") and seed == 0 and not args.quick:
             tag = method.split()[1].strip("()")
-            png = study.results / f"{NAME}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
+            png = study.results / f"{study.name}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
         job = Job(
             train_student, cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png
         )
