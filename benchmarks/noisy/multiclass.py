@@ -619,22 +619,29 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
 
 
 def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list[tuple]:
-    """(rate, teacher, method, lambda, seed) in the order the study runs them: the issue's targets first.
+    """(rate, teacher, method, lambda, seed, again) in the order the study runs them: the issue's targets first.
 
     Rate by rate (the order given: 40 % first by default); within a rate seed-major, then teacher (clean
     before noisy), so a study stopped at the deadline has whole (seed, teacher) blocks of every method --
     the fixed-lambda grid (CE only is lambda 0) and the three ALM modes the issue asks for -- rather than
     three seeds of some methods and none of others. The expected-error variant (an ablation of the
     default table's clean score, not one of the issue's methods) runs after every seed of its rate.
+    ``again``: a run of :data:`OVERLOADED` re-run for its time, after its seed's blocks of both teachers.
     """
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
     order = []
     for rate in rates:
         for seed in seeds:
             for kind in teachers:
-                order += [(rate, kind, method, lam, seed) for method, lam in main_methods]
-        order += [(rate, kind, EXPECTED_ERROR, None, seed) for seed in seeds for kind in teachers]
-    return order
+                order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
+            order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
+        order += [
+            (rate, kind, EXPECTED_ERROR, None, seed, again)
+            for seed in seeds
+            for kind in teachers
+            for again in (False, True)
+        ]
+    return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED]
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
@@ -794,13 +801,17 @@ def main(argv: list[str] | None = None) -> None:
     order = job_order(rates, args.teachers, seeds)
     if args.only is not None:
         order = [o for o in order if (f"KD:{o[3]}" if o[2] == "KD" else o[2]) in args.only]
+
+    def pending(entry: tuple) -> bool:
+        key = run_key(*entry[:-1])
+        return (REMEASURED + key if entry[-1] else key) not in study.done() and (not entry[-1] or key in study.done())
+
     prepared: set[tuple] = set()
-    for n, (rate, kind, method, lam, seed) in enumerate(order, 1):
-        key = run_key(rate, kind, method, lam, seed)
-        if key in study.done():
-            if key not in OVERLOADED or REMEASURED + key in study.done():
-                continue
-            key = REMEASURED + key  # the same run again, alone, for its time (and as a reproducibility check)
+    for n, (rate, kind, method, lam, seed, again) in enumerate(order, 1):
+        if not pending((rate, kind, method, lam, seed, again)):
+            continue
+        # again: the same run, alone, for its time (and as a check that it gives the same numbers)
+        key = (REMEASURED if again else "") + run_key(rate, kind, method, lam, seed)
         if (kind, rate) not in prepared:  # a rate's teachers and TF-IDF baseline just before its first run
             ensure_teacher(study, cfg, kind, rate)
             study.run({f"baseline|{rate}": Job(baselines, cfg=cfg, rate=rate)})
@@ -813,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
             train_student, cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png
         )
         study.run({key: job})
-        left = sum(1 for o in order[n:] if run_key(*o) not in study.done())
+        left = sum(1 for o in order[n:] if pending(o))
         running = (
             f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "
             f"{key.split(PREFIX, 1)[-1]}, {left} runs of this invocation still queued"
