@@ -1,0 +1,61 @@
+"""The noisy multiclass study's plumbing: its run order and the partial report it writes after every run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import benchmarks.noisy.multiclass as mc
+from benchmarks.study import Study
+
+
+def test_order_is_seed_major_with_every_method_of_a_block_together():
+    order = mc.job_order([0.4, 0.6], ["clean", "noisy"], [0, 1])
+    first = [o for o in order if not o[-1]]
+    # the first block: every main method of (40 %, clean teacher, seed 0), then the noisy teacher's, then seed 1
+    block = len(mc.LAMBDAS) + len(mc.ALM) - 1
+    assert {(o[0], o[1], o[4]) for o in first[:block]} == {(0.4, "clean", 0)}
+    assert {(o[0], o[1], o[4]) for o in first[block : 2 * block]} == {(0.4, "noisy", 0)}
+    assert {(o[0], o[1], o[4]) for o in first[2 * block : 3 * block]} == {(0.4, "clean", 1)}
+    # the expected-error ablation after every seed of its rate, before the next rate
+    rate_40 = [o for o in order if o[0] == 0.4]
+    ablation = [o for o in rate_40 if not o[-1] and o[2] == mc.EXPECTED_ERROR]
+    assert [o for o in rate_40 if not o[-1]][-len(ablation) :] == ablation and len(ablation) == 2 * 2
+    assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
+    # re-runs only for the overloaded records, after their seed's two blocks
+    again = [o for o in order if o[-1]]
+    assert [mc.run_key(*o[:-1]) for o in again] == list(mc.OVERLOADED)
+    assert order.index(again[0]) == 2 * block
+
+
+def record(accuracy, **extra):
+    return {
+        "accuracy": accuracy,
+        "val_accuracy": accuracy,
+        "step_time": 0.3,
+        "fit_s": 90.0,
+        "realised_rate": 0.27,
+        **extra,
+    }
+
+
+def test_partial_report_counts_runs_and_checks_the_rerun(tmp_path):
+    study = Study(mc.NAME, results=tmp_path, load=mc.load_runs, dump=mc.dump_runs)
+    key = mc.OVERLOADED[0]
+    runs = {mc.run_key(0.4, "clean", "KD", lam, 0): record(0.6 + lam / 10) for lam in mc.LAMBDAS}
+    runs[key] = record(0.65, step_time=11.0, fit_s=2600.0, lambda_flipped=0.6, lambda_clean=0.8)
+    runs[mc.REMEASURED + key] = record(0.64, step_time=1.2, fit_s=300.0, lambda_flipped=0.6, lambda_clean=0.8)
+    for k, v in runs.items():
+        study.save(k, v)
+    cfg = argparse.Namespace(
+        task="tweets", train_examples=1600, max_length=64, teacher_epochs=2, lr=0.05, epochs=5, select_every=1,
+        warm_epoch=1, grad_fit=3, meta_batch=160, meta_lr=1.0, default_note="", net_meta_lr=0.001,
+    )  # fmt: skip
+    mc.report(study, cfg, [0.4], [0, 1, 2], None, "; written by the running study")
+    md = (tmp_path / f"{mc.NAME}.md").read_text()
+    assert "partial: 4 of 42 student runs" in md and "seed 0 4/7" in md and "written by the running study" in md
+    assert "NOT identical" in md  # the re-run gave another accuracy: said, not hidden
+    rows = json.loads((tmp_path / f"{mc.NAME}.json").read_text())
+    table = next(r for r in rows if r["method"] == "ALM default (table)")
+    assert table["fit_s_mean"] == 300.0  # the re-run's time, not the overloaded one
+    assert abs(table["step_time_vs_kd"] - 4.0) < 1e-9
