@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from kdlight.assets import _write_splits, cache_dir, wiki_summaries_path  # the packaged tasks' seeded split writer
 from kdlight.data.text import TextClassificationDataModule
 
 #: class -> the defining words that put a summary in it (matched as whole words, singular or plural)
@@ -155,8 +156,6 @@ def build_wiki_topics(summaries: list[str], out: Path, seed: int = SPLIT_SEED) -
     rather than the ~280 of 80/10/10)."""
     import pandas as pd
 
-    from kdlight.assets import _write_splits  # the packaged tasks' seeded split writer
-
     rows = [example for s in summaries if (example := topic_example(s)) is not None]
     frame = pd.DataFrame(rows, columns=["text", "label"]).drop_duplicates("text")
     _write_splits(out, frame, {"validation": 0.2, "test": 0.2}, seed)
@@ -165,8 +164,6 @@ def build_wiki_topics(summaries: list[str], out: Path, seed: int = SPLIT_SEED) -
 
 def wiki_topics_dir() -> Path:
     """The CSVs' folder, built from the packaged summaries on first use."""
-    from kdlight.assets import cache_dir, wiki_summaries_path
-
     out = cache_dir() / FOLDER
     if not all((out / f"{split}.csv").is_file() for split in ("train", "validation", "test")):
         lines = wiki_summaries_path().read_text(encoding="utf-8").splitlines()
