@@ -220,8 +220,11 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
     else:
         curve = ValidationCurve()
         runner.trainer.callbacks.append(curve)
+        # Resumed as `kdlight fit --ckpt_path last` does: into the run's own version folder, so its checkpoints
+        # (the best one so far included) stay candidates; a fresh folder would reset the best score.
+        ckpt = runner.resolve_checkpoint("fit", "last") if last else None
         start = time.perf_counter()
-        runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=str(last) if last else None)
+        runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=ckpt)
         checkpoint = runner.trainer.checkpoint_callback
         best_val = checkpoint.best_model_score if checkpoint is not None else None
         best = checkpoint.best_model_path if checkpoint is not None else None

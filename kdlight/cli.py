@@ -79,11 +79,17 @@ class KDLightCLI(LightningCLI):
         if ckpt_path and str(ckpt_path) not in _LIGHTNING_CKPT_NAMES and not str(ckpt_path).startswith("registry"):
             check_same_model_class(load_lightning_checkpoint(ckpt_path, mmap=True), config, ckpt_path)
 
+    def resolve_checkpoint(self, subcommand: str, ckpt_path: str) -> str | None:
+        """The file ``--ckpt_path`` names (``last``/``best`` looked up in this recipe's newest run); a fit
+        from ``last``/``best`` logs and checkpoints into that run's own folder, not the one claimed for a new run.
+        Public so that a script holding a ``run=False`` CLI resumes exactly as the command line does."""
+        with as_unclaimed(self.trainer, getattr(self, "_claimed_versions", {})):
+            return resolve_ckpt_path(self.trainer, subcommand, ckpt_path, self.model)
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") is not None:
-            with as_unclaimed(self.trainer, getattr(self, "_claimed_versions", {})):  # a resume logs into its run
-                kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, subcommand, str(kwargs["ckpt_path"]), self.model)
+            kwargs["ckpt_path"] = self.resolve_checkpoint(subcommand, str(kwargs["ckpt_path"]))
             if kwargs["ckpt_path"] and kwargs["ckpt_path"] not in _LIGHTNING_CKPT_NAMES + ("registry",):
                 load_lightning_checkpoint(kwargs["ckpt_path"], mmap=True)  # a truncated last.ckpt: one line
         else:
