@@ -128,6 +128,11 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "tokenizer": root / "tokenizer", "encoder": encoder_dir, "teacher": teacher_dir, "data": data}
 
 
+def generator_config(assets, **settings) -> dict:
+    """A ``generator:`` argument: the tiny encoder as the masked LM, with ``settings``."""
+    return {"class_path": "AdversarialGenerator", "init_args": {"network": str(assets["encoder"]), **settings}}
+
+
 def data_args(assets, **overrides) -> list[str]:
     """CLI arguments for the tiny sentiment task (TextClassificationDataModule)."""
     d = assets["data"]

@@ -21,6 +21,7 @@ import pytest
 import torch
 from lightning import Trainer, seed_everything
 
+from kdlight.components import AdversarialGenerator
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.losses.layerwise import HiddenMSE
 from kdlight.models.students import TruncatedTeacher
@@ -213,15 +214,13 @@ def zeroshot(inputs, perturbation="generator"):
         dm = zeroshot_datamodule(assets, tmp_path)
         module = ZeroShotAdversarialKD(
             teacher=str(assets["teacher"]),
-            generator=str(assets["encoder"]),
+            generator=AdversarialGenerator(str(assets["encoder"]), perturbation, optimizer=fused_adamw(1e-5)),
             student=TruncatedTeacher(1),
             task=dm.task,
             generator_steps=2,
             student_steps=2,
             inputs=inputs,
-            perturbation=perturbation,
             optimizer=fused_adamw(1e-4),
-            generator_optimizer=fused_adamw(1e-5),
         )
         return module, dm
 
@@ -233,7 +232,7 @@ def mate(assets, tmp_path):
     dm = task_data(assets)
     return AdversarialAugmentedKD(
         teacher=str(assets["teacher"]),
-        generator=str(assets["encoder"]),
+        generator=AdversarialGenerator(str(assets["encoder"]), optimizer=fused_adamw(1e-5)),
         student=TruncatedTeacher(1),
         cache_teacher_logits=True,
         teacher_cache_dir=str(tmp_path / "teacher_logits"),
@@ -241,7 +240,6 @@ def mate(assets, tmp_path):
         generator_steps=2,
         student_steps=2,
         optimizer=fused_adamw(1e-4),
-        generator_optimizer=fused_adamw(1e-5),
     ), dm
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning import Callback, Trainer, seed_everything
 
-from conftest import KDLIGHT, data_args, kdlight_script, trainer_args
+from conftest import KDLIGHT, data_args, generator_config, kdlight_script, trainer_args
 from kdlight.callbacks_zeroshot import evaluating
 from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK
 from kdlight.data import TextClassificationDataModule
@@ -25,8 +25,7 @@ def mate_module(assets, sharpen: bool = True, **kwargs) -> AdversarialAugmentedK
         teacher=str(assets["teacher"]),
         tokenizer=str(assets["tokenizer"]),
         label_names=LABELS,
-        generator=str(assets["encoder"]),
-        **{"student": TruncatedTeacher(1), "show_rewrites_every": 0, **kwargs},
+        **{"generator": str(assets["encoder"]), "student": TruncatedTeacher(1), "show_rewrites_every": 0, **kwargs},
     )
     if sharpen:
         with torch.no_grad():  # random tiny models agree to ~1e-6 (float noise); sharp, opposed heads disagree
@@ -93,7 +92,9 @@ def test_generator_steps_raise_the_divergence_on_their_labelled_batch(assets, tm
                 self.gains.append(self.measure(module, batch) - self.before)
 
     seed_everything(0)
-    module = mate_module(assets, generator_steps=8, student_steps=1, generator_learning_rate=1e-3)
+    module = mate_module(
+        assets, generator_steps=8, student_steps=1, generator=generator_config(assets, learning_rate=1e-3)
+    )
     for network in (module.generator.network, module.student, module.teacher):
         for layer in network.modules():
             if isinstance(layer, torch.nn.Dropout):
@@ -109,7 +110,7 @@ def planned_batch(module: AdversarialAugmentedKD, assets) -> dict:
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     module.generator.prepare(load_tokenizer(str(assets["tokenizer"])), module.teacher)
-    return module.generator.plan(batch, 0, module.hparams.mask_rate)
+    return module.generator.plan(batch, 0, module.generator.mask_rate)
 
 
 def student_gradients(module: AdversarialAugmentedKD, batch: dict) -> tuple[dict, torch.Tensor]:

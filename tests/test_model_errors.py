@@ -283,9 +283,9 @@ CASES = [
         "generator-learning-rate-negative",
         "fit",
         "ZeroShotAdversarialKD",
-        {"generator_learning_rate": -1e-6},
+        {"generator": "AdversarialGenerator", "generator.learning_rate": -1e-6},
         [],
-        "generator_learning_rate must be >= 0",
+        "generator learning_rate must be >= 0",
     ),
     (
         "max-length-above-positions",

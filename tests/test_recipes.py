@@ -24,7 +24,7 @@ from kdlight.cli import cli
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "scale")
 # arguments that name a model (or the tokenizer of one)
-MODEL_KEYS = {"teacher", "teachers", "model", "name_or_path", "generator", "tokenizer", "reference_model"}
+MODEL_KEYS = {"teacher", "teachers", "model", "name_or_path", "generator", "network", "tokenizer", "reference_model"}
 PACKAGED_ENCODER = "packaged/all-MiniLM-L6-v2"
 # packaged datasets the recipes read; the test's cache links them (nothing of the real cache is written)
 PACKAGED_DATA = ("rotten_tomatoes", "tweets", "wiki_summaries", "lee_news")

@@ -7,7 +7,7 @@ import torch
 from transformers import BertForMaskedLM, BertForSequenceClassification
 
 import kdlight.data.text
-from conftest import tiny_config, trainer_args, wikitext_lines
+from conftest import generator_config, tiny_config, trainer_args, wikitext_lines
 from kdlight.checkpoints import load_checkpoint
 from kdlight.cli import main
 from kdlight.components.rewriting import banned_token_ids, choose_mask, embed_with_replacements, sample_replacements
@@ -135,7 +135,13 @@ def changed(before, model):
 
 
 def test_generator_and_student_steps_alternate_and_touch_only_their_own_model(assets, corpus_file, tmp_path):
-    module = make_module(assets, generator_steps=2, student_steps=3, generator_learning_rate=1e-3, learning_rate=1e-3)
+    module = make_module(
+        assets,
+        generator_steps=2,
+        student_steps=3,
+        generator=generator_config(assets, learning_rate=1e-3),
+        learning_rate=1e-3,
+    )
     teacher, student, generator = snapshot(module.teacher), snapshot(module.student), snapshot(module.generator)
     steps = {"generator": [], "student": []}
     for name in steps:  # record which kind each batch was
@@ -155,7 +161,9 @@ def test_generator_and_student_steps_alternate_and_touch_only_their_own_model(as
 
 
 def test_generator_step_moves_only_the_generator(assets, corpus_file, tmp_path):
-    module = make_module(assets, generator_steps=1, student_steps=1, generator_learning_rate=1e-2)
+    module = make_module(
+        assets, generator_steps=1, student_steps=1, generator=generator_config(assets, learning_rate=1e-2)
+    )
     student, generator = snapshot(module.student), snapshot(module.generator)
     data = zero_shot_data(assets, corpus_file, tmp_path / "cache")
     trainer = fitted(module, data, tmp_path, max_steps=-1, max_epochs=1, limit_train_batches=1)
@@ -185,7 +193,7 @@ def test_non_finite_losses_are_skipped_counted_and_stop_a_diverged_run(assets, c
     "inputs, perturbation", [("out_of_domain", "generator"), ("adversarial", "random"), ("random_tokens", "generator")]
 )
 def test_ablations_train_without_a_generator(assets, corpus_file, tmp_path, inputs, perturbation):
-    module = make_module(assets, inputs=inputs, perturbation=perturbation)
+    module = make_module(assets, inputs=inputs, generator=generator_config(assets, perturbation=perturbation))
     assert module.generator.network is None and not any(k.startswith("generator.network.") for k in module.state_dict())
     data = zero_shot_data(assets, corpus_file, tmp_path / "cache")
     rewrites = []
@@ -218,7 +226,7 @@ def test_mismatched_vocabularies_fail_before_training(assets, tmp_path):
     with pytest.raises(KDLightError, match="inputs must be one of"):
         make_module(assets, inputs="wikipedia")
     with pytest.raises(KDLightError, match="mask_rate"):
-        make_module(assets, mask_rate=0)
+        make_module(assets, generator=generator_config(assets, mask_rate=0))
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -400,3 +408,22 @@ def test_generator_rewrites_are_decoded_for_people_every_n_generator_steps(asset
     assert rewrites_markdown(rows[:2]).count("\n") == 3
     with pytest.raises(KDLightError, match="show_rewrites_every must be >= 0"):
         make_module(assets, show_rewrites_every=-1)
+
+
+def test_flat_generator_keys_still_work_and_mean_the_generator_config(assets, caplog):
+    """The keys ``generator:`` replaced (old YAMLs, scripts, checkpoints' hyper-parameters) build the same
+    generator as the new form, with one notice naming it; given beside the new form they are an error."""
+    new = make_module(assets, generator=generator_config(assets, mask_rate=0.2, learning_rate=1e-4, clip=2.0))
+    with caplog.at_level("INFO"):
+        old = make_module(
+            assets, generator=str(assets["encoder"]), mask_rate=0.2, generator_learning_rate=1e-4, generator_clip=2.0
+        )
+    notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(notices) == 1 and "generator: {class_path: AdversarialGenerator" in notices[0]
+    assert old.hparams["generator"] == new.hparams["generator"]
+    assert not {"mask_rate", "generator_learning_rate", "generator_clip"} & set(old.hparams)
+    assert (old.generator.mask_rate, old.generator.learning_rate, old.generator.clip) == (0.2, 1e-4, 2.0)
+    rebuilt = ZeroShotAdversarialKD(**old.hparams)  # what load_from_checkpoint does
+    assert rebuilt.hparams["generator"] == new.hparams["generator"]
+    with pytest.raises(KDLightError, match="give mask_rate as generator.init_args.mask_rate"):
+        make_module(assets, generator=generator_config(assets), mask_rate=0.2)

@@ -191,7 +191,7 @@ def test_a_trained_generator_rewrites_with_real_tokens_more_often_than_a_fresh_h
     shares = {}
     for name, source in (("fresh", assets["encoder"]), ("trained", tmp_path / "mlm" / "export")):
         torch.manual_seed(0)
-        generator = AdversarialGenerator(str(source), mask_rate=0.3)
+        generator = AdversarialGenerator(str(source), mask_rate=0.3).load()
         generator.network.eval()
         batch, rewritten = rewrite_corpus_batch(generator, assets, corpus_file, tmp_path)
         shares[name] = known_token_share(batch["input_ids"], rewritten["input_ids"], known, special)
@@ -205,9 +205,7 @@ def zero_shot_module(assets, **kwargs) -> ZeroShotAdversarialKD:
         teacher=str(assets["teacher"]),
         tokenizer=str(assets["tokenizer"]),
         label_names=["negative", "positive"],
-        generator=str(assets["encoder"]),
-        student=TruncatedTeacher(1),
-        **kwargs,
+        **{"generator": str(assets["encoder"]), "student": TruncatedTeacher(1), **kwargs},
     )
 
 
@@ -256,7 +254,11 @@ def test_generator_steps_raise_the_divergence_on_their_batch(assets, corpus_file
 
     seed_everything(0)
     module = zero_shot_module(
-        assets, generator_steps=8, student_steps=1, generator_learning_rate=1e-3, show_rewrites_every=0
+        assets,
+        generator_steps=8,
+        student_steps=1,
+        generator=AdversarialGenerator(str(assets["encoder"]), learning_rate=1e-3),
+        show_rewrites_every=0,
     )
     for network in (module.generator.network, module.student, module.teacher):
         for layer in network.modules():

@@ -29,6 +29,7 @@ a batch before it moves to the device, so a step reads nothing back from the dev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -69,7 +70,7 @@ MASK, GUMBEL, RANDOM = 0, 1, 2
 
 
 class AdversarialGenerator(nn.Module):
-    """Args:
+    """Args (the ``generator:`` init argument of the adversarial distillers, by ``class_path``):
     network: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary.
     perturbation: ``generator`` (the network's proposals) or ``random`` (uniformly random
         tokens; no network is loaded).
@@ -78,7 +79,12 @@ class AdversarialGenerator(nn.Module):
     learning_rate: the default optimiser's (AdamW).
     clip: gradient-norm clip of each update.
     optimizer: replaces the default optimiser (a factory of the parameters, as from YAML).
+
+    The settings are checked when it is built; the network loads in :meth:`load` (the owner's
+    ``configure_models``), so a config is validated before any model is read.
     """
+
+    SETTINGS = ("network", "perturbation", "mask_rate", "gumbel_tau", "learning_rate", "clip")
 
     def __init__(
         self,
@@ -91,11 +97,19 @@ class AdversarialGenerator(nn.Module):
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
-        check_choice("perturbation", perturbation, Perturbation)
-        self.source = network
+        check_choice("generator.perturbation", perturbation, Perturbation)
+        if not 0 < mask_rate <= 1:
+            raise KDLightError(f"generator mask_rate must be in (0, 1], got {mask_rate}")
+        if gumbel_tau <= 0:
+            raise KDLightError(f"generator gumbel_tau must be > 0, got {gumbel_tau}")
+        if learning_rate < 0:
+            raise KDLightError(f"generator learning_rate must be >= 0, got {learning_rate}")
+        if clip <= 0:
+            raise KDLightError(f"generator clip must be > 0, got {clip}")
+        self.source, self.perturbation = str(network), perturbation
         self.mask_rate, self.gumbel_tau, self.learning_rate, self.clip = mask_rate, gumbel_tau, learning_rate, clip
         self.optimizer_factory = optimizer
-        self.network = load_generator(network).train() if perturbation == "generator" else None
+        self.network: nn.Module | None = None  # see load()
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # updates taken
         # the data's token ids (see prepare): special ones are never rewritten, banned ones never proposed
         for name in ("special_ids", "banned_ids", "allowed_ids"):
@@ -106,20 +120,33 @@ class AdversarialGenerator(nn.Module):
         self.vocab_size = self.positions = 0
         self.grad_norm: Tensor | None = None  # of the last update, before clipping (for logging)
 
+    def load(self, needed: bool = True) -> AdversarialGenerator:
+        """Load the masked LM, once, when the rewrites come from it (``needed``: the owner's method uses them)."""
+        if needed and self.perturbation == "generator" and self.network is None:
+            self.network = load_generator(self.source).train()
+        return self
+
+    def to_config(self) -> dict:
+        """``{"class_path", "init_args"}`` as plain data (hyper-parameters, checkpoints); an optimiser factory is
+        not data: a generator rebuilt from this gets the default optimiser."""
+        settings = {k: getattr(self, k) for k in self.SETTINGS if k != "network"}  # .network: the loaded model
+        return {"class_path": "AdversarialGenerator", "init_args": {"network": self.source, **settings}}
+
     @staticmethod
-    def check_settings(
-        perturbation: str, mask_rate: float, gumbel_tau: float, learning_rate: float, clip: float
-    ) -> None:
-        """One-line errors for bad settings, before any network loads (the owner's argument names)."""
-        check_choice("perturbation", perturbation, Perturbation)
-        if not 0 < mask_rate <= 1:
-            raise KDLightError(f"mask_rate must be in (0, 1], got {mask_rate}")
-        if gumbel_tau <= 0:
-            raise KDLightError(f"gumbel_tau must be > 0, got {gumbel_tau}")
-        if learning_rate < 0:
-            raise KDLightError(f"generator_learning_rate must be >= 0, got {learning_rate}")
-        if clip <= 0:
-            raise KDLightError(f"generator_clip must be > 0, got {clip}")
+    def from_config(config: AdversarialGenerator | dict | str | None, **defaults) -> AdversarialGenerator:
+        """A generator from an instance, a :meth:`to_config` dict (``init_args`` over ``defaults``), a network
+        name or folder (``defaults`` for the rest), or None (``defaults`` alone)."""
+        if isinstance(config, AdversarialGenerator):
+            return config
+        if config is None or isinstance(config, (str, Path)):
+            return AdversarialGenerator(**{**defaults, **({"network": str(config)} if config is not None else {})})
+        known = ("AdversarialGenerator", f"{__name__}.AdversarialGenerator", "kdlight.components.AdversarialGenerator")
+        if not isinstance(config, dict) or config.get("class_path", "AdversarialGenerator") not in known:
+            raise KDLightError(
+                f"generator {config!r} is not a generator; give a masked-LM name or folder, or "
+                "{class_path: AdversarialGenerator, init_args: {network: ..., mask_rate: ...}}"
+            )
+        return AdversarialGenerator(**{**defaults, **(config.get("init_args") or {})})
 
     # ----------------------------------------------------------------------------- setup
     def check_vocabulary(self, teacher: nn.Module, student: nn.Module, pruned_student: bool = False) -> None:

@@ -690,6 +690,11 @@ class TextClassificationDataModule(LabelledTextDataModule):
             )
 
 
+def packaged_split_files(folder: Path) -> tuple[str, str, str]:
+    """The train / validation / test CSVs of a task kdlight builds offline into its cache."""
+    return tuple(str(folder / f"{split}.csv") for split in ("train", "validation", "test"))
+
+
 class RottenTomatoesDataModule(TextClassificationDataModule):
     """The offline sentiment task: Rotten Tomatoes snippets (positive/negative), an SST-2 stand-in.
 
@@ -697,15 +702,10 @@ class RottenTomatoesDataModule(TextClassificationDataModule):
     seeded 80/10/10 train/validation/test split (see :mod:`kdlight.assets`).
     """
 
-    def __init__(self, **kwargs) -> None:
-        folder = rotten_tomatoes_dir()
+    def __init__(self, **kwargs) -> None:  # the files by name in super(): jsonargparse leaves them out of the arguments
+        train, val, test = packaged_split_files(rotten_tomatoes_dir())
         kwargs.setdefault("label_names", ["negative", "positive"])
-        super().__init__(
-            train_file=str(folder / "train.csv"),
-            val_file=str(folder / "validation.csv"),
-            test_file=str(folder / "test.csv"),
-            **kwargs,
-        )
+        super().__init__(train_file=train, val_file=val, test_file=test, **kwargs)
 
 
 class TweetSentimentDataModule(TextClassificationDataModule):
@@ -717,14 +717,9 @@ class TweetSentimentDataModule(TextClassificationDataModule):
     """
 
     def __init__(self, **kwargs) -> None:
-        folder = tweets_dir()
+        train, val, test = packaged_split_files(tweets_dir())
         kwargs.setdefault("label_names", list(TWEET_LABELS))
-        super().__init__(
-            train_file=str(folder / "train.csv"),
-            val_file=str(folder / "validation.csv"),
-            test_file=str(folder / "test.csv"),
-            **kwargs,
-        )
+        super().__init__(train_file=train, val_file=val, test_file=test, **kwargs)
 
 
 __all__ = [
@@ -734,5 +729,6 @@ __all__ = [
     "RottenTomatoesDataModule",
     "TextClassificationDataModule",
     "TweetSentimentDataModule",
+    "packaged_split_files",
     "read_table",
 ]

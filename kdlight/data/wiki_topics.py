@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from kdlight.assets import _write_splits, cache_dir, wiki_summaries_path  # the packaged tasks' seeded split writer
-from kdlight.data.text import TextClassificationDataModule
+from kdlight.data.text import TextClassificationDataModule, packaged_split_files
 
 #: class -> the defining words that put a summary in it (matched as whole words, singular or plural)
 TOPIC_WORDS: dict[str, tuple[str, ...]] = {
@@ -177,14 +177,9 @@ class WikiTopicDataModule(TextClassificationDataModule):
     Wikipedia summaries without their defining first sentence, labelled from it (see the module docstring)."""
 
     def __init__(self, **kwargs) -> None:
-        folder = wiki_topics_dir()
+        train, val, test = packaged_split_files(wiki_topics_dir())
         kwargs.setdefault("label_names", list(TOPICS))
-        super().__init__(
-            train_file=str(folder / "train.csv"),
-            val_file=str(folder / "validation.csv"),
-            test_file=str(folder / "test.csv"),
-            **kwargs,
-        )
+        super().__init__(train_file=train, val_file=val, test_file=test, **kwargs)
 
 
 __all__ = ["TOPICS", "TOPIC_WORDS", "WikiTopicDataModule", "build_wiki_topics", "topic_example", "wiki_topics_dir"]

@@ -9,54 +9,122 @@ with the data's tokenizer, its optimiser after the student's), the cycle (:meth:
 host-side plan of each batch's rewrite, the generator's update (:meth:`generator_step`), the display
 (:class:`~kdlight.callbacks_zeroshot.AdversaryMonitor`) and the count of student updates in a number of batches.
 
-Use: ``class MyKD(AdversarialRewriting, ManualOptimization, BaseDistiller)`` with the hyper-parameters
-``generator``, ``mask_rate``, ``gumbel_tau``, ``generator_learning_rate``, ``generator_clip``,
-``generator_steps``, ``student_steps`` (and ``perturbation``, ``show_rewrites_every``, ``track_divergence``),
-a ``generator_optimizer_factory`` attribute, and :meth:`rewrite_rate` for the student's batches.
+Use: ``class MyKD(AdversarialRewriting, ManualOptimization, BaseDistiller)``, with :meth:`student_step` (and
+:meth:`rewrite_rate` if the student's batches are rewritten differently); the arguments above are this mixin's
+(``generator``, the cycle, the display), so a subclass adds only its own.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, Union
 
 import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.callbacks_zeroshot import AdversaryMonitor
-from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGenerator
+from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGenerator, Perturbation
 from kdlight.data.base import load_tokenizer, model_inputs
 from kdlight.distributed import keep_out_of_ddp
 from kdlight.errors import KDLightError
 
+#: the module arguments that ``generator:`` replaced -> its ``init_args`` key (still accepted, with a notice)
+FLAT_GENERATOR_KEYS = {
+    "perturbation": "perturbation",
+    "mask_rate": "mask_rate",
+    "gumbel_tau": "gumbel_tau",
+    "generator_learning_rate": "learning_rate",
+    "generator_clip": "clip",
+    "generator_optimizer": "optimizer",
+}
+T = TypeVar("T")
+Flat = Union[T, None]  # noqa: UP007  (a deprecated flat key: None when not given)
 
-def check_generator_arguments(
-    perturbation: str,
-    mask_rate: float,
-    gumbel_tau: float,
-    generator_learning_rate: float,
-    generator_clip: float,
-    **at_least: tuple[float, float],
-) -> None:
-    """One-line errors for bad settings, before any network loads: the generator's, then each
-    ``name=(value, least)`` (cycle lengths, weights, ...)."""
-    AdversarialGenerator.check_settings(perturbation, mask_rate, gumbel_tau, generator_learning_rate, generator_clip)
-    for name, (value, least) in at_least.items():
-        if value < least:
-            raise KDLightError(f"{name} must be >= {least}, got {value}")
+
+def generator_config_from_flat(generator: Any, flat: dict[str, Any]) -> dict[str, Any]:
+    """The ``generator`` config the old flat keys meant (``generator`` was the network's name or folder)."""
+    if isinstance(generator, (AdversarialGenerator, dict)):
+        key = sorted(flat)[0]
+        raise KDLightError(f"give {key} as generator.init_args.{FLAT_GENERATOR_KEYS[key]}, not beside generator")
+    network = {"network": str(generator)} if generator is not None else {}
+    settings = {FLAT_GENERATOR_KEYS[k]: v for k, v in flat.items()}
+    return {"class_path": "AdversarialGenerator", "init_args": {**network, **settings}}
 
 
 class AdversarialRewriting:
-    """Mixin: the generator, its update and the cycle (see the module docstring)."""
+    """Mixin: the generator, its update and the cycle (see the module docstring).
+
+    Args:
+        generator: the masked-LM generator and its settings: a network name or folder (the subclass's
+            :attr:`default_generator` settings for the rest), or ``{class_path: AdversarialGenerator, init_args:
+            {network, perturbation, mask_rate, gumbel_tau, learning_rate, clip, optimizer}}`` (see
+            :class:`~kdlight.components.AdversarialGenerator`; its own defaults then apply).
+        generator_steps, student_steps: one cycle's generator updates, then student updates (each a batch).
+            ``trainer.max_steps`` counts student updates only.
+        max_consecutive_skips: stop with an error after this many non-finite steps in a row (the run has
+            diverged; without a stop, ``max_steps`` would never be reached).
+        show_rewrites_every, track_divergence: what :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor` shows
+            (decoded rewrites into the run's ``rewrites.jsonl`` every this many generator steps, 0: never) and
+            measures (the divergence before and after each generator update, and on the unmodified batch).
+        perturbation ... generator_optimizer: deprecated flat forms of ``generator.init_args.<key>``
+            (``generator_learning_rate`` -> ``learning_rate``, ``generator_clip`` -> ``clip``, ``generator_optimizer``
+            -> ``optimizer``); accepted with a notice.
+    """
 
     auxiliary_name = "generator"  # train/generator_steps: the ``progress`` column of the generator's updates
-    generator_optimizer_factory = None  # set by the subclass's __init__ (an OptimizerCallable from YAML, or None)
+    #: the generator's settings when ``generator`` is a name or not given (a subclass's published defaults)
+    default_generator: dict[str, Any] = {}
     #: whether a student with a pruned vocabulary is taken (the generator then never proposes its unkept tokens)
     takes_pruned_student = False
+
+    def __init__(
+        self,
+        generator: AdversarialGenerator | str | None = None,
+        generator_steps: int = 10,
+        student_steps: int = 100,
+        max_consecutive_skips: int = 50,
+        show_rewrites_every: int = 50,
+        track_divergence: bool = True,
+        perturbation: Flat[Perturbation] = None,
+        mask_rate: Flat[float] = None,
+        gumbel_tau: Flat[float] = None,
+        generator_learning_rate: Flat[float] = None,
+        generator_clip: Flat[float] = None,
+        generator_optimizer: Flat[OptimizerCallable] = None,
+        **kwargs: Any,
+    ) -> None:
+        flat = {k: v for k, v in locals().items() if k in FLAT_GENERATOR_KEYS and v is not None}
+        if flat:
+            rank_zero_info(
+                f"[kdlight] {type(self).__name__}'s flat generator keys ({', '.join(sorted(flat))}) are deprecated: "
+                "write them as generator: {class_path: AdversarialGenerator, init_args: {network: ..., "
+                + ", ".join(f"{FLAT_GENERATOR_KEYS[k]}: ..." for k in sorted(flat))
+                + "}}"
+            )
+            generator = generator_config_from_flat(generator, flat)
+        component = AdversarialGenerator.from_config(generator, **self.default_generator)  # settings checked here
+        at_least = dict(
+            generator_steps=(generator_steps, 0),
+            student_steps=(student_steps, 1),
+            max_consecutive_skips=(max_consecutive_skips, 1),
+            show_rewrites_every=(show_rewrites_every, 0),
+        )
+        for name, (value, least) in at_least.items():
+            if value < least:
+                raise KDLightError(f"{name} must be >= {least}, got {value}")
+        # registered as a submodule by configure_models, which the base __init__ calls (before nn.Module's
+        # __init__ has run, a module cannot be assigned as an attribute)
+        self.__dict__["_generator_component"] = component
+        super().__init__(**kwargs)
+        for key in FLAT_GENERATOR_KEYS:
+            self.hparams.pop(key, None)
+        self.hparams["generator"] = component.to_config()  # plain data: Module(**hparams) rebuilds the same generator
 
     @property
     def uses_generator(self) -> bool:
         """Whether the rewrites come from the learned network (else uniformly random tokens)."""
-        return self.hparams.perturbation == "generator"
+        return self.generator.perturbation == "generator"
 
     @property
     def trains_generator(self) -> bool:
@@ -64,22 +132,20 @@ class AdversarialRewriting:
 
     def rewrite_rate(self) -> float | None:
         """The share of real tokens this batch's step rewrites, or None when it rewrites nothing. Override me."""
-        return self.hparams.mask_rate
+        return self.generator.mask_rate
 
     # ------------------------------------------------------------------------------- models
     def configure_models(self) -> None:
         super().configure_models()
-        hp = self.hparams
+        self.generator = self.__dict__.pop("_generator_component", None) or self.generator
         # without a learned generator the rewrites are random tokens, and no network is loaded
-        kind = "generator" if self.uses_generator else "random"
-        settings = (hp.mask_rate, hp.gumbel_tau, hp.generator_learning_rate, hp.generator_clip)
-        self.generator = AdversarialGenerator(hp.generator, kind, *settings, self.generator_optimizer_factory)
+        self.generator.load(needed=self.uses_generator)
         self.generator.check_vocabulary(self.teacher, self.student, self.takes_pruned_student)
         keep_out_of_ddp(self, "generator")  # it steps with its own optimiser, outside the student's backward
 
     def auxiliary_networks(self) -> dict[str, tuple[str, nn.Module]]:
         network = self.generator.network
-        return {} if network is None else {"generator": (self.hparams.generator, network)}
+        return {} if network is None else {"generator": (self.generator.source, network)}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -164,4 +230,4 @@ class AdversarialRewriting:
         return self.kd_loss(self.student_logits(rewritten), teacher)
 
 
-__all__ = ["AdversarialRewriting", "check_generator_arguments"]
+__all__ = ["FLAT_GENERATOR_KEYS", "AdversarialRewriting", "generator_config_from_flat"]

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from kdlight.components.generator import Perturbation
-from kdlight.errors import check_choice
-from kdlight.modules.adversarial import AdversarialRewriting, check_generator_arguments
+from kdlight.errors import KDLightError, check_choice
+from kdlight.modules.adversarial import AdversarialRewriting
 from kdlight.modules.distiller import BaseDistiller
 from kdlight.modules.manual import ManualOptimization
 from kdlight.modules.migrations import migrate_zeroshot_checkpoint, zeroshot_generator_optimizer_steps
@@ -58,72 +56,34 @@ Inputs = Literal["both", "out_of_domain", "adversarial", "random_tokens"]
 class ZeroShotAdversarialKD(AdversarialRewriting, ManualOptimization, BaseDistiller):
     """Args:
     teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
-    generator: an ``AutoModelForMaskedLM`` hub name or folder sharing the teacher's vocabulary
-        (``bert-base-uncased`` for BERT teachers; offline: ``packaged/all-MiniLM-L6-v2``).
+    generator: the masked-LM generator sharing the teacher's vocabulary, a name or folder
+        (``bert-base-uncased`` for BERT teachers; offline: the export of ``configs/zeroshot/generator.yaml``)
+        or ``{class_path: AdversarialGenerator, init_args: {...}}``; its cycle, display and guard arguments
+        (``generator_steps``, ``student_steps``, ...): see :class:`~kdlight.modules.adversarial.AdversarialRewriting`.
     inputs: what the student trains on: ``both`` (out-of-domain + adversarial, the paper),
         ``out_of_domain``, ``adversarial``, or ``random_tokens`` (baseline).
-    perturbation: ``generator`` (learned, adversarial) or ``random`` (random tokens at the
-        masked positions; no generator is loaded).
-    mask_rate: fraction of real tokens the generator rewrites.
-    gumbel_tau: Gumbel-softmax temperature.
-    generator_steps, student_steps: one cycle's generator updates, then student updates.
-        ``trainer.max_steps`` counts student updates only.
-    generator_optimizer: the generator's optimiser from YAML; default AdamW(generator_learning_rate).
-    generator_learning_rate: see above (very small, as in MATE-KD).
-    generator_clip: gradient-norm clip of the generator's update.
     adversarial_weight: weight of the adversarial KD term in the student's loss.
     temperature: KD temperature.
-    max_consecutive_skips: stop with an error after this many non-finite steps in a row (the
-        run has diverged; without a stop, ``max_steps`` would never be reached).
-    show_rewrites_every: every this many generator steps, decode a few of the generator's rewrites
-        into ``rewrites.jsonl`` in the run's log folder (and TensorBoard text). 0: never.
-    track_divergence: on every generator step, log the teacher-student divergence on the rewrites before
-        and after the update and on the unmodified batch (``adversary/*``; three extra forward passes).
-        Both are done by :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor` (``configure_callbacks``).
-    **kwargs: see :class:`BaseDistiller` (student, optimiser, schedule ...).
+    **kwargs: see :class:`AdversarialRewriting` and :class:`BaseDistiller` (student, optimiser, schedule ...).
     """
 
     def __init__(
         self,
         teacher: str,
-        generator: str = "bert-base-uncased",
         inputs: Inputs = "both",
-        perturbation: Perturbation = "generator",
-        mask_rate: float = 0.3,
-        gumbel_tau: float = 1.0,
-        generator_steps: int = 10,
-        student_steps: int = 100,
-        generator_optimizer: OptimizerCallable | None = None,
-        generator_learning_rate: float = 1e-6,
-        generator_clip: float = 1.0,
         adversarial_weight: float = 1.0,
         temperature: float = 1.0,
-        max_consecutive_skips: int = 50,
-        show_rewrites_every: int = 50,
-        track_divergence: bool = True,
         **kwargs,
     ) -> None:
         check_choice("inputs", inputs, Inputs)
-        check_generator_arguments(
-            perturbation,
-            mask_rate,
-            gumbel_tau,
-            generator_learning_rate,
-            generator_clip,
-            generator_steps=(generator_steps, 0),
-            student_steps=(student_steps, 1),
-            adversarial_weight=(adversarial_weight, 0),
-            max_consecutive_skips=(max_consecutive_skips, 1),
-            show_rewrites_every=(show_rewrites_every, 0),
-        )
-        self.generator_optimizer_factory = generator_optimizer
+        if adversarial_weight < 0:
+            raise KDLightError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
         super().__init__(teacher=teacher, temperature=temperature, **kwargs)
-        self.hparams.pop("generator_optimizer", None)
 
     @property
     def uses_generator(self) -> bool:
         hp = self.hparams
-        return hp.inputs in ("both", "adversarial") and hp.perturbation == "generator"
+        return hp.inputs in ("both", "adversarial") and self.generator.perturbation == "generator"
 
     checkpoint_migrations = (zeroshot_generator_optimizer_steps, migrate_zeroshot_checkpoint)
 
@@ -132,9 +92,9 @@ class ZeroShotAdversarialKD(AdversarialRewriting, ManualOptimization, BaseDistil
         """The share of real tokens this batch's step rewrites, or None when it rewrites nothing."""
         hp = self.hparams
         if self.is_generator_step():
-            return hp.mask_rate
+            return self.generator.mask_rate
         if hp.inputs in ("both", "adversarial", "random_tokens"):
-            return 1.0 if hp.inputs == "random_tokens" else hp.mask_rate
+            return 1.0 if hp.inputs == "random_tokens" else self.generator.mask_rate
         return None
 
     # ---------------------------------------------------------------------------------- steps
