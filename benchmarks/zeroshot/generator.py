@@ -94,7 +94,7 @@ def rewrites(source: str, data) -> tuple[dict, list]:
     from kdlight.data.base import Collator, load_tokenizer
 
     tokenizer = load_tokenizer(FRESH)
-    generator = AdversarialGenerator(source, mask_rate=REWRITE_RATE)
+    generator = AdversarialGenerator(source, mask_rate=REWRITE_RATE).load()
     generator.network.eval()
     generator.prepare(tokenizer, generator.network)
     special = torch.tensor(tokenizer.all_special_ids)
