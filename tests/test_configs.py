@@ -60,3 +60,18 @@ def test_layerwise_fsdp_instantiates_on_cpu():
     assert strategy.kwargs["use_orig_params"] is True
     with pytest.raises(KDLightError, match="cannot import layer class"):
         LayerWiseFSDP(layer_classes=["transformers.NoSuchLayer"])
+
+
+ZERO_SHOT = [p for p in CONFIGS if "ZeroShotAdversarialKD" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", ZERO_SHOT, ids=lambda p: str(p.relative_to(ROOT)))
+def test_zero_shot_recipes_choose_no_checkpoint_on_labelled_data(path):
+    """No task data means none: a zero-shot recipe keeps and exports its final weights; a checkpoint chosen on
+    the task's labelled validation split would use task labels."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    assert config.get("checkpoint", {}).get("monitor", "val/score") is None
+    assert config["model"]["init_args"].get("export_best", True) is False
+    assert "--ckpt_path best" not in path.read_text()
