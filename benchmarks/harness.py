@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,21 +247,36 @@ def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ra
     ]
 
 
+# --------------------------------------------------------------------------------------- plots
+@contextmanager
+def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple]:
+    """``(fig, axes)`` of ``plt.subplots(*grid, **subplots)`` (Agg backend), laid out, saved to ``path``, closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, **subplots)
+    yield fig, axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_curve(ax, record: dict, xs: list, label: str) -> None:
+    """A run's validation curve: solid once the run finished (it has a test score), dashed while in progress."""
+    done = "test/score" in record
+    ys = [p["val_score"] for p in record["val_curve"]]
+    ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label + ("" if done else " (in progress)"))
+
+
 def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:
     """A study's ``plot``: one bar per row."""
 
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6))
-        ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
-        ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
-        ax.set_ylabel(ylabel)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with figure(path, figsize=(1.4 * len(rows) + 2.5, 3.6)) as (_, ax):
+            ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+            ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
+            ax.set_ylabel(ylabel)
 
     return draw

@@ -31,13 +31,12 @@ in the same interleaved rounds. Results: benchmarks/results/kd_augment[_<label>]
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
 from benchmarks.compact.run import SIZES, plot, speeds, task_distillation
-from benchmarks.study import Job, Study, target
+from benchmarks.study import Job, Study, study_name, study_parser, target
 
 WORK = Path("runs/benchmarks")
 METHODS = {
@@ -150,23 +149,18 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "workers", "label", "quick", "report-only")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument(
         "--methods", nargs="+", default=[m for m in METHODS if m not in NOT_WIRED], choices=list(METHODS)
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--label", default="", help="a suffix for the result files, e.g. gpu")
-    parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
     unwired = [m for m in args.methods if m in NOT_WIRED]
     methods = [m for m in args.methods if m not in NOT_WIRED]
     setting = dict(QUICK if args.quick else FULL)
-    name = "kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else "")
-    name += ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    name = study_name("kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else ""), args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     if args.teacher == "strong":
         from benchmarks.strong_teacher import strong_teacher_export
@@ -180,20 +174,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
+    common = dict(teacher=teacher, general_export=None, setting=setting, work=str(WORK / name), quick=args.quick)
     jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
             task_distillation,
             size=size,
             method=method,
             seed=seed,
-            teacher=teacher,
-            general_export=None,
-            setting=setting,
-            work=str(WORK / name),
             student_method="b",
             data=data_config(method, setting, args.quick),
-            quick=args.quick,
-            **({"module": module_config(method, args.quick)} if method == "rewrites" else {}),
+            module=module_config(method, args.quick),
+            **common,
         )
         for seed in args.seeds
         for size in args.sizes
@@ -219,22 +210,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         status.append(", ".join(f"`{m}` not run: {NOT_WIRED[m]}" for m in unwired) + ".")
     study.write(
         rows,
-        [
-            ("student", "size"),
-            ("method", "method"),
-            ("compression", "compression"),
-            ("accuracy_mean", "test acc (mean)"),
-            ("accuracy_std", "std"),
-            ("seeds", "seeds"),
-            ("teacher_accuracy", "teacher"),
-            ("pct_of_teacher", "% of teacher"),
-            ("baseline_accuracy", "baseline (6k rows)"),
-            ("margin_kept_pct", "% margin kept"),
-            ("baseline_all", "baseline (all rows)"),
-            ("margin_kept_all_pct", "% margin kept (all-rows baseline)"),
-            ("speedup", "CPU speed-up"),
-            ("train_seconds", "train s/run"),
-        ],
+        "student=size; method; compression; accuracy_mean=test acc (mean); accuracy_std=std; seeds; "
+        "teacher_accuracy=teacher; pct_of_teacher=% of teacher; baseline_accuracy=baseline (6k rows); "
+        "margin_kept_pct=% margin kept; baseline_all=baseline (all rows); margin_kept_all_pct=% margin kept "
+        "(all-rows baseline); speedup=CPU speed-up; train_seconds=train s/run",
         title="KD inputs: students at 4x/10x/20x, against a bag-of-words baseline"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro=f"Teacher: {args.teacher} ({teacher_path or 'not on this machine'}), {teacher_params / 1e6:.2f}M "

@@ -14,7 +14,6 @@ Results: benchmarks/results/quickstart_lr.{md,json,png}; finished runs in quicks
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
@@ -27,7 +26,8 @@ from benchmarks.common import (
     in_progress_curve,
     recorded_rt_baseline,
 )
-from benchmarks.study import Job, Study
+from benchmarks.harness import figure, plot_curve
+from benchmarks.study import Job, Study, study_name, study_parser
 
 WORK = Path("runs/benchmarks/quickstart_lr")
 #: (learning rate, epochs): the four runs the README's choice came from
@@ -99,40 +99,22 @@ def summarise(records: list[dict], baseline: dict) -> list[dict]:
 
 def plot(records: list[dict]):
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in records:
-            epochs = [p["epoch"] + 1 for p in r["val_curve"]]
-            ax.plot(
-                epochs,
-                [p["val_score"] for p in r["val_curve"]],
-                marker="o",
-                ls="-" if "test/score" in r else "--",
-                label=candidate_key(r["learning_rate"], r["epochs"]) + ("" if "test/score" in r else " (in progress)"),
-            )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (Rotten Tomatoes)")
-        ax.set_title("quickstart student: validation curve per candidate")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        with figure(path, figsize=(6, 4)) as (_, ax):
+            for r in records:
+                plot_curve(
+                    ax, r, [p["epoch"] + 1 for p in r["val_curve"]], candidate_key(r["learning_rate"], r["epochs"])
+                )
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("validation accuracy (Rotten Tomatoes)")
+            ax.set_title("quickstart student: validation curve per candidate")
+            ax.legend(fontsize=8)
 
     return draw
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
-    parser.add_argument("--quick", action="store_true", help="64 rows per run (plumbing check; own result files)")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="candidates at a time (the teacher-logit cache is filled first)"
-    )
-    args = parser.parse_args(argv)
-    name = "quickstart_lr" + ("_quick" if args.quick else "")
+    args = study_parser(__doc__, "report-only", "quick", "workers").parse_args(argv)
+    name = study_name("quickstart_lr", args)
     study = Study(name, report_only=args.report_only)
     # report-only trains nothing (the teacher's path is only passed to the jobs it does not run)
     teacher = str(cached_rt_teacher() if args.report_only else fine_tuned_rt_teacher())
@@ -177,18 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     study.write(
         rows,
-        [
-            ("learning_rate", "lr"),
-            ("epochs", "epochs"),
-            ("val_score", "val acc (best ckpt)"),
-            ("chosen", "chosen on val"),
-            ("test_score", "test acc"),
-            ("teacher_test_score", "teacher test acc"),
-            ("baseline_test_score", "TF-IDF baseline test acc"),
-            ("pct_of_teacher", "% of teacher"),
-            ("margin_kept_pct", "% of margin kept"),
-            ("fit_seconds", "fit s"),
-        ],
+        "learning_rate=lr; epochs; val_score=val acc (best ckpt); chosen=chosen on val; test_score=test acc; "
+        "teacher_test_score=teacher test acc; baseline_test_score=TF-IDF baseline test acc; pct_of_teacher=% of "
+        "teacher; margin_kept_pct=% of margin kept; fit_seconds=fit s",
         title="Quickstart student: learning rate and epochs chosen on validation"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro="configs/quickstart/kd.yaml verbatim (seed 42, quickstart teacher, 6,000 training rows, batch 32) with "

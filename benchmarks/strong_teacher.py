@@ -18,14 +18,14 @@ Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in stron
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import yaml
 
 from benchmarks.common import CONFIGS, fit_and_test, in_progress_curve, recorded_rt_baseline
-from benchmarks.study import RESULTS, Job, Study
+from benchmarks.harness import figure, plot_curve
+from benchmarks.study import RESULTS, Job, Study, study_name, study_parser
 
 LEARNING_RATES = (5e-5, 1e-4)
 EPOCHS = 3
@@ -76,42 +76,25 @@ def strong_teacher_export(results: Path = RESULTS) -> Path | None:
 
 def plot(records: list[dict], baseline: float):
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for r in records:
-            steps = [p["step"] for p in r["val_curve"]]
-            ax.plot(
-                steps,
-                [p["val_score"] for p in r["val_curve"]],
-                marker="o",
-                ls="-" if "test/score" in r else "--",
-                label=f"lr {r['learning_rate']:g}" + ("" if "test/score" in r else " (in progress)"),
-            )
-        ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
-        ax.set_xlabel("training step (batch 32)")
-        ax.set_ylabel("validation accuracy")
-        ax.set_title("MiniLM teacher on all Rotten Tomatoes training rows")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        with figure(path, figsize=(6.5, 4)) as (_, ax):
+            for r in records:
+                plot_curve(ax, r, [p["step"] for p in r["val_curve"]], f"lr {r['learning_rate']:g}")
+            ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
+            ax.set_xlabel("training step (batch 32)")
+            ax.set_ylabel("validation accuracy")
+            ax.set_title("MiniLM teacher on all Rotten Tomatoes training rows")
+            ax.legend(fontsize=8)
 
     return draw
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "report-only", "quick")
     parser.add_argument("--learning-rates", type=float, nargs="+", default=list(LEARNING_RATES))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
-    parser.add_argument("--quick", action="store_true", help="64 rows, 1 epoch (plumbing check; own result files)")
     args = parser.parse_args(argv)
     epochs = 1 if args.quick else args.epochs
-    name = "strong_teacher" + ("_quick" if args.quick else "")
-    study = Study(name, report_only=args.report_only)
+    study = Study(study_name("strong_teacher", args), report_only=args.report_only)
     jobs = {
         candidate_key(lr, epochs): Job(train, learning_rate=lr, epochs=epochs, quick=args.quick)
         for lr in args.learning_rates
@@ -154,16 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     study.write(
         rows,
-        [
-            ("learning_rate", "lr"),
-            ("epochs", "epochs"),
-            ("best_val_score", "best val acc"),
-            ("best_at_step", "at step"),
-            ("chosen", "chosen on val"),
-            ("test_score", "test acc (best ckpt)"),
-            ("baseline_test_score", "TF-IDF baseline (all rows)"),
-            ("fit_seconds", "fit s"),
-        ],
+        "learning_rate=lr; epochs; best_val_score=best val acc; best_at_step=at step; chosen=chosen on val; "
+        "test_score=test acc (best ckpt); baseline_test_score=TF-IDF baseline (all rows); fit_seconds=fit s",
         title="Strong teacher: all-MiniLM-L6-v2 on every Rotten Tomatoes training row"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro="configs/quickstart/teacher.yaml on all training rows, validated twice per epoch; each run's best "

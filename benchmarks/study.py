@@ -4,7 +4,7 @@ A study is its measurement logic plus a :class:`Study`:
 
     study = Study("compact", workers=2)
     records = study.run({"4x/b/seed0": Job(train_one, size="4x", method="b", seed=0), ...})
-    study.write(rows, columns, title="...", intro="...", notes="...", plot=draw)
+    study.write(rows, "student=size; method; accuracy_mean=test acc", title="...", intro="...", plot=draw)
 
 * **Resumable**: every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an
   atomic replace), keyed by its id; a re-run skips what is there, so a study can span sessions and an
@@ -22,6 +22,7 @@ A study is its measurement logic plus a :class:`Study`:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -128,6 +129,11 @@ class Study:
         done = self.done()
         return {key: done[key] for key in jobs}
 
+    def once(self, function: Callable[..., dict], **kwargs: Any) -> dict:
+        """One measurement, recorded under a key made of its arguments (``rounds5_steps4``) and reused from there."""
+        key = "_".join(f"{name}{value}" for name, value in kwargs.items())
+        return self.run({key: Job(function, **kwargs)})[key]
+
     def log(self, message: str) -> None:
         print(f"[{self.name}] {message}", file=sys.stderr, flush=True)
 
@@ -135,7 +141,7 @@ class Study:
     def write(
         self,
         rows: list[dict],
-        columns: list[tuple[str, str]],
+        columns: str | list[tuple[str, str]],
         *,
         title: str,
         intro: str = "",
@@ -144,7 +150,8 @@ class Study:
         table_rows: list[dict] | None = None,
     ) -> None:
         """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``. The
-        table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``."""
+        table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``; ``columns``
+        as for :func:`markdown_table`."""
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
         table = markdown_table(rows if table_rows is None else table_rows, columns)
@@ -155,8 +162,13 @@ class Study:
         self.log(f"wrote {self.results / self.name}.md/.json" + ("/.png" if plot else ""))
 
 
-def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A markdown table of ``rows`` with (key, header) columns; floats to 4 significant digits."""
+def markdown_table(rows: list[dict], columns: str | list[tuple[str, str]]) -> str:
+    """A markdown table of ``rows`` with (key, header) columns, or ``"key=header; key; ..."`` (a bare key is its
+    own header); floats to 4 significant digits."""
+    if isinstance(columns, str):
+        columns = [
+            (key.strip(), (header or key).strip()) for key, _, header in (c.partition("=") for c in columns.split(";"))
+        ]
 
     def cell(value) -> str:
         if isinstance(value, float):
@@ -167,6 +179,32 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body]) + "\n"
+
+
+FLAGS = {  # the command-line flags studies share: name -> (argparse keywords, help)
+    "report-only": ({"action": "store_true"}, "run nothing; write results from the runs file"),
+    "quick": ({"action": "store_true"}, "a few steps per run (plumbing check; own result files)"),
+    "workers": ({"type": int}, "runs at a time (worker processes, one torch thread each)"),
+    "label": ({"default": ""}, "a suffix for the result files and run folders, e.g. gpu for a GPU run"),
+}
+
+
+def study_parser(doc: str, *flags: str, workers: int = 1) -> argparse.ArgumentParser:
+    """A study's command line with the shared ``flags`` (of :data:`FLAGS`) it takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag in flags:
+        keywords, text = FLAGS[flag]
+        parser.add_argument(f"--{flag}", **keywords, **({"default": workers} if flag == "workers" else {}), help=text)
+    return parser
+
+
+def study_name(base: str, args: argparse.Namespace) -> str:
+    """``base``, then ``_quick`` for a ``--quick`` run and ``_<label>`` for a ``--label``: the result files' name."""
+    return (
+        base
+        + ("_quick" if getattr(args, "quick", False) else "")
+        + (f"_{args.label}" if getattr(args, "label", "") else "")
+    )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

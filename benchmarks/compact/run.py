@@ -29,7 +29,6 @@ Results: benchmarks/results/compact.{md,json,png}; finished runs in compact_runs
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from benchmarks.common import (
     general_distillation_config,
     recorded_rt_baseline,
 )
-from benchmarks.study import Job, Study, mean_std
+from benchmarks.harness import figure
+from benchmarks.study import Job, Study, mean_std, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
@@ -240,55 +240,37 @@ def plot(rows: list[dict], teacher_score: float, baselines: dict[str, float], me
     """Accuracy against compression per method, with the teacher, 92 % of it and the baselines (label: score)."""
 
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method, name in methods.items():
-            mine = [r for r in rows if r["method"] == method]
-            if mine:
-                ax.errorbar(
-                    [r["compression"] for r in mine],
-                    [r["accuracy_mean"] for r in mine],
-                    yerr=[r["accuracy_std"] for r in mine],
-                    marker="o",
-                    capsize=3,
-                    label=f"{method}: {name}",
-                )
-        ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
-        ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
-        for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
-            if score == score:
-                ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("compression (teacher params / student params)")
-        ax.set_ylabel("test accuracy (Rotten Tomatoes)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        with figure(path, figsize=(7, 4.5)) as (_, ax):
+            for method, name in methods.items():
+                mine = [r for r in rows if r["method"] == method]
+                if mine:
+                    xs, ys = [r["compression"] for r in mine], [r["accuracy_mean"] for r in mine]
+                    yerr = [r["accuracy_std"] for r in mine]
+                    ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{method}: {name}")
+            ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
+            ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
+            for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
+                if score == score:
+                    ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel("compression (teacher params / student params)")
+            ax.set_ylabel("test accuracy (Rotten Tomatoes)")
+            ax.legend(fontsize=8)
 
     return draw
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "workers", "quick", "label", "report-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
-    parser.add_argument(
-        "--label", default="", help="a suffix for the result files and run folders, e.g. gpu for a GPU run"
-    )
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)
     if args.general_steps is not None:
         setting["general_steps"] = args.general_steps
-    name = "compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    name = study_name("compact", args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     if args.report_only:  # trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
@@ -302,24 +284,22 @@ def main(argv: list[str] | None = None) -> None:
             if {"c", "d"} & set(args.methods)
         }
     )
-    jobs = {}
-    for seed in args.seeds:
-        for size in args.sizes:
-            for method in args.methods:
-                if method == "e" and size != "4x":
-                    continue
-                general = generals.get(f"general/{size}", {}).get("export")
-                jobs[f"task/{size}/{method}/seed{seed}"] = Job(
-                    task_distillation,
-                    size=size,
-                    method=method,
-                    seed=seed,
-                    teacher=teacher,
-                    general_export=general,
-                    setting=setting,
-                    work=work,
-                )
-    study.run(jobs)
+    study.run(
+        {
+            f"task/{size}/{method}/seed{seed}": Job(
+                task_distillation,
+                size=size,
+                method=method,
+                seed=seed,
+                general_export=generals.get(f"general/{size}", {}).get("export"),
+                **dict(teacher=teacher, setting=setting, work=work),
+            )
+            for seed in args.seeds
+            for size in args.sizes
+            for method in args.methods
+            if method != "e" or size == "4x"
+        }
+    )
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
     speed = speeds(study.name, done, teacher, args.quick, args.report_only)
     from kdlight.models.hf import count_parameters, load_classifier
@@ -336,22 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     study.write(
         rows,
-        [
-            ("student", "size"),
-            ("method", "m"),
-            ("method_name", "method"),
-            ("params", "params"),
-            ("compression", "compression"),
-            ("accuracy_mean", "test acc (mean)"),
-            ("accuracy_std", "std"),
-            ("seeds", "seeds"),
-            ("pct_of_teacher", "% of teacher"),
-            ("baseline_accuracy", "TF-IDF baseline"),
-            ("margin_kept_pct", "% of margin kept"),
-            ("samples_per_s", "samples/s"),
-            ("speedup", "speed-up"),
-            ("train_seconds", "train s/run"),
-        ],
+        "student=size; method=m; method_name=method; params; compression; accuracy_mean=test acc (mean); "
+        "accuracy_std=std; seeds; pct_of_teacher=% of teacher; baseline_accuracy=TF-IDF baseline; "
+        "margin_kept_pct=% of margin kept; samples_per_s=samples/s; speedup=speed-up; train_seconds=train s/run",
         title="Compact students on the Rotten Tomatoes stand-in" + (" (--quick: plumbing only)" if args.quick else ""),
         intro=f"Teacher: all-MiniLM-L6-v2 fine-tuned (quickstart teacher), {teacher_params / 1e6:.2f}M parameters, "
         f"test accuracy {teacher_score:.4f}. Setting: {json.dumps(setting)}. See benchmarks/compact/run.py "
