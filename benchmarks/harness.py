@@ -247,6 +247,14 @@ def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ra
     ]
 
 
+def logged_rows(root: Path, column: str, name: str = "metrics.csv", newest: bool = False) -> list[dict]:
+    """The rows with a ``column`` value in the last (by path; ``newest``: by time) CSV logger file under ``root``."""
+    import csv
+
+    files = sorted(Path(root).rglob(name), key=(lambda p: p.stat().st_mtime) if newest else None)
+    return [r for r in csv.DictReader(files[-1].open()) if r.get(column)] if files else []
+
+
 # --------------------------------------------------------------------------------------- plots
 @contextmanager
 def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple]:

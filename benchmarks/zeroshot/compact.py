@@ -33,14 +33,13 @@ curves in zeroshot_compact_curves.png, finished runs in zeroshot_compact_runs.js
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for
-from benchmarks.study import Job, Study, mean_std
+from benchmarks.harness import figure, logged_rows
+from benchmarks.study import Job, Study, mean_std, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
@@ -84,20 +83,19 @@ QUICK = {
 }
 
 
+def albert(factorise_from: str) -> dict:
+    """The stock ALBERT student: :data:`ARCH`, embeddings factorised from the student's own or the teacher's."""
+    base = {"class_path": "FreshStudent", "init_args": dict(ARCH)}
+    init = {"base": base, "embedding_rank": EMBEDDING, "layout": "albert", "factorise_from": factorise_from}
+    return {"class_path": "CompressedEmbeddingStudent", "init_args": init}
+
+
 def student_config(student: str, general_export: str | None) -> dict:
     if student == "truncated":
         return {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}
     if student == "general":
         return {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
-    return {
-        "class_path": "CompressedEmbeddingStudent",
-        "init_args": {
-            "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
-            "embedding_rank": EMBEDDING,
-            "layout": "albert",
-            "factorise_from": "student",
-        },
-    }
+    return albert("student")
 
 
 def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
@@ -143,11 +141,7 @@ def student_updates(model, global_step: int) -> int:
 
 
 def validation_curve(root: Path) -> list[tuple[int, float]]:
-    files = sorted(root.rglob("metrics.csv"))
-    if not files:
-        return []
-    rows = list(csv.DictReader(files[-1].open()))
-    return [(int(r["step"]), float(r["val/score"])) for r in rows if r.get("val/score")]
+    return [(int(r["step"]), float(r["val/score"])) for r in logged_rows(root, "val/score")]
 
 
 def divergence_curve(root: Path) -> list[dict]:
@@ -155,16 +149,12 @@ def divergence_curve(root: Path) -> list[dict]:
     batch (AdversaryMonitor's ``adversary/*`` rows in metrics.csv)."""
     from kdlight.callbacks_zeroshot import DIVERGENCE_KEYS
 
-    files = sorted(root.rglob("metrics.csv"))
-    if not files:
-        return []
-    rows = [r for r in csv.DictReader(files[-1].open()) if r.get(DIVERGENCE_KEYS[0])]
     return [
         {
             "generator_step": int(float(r["adversary/generator_step"])),
             **{k.split("/")[1]: float(r[k]) for k in DIVERGENCE_KEYS},
         }
-        for r in rows
+        for r in logged_rows(root, DIVERGENCE_KEYS[0])
     ]
 
 
@@ -209,18 +199,8 @@ def rewrite_examples(records: list[dict], limit: int = 8) -> str:
 
 def general_distillation(teacher: str, setting: dict, work: str) -> dict:
     root = Path(work) / "general"
-    student = {
-        "class_path": "CompressedEmbeddingStudent",
-        "init_args": {
-            "base": {"class_path": "FreshStudent", "init_args": dict(ARCH)},
-            "embedding_rank": EMBEDDING,
-            "layout": "albert",
-            "factorise_from": "teacher",
-        },
-    }
-    return fit_and_test(
-        general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
-    )
+    config = general_distillation_config(albert("teacher"), setting["general_steps"], root / "export")
+    return fit_and_test(config, root, test=False)
 
 
 def one_run(
@@ -404,78 +384,61 @@ def divergence_summary(records: list[dict]) -> str:
 
 def plots(rows: list[dict], records: list[dict], teacher_score: float):
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(11, 4.8))
         students = [s for s in STUDENTS if any(r["student"] == s for r in rows)]
         methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-        width = 0.8 / max(1, len(students))
-        for j, student in enumerate(students):
-            values = [next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods]
-            xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(
-                xs,
-                [v["pct_of_teacher"] if v else 0 for v in values],
-                width,
-                yerr=[100 * v["accuracy_std"] / teacher_score if v else 0 for v in values],
-                capsize=3,
-                label=f"{student} (final weights)",
-            )
-        if rows:
-            ax.axhline(100 * rows[0]["baseline"] / teacher_score, color="C3", lw=0.8, ls=":", label="TF-IDF baseline")
-        ax.axhline(100, color="black", lw=0.8)
-        ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
-        ax.set_xticks(range(len(methods)), [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods], fontsize=7)
-        ax.set_ylabel("% of teacher test accuracy")
-        ax.set_ylim(bottom=50)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
+        with figure(path, figsize=(11, 4.8)) as (_, ax):
+            width = 0.8 / max(1, len(students))
+            for j, student in enumerate(students):
+                values = [
+                    next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods
+                ]
+                xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
+                pct = [v["pct_of_teacher"] if v else 0 for v in values]
+                std = [100 * v["accuracy_std"] / teacher_score if v else 0 for v in values]
+                ax.bar(xs, pct, width, yerr=std, capsize=3, label=f"{student} (final weights)")
+            if rows:
+                baseline = 100 * rows[0]["baseline"] / teacher_score
+                ax.axhline(baseline, color="C3", lw=0.8, ls=":", label="TF-IDF baseline")
+            ax.axhline(100, color="black", lw=0.8)
+            ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
+            ticks = [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods]
+            ax.set_xticks(range(len(methods)), ticks, fontsize=7)
+            ax.set_ylabel("% of teacher test accuracy")
+            ax.set_ylim(bottom=50)
+            ax.legend(fontsize=8)
         if not students:  # nothing finished yet: the bar chart says so (empty), no curves to draw
             return
-        fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 4), squeeze=False)
-        for ax, student in zip(axes[0], students, strict=True):
-            for method in methods:
-                for record in (r for r in records if r["student"] == student and r["method"] == method):
-                    if record["curve"]:
-                        steps, scores = zip(*record["curve"], strict=True)
-                        ax.plot(
-                            steps,
-                            scores,
-                            lw=1,
-                            label=method if record["seed"] == min(r["seed"] for r in records) else None,
-                            color=f"C{list(METHODS).index(method)}",
-                        )
-            ax.axhline(teacher_score, color="black", lw=0.8, ls=":")
-            ax.set_title(f"{student} student: validation accuracy (reported, not used to choose)")
-            ax.set_xlabel("training batch")
-        axes[0][0].legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(path.with_name(path.stem + "_curves.png"), dpi=110)
-        plt.close(fig)
-
-        measured = [r for r in records if r.get("divergence")]
+        curves = path.with_name(path.stem + "_curves.png")
+        with figure(curves, 1, len(students), dpi=110, figsize=(5 * len(students), 4), squeeze=False) as (_, axes):
+            for ax, student in zip(axes[0], students, strict=True):
+                for method in methods:
+                    for record in (r for r in records if r["student"] == student and r["method"] == method):
+                        if record["curve"]:
+                            first = record["seed"] == min(r["seed"] for r in records)
+                            color = f"C{list(METHODS).index(method)}"
+                            ax.plot(
+                                *zip(*record["curve"], strict=True), lw=1, label=method if first else None, color=color
+                            )
+                ax.axhline(teacher_score, color="black", lw=0.8, ls=":")
+                ax.set_title(f"{student} student: validation accuracy (reported, not used to choose)")
+                ax.set_xlabel("training batch")
+            axes[0][0].legend(fontsize=6)
+        measured = sorted(
+            (r for r in records if r.get("divergence")), key=lambda r: (r["student"], r["method"], r["seed"])
+        )
         if measured:
-            fig, ax = plt.subplots(figsize=(8, 4.5))
-            for i, record in enumerate(sorted(measured, key=lambda r: (r["student"], r["method"], r["seed"]))):
-                curve = record["divergence"]
-                steps = [c["generator_step"] for c in curve]
-                name = f"{record['student']} / {record['method']} / seed {record['seed']}"
-                ax.plot(steps, [c["divergence_before"] for c in curve], color=f"C{i}", lw=0.8, ls="--")
-                ax.plot(steps, [c["divergence_after"] for c in curve], color=f"C{i}", lw=1.2, label=f"{name}: after")
-                ax.plot(steps, [c["divergence_out_of_domain"] for c in curve], color=f"C{i}", lw=0.8, ls=":")
-            ax.set_xlabel("generator step")
-            ax.set_ylabel("KL(teacher || student)")
-            ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
-            ax.legend(fontsize=6)
-            fig.tight_layout()
-            fig.savefig(path.with_name(path.stem + "_divergence.png"), dpi=110)
-            plt.close(fig)
+            with figure(path.with_name(path.stem + "_divergence.png"), dpi=110, figsize=(8, 4.5)) as (_, ax):
+                for i, record in enumerate(measured):
+                    steps = [c["generator_step"] for c in record["divergence"]]
+                    name = f"{record['student']} / {record['method']} / seed {record['seed']}"
+                    for key, style in zip(DIVERGENCE_COLUMNS, ("--", "-", ":"), strict=True):
+                        label = f"{name}: after" if style == "-" else None
+                        values = [c[key] for c in record["divergence"]]
+                        ax.plot(steps, values, color=f"C{i}", lw=1.2 if style == "-" else 0.8, ls=style, label=label)
+                ax.set_xlabel("generator step")
+                ax.set_ylabel("KL(teacher || student)")
+                ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
+                ax.legend(fontsize=6)
 
     return draw
 
@@ -512,7 +475,7 @@ def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "workers", "quick", "label", "report-only", workers=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument(
@@ -522,20 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         default=list(range(len(METHODS))),
         help="method numbers, in the order of METHODS: " + "; ".join(f"{i}: {m}" for i, m in enumerate(METHODS)),
     )
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--label", default="", help="a suffix for the result files and run folders, e.g. gpu for a GPU run"
-    )
     parser.add_argument("--student-steps", type=int, help=f"student updates per run (default {FULL['student_steps']})")
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)
     for key in ("student_steps", "general_steps"):
         if getattr(args, key) is not None:
             setting[key] = getattr(args, key)
-    name = "zeroshot_compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    name = study_name("zeroshot_compact", args)
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     study = Study(name, workers=args.workers, report_only=args.report_only)
     teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
@@ -545,25 +502,15 @@ def main(argv: list[str] | None = None) -> None:
             {"general": Job(general_distillation, teacher=teacher, setting=setting, work=work)}
         )
     export = general.get("general", {}).get("export")
-    names = list(METHODS)
-    jobs = {}
+    common = dict(teacher=teacher, general_export=export, setting=setting, work=work)
     tag = f"fair{setting['inputs_per_update']}/steps{setting['student_steps']}"  # runs of another setting differ
-    for student in args.students:  # the general student's rows first: the study's point
-        for seed in args.seeds:
-            for index in args.methods:
-                method = names[index]
-                if method.startswith("zero-shot, news") and student != "general":
-                    continue
-                jobs[f"{student}/{method}/seed{seed}/{tag}"] = Job(
-                    one_run,
-                    student=student,
-                    method=method,
-                    seed=seed,
-                    teacher=teacher,
-                    general_export=export,
-                    setting=setting,
-                    work=work,
-                )
+    jobs = {  # the general student's rows first: the study's point
+        f"{student}/{method}/seed{seed}/{tag}": Job(one_run, student=student, method=method, seed=seed, **common)
+        for student in args.students
+        for seed in args.seeds
+        for method in (list(METHODS)[index] for index in args.methods)
+        if student == "general" or not method.startswith("zero-shot, news")
+    }
     study.run(jobs)
     done = study.done()
     records = [done[k] for k in jobs if k in done]
@@ -578,21 +525,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarise(records, teacher_score, teacher_params, baseline)
     study.write(
         rows,
-        [
-            ("student", "student"),
-            ("method", "method"),
-            ("accuracy_mean", "test acc, final weights (mean)"),
-            ("accuracy_std", "std"),
-            ("seeds", "seeds"),
-            ("pct_of_teacher", "% of teacher"),
-            ("baseline", "TF-IDF baseline"),
-            ("margin_kept", "margin kept"),
-            ("val_selected_mean", "val-selected checkpoint (uses task labels)"),
-            ("compression", "compression"),
-            ("student_steps", "student steps"),
-            ("inputs_per_update", "inputs/update"),
-            ("seconds", "fit s/run"),
-        ],
+        "student; method; accuracy_mean=test acc, final weights (mean); accuracy_std=std; seeds; pct_of_teacher=% "
+        "of teacher; baseline=TF-IDF baseline; margin_kept=margin kept; val_selected_mean=val-selected checkpoint "
+        "(uses task labels); compression; student_steps=student steps; inputs_per_update=inputs/update; "
+        "seconds=fit s/run",
         title="Zero-shot distillation at real compression (Rotten Tomatoes stand-in)"
         + (" -- --quick: plumbing only" if args.quick else ""),
         intro=f"Teacher: the quickstart teacher, test accuracy {teacher_score:.4f}, {teacher_params:,} parameters. "

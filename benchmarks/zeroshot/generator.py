@@ -21,7 +21,6 @@ Results: benchmarks/results/generator.{md,json,png}; the export stays in the kdl
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import CONFIGS, run_cli
+from benchmarks.harness import figure, logged_rows, quiet_trainer
 from benchmarks.study import Study
 
 RECIPE = CONFIGS / "zeroshot" / "generator.yaml"
@@ -69,13 +69,11 @@ def held_out_data():
 
 def masked_lm_scores(source: str, data) -> dict:
     """Held-out top-1 accuracy, cross-entropy and perplexity on the recipe's fixed masking."""
-    from lightning import Trainer
-
     from kdlight.modules import MaskedLMPretraining
 
     model_args = {k: v for k, v in recipe()["model"]["init_args"].items() if k in ("mask_rate", "mask_share")}
     module = MaskedLMPretraining(model=source, tokenizer=FRESH, **model_args)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(Path.cwd(), limit_val_batches=1.0)  # validation on, nothing written
     metrics = trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]
     return {
         "accuracy": float(metrics["val/accuracy"]),
@@ -153,44 +151,32 @@ def decode_marked(tokenizer, batch: dict, out: dict, row: int) -> str:
 
 def training_curve() -> list[dict]:
     """The recipe's validation rows (metrics.csv of its latest CSV-logged run), if it ran here."""
-    root = Path(recipe()["trainer"]["default_root_dir"])
-    files = sorted(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return []
-    rows = list(csv.DictReader(files[-1].open()))
+    rows = logged_rows(Path(recipe()["trainer"]["default_root_dir"]), "val/accuracy", newest=True)
     return [
         {"step": int(r["step"]) + 1, "accuracy": float(r["val/accuracy"]), "perplexity": float(r["val/perplexity"])}
         for r in rows
-        if r.get("val/accuracy")
     ]
 
 
 def plot(rows: list[dict], curve: list[dict]):
     def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        names = [r["generator"].split(" (")[0] for r in rows]
-        axes[0].bar(names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1")
-        axes[0].bar(
-            names, [100 * r["known_token_share"] for r in rows], width=0.3, color="C1", label="rewrite tokens known"
-        )
-        axes[0].set_ylabel("%")
-        axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
-        axes[0].legend(fontsize=8)
-        if curve:
-            axes[1].plot([c["step"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o")
-            axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
-            axes[1].set_xlabel("training step")
-            axes[1].set_ylabel("held-out masked top-1 (%)")
-            axes[1].set_title("the recipe's validation curve")
-            axes[1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, 1, 2, dpi=110, figsize=(10, 3.8)) as (_, axes):
+            names = [r["generator"].split(" (")[0] for r in rows]
+            axes[0].bar(
+                names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1"
+            )
+            known = [100 * r["known_token_share"] for r in rows]
+            axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
+            axes[0].set_ylabel("%")
+            axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
+            axes[0].legend(fontsize=8)
+            if curve:
+                axes[1].plot([c["step"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o")
+                axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
+                axes[1].set_xlabel("training step")
+                axes[1].set_ylabel("held-out masked top-1 (%)")
+                axes[1].set_title("the recipe's validation curve")
+                axes[1].legend(fontsize=8)
 
     return draw
 
@@ -243,14 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     Study("generator").write(
         rows,
-        [
-            ("generator", "generator"),
-            ("accuracy", "held-out masked top-1"),
-            ("perplexity", "perplexity"),
-            ("known_token_share", "rewrite tokens known (common corpus tokens, see above)"),
-            ("changed_share", "chosen positions changed"),
-            ("held_out_examples", "held-out examples"),
-        ],
+        "generator; accuracy=held-out masked top-1; perplexity; known_token_share=rewrite tokens known (common "
+        "corpus tokens, see above); changed_share=chosen positions changed; held_out_examples=held-out examples",
         title="The zero-shot generator: trained masked LM vs the untrained head",
         intro=(
             "Both generators are the packaged all-MiniLM-L6-v2 encoder with an MLM head (decoder tied to the word "
