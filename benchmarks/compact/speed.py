@@ -14,7 +14,6 @@ Results: benchmarks/results/compact_speed.{md,json,png}; the measurement is kept
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from benchmarks.common import fine_tuned_rt_teacher, runner_for
 from benchmarks.compact.run import SIZES, student_config
 from benchmarks.harness import bar_plot
-from benchmarks.study import Job, Study
+from benchmarks.study import Study, study_parser
 
 
 def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
@@ -55,13 +54,12 @@ def measure(texts: int, threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--texts", type=int, default=640)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     study = Study("compact_speed")
-    key = f"texts{args.texts}_threads{args.threads}"
-    record = study.run({key: Job(measure, texts=args.texts, threads=args.threads)})[key]
+    record = study.once(measure, texts=args.texts, threads=args.threads)
     speed, params = record["samples_per_s"], record["params"]
     rows = [
         {
@@ -75,13 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     study.write(
         rows,
-        [
-            ("student", "model"),
-            ("params", "params"),
-            ("compression", "compression"),
-            ("samples_per_s", "samples/s"),
-            ("speedup", "speed-up"),
-        ],
+        "student=model; params; compression; samples_per_s=samples/s; speedup=speed-up",
         title="Compact students: CPU inference speed against the teacher",
         intro=f"Batch 32, up to 64 tokens, {args.texts} Rotten Tomatoes test snippets, {args.threads} torch threads, "
         f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "

@@ -13,13 +13,12 @@ Writes benchmarks/results/compact_step_cost.{md,json,png}; the measurement is ke
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from benchmarks.harness import bar_plot, interleaved, step_cost_rows
-from benchmarks.study import Job, Study
+from benchmarks.study import Study, study_parser
 from kdlight.data.base import load_tokenizer
 from kdlight.losses.layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
 from kdlight.models import TruncatedTeacher
@@ -88,17 +87,16 @@ def measure(rounds: int, steps: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
     study = Study("compact_step_cost")
-    key = f"rounds{args.rounds}_steps{args.steps}"
-    times = study.run({key: Job(measure, rounds=args.rounds, steps=args.steps)})[key]
+    times = study.once(measure, rounds=args.rounds, steps=args.steps)
     rows = step_cost_rows({name: times[name] for name in variants()}, "logit KD only", "variant", "vs_logit_kd")
     study.write(
         rows,
-        [("variant", "variant"), ("step_seconds", "s / step (median)"), ("vs_logit_kd", "vs logit KD")],
+        "variant; step_seconds=s / step (median); vs_logit_kd=vs logit KD",
         title="Layer-wise losses: step cost against logit KD",
         intro=f"{args.rounds} rounds x {args.steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student "
         "cut from it, batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across "

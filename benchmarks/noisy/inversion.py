@@ -2,22 +2,11 @@
 
     python -m benchmarks.noisy.inversion          # writes benchmarks/results/alm_inversion.{md,json,png}
 
-The noisy_multiclass study (40 % uniform noise on 1,600 tweets, clean-trained teacher) ended with the
-default table's mean teacher weight 0.718 on flipped vs 0.871 on clean training examples. The default
-table moves each example's weight along its meta-gradient; for the last-layer look-ahead that is, up to a
-positive factor, the *teacher preference* of example ``i``
-
-    t_i = grad_s . (grad KD_i - grad CE_i)
-
-(``grad_s``: the gradient of the clean split's CE with respect to the classification head; a positive
-``t_i`` means a step on ``i``'s KD term helps the clean score more than a step on its label does, so the
-meta step raises ``i``'s teacher weight). This script computes ``t_i`` in closed form for every training
-example, at the student the study starts from (the 2-block truncated teacher) and after one epoch of KD,
-and splits it into the parts that could carry a sign error or a class effect: the bias part and the weight
-part of the head, the weight part with the head's input centred, ``t_i`` centred within each noisy-label
-class. It reports each part's ROC-AUC as a detector of flipped labels (0.5: chance, < 0.5: inverted).
-Then it runs the default table for the study's 2 epochs with the lambda monitor, as the study ran it and
-with the fix, and reports the per-epoch flipped-label AUC of the weights the student was trained with.
+The default table moves each example's weight along its meta-gradient; for the last-layer look-ahead that is, up
+to a positive factor, the *teacher preference* ``t_i = grad_s . (grad KD_i - grad CE_i)`` (``grad_s``: the clean
+split's CE gradient at the classification head). This computes ``t_i`` in closed form for every training example
+at the study's starting student and after one epoch of KD, splits it into parts (bias, weight, centred input,
+within-class) and scores each as a detector of flipped labels (ROC-AUC; < 0.5: inverted). The finding: docs/alm.md.
 """
 
 from __future__ import annotations
@@ -33,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.harness import quiet_trainer as trainer  # noqa: E402
 from benchmarks.study import RESULTS  # noqa: E402
 from kdlight.lambda_monitor import flipped_label_auc  # noqa: E402
 
@@ -198,7 +188,6 @@ def run_alm(cfg, teacher_path: str, dm_factory, seed: int, **alm) -> dict:
     """The study's ALM default table for 2 epochs; the lambda monitor's per-epoch history."""
     from lightning import seed_everything
 
-    from benchmarks.noisy.run import trainer
     from kdlight.lambda_monitor import LambdaMonitor
     from kdlight.models import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD
@@ -229,7 +218,6 @@ def run_alm(cfg, teacher_path: str, dm_factory, seed: int, **alm) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
-    from benchmarks.noisy.run import trainer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["clean"])

