@@ -33,6 +33,11 @@ def quiet_trainer(root: Path, epochs: int = 1, callbacks=(), max_steps: int = -1
     )
 
 
+def component(class_path: str, **init_args) -> dict:
+    """A recipe's ``{class_path, init_args}`` entry."""
+    return {"class_path": class_path, "init_args": init_args}
+
+
 def run_cli(args: list[str]):
     """Build a kdlight CLI run without running it (returns the LightningCLI with trainer/model/data)."""
     from kdlight.cli import cli

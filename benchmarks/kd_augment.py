@@ -6,27 +6,13 @@
     python -m benchmarks.kd_augment --report-only                  # rewrite the results from the recorded runs
     python -m benchmarks.kd_augment --quick                        # plumbing only (64 rows, few steps)
 
-Teacher: the strong teacher (benchmarks/strong_teacher.py: all-MiniLM-L6-v2 on all 10,202 training rows,
-learning rate and epoch chosen on validation), or ``--teacher quickstart``. Students: benchmarks/compact's
-sizes (4x, 10x, 20x), each a stock ALBERT export with 2 blocks whose word embeddings start from the
-teacher's truncated SVD (compact's method b, its best at 4x and 20x). Task distillation: VanillaKD (T=2,
-alpha=0.5, lr 5e-4, 2 epochs, batch 32, teacher logits cached) on the first 6,000 labelled training rows and,
-by method, more inputs the teacher labels (kdlight.data.augment.AugmentedKDDataModule):
-
-  kd          the 6,000 labelled rows (what the quickstart does)
-  rt_rest     + the other 4,202 Rotten Tomatoes training rows, labels dropped (in-domain unlabelled text)
-  wiki        + rt_rest + 8,000 sentences of the offline Wikipedia summaries (out-of-domain unlabelled text)
-  token_aug   + 2 token-augmented copies of each labelled row (15 % masked, 15 % replaced; TinyBERT-style control)
-  rewrites    the 6,000 labelled rows, each batch also rewritten by the trained masked-LM generator (MATE-KD:
-              AdversarialAugmentedKD with configs/quickstart/kd_mate.yaml's generator settings; the student's
-              loss is CE, KD and KD on the rewrite, 1/3 each; 10 of every 110 batches train the generator, so the
-              student takes 336 updates in 2 epochs to kd's 376). Needs the trained generator
-              (configs/zeroshot/generator.yaml)
-
-Each run's best checkpoint by validation accuracy is tested. Every row shows the TF-IDF + logistic regression
-baseline on the same 6,000 labelled rows and on all 10,202, and the margin kept against each:
-(student - baseline) / (teacher - baseline). CPU inference speed-up: each size's export against the teacher's
-in the same interleaved rounds. Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
+Teacher: the strong teacher (benchmarks/strong_teacher.py) or the quickstart's. Students: benchmarks/compact's
+sizes, each its method (b). VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
+the teacher labels (kdlight.data.augment.AugmentedKDDataModule): the other 4,202 training rows unlabelled
+(``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), or the
+trained generator's rewrites of each batch (``rewrites``: MATE-KD, configs/quickstart/kd_mate.yaml). Every row
+shows the margin kept over the TF-IDF baseline on the same 6,000 rows and on all rows. The study: docs/compact.md.
+Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 """
 
 from __future__ import annotations

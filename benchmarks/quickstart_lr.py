@@ -3,12 +3,9 @@
     python -m benchmarks.quickstart_lr                 # the four candidates (about 2 min each on 2 idle cores)
     python -m benchmarks.quickstart_lr --report-only   # rewrite the results from the recorded runs
 
-The quickstart's ``configs/quickstart/kd.yaml`` once had its learning rate picked on test accuracy from four
-runs (2e-4, 3e-4 and 5e-4 for 2 epochs; 3e-4 for 3 epochs). This study runs the same four candidates, each
-as the recipe verbatim (seed 42, the quickstart teacher, 6,000 training rows) with only the learning rate and
-the number of epochs changed, and picks the one whose best checkpoint scores highest on the validation split;
-test accuracy is reported beside it but takes no part in the choice. The TF-IDF + logistic regression
-baseline on the same 6,000 rows and each run's margin kept are in every row.
+configs/quickstart/kd.yaml verbatim (seed 42, the quickstart teacher, 6,000 rows) at the four :data:`CANDIDATES`
+the README's choice once came from (on test accuracy); the one whose best checkpoint scores highest on validation
+is chosen, test accuracy is reported beside it. Every row has the TF-IDF baseline and the margin kept.
 Results: benchmarks/results/quickstart_lr.{md,json,png}; finished runs in quickstart_lr_runs.json.
 """
 

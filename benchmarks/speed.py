@@ -4,18 +4,11 @@
     python -m benchmarks.speed --gpu            # MiniLM shape, batch 64 and 256, bf16-mixed on CUDA: speed_gpu.*
     python -m benchmarks.speed --quick          # a 15-second smoke run (results in a temp folder)
 
-Both systems train the same student (a teacher's first layer) from the same weights on the same batches of the
-same datamodule, with kdlight's own loss functions, optimiser and learning-rate schedule (the hand-written loop
-takes them from the module's ``configure_optimizers``): what differs is the loop. kdlight runs as a user runs it,
-``Trainer`` + module + datamodule with a ``CSVLogger`` at Lightning's default ``log_every_n_steps``; progress bar,
-checkpointing, model summary and validation are off for both. Models: tiny random BERTs sized so that a step takes
-~10, ~25 and ~100 ms on one thread (where the fixed per-step cost decides), or, with ``--gpu``, all-MiniLM-L6-v2's
-shape with random weights. The systems take turns round after round (the order flips every round); each round
-gives one ratio (throughput kdlight / hand-written over the same timed steps: step ends ``FIRST`` to ``LAST``,
-data loading and all framework work between steps included), and the figure is the median of those ratios. On
-CPU the judged clock is process CPU time (one thread: the work a step costs, whatever else runs on the machine),
-with wall time alongside; on a GPU, wall time, waiting for the device only at the window's ends. A cProfile of
-each system at the smallest size says where kdlight's extra time goes. Each ``--label`` keeps its own rows.
+Both train the same student from the same weights on the same batches with kdlight's losses, optimiser and
+schedule; only the loop differs (kdlight: Trainer + CSVLogger as a user runs it). Tiny random BERTs at ~10, ~25 and
+~100 ms a step (or MiniLM's shape with ``--gpu``); the systems take turns over rounds, each round gives one
+throughput ratio over steps ``FIRST`` to ``LAST``, the figure is their median (CPU: process CPU time, one thread).
+A cProfile at the smallest size says where the extra time goes. Method and numbers: docs/scale.md.
 """
 
 from __future__ import annotations

@@ -4,15 +4,10 @@
     python -m benchmarks.strong_teacher --report-only   # rewrite the results from the recorded runs
     python -m benchmarks.strong_teacher --quick         # 64 rows, 1 epoch: plumbing only
 
-The quickstart teacher is all-MiniLM-L6-v2 fine-tuned for one epoch on 6,000 Rotten Tomatoes rows. Here the
-same recipe (configs/quickstart/teacher.yaml) trains on every training row for ``EPOCHS`` epochs at each
-learning rate of ``LEARNING_RATES``, validating twice per epoch; the checkpoint with the best validation
-accuracy is that run's teacher (kdlight exports the best checkpoint), and the run with the best of those is
-the strong teacher. Test accuracy is reported and never used to choose. The validation curves are plotted.
-A run stopped part-way continues from its ``last.ckpt`` when the study is started again.
-
-The chosen teacher's export is ``<kdlight cache>/teachers/strong_rt/<candidate>/export``;
-:func:`strong_teacher_export` returns it for other studies (it reads the recorded choice).
+configs/quickstart/teacher.yaml on every training row for ``EPOCHS`` epochs at each of ``LEARNING_RATES``,
+validated twice per epoch; each run's best checkpoint by validation accuracy is its teacher, and the best of those
+is the strong teacher (test accuracy is reported, never used to choose). A stopped run resumes from its last.ckpt.
+:func:`strong_teacher_export` returns the chosen export for other studies.
 Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in strong_teacher_runs.json.
 """
 

@@ -4,27 +4,12 @@
     python -m benchmarks.compact.run --seeds 0         # one seed first; re-running with --seeds 0 1 2 adds the rest
     python -m benchmarks.compact.run --quick           # a few steps per run, to check the plumbing
 
-Teacher: the quickstart teacher (packaged all-MiniLM-L6-v2 fine-tuned on the Rotten Tomatoes stand-in;
-trained once and cached by benchmarks.common.fine_tuned_rt_teacher). Every student is a stock ALBERT model
-(``CompressedEmbeddingStudent(layout: albert)``) with 2 blocks, factorised embeddings and the vocabulary
-pruned to the tokens of the training text, so its parameter count is what its ``save_pretrained`` export
-holds. Sizes (parameters vs the teacher's 22.7M): 4x (hidden 384, embeddings 128), 10x (hidden 256,
-embeddings 48), 20x (hidden 128, embeddings 48).
-
-Methods, at each size (the same architecture, so the same parameter count):
-  a  scratch: random blocks and embeddings, then Hinton KD on the task data
-  b  + embeddings from the teacher: word embeddings start from the teacher's truncated SVD
-  c  + general distillation: (b)'s student first learns the packaged MiniLM's self-attention relations on
-     the Wikipedia summaries (no labels, MiniLMv2), then Hinton KD on the task data
-  d  (c) + intermediate-layer task distillation (LayerwiseKD: hidden states through a projection, the last
-     block's relations, and the logits)
-  e  (4x only) the teacher's own blocks 1 and 6 (TruncatedTeacher), the quickstart's student
-Task distillation is the quickstart's recipe for every run: 6,000 training examples, 2 epochs, batch 32,
-T=2, alpha=0.5, learning rate 5e-4, best validation checkpoint tested on the 1,275 test snippets.
-Inference speed: each size's export against the teacher's, CPU, batch 32, interleaved rounds.
-Reference: TF-IDF + logistic regression fit on the same training rows (C and n-grams chosen on validation,
-kdlight.baseline); every row shows it and the margin kept = (student - baseline) / (teacher - baseline).
-Results: benchmarks/results/compact.{md,json,png}; finished runs in compact_runs.json.
+Students: stock 2-block ALBERT exports at :data:`SIZES` (4x, 10x, 20x fewer parameters than the quickstart
+teacher), vocabulary pruned to the training text. Methods :data:`METHODS`: (a) scratch, (b) + the teacher's SVD
+embeddings, (c) + general distillation (MiniLMv2 on the Wikipedia summaries), (d) (c) + layer-wise KD, (e) the
+teacher's blocks 1 and 6 (4x only); then the quickstart's task distillation. Every row shows the TF-IDF baseline
+and the margin kept = (student - baseline) / (teacher - baseline), and the CPU inference speed-up. The study and
+its numbers: docs/compact.md. Results: benchmarks/results/compact[_<label>].{md,json,png}; runs in *_runs.json.
 """
 
 from __future__ import annotations
@@ -39,7 +24,7 @@ from benchmarks.common import (
     general_distillation_config,
     recorded_rt_baseline,
 )
-from benchmarks.harness import figure
+from benchmarks.harness import component, figure
 from benchmarks.study import Job, Study, mean_std, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
@@ -67,31 +52,23 @@ QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate":
 
 
 def compressed(base: dict, size: str, **extra) -> dict:
-    return {
-        "class_path": "CompressedEmbeddingStudent",
-        "init_args": {"base": base, "embedding_rank": SIZES[size]["embedding"], "layout": "albert", **extra},
-    }
+    embedding = SIZES[size]["embedding"]
+    return component("CompressedEmbeddingStudent", base=base, embedding_rank=embedding, layout="albert", **extra)
 
 
 def fresh(size: str) -> dict:
-    return {"class_path": "FreshStudent", "init_args": dict(SIZES[size]["blocks"])}
+    return component("FreshStudent", **SIZES[size]["blocks"])
 
 
 def student_config(size: str, method: str, general_export: str | None) -> dict:
-    if method == "a":  # the SVD of the fresh student's own random matrix: a random start, no teacher knowledge
-        return compressed(fresh(size), size, factorise_from="student", vocabulary_files=VOCABULARY)
-    if method == "b":
-        return compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY)
+    if method in ("a", "b"):  # a: the SVD of the fresh student's own random matrix (a random start); b: the teacher's
+        factorise_from = "student" if method == "a" else "teacher"
+        return compressed(fresh(size), size, factorise_from=factorise_from, vocabulary_files=VOCABULARY)
     if method in ("c", "d"):  # the general-distilled ALBERT, its vocabulary pruned to the task's tokens
-        base = {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
-        return {
-            "class_path": "CompressedEmbeddingStudent",
-            "init_args": {"base": base, "embedding_rank": None, "vocabulary_files": VOCABULARY},
-        }
+        base = component("PretrainedStudent", name_or_path=general_export)
+        return component("CompressedEmbeddingStudent", base=base, embedding_rank=None, vocabulary_files=VOCABULARY)
     if method == "e":
-        return compressed(
-            {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size, vocabulary_files=VOCABULARY
-        )
+        return compressed(component("TruncatedTeacher", num_layers=2), size, vocabulary_files=VOCABULARY)
     raise ValueError(method)
 
 
@@ -120,35 +97,24 @@ def task_distillation(
     the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``. ``module``: another
     distiller's ``class_path`` and its own ``init_args`` in place of VanillaKD (e.g. MATE-KD's, kd_augment.py)."""
     student_method = student_method or method
-    model = {
-        "teacher": teacher,
-        "student": student_config(size, student_method, general_export),
-        "alpha": 0.5,
-        "temperature": 2.0,
-        "learning_rate": setting["learning_rate"],
-        "warmup_ratio": 0.1,
-    }
+    root = Path(work) / size / method / f"seed{seed}"
+    student = student_config(size, student_method, general_export)
+    model = dict(teacher=teacher, student=student, alpha=0.5, temperature=2.0, learning_rate=setting["learning_rate"])
+    model["warmup_ratio"] = 0.1
     if student_method == "d":
-        model["losses"] = [
-            {"class_path": "HiddenMSE", "init_args": {"layers": "uniform", "weight": 1.0}},
-            {"class_path": "SelfAttentionRelations", "init_args": {"num_relation_heads": 16, "weight": 1.0}},
-        ]
+        relations = component("SelfAttentionRelations", num_relation_heads=16, weight=1.0)
+        model["losses"] = [component("HiddenMSE", layers="uniform", weight=1.0), relations]
     else:
         model["cache_teacher_logits"] = True
-    root = Path(work) / size / method / f"seed{seed}"
-    rt = {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]}
-    config = {
-        "seed_everything": seed,
-        "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
-        "model": {
-            "class_path": (module or {}).get("class_path") or ("LayerwiseKD" if student_method == "d" else "VanillaKD"),
-            "init_args": {**model, **(module or {}).get("init_args", {}), "export_dir": str(root / "export")},
-        },
-        "data": data or {"class_path": "RottenTomatoesDataModule", "init_args": rt},
-    }
+    module = module or component("LayerwiseKD" if student_method == "d" else "VanillaKD")
+    model = component(module["class_path"], **{**model, **module["init_args"], "export_dir": str(root / "export")})
+    rt = component(
+        "RottenTomatoesDataModule", max_length=64, batch_size=32, max_train_examples=setting["train_examples"]
+    )
+    trainer = {"max_epochs": setting["epochs"], "log_every_n_steps": 20}
     if quick:
-        config["trainer"].update(limit_val_batches=2, limit_test_batches=2)
-    record = fit_and_test(config, root)
+        trainer.update(limit_val_batches=2, limit_test_batches=2)
+    record = fit_and_test({"seed_everything": seed, "trainer": trainer, "model": model, "data": data or rt}, root)
     record.update(size=size, method=method, seed=seed)
     return record
 

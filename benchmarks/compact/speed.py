@@ -2,14 +2,9 @@
 
     python -m benchmarks.compact.speed [--texts 640] [--threads 2]
 
-Speed does not depend on the weights, so each size of ``benchmarks/compact/run.py`` is built as its method (b)
-student (the teacher's SVD embeddings, vocabulary pruned to the training text), exported untrained with
-``save_pretrained`` exactly as a trained run exports it, and timed with the quickstart's timer: stock
-``AutoModelForSequenceClassification`` loading, batch 32, up to 64 tokens, the Rotten Tomatoes test snippets,
-teacher and students taking turns in each round, best of 3 rounds. This is how the study's speed-up column is
-measured where the study ran on another machine (its GPU run measured on that machine's busy CPU).
-Results: benchmarks/results/compact_speed.{md,json,png}; the measurement is kept in compact_speed_runs.json
-(delete it to measure again).
+Each size of benchmarks/compact/run.py built as its method (b) student and exported untrained (speed does not
+depend on the weights), timed with the quickstart's timer: batch 32, teacher and students taking turns, best of 3
+rounds. Writes benchmarks/results/compact_speed.{md,json,png}; kept in compact_speed_runs.json.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Per-step cost of the layer-wise losses against plain KD (a quick measurement, not the compact study).
 
-Teacher: all-MiniLM-L6-v2 with a classification head (weights as packaged; the head's values do not
-change the cost). Student: 2 blocks cut from it (so attention maps are comparable). Batch 32 of
-Rotten Tomatoes snippets padded to 64 tokens, one torch thread, one training step = teacher forward,
-student forward and backward, AdamW step. Variants take turns over rounds; medians reported.
-
     python -m benchmarks.compact.step_cost [--rounds 5] [--steps 4]
 
-Writes benchmarks/results/compact_step_cost.{md,json,png}; the measurement is kept in compact_step_cost_runs.json
-(delete it to measure again).
+MiniLM-L6 teacher, 2-block student cut from it, batch 32 x 64 tokens, one torch thread, one step = teacher
+forward, student forward and backward, AdamW; variants take turns over rounds, medians reported. Writes
+benchmarks/results/compact_step_cost.{md,json,png}; kept in compact_step_cost_runs.json (delete it to re-measure).
 """
 
 from __future__ import annotations

@@ -4,31 +4,14 @@
     python -m benchmarks.zeroshot.compact --seeds 0       # one seed of every row first
     python -m benchmarks.zeroshot.compact --quick         # a few steps per run, to check the plumbing
 
-Rashid et al. (2021) distil a BERT-large teacher into BERT-Mini, a *pretrained* student 30x smaller, with no
-task data (SST-2: 85.9 vs 93.0, 92 % of the teacher). The CPU-scale analog here:
-
-* teacher: the quickstart teacher (all-MiniLM-L6-v2 fine-tuned on the Rotten Tomatoes stand-in, 22.7M);
-* students: ``general`` -- a stock ALBERT student (2 blocks, hidden 256, feed-forward 512, 32-wide embeddings
-  over the full vocabulary, ~11x fewer parameters) general-distilled from the packaged MiniLM on the
-  Wikipedia summaries first (the BERT-Mini analog); ``scratch`` -- the same architecture, random; ``truncated``
-  -- the teacher cut to 2 blocks (1.45x, the earlier study's student, for continuity);
-* methods: supervised KD on the task data (upper bound); zero-shot (out-of-domain + adversarial) with the
-  TRAINED generator (configs/zeroshot/generator.yaml's masked LM, built first if absent); adversarial only;
-  out-of-domain only; random tokens; zero-shot with the UNTRAINED head (the packaged MiniLM with a fresh MLM
-  head, which every zero-shot result before the trained generator used); no distillation. The zero-shot rows
-  never read the task's training split. One more row: zero-shot with a second out-of-domain corpus (ABC news
-  sentences from gensim's test data, ``packaged/lee_news``) for the general student.
-
-Fair by construction: every method gets the same number of student updates and the same number of student
-inputs per update (``inputs_per_update``, 64): out-of-domain + adversarial trains on 32 texts plus their 32
-rewrites, every other method on a batch of 64. The headline is each student's FINAL weights: no checkpoint is
-chosen on the task's labelled validation split (task data); the validation-selected checkpoint's test accuracy
-is reported beside it, labelled. Validation accuracy is logged after each generator/student cycle (the curves
-plot), and per generator step the teacher-student divergence on the rewrites before and after the step and on
-the unmodified batch (``AdversaryMonitor``; the divergence plot). Tables show the TF-IDF baseline and the
-margin kept. Runs of another setting (inputs per update, student steps) are keyed apart in the runs file.
-Results: benchmarks/results/zeroshot_compact.{md,json,png},
-curves in zeroshot_compact_curves.png, finished runs in zeroshot_compact_runs.json.
+Rashid et al. (2021) distil BERT-large into a *pretrained* BERT-Mini with no task data (92 % of the teacher).
+The CPU-scale analog: the quickstart teacher; students ``general`` (a 2-block ALBERT general-distilled first, the
+BERT-Mini analog), ``scratch`` (the same, random) and ``truncated``; methods :data:`METHODS` (supervised KD as the
+upper bound, zero-shot with the trained or the untrained generator, its ablations, no distillation). Fair by
+construction: every method gets the same student updates of ``inputs_per_update`` inputs (out-of-domain +
+adversarial: half texts, half their rewrites). The headline is the FINAL weights (no checkpoint chosen on task
+data); the validation-selected checkpoint is beside it, labelled. Students, methods and results: docs/zeroshot.md.
+Results: benchmarks/results/zeroshot_compact[_<label>].{md,json,png} (+ _curves, _divergence), runs in *_runs.json.
 """
 
 from __future__ import annotations
@@ -38,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for
-from benchmarks.harness import figure, logged_rows
+from benchmarks.harness import component, figure, logged_rows
 from benchmarks.study import Job, Study, mean_std, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
@@ -59,7 +42,6 @@ METHODS = {
     "zero-shot, news corpus (lee_news)": ("both", "generator", NEWS, "trained"),
 }
 ZERO_SHOT, ADVERSARIAL, OOD, RANDOM, UNTRAINED_HEAD = list(METHODS)[1:6]
-KEY_METHODS = [ZERO_SHOT, ADVERSARIAL, OOD, RANDOM, UNTRAINED_HEAD]
 STUDENTS = ("general", "scratch", "truncated")
 FULL = {
     "student_steps": 1000,
@@ -85,17 +67,27 @@ QUICK = {
 
 def albert(factorise_from: str) -> dict:
     """The stock ALBERT student: :data:`ARCH`, embeddings factorised from the student's own or the teacher's."""
-    base = {"class_path": "FreshStudent", "init_args": dict(ARCH)}
-    init = {"base": base, "embedding_rank": EMBEDDING, "layout": "albert", "factorise_from": factorise_from}
-    return {"class_path": "CompressedEmbeddingStudent", "init_args": init}
+    base = component("FreshStudent", **ARCH)
+    return component(
+        "CompressedEmbeddingStudent",
+        base=base,
+        embedding_rank=EMBEDDING,
+        layout="albert",
+        factorise_from=factorise_from,
+    )
 
 
 def student_config(student: str, general_export: str | None) -> dict:
     if student == "truncated":
-        return {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}
+        return component("TruncatedTeacher", num_layers=2)
     if student == "general":
-        return {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
+        return component("PretrainedStudent", name_or_path=general_export)
     return albert("student")
+
+
+def paired(method: str) -> bool:
+    """Whether the method's student inputs are a batch plus its rewrites (half the batch size, the same inputs)."""
+    return METHODS[method] not in (None, "untrained") and METHODS[method][0] == "both"
 
 
 def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
@@ -207,83 +199,44 @@ def one_run(
     student: str, method: str, seed: int, teacher: str, general_export: str | None, setting: dict, work: str
 ) -> dict:
     mode = METHODS[method]
-    root = Path(work) / student / method.split(" ")[0].strip(":,") / f"seed{seed}"
-    if mode is not None and mode != "untrained":
-        root = Path(work) / student / "_".join([mode[0], Path(mode[2]).name, str(mode[3])]) / f"seed{seed}"
+    zero_shot = mode not in (None, "untrained")
+    folder = "_".join([mode[0], Path(mode[2]).name, str(mode[3])]) if zero_shot else method.split(" ")[0].strip(":,")
+    root = Path(work) / student / folder / f"seed{seed}"
     # the same number of student inputs per update for every method: "both" sees a batch plus its rewrite
-    inputs_per_update = setting["inputs_per_update"]
-    batch_size = (
-        inputs_per_update // 2 if mode is not None and mode != "untrained" and mode[0] == "both" else inputs_per_update
-    )
-    task = {
-        "class_path": "RottenTomatoesDataModule",
-        "init_args": {
-            "max_length": setting["max_length"],
-            "batch_size": batch_size,
-            "max_train_examples": setting["train_examples"],
-        },
-    }
-    common = {
-        "teacher": teacher,
-        "student": student_config(student, general_export),
-        "learning_rate": 5e-4,
-        "warmup_ratio": 0.1,
-        "export_dir": str(root / "export"),
-        "export_best": False,  # the export (and the model tested first) is the final weights
-    }
-    if mode is None or mode == "untrained":
-        steps = setting["student_steps"]
-        model = {
-            "class_path": "VanillaKD",
-            "init_args": {**common, "alpha": 0.5, "temperature": 2.0, "cache_teacher_logits": True},
-        }
-        data = task
-        val_every = setting["cycle"]
+    batch_size = setting["inputs_per_update"] // (2 if paired(method) else 1)
+    sizes = dict(max_length=setting["max_length"], batch_size=batch_size, max_train_examples=setting["train_examples"])
+    model = dict(teacher=teacher, student=student_config(student, general_export), learning_rate=5e-4)
+    model.update(warmup_ratio=0.1, export_dir=str(root / "export"), export_best=False)  # tested: the final weights
+    # max_steps counts student updates (generator steps are not counted), validation after every cycle
+    steps, val_every = setting["student_steps"], setting["cycle"]
+    if not zero_shot:
+        model = component("VanillaKD", **model, alpha=0.5, temperature=2.0, cache_teacher_logits=True)
+        data = component("RottenTomatoesDataModule", **sizes)
     else:
         inputs, perturbation, corpus, generator = mode
-        model = {
-            "class_path": "ZeroShotAdversarialKD",
-            "init_args": {
-                **common,
-                "generator": trained_generator() if generator == "trained" else "packaged/all-MiniLM-L6-v2",
-                "inputs": inputs,
-                "perturbation": perturbation,
-                "mask_rate": 0.3,
-                "generator_steps": setting["generator_steps"],
-                "student_steps": setting["cycle"],
-                "generator_learning_rate": 1e-5,
-                "temperature": 1.0,
-                "show_rewrites_every": setting["show_rewrites_every"],
-                # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
-                "cache_teacher_logits": inputs in ("both", "out_of_domain"),
-            },
-        }
-        generator_steps = setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
-        steps = setting["student_steps"]  # max_steps counts student updates (generator steps are not counted)
-        val_every = setting["cycle"] + generator_steps
-        data = {
-            "class_path": "ZeroShotDataModule",
-            "init_args": {
-                "task": {"class_path": "RottenTomatoesDataModule"},
-                "corpus": {"class_path": "OutOfDomainCorpus", "init_args": {"source": corpus}},
-                "max_length": setting["max_length"],
-                "batch_size": batch_size,
-                "max_train_examples": setting["train_examples"],
-            },
-        }
-    config = {
-        "seed_everything": seed,
-        "trainer": {
-            "max_steps": steps,
-            "val_check_interval": val_every,
-            "check_val_every_n_epoch": None,
-            "log_every_n_steps": 10,
-            # metrics.csv holds the validation curve; the default logger is TensorBoard where it is installed
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}},
-        },
-        "model": model,
-        "data": data,
-    }
+        model = component(
+            "ZeroShotAdversarialKD",
+            **model,
+            generator=trained_generator() if generator == "trained" else "packaged/all-MiniLM-L6-v2",
+            inputs=inputs,
+            perturbation=perturbation,
+            mask_rate=0.3,
+            generator_steps=setting["generator_steps"],
+            student_steps=setting["cycle"],
+            generator_learning_rate=1e-5,
+            temperature=1.0,
+            show_rewrites_every=setting["show_rewrites_every"],
+            # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
+            cache_teacher_logits=inputs in ("both", "out_of_domain"),
+        )
+        val_every += setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
+        corpus = component("OutOfDomainCorpus", source=corpus)
+        task = {"class_path": "RottenTomatoesDataModule"}
+        data = component("ZeroShotDataModule", task=task, corpus=corpus, **sizes)
+    # metrics.csv holds the validation curve (the default logger is TensorBoard where it is installed)
+    logger = component("lightning.pytorch.loggers.CSVLogger", save_dir=str(root))
+    trainer = dict(max_steps=steps, val_check_interval=val_every, check_val_every_n_epoch=None, log_every_n_steps=10)
+    config = {"seed_everything": seed, "trainer": {**trainer, "logger": logger}, "model": model, "data": data}
     record = run_cli(config, root, fit=mode != "untrained")
     record.update(student=student, method=method, seed=seed, batch_size=batch_size)
     return record
@@ -316,8 +269,7 @@ def summarise(records: list[dict], teacher_score: float, teacher_params: int, ba
                     "val_selected_mean": selected_mean,
                     "seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
                     "student_steps": runs[0].get("student_steps", 0),
-                    "inputs_per_update": runs[0].get("batch_size", 0)
-                    * (2 if METHODS[method] and METHODS[method] != "untrained" and METHODS[method][0] == "both" else 1),
+                    "inputs_per_update": runs[0].get("batch_size", 0) * (2 if paired(method) else 1),
                     "uses_task_training_data": METHODS[method] is None,
                 }
             )

@@ -3,18 +3,10 @@
     python -m benchmarks.zeroshot.generator          # trains it first (configs/zeroshot/generator.yaml) if absent
     python -m benchmarks.zeroshot.generator --retrain
 
-Zero-shot KD's adversary is a masked LM in the teacher's vocabulary. Offline, that is the packaged
-all-MiniLM-L6-v2 with a fresh, untrained MLM head (:func:`kdlight.models.hf.load_generator`), unless the
-recipe ``configs/zeroshot/generator.yaml`` (:class:`kdlight.modules.MaskedLMPretraining`) has trained one.
-This study scores both on the recipe's own held-out split (the last ``val_examples`` of the seeded shuffle
-of the Wikipedia summaries + news sentences, never trained on), with the same fixed BERT masking
-(15 %; 80/10/10): top-1 accuracy on the masked tokens and perplexity. It then rewrites the held-out
-inputs as zero-shot KD does (30 % of the tokens, one Gumbel sample each from the generator's logits) and
-counts how many of the new tokens are common text: non-special tokens among the most frequent ones that
-make up 90 % of the token occurrences in the corpus's training split ("known"; nearly every id of the
-vocabulary occurs *somewhere* in 34k examples, so mere occurrence would not tell them apart). A table of
-decoded rewrites shows both side by side.
-
+Scores the packaged MiniLM with a fresh MLM head and the recipe's trained export on the recipe's held-out split
+with the same fixed BERT masking (top-1 on masked tokens, perplexity), then rewrites the held-out inputs as
+zero-shot KD does (30 %, one Gumbel sample) and counts the new tokens that are common text (among the most
+frequent tokens making up 90 % of the corpus's occurrences: nearly every id occurs *somewhere*).
 Results: benchmarks/results/generator.{md,json,png}; the export stays in the kdlight cache (never committed).
 """
 

@@ -2,13 +2,10 @@
 
     python -m benchmarks.zeroshot.step_cost [--steps 30] [--rounds 3]
 
-The teacher's outputs on the fixed out-of-domain inputs never change, so ``cache_teacher_logits: true`` computes
-them once (keyed by teacher and corpus) and the teacher runs live only on the generator's rewrites. This times
-student steps (``inputs: both``: out-of-domain + rewrite; generator_steps 0 so every batch is a student step) of
-the quickstart teacher (MiniLM-L6), the packaged MiniLM generator and the compact 10x student of the zero-shot
-study, batch 32 x 32 tokens, on CPU, with and without the cache, in interleaved rounds (median step time per
-round, then the median over rounds). Writes benchmarks/results/zeroshot_step_cost.{md,json,png}; the measurement
-is kept in zeroshot_step_cost_runs.json (delete it to measure again).
+Student steps (``inputs: both``, no generator steps) of the quickstart teacher, the packaged generator and the
+zero-shot study's 10x student, batch 32 x 32 tokens, CPU, with and without ``cache_teacher_logits``, in
+interleaved rounds. Writes benchmarks/results/zeroshot_step_cost.{md,json,png}; kept in
+zeroshot_step_cost_runs.json (delete it to measure again).
 """
 
 from __future__ import annotations
