@@ -20,6 +20,7 @@ Runs go one at a time in one process: two workers on the shared 2-core machine m
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -56,6 +57,9 @@ TASKS = {
         "sentence defines the subject by; a heuristic label, built offline, 60/20/20 split",
     ),
 }
+# the student's and the meta step's settings (the regime: see the module docstring); the rest from the command line
+REGIME = dict(max_length=64, lr=0.05, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3, warm_epoch=1, select_every=1)
+REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
 TEACHERS = ("clean", "noisy")
 ALM = {
@@ -94,28 +98,16 @@ def datamodule(cfg, rate: float):
     from kdlight.data import NoisyLabelDataModule
 
     module, name = TASKS[cfg.task][0].split(":")
-    return NoisyLabelDataModule(
-        getattr(importlib.import_module(module), name)(),
-        noise_type="uniform",
-        noise_rate=rate,
-        clean_val_size=0.1,
-        seed=0,
-        tokenizer=PACKAGED_MINILM,
-        max_length=cfg.max_length,
-        batch_size=32,
-        eval_batch_size=128,
-        max_train_examples=cfg.train_examples,
-        meta_batch_size=cfg.meta_batch,
-    )
+    sizes = dict(max_length=cfg.max_length, max_train_examples=cfg.train_examples, meta_batch_size=cfg.meta_batch)
+    noise = dict(noise_type="uniform", noise_rate=rate, clean_val_size=0.1, seed=0)
+    task = getattr(importlib.import_module(module), name)()
+    return NoisyLabelDataModule(task, **noise, tokenizer=PACKAGED_MINILM, batch_size=32, eval_batch_size=128, **sizes)
 
 
 def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
-    return (
-        cache_dir()
-        / "teachers"
-        / f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
-    )
+    name = f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    return cache_dir() / "teachers" / name
 
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
@@ -174,53 +166,26 @@ def accuracy(model, dm, split: str) -> float:
     return correct / total
 
 
-def student_spec():
-    """The teacher's last block (word embeddings frozen in ``train_student``): the smallest student that learns
-    here. A first attempt, a 64-wide one-block student trained from scratch with SGD 0.1 like the code's ResNet8,
-    predicted the majority class on the selection split (runs kept under the ``fresh|`` keys)."""
-    from kdlight.models import TruncatedTeacher
-
-    return TruncatedTeacher(1)
-
-
-def student_optimiser(cfg):
-    """SGD as the authors' code runs it (momentum 0.9, Nesterov, weight decay 5e-4 on every parameter)."""
-    import functools
-
-    return functools.partial(torch.optim.SGD, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-
-def student_schedule(cfg, steps: int):
-    """The code's MultiStepLR (x0.1 at 150 and 180 of 200 epochs) scaled to this run's steps."""
-    import functools
-
-    milestones = [int(0.75 * steps), int(0.9 * steps)]
-    return functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
-
-
 def train_student(
     cfg, rate: float, teacher_kind: str, method: str, lam: float | None, seed: int, lambda_png: Path | None = None
 ) -> dict:
     """One student run (a Study job): KD with ``lam`` (``method == "KD"``) or one of the ALM modes."""
     from kdlight.lambda_monitor import LambdaMonitor
+    from kdlight.models import TruncatedTeacher
     from kdlight.modules import AdaptiveLossMixingKD, VanillaKD
 
     torch.set_num_threads(1)
     dm = datamodule(cfg, rate)
-    teacher = str(teacher_dir(cfg, teacher_kind, rate))
     work = cfg.work / f"worker{os.getpid()}"
     steps = cfg.epochs * -(-round(0.9 * cfg.train_examples) // 32)
-    common = dict(
-        teacher=teacher,
-        student=student_spec(),
-        temperature=4.0,
-        cache_teacher_logits=True,
-        optimizer=student_optimiser(cfg),
-        lr_scheduler=student_schedule(cfg, steps),
-        export_dir=str(work / "export"),
-        export_best=False,
-        task=dm.task,
-    )
+    # SGD as the authors' code runs it, and its MultiStepLR (x0.1 at 150 and 180 of 200 epochs) scaled to the steps
+    sgd = functools.partial(torch.optim.SGD, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    milestones = [int(0.75 * steps), int(0.9 * steps)]
+    schedule = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
+    # the student: the teacher's last block (word embeddings frozen below), the smallest student that learns here
+    common = dict(teacher=str(teacher_dir(cfg, teacher_kind, rate)), student=TruncatedTeacher(1), temperature=4.0)
+    common.update(cache_teacher_logits=True, optimizer=sgd, lr_scheduler=schedule, export_best=False, task=dm.task)
+    common["export_dir"] = str(work / "export")
     seed_everything(seed, verbose=False)
     if method == "KD":
         model = VanillaKD(alpha=lam, **common)
@@ -235,15 +200,14 @@ def train_student(
         model = AdaptiveLossMixingKD(**extra, **common)
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
     meta_seconds = [0.0]
-    if hasattr(model, "official_meta_pass"):
+    if hasattr(model, "official_meta_pass"):  # its time is spread over the steps in the step time
         inner = model.official_meta_pass
 
         def timed():
             start = time.perf_counter()
-            try:
-                return inner()
-            finally:
-                meta_seconds[0] += time.perf_counter() - start
+            result = inner()
+            meta_seconds[0] += time.perf_counter() - start
+            return result
 
         model.official_meta_pass = timed
     timer = StepTimer()
@@ -287,11 +251,10 @@ def baselines(cfg, rate: float) -> dict:
     from kdlight.baseline import baseline_for
 
     torch.set_num_threads(1)
-    out = {}
-    for name, noise in (("noisy_labels", rate), ("clean_labels", 0.0)):
-        dm = datamodule(cfg, noise)
-        out[name] = baseline_for(dm).to_dict()
-    return out
+    return {
+        name: baseline_for(datamodule(cfg, noise)).to_dict()
+        for name, noise in (("noisy_labels", rate), ("clean_labels", 0.0))
+    }
 
 
 def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int) -> str:
@@ -711,23 +674,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    cfg = argparse.Namespace(
-        task=args.task,
-        train_examples=args.train_examples,
-        max_length=64,
-        epochs=args.epochs,
-        teacher_epochs=args.teacher_epochs,
-        lr=0.05,
-        meta_lr=1.0,
-        net_meta_lr=0.001,
-        grad_fit=3,
-        warm_epoch=1,
-        select_every=1,
-        meta_batch=160,
-        default_note="",
-        work=cache_dir() / "noisy_multiclass",
-        workers=1,
-    )
+    cfg = argparse.Namespace(**REGIME, task=args.task, default_note="", work=cache_dir() / "noisy_multiclass")
+    cfg.train_examples, cfg.epochs, cfg.teacher_epochs = args.train_examples, args.epochs, args.teacher_epochs
     if args.quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs, cfg.warm_epoch, cfg.select_every = 400, 2, 1, 1, 1
         cfg.work = cfg.work / "scratch"
