@@ -13,7 +13,6 @@ A cProfile at the smallest size says where the extra time goes. Method and numbe
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import random
 import tempfile
@@ -29,7 +28,7 @@ from benchmarks.harness import (
     profile_summary,
     quiet_trainer,
 )
-from benchmarks.study import RESULTS, Job, Study, markdown_table
+from benchmarks.study import RESULTS, Job, Study, markdown_table, study_parser
 
 SEED, ALPHA, TEMPERATURE, FIRST, LAST = 0, 0.5, 2.0, 7, 31
 CPU_SIZES = {  # a VanillaKD step of ~10, ~25 and ~100 ms on one thread of the 2-core CI machine
@@ -56,14 +55,9 @@ def make_assets(root: Path, spec: dict) -> Path:
         vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     )
     heads = 12 if spec["hidden"] == 384 else (4 if spec["hidden"] % 4 == 0 else 2)
+    shape = dict(hidden_size=spec["hidden"], num_hidden_layers=spec["layers"], intermediate_size=4 * spec["hidden"])
     config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec["hidden"],
-        num_hidden_layers=spec["layers"],
-        num_attention_heads=heads,
-        intermediate_size=4 * spec["hidden"],
-        max_position_embeddings=128,
-        num_labels=2,
+        vocab_size=len(tokenizer), num_attention_heads=heads, max_position_embeddings=128, num_labels=2, **shape
     )
     torch.manual_seed(SEED)
     BertForSequenceClassification(config).save_pretrained(root / "teacher")
@@ -89,25 +83,19 @@ def setup(assets: Path, spec: dict, steps: int, device: str):
 
     seed_everything(SEED, verbose=False)
     files = {f"{key}_file": str(assets / f"{split}.csv") for key, split in (("train", "train"), ("val", "validation"))}
+    sizes = dict(max_length=spec["length"], batch_size=spec["batch"])
     dm = TextClassificationDataModule(
         **files,
         test_file=str(assets / "test.csv"),
         label_names=["neg", "pos"],
         tokenizer=str(assets / "teacher"),
-        max_length=spec["length"],
-        batch_size=spec["batch"],
+        **sizes,
     )
     dm.prepare_data()
     dm.setup("fit")
-    module = VanillaKD(
-        teacher=str(assets / "teacher"),
-        student=TruncatedTeacher(spec["student_layers"]),
-        task=dm.task,
-        alpha=ALPHA,
-        temperature=TEMPERATURE,
-        weight_decay=0.0,
-    )
-    return dm, module
+    student = TruncatedTeacher(spec["student_layers"])
+    kd = dict(alpha=ALPHA, temperature=TEMPERATURE, weight_decay=0.0)
+    return dm, VanillaKD(teacher=str(assets / "teacher"), student=student, task=dm.task, **kd)
 
 
 def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
@@ -212,19 +200,18 @@ def profile(size: str, steps: int, work: str) -> dict:
 def profile_notes(label: str, record: dict) -> str:
     hand, kd = record["handwritten"]["ms_per_step"], record["kdlight"]["ms_per_step"]
     own = [{"in": c, "hand": hand[c], "kdlight": kd[c], "extra": kd[c] - hand[c]} for c, _ in PROFILE_CATEGORIES]
-    top = [("where", "function"), ("ms_per_step", "ms/step"), ("calls_per_step", "calls/step")]
     return (
         f"## {label}: where the time goes at ~{list(CPU_SIZES)[0]} (cProfile, CPU ms per step)\n\n"
-        + markdown_table(
-            own, [("in", "own time in"), ("hand", "hand-written"), ("kdlight", "kdlight"), ("extra", "extra")]
-        )
+        + markdown_table(own, "in=own time in; hand=hand-written; kdlight; extra")
         + "\nkdlight's top entries by own time outside the model maths and the optimiser:\n\n"
-        + markdown_table(record["kdlight"]["top_own_time"], top)
+        + markdown_table(
+            record["kdlight"]["top_own_time"], "where=function; ms_per_step=ms/step; calls_per_step=calls/step"
+        )
     )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--label", default="after", help="a measurement's name: its rows replace that label's")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
@@ -272,11 +259,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seconds": record["seconds"],
             }
         )
-    columns = [("label", "label"), ("size", "size"), ("handwritten_ms", "hand-written ms/step")]
-    columns += [("kdlight_ms", "kdlight ms/step"), ("ratio", "ratio"), ("range", "range"), ("target", "target")]
     study.write(
         rows,
-        [*columns, ("clock", "clock"), ("wall_ratio", "wall-time ratio")],
+        "label; size; handwritten_ms=hand-written ms/step; kdlight_ms=kdlight ms/step; ratio; range; target; clock; "
+        "wall_ratio=wall-time ratio",
         title="Framework overhead: kdlight's VanillaKD vs a hand-written loop" + (" (GPU)" if args.gpu else " (CPU)"),
         intro="Made by `python -m benchmarks.speed` (its docstring has the method). Ratio = throughput kdlight / "
         "hand-written, the median over rounds of the ratio within a round (range: the rounds' extremes). "

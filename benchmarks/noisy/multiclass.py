@@ -458,19 +458,8 @@ def write(
     notes += checks
     study.write(
         rows,
-        [
-            ("col", "noise / teacher"),
-            ("method", "method"),
-            ("acc", "clean test acc. % (mean ± std)"),
-            ("val", "selection acc. %"),
-            ("margin", "margin kept"),
-            ("seeds", "seeds"),
-            ("lf", "lambda flipped"),
-            ("lc", "lambda clean"),
-            ("auc", "flipped AUC"),
-            ("time", "step time vs KD"),
-            ("wall", "wall s"),
-        ],
+        "col=noise / teacher; method; acc=clean test acc. % (mean ± std); val=selection acc. %; margin=margin kept; "
+        "seeds; lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
         title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
         intro=intro,
         notes=notes,
