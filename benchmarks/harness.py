@@ -1,13 +1,7 @@
-"""How every study in benchmarks/ trains, times and scores, so that each study holds only what it measures.
-
-* :func:`quiet_trainer` / :func:`runner_for`: the one quiet ``Trainer`` (no logger, checkpoint, progress bar,
-  summary or validation unless asked) and the one quiet CLI run (a user's recipe, written to ``config.yaml``).
-* :class:`StepTimer`: wall and process-CPU time of every training step, as a callback.
-* :func:`profile_summary`: a cProfile dump's own time per library, and the top entries outside the model maths.
-* :func:`fit_and_test`: ``kdlight fit`` then ``kdlight test --ckpt_path best`` (accuracy is always ``trainer.test``).
-* :func:`interleaved`: rounds of measurements taking turns, so that load from other processes hits each alike.
-
-Runs, workers and result files are ``benchmarks/study.py``'s.
+"""How every study in benchmarks/ trains, times and scores, so that each study holds only what it measures: the
+quiet Trainer and CLI run, the step timer, the profile summary, ``fit_and_test`` (``kdlight fit`` then ``kdlight
+test --ckpt_path best``: accuracy is always ``trainer.test``), interleaved rounds, plots. Runs, workers and result
+files are ``benchmarks/study.py``'s.
 """
 
 from __future__ import annotations
@@ -18,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.callbacks import Callback
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -55,34 +51,26 @@ def runner_for(config: dict, root: Path):
     return run_cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}", *quiet])
 
 
-class StepTimer:
-    """A callback: ``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step,
-    and ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
+class StepTimer(Callback):
+    """``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step, and
+    ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
     ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU or start a profiler). A loop
     without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
 
-    def __new__(cls, before_stamp: Callable[[int], None] | None = None):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, before_stamp: Callable[[int], None] | None = None) -> None:
+        self.before_stamp = before_stamp
+        self.times, self.cpu_times, self.stamps, self.cpu_stamps = [], [], [], []
 
-        class _StepTimer(Callback):
-            def __init__(self) -> None:
-                self.times: list[float] = []
-                self.cpu_times: list[float] = []
-                self.stamps: list[float] = []
-                self.cpu_stamps: list[float] = []
+    def on_train_batch_start(self, *args) -> None:
+        self._start = (time.perf_counter(), time.process_time())
 
-            def on_train_batch_start(self, *args) -> None:
-                self._start = (time.perf_counter(), time.process_time())
-
-            def on_train_batch_end(self, *args) -> None:
-                if before_stamp is not None:
-                    before_stamp(len(self.stamps))
-                self.stamps.append(time.perf_counter())
-                self.cpu_stamps.append(time.process_time())
-                self.times.append(self.stamps[-1] - self._start[0])
-                self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
-
-        return _StepTimer()
+    def on_train_batch_end(self, *args) -> None:
+        if self.before_stamp is not None:
+            self.before_stamp(len(self.stamps))
+        self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
+        self.times.append(self.stamps[-1] - self._start[0])
+        self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
 
 
 def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list]:

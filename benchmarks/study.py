@@ -1,23 +1,15 @@
 """The one helper every study in benchmarks/ runs on: resumable runs, worker processes, result files.
 
-A study is its measurement logic plus a :class:`Study`:
-
     study = Study("compact", workers=2)
     records = study.run({"4x/b/seed0": Job(train_one, size="4x", method="b", seed=0), ...})
     study.write(rows, "student=size; method; accuracy_mean=test acc", title="...", intro="...", plot=draw)
 
-* **Resumable**: every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an
-  atomic replace), keyed by its id; a re-run skips what is there, so a study can span sessions and an
-  interrupted one loses at most the runs in flight. Delete a key (or the file) to redo a run.
-* **Workers**: ``workers > 1`` runs jobs in that many spawned processes (one torch thread each, so two
-  workers fill a 2-core machine without oversubscribing it); ``workers == 1`` runs them in this process.
-* **Results**: ``write`` puts the same rows in ``<name>.json`` and a markdown table in ``<name>.md``, and
-  draws ``<name>.png`` with the study's plot function. Prose about one machine or one sitting does not
-  belong in a study's code: pass it as ``notes`` or add it to the committed ``.md`` by hand.
-* **Report only**: ``report_only=True`` runs nothing and reports what the runs file holds (the runs of a
-  study that ran elsewhere, e.g. on a GPU machine, or was stopped part-way).
-* **Older runs files**: a study whose runs file predates this helper (e.g. a JSON list of records) passes
-  ``load``/``dump`` so that it reads and extends the file in its own format.
+Every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an atomic replace) under its
+key, and a re-run skips what is there: a study spans sessions, an interrupted one loses only the runs in flight
+(delete a key to redo a run). ``workers > 1`` runs jobs in spawned processes with one torch thread each.
+``write`` puts the same rows in ``<name>.json`` and ``<name>.md`` and draws ``<name>.png``; machine- or
+sitting-specific prose goes in ``notes``, not in the code. ``report_only`` runs nothing and reports the runs file
+(e.g. runs made on a GPU machine); ``load``/``dump`` read and extend a runs file in an older format.
 """
 
 from __future__ import annotations
