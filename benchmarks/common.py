@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.harness import fit_and_test, run_cli, runner_for  # noqa: F401 (imported from here by studies)
@@ -92,6 +93,17 @@ def recorded_rt_baseline(train_examples: int | None) -> dict:
 
     key = f"rotten_tomatoes/{'all' if train_examples is None else train_examples}"
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
+
+
+def choose(records: list[dict]) -> dict:
+    """The run whose best checkpoint has the best validation score (ties: the earlier run). Test is never read."""
+    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
+
+
+def in_progress(jobs: dict, done: dict, folder: Callable[[str], Path]) -> dict[str, list[dict]]:
+    """The validation points so far (:func:`in_progress_curve` of ``folder(key)``) of each job not in ``done``
+    that has logged any: what a study reports, marked as such, about the runs still going or stopped."""
+    return {key: curve for key in jobs if key not in done and (curve := in_progress_curve(folder(key)))}
 
 
 def in_progress_curve(root: Path) -> list[dict]:

@@ -18,9 +18,10 @@ import yaml
 from benchmarks.common import (
     CONFIGS,
     cached_rt_teacher,
+    choose,
     fine_tuned_rt_teacher,
     fit_and_test,
-    in_progress_curve,
+    in_progress,
     recorded_rt_baseline,
 )
 from benchmarks.harness import figure, plot_curve
@@ -61,12 +62,6 @@ def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
     config = recipe(teacher, 1e-4, 1, root, quick)
     config["trainer"].update(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
     fit_and_test(config, root, test=False)
-
-
-def choose(records: list[dict]) -> dict:
-    """The candidate with the best validation score (ties: the earlier in CANDIDATES order). Test accuracy
-    is never looked at."""
-    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
 
 
 def summarise(records: list[dict], baseline: dict) -> list[dict]:
@@ -127,20 +122,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = [done[key] for key in jobs if key in done]
     baseline = recorded_rt_baseline(64 if args.quick else 6000)
     rows = summarise(records, baseline)
-    in_progress = []
-    for key, job in jobs.items():  # candidates not finished: their validation points so far, marked as such
-        curve = [] if key in done else in_progress_curve(WORK / name / key.replace("/", "_"))
-        if curve:
-            in_progress.append({**job.kwargs, "val_curve": curve})
-            rows.append(
-                {
-                    "learning_rate": job.kwargs["learning_rate"],
-                    "epochs": job.kwargs["epochs"],
-                    "val_score": max(p["val_score"] for p in curve),
-                    "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {job.kwargs['epochs']})",
-                    "val_curve": [p["val_score"] for p in curve],
-                }
-            )
+    going = in_progress(jobs, done, lambda key: WORK / name / key.replace("/", "_"))
+    for key, curve in going.items():
+        lr, epochs = jobs[key].kwargs["learning_rate"], jobs[key].kwargs["epochs"]
+        rows.append(
+            {
+                "learning_rate": lr,
+                "epochs": epochs,
+                "val_score": max(p["val_score"] for p in curve),
+                "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {epochs})",
+                "val_curve": [p["val_score"] for p in curve],
+            }
+        )
+    in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
     status = (
         f"{len(records)} of {len(jobs)} candidates run"
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=plot(records + in_progress) if records or in_progress else None,
+        plot=plot(records + in_progress_records) if records or going else None,
     )
     return rows
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CONFIGS, fit_and_test, in_progress_curve, recorded_rt_baseline
+from benchmarks.common import CONFIGS, choose, fit_and_test, in_progress, recorded_rt_baseline
 from benchmarks.harness import figure, plot_curve
 from benchmarks.study import RESULTS, Job, Study, study_name, study_parser
 
@@ -52,11 +52,6 @@ def train(learning_rate: float, epochs: int, quick: bool = False) -> dict:
     record = fit_and_test(recipe(learning_rate, epochs, root, quick), root, resume=True)
     record.update(learning_rate=learning_rate, epochs=epochs, key=key)
     return record
-
-
-def choose(records: list[dict]) -> dict:
-    """The run whose best checkpoint has the best validation accuracy (ties: the earlier run)."""
-    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
 
 
 def strong_teacher_export(results: Path = RESULTS) -> Path | None:
@@ -116,12 +111,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = [row(r["learning_rate"], r["val_curve"], "yes" if r is chosen else "", r) for r in records]
     missing = [k for k in jobs if k not in done]
-    for key in missing:  # runs still going (or stopped): their validation points so far, marked as such
-        curve = in_progress_curve(teacher_root(key + ("_quick" if args.quick else "")))
-        if curve:
-            learning_rate = jobs[key].kwargs["learning_rate"]
-            rows.append(row(learning_rate, curve, f"in progress (step {curve[-1]['step']})"))
-            records.append({"learning_rate": learning_rate, "val_curve": curve})
+    for key, curve in in_progress(jobs, done, lambda key: teacher_root(key + ("_quick" if args.quick else ""))).items():
+        learning_rate = jobs[key].kwargs["learning_rate"]
+        rows.append(row(learning_rate, curve, f"in progress (step {curve[-1]['step']})"))
+        records.append({"learning_rate": learning_rate, "val_curve": curve})
     notes = (
         f"Chosen on validation: lr {chosen['learning_rate']:g}, best checkpoint at step "
         f"{max(chosen['val_curve'], key=lambda p: p['val_score'])['step']} (validation {chosen['best_val_score']:.4f}, "
