@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,7 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.harness import quiet_trainer as trainer  # noqa: E402
-from benchmarks.study import RESULTS  # noqa: E402
+from benchmarks.study import RESULTS, markdown_table  # noqa: E402
 from kdlight.lambda_monitor import flipped_label_auc  # noqa: E402
 
 NAME = "alm_inversion"
@@ -184,53 +183,20 @@ def student_of(teacher_path: str, dm):
     return teacher, TruncatedTeacher(2).build(teacher, dm.num_labels, dm.label_names)
 
 
-def run_alm(cfg, teacher_path: str, dm_factory, seed: int, **alm) -> dict:
-    """The study's ALM default table for 2 epochs; the lambda monitor's per-epoch history."""
+def main(argv: list[str] | None = None) -> None:
     from lightning import seed_everything
 
-    from kdlight.lambda_monitor import LambdaMonitor
-    from kdlight.models import TruncatedTeacher
-    from kdlight.modules import AdaptiveLossMixingKD
-
-    dm = dm_factory()
-    seed_everything(seed, verbose=False)
-    model = AdaptiveLossMixingKD(
-        teacher=teacher_path,
-        student=TruncatedTeacher(2),
-        temperature=4.0,
-        cache_teacher_logits=True,
-        learning_rate=cfg.lr,
-        warmup_ratio=0.1,
-        task=dm.task,
-        mixer="table",
-        init_lambda=0.9,
-        meta_learning_rate=1.0,
-        lambda_plot=False,
-        **alm,
-    )
-    model.student.get_input_embeddings().requires_grad_(False)
-    start = time.perf_counter()
-    fit = trainer(cfg.work / "run", 2)
-    fit.fit(model, datamodule=dm)
-    monitor = next(c for c in fit.callbacks if isinstance(c, LambdaMonitor))
-    return {"history": monitor.history, "seconds": time.perf_counter() - start}
-
-
-def main(argv: list[str] | None = None) -> None:
     from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
+    from kdlight.models import TruncatedTeacher
+    from kdlight.models.hf import load_classifier
+    from kdlight.modules import VanillaKD
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["clean"])
-    parser.add_argument(
-        "--runs",
-        action="store_true",
-        help="also run the default table for 2 epochs (the study's ALM runs log the same)",
-    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = study_config()
-    rate = 0.4
+    cfg, rate = study_config(), 0.4
     out_path = args.results / f"{NAME}.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for kind in args.teachers:
@@ -242,47 +208,22 @@ def main(argv: list[str] | None = None) -> None:
         teacher, student = student_of(path, dm)
         entry = result.setdefault(kind, {})
         entry["at_start"] = analyse(student, teacher, dm)
-        print(kind, "at start", json.dumps(entry["at_start"]["auc"], indent=1), flush=True)
-        # the student after one epoch of KD (lambda 0.9, the study's optimiser)
-        from lightning import seed_everything
-
-        from kdlight.models import TruncatedTeacher
-        from kdlight.modules import VanillaKD
-
-        seed_everything(0, verbose=False)
-        kd = VanillaKD(
-            teacher=path,
-            student=TruncatedTeacher(2),
-            alpha=0.9,
-            temperature=4.0,
-            cache_teacher_logits=True,
-            learning_rate=cfg.lr,
-            warmup_ratio=0.1,
-            task=dm.task,
-            export_dir=str(cfg.work / f"kd_{kind}" / "export"),
-        )
-        kd.student.get_input_embeddings().requires_grad_(False)
+        # the student after one epoch of KD (lambda 0.9, the study's optimiser), trained by the first run of this
         export = cfg.work / f"kd_{kind}" / "export"
-        if (export / "config.json").is_file():  # trained by an earlier run of this script
-            from kdlight.models.hf import load_classifier
-
+        seed_everything(0, verbose=False)
+        kd = dict(alpha=0.9, temperature=4.0, cache_teacher_logits=True, learning_rate=cfg.lr, warmup_ratio=0.1)
+        kd = VanillaKD(teacher=path, student=TruncatedTeacher(2), task=dm.task, export_dir=str(export), **kd)
+        kd.student.get_input_embeddings().requires_grad_(False)
+        if (export / "config.json").is_file():
             trained = load_classifier(str(export), dm.num_labels, dm.label_names, require_head=True)
         else:
             trainer(cfg.work / f"kd_{kind}", 1).fit(kd, datamodule=dm)
             trained = kd.student
         entry["after_one_kd_epoch"] = analyse(trained, teacher, dm)
-        print(kind, "after 1 KD epoch", json.dumps(entry["after_one_kd_epoch"]["auc"], indent=1), flush=True)
+        for stage in ("at_start", "after_one_kd_epoch"):
+            print(kind, stage, json.dumps(entry[stage]["auc"], indent=1), flush=True)
         args.results.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1))
-        if args.runs:
-            for name, alm in (
-                ("as in the study (centre_meta_grad: true, batch centring)", {"center_meta_grad": True}),
-            ):
-                runs = entry.setdefault("runs", {})
-                if name not in runs:
-                    runs[name] = run_alm(cfg, path, lambda: datamodule(cfg, rate), 0, **alm)
-                    print(kind, name, runs[name], flush=True)
-                    out_path.write_text(json.dumps(result, indent=1))
     write_report(result, args.results)
 
 
@@ -303,13 +244,9 @@ def write_report(result: dict, results: Path) -> None:
             if stage not in entry:
                 continue
             a = entry[stage]
-            lines += [
-                f"## {kind} teacher, student {stage.replace('_', ' ')}",
-                "",
-                "| score | flipped-label AUC |",
-                "|---|---|",
-            ]
-            lines += [f"| {k} | {v:.3f} |" for k, v in a["auc"].items() if v is not None]
+            aucs = [{"score": k, "auc": f"{v:.3f}"} for k, v in a["auc"].items() if v is not None]
+            lines += [f"## {kind} teacher, student {stage.replace('_', ' ')}", ""]
+            lines += [markdown_table(aucs, "score; auc=flipped-label AUC").rstrip("\n")]
             lines += [
                 "",
                 f"- share of |t_i| that the bias and the head input's shared component carry: "
@@ -320,25 +257,14 @@ def write_report(result: dict, results: Path) -> None:
                 f"- teacher accuracy on flipped examples {a['teacher_accuracy_on_flipped']:.3f}, on clean "
                 f"{a['teacher_accuracy_on_clean']:.3f}",
                 "",
-                "| noisy label | examples | flipped share | mean t_i | AUC within the class |",
-                "|---|---|---|---|---|",
             ]
-            for label, b in a["by_noisy_label"].items():
-                auc = "" if b["auc_within"] is None else f"{b['auc_within']:.3f}"
-                lines.append(f"| {label} | {b['examples']} | {b['flipped_share']:.3f} | {b['mean_t_i']:+.2e} | {auc} |")
-            lines.append("")
-        for name, run in entry.get("runs", {}).items():
-            lines += [
-                f"### {kind} teacher: ALM default table, {name}",
-                "",
-                "| epoch | flipped | clean | AUC |",
-                "|---|---|---|---|",
+            by_label = [
+                {"label": label, "n": b["examples"], "share": f"{b['flipped_share']:.3f}", "t": f"{b['mean_t_i']:+.2e}"}
+                | {"auc": None if b["auc_within"] is None else f"{b['auc_within']:.3f}"}
+                for label, b in a["by_noisy_label"].items()
             ]
-            lines += [
-                f"| {h['epoch']} | {h.get('flipped', float('nan')):.3f} | {h.get('clean', float('nan')):.3f} | "
-                f"{h.get('flipped_auc', float('nan')):.3f} |"
-                for h in run["history"]
-            ]
+            columns = "label=noisy label; n=examples; share=flipped share; t=mean t_i; auc=AUC within the class"
+            lines += [markdown_table(by_label, columns).rstrip("\n")]
             lines.append("")
     lines += reading(result)
     (results / f"{NAME}.md").write_text("\n".join(lines) + "\n")
