@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
-from benchmarks.compact.run import SIZES, plot, speeds, task_distillation
+from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
 from benchmarks.study import Job, Study, study_name, study_parser, target
 
 WORK = Path("runs/benchmarks")
@@ -32,7 +32,6 @@ METHODS = {
     "token_aug": "+ 2 token-augmented copies per row",
     "rewrites": "+ generator rewrites (MATE-KD)",
 }
-NOT_WIRED: dict[str, str] = {}  # methods listed but not runnable yet: method -> why (reported in the status)
 MATE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_mate.yaml"
 FULL = {"epochs": 2, "train_examples": 6000, "learning_rate": 5e-4, "wiki_sentences": 8000}
 QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentences": 32}
@@ -50,7 +49,7 @@ def augmentation(method: str, setting: dict) -> dict:
         return {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
     if method == "rewrites":  # the labelled rows: the module rewrites each batch (module_config)
         return {}
-    raise ValueError(f"{method}: {NOT_WIRED.get(method, 'unknown method')}")
+    raise ValueError(f"{method}: unknown method")
 
 
 def module_config(method: str, quick: bool) -> dict | None:
@@ -137,14 +136,11 @@ def targets(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = study_parser(__doc__, "workers", "label", "quick", "report-only")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument(
-        "--methods", nargs="+", default=[m for m in METHODS if m not in NOT_WIRED], choices=list(METHODS)
-    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
     args = parser.parse_args(argv)
-    unwired = [m for m in args.methods if m in NOT_WIRED]
-    methods = [m for m in args.methods if m not in NOT_WIRED]
+    methods = args.methods
     setting = dict(QUICK if args.quick else FULL)
     name = study_name("kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else ""), args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
@@ -177,23 +173,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for method in methods
     }
     study.run(jobs)
-    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed = speeds(name, done, teacher, args.quick, args.report_only)
-    from kdlight.models.hf import count_parameters, load_classifier
-
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
     rows_baseline = recorded_rt_baseline(setting["train_examples"])
     all_baseline = recorded_rt_baseline(64 if args.quick else None)
     baselines = {"rows": rows_baseline["test_score"], "all": all_baseline["test_score"]}
     rows = summarise(list(done.values()), speed, teacher_params, baselines)
     planned = len(args.sizes) * len(methods) * len(args.seeds)
     finished = sum(1 for k in jobs if k in done)
-    status = [
+    status = (
         f"## Status (written by the study)\n\n{finished} of the {planned} runs asked for are recorded "
-        f"({len(done)} in all in {study.runs_path.name}).",
-    ]
-    if unwired:
-        status.append(", ".join(f"`{m}` not run: {NOT_WIRED[m]}" for m in unwired) + ".")
+        f"({len(done)} in all in {study.runs_path.name})."
+    )
     study.write(
         rows,
         "student=size; method; compression; accuracy_mean=test acc (mean); accuracy_std=std; seeds; "
@@ -205,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         intro=f"Teacher: {args.teacher} ({teacher_path or 'not on this machine'}), {teacher_params / 1e6:.2f}M "
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
-        notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), *status]),
+        notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
         plot=plot(
             rows,
             rows[0]["teacher_accuracy"] if rows else float("nan"),

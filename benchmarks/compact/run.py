@@ -143,6 +143,14 @@ def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_o
     return {k.split("/")[1]: v for k, v in Study(name, report_only=report_only).run(jobs).items()}
 
 
+def task_results(study: Study, teacher: str, quick: bool, report_only: bool) -> tuple[dict, dict, int]:
+    """The recorded task runs, each size's speed-up (measured once, :func:`speeds`) and the teacher's size."""
+    from kdlight.models.hf import count_parameters, load_classifier
+
+    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
+    return done, speeds(study.name, done, teacher, quick, report_only), count_parameters(load_classifier(teacher, 2))
+
+
 def summarise(
     records: dict[str, dict] | list[dict],
     speeds: dict[str, dict],
@@ -258,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
                 method=method,
                 seed=seed,
                 general_export=generals.get(f"general/{size}", {}).get("export"),
-                **dict(teacher=teacher, setting=setting, work=work),
+                teacher=teacher,
+                setting=setting,
+                work=work,
             )
             for seed in args.seeds
             for size in args.sizes
@@ -266,11 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             if method != "e" or size == "4x"
         }
     )
-    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed = speeds(study.name, done, teacher, args.quick, args.report_only)
-    from kdlight.models.hf import count_parameters, load_classifier
-
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
     baseline = recorded_rt_baseline(setting["train_examples"])
     full_baseline = recorded_rt_baseline(None)  # every training row: what a user with all the data would get
     rows = summarise(done, speed, teacher_params, baseline["test_score"])
