@@ -68,6 +68,13 @@ def recorded_rt_baseline(train_examples: int | None) -> dict:
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
 
 
+def teacher_size(teacher: str) -> int:
+    """The parameters of ``teacher`` with a 2-label head (the tables' compression is against this)."""
+    from kdlight.models.hf import count_parameters, load_classifier
+
+    return count_parameters(load_classifier(teacher, 2))
+
+
 def choose(records: list[dict]) -> dict:
     """The run whose best checkpoint has the best validation score (ties: the earlier run). Test is never read."""
     return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))

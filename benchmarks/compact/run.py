@@ -23,6 +23,7 @@ from benchmarks.common import (
     fit_and_test,
     general_distillation_config,
     recorded_rt_baseline,
+    teacher_size,
 )
 from benchmarks.harness import component, figure
 from benchmarks.study import Job, Study, mean_std, study_name, study_parser
@@ -145,10 +146,8 @@ def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_o
 
 def task_results(study: Study, teacher: str, quick: bool, report_only: bool) -> tuple[dict, dict, int]:
     """The recorded task runs, each size's speed-up (measured once, :func:`speeds`) and the teacher's size."""
-    from kdlight.models.hf import count_parameters, load_classifier
-
     done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    return done, speeds(study.name, done, teacher, quick, report_only), count_parameters(load_classifier(teacher, 2))
+    return done, speeds(study.name, done, teacher, quick, report_only), teacher_size(teacher)
 
 
 def summarise(

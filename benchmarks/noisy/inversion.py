@@ -28,18 +28,12 @@ from kdlight.lambda_monitor import flipped_label_auc  # noqa: E402
 NAME = "alm_inversion"
 
 
-def study_config(train_examples: int = 1600) -> argparse.Namespace:
-    """The noisy_multiclass study's sizes (its teachers are reused from the cache)."""
+def study_config() -> argparse.Namespace:
+    """The noisy_multiclass study's task and sizes (its teachers are reused from the cache)."""
     from kdlight.assets import cache_dir
 
-    return argparse.Namespace(
-        train_examples=train_examples,
-        max_length=64,
-        teacher_epochs=2,
-        meta_batch=128,
-        lr=2e-4,
-        work=cache_dir() / "alm_inversion",
-    )
+    sizes = dict(task="tweets", train_examples=1600, max_length=64, teacher_epochs=2, meta_batch=128, lr=2e-4)
+    return argparse.Namespace(**sizes, work=cache_dir() / "alm_inversion")
 
 
 @torch.no_grad()

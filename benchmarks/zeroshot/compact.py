@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for
+from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
 from benchmarks.study import Job, Study, mean_std, study_name, study_parser
 
@@ -94,26 +94,25 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
     from kdlight.models.hf import count_parameters
 
     runner = runner_for(config, root)
-    record = {"params": count_parameters(runner.model.predictor)}
+    model, trainer, data = runner.model, runner.trainer, runner.datamodule
+    record = {"params": count_parameters(model.predictor)}
     start = time.perf_counter()
     best = None
     if fit:
-        runner.trainer.fit(runner.model, datamodule=runner.datamodule)
-        best = runner.trainer.checkpoint_callback.best_model_path or None
-        record["steps"] = runner.trainer.global_step
-        record["student_steps"] = student_updates(runner.model, runner.trainer.global_step)
+        trainer.fit(model, datamodule=data)
+        best = trainer.checkpoint_callback.best_model_path or None
+        progress = getattr(model, "progress", None)  # ZeroShotAdversarialKD: batches, student steps, ...
+        record.update(
+            steps=trainer.global_step, student_steps=int(progress[1]) if progress is not None else trainer.global_step
+        )
     record["fit_seconds"] = time.perf_counter() - start
     # the headline: the final weights (the model holds them: export_best is off), chosen on nothing
-    metrics = runner.trainer.test(runner.model, datamodule=runner.datamodule, verbose=False)[0]
-    record.update({k: float(v) for k, v in metrics.items()})
+    record.update({k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()})
     if best:  # beside it, labelled as such: the checkpoint the task's labelled validation split picked
-        selected = runner.trainer.test(runner.model, datamodule=runner.datamodule, ckpt_path=best, verbose=False)[0]
+        selected = trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)[0]
         record["test/score_val_selected"] = float(selected["test/score"])
-    record["curve"] = validation_curve(root)
-    record["divergence"] = divergence_curve(root)
-    record["machine"] = machine()
-    record["rewrites"] = shown_rewrites(root)
-    record["export"] = str(runner.model.export_path()) if fit else None
+    record.update(curve=validation_curve(root), divergence=divergence_curve(root), machine=machine())
+    record.update(rewrites=shown_rewrites(root), export=str(model.export_path()) if fit else None)
     return record
 
 
@@ -125,11 +124,6 @@ def machine() -> str:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
-
-
-def student_updates(model, global_step: int) -> int:
-    progress = getattr(model, "progress", None)  # ZeroShotAdversarialKD: batches, student steps, generator steps, skips
-    return int(progress[1]) if progress is not None else global_step
 
 
 def validation_curve(root: Path) -> list[tuple[int, float]]:
@@ -161,9 +155,7 @@ def trained_generator() -> str:
 def shown_rewrites(root: Path) -> list[dict]:
     """The generator's rewrites the run decoded for people (``show_rewrites_every``), last shown step first."""
     files = sorted(root.rglob("rewrites.jsonl"))
-    if not files:
-        return []
-    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
     return sorted(rows, key=lambda r: -r["generator_step"])
 
 
@@ -171,11 +163,8 @@ def rewrite_examples(records: list[dict], limit: int = 8) -> str:
     """A results-file section: what the generator wrote for the general student (zero-shot, first seed)."""
     from kdlight.components.rewriting import rewrites_markdown
 
-    zero_shot = list(METHODS)[1]
-    runs = sorted(
-        (r for r in records if r["student"] == "general" and r["method"] == zero_shot and r.get("rewrites")),
-        key=lambda r: r["seed"],
-    )
+    runs = [r for r in records if r["student"] == "general" and r["method"] == ZERO_SHOT and r.get("rewrites")]
+    runs.sort(key=lambda r: r["seed"])
     if not runs:
         return ""
     shown = runs[0]["rewrites"][:limit]
@@ -401,9 +390,8 @@ def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: l
     import platform
 
     missing = [k for k in planned if k not in done]
-    status = f"**Status: {len(done)} of {len(planned)} planned runs finished**" + (
-        f"; not yet run: {', '.join(missing)}." if missing else "."
-    )
+    status = f"**Status: {len(done)} of {len(planned)} planned runs finished**"
+    status += f"; not yet run: {', '.join(missing)}." if missing else "."
     machines = sorted({r.get("machine", "unrecorded") for r in records})
     return "\n".join(
         [
@@ -441,18 +429,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
     args = parser.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)
-    for key in ("student_steps", "general_steps"):
-        if getattr(args, key) is not None:
-            setting[key] = getattr(args, key)
+    setting.update({k: getattr(args, k) for k in ("student_steps", "general_steps") if getattr(args, k) is not None})
     name = study_name("zeroshot_compact", args)
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     study = Study(name, workers=args.workers, report_only=args.report_only)
     teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
-    general = {}
-    if "general" in args.students:
-        general = Study(name, workers=1, report_only=args.report_only).run(
-            {"general": Job(general_distillation, teacher=teacher, setting=setting, work=work)}
-        )
+    general = {"general": Job(general_distillation, teacher=teacher, setting=setting, work=work)}
+    general = Study(name, report_only=args.report_only).run(general if "general" in args.students else {})
     export = general.get("general", {}).get("export")
     common = dict(teacher=teacher, general_export=export, setting=setting, work=work)
     tag = f"fair{setting['inputs_per_update']}/steps{setting['student_steps']}"  # runs of another setting differ
@@ -468,9 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     records = [done[k] for k in jobs if k in done]
     from kdlight.baseline import baseline_for
     from kdlight.data import RottenTomatoesDataModule
-    from kdlight.models.hf import count_parameters, load_classifier
 
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    teacher_params = teacher_size(teacher)
     teacher_score = next((r["test/teacher_score"] for r in records if "test/teacher_score" in r), float("nan"))
     # the baseline trains on the labelled rows the teacher saw (the quickstart's 6,000); zero-shot students see none
     baseline = baseline_for(RottenTomatoesDataModule(max_train_examples=6000, tokenizer=teacher)).test_score
@@ -493,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
             part
             for part in (
                 targets(rows),
-                targets(rows, "truncated") if any(r["student"] == "truncated" for r in rows) else "",
+                targets(rows, "truncated"),
                 divergence_summary(records),
                 rewrite_examples(records),
                 where_it_ran(setting, records, list(jobs), [k for k in jobs if k in done]),
