@@ -112,7 +112,12 @@ def teacher_dir(cfg, kind: str, rate: float) -> Path:
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
     """MiniLM-L6 fine-tuned on the clean (noise 0: the same examples, clean labels) or the noisy labels."""
+    from torch.utils.data import DataLoader
+
+    from kdlight.data.base import Collator
+    from kdlight.models.hf import load_classifier
     from kdlight.modules import TeacherFineTuning
+    from kdlight.teacher_cache import TeacherLogitCache
 
     torch.set_num_threads(1)
     out = teacher_dir(cfg, kind, rate)
@@ -125,18 +130,10 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
         )
         trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
-    from kdlight.models.hf import load_classifier
-
     model = load_classifier(str(out), dm.num_labels, dm.label_names, require_head=True)
     dm.setup("fit")
     result = {"path": str(out), "test_accuracy": accuracy(model, dm, "test")}
-    # the students' teacher-logit cache (their training split carries the noisy labels), computed once
-    # here rather than by the first two student runs at the same time
-    from torch.utils.data import DataLoader
-
-    from kdlight.data.base import Collator
-    from kdlight.teacher_cache import TeacherLogitCache
-
+    # the students' teacher-logit cache (their training split carries the noisy labels), computed once here
     students = datamodule(cfg, rate)
     students.setup("fit")
     dataset = students.splits[students.train_split]
@@ -539,12 +536,8 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
-    """Train (or re-train) a teacher when its record is missing or its exported folder is gone.
-
-    A record without the folder happens when the kdlight cache was rebuilt; ``train_teacher`` is seeded
-    (seed 0), so the re-trained teacher is the recorded one up to CPU floating point (its test accuracy
-    is compared with the record's in the log).
-    """
+    """Train a teacher when its record is missing, or again (seeded: the recorded one up to CPU floating point,
+    its test accuracy compared in the log) when its exported folder is gone (a rebuilt kdlight cache)."""
     key = f"{TEACHER}{kind}|{rate}"
     record = study.done().get(key)
     if record is not None and (Path(record["path"]) / "config.json").is_file():
@@ -565,12 +558,8 @@ def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
 def other_task(study: Study, cfg) -> str:
     """The status line's word on the other task's study (computed from its runs file)."""
     other = "wiki_topics" if cfg.task == "tweets" else "tweets"
-    runs_file = study.results / f"{NAME}{TASKS[other][2]}_runs.json"
-    done = 0
-    if runs_file.is_file():
-        import json
-
-        done = sum(1 for key in json.loads(runs_file.read_text()) if key.startswith(PREFIX))
+    runs = Study(NAME + TASKS[other][2], results=study.results).done()
+    done = sum(1 for key in runs if key.startswith(PREFIX))
     where = f"`{NAME}{TASKS[other][2]}.md`, `--task {other}`"
     return f"the other task ({where}) has {done} student runs of this regime recorded"
 
@@ -610,21 +599,19 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates)
 
     def block_summary() -> str:
-        parts = []
-        for rate in rates:
-            for kind in TEACHERS:
-                counts = [
-                    sum(
-                        run_key(rate, kind, m, lam, s) in runs
-                        for m, lam in [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
-                    )
-                    for s in seeds
-                ]
-                parts.append(
-                    f"{int(round(rate * 100))} % / {kind} teacher: "
-                    + ", ".join(f"seed {s} {c}/{per_block}" for s, c in zip(seeds, counts, strict=True))
-                )
-        return "; ".join(parts)
+        methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
+        count = {
+            (r, k, s): sum(run_key(r, k, m, lam, s) in runs for m, lam in methods)
+            for r in rates
+            for k in TEACHERS
+            for s in seeds
+        }
+        return "; ".join(
+            f"{int(round(rate * 100))} % / {kind} teacher: "
+            + ", ".join(f"seed {s} {count[rate, kind, s]}/{per_block}" for s in seeds)
+            for rate in rates
+            for kind in TEACHERS
+        )
 
     status = status or (
         f"complete for noise rates {', '.join(f'{int(round(r * 100))} %' for r in rates)} ({have} student runs, "
