@@ -23,10 +23,8 @@ def quiet_trainer(root: Path, epochs: int = 1, callbacks=(), max_steps: int = -1
     from lightning import Trainer
 
     settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_val_batches=0)
-    settings.update(num_sanity_val_steps=0, **QUIET, **overrides)
-    return Trainer(
-        max_epochs=epochs, max_steps=max_steps, default_root_dir=str(root), callbacks=list(callbacks), **settings
-    )
+    settings.update(num_sanity_val_steps=0, max_epochs=epochs, max_steps=max_steps, **QUIET, **overrides)
+    return Trainer(default_root_dir=str(root), callbacks=list(callbacks), **settings)
 
 
 def component(class_path: str, **init_args) -> dict:
@@ -83,17 +81,12 @@ def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str
 
 
 def median_ratios(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
-    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference``
-    within a round."""
+    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference`` in a round."""
     out = {}
     for name, values in times.items():
         ratios = [v / ref for v, ref in zip(values, times[reference], strict=True)]
-        out[name] = {
-            "seconds": statistics.median(values),
-            "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-        }
+        out[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios)}
+        out[name].update(ratio_min=min(ratios), ratio_max=max(ratios))
     return out
 
 
@@ -185,12 +178,11 @@ def finished_fit(last: Path, trainer: dict) -> dict | None:
     checkpoint = next((v for k, v in callbacks.items() if "best_model_path" in v), {})
     curve = next((v for k, v in callbacks.items() if k.endswith("_Curve")), {})
     score = checkpoint.get("best_model_score")
-    return {
-        "steps": state["global_step"],
+    best = {
         "best_model_path": checkpoint.get("best_model_path"),
         "best_val_score": None if score is None else float(score),
-        "val_curve": curve.get("points", []),
     }
+    return {"steps": state["global_step"], **best, "val_curve": curve.get("points", [])}
 
 
 def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
@@ -202,11 +194,8 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
     last = latest_last_checkpoint(root) if resume else None
     finished = finished_fit(last, config["trainer"]) if last else None
     runner = runner_for(config, root)
-    record = {
-        "params": count_parameters(runner.model.predictor),
-        "export": str(runner.model.export_path()),
-        "resumed_from": str(last) if last else None,
-    }
+    record = {"params": count_parameters(runner.model.predictor), "export": str(runner.model.export_path())}
+    record["resumed_from"] = str(last) if last else None
     if finished is not None:  # an earlier attempt trained every step and stopped before its test: test it
         best = finished["best_model_path"]
         record.update(fit_seconds=None, steps=finished["steps"])  # fit_seconds: the fit ran in an earlier process

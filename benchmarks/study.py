@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,9 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-@dataclass
 class Job:
     """One run: ``function(**kwargs)`` returns a JSON-able record (a dict). ``function`` must be importable
     (defined at module level) so a worker process can run it."""
-
-    function: Callable[..., dict]
-    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, function: Callable[..., dict], **kwargs: Any) -> None:
         self.function, self.kwargs = function, kwargs
@@ -192,11 +187,8 @@ def study_parser(doc: str, *flags: str, workers: int = 1) -> argparse.ArgumentPa
 
 def study_name(base: str, args: argparse.Namespace) -> str:
     """``base``, then ``_quick`` for a ``--quick`` run and ``_<label>`` for a ``--label``: the result files' name."""
-    return (
-        base
-        + ("_quick" if getattr(args, "quick", False) else "")
-        + (f"_{args.label}" if getattr(args, "label", "") else "")
-    )
+    suffixes = ["quick" if getattr(args, "quick", False) else "", getattr(args, "label", "")]
+    return "_".join([base, *(suffix for suffix in suffixes if suffix)])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
