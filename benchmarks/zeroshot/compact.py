@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
-from benchmarks.study import Job, Study, mean_std, study_name, study_parser
+from benchmarks.study import Job, Study, markdown_table, mean_std, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
@@ -297,30 +297,22 @@ DIVERGENCE_COLUMNS = ("divergence_before", "divergence_after", "divergence_out_o
 
 def divergence_summary(records: list[dict]) -> str:
     """Per method with a generator: how often and by how much a generator step raised the divergence."""
-    lines = [
-        "## The adversary, measured",
-        "",
-        "Per generator step (AdversaryMonitor, generator and student in eval mode, the step's own noise): the "
-        "teacher-student KL on the generator's rewrites before and after its update, and on the unmodified "
-        "out-of-domain batch. Curves: the `_divergence.png` plot.",
-        "",
-        "| student | method | seed | generator steps | raised by the step | mean before | mean after | "
-        "mean on the unmodified batch |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in sorted(records, key=lambda r: (r["student"], r["method"], r["seed"])):
-        curve = r.get("divergence") or []
-        if not curve:
-            continue
-        raised = sum(c["divergence_after"] > c["divergence_before"] for c in curve)
-        means = [sum(c[k] for c in curve) / len(curve) for k in DIVERGENCE_COLUMNS]
-        share = f"{raised} ({100 * raised / len(curve):.0f} %)"
-        lines.append(
-            f"| {r['student']} | {r['method']} | {r['seed']} | {len(curve)} | {share} | "
-            + " | ".join(f"{m:.4f}" for m in means)
-            + " |"
-        )
-    return "\n".join(lines) if len(lines) > 8 else ""
+        if curve := r.get("divergence"):
+            raised = sum(c["divergence_after"] > c["divergence_before"] for c in curve)
+            means = {k: f"{sum(c[k] for c in curve) / len(curve):.4f}" for k in DIVERGENCE_COLUMNS}
+            rows.append({**r, "steps": len(curve), "raised": f"{raised} ({100 * raised / len(curve):.0f} %)", **means})
+    columns = "student; method; seed; steps=generator steps; raised=raised by the step; divergence_before=mean "
+    columns += "before; divergence_after=mean after; divergence_out_of_domain=mean on the unmodified batch"
+    return (
+        "## The adversary, measured\n\nPer generator step (AdversaryMonitor, generator and student in eval mode, the "
+        "step's own noise): the teacher-student KL on the generator's rewrites before and after its update, and on "
+        "the unmodified out-of-domain batch. Curves: the `_divergence.png` plot.\n\n"
+        + markdown_table(rows, columns).rstrip("\n")
+        if rows
+        else ""
+    )
 
 
 def plots(rows: list[dict], records: list[dict], teacher_score: float):
