@@ -121,32 +121,31 @@ def analyse(student, teacher, dm) -> dict:
 
     p_label = F.softmax(train["z"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
     p_true = F.softmax(clean["z"], -1).gather(1, clean["labels"].long().view(-1, 1))
+
+    def from_clean(mask: torch.Tensor) -> torch.Tensor | None:
+        return teacher_preference(train, only(mask))["total"] if mask.any() else None
+
+    scores = {  # name -> the score whose flipped-label AUC is reported (None: no examples to compute it from)
+        "t_i (what the default table follows)": pref["total"],
+        "bias part": pref["bias"],
+        "weight part": pref["weight"],
+        "t_i, head input centred": centred["total"],
+        "t_i centred within each noisy-label class": within_class(pref["total"], labels),
+        "label part: -grad_s . grad CE_i": -along_clean_gradient(e_ce),
+        "teacher part: grad_s . grad KD_i": along_clean_gradient(e_kd),
+        f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": from_clean(right),
+        f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": from_clean(~right),
+        "t_i with the expected-error clean score (residual x p(label))": teacher_preference(
+            train, clean, clean_weight=p_true
+        )["total"],
+        "size of the label gradient |softmax - onehot(noisy)|": e_ce.norm(dim=-1),
+        "student's probability of the noisy label (lower = flipped)": -p_label,
+        "teacher's probability of the noisy label (lower = flipped)": -F.softmax(train["t"], -1)
+        .gather(1, labels.long().view(-1, 1))
+        .squeeze(1),
+    }
     out = {
-        "auc": {
-            "t_i (what the default table follows)": flipped_label_auc(pref["total"], flipped),
-            "bias part": flipped_label_auc(pref["bias"], flipped),
-            "weight part": flipped_label_auc(pref["weight"], flipped),
-            "t_i, head input centred": flipped_label_auc(centred["total"], flipped),
-            "t_i centred within each noisy-label class": flipped_label_auc(
-                within_class(pref["total"], labels), flipped
-            ),
-            "label part: -grad_s . grad CE_i": flipped_label_auc(-along_clean_gradient(e_ce), flipped),
-            "teacher part: grad_s . grad KD_i": flipped_label_auc(along_clean_gradient(e_kd), flipped),
-            f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": (
-                flipped_label_auc(teacher_preference(train, only(right))["total"], flipped) if right.any() else None
-            ),
-            f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": (
-                flipped_label_auc(teacher_preference(train, only(~right))["total"], flipped) if (~right).any() else None
-            ),
-            "t_i with the expected-error clean score (residual x p(label))": flipped_label_auc(
-                teacher_preference(train, clean, clean_weight=p_true)["total"], flipped
-            ),
-            "size of the label gradient |softmax - onehot(noisy)|": flipped_label_auc(e_ce.norm(dim=-1), flipped),
-            "student's probability of the noisy label (lower = flipped)": flipped_label_auc(-p_label, flipped),
-            "teacher's probability of the noisy label (lower = flipped)": flipped_label_auc(
-                -F.softmax(train["t"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1), flipped
-            ),
-        },
+        "auc": {name: None if v is None else flipped_label_auc(v, flipped) for name, v in scores.items()},
         "share_of_t_from_bias_and_shared_input": float(
             (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
         ),
