@@ -61,6 +61,7 @@ TASKS = {
 REGIME = dict(max_length=64, lr=0.05, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3, warm_epoch=1, select_every=1)
 REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
+LAMBDA_KEYS = ("lambda_flipped", "lambda_clean", "lambda_flipped_auc")  # the lambda monitor's last epoch
 TEACHERS = ("clean", "noisy")
 ALM = {
     "ALM default (table)": {"mixer": "table"},
@@ -258,14 +259,6 @@ def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int
     return f"{PREFIX}{rate}|{teacher}|{method}|{lam}|{seed}"
 
 
-def build_rows(runs: dict, teachers: dict, rates: list[float], seeds: list[int], base: dict) -> list[dict]:
-    rows = []
-    for rate in rates:
-        for kind in TEACHERS:
-            rows += column_rows(runs, teachers, rate, kind, seeds, base.get(str(rate), {}))
-    return rows
-
-
 def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict) -> list[dict]:
     """The rows of one noise rate and teacher."""
     from kdlight.baseline import margin_kept
@@ -287,6 +280,8 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
         if not results:
             return None
         acc_mean, acc_std = mean_std([r["accuracy"] for r in results])
+        known = teacher_acc is not None and baseline_noisy is not None
+        timed = all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
         out = {
             "method": method,
             **head,
@@ -294,20 +289,16 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
             "accuracy_std": acc_std,
             "seeds": len(results),
             "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
-            "margin_kept": None
-            if teacher_acc is None or baseline_noisy is None
-            else margin_kept(acc_mean, teacher_acc, baseline_noisy),
-            "lambda_flipped": None,
-            "lambda_clean": None,
-            "lambda_flipped_auc": None,
+            "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
+            **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
             "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
-            if all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
+            if timed
             else None,
             "fit_s_mean": statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results),
             "realised_rate": results[0]["realised_rate"],
             **extra,
         }
-        for key in ("lambda_flipped", "lambda_clean", "lambda_flipped_auc"):
+        for key in LAMBDA_KEYS:
             if all(r.get(key) is not None for r in results):
                 out[key] = statistics.mean(r[key] for r in results)
         histories = [r["lambda_history"] for r in results if r.get("lambda_history")]
@@ -622,7 +613,10 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
-    write(study, build_rows(runs, teachers, rates, seeds, base), cfg, status, teachers, base, rates, checks_md)
+    rows = [
+        row for r in rates for k in TEACHERS for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}))
+    ]
+    write(study, rows, cfg, status, teachers, base, rates, checks_md)
     study.log(status)
 
 
