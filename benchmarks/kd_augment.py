@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.common import fine_tuned_rt_teacher, recorded_rt_baseline
+from benchmarks.common import component, fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
 from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
 from benchmarks.study import Job, Study, study_name, study_parser, target
@@ -64,20 +64,17 @@ def module_config(method: str, quick: bool) -> dict | None:
     extra = {k: v for k, v in recipe["init_args"].items() if k not in plain}
     if quick:  # 2 batches an epoch: one generator and one student step each
         extra.update(generator_steps=1, student_steps=1, show_rewrites_every=0)
-    return {"class_path": recipe["class_path"], "init_args": extra}
+    return component(recipe["class_path"], **extra)
 
 
 def data_config(method: str, setting: dict, quick: bool) -> dict:
-    inner = {
-        "class_path": "RottenTomatoesDataModule",
-        "init_args": {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]},
-    }
+    inner = component(
+        "RottenTomatoesDataModule", max_length=64, batch_size=32, max_train_examples=setting["train_examples"]
+    )
     extra = augmentation(method, setting)
-    if not extra:
-        return inner
     if quick and "unlabelled" in extra:
         extra["max_unlabelled"] = 48
-    return {"class_path": "AugmentedKDDataModule", "init_args": {"datamodule": inner, **extra}}
+    return component("AugmentedKDDataModule", datamodule=inner, **extra) if extra else inner
 
 
 def wiki_sample(count: int, seed: int = 0) -> Path:
@@ -140,7 +137,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
     args = parser.parse_args(argv)
-    methods = args.methods
     setting = dict(QUICK if args.quick else FULL)
     name = study_name("kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else ""), args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
@@ -150,27 +146,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         teacher_path = strong_teacher_export()
         if teacher_path is None and not args.report_only:
             raise SystemExit(
-                "no strong teacher on this machine: run `python -m benchmarks.strong_teacher` first "
-                "(or use --teacher quickstart)"
+                "no strong teacher here: run `python -m benchmarks.strong_teacher` or use --teacher quickstart"
             )
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
     common = dict(teacher=teacher, general_export=None, setting=setting, work=str(WORK / name), quick=args.quick)
+    common["student_method"] = "b"
     jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
             task_distillation,
             size=size,
             method=method,
             seed=seed,
-            student_method="b",
             data=data_config(method, setting, args.quick),
             module=module_config(method, args.quick),
             **common,
         )
         for seed in args.seeds
         for size in args.sizes
-        for method in methods
+        for method in args.methods
     }
     study.run(jobs)
     done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
@@ -178,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     all_baseline = recorded_rt_baseline(64 if args.quick else None)
     baselines = {"rows": rows_baseline["test_score"], "all": all_baseline["test_score"]}
     rows = summarise(list(done.values()), speed, teacher_params, baselines)
-    planned = len(args.sizes) * len(methods) * len(args.seeds)
+    planned = len(args.sizes) * len(args.methods) * len(args.seeds)
     finished = sum(1 for k in jobs if k in done)
     status = (
         f"## Status (written by the study)\n\n{finished} of the {planned} runs asked for are recorded "
