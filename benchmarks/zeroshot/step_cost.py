@@ -34,29 +34,15 @@ def timed_fit(teacher: str, cache: bool, steps: int) -> float:
     from kdlight.modules import ZeroShotAdversarialKD
 
     seed_everything(0, verbose=False)
-    data = ZeroShotDataModule(
-        task=RottenTomatoesDataModule(),
-        corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
-        tokenizer=teacher,
-        max_length=32,
-        batch_size=32,
-        max_train_examples=CORPUS_LINES,
-    )
-    student = CompressedEmbeddingStudent(
-        FreshStudent(**ARCH), embedding_rank=EMBEDDING, layout="albert", factorise_from="student"
-    )
+    corpus = OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES)
+    sizes = dict(tokenizer=teacher, max_length=32, batch_size=32, max_train_examples=CORPUS_LINES)
+    data = ZeroShotDataModule(task=RottenTomatoesDataModule(), corpus=corpus, **sizes)
+    student = CompressedEmbeddingStudent(FreshStudent(**ARCH), EMBEDDING, layout="albert", factorise_from="student")
+    # every batch a student step (no generator steps): out-of-domain inputs and the packaged generator's rewrites
+    steps = dict(inputs="both", generator_steps=0, student_steps=100, show_rewrites_every=0, cache_teacher_logits=cache)
+    paths = dict(teacher_cache_dir=str(WORK / "teacher_logits"), export_dir=str(WORK / "export"))
     module = ZeroShotAdversarialKD(
-        teacher=teacher,
-        student=student,
-        generator="packaged/all-MiniLM-L6-v2",
-        inputs="both",
-        generator_steps=0,
-        student_steps=100,
-        task=data.task,
-        cache_teacher_logits=cache,
-        show_rewrites_every=0,
-        teacher_cache_dir=str(WORK / "teacher_logits"),
-        export_dir=str(WORK / "export"),
+        teacher=teacher, student=student, generator="packaged/all-MiniLM-L6-v2", task=data.task, **steps, **paths
     )
     timer = StepTimer()
     quiet_trainer(WORK, epochs=-1, max_steps=steps, callbacks=[timer]).fit(module, datamodule=data)
