@@ -39,9 +39,8 @@ def build(losses):
     torch.manual_seed(0)
     teacher = load_classifier(TEACHER, 2).eval().requires_grad_(False)
     student = TruncatedTeacher(2).build(teacher, 2).train()
-    modules, s_needs, t_needs = (
-        bind_losses(losses, student, teacher) if losses else (torch.nn.ModuleList(), Needs(), Needs())
-    )
+    none = (torch.nn.ModuleList(), Needs(), Needs())
+    modules, s_needs, t_needs = bind_losses(losses, student, teacher) if losses else none
     params = list(student.parameters()) + list(modules.parameters())
     return teacher, student, modules, s_needs, t_needs, torch.optim.AdamW(params, lr=1e-4)
 
@@ -51,11 +50,9 @@ def step(setup, batch):
     with torch.no_grad():
         t_out = forward_internals(teacher, batch, t_needs)
     s_out = forward_internals(student, batch, s_needs)
-    loss = torch.nn.functional.kl_div(
-        s_out.logits.log_softmax(-1), t_out.logits.log_softmax(-1), log_target=True, reduction="batchmean"
-    )
-    for module in modules:
-        loss = loss + module(s_out, t_out, batch["attention_mask"])
+    s_log, t_log = s_out.logits.log_softmax(-1), t_out.logits.log_softmax(-1)
+    loss = torch.nn.functional.kl_div(s_log, t_log, log_target=True, reduction="batchmean")
+    loss = loss + sum(module(s_out, t_out, batch["attention_mask"]) for module in modules)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
