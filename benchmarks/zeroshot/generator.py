@@ -12,6 +12,7 @@ Results: benchmarks/results/generator.{md,json,png}; the export stays in the kdl
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -88,22 +89,16 @@ def rewrites(source: str, data) -> tuple[dict, list]:
     originals, rewritten, changed, chosen = [], [], 0, 0
     for start in range(0, len(data.val_dataset), 32):
         rows = data.val_dataset[start : start + 32]
-        batch = collate(
-            [{k: rows[k][i] for k in ("input_ids", "attention_mask", "idx")} for i in range(len(rows["idx"]))]
-        )
+        keys = ("input_ids", "attention_mask", "idx")
+        batch = collate([{k: rows[k][i] for k in keys} for i in range(len(rows["idx"]))])
         out = generator.rewrite_batch(batch, step=0)
         changed += int((out["input_ids"] != batch["input_ids"]).sum())
         chosen += int(out["kdlight_rewrite_mask"].sum())
         originals.append(batch["input_ids"].reshape(-1))
         rewritten.append(out["input_ids"].reshape(-1))
         if start == 0:
-            shown = [
-                (
-                    tokenizer.decode(batch["input_ids"][i], skip_special_tokens=True),
-                    decode_marked(tokenizer, batch, out, i),
-                )
-                for i in range(SHOWN)
-            ]
+            decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
+            shown = [(decode(batch["input_ids"][i]), decode_marked(tokenizer, batch, out, i)) for i in range(SHOWN)]
     share = known_token_share(torch.cat(originals), torch.cat(rewritten), known, special)
     return {"known_token_share": share, "changed_share": changed / max(1, chosen)}, shown
 
