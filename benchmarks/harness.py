@@ -253,11 +253,27 @@ def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple
     plt.close(fig)
 
 
-def plot_curve(ax, record: dict, xs: list, label: str) -> None:
-    """A run's validation curve: solid once the run finished (it has a test score), dashed while in progress."""
-    done = "test/score" in record
-    ys = [p["val_score"] for p in record["val_curve"]]
-    ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label + ("" if done else " (in progress)"))
+def curves_plot(records: list[dict], x: Callable[[dict], float], label: Callable[[dict], str], axes: tuple, **kwargs):
+    """A study's ``plot``: each run's validation curve against ``x(point)`` (solid once the run finished, i.e. has a
+    test score; dashed while in progress); ``axes``: x label, y label, title; ``hline``: (y, label)."""
+    hline = kwargs.pop("hline", None)
+
+    def draw(path: Path) -> None:
+        with figure(path, **kwargs) as (_, ax):
+            for r in records:
+                done = "test/score" in r
+                xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
+                ax.plot(
+                    xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)")
+                )
+            if hline is not None:
+                ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
+            ax.set_xlabel(axes[0])
+            ax.set_ylabel(axes[1])
+            ax.set_title(axes[2])
+            ax.legend(fontsize=8)
+
+    return draw
 
 
 def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:

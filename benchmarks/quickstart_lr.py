@@ -24,7 +24,7 @@ from benchmarks.common import (
     in_progress,
     recorded_rt_baseline,
 )
-from benchmarks.harness import figure, plot_curve
+from benchmarks.harness import curves_plot
 from benchmarks.study import Job, Study, study_name, study_parser
 
 WORK = Path("runs/benchmarks/quickstart_lr")
@@ -89,21 +89,6 @@ def summarise(records: list[dict], baseline: dict) -> list[dict]:
     return rows
 
 
-def plot(records: list[dict]):
-    def draw(path: Path) -> None:
-        with figure(path, figsize=(6, 4)) as (_, ax):
-            for r in records:
-                plot_curve(
-                    ax, r, [p["epoch"] + 1 for p in r["val_curve"]], candidate_key(r["learning_rate"], r["epochs"])
-                )
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("validation accuracy (Rotten Tomatoes)")
-            ax.set_title("quickstart student: validation curve per candidate")
-            ax.legend(fontsize=8)
-
-    return draw
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = study_parser(__doc__, "report-only", "quick", "workers").parse_args(argv)
     name = study_name("quickstart_lr", args)
@@ -160,7 +145,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=plot(records + in_progress_records) if records or going else None,
+        plot=curves_plot(
+            records + in_progress_records,
+            lambda point: point["epoch"] + 1,  # epochs done
+            lambda r: candidate_key(r["learning_rate"], r["epochs"]),
+            ("epoch", "validation accuracy (Rotten Tomatoes)", "quickstart student: validation curve per candidate"),
+            figsize=(6, 4),
+        )
+        if records or going
+        else None,
     )
     return rows
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import CONFIGS, choose, fit_and_test, in_progress, recorded_rt_baseline
-from benchmarks.harness import figure, plot_curve
+from benchmarks.harness import curves_plot
 from benchmarks.study import RESULTS, Job, Study, study_name, study_parser
 
 LEARNING_RATES = (5e-5, 1e-4)
@@ -62,20 +62,6 @@ def strong_teacher_export(results: Path = RESULTS) -> Path | None:
     chosen = [r for r in json.loads(path.read_text()) if r.get("chosen") == "yes"]
     export = Path(chosen[0]["export"]) if chosen else None
     return export if export is not None and (export / "config.json").is_file() else None
-
-
-def plot(records: list[dict], baseline: float):
-    def draw(path: Path) -> None:
-        with figure(path, figsize=(6.5, 4)) as (_, ax):
-            for r in records:
-                plot_curve(ax, r, [p["step"] for p in r["val_curve"]], f"lr {r['learning_rate']:g}")
-            ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
-            ax.set_xlabel("training step (batch 32)")
-            ax.set_ylabel("validation accuracy")
-            ax.set_title("MiniLM teacher on all Rotten Tomatoes training rows")
-            ax.legend(fontsize=8)
-
-    return draw
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -134,7 +120,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"same {baseline['train_rows']} rows. "
         + (f"Not finished: {', '.join(missing)} (re-run the command to resume)." if missing else "All runs finished."),
         notes=notes,
-        plot=plot(records, baseline["test_score"]) if records else None,
+        plot=curves_plot(
+            records,
+            lambda point: point["step"],
+            lambda r: f"lr {r['learning_rate']:g}",
+            ("training step (batch 32)", "validation accuracy", "MiniLM teacher on all Rotten Tomatoes training rows"),
+            figsize=(6.5, 4),
+            hline=(baseline["test_score"], "TF-IDF + LR baseline (test, same rows)"),
+        )
+        if records
+        else None,
     )
     return rows
 
