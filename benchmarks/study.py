@@ -198,6 +198,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def over_seeds(runs: list[dict], teacher_params: int, teacher_score: float) -> dict:
+    """The columns every compression table shares, from one row's runs (one per seed): the student's size and
+    compression, its test accuracy's mean and std, the seeds, the mean as a percentage of the teacher's."""
+    mean, std = mean_std([r["test/score"] for r in runs])
+    size = {"params": runs[0]["params"], "compression": teacher_params / runs[0]["params"]}
+    return {
+        **size,
+        "accuracy_mean": mean,
+        "accuracy_std": std,
+        "seeds": len(runs),
+        "pct_of_teacher": 100 * mean / teacher_score,
+    }
+
+
 def target(claim: str, met: bool, detail: str) -> str:
     """One line of a study's "Targets" section: ``- claim: **met** (detail).``"""
     return f"- {claim}: **{'met' if met else 'missed'}** ({detail})."

@@ -26,7 +26,7 @@ from benchmarks.common import (
     teacher_size,
 )
 from benchmarks.harness import component, figure
-from benchmarks.study import Job, Study, mean_std, study_name, study_parser
+from benchmarks.study import Job, Study, over_seeds, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
@@ -176,17 +176,13 @@ def summarise(
     for (size, method), runs in sorted(
         groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), list(methods).index(kv[0][1]))
     ):
-        mean, std = mean_std([r["test/score"] for r in runs])
+        stats = over_seeds(runs, teacher_params, teacher)
+        mean = stats["accuracy_mean"]
         row = {
             "student": size,
             "method": method,
             "method_name": methods[method],
-            "params": runs[0]["params"],
-            "compression": teacher_params / runs[0]["params"],
-            "accuracy_mean": mean,
-            "accuracy_std": std,
-            "seeds": len(runs),
-            "pct_of_teacher": 100 * mean / teacher,
+            **stats,
             "baseline_accuracy": baseline_score,
             "margin_kept_pct": kept(mean, teacher, baseline_score),
         }

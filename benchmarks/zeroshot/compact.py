@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
-from benchmarks.study import Job, Study, markdown_table, mean_std, study_name, study_parser
+from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
@@ -240,21 +240,16 @@ def summarise(records: list[dict], teacher_score: float, teacher_params: int, ba
             runs = [r for r in records if r["student"] == student and r["method"] == method]
             if not runs:
                 continue
-            mean, std = mean_std([r["test/score"] for r in runs])
+            stats = over_seeds(runs, teacher_params, teacher_score)
             selected = [r["test/score_val_selected"] for r in runs if "test/score_val_selected" in r]
             selected_mean = mean_std(selected)[0] if len(selected) == len(runs) else None
             rows.append(
                 {
                     "student": student,
                     "method": method,
-                    "params": runs[0]["params"],
-                    "compression": teacher_params / runs[0]["params"],
-                    "accuracy_mean": mean,
-                    "accuracy_std": std,
-                    "seeds": len(runs),
-                    "pct_of_teacher": 100 * mean / teacher_score,
+                    **stats,
                     "baseline": baseline,
-                    "margin_kept": margin_kept(mean, teacher_score, baseline),
+                    "margin_kept": margin_kept(stats["accuracy_mean"], teacher_score, baseline),
                     "val_selected_mean": selected_mean,
                     "seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
                     "student_steps": runs[0].get("student_steps", 0),
