@@ -229,6 +229,26 @@ def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ra
     ]
 
 
+def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defaults: dict[str, int], **spec):
+    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded; then
+    :func:`step_cost_rows` of ``spec["names"]`` (the first one the reference) and a bar plot. ``spec``: ``table``
+    (label key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with the
+    arguments)."""
+    from benchmarks.study import Study, study_parser
+
+    parser = study_parser(doc)
+    for key, value in defaults.items():
+        parser.add_argument(f"--{key}", type=int, default=value)
+    arguments = vars(parser.parse_args(argv))
+    study = Study(name)
+    times = study.once(measure, **arguments)
+    (label, ratio, columns), names = spec["table"], spec["names"]
+    rows = step_cost_rows({n: times[n] for n in names}, names[0], label, ratio)
+    text = {"title": spec["title"], "intro": spec["intro"].format(**arguments)}
+    study.write(rows, columns, plot=bar_plot(rows, label, *spec["plot"]), **text)
+    return rows
+
+
 def logged_rows(root: Path, column: str, name: str = "metrics.csv", newest: bool = False) -> list[dict]:
     """The rows with a ``column`` value in the last (by path; ``newest``: by time) CSV logger file under ``root``."""
     import csv

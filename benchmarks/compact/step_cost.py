@@ -13,8 +13,7 @@ import time
 
 import torch
 
-from benchmarks.harness import bar_plot, interleaved, step_cost_rows
-from benchmarks.study import Study, study_parser
+from benchmarks.harness import interleaved, step_cost_main
 from kdlight.data.base import load_tokenizer
 from kdlight.losses.layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
 from kdlight.models import TruncatedTeacher
@@ -80,23 +79,19 @@ def measure(rounds: int, steps: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = study_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args(argv)
-    study = Study("compact_step_cost")
-    times = study.once(measure, rounds=args.rounds, steps=args.steps)
-    rows = step_cost_rows({name: times[name] for name in variants()}, "logit KD only", "variant", "vs_logit_kd")
-    study.write(
-        rows,
-        "variant; step_seconds=s / step (median); vs_logit_kd=vs logit KD",
+    return step_cost_main(
+        argv,
+        __doc__,
+        "compact_step_cost",
+        measure,
+        {"rounds": 5, "steps": 4},
+        names=list(variants()),
+        table=("variant", "vs_logit_kd", "variant; step_seconds=s / step (median); vs_logit_kd=vs logit KD"),
+        plot=("vs_logit_kd", "step time / logit KD's (median)"),
         title="Layer-wise losses: step cost against logit KD",
-        intro=f"{args.rounds} rounds x {args.steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student "
-        "cut from it, batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across "
-        "machines.",
-        plot=bar_plot(rows, "variant", "vs_logit_kd", "step time / logit KD's (median)"),
+        intro="{rounds} rounds x {steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student cut from it, "
+        "batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across machines.",
     )
-    return rows
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import fine_tuned_rt_teacher
-from benchmarks.harness import StepTimer, bar_plot, interleaved, quiet_trainer, step_cost_rows
-from benchmarks.study import Study, study_parser
+from benchmarks.harness import StepTimer, interleaved, quiet_trainer, step_cost_main
 
 CORPUS_LINES = 2000
 WORK = Path("runs/benchmarks/zeroshot_step_cost")
@@ -57,23 +56,16 @@ def measure(steps: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = study_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
-    study = Study("zeroshot_step_cost")
-    times = study.once(measure, steps=args.steps, rounds=args.rounds)
-    rows = step_cost_rows({name: times[name] for name in SETTINGS}, "live teacher", "setting", "ratio_to_live")
-    study.write(
-        rows,
-        "setting=teacher on out-of-domain inputs; step_seconds=s / student step; ratio_to_live=ratio to live",
-        title="Zero-shot student step: live teacher vs cached out-of-domain logits",
-        intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
-        "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
-        "Compare the two rows (measured in the same rounds), not absolute times across machines.",
-        plot=bar_plot(rows, "setting", "step_seconds", "seconds per student step (median)"),
+    columns = "setting=teacher on out-of-domain inputs; step_seconds=s / student step; ratio_to_live=ratio to live"
+    intro = (
+        "{rounds} interleaved rounds of {steps} student steps (inputs: both), batch 32 x 32 tokens, CPU; teacher "
+        "MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. Compare the two rows "
+        "(measured in the same rounds), not absolute times across machines."
     )
-    return rows
+    title = "Zero-shot student step: live teacher vs cached out-of-domain logits"
+    spec = dict(names=list(SETTINGS), table=("setting", "ratio_to_live", columns), title=title, intro=intro)
+    plot = ("step_seconds", "seconds per student step (median)")
+    return step_cost_main(argv, __doc__, "zeroshot_step_cost", measure, {"steps": 30, "rounds": 3}, plot=plot, **spec)
 
 
 if __name__ == "__main__":
