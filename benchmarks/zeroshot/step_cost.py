@@ -38,10 +38,12 @@ def timed_fit(teacher: str, cache: bool, steps: int) -> float:
     data = ZeroShotDataModule(task=RottenTomatoesDataModule(), corpus=corpus, **sizes)
     student = CompressedEmbeddingStudent(FreshStudent(**ARCH), EMBEDDING, layout="albert", factorise_from="student")
     # every batch a student step (no generator steps): out-of-domain inputs and the packaged generator's rewrites
-    steps = dict(inputs="both", generator_steps=0, student_steps=100, show_rewrites_every=0, cache_teacher_logits=cache)
+    batches = dict(
+        inputs="both", generator_steps=0, student_steps=100, show_rewrites_every=0, cache_teacher_logits=cache
+    )
     paths = dict(teacher_cache_dir=str(WORK / "teacher_logits"), export_dir=str(WORK / "export"))
     module = ZeroShotAdversarialKD(
-        teacher=teacher, student=student, generator="packaged/all-MiniLM-L6-v2", task=data.task, **steps, **paths
+        teacher=teacher, student=student, generator="packaged/all-MiniLM-L6-v2", task=data.task, **batches, **paths
     )
     timer = StepTimer()
     quiet_trainer(WORK, epochs=-1, max_steps=steps, callbacks=[timer]).fit(module, datamodule=data)
