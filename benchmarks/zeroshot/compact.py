@@ -43,26 +43,10 @@ METHODS = {
 }
 ZERO_SHOT, ADVERSARIAL, OOD, RANDOM, UNTRAINED_HEAD = list(METHODS)[1:6]
 STUDENTS = ("general", "scratch", "truncated")
-FULL = {
-    "student_steps": 1000,
-    "generator_steps": 10,
-    "cycle": 100,
-    "inputs_per_update": 64,
-    "max_length": 32,
-    "general_steps": 600,
-    "train_examples": None,
-    "show_rewrites_every": 50,
-}
-QUICK = {
-    "student_steps": 6,
-    "generator_steps": 2,
-    "cycle": 3,
-    "inputs_per_update": 16,
-    "max_length": 32,
-    "general_steps": 4,
-    "train_examples": 64,
-    "show_rewrites_every": 1,
-}
+FULL = dict(student_steps=1000, generator_steps=10, cycle=100, inputs_per_update=64, max_length=32)
+FULL.update(general_steps=600, train_examples=None, show_rewrites_every=50)
+QUICK = dict(student_steps=6, generator_steps=2, cycle=3, inputs_per_update=16, max_length=32)
+QUICK.update(general_steps=4, train_examples=64, show_rewrites_every=1)
 
 
 def albert(factorise_from: str) -> dict:
