@@ -622,26 +622,18 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, run in this order"
-    )
+    parser.add_argument("--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, in this order")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--workers", type=int, default=1, help="kept for the command line: runs are one at a time, in this process"
-    )
-    parser.add_argument(
-        "--task", default="tweets", choices=list(TASKS), help="tweets (3 classes) or wiki_topics (6 classes)"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="unused: runs go one at a time, in this process")
+    parser.add_argument("--task", default="tweets", choices=list(TASKS), help="tweets (3 classes), wiki_topics (6)")
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one short run per method (results in a temp folder)")
     parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
     parser.add_argument("--status", default=None, help="the status line at the top of the md (default: computed)")
-    parser.add_argument(
-        "--only", nargs="*", default=None, help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all"
-    )
+    parser.add_argument("--only", nargs="*", help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     cfg = argparse.Namespace(**REGIME, task=args.task, default_note="", work=cache_dir() / "noisy_multiclass")
