@@ -389,13 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__, "workers", "quick", "label", "report-only", workers=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
-    parser.add_argument(
-        "--methods",
-        type=int,
-        nargs="+",
-        default=list(range(len(METHODS))),
-        help="method numbers, in the order of METHODS: " + "; ".join(f"{i}: {m}" for i, m in enumerate(METHODS)),
-    )
+    numbers = "method numbers, in the order of METHODS: " + "; ".join(f"{i}: {m}" for i, m in enumerate(METHODS))
+    parser.add_argument("--methods", type=int, nargs="+", default=list(range(len(METHODS))), help=numbers)
     parser.add_argument("--student-steps", type=int, help=f"student updates per run (default {FULL['student_steps']})")
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
     args = parser.parse_args(argv)
