@@ -53,8 +53,7 @@ def train(retrain: bool) -> dict:
 def held_out_data():
     from kdlight.data import MaskedLMCorpusDataModule
 
-    args = dict(recipe()["data"]["init_args"])
-    data = MaskedLMCorpusDataModule(**args, tokenizer=FRESH)
+    data = MaskedLMCorpusDataModule(**recipe()["data"]["init_args"], tokenizer=FRESH)
     data.setup()
     return data
 
