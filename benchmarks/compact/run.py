@@ -242,10 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     name = study_name("compact", args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
-    if args.report_only:  # trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
-        teacher = str(cached_rt_teacher() or "packaged/all-MiniLM-L6-v2")
-    else:
-        teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
+    # report-only trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
+    teacher = str((cached_rt_teacher() or "packaged/all-MiniLM-L6-v2") if args.report_only else fine_tuned_rt_teacher())
     generals = study.run(
         {
             f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting, work=work)
