@@ -4,13 +4,18 @@ studies that import them from this module); runs, workers and result files are `
 
 from __future__ import annotations
 
+import csv
 import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.harness import component, fit_and_test, run_cli, runner_for  # noqa: F401 (imported from here)
+from benchmarks.study import Job, Study
 from kdlight.assets import cache_dir
+from kdlight.baseline import baseline_for
+from kdlight.data import RottenTomatoesDataModule
+from kdlight.models.hf import count_parameters, load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -53,25 +58,18 @@ def fine_tuned_rt_teacher() -> Path:
 def rt_baseline(train_examples: int | None) -> dict:
     """The TF-IDF + logistic regression reference on the first ``train_examples`` Rotten Tomatoes training
     rows (None: all of them), C and n-grams chosen on validation (:mod:`kdlight.baseline`)."""
-    from kdlight.baseline import baseline_for
-    from kdlight.data import RottenTomatoesDataModule
-
     return baseline_for(RottenTomatoesDataModule(max_train_examples=train_examples)).to_dict()
 
 
 def recorded_rt_baseline(train_examples: int | None) -> dict:
     """:func:`rt_baseline`, fit once and kept in ``benchmarks/results/baselines_runs.json`` (keyed by the
     rows it saw), so that every study and every ``--report-only`` rebuild quotes the same fit."""
-    from benchmarks.study import Job, Study
-
     key = f"rotten_tomatoes/{'all' if train_examples is None else train_examples}"
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
 
 
 def teacher_size(teacher: str) -> int:
     """The parameters of ``teacher`` with a 2-label head (the tables' compression is against this)."""
-    from kdlight.models.hf import count_parameters, load_classifier
-
     return count_parameters(load_classifier(teacher, 2))
 
 
@@ -90,8 +88,6 @@ def in_progress_curve(root: Path) -> list[dict]:
     """The validation points an unfinished run has logged so far (every ``metrics.csv`` of the CSV logger
     under ``root``, in step order; a resumed run's versions together): what a study can report about a run
     it has not recorded. Nothing is chosen or tested from these."""
-    import csv
-
     points: dict[int, dict] = {}
     for path in sorted(Path(root).rglob("metrics.csv")) if Path(root).is_dir() else []:
         with path.open() as handle:

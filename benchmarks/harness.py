@@ -6,6 +6,8 @@ files are ``benchmarks/study.py``'s.
 
 from __future__ import annotations
 
+import csv
+import pstats
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -13,15 +15,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from lightning import Trainer
 from lightning.pytorch.callbacks import Callback
+
+from benchmarks.study import Study, study_parser
+from kdlight.cli import cli
+from kdlight.models.hf import count_parameters
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 
 def quiet_trainer(root: Path, epochs: int = 1, callbacks=(), max_steps: int = -1, **overrides):
     """A CPU ``Trainer`` that trains and nothing else: no logger, checkpoints or validation (``overrides`` win)."""
-    from lightning import Trainer
-
     settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_val_batches=0)
     settings.update(num_sanity_val_steps=0, max_epochs=epochs, max_steps=max_steps, **QUIET, **overrides)
     return Trainer(default_root_dir=str(root), callbacks=list(callbacks), **settings)
@@ -34,15 +41,11 @@ def component(class_path: str, **init_args) -> dict:
 
 def run_cli(args: list[str]):
     """Build a kdlight CLI run without running it (returns the LightningCLI with trainer/model/data)."""
-    from kdlight.cli import cli
-
     return cli(args, run=False)
 
 
 def runner_for(config: dict, root: Path):
     """A CLI run of ``config`` (written to ``root/config.yaml``, as a user's recipe) logging under ``root``, quiet."""
-    import yaml
-
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     quiet = [f"--trainer.{key}=false" for key in QUIET]
@@ -107,8 +110,6 @@ MODEL_MATHS = ("/transformers/", "/torch/nn/", "/torch/optim/", "/torch/autograd
 def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
     """Milliseconds of own time per step by library (:data:`PROFILE_CATEGORIES`: first match wins) of a
     cProfile dump over ``steps`` steps, and the ``top`` entries outside the model maths."""
-    import pstats
-
     stats = pstats.Stats(str(path)).stats
     seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
     for (file, _, name), (_, _, tottime, _, _) in stats.items():
@@ -134,8 +135,6 @@ class ValidationCurve:
     """A callback recording ``val/score`` (and the step and epoch) at every validation, sanity check excluded."""
 
     def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
-
         class _Curve(Callback):
             def __init__(self) -> None:
                 self.points: list[dict] = []
@@ -164,8 +163,6 @@ def latest_last_checkpoint(root: Path) -> Path | None:
 def finished_fit(last: Path, trainer: dict) -> dict | None:
     """What ``last`` recorded if its fit already reached ``trainer``'s max_epochs / max_steps (kdlight refuses
     to resume a run with nothing left to train), else None."""
-    import torch
-
     state = torch.load(last, map_location="cpu", weights_only=True)
     epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
@@ -189,8 +186,6 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
     """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
     validation curve and the best checkpoint's validation score (what selection may use), test metrics.
     ``resume``: continue from the newest ``last.ckpt`` under ``root`` if an earlier attempt left one."""
-    from kdlight.models.hf import count_parameters
-
     last = latest_last_checkpoint(root) if resume else None
     finished = finished_fit(last, config["trainer"]) if last else None
     runner = runner_for(config, root)
@@ -234,8 +229,6 @@ def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defa
     :func:`step_cost_rows` of ``spec["names"]`` (the first one the reference) and a bar plot. ``spec``: ``table``
     (label key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with the
     arguments)."""
-    from benchmarks.study import Study, study_parser
-
     parser = study_parser(doc)
     for key, value in defaults.items():
         parser.add_argument(f"--{key}", type=int, default=value)
@@ -251,8 +244,6 @@ def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defa
 
 def logged_rows(root: Path, column: str, name: str = "metrics.csv", newest: bool = False) -> list[dict]:
     """The rows with a ``column`` value in the last (by path; ``newest``: by time) CSV logger file under ``root``."""
-    import csv
-
     files = sorted(Path(root).rglob(name), key=(lambda p: p.stat().st_mtime) if newest else None)
     return [r for r in csv.DictReader(files[-1].open()) if r.get(column)] if files else []
 

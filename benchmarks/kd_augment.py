@@ -19,10 +19,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import yaml
+
 from benchmarks.common import component, fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
 from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
 from benchmarks.study import Job, Study, study_name, study_parser, target
+from kdlight.assets import cache_dir
+from kdlight.data.augment import WIKI_SUMMARIES, read_texts
 
 WORK = Path("runs/benchmarks")
 METHODS = {
@@ -57,8 +62,6 @@ def module_config(method: str, quick: bool) -> dict | None:
     configs/quickstart/kd_mate.yaml adds to configs/quickstart/kd.yaml (the generator's); None for the others."""
     if method != "rewrites":
         return None
-    import yaml
-
     recipe = yaml.safe_load(MATE_RECIPE.read_text())["model"]
     plain = yaml.safe_load(MATE_RECIPE.with_name("kd.yaml").read_text())["model"]["init_args"]
     extra = {k: v for k, v in recipe["init_args"].items() if k not in plain}
@@ -79,11 +82,6 @@ def data_config(method: str, setting: dict, quick: bool) -> dict:
 
 def wiki_sample(count: int, seed: int = 0) -> Path:
     """``count`` Wikipedia-summary sentences (a seeded choice), written once as a text file."""
-    import numpy as np
-
-    from kdlight.assets import cache_dir
-    from kdlight.data.augment import WIKI_SUMMARIES, read_texts
-
     path = cache_dir() / "augment" / f"wiki_sentences_{count}_seed{seed}.txt"
     if not path.is_file():
         texts = read_texts(WIKI_SUMMARIES, min_words=4)

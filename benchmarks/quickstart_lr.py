@@ -26,6 +26,7 @@ from benchmarks.common import (
 )
 from benchmarks.harness import curves_plot
 from benchmarks.study import Job, Study, study_name, study_parser
+from kdlight.baseline import margin_kept
 
 WORK = Path("runs/benchmarks/quickstart_lr")
 #: (learning rate, epochs): the four runs the README's choice came from
@@ -65,8 +66,6 @@ def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
 
 
 def summarise(records: list[dict], baseline: dict) -> list[dict]:
-    from kdlight.baseline import margin_kept
-
     chosen = choose(records) if records else None
     rows = []
     for r in records:

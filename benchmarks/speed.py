@@ -19,6 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from lightning import seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
 from benchmarks.harness import (
     PROFILE_CATEGORIES,
     StepTimer,
@@ -29,6 +35,10 @@ from benchmarks.harness import (
     quiet_trainer,
 )
 from benchmarks.study import RESULTS, Job, Study, markdown_table, study_parser
+from kdlight.data import TextClassificationDataModule
+from kdlight.losses import distillation_loss
+from kdlight.models.students import TruncatedTeacher
+from kdlight.modules import VanillaKD
 
 SEED, ALPHA, TEMPERATURE, FIRST, LAST = 0, 0.5, 2.0, 7, 31
 CPU_SIZES = {  # a VanillaKD step of ~10, ~25 and ~100 ms on one thread of the 2-core CI machine
@@ -45,9 +55,6 @@ TARGETS = {"10ms": 0.95, "25ms": 0.97, "gpu-b64": 0.95, "gpu-b256": 0.95}  # the
 
 def make_assets(root: Path, spec: dict) -> Path:
     """A word-level tokenizer, a random BERT teacher and CSV splits of random words, written once per size."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
     if (root / "done").is_file():
         return root
     words = [f"w{i}" for i in range(spec.get("words", 2000))]
@@ -75,12 +82,6 @@ def make_assets(root: Path, spec: dict) -> Path:
 
 def setup(assets: Path, spec: dict, steps: int, device: str):
     """The datamodule and the VanillaKD module, built as a user builds them (the same for both systems)."""
-    from lightning import seed_everything
-
-    from kdlight.data import TextClassificationDataModule
-    from kdlight.models.students import TruncatedTeacher
-    from kdlight.modules import VanillaKD
-
     seed_everything(SEED, verbose=False)
     files = {f"{key}_file": str(assets / f"{split}.csv") for key, split in (("train", "train"), ("val", "validation"))}
     sizes = dict(max_length=spec["length"], batch_size=spec["batch"])
@@ -99,8 +100,6 @@ def setup(assets: Path, spec: dict, steps: int, device: str):
 
 
 def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
-    from lightning.pytorch.loggers import CSVLogger
-
     dm, module = setup(assets, spec, steps, device)
     hardware = {"accelerator": "cuda", "precision": "bf16-mixed"} if device == "cuda" else {}
     logger = CSVLogger(str(work), name="speed")
@@ -110,11 +109,6 @@ def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: 
 
 def run_handwritten(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
     """The same maths on the same batches in plain PyTorch: kdlight's models, loss, optimiser and schedule."""
-    import torch
-    import torch.nn.functional as F
-
-    from kdlight.losses import distillation_loss
-
     dm, module = setup(assets, spec, steps, device)
     module.configure_models()
     module.to(device)
@@ -145,8 +139,6 @@ SYSTEMS = {"handwritten": run_handwritten, "kdlight": run_kdlight}
 
 def measure(size: str, rounds: int, steps: int, device: str, work: str) -> dict:
     """One size: both systems, ``rounds`` rounds taking turns; per clock, median step times and ratios."""
-    import torch
-
     if device == "cpu":
         torch.set_num_threads(1)
     spec = {**CPU_SIZES, **GPU_SIZES}[size]
@@ -177,8 +169,6 @@ def measure(size: str, rounds: int, steps: int, device: str, work: str) -> dict:
 
 def profile(size: str, steps: int, work: str) -> dict:
     """Own time per library of each system over the timed steps (one run each, cProfile on process CPU time)."""
-    import torch
-
     torch.set_num_threads(1)
     spec = CPU_SIZES[size]
     assets = make_assets(Path(work) / size, spec)

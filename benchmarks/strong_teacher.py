@@ -21,6 +21,7 @@ import yaml
 from benchmarks.common import CONFIGS, choose, fit_and_test, in_progress, recorded_rt_baseline
 from benchmarks.harness import curves_plot
 from benchmarks.study import RESULTS, Job, Study, study_name, study_parser
+from kdlight.assets import cache_dir
 
 LEARNING_RATES = (5e-5, 1e-4)
 EPOCHS = 3
@@ -31,8 +32,6 @@ def candidate_key(learning_rate: float, epochs: int) -> str:
 
 
 def teacher_root(key: str) -> Path:
-    from kdlight.assets import cache_dir
-
     return cache_dir() / "teachers" / "strong_rt" / key
 
 

@@ -27,6 +27,8 @@ from benchmarks.common import (
 )
 from benchmarks.harness import component, figure
 from benchmarks.study import Job, Study, over_seeds, study_name, study_parser
+from kdlight.baseline import margin_kept
+from kdlight.quickstart import inference_speed, test_texts
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
@@ -121,8 +123,6 @@ def task_distillation(
 
 
 def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
-    from kdlight.quickstart import inference_speed, test_texts
-
     speed = inference_speed({"teacher": teacher, "student": student_export}, test_texts(texts))
     return {
         "teacher_samples_per_s": speed["teacher"],
@@ -160,7 +160,6 @@ def summarise(
 ) -> list[dict]:
     """One row per size and method: accuracy over seeds, % of the teacher and % of its margin over the TF-IDF
     baseline kept (and over the all-rows baseline, when given), speed-up, train time."""
-    from kdlight.baseline import margin_kept
 
     def kept(mean: float, teacher: float, baseline: float) -> float | None:
         value = margin_kept(mean, teacher, baseline)

@@ -14,15 +14,17 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import fine_tuned_rt_teacher, runner_for
 from benchmarks.compact.run import SIZES, student_config
 from benchmarks.harness import bar_plot
 from benchmarks.study import Study, study_parser
+from kdlight.models.hf import count_parameters, load_classifier
+from kdlight.quickstart import inference_speed, test_texts
 
 
 def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
-    from kdlight.models.hf import count_parameters
-
     model = {"class_path": "VanillaKD", "init_args": {"teacher": teacher, "student": student_config(size, "b", None)}}
     data = {"class_path": "RottenTomatoesDataModule", "init_args": {"max_length": 64}}
     runner = runner_for({"model": model, "data": data}, folder / size)
@@ -31,11 +33,6 @@ def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
 
 def measure(texts: int, threads: int) -> dict:
     """Samples per second and parameters of the teacher and of each size's export."""
-    import torch
-
-    from kdlight.models.hf import count_parameters, load_classifier
-    from kdlight.quickstart import inference_speed, test_texts
-
     torch.set_num_threads(threads)
     teacher = str(fine_tuned_rt_teacher())
     params = {"teacher": count_parameters(load_classifier(teacher, 2))}

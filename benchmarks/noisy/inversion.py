@@ -18,20 +18,28 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
+from lightning import seed_everything
+from torch.utils.data import DataLoader
 
-from benchmarks.harness import quiet_trainer as trainer  # noqa: E402
-from benchmarks.study import RESULTS, markdown_table  # noqa: E402
-from kdlight.lambda_monitor import flipped_label_auc  # noqa: E402
+from benchmarks.harness import quiet_trainer as trainer
+from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
+from benchmarks.study import RESULTS, markdown_table
+from kdlight.assets import cache_dir
+from kdlight.components.meta import MetaLearner
+from kdlight.data.base import Collator
+from kdlight.lambda_monitor import flipped_label_auc
+from kdlight.models import TruncatedTeacher
+from kdlight.models.hf import load_classifier
+from kdlight.modules import VanillaKD
+from kdlight.modules.task import model_inputs
 
 NAME = "alm_inversion"
 
 
 def study_config() -> argparse.Namespace:
     """The noisy_multiclass study's task and sizes (its teachers are reused from the cache)."""
-    from kdlight.assets import cache_dir
-
     sizes = dict(task="tweets", train_examples=1600, max_length=64, teacher_epochs=2, meta_batch=128, lr=2e-4)
     return argparse.Namespace(**sizes, work=cache_dir() / "alm_inversion")
 
@@ -39,12 +47,6 @@ def study_config() -> argparse.Namespace:
 @torch.no_grad()
 def head_view(student, teacher, dm, split: str) -> dict[str, torch.Tensor]:
     """The split seen at the student's classification head: its input, the student's and teacher's logits."""
-    from torch.utils.data import DataLoader
-
-    from kdlight.components.meta import MetaLearner
-    from kdlight.data.base import Collator
-    from kdlight.modules.task import model_inputs
-
     learner = MetaLearner()
     student.eval()
     dm._loader(split, False, 128)  # tokenises the split if needed
@@ -169,21 +171,11 @@ def analyse(student, teacher, dm) -> dict:
 
 
 def student_of(teacher_path: str, dm):
-    from kdlight.models import TruncatedTeacher
-    from kdlight.models.hf import load_classifier
-
     teacher = load_classifier(teacher_path, dm.num_labels, dm.label_names, require_head=True, role="teacher").eval()
     return teacher, TruncatedTeacher(2).build(teacher, dm.num_labels, dm.label_names)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lightning import seed_everything
-
-    from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
-    from kdlight.models import TruncatedTeacher
-    from kdlight.models.hf import load_classifier
-    from kdlight.modules import VanillaKD
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["clean"])
     parser.add_argument("--results", type=Path, default=RESULTS)

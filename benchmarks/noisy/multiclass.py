@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import shutil
 import statistics
@@ -30,13 +31,23 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from lightning import seed_everything  # noqa: E402
 
-from benchmarks.harness import StepTimer, figure  # noqa: E402
-from benchmarks.harness import quiet_trainer as trainer  # noqa: E402
-from benchmarks.study import RESULTS, Job, Study, mean_std  # noqa: E402
-from kdlight.assets import PACKAGED_MINILM, cache_dir  # noqa: E402
+import torch
+from lightning import seed_everything
+from torch.utils.data import DataLoader, Subset
+
+from benchmarks.harness import StepTimer, figure
+from benchmarks.harness import quiet_trainer as trainer
+from benchmarks.study import RESULTS, Job, Study, mean_std, target
+from kdlight.assets import PACKAGED_MINILM, cache_dir
+from kdlight.baseline import baseline_for, margin_kept
+from kdlight.data import NoisyLabelDataModule
+from kdlight.data.base import Collator
+from kdlight.lambda_monitor import LambdaMonitor
+from kdlight.models import TruncatedTeacher
+from kdlight.models.hf import load_classifier
+from kdlight.modules import AdaptiveLossMixingKD, TeacherFineTuning, VanillaKD
+from kdlight.teacher_cache import TeacherLogitCache
 
 NAME = "noisy_multiclass"
 TASK_TITLES = {"tweets": "tweets (3 classes)", "wiki_topics": "Wikipedia topics (6 classes)"}
@@ -94,10 +105,6 @@ def dump_runs(runs: dict[str, dict]) -> dict:
 
 
 def datamodule(cfg, rate: float):
-    import importlib
-
-    from kdlight.data import NoisyLabelDataModule
-
     module, name = TASKS[cfg.task][0].split(":")
     sizes = dict(max_length=cfg.max_length, max_train_examples=cfg.train_examples, meta_batch_size=cfg.meta_batch)
     noise = dict(noise_type="uniform", noise_rate=rate, clean_val_size=0.1, seed=0)
@@ -113,13 +120,6 @@ def teacher_dir(cfg, kind: str, rate: float) -> Path:
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
     """MiniLM-L6 fine-tuned on the clean (noise 0: the same examples, clean labels) or the noisy labels."""
-    from torch.utils.data import DataLoader
-
-    from kdlight.data.base import Collator
-    from kdlight.models.hf import load_classifier
-    from kdlight.modules import TeacherFineTuning
-    from kdlight.teacher_cache import TeacherLogitCache
-
     torch.set_num_threads(1)
     out = teacher_dir(cfg, kind, rate)
     dm = datamodule(cfg, 0.0 if kind == "clean" else rate)
@@ -146,10 +146,6 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
 
 @torch.no_grad()
 def accuracy(model, dm, split: str) -> float:
-    from torch.utils.data import DataLoader, Subset
-
-    from kdlight.data.base import Collator
-
     model = model.eval()
     dm._loader(split, False, 128)  # tokenises the split if needed
     dataset = dm.splits[split]
@@ -168,10 +164,6 @@ def train_student(
     cfg, rate: float, teacher_kind: str, method: str, lam: float | None, seed: int, lambda_png: Path | None = None
 ) -> dict:
     """One student run (a Study job): KD with ``lam`` (``method == "KD"``) or one of the ALM modes."""
-    from kdlight.lambda_monitor import LambdaMonitor
-    from kdlight.models import TruncatedTeacher
-    from kdlight.modules import AdaptiveLossMixingKD, VanillaKD
-
     torch.set_num_threads(1)
     dm = datamodule(cfg, rate)
     work = cfg.work / f"worker{os.getpid()}"
@@ -246,8 +238,6 @@ def train_student(
 
 def baselines(cfg, rate: float) -> dict:
     """TF-IDF + logistic regression on the students' training rows: noisy labels, and the same rows' clean labels."""
-    from kdlight.baseline import baseline_for
-
     torch.set_num_threads(1)
     return {
         name: baseline_for(datamodule(cfg, noise)).to_dict()
@@ -261,7 +251,6 @@ def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int
 
 def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict) -> list[dict]:
     """The rows of one noise rate and teacher."""
-    from kdlight.baseline import margin_kept
 
     def got(method, lam):
         return [{**runs[key], "seed": s} for s in seeds if (key := run_key(rate, kind, method, lam, s)) in runs]
@@ -338,8 +327,6 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
 
 def targets(rows: list[dict], rates: list[float]) -> list[str]:
     """The issue's targets, computed from the rows (a miss is reported with its numbers)."""
-    from benchmarks.study import target
-
     lines = []
     for rate in rates:
         for kind in TEACHERS:

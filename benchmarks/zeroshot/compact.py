@@ -17,12 +17,21 @@ Results: benchmarks/results/zeroshot_compact[_<label>].{md,json,png} (+ _curves,
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
+
+import torch
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
 from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser
+from kdlight.baseline import baseline_for, margin_kept
+from kdlight.callbacks_zeroshot import DIVERGENCE_KEYS
+from kdlight.components.rewriting import rewrites_markdown
+from kdlight.data import RottenTomatoesDataModule
+from kdlight.models.hf import count_parameters
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512}
@@ -75,8 +84,6 @@ def paired(method: str) -> bool:
 
 
 def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
-    from kdlight.models.hf import count_parameters
-
     runner = runner_for(config, root)
     model, trainer, data = runner.model, runner.trainer, runner.datamodule
     record = {"params": count_parameters(model.predictor)}
@@ -101,11 +108,6 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
 
 
 def machine() -> str:
-    import os
-    import platform
-
-    import torch
-
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
 
@@ -117,8 +119,6 @@ def validation_curve(root: Path) -> list[tuple[int, float]]:
 def divergence_curve(root: Path) -> list[dict]:
     """Per generator step: the divergence on its rewrites before and after the update, and on the unmodified
     batch (AdversaryMonitor's ``adversary/*`` rows in metrics.csv)."""
-    from kdlight.callbacks_zeroshot import DIVERGENCE_KEYS
-
     return [
         {
             "generator_step": int(float(r["adversary/generator_step"])),
@@ -145,8 +145,6 @@ def shown_rewrites(root: Path) -> list[dict]:
 
 def rewrite_examples(records: list[dict], limit: int = 8) -> str:
     """A results-file section: what the generator wrote for the general student (zero-shot, first seed)."""
-    from kdlight.components.rewriting import rewrites_markdown
-
     runs = [r for r in records if r["student"] == "general" and r["method"] == ZERO_SHOT and r.get("rewrites")]
     runs.sort(key=lambda r: r["seed"])
     if not runs:
@@ -216,8 +214,6 @@ def one_run(
 
 
 def summarise(records: list[dict], teacher_score: float, teacher_params: int, baseline: float) -> list[dict]:
-    from kdlight.baseline import margin_kept
-
     rows = []
     for student in STUDENTS:
         for method in METHODS:
@@ -357,9 +353,6 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float):
 
 def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: list[str]) -> str:
     """The status and the machine, generated from the runs file (no hand-written numbers)."""
-    import os
-    import platform
-
     missing = [k for k in planned if k not in done]
     status = f"**Status: {len(done)} of {len(planned)} planned runs finished**"
     status += f"; not yet run: {', '.join(missing)}." if missing else "."
@@ -415,9 +408,6 @@ def main(argv: list[str] | None = None) -> None:
     study.run(jobs)
     done = study.done()
     records = [done[k] for k in jobs if k in done]
-    from kdlight.baseline import baseline_for
-    from kdlight.data import RottenTomatoesDataModule
-
     teacher_params = teacher_size(teacher)
     teacher_score = next((r["test/teacher_score"] for r in records if "test/teacher_score" in r), float("nan"))
     # the baseline trains on the labelled rows the teacher saw (the quickstart's 6,000); zero-shot students see none

@@ -16,14 +16,21 @@ import functools
 import os
 import platform
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 import yaml
 
 from benchmarks.common import CONFIGS, run_cli
 from benchmarks.harness import figure, logged_rows, quiet_trainer
 from benchmarks.study import Study, markdown_table, study_parser
+from kdlight.components import AdversarialGenerator
+from kdlight.components.rewriting import known_token_share
+from kdlight.data import MaskedLMCorpusDataModule
+from kdlight.data.base import Collator, load_tokenizer
+from kdlight.modules import MaskedLMPretraining
 
 RECIPE = CONFIGS / "zeroshot" / "generator.yaml"
 FRESH = "packaged/all-MiniLM-L6-v2"
@@ -51,8 +58,6 @@ def train(retrain: bool) -> dict:
 
 
 def held_out_data():
-    from kdlight.data import MaskedLMCorpusDataModule
-
     data = MaskedLMCorpusDataModule(**recipe()["data"]["init_args"], tokenizer=FRESH)
     data.setup()
     return data
@@ -60,8 +65,6 @@ def held_out_data():
 
 def masked_lm_scores(source: str, data) -> dict:
     """Held-out top-1 accuracy, cross-entropy and perplexity on the recipe's fixed masking."""
-    from kdlight.modules import MaskedLMPretraining
-
     model_args = {k: v for k, v in recipe()["model"]["init_args"].items() if k in ("mask_rate", "mask_share")}
     module = MaskedLMPretraining(model=source, tokenizer=FRESH, **model_args)
     trainer = quiet_trainer(Path.cwd(), limit_val_batches=1.0)  # validation on, nothing written
@@ -72,12 +75,6 @@ def masked_lm_scores(source: str, data) -> dict:
 def rewrites(source: str, data) -> tuple[dict, list]:
     """Zero-shot KD's rewrites of every held-out input by ``source``: the share of new tokens that are known
     text, the share of chosen positions actually changed, and the first few decoded."""
-    import torch
-
-    from kdlight.components import AdversarialGenerator
-    from kdlight.components.rewriting import known_token_share
-    from kdlight.data.base import Collator, load_tokenizer
-
     tokenizer = load_tokenizer(FRESH)
     generator = AdversarialGenerator(source, mask_rate=REWRITE_RATE)
     generator.network.eval()
@@ -105,10 +102,6 @@ def rewrites(source: str, data) -> tuple[dict, list]:
 def common_tokens(data, special):
     """The token ids that make up ``COMMON_MASS`` of the training split's non-special token occurrences, most
     frequent first: the word pieces real text is made of (nearly every id occurs *somewhere* in 34k examples)."""
-    from collections import Counter
-
-    import torch
-
     counts = Counter(i for ids in data.dataset["input_ids"] for i in ids if i not in set(special.tolist()))
     total, kept, ids = sum(counts.values()), 0, []
     for token, count in counts.most_common():
@@ -166,8 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__)
     parser.add_argument("--retrain", action="store_true", help="fit the recipe even if its export exists")
     args = parser.parse_args(argv)
-    import torch
-
     torch.manual_seed(0)
     fit = train(args.retrain)
     data = held_out_data()

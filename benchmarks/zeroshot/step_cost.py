@@ -13,8 +13,16 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from lightning import seed_everything
+
 from benchmarks.common import fine_tuned_rt_teacher
 from benchmarks.harness import StepTimer, interleaved, quiet_trainer, step_cost_main
+from benchmarks.zeroshot.compact import ARCH, EMBEDDING
+from kdlight.assets import PACKAGED_WIKI_SUMMARIES
+from kdlight.data import OutOfDomainCorpus, RottenTomatoesDataModule, ZeroShotDataModule
+from kdlight.models.compact import CompressedEmbeddingStudent
+from kdlight.models.students import FreshStudent
+from kdlight.modules import ZeroShotAdversarialKD
 
 CORPUS_LINES = 2000
 WORK = Path("runs/benchmarks/zeroshot_step_cost")
@@ -23,15 +31,6 @@ SETTINGS = {"live teacher": False, "cached out-of-domain logits": True}
 
 def timed_fit(teacher: str, cache: bool, steps: int) -> float:
     """The median step time of ``steps`` student steps (the first two, which warm up allocators, left out)."""
-    from lightning import seed_everything
-
-    from benchmarks.zeroshot.compact import ARCH, EMBEDDING
-    from kdlight.assets import PACKAGED_WIKI_SUMMARIES
-    from kdlight.data import OutOfDomainCorpus, RottenTomatoesDataModule, ZeroShotDataModule
-    from kdlight.models.compact import CompressedEmbeddingStudent
-    from kdlight.models.students import FreshStudent
-    from kdlight.modules import ZeroShotAdversarialKD
-
     seed_everything(0, verbose=False)
     corpus = OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES)
     sizes = dict(tokenizer=teacher, max_length=32, batch_size=32, max_train_examples=CORPUS_LINES)
