@@ -7,6 +7,7 @@ files are ``benchmarks/study.py``'s.
 from __future__ import annotations
 
 import csv
+import functools
 import pstats
 import statistics
 import time
@@ -238,7 +239,7 @@ def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defa
     (label, ratio, columns), names = spec["table"], spec["names"]
     rows = step_cost_rows({n: times[n] for n in names}, names[0], label, ratio)
     text = {"title": spec["title"], "intro": spec["intro"].format(**arguments)}
-    study.write(rows, columns, plot=bar_plot(rows, label, *spec["plot"]), **text)
+    study.write(rows, columns, plot=functools.partial(bar_plot, rows, label, *spec["plot"]), **text)
     return rows
 
 
@@ -264,36 +265,27 @@ def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple
     plt.close(fig)
 
 
-def curves_plot(records: list[dict], x: Callable[[dict], float], label: Callable[[dict], str], axes: tuple, **kwargs):
-    """A study's ``plot``: each run's validation curve against ``x(point)`` (solid once the run finished, i.e. has a
-    test score; dashed while in progress); ``axes``: x label, y label, title; ``hline``: (y, label)."""
+def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, path: Path, **kwargs) -> None:
+    """A study's ``plot`` (bound with ``functools.partial``): each run's validation curve against ``x(point)``
+    (solid once the run finished, i.e. has a test score; dashed while in progress), labelled ``label(run)``;
+    ``axes``: x label, y label, title; ``hline``: (y, label)."""
     hline = kwargs.pop("hline", None)
-
-    def draw(path: Path) -> None:
-        with figure(path, **kwargs) as (_, ax):
-            for r in records:
-                done = "test/score" in r
-                xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
-                ax.plot(
-                    xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)")
-                )
-            if hline is not None:
-                ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
-            ax.set_xlabel(axes[0])
-            ax.set_ylabel(axes[1])
-            ax.set_title(axes[2])
-            ax.legend(fontsize=8)
-
-    return draw
+    with figure(path, **kwargs) as (_, ax):
+        for r in records:
+            done = "test/score" in r
+            xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
+            ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)"))
+        if hline is not None:
+            ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+        ax.set_title(axes[2])
+        ax.legend(fontsize=8)
 
 
-def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:
-    """A study's ``plot``: one bar per row."""
-
-    def draw(path: Path) -> None:
-        with figure(path, figsize=(1.4 * len(rows) + 2.5, 3.6)) as (_, ax):
-            ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
-            ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
-            ax.set_ylabel(ylabel)
-
-    return draw
+def bar_plot(rows: list[dict], label: str, value: str, ylabel: str, path: Path) -> None:
+    """A study's ``plot`` (bound with ``functools.partial``): one bar per row."""
+    with figure(path, figsize=(1.4 * len(rows) + 2.5, 3.6)) as (_, ax):
+        ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)

@@ -17,6 +17,7 @@ Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
-        plot=plot(
+        plot=functools.partial(
+            plot,
             rows,
             rows[0]["teacher_accuracy"] if rows else float("nan"),
             {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]},

@@ -11,6 +11,7 @@ Results: benchmarks/results/quickstart_lr.{md,json,png}; finished runs in quicks
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import yaml
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=curves_plot(
+        plot=functools.partial(
+            curves_plot,
             records + in_progress_records,
             lambda point: point["epoch"] + 1,  # epochs done
             lambda r: candidate_key(r["learning_rate"], r["epochs"]),

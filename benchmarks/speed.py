@@ -14,6 +14,7 @@ A cProfile at the smallest size says where the extra time goes. Method and numbe
 from __future__ import annotations
 
 import cProfile
+import functools
 import random
 import tempfile
 import time
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else "Tiny random BERTs, one thread; judged on process CPU time (`clock`), wall-time ratios alongside."
         ),
         notes="\n\n".join(notes),
-        plot=bar_plot(rows, "name", "ratio", "throughput kdlight / hand-written"),
+        plot=functools.partial(bar_plot, rows, "name", "ratio", "throughput kdlight / hand-written"),
     )
     return rows
 

@@ -13,6 +13,7 @@ Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in stron
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"same {baseline['train_rows']} rows. "
         + (f"Not finished: {', '.join(missing)} (re-run the command to resume)." if missing else "All runs finished."),
         notes=notes,
-        plot=curves_plot(
+        plot=functools.partial(
+            curves_plot,
             records,
             lambda point: point["step"],
             lambda r: f"lr {r['learning_rate']:g}",

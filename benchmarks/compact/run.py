@@ -14,6 +14,7 @@ its numbers: docs/compact.md. Results: benchmarks/results/compact[_<label>].{md,
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -204,28 +205,26 @@ def hand_written_sections(path: Path) -> str:
     return text[start + 1 :] if start >= 0 else ""
 
 
-def plot(rows: list[dict], teacher_score: float, baselines: dict[str, float], methods: dict[str, str] = METHODS):
+def plot(
+    rows: list[dict], teacher_score: float, baselines: dict[str, float], methods: dict[str, str], path: Path
+) -> None:
     """Accuracy against compression per method, with the teacher, 92 % of it and the baselines (label: score)."""
-
-    def draw(path: Path) -> None:
-        with figure(path, figsize=(7, 4.5)) as (_, ax):
-            for method, name in methods.items():
-                mine = [r for r in rows if r["method"] == method]
-                if mine:
-                    xs, ys = [r["compression"] for r in mine], [r["accuracy_mean"] for r in mine]
-                    yerr = [r["accuracy_std"] for r in mine]
-                    ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{method}: {name}")
-            ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
-            ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
-            for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
-                if score == score:
-                    ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
-            ax.set_xscale("log")
-            ax.set_xlabel("compression (teacher params / student params)")
-            ax.set_ylabel("test accuracy (Rotten Tomatoes)")
-            ax.legend(fontsize=8)
-
-    return draw
+    with figure(path, figsize=(7, 4.5)) as (_, ax):
+        for method, name in methods.items():
+            mine = [r for r in rows if r["method"] == method]
+            if mine:
+                xs, ys = [r["compression"] for r in mine], [r["accuracy_mean"] for r in mine]
+                yerr = [r["accuracy_std"] for r in mine]
+                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{method}: {name}")
+        ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
+        ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
+        for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
+            if score == score:
+                ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("compression (teacher params / student params)")
+        ax.set_ylabel("test accuracy (Rotten Tomatoes)")
+        ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{baseline['test_score']:.4f} ({full_baseline['test_score']:.4f} on all {full_baseline['train_rows']} "
         "training rows); % of margin kept = 100 (student - baseline) / (teacher - baseline).",
         notes="\n\n".join(p for p in (general_rows, hand_written_sections(study.results / f"{name}.md")) if p),
-        plot=plot(rows, teacher_score, {"TF-IDF + LR baseline (same rows)": baseline["test_score"]}),
+        plot=functools.partial(
+            plot, rows, teacher_score, {"TF-IDF + LR baseline (same rows)": baseline["test_score"]}, METHODS
+        ),
     )
 
 

@@ -9,6 +9,7 @@ rounds. Writes benchmarks/results/compact_speed.{md,json,png}; kept in compact_s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "
         f"Setting: {json.dumps({'texts': args.texts, 'threads': args.threads})}.",
         notes=f"Measurement: {record['note']}." if record.get("note") else "",
-        plot=bar_plot(rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"),
+        plot=functools.partial(
+            bar_plot, rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"
+        ),
     )
     return rows
 

@@ -16,6 +16,7 @@ Results: benchmarks/results/zeroshot_compact[_<label>].{md,json,png} (+ _curves,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -290,65 +291,56 @@ def divergence_summary(records: list[dict]) -> str:
     )
 
 
-def plots(rows: list[dict], records: list[dict], teacher_score: float):
-    def draw(path: Path) -> None:
-        students = [s for s in STUDENTS if any(r["student"] == s for r in rows)]
-        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-        with figure(path, figsize=(11, 4.8)) as (_, ax):
-            width = 0.8 / max(1, len(students))
-            for j, student in enumerate(students):
-                values = [
-                    next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods
-                ]
-                xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
-                pct = [v["pct_of_teacher"] if v else 0 for v in values]
-                std = [100 * v["accuracy_std"] / teacher_score if v else 0 for v in values]
-                ax.bar(xs, pct, width, yerr=std, capsize=3, label=f"{student} (final weights)")
-            if rows:
-                baseline = 100 * rows[0]["baseline"] / teacher_score
-                ax.axhline(baseline, color="C3", lw=0.8, ls=":", label="TF-IDF baseline")
-            ax.axhline(100, color="black", lw=0.8)
-            ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
-            ticks = [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods]
-            ax.set_xticks(range(len(methods)), ticks, fontsize=7)
-            ax.set_ylabel("% of teacher test accuracy")
-            ax.set_ylim(bottom=50)
-            ax.legend(fontsize=8)
-        if not students:  # nothing finished yet: the bar chart says so (empty), no curves to draw
-            return
-        curves = path.with_name(path.stem + "_curves.png")
-        with figure(curves, 1, len(students), dpi=110, figsize=(5 * len(students), 4), squeeze=False) as (_, axes):
-            for ax, student in zip(axes[0], students, strict=True):
-                for method in methods:
-                    for record in (r for r in records if r["student"] == student and r["method"] == method):
-                        if record["curve"]:
-                            first = record["seed"] == min(r["seed"] for r in records)
-                            color = f"C{list(METHODS).index(method)}"
-                            ax.plot(
-                                *zip(*record["curve"], strict=True), lw=1, label=method if first else None, color=color
-                            )
-                ax.axhline(teacher_score, color="black", lw=0.8, ls=":")
-                ax.set_title(f"{student} student: validation accuracy (reported, not used to choose)")
-                ax.set_xlabel("training batch")
-            axes[0][0].legend(fontsize=6)
-        measured = sorted(
-            (r for r in records if r.get("divergence")), key=lambda r: (r["student"], r["method"], r["seed"])
-        )
-        if measured:
-            with figure(path.with_name(path.stem + "_divergence.png"), dpi=110, figsize=(8, 4.5)) as (_, ax):
-                for i, record in enumerate(measured):
-                    steps = [c["generator_step"] for c in record["divergence"]]
-                    name = f"{record['student']} / {record['method']} / seed {record['seed']}"
-                    for key, style in zip(DIVERGENCE_COLUMNS, ("--", "-", ":"), strict=True):
-                        label = f"{name}: after" if style == "-" else None
-                        values = [c[key] for c in record["divergence"]]
-                        ax.plot(steps, values, color=f"C{i}", lw=1.2 if style == "-" else 0.8, ls=style, label=label)
-                ax.set_xlabel("generator step")
-                ax.set_ylabel("KL(teacher || student)")
-                ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
-                ax.legend(fontsize=6)
-
-    return draw
+def plots(rows: list[dict], records: list[dict], teacher_score: float, path: Path) -> None:
+    students = [s for s in STUDENTS if any(r["student"] == s for r in rows)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    with figure(path, figsize=(11, 4.8)) as (_, ax):
+        width = 0.8 / max(1, len(students))
+        for j, student in enumerate(students):
+            values = [next((r for r in rows if r["method"] == m and r["student"] == student), None) for m in methods]
+            xs = [i + (j - (len(students) - 1) / 2) * width for i in range(len(methods))]
+            pct = [v["pct_of_teacher"] if v else 0 for v in values]
+            std = [100 * v["accuracy_std"] / teacher_score if v else 0 for v in values]
+            ax.bar(xs, pct, width, yerr=std, capsize=3, label=f"{student} (final weights)")
+        if rows:
+            baseline = 100 * rows[0]["baseline"] / teacher_score
+            ax.axhline(baseline, color="C3", lw=0.8, ls=":", label="TF-IDF baseline")
+        ax.axhline(100, color="black", lw=0.8)
+        ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
+        ticks = [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods]
+        ax.set_xticks(range(len(methods)), ticks, fontsize=7)
+        ax.set_ylabel("% of teacher test accuracy")
+        ax.set_ylim(bottom=50)
+        ax.legend(fontsize=8)
+    if not students:  # nothing finished yet: the bar chart says so (empty), no curves to draw
+        return
+    curves = path.with_name(path.stem + "_curves.png")
+    with figure(curves, 1, len(students), dpi=110, figsize=(5 * len(students), 4), squeeze=False) as (_, axes):
+        for ax, student in zip(axes[0], students, strict=True):
+            for method in methods:
+                for record in (r for r in records if r["student"] == student and r["method"] == method):
+                    if record["curve"]:
+                        first = record["seed"] == min(r["seed"] for r in records)
+                        color = f"C{list(METHODS).index(method)}"
+                        ax.plot(*zip(*record["curve"], strict=True), lw=1, label=method if first else None, color=color)
+            ax.axhline(teacher_score, color="black", lw=0.8, ls=":")
+            ax.set_title(f"{student} student: validation accuracy (reported, not used to choose)")
+            ax.set_xlabel("training batch")
+        axes[0][0].legend(fontsize=6)
+    measured = sorted((r for r in records if r.get("divergence")), key=lambda r: (r["student"], r["method"], r["seed"]))
+    if measured:
+        with figure(path.with_name(path.stem + "_divergence.png"), dpi=110, figsize=(8, 4.5)) as (_, ax):
+            for i, record in enumerate(measured):
+                steps = [c["generator_step"] for c in record["divergence"]]
+                name = f"{record['student']} / {record['method']} / seed {record['seed']}"
+                for key, style in zip(DIVERGENCE_COLUMNS, ("--", "-", ":"), strict=True):
+                    label = f"{name}: after" if style == "-" else None
+                    values = [c[key] for c in record["divergence"]]
+                    ax.plot(steps, values, color=f"C{i}", lw=1.2 if style == "-" else 0.8, ls=style, label=label)
+            ax.set_xlabel("generator step")
+            ax.set_ylabel("KL(teacher || student)")
+            ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
+            ax.legend(fontsize=6)
 
 
 def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: list[str]) -> str:
@@ -438,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             if part
         ),
-        plot=plots(rows, records, teacher_score),
+        plot=functools.partial(plots, rows, records, teacher_score),
     )
 
 

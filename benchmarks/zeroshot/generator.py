@@ -132,27 +132,22 @@ def training_curve() -> list[dict]:
     ]
 
 
-def plot(rows: list[dict], curve: list[dict]):
-    def draw(path: Path) -> None:
-        with figure(path, 1, 2, dpi=110, figsize=(10, 3.8)) as (_, axes):
-            names = [r["generator"].split(" (")[0] for r in rows]
-            axes[0].bar(
-                names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1"
-            )
-            known = [100 * r["known_token_share"] for r in rows]
-            axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
-            axes[0].set_ylabel("%")
-            axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
-            axes[0].legend(fontsize=8)
-            if curve:
-                axes[1].plot([c["step"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o")
-                axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
-                axes[1].set_xlabel("training step")
-                axes[1].set_ylabel("held-out masked top-1 (%)")
-                axes[1].set_title("the recipe's validation curve")
-                axes[1].legend(fontsize=8)
-
-    return draw
+def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
+    with figure(path, 1, 2, dpi=110, figsize=(10, 3.8)) as (_, axes):
+        names = [r["generator"].split(" (")[0] for r in rows]
+        axes[0].bar(names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1")
+        known = [100 * r["known_token_share"] for r in rows]
+        axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
+        axes[0].set_ylabel("%")
+        axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
+        axes[0].legend(fontsize=8)
+        if curve:
+            axes[1].plot([c["step"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o")
+            axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
+            axes[1].set_xlabel("training step")
+            axes[1].set_ylabel("held-out masked top-1 (%)")
+            axes[1].set_title("the recipe's validation curve")
+            axes[1].legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             "with a fixed masking (see benchmarks/zeroshot/generator.py)."
         ),
         notes="\n\n".join(notes),
-        plot=plot(rows, curve),
+        plot=functools.partial(plot, rows, curve),
     )
 
 
