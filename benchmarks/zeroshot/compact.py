@@ -61,14 +61,8 @@ QUICK.update(general_steps=4, train_examples=64, show_rewrites_every=1)
 
 def albert(factorise_from: str) -> dict:
     """The stock ALBERT student: :data:`ARCH`, embeddings factorised from the student's own or the teacher's."""
-    base = component("FreshStudent", **ARCH)
-    return component(
-        "CompressedEmbeddingStudent",
-        base=base,
-        embedding_rank=EMBEDDING,
-        layout="albert",
-        factorise_from=factorise_from,
-    )
+    init = dict(embedding_rank=EMBEDDING, layout="albert", factorise_from=factorise_from)
+    return component("CompressedEmbeddingStudent", base=component("FreshStudent", **ARCH), **init)
 
 
 def student_config(student: str, general_export: str | None) -> dict:
@@ -93,28 +87,21 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
     if fit:
         trainer.fit(model, datamodule=data)
         best = trainer.checkpoint_callback.best_model_path or None
-        progress = getattr(model, "progress", None)  # ZeroShotAdversarialKD: batches, student steps, ...
-        record.update(
-            steps=trainer.global_step, student_steps=int(progress[1]) if progress is not None else trainer.global_step
-        )
+        progress, steps = getattr(model, "progress", None), trainer.global_step  # progress: ZeroShotAdversarialKD's
+        record.update(steps=steps, student_steps=int(progress[1]) if progress is not None else steps)
     record["fit_seconds"] = time.perf_counter() - start
     # the headline: the final weights (the model holds them: export_best is off), chosen on nothing
     record.update({k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()})
     if best:  # beside it, labelled as such: the checkpoint the task's labelled validation split picked
         selected = trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)[0]
         record["test/score_val_selected"] = float(selected["test/score"])
-    record.update(curve=validation_curve(root), divergence=divergence_curve(root), machine=machine())
+    record["curve"] = [(int(r["step"]), float(r["val/score"])) for r in logged_rows(root, "val/score")]
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    record.update(
+        divergence=divergence_curve(root), machine=f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
+    )
     record.update(rewrites=shown_rewrites(root), export=str(model.export_path()) if fit else None)
     return record
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
-
-
-def validation_curve(root: Path) -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r["val/score"])) for r in logged_rows(root, "val/score")]
 
 
 def divergence_curve(root: Path) -> list[dict]:
