@@ -45,17 +45,14 @@ QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentenc
 
 def augmentation(method: str, setting: dict) -> dict:
     """AugmentedKDDataModule's arguments for a method (empty: plain KD on the labelled rows)."""
-    if method == "kd":
-        return {}
-    if method == "rt_rest":
-        return {"unlabelled": ["task_rest"]}
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    if method == "token_aug":
-        return {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
-    if method == "rewrites":  # the labelled rows: the module rewrites each batch (module_config)
-        return {}
-    raise ValueError(f"{method}: unknown method")
+    token_aug = {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
+    # rewrites: the labelled rows, the module rewrites each batch (module_config)
+    fixed = {"kd": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug, "rewrites": {}}
+    if method not in fixed:
+        raise ValueError(f"{method}: unknown method")
+    return fixed[method]
 
 
 def module_config(method: str, quick: bool) -> dict | None:

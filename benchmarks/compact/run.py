@@ -125,11 +125,8 @@ def task_distillation(
 
 def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
     speed = inference_speed({"teacher": teacher, "student": student_export}, test_texts(texts))
-    return {
-        "teacher_samples_per_s": speed["teacher"],
-        "samples_per_s": speed["student"],
-        "speedup": speed["student"] / speed["teacher"],
-    }
+    ratio = speed["student"] / speed["teacher"]
+    return {"teacher_samples_per_s": speed["teacher"], "samples_per_s": speed["student"], "speedup": ratio}
 
 
 def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_only: bool) -> dict[str, dict]:
@@ -198,9 +195,7 @@ def summarise(
 def hand_written_sections(path: Path) -> str:
     """The sections (``## ...``) added by hand to a committed results file, kept when it is rewritten: the
     study writes no ``##`` heading of its own."""
-    if not path.is_file():
-        return ""
-    text = path.read_text()
+    text = path.read_text() if path.is_file() else ""
     start = text.find("\n## ")
     return text[start + 1 :] if start >= 0 else ""
 
