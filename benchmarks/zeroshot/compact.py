@@ -229,9 +229,7 @@ def summarise(records: list[dict], teacher_score: float, teacher_params: int, ba
 
 
 def targets(rows: list[dict], student: str = "general") -> str:
-    def row(method):
-        return next((r for r in rows if r["student"] == student and r["method"] == method), None)
-
+    row = {r["method"]: r for r in rows if r["student"] == student}.get  # one row per student and method
     if not any(r["student"] == student for r in rows):
         return ""
     lines = ["## Targets", "", f"All on the {student} student's final weights (no checkpoint chosen on task data)."]
