@@ -121,13 +121,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
-    status = (
-        f"{len(records)} of {len(jobs)} candidates run"
-        + (f"; not yet run: {', '.join(k for k in jobs if k not in done)}" if len(records) < len(jobs) else "")
-        + "."
+    missing = [k for k in jobs if k not in done]
+    status = f"{len(records)} of {len(jobs)} candidates run" + (
+        f"; not yet run: {', '.join(missing)}." if missing else "."
     )
     choice = (
-        ("Provisional, among the finished candidates only: " if len(records) < len(jobs) else "")
+        ("Provisional, among the finished candidates only: " if missing else "")
         + f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "
         f"(best validation accuracy {chosen['val_score']:.4f}; its test accuracy {chosen['test_score']:.4f})."
         if chosen
