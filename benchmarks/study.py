@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -193,8 +194,6 @@ def study_name(base: str, args: argparse.Namespace) -> str:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
-    import statistics
-
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -203,13 +202,8 @@ def over_seeds(runs: list[dict], teacher_params: int, teacher_score: float) -> d
     compression, its test accuracy's mean and std, the seeds, the mean as a percentage of the teacher's."""
     mean, std = mean_std([r["test/score"] for r in runs])
     size = {"params": runs[0]["params"], "compression": teacher_params / runs[0]["params"]}
-    return {
-        **size,
-        "accuracy_mean": mean,
-        "accuracy_std": std,
-        "seeds": len(runs),
-        "pct_of_teacher": 100 * mean / teacher_score,
-    }
+    accuracy = {"accuracy_mean": mean, "accuracy_std": std, "seeds": len(runs)}
+    return {**size, **accuracy, "pct_of_teacher": 100 * mean / teacher_score}
 
 
 def target(claim: str, met: bool, detail: str) -> str:
