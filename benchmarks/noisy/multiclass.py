@@ -226,13 +226,11 @@ def train_student(
     if lambda_png is not None and (root / "lambda.png").is_file():
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
-    print(
-        f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: acc={out['accuracy']:.4f} "
-        f"val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s "
-        f"lam_f={out.get('lambda_flipped', '')} lam_c={out.get('lambda_clean', '')} "
-        f"auc={out.get('lambda_flipped_auc', '')}",
-        flush=True,
+    lambdas = " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
+    summary = (
+        f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
     )
+    print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary} {lambdas}", flush=True)
     return out
 
 
@@ -526,10 +524,7 @@ def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
     new["seconds"] = time.perf_counter() - start
     if record is not None:
         new["recorded_test_accuracy_before_retraining"] = record["test_accuracy"]
-        study.log(
-            f"teacher {key} re-trained: test accuracy {new['test_accuracy']:.4f} (recorded before: "
-            f"{record['test_accuracy']:.4f})"
-        )
+        study.log(f"teacher {key} re-trained: test accuracy {new['test_accuracy']:.4f} ({record['test_accuracy']:.4f})")
     study.save(key, new)
 
 
