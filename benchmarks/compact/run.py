@@ -131,14 +131,11 @@ def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
 
 def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_only: bool) -> dict[str, dict]:
     """Each size's CPU inference speed-up (one export of it against the teacher), measured once and recorded."""
-    jobs = {}
-    for size in SIZES:
-        exports = [  # a report from another machine's runs reads its recorded speeds: the exports stayed there
-            r["export"] for r in done.values() if r["size"] == size and (report_only or Path(r["export"]).is_dir())
-        ]
-        if exports:
-            texts = 64 if quick else 640
-            jobs[f"speed/{size}"] = Job(inference, size=size, student_export=exports[0], teacher=teacher, texts=texts)
+    # a report from another machine's runs reads its recorded speeds: the exports stayed there
+    here = [r for r in done.values() if report_only or Path(r["export"]).is_dir()]
+    exports = {size: [r["export"] for r in here if r["size"] == size] for size in SIZES}
+    speed = {"teacher": teacher, "texts": 64 if quick else 640}
+    jobs = {f"speed/{s}": Job(inference, size=s, student_export=e[0], **speed) for s, e in exports.items() if e}
     return {k.split("/")[1]: v for k, v in Study(name, report_only=report_only).run(jobs).items()}
 
 
