@@ -56,8 +56,7 @@ def fine_tuned_rt_teacher() -> Path:
 
 @functools.cache
 def rt_baseline(train_examples: int | None) -> dict:
-    """The TF-IDF + logistic regression reference on the first ``train_examples`` Rotten Tomatoes training
-    rows (None: all of them), C and n-grams chosen on validation (:mod:`kdlight.baseline`)."""
+    """TF-IDF + logistic regression on the first ``train_examples`` Rotten Tomatoes rows (None: all of them)."""
     return baseline_for(RottenTomatoesDataModule(max_train_examples=train_examples)).to_dict()
 
 

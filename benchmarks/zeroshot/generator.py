@@ -158,10 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     fit = train(args.retrain)
     data = held_out_data()
     rows, shown = [], {}
-    for name, source in (
-        ("untrained head (packaged MiniLM + fresh head)", FRESH),
-        ("trained (configs/zeroshot/generator.yaml)", str(export_dir())),
-    ):
+    generators = {"untrained head (packaged MiniLM + fresh head)": FRESH}
+    for name, source in {**generators, "trained (configs/zeroshot/generator.yaml)": str(export_dir())}.items():
         torch.manual_seed(0)
         scores = masked_lm_scores(source, data)
         rewrite_scores, shown[name] = rewrites(source, data)
