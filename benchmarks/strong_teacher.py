@@ -57,10 +57,8 @@ def train(learning_rate: float, epochs: int, quick: bool = False) -> dict:
 def strong_teacher_export(results: Path = RESULTS) -> Path | None:
     """The chosen strong teacher's export, if the study has chosen one and its export is on this machine."""
     path = results / "strong_teacher.json"
-    if not path.is_file():
-        return None
-    chosen = [r for r in json.loads(path.read_text()) if r.get("chosen") == "yes"]
-    export = Path(chosen[0]["export"]) if chosen else None
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    export = next((Path(r["export"]) for r in rows if r.get("chosen") == "yes"), None)
     return export if export is not None and (export / "config.json").is_file() else None
 
 

@@ -334,23 +334,19 @@ def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: l
     status = f"**Status: {len(done)} of {len(planned)} planned runs finished**"
     status += f"; not yet run: {', '.join(missing)}." if missing else "."
     machines = sorted({r.get("machine", "unrecorded") for r in records})
+    here = f"{platform.machine()} with {os.cpu_count()} CPU core(s)"
+    inputs, steps = setting["inputs_per_update"], setting["student_steps"]
+    half = inputs // 2
+    reduced = f" Student updates reduced from the study's default {FULL['student_steps']} for CPU time, the same for "
     return "\n".join(
         [
             "## Where and how this ran",
             "",
             status,
-            f"Machines that produced these runs: {', '.join(machines)} (this report written on "
-            f"{platform.machine()} with {os.cpu_count()} CPU core(s)).",
-            f"Setting: {json.dumps(setting)}. Every method: {setting['student_steps']} student updates of "
-            f"{setting['inputs_per_update']} student inputs each (out-of-domain + adversarial: "
-            f"{setting['inputs_per_update'] // 2} out-of-domain texts + their {setting['inputs_per_update'] // 2} "
-            "rewrites; every other method: a batch of that size)."
-            + (
-                f" Student updates reduced from the study's default {FULL['student_steps']} for CPU time, the same "
-                "for every method."
-                if setting["student_steps"] != FULL["student_steps"]
-                else ""
-            ),
+            f"Machines that produced these runs: {', '.join(machines)} (this report written on {here}).",
+            f"Setting: {json.dumps(setting)}. Every method: {steps} student updates of {inputs} student inputs "
+            f"each (out-of-domain + adversarial: {half} out-of-domain texts + their {half} rewrites; every other "
+            "method: a batch of that size)." + (reduced + "every method." if steps != FULL["student_steps"] else ""),
         ]
     )
 
