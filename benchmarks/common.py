@@ -61,8 +61,7 @@ def rt_baseline(train_examples: int | None) -> dict:
 
 
 def recorded_rt_baseline(train_examples: int | None) -> dict:
-    """:func:`rt_baseline`, fit once and kept in ``benchmarks/results/baselines_runs.json`` (keyed by the
-    rows it saw), so that every study and every ``--report-only`` rebuild quotes the same fit."""
+    """:func:`rt_baseline` fit once, kept in ``results/baselines_runs.json``: every study quotes the same fit."""
     key = f"rotten_tomatoes/{'all' if train_examples is None else train_examples}"
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
 
@@ -78,15 +77,13 @@ def choose(records: list[dict]) -> dict:
 
 
 def in_progress(jobs: dict, done: dict, folder: Callable[[str], Path]) -> dict[str, list[dict]]:
-    """The validation points so far (:func:`in_progress_curve` of ``folder(key)``) of each job not in ``done``
-    that has logged any: what a study reports, marked as such, about the runs still going or stopped."""
+    """The validation points so far (:func:`in_progress_curve` of ``folder(key)``) of the jobs not in ``done``."""
     return {key: curve for key in jobs if key not in done and (curve := in_progress_curve(folder(key)))}
 
 
 def in_progress_curve(root: Path) -> list[dict]:
-    """The validation points an unfinished run has logged so far (every ``metrics.csv`` of the CSV logger
-    under ``root``, in step order; a resumed run's versions together): what a study can report about a run
-    it has not recorded. Nothing is chosen or tested from these."""
+    """The validation points an unrecorded run has logged (every ``metrics.csv`` under ``root``, a resumed run's
+    versions together, in step order): reported, marked as such; nothing is chosen or tested from them."""
     points: dict[int, dict] = {}
     for path in sorted(Path(root).rglob("metrics.csv")) if Path(root).is_dir() else []:
         with path.open() as handle:

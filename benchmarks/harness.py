@@ -109,8 +109,7 @@ MODEL_MATHS = ("/transformers/", "/torch/nn/", "/torch/optim/", "/torch/autograd
 
 
 def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
-    """Milliseconds of own time per step by library (:data:`PROFILE_CATEGORIES`: first match wins) of a
-    cProfile dump over ``steps`` steps, and the ``top`` entries outside the model maths."""
+    """A cProfile dump's own time per step by library (first match wins), and the top entries outside the maths."""
     stats = pstats.Stats(str(path)).stats
     seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
     for (file, _, name), (_, _, tottime, _, _) in stats.items():
@@ -162,8 +161,7 @@ def latest_last_checkpoint(root: Path) -> Path | None:
 
 
 def finished_fit(last: Path, trainer: dict) -> dict | None:
-    """What ``last`` recorded if its fit already reached ``trainer``'s max_epochs / max_steps (kdlight refuses
-    to resume a run with nothing left to train), else None."""
+    """What ``last`` recorded if its fit reached ``trainer``'s max_epochs / max_steps (nothing left to resume)."""
     state = torch.load(last, map_location="cpu", weights_only=True)
     epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)

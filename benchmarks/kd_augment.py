@@ -56,8 +56,7 @@ def augmentation(method: str, setting: dict) -> dict:
 
 
 def module_config(method: str, quick: bool) -> dict | None:
-    """Another distiller than VanillaKD for a method: ``rewrites`` takes MATE-KD's module and the arguments that
-    configs/quickstart/kd_mate.yaml adds to configs/quickstart/kd.yaml (the generator's); None for the others."""
+    """``rewrites``: MATE-KD's module with what configs/quickstart/kd_mate.yaml adds to kd.yaml; else None."""
     if method != "rewrites":
         return None
     recipe = yaml.safe_load(MATE_RECIPE.read_text())["model"]

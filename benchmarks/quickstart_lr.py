@@ -58,8 +58,7 @@ def train(teacher: str, learning_rate: float, epochs: int, work: str, quick: boo
 
 
 def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
-    """Fill the teacher-logit cache the candidates share (same teacher, same tokenised rows) with a one-step
-    fit, so that parallel candidates read it instead of each computing it."""
+    """Fill the teacher-logit cache the candidates share with a one-step fit, before they run in parallel."""
     root = Path(work) / "teacher_cache_warmup"
     config = recipe(teacher, 1e-4, 1, root, quick)
     config["trainer"].update(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)

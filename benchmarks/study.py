@@ -51,8 +51,7 @@ def _timed(function: Callable[..., dict], kwargs: dict) -> dict:
 
 
 class Study:
-    """``load`` turns the runs file's JSON into ``{key: record}`` and ``dump`` turns that back into the
-    file's JSON (both default to the identity: the file is that dict)."""
+    """``load``/``dump``: the runs file's JSON to ``{key: record}`` and back (default: the file is that dict)."""
 
     def __init__(
         self,

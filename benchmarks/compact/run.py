@@ -153,8 +153,7 @@ def summarise(
     all_rows_baseline: float | None = None,
     methods: dict[str, str] = METHODS,
 ) -> list[dict]:
-    """One row per size and method: accuracy over seeds, % of the teacher and % of its margin over the TF-IDF
-    baseline kept (and over the all-rows baseline, when given), speed-up, train time."""
+    """One row per size and method: accuracy over seeds, the margin kept over each baseline, speed-up, time."""
 
     def kept(mean: float, teacher: float, baseline: float) -> float | None:
         value = margin_kept(mean, teacher, baseline)
@@ -190,8 +189,7 @@ def summarise(
 
 
 def hand_written_sections(path: Path) -> str:
-    """The sections (``## ...``) added by hand to a committed results file, kept when it is rewritten: the
-    study writes no ``##`` heading of its own."""
+    """The ``## ...`` sections added by hand to a committed results file (the study writes none), kept."""
     text = path.read_text() if path.is_file() else ""
     start = text.find("\n## ")
     return text[start + 1 :] if start >= 0 else ""

@@ -105,8 +105,7 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
 
 
 def divergence_curve(root: Path) -> list[dict]:
-    """Per generator step: the divergence on its rewrites before and after the update, and on the unmodified
-    batch (AdversaryMonitor's ``adversary/*`` rows in metrics.csv)."""
+    """Per generator step (AdversaryMonitor): the divergence on its rewrites before/after it, and on the plain batch."""
     return [
         {
             "generator_step": int(float(r["adversary/generator_step"])),
