@@ -40,9 +40,7 @@ def component(class_path: str, **init_args) -> dict:
     return {"class_path": class_path, "init_args": init_args}
 
 
-def run_cli(args: list[str]):
-    """Build a kdlight CLI run without running it (returns the LightningCLI with trainer/model/data)."""
-    return cli(args, run=False)
+run_cli = functools.partial(cli, run=False)  # run_cli(args): a kdlight CLI run built, not run (trainer, model, data)
 
 
 def runner_for(config: dict, root: Path):
@@ -54,10 +52,9 @@ def runner_for(config: dict, root: Path):
 
 
 class StepTimer(Callback):
-    """``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step, and
-    ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
-    ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU or start a profiler). A loop
-    without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
+    """``times`` / ``cpu_times`` (wall / process CPU seconds) of every training step and ``stamps`` / ``cpu_stamps``,
+    the clocks at every step's end. ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU);
+    a loop without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
 
     def __init__(self, before_stamp: Callable[[int], None] | None = None) -> None:
         self.before_stamp = before_stamp
@@ -182,9 +179,8 @@ def finished_fit(last: Path, trainer: dict) -> dict | None:
 
 
 def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
-    """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
-    validation curve and the best checkpoint's validation score (what selection may use), test metrics.
-    ``resume``: continue from the newest ``last.ckpt`` under ``root`` if an earlier attempt left one."""
+    """`kdlight fit` then `kdlight test --ckpt_path best`: time, steps, size, export, validation curve, best validation
+    score (what selection may use), test metrics. ``resume``: from the newest ``last.ckpt`` under ``root``."""
     last = latest_last_checkpoint(root) if resume else None
     finished = finished_fit(last, config["trainer"]) if last else None
     runner = runner_for(config, root)
@@ -224,10 +220,9 @@ def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ra
 
 
 def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defaults: dict[str, int], **spec):
-    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded; then
-    :func:`step_cost_rows` of ``spec["names"]`` (the first one the reference) and a bar plot. ``spec``: ``table``
-    (label key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with the
-    arguments)."""
+    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded, then
+    :func:`step_cost_rows` of ``spec["names"]`` (the first the reference) and a bar plot. ``spec``: ``table`` (label
+    key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with arguments)."""
     parser = study_parser(doc)
     for key, value in defaults.items():
         parser.add_argument(f"--{key}", type=int, default=value)

@@ -30,8 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Job:
-    """One run: ``function(**kwargs)`` returns a JSON-able record (a dict). ``function`` must be importable
-    (defined at module level) so a worker process can run it."""
+    """One run: ``function(**kwargs)`` returns a JSON-able record; ``function`` is module-level (workers import it)."""
 
     def __init__(self, function: Callable[..., dict], **kwargs: Any) -> None:
         self.function, self.kwargs = function, kwargs
@@ -136,9 +135,8 @@ class Study:
         plot: Callable[[Path], None] | None = None,
         table_rows: list[dict] | None = None,
     ) -> None:
-        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``. The
-        table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``; ``columns``
-        as for :func:`markdown_table`."""
+        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table of ``table_rows`` if given else of ``rows``,
+        notes) and ``<name>.png``; ``columns`` as for :func:`markdown_table`."""
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
         table = markdown_table(rows if table_rows is None else table_rows, columns)
@@ -150,8 +148,7 @@ class Study:
 
 
 def markdown_table(rows: list[dict], columns: str | list[tuple[str, str]]) -> str:
-    """A markdown table of ``rows`` with (key, header) columns, or ``"key=header; key; ..."`` (a bare key is its
-    own header); floats to 4 significant digits."""
+    """A markdown table of ``rows``: columns ``[(key, header)]`` or ``"key=header; key; ..."``; floats to 4 digits."""
     if isinstance(columns, str):
         columns = [
             (key.strip(), (header or key).strip()) for key, _, header in (c.partition("=") for c in columns.split(";"))
@@ -197,8 +194,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def over_seeds(runs: list[dict], teacher_params: int, teacher_score: float) -> dict:
-    """The columns every compression table shares, from one row's runs (one per seed): the student's size and
-    compression, its test accuracy's mean and std, the seeds, the mean as a percentage of the teacher's."""
+    """A compression table's shared columns from a row's runs (one a seed): size, accuracy over seeds, % of teacher."""
     mean, std = mean_std([r["test/score"] for r in runs])
     size = {"params": runs[0]["params"], "compression": teacher_params / runs[0]["params"]}
     accuracy = {"accuracy_mean": mean, "accuracy_std": std, "seeds": len(runs)}

@@ -491,10 +491,8 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
 
 
 def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list[tuple]:
-    """(rate, teacher, method, lambda, seed, again) in the order the study runs them: rate by rate, then
-    seed-major, then teacher, so a study stopped early has whole (seed, teacher) blocks of every method; the
-    expected-error ablation after every seed of its rate. ``again``: an :data:`OVERLOADED` run re-run for its time.
-    """
+    """(rate, teacher, method, lambda, seed, again) in run order: rate by rate, seed-major, then teacher (a study
+    stopped early has whole blocks of every method); the expected-error ablation last; ``again``: a timing re-run."""
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
     order = []
     for rate in rates:
@@ -512,8 +510,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
-    """Train a teacher when its record is missing, or again (seeded: the recorded one up to CPU floating point,
-    its test accuracy compared in the log) when its exported folder is gone (a rebuilt kdlight cache)."""
+    """Train a teacher when its record or (a rebuilt cache) its export is missing; seeded, compared in the log."""
     key = f"{TEACHER}{kind}|{rate}"
     record = study.done().get(key)
     if record is not None and (Path(record["path"]) / "config.json").is_file():

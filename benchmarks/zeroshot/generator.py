@@ -73,8 +73,7 @@ def masked_lm_scores(source: str, data) -> dict:
 
 
 def rewrites(source: str, data) -> tuple[dict, list]:
-    """Zero-shot KD's rewrites of every held-out input by ``source``: the share of new tokens that are known
-    text, the share of chosen positions actually changed, and the first few decoded."""
+    """Zero-shot KD's rewrites of the held-out inputs: known-token and changed shares, the first few decoded."""
     tokenizer = load_tokenizer(FRESH)
     generator = AdversarialGenerator(source, mask_rate=REWRITE_RATE)
     generator.network.eval()
@@ -100,8 +99,7 @@ def rewrites(source: str, data) -> tuple[dict, list]:
 
 
 def common_tokens(data, special):
-    """The token ids that make up ``COMMON_MASS`` of the training split's non-special token occurrences, most
-    frequent first: the word pieces real text is made of (nearly every id occurs *somewhere* in 34k examples)."""
+    """The most frequent token ids making up ``COMMON_MASS`` of the training split's (non-special) occurrences."""
     counts = Counter(i for ids in data.dataset["input_ids"] for i in ids if i not in set(special.tolist()))
     total, kept, ids = sum(counts.values()), 0, []
     for token, count in counts.most_common():
