@@ -1,82 +1,75 @@
-"""How every study in benchmarks/ trains, times and scores, so that each study holds only what it measures.
-
-* :func:`quiet_trainer` / :func:`runner_for`: the one quiet ``Trainer`` (no logger, checkpoint, progress bar,
-  summary or validation unless asked) and the one quiet CLI run (a user's recipe, written to ``config.yaml``).
-* :class:`StepTimer`: wall and process-CPU time of every training step, as a callback.
-* :func:`profile_summary`: a cProfile dump's own time per library, and the top entries outside the model maths.
-* :func:`fit_and_test`: ``kdlight fit`` then ``kdlight test --ckpt_path best`` (accuracy is always ``trainer.test``).
-* :func:`interleaved`: rounds of measurements taking turns, so that load from other processes hits each alike.
-
-Runs, workers and result files are ``benchmarks/study.py``'s.
+"""How every study in benchmarks/ trains, times and scores, so that each study holds only what it measures: the
+quiet Trainer and CLI run, the step timer, the profile summary, ``fit_and_test`` (``kdlight fit`` then ``kdlight
+test --ckpt_path best``: accuracy is always ``trainer.test``), interleaved rounds, plots. Runs, workers and result
+files are ``benchmarks/study.py``'s.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
+import pstats
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
+import yaml
+from lightning import Trainer
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.study import Study, study_parser
+from kdlight.cli import cli
+from kdlight.models.hf import count_parameters
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 
 def quiet_trainer(root: Path, epochs: int = 1, callbacks=(), max_steps: int = -1, **overrides):
     """A CPU ``Trainer`` that trains and nothing else: no logger, checkpoints or validation (``overrides`` win)."""
-    from lightning import Trainer
-
     settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, limit_val_batches=0)
-    settings.update(num_sanity_val_steps=0, **QUIET, **overrides)
-    return Trainer(
-        max_epochs=epochs, max_steps=max_steps, default_root_dir=str(root), callbacks=list(callbacks), **settings
-    )
+    settings.update(num_sanity_val_steps=0, max_epochs=epochs, max_steps=max_steps, **QUIET, **overrides)
+    return Trainer(default_root_dir=str(root), callbacks=list(callbacks), **settings)
 
 
-def run_cli(args: list[str]):
-    """Build a kdlight CLI run without running it (returns the LightningCLI with trainer/model/data)."""
-    from kdlight.cli import cli
+def component(class_path: str, **init_args) -> dict:
+    """A recipe's ``{class_path, init_args}`` entry."""
+    return {"class_path": class_path, "init_args": init_args}
 
-    return cli(args, run=False)
+
+run_cli = functools.partial(cli, run=False)  # run_cli(args): a kdlight CLI run built, not run (trainer, model, data)
 
 
 def runner_for(config: dict, root: Path):
     """A CLI run of ``config`` (written to ``root/config.yaml``, as a user's recipe) logging under ``root``, quiet."""
-    import yaml
-
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     quiet = [f"--trainer.{key}=false" for key in QUIET]
     return run_cli(["--config", str(root / "config.yaml"), f"--trainer.default_root_dir={root}", *quiet])
 
 
-class StepTimer:
-    """A callback: ``times`` (wall seconds) and ``cpu_times`` (this process's CPU seconds) of every training step,
-    and ``stamps`` / ``cpu_stamps``, the clocks at every step's end (what happens between steps included).
-    ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU or start a profiler). A loop
-    without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
+class StepTimer(Callback):
+    """``times`` / ``cpu_times`` (wall / process CPU seconds) of every training step and ``stamps`` / ``cpu_stamps``,
+    the clocks at every step's end. ``before_stamp(i)`` runs before step ``i``'s end stamp (e.g. to wait for a GPU);
+    a loop without Lightning calls ``on_train_batch_start()`` / ``on_train_batch_end()`` itself."""
 
-    def __new__(cls, before_stamp: Callable[[int], None] | None = None):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, before_stamp: Callable[[int], None] | None = None) -> None:
+        self.before_stamp = before_stamp
+        self.times, self.cpu_times, self.stamps, self.cpu_stamps = [], [], [], []
 
-        class _StepTimer(Callback):
-            def __init__(self) -> None:
-                self.times: list[float] = []
-                self.cpu_times: list[float] = []
-                self.stamps: list[float] = []
-                self.cpu_stamps: list[float] = []
+    def on_train_batch_start(self, *args) -> None:
+        self._start = (time.perf_counter(), time.process_time())
 
-            def on_train_batch_start(self, *args) -> None:
-                self._start = (time.perf_counter(), time.process_time())
-
-            def on_train_batch_end(self, *args) -> None:
-                if before_stamp is not None:
-                    before_stamp(len(self.stamps))
-                self.stamps.append(time.perf_counter())
-                self.cpu_stamps.append(time.process_time())
-                self.times.append(self.stamps[-1] - self._start[0])
-                self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
-
-        return _StepTimer()
+    def on_train_batch_end(self, *args) -> None:
+        if self.before_stamp is not None:
+            self.before_stamp(len(self.stamps))
+        self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
+        self.times.append(self.stamps[-1] - self._start[0])
+        self.cpu_times.append(self.cpu_stamps[-1] - self._start[1])
 
 
 def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list]:
@@ -89,17 +82,12 @@ def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str
 
 
 def median_ratios(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
-    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference``
-    within a round."""
+    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference`` in a round."""
     out = {}
     for name, values in times.items():
         ratios = [v / ref for v, ref in zip(values, times[reference], strict=True)]
-        out[name] = {
-            "seconds": statistics.median(values),
-            "ratio": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-        }
+        out[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios)}
+        out[name].update(ratio_min=min(ratios), ratio_max=max(ratios))
     return out
 
 
@@ -118,10 +106,7 @@ MODEL_MATHS = ("/transformers/", "/torch/nn/", "/torch/optim/", "/torch/autograd
 
 
 def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
-    """Milliseconds of own time per step by library (:data:`PROFILE_CATEGORIES`: first match wins) of a
-    cProfile dump over ``steps`` steps, and the ``top`` entries outside the model maths."""
-    import pstats
-
+    """A cProfile dump's own time per step by library (first match wins), and the top entries outside the maths."""
     stats = pstats.Stats(str(path)).stats
     seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
     for (file, _, name), (_, _, tottime, _, _) in stats.items():
@@ -147,8 +132,6 @@ class ValidationCurve:
     """A callback recording ``val/score`` (and the step and epoch) at every validation, sanity check excluded."""
 
     def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
-
         class _Curve(Callback):
             def __init__(self) -> None:
                 self.points: list[dict] = []
@@ -175,10 +158,7 @@ def latest_last_checkpoint(root: Path) -> Path | None:
 
 
 def finished_fit(last: Path, trainer: dict) -> dict | None:
-    """What ``last`` recorded if its fit already reached ``trainer``'s max_epochs / max_steps (kdlight refuses
-    to resume a run with nothing left to train), else None."""
-    import torch
-
+    """What ``last`` recorded if its fit reached ``trainer``'s max_epochs / max_steps (nothing left to resume)."""
     state = torch.load(last, map_location="cpu", weights_only=True)
     epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
@@ -191,28 +171,21 @@ def finished_fit(last: Path, trainer: dict) -> dict | None:
     checkpoint = next((v for k, v in callbacks.items() if "best_model_path" in v), {})
     curve = next((v for k, v in callbacks.items() if k.endswith("_Curve")), {})
     score = checkpoint.get("best_model_score")
-    return {
-        "steps": state["global_step"],
+    best = {
         "best_model_path": checkpoint.get("best_model_path"),
         "best_val_score": None if score is None else float(score),
-        "val_curve": curve.get("points", []),
     }
+    return {"steps": state["global_step"], **best, "val_curve": curve.get("points", [])}
 
 
 def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
-    """One run as `kdlight fit` then `kdlight test --ckpt_path best`: fit time, steps, size, export, the
-    validation curve and the best checkpoint's validation score (what selection may use), test metrics.
-    ``resume``: continue from the newest ``last.ckpt`` under ``root`` if an earlier attempt left one."""
-    from kdlight.models.hf import count_parameters
-
+    """`kdlight fit` then `kdlight test --ckpt_path best`: time, steps, size, export, validation curve, best validation
+    score (what selection may use), test metrics. ``resume``: from the newest ``last.ckpt`` under ``root``."""
     last = latest_last_checkpoint(root) if resume else None
     finished = finished_fit(last, config["trainer"]) if last else None
     runner = runner_for(config, root)
-    record = {
-        "params": count_parameters(runner.model.predictor),
-        "export": str(runner.model.export_path()),
-        "resumed_from": str(last) if last else None,
-    }
+    record = {"params": count_parameters(runner.model.predictor), "export": str(runner.model.export_path())}
+    record["resumed_from"] = str(last) if last else None
     if finished is not None:  # an earlier attempt trained every step and stopped before its test: test it
         best = finished["best_model_path"]
         record.update(fit_seconds=None, steps=finished["steps"])  # fit_seconds: the fit ran in an earlier process
@@ -246,21 +219,66 @@ def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ra
     ]
 
 
-def bar_plot(rows: list[dict], label: str, value: str, ylabel: str) -> Callable[[Path], None]:
-    """A study's ``plot``: one bar per row."""
+def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defaults: dict[str, int], **spec):
+    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded, then
+    :func:`step_cost_rows` of ``spec["names"]`` (the first the reference) and a bar plot. ``spec``: ``table`` (label
+    key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with arguments)."""
+    parser = study_parser(doc)
+    for key, value in defaults.items():
+        parser.add_argument(f"--{key}", type=int, default=value)
+    arguments = vars(parser.parse_args(argv))
+    study = Study(name)
+    times = study.once(measure, **arguments)
+    (label, ratio, columns), names = spec["table"], spec["names"]
+    rows = step_cost_rows({n: times[n] for n in names}, names[0], label, ratio)
+    text = {"title": spec["title"], "intro": spec["intro"].format(**arguments)}
+    study.write(rows, columns, plot=functools.partial(bar_plot, rows, label, *spec["plot"]), **text)
+    return rows
 
-    def draw(path: Path) -> None:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def logged_rows(root: Path, column: str, name: str = "metrics.csv", newest: bool = False) -> list[dict]:
+    """The rows with a ``column`` value in the last (by path; ``newest``: by time) CSV logger file under ``root``."""
+    files = sorted(Path(root).rglob(name), key=(lambda p: p.stat().st_mtime) if newest else None)
+    return [r for r in csv.DictReader(files[-1].open()) if r.get(column)] if files else []
 
-        fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2.5, 3.6))
+
+# --------------------------------------------------------------------------------------- plots
+@contextmanager
+def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple]:
+    """``(fig, axes)`` of ``plt.subplots(*grid, **subplots)`` (Agg backend), laid out, saved to ``path``, closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, **subplots)
+    yield fig, axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, path: Path, **kwargs) -> None:
+    """A study's ``plot`` (bound with ``functools.partial``): each run's validation curve against ``x(point)``
+    (solid once the run finished, i.e. has a test score; dashed while in progress), labelled ``label(run)``;
+    ``axes``: x label, y label, title; ``hline``: (y, label)."""
+    hline = kwargs.pop("hline", None)
+    with figure(path, **kwargs) as (_, ax):
+        for r in records:
+            done = "test/score" in r
+            xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
+            ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)"))
+        if hline is not None:
+            ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+        ax.set_title(axes[2])
+        ax.legend(fontsize=8)
+
+
+def bar_plot(rows: list[dict], label: str, value: str, ylabel: str, path: Path) -> None:
+    """A study's ``plot`` (bound with ``functools.partial``): one bar per row."""
+    with figure(path, figsize=(1.4 * len(rows) + 2.5, 3.6)) as (_, ax):
         ax.bar(range(len(rows)), [r[value] for r in rows], color=[f"C{i}" for i in range(len(rows))])
         ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=15, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-
-    return draw

@@ -6,38 +6,29 @@
     python -m benchmarks.kd_augment --report-only                  # rewrite the results from the recorded runs
     python -m benchmarks.kd_augment --quick                        # plumbing only (64 rows, few steps)
 
-Teacher: the strong teacher (benchmarks/strong_teacher.py: all-MiniLM-L6-v2 on all 10,202 training rows,
-learning rate and epoch chosen on validation), or ``--teacher quickstart``. Students: benchmarks/compact's
-sizes (4x, 10x, 20x), each a stock ALBERT export with 2 blocks whose word embeddings start from the
-teacher's truncated SVD (compact's method b, its best at 4x and 20x). Task distillation: VanillaKD (T=2,
-alpha=0.5, lr 5e-4, 2 epochs, batch 32, teacher logits cached) on the first 6,000 labelled training rows and,
-by method, more inputs the teacher labels (kdlight.data.augment.AugmentedKDDataModule):
-
-  kd          the 6,000 labelled rows (what the quickstart does)
-  rt_rest     + the other 4,202 Rotten Tomatoes training rows, labels dropped (in-domain unlabelled text)
-  wiki        + rt_rest + 8,000 sentences of the offline Wikipedia summaries (out-of-domain unlabelled text)
-  token_aug   + 2 token-augmented copies of each labelled row (15 % masked, 15 % replaced; TinyBERT-style control)
-  rewrites    the 6,000 labelled rows, each batch also rewritten by the trained masked-LM generator (MATE-KD:
-              AdversarialAugmentedKD with configs/quickstart/kd_mate.yaml's generator settings; the student's
-              loss is CE, KD and KD on the rewrite, 1/3 each; 10 of every 110 batches train the generator, so the
-              student takes 336 updates in 2 epochs to kd's 376). Needs the trained generator
-              (configs/zeroshot/generator.yaml)
-
-Each run's best checkpoint by validation accuracy is tested. Every row shows the TF-IDF + logistic regression
-baseline on the same 6,000 labelled rows and on all 10,202, and the margin kept against each:
-(student - baseline) / (teacher - baseline). CPU inference speed-up: each size's export against the teacher's
-in the same interleaved rounds. Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
+Teacher: the strong teacher (benchmarks/strong_teacher.py) or the quickstart's. Students: benchmarks/compact's
+sizes, each its method (b). VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
+the teacher labels (kdlight.data.augment.AugmentedKDDataModule): the other 4,202 training rows unlabelled
+(``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), or the
+trained generator's rewrites of each batch (``rewrites``: MATE-KD, configs/quickstart/kd_mate.yaml). Every row
+shows the margin kept over the TF-IDF baseline on the same 6,000 rows and on all rows. The study: docs/compact.md.
+Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 from pathlib import Path
 
-from benchmarks.common import fine_tuned_rt_teacher, recorded_rt_baseline
+import numpy as np
+import yaml
+
+from benchmarks.common import component, fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
-from benchmarks.compact.run import SIZES, plot, speeds, task_distillation
-from benchmarks.study import Job, Study, target
+from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
+from benchmarks.study import Job, Study, study_name, study_parser, target
+from kdlight.assets import cache_dir
+from kdlight.data.augment import WIKI_SUMMARIES, read_texts
 
 WORK = Path("runs/benchmarks")
 METHODS = {
@@ -47,7 +38,6 @@ METHODS = {
     "token_aug": "+ 2 token-augmented copies per row",
     "rewrites": "+ generator rewrites (MATE-KD)",
 }
-NOT_WIRED: dict[str, str] = {}  # methods listed but not runnable yet: method -> why (reported in the status)
 MATE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_mate.yaml"
 FULL = {"epochs": 2, "train_examples": 6000, "learning_rate": 5e-4, "wiki_sentences": 8000}
 QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentences": 32}
@@ -55,54 +45,40 @@ QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentenc
 
 def augmentation(method: str, setting: dict) -> dict:
     """AugmentedKDDataModule's arguments for a method (empty: plain KD on the labelled rows)."""
-    if method == "kd":
-        return {}
-    if method == "rt_rest":
-        return {"unlabelled": ["task_rest"]}
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    if method == "token_aug":
-        return {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
-    if method == "rewrites":  # the labelled rows: the module rewrites each batch (module_config)
-        return {}
-    raise ValueError(f"{method}: {NOT_WIRED.get(method, 'unknown method')}")
+    token_aug = {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
+    # rewrites: the labelled rows, the module rewrites each batch (module_config)
+    fixed = {"kd": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug, "rewrites": {}}
+    if method not in fixed:
+        raise ValueError(f"{method}: unknown method")
+    return fixed[method]
 
 
 def module_config(method: str, quick: bool) -> dict | None:
-    """Another distiller than VanillaKD for a method: ``rewrites`` takes MATE-KD's module and the arguments that
-    configs/quickstart/kd_mate.yaml adds to configs/quickstart/kd.yaml (the generator's); None for the others."""
+    """``rewrites``: MATE-KD's module with what configs/quickstart/kd_mate.yaml adds to kd.yaml; else None."""
     if method != "rewrites":
         return None
-    import yaml
-
     recipe = yaml.safe_load(MATE_RECIPE.read_text())["model"]
     plain = yaml.safe_load(MATE_RECIPE.with_name("kd.yaml").read_text())["model"]["init_args"]
     extra = {k: v for k, v in recipe["init_args"].items() if k not in plain}
     if quick:  # 2 batches an epoch: one generator and one student step each
         extra.update(generator_steps=1, student_steps=1, show_rewrites_every=0)
-    return {"class_path": recipe["class_path"], "init_args": extra}
+    return component(recipe["class_path"], **extra)
 
 
 def data_config(method: str, setting: dict, quick: bool) -> dict:
-    inner = {
-        "class_path": "RottenTomatoesDataModule",
-        "init_args": {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]},
-    }
+    inner = component(
+        "RottenTomatoesDataModule", max_length=64, batch_size=32, max_train_examples=setting["train_examples"]
+    )
     extra = augmentation(method, setting)
-    if not extra:
-        return inner
     if quick and "unlabelled" in extra:
         extra["max_unlabelled"] = 48
-    return {"class_path": "AugmentedKDDataModule", "init_args": {"datamodule": inner, **extra}}
+    return component("AugmentedKDDataModule", datamodule=inner, **extra) if extra else inner
 
 
 def wiki_sample(count: int, seed: int = 0) -> Path:
     """``count`` Wikipedia-summary sentences (a seeded choice), written once as a text file."""
-    import numpy as np
-
-    from kdlight.assets import cache_dir
-    from kdlight.data.augment import WIKI_SUMMARIES, read_texts
-
     path = cache_dir() / "augment" / f"wiki_sentences_{count}_seed{seed}.txt"
     if not path.is_file():
         texts = read_texts(WIKI_SUMMARIES, min_words=4)
@@ -150,23 +126,14 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "workers", "label", "quick", "report-only")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument(
-        "--methods", nargs="+", default=[m for m in METHODS if m not in NOT_WIRED], choices=list(METHODS)
-    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--label", default="", help="a suffix for the result files, e.g. gpu")
-    parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
-    unwired = [m for m in args.methods if m in NOT_WIRED]
-    methods = [m for m in args.methods if m not in NOT_WIRED]
     setting = dict(QUICK if args.quick else FULL)
-    name = "kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else "")
-    name += ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    name = study_name("kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else ""), args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     if args.teacher == "strong":
         from benchmarks.strong_teacher import strong_teacher_export
@@ -174,74 +141,53 @@ def main(argv: list[str] | None = None) -> list[dict]:
         teacher_path = strong_teacher_export()
         if teacher_path is None and not args.report_only:
             raise SystemExit(
-                "no strong teacher on this machine: run `python -m benchmarks.strong_teacher` first "
-                "(or use --teacher quickstart)"
+                "no strong teacher here: run `python -m benchmarks.strong_teacher` or use --teacher quickstart"
             )
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
+    common = dict(teacher=teacher, general_export=None, setting=setting, work=str(WORK / name), quick=args.quick)
+    common["student_method"] = "b"
     jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
             task_distillation,
             size=size,
             method=method,
             seed=seed,
-            teacher=teacher,
-            general_export=None,
-            setting=setting,
-            work=str(WORK / name),
-            student_method="b",
             data=data_config(method, setting, args.quick),
-            quick=args.quick,
-            **({"module": module_config(method, args.quick)} if method == "rewrites" else {}),
+            module=module_config(method, args.quick),
+            **common,
         )
         for seed in args.seeds
         for size in args.sizes
-        for method in methods
+        for method in args.methods
     }
     study.run(jobs)
-    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed = speeds(name, done, teacher, args.quick, args.report_only)
-    from kdlight.models.hf import count_parameters, load_classifier
-
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
     rows_baseline = recorded_rt_baseline(setting["train_examples"])
     all_baseline = recorded_rt_baseline(64 if args.quick else None)
     baselines = {"rows": rows_baseline["test_score"], "all": all_baseline["test_score"]}
     rows = summarise(list(done.values()), speed, teacher_params, baselines)
-    planned = len(args.sizes) * len(methods) * len(args.seeds)
+    planned = len(args.sizes) * len(args.methods) * len(args.seeds)
     finished = sum(1 for k in jobs if k in done)
-    status = [
+    status = (
         f"## Status (written by the study)\n\n{finished} of the {planned} runs asked for are recorded "
-        f"({len(done)} in all in {study.runs_path.name}).",
-    ]
-    if unwired:
-        status.append(", ".join(f"`{m}` not run: {NOT_WIRED[m]}" for m in unwired) + ".")
+        f"({len(done)} in all in {study.runs_path.name})."
+    )
     study.write(
         rows,
-        [
-            ("student", "size"),
-            ("method", "method"),
-            ("compression", "compression"),
-            ("accuracy_mean", "test acc (mean)"),
-            ("accuracy_std", "std"),
-            ("seeds", "seeds"),
-            ("teacher_accuracy", "teacher"),
-            ("pct_of_teacher", "% of teacher"),
-            ("baseline_accuracy", "baseline (6k rows)"),
-            ("margin_kept_pct", "% margin kept"),
-            ("baseline_all", "baseline (all rows)"),
-            ("margin_kept_all_pct", "% margin kept (all-rows baseline)"),
-            ("speedup", "CPU speed-up"),
-            ("train_seconds", "train s/run"),
-        ],
+        "student=size; method; compression; accuracy_mean=test acc (mean); accuracy_std=std; seeds; "
+        "teacher_accuracy=teacher; pct_of_teacher=% of teacher; baseline_accuracy=baseline (6k rows); "
+        "margin_kept_pct=% margin kept; baseline_all=baseline (all rows); margin_kept_all_pct=% margin kept "
+        "(all-rows baseline); speedup=CPU speed-up; train_seconds=train s/run",
         title="KD inputs: students at 4x/10x/20x, against a bag-of-words baseline"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro=f"Teacher: {args.teacher} ({teacher_path or 'not on this machine'}), {teacher_params / 1e6:.2f}M "
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
-        notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), *status]),
-        plot=plot(
+        notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
+        plot=functools.partial(
+            plot,
             rows,
             rows[0]["teacher_accuracy"] if rows else float("nan"),
             {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]},

@@ -3,18 +3,15 @@
     python -m benchmarks.quickstart_lr                 # the four candidates (about 2 min each on 2 idle cores)
     python -m benchmarks.quickstart_lr --report-only   # rewrite the results from the recorded runs
 
-The quickstart's ``configs/quickstart/kd.yaml`` once had its learning rate picked on test accuracy from four
-runs (2e-4, 3e-4 and 5e-4 for 2 epochs; 3e-4 for 3 epochs). This study runs the same four candidates, each
-as the recipe verbatim (seed 42, the quickstart teacher, 6,000 training rows) with only the learning rate and
-the number of epochs changed, and picks the one whose best checkpoint scores highest on the validation split;
-test accuracy is reported beside it but takes no part in the choice. The TF-IDF + logistic regression
-baseline on the same 6,000 rows and each run's margin kept are in every row.
+configs/quickstart/kd.yaml verbatim (seed 42, the quickstart teacher, 6,000 rows) at the four :data:`CANDIDATES`
+the README's choice once came from (on test accuracy); the one whose best checkpoint scores highest on validation
+is chosen, test accuracy is reported beside it. Every row has the TF-IDF baseline and the margin kept.
 Results: benchmarks/results/quickstart_lr.{md,json,png}; finished runs in quickstart_lr_runs.json.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 from pathlib import Path
 
 import yaml
@@ -22,12 +19,15 @@ import yaml
 from benchmarks.common import (
     CONFIGS,
     cached_rt_teacher,
+    choose,
     fine_tuned_rt_teacher,
     fit_and_test,
-    in_progress_curve,
+    in_progress,
     recorded_rt_baseline,
 )
-from benchmarks.study import Job, Study
+from benchmarks.harness import curves_plot
+from benchmarks.study import Job, Study, study_name, study_parser
+from kdlight.baseline import margin_kept
 
 WORK = Path("runs/benchmarks/quickstart_lr")
 #: (learning rate, epochs): the four runs the README's choice came from
@@ -58,23 +58,14 @@ def train(teacher: str, learning_rate: float, epochs: int, work: str, quick: boo
 
 
 def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
-    """Fill the teacher-logit cache the candidates share (same teacher, same tokenised rows) with a one-step
-    fit, so that parallel candidates read it instead of each computing it."""
+    """Fill the teacher-logit cache the candidates share with a one-step fit, before they run in parallel."""
     root = Path(work) / "teacher_cache_warmup"
     config = recipe(teacher, 1e-4, 1, root, quick)
     config["trainer"].update(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
     fit_and_test(config, root, test=False)
 
 
-def choose(records: list[dict]) -> dict:
-    """The candidate with the best validation score (ties: the earlier in CANDIDATES order). Test accuracy
-    is never looked at."""
-    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
-
-
 def summarise(records: list[dict], baseline: dict) -> list[dict]:
-    from kdlight.baseline import margin_kept
-
     chosen = choose(records) if records else None
     rows = []
     for r in records:
@@ -97,42 +88,9 @@ def summarise(records: list[dict], baseline: dict) -> list[dict]:
     return rows
 
 
-def plot(records: list[dict]):
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in records:
-            epochs = [p["epoch"] + 1 for p in r["val_curve"]]
-            ax.plot(
-                epochs,
-                [p["val_score"] for p in r["val_curve"]],
-                marker="o",
-                ls="-" if "test/score" in r else "--",
-                label=candidate_key(r["learning_rate"], r["epochs"]) + ("" if "test/score" in r else " (in progress)"),
-            )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (Rotten Tomatoes)")
-        ax.set_title("quickstart student: validation curve per candidate")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-
-    return draw
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
-    parser.add_argument("--quick", action="store_true", help="64 rows per run (plumbing check; own result files)")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="candidates at a time (the teacher-logit cache is filled first)"
-    )
-    args = parser.parse_args(argv)
-    name = "quickstart_lr" + ("_quick" if args.quick else "")
+    args = study_parser(__doc__, "report-only", "quick", "workers").parse_args(argv)
+    name = study_name("quickstart_lr", args)
     study = Study(name, report_only=args.report_only)
     # report-only trains nothing (the teacher's path is only passed to the jobs it does not run)
     teacher = str(cached_rt_teacher() if args.report_only else fine_tuned_rt_teacher())
@@ -148,28 +106,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = [done[key] for key in jobs if key in done]
     baseline = recorded_rt_baseline(64 if args.quick else 6000)
     rows = summarise(records, baseline)
-    in_progress = []
-    for key, job in jobs.items():  # candidates not finished: their validation points so far, marked as such
-        curve = [] if key in done else in_progress_curve(WORK / name / key.replace("/", "_"))
-        if curve:
-            in_progress.append({**job.kwargs, "val_curve": curve})
-            rows.append(
-                {
-                    "learning_rate": job.kwargs["learning_rate"],
-                    "epochs": job.kwargs["epochs"],
-                    "val_score": max(p["val_score"] for p in curve),
-                    "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {job.kwargs['epochs']})",
-                    "val_curve": [p["val_score"] for p in curve],
-                }
-            )
+    going = in_progress(jobs, done, lambda key: WORK / name / key.replace("/", "_"))
+    for key, curve in going.items():
+        lr, epochs = jobs[key].kwargs["learning_rate"], jobs[key].kwargs["epochs"]
+        rows.append(
+            {
+                "learning_rate": lr,
+                "epochs": epochs,
+                "val_score": max(p["val_score"] for p in curve),
+                "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {epochs})",
+                "val_curve": [p["val_score"] for p in curve],
+            }
+        )
+    in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
-    status = (
-        f"{len(records)} of {len(jobs)} candidates run"
-        + (f"; not yet run: {', '.join(k for k in jobs if k not in done)}" if len(records) < len(jobs) else "")
-        + "."
+    missing = [k for k in jobs if k not in done]
+    status = f"{len(records)} of {len(jobs)} candidates run" + (
+        f"; not yet run: {', '.join(missing)}." if missing else "."
     )
     choice = (
-        ("Provisional, among the finished candidates only: " if len(records) < len(jobs) else "")
+        ("Provisional, among the finished candidates only: " if missing else "")
         + f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "
         f"(best validation accuracy {chosen['val_score']:.4f}; its test accuracy {chosen['test_score']:.4f})."
         if chosen
@@ -177,18 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     study.write(
         rows,
-        [
-            ("learning_rate", "lr"),
-            ("epochs", "epochs"),
-            ("val_score", "val acc (best ckpt)"),
-            ("chosen", "chosen on val"),
-            ("test_score", "test acc"),
-            ("teacher_test_score", "teacher test acc"),
-            ("baseline_test_score", "TF-IDF baseline test acc"),
-            ("pct_of_teacher", "% of teacher"),
-            ("margin_kept_pct", "% of margin kept"),
-            ("fit_seconds", "fit s"),
-        ],
+        "learning_rate=lr; epochs; val_score=val acc (best ckpt); chosen=chosen on val; test_score=test acc; "
+        "teacher_test_score=teacher test acc; baseline_test_score=TF-IDF baseline test acc; pct_of_teacher=% of "
+        "teacher; margin_kept_pct=% of margin kept; fit_seconds=fit s",
         title="Quickstart student: learning rate and epochs chosen on validation"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro="configs/quickstart/kd.yaml verbatim (seed 42, quickstart teacher, 6,000 training rows, batch 32) with "
@@ -196,7 +143,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=plot(records + in_progress) if records or in_progress else None,
+        plot=functools.partial(
+            curves_plot,
+            records + in_progress_records,
+            lambda point: point["epoch"] + 1,  # epochs done
+            lambda r: candidate_key(r["learning_rate"], r["epochs"]),
+            ("epoch", "validation accuracy (Rotten Tomatoes)", "quickstart student: validation curve per candidate"),
+            figsize=(6, 4),
+        )
+        if records or going
+        else None,
     )
     return rows
 

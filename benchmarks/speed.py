@@ -4,28 +4,27 @@
     python -m benchmarks.speed --gpu            # MiniLM shape, batch 64 and 256, bf16-mixed on CUDA: speed_gpu.*
     python -m benchmarks.speed --quick          # a 15-second smoke run (results in a temp folder)
 
-Both systems train the same student (a teacher's first layer) from the same weights on the same batches of the
-same datamodule, with kdlight's own loss functions, optimiser and learning-rate schedule (the hand-written loop
-takes them from the module's ``configure_optimizers``): what differs is the loop. kdlight runs as a user runs it,
-``Trainer`` + module + datamodule with a ``CSVLogger`` at Lightning's default ``log_every_n_steps``; progress bar,
-checkpointing, model summary and validation are off for both. Models: tiny random BERTs sized so that a step takes
-~10, ~25 and ~100 ms on one thread (where the fixed per-step cost decides), or, with ``--gpu``, all-MiniLM-L6-v2's
-shape with random weights. The systems take turns round after round (the order flips every round); each round
-gives one ratio (throughput kdlight / hand-written over the same timed steps: step ends ``FIRST`` to ``LAST``,
-data loading and all framework work between steps included), and the figure is the median of those ratios. On
-CPU the judged clock is process CPU time (one thread: the work a step costs, whatever else runs on the machine),
-with wall time alongside; on a GPU, wall time, waiting for the device only at the window's ends. A cProfile of
-each system at the smallest size says where kdlight's extra time goes. Each ``--label`` keeps its own rows.
+Both train the same student from the same weights on the same batches with kdlight's losses, optimiser and
+schedule; only the loop differs (kdlight: Trainer + CSVLogger as a user runs it). Tiny random BERTs at ~10, ~25 and
+~100 ms a step (or MiniLM's shape with ``--gpu``); the systems take turns over rounds, each round gives one
+throughput ratio over steps ``FIRST`` to ``LAST``, the figure is their median (CPU: process CPU time, one thread).
+A cProfile at the smallest size says where the extra time goes. Method and numbers: docs/scale.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
+import functools
 import random
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning import seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from benchmarks.harness import (
     PROFILE_CATEGORIES,
@@ -36,7 +35,11 @@ from benchmarks.harness import (
     profile_summary,
     quiet_trainer,
 )
-from benchmarks.study import RESULTS, Job, Study, markdown_table
+from benchmarks.study import RESULTS, Job, Study, markdown_table, study_parser
+from kdlight.data import TextClassificationDataModule
+from kdlight.losses import distillation_loss
+from kdlight.models.students import TruncatedTeacher
+from kdlight.modules import VanillaKD
 
 SEED, ALPHA, TEMPERATURE, FIRST, LAST = 0, 0.5, 2.0, 7, 31
 CPU_SIZES = {  # a VanillaKD step of ~10, ~25 and ~100 ms on one thread of the 2-core CI machine
@@ -53,9 +56,6 @@ TARGETS = {"10ms": 0.95, "25ms": 0.97, "gpu-b64": 0.95, "gpu-b256": 0.95}  # the
 
 def make_assets(root: Path, spec: dict) -> Path:
     """A word-level tokenizer, a random BERT teacher and CSV splits of random words, written once per size."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
     if (root / "done").is_file():
         return root
     words = [f"w{i}" for i in range(spec.get("words", 2000))]
@@ -63,14 +63,9 @@ def make_assets(root: Path, spec: dict) -> Path:
         vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     )
     heads = 12 if spec["hidden"] == 384 else (4 if spec["hidden"] % 4 == 0 else 2)
+    shape = dict(hidden_size=spec["hidden"], num_hidden_layers=spec["layers"], intermediate_size=4 * spec["hidden"])
     config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec["hidden"],
-        num_hidden_layers=spec["layers"],
-        num_attention_heads=heads,
-        intermediate_size=4 * spec["hidden"],
-        max_position_embeddings=128,
-        num_labels=2,
+        vocab_size=len(tokenizer), num_attention_heads=heads, max_position_embeddings=128, num_labels=2, **shape
     )
     torch.manual_seed(SEED)
     BertForSequenceClassification(config).save_pretrained(root / "teacher")
@@ -88,38 +83,24 @@ def make_assets(root: Path, spec: dict) -> Path:
 
 def setup(assets: Path, spec: dict, steps: int, device: str):
     """The datamodule and the VanillaKD module, built as a user builds them (the same for both systems)."""
-    from lightning import seed_everything
-
-    from kdlight.data import TextClassificationDataModule
-    from kdlight.models.students import TruncatedTeacher
-    from kdlight.modules import VanillaKD
-
     seed_everything(SEED, verbose=False)
     files = {f"{key}_file": str(assets / f"{split}.csv") for key, split in (("train", "train"), ("val", "validation"))}
+    sizes = dict(max_length=spec["length"], batch_size=spec["batch"])
     dm = TextClassificationDataModule(
         **files,
         test_file=str(assets / "test.csv"),
         label_names=["neg", "pos"],
         tokenizer=str(assets / "teacher"),
-        max_length=spec["length"],
-        batch_size=spec["batch"],
+        **sizes,
     )
     dm.prepare_data()
     dm.setup("fit")
-    module = VanillaKD(
-        teacher=str(assets / "teacher"),
-        student=TruncatedTeacher(spec["student_layers"]),
-        task=dm.task,
-        alpha=ALPHA,
-        temperature=TEMPERATURE,
-        weight_decay=0.0,
-    )
-    return dm, module
+    student = TruncatedTeacher(spec["student_layers"])
+    kd = dict(alpha=ALPHA, temperature=TEMPERATURE, weight_decay=0.0)
+    return dm, VanillaKD(teacher=str(assets / "teacher"), student=student, task=dm.task, **kd)
 
 
 def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
-    from lightning.pytorch.loggers import CSVLogger
-
     dm, module = setup(assets, spec, steps, device)
     hardware = {"accelerator": "cuda", "precision": "bf16-mixed"} if device == "cuda" else {}
     logger = CSVLogger(str(work), name="speed")
@@ -129,11 +110,6 @@ def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: 
 
 def run_handwritten(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
     """The same maths on the same batches in plain PyTorch: kdlight's models, loss, optimiser and schedule."""
-    import torch
-    import torch.nn.functional as F
-
-    from kdlight.losses import distillation_loss
-
     dm, module = setup(assets, spec, steps, device)
     module.configure_models()
     module.to(device)
@@ -164,8 +140,6 @@ SYSTEMS = {"handwritten": run_handwritten, "kdlight": run_kdlight}
 
 def measure(size: str, rounds: int, steps: int, device: str, work: str) -> dict:
     """One size: both systems, ``rounds`` rounds taking turns; per clock, median step times and ratios."""
-    import torch
-
     if device == "cpu":
         torch.set_num_threads(1)
     spec = {**CPU_SIZES, **GPU_SIZES}[size]
@@ -186,18 +160,14 @@ def measure(size: str, rounds: int, steps: int, device: str, work: str) -> dict:
     clocks = {}
     for clock in ["wall"] if device == "cuda" else ["cpu", "wall"]:  # on a GPU the host's CPU time means little
         ratios = median_ratios({s: [r[clock] for r in values] for s, values in runs.items()}, "kdlight")
-        clocks[clock] = {  # hand-written time / kdlight time: the throughput ratio kdlight / hand-written
-            "handwritten_ms": 1000 * ratios["handwritten"]["seconds"],
-            "kdlight_ms": 1000 * ratios["kdlight"]["seconds"],
-            **{k: ratios["handwritten"][k] for k in ("ratio", "ratio_min", "ratio_max")},
-        }
+        ms = {f"{s}_ms": 1000 * ratios[s]["seconds"] for s in ("handwritten", "kdlight")}
+        # hand-written time / kdlight time: the throughput ratio kdlight / hand-written
+        clocks[clock] = {**ms, **{k: ratios["handwritten"][k] for k in ("ratio", "ratio_min", "ratio_max")}}
     return clocks
 
 
 def profile(size: str, steps: int, work: str) -> dict:
     """Own time per library of each system over the timed steps (one run each, cProfile on process CPU time)."""
-    import torch
-
     torch.set_num_threads(1)
     spec = CPU_SIZES[size]
     assets = make_assets(Path(work) / size, spec)
@@ -219,19 +189,18 @@ def profile(size: str, steps: int, work: str) -> dict:
 def profile_notes(label: str, record: dict) -> str:
     hand, kd = record["handwritten"]["ms_per_step"], record["kdlight"]["ms_per_step"]
     own = [{"in": c, "hand": hand[c], "kdlight": kd[c], "extra": kd[c] - hand[c]} for c, _ in PROFILE_CATEGORIES]
-    top = [("where", "function"), ("ms_per_step", "ms/step"), ("calls_per_step", "calls/step")]
     return (
         f"## {label}: where the time goes at ~{list(CPU_SIZES)[0]} (cProfile, CPU ms per step)\n\n"
-        + markdown_table(
-            own, [("in", "own time in"), ("hand", "hand-written"), ("kdlight", "kdlight"), ("extra", "extra")]
-        )
+        + markdown_table(own, "in=own time in; hand=hand-written; kdlight; extra")
         + "\nkdlight's top entries by own time outside the model maths and the optimiser:\n\n"
-        + markdown_table(record["kdlight"]["top_own_time"], top)
+        + markdown_table(
+            record["kdlight"]["top_own_time"], "where=function; ms_per_step=ms/step; calls_per_step=calls/step"
+        )
     )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--label", default="after", help="a measurement's name: its rows replace that label's")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
@@ -279,11 +248,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "seconds": record["seconds"],
             }
         )
-    columns = [("label", "label"), ("size", "size"), ("handwritten_ms", "hand-written ms/step")]
-    columns += [("kdlight_ms", "kdlight ms/step"), ("ratio", "ratio"), ("range", "range"), ("target", "target")]
     study.write(
         rows,
-        [*columns, ("clock", "clock"), ("wall_ratio", "wall-time ratio")],
+        "label; size; handwritten_ms=hand-written ms/step; kdlight_ms=kdlight ms/step; ratio; range; target; clock; "
+        "wall_ratio=wall-time ratio",
         title="Framework overhead: kdlight's VanillaKD vs a hand-written loop" + (" (GPU)" if args.gpu else " (CPU)"),
         intro="Made by `python -m benchmarks.speed` (its docstring has the method). Ratio = throughput kdlight / "
         "hand-written, the median over rounds of the ratio within a round (range: the rounds' extremes). "
@@ -293,7 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else "Tiny random BERTs, one thread; judged on process CPU time (`clock`), wall-time ratios alongside."
         ),
         notes="\n\n".join(notes),
-        plot=bar_plot(rows, "name", "ratio", "throughput kdlight / hand-written"),
+        plot=functools.partial(bar_plot, rows, "name", "ratio", "throughput kdlight / hand-written"),
     )
     return rows
 

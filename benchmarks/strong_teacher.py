@@ -4,28 +4,25 @@
     python -m benchmarks.strong_teacher --report-only   # rewrite the results from the recorded runs
     python -m benchmarks.strong_teacher --quick         # 64 rows, 1 epoch: plumbing only
 
-The quickstart teacher is all-MiniLM-L6-v2 fine-tuned for one epoch on 6,000 Rotten Tomatoes rows. Here the
-same recipe (configs/quickstart/teacher.yaml) trains on every training row for ``EPOCHS`` epochs at each
-learning rate of ``LEARNING_RATES``, validating twice per epoch; the checkpoint with the best validation
-accuracy is that run's teacher (kdlight exports the best checkpoint), and the run with the best of those is
-the strong teacher. Test accuracy is reported and never used to choose. The validation curves are plotted.
-A run stopped part-way continues from its ``last.ckpt`` when the study is started again.
-
-The chosen teacher's export is ``<kdlight cache>/teachers/strong_rt/<candidate>/export``;
-:func:`strong_teacher_export` returns it for other studies (it reads the recorded choice).
+configs/quickstart/teacher.yaml on every training row for ``EPOCHS`` epochs at each of ``LEARNING_RATES``,
+validated twice per epoch; each run's best checkpoint by validation accuracy is its teacher, and the best of those
+is the strong teacher (test accuracy is reported, never used to choose). A stopped run resumes from its last.ckpt.
+:func:`strong_teacher_export` returns the chosen export for other studies.
 Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in strong_teacher_runs.json.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 from pathlib import Path
 
 import yaml
 
-from benchmarks.common import CONFIGS, fit_and_test, in_progress_curve, recorded_rt_baseline
-from benchmarks.study import RESULTS, Job, Study
+from benchmarks.common import CONFIGS, choose, fit_and_test, in_progress, recorded_rt_baseline
+from benchmarks.harness import curves_plot
+from benchmarks.study import RESULTS, Job, Study, study_name, study_parser
+from kdlight.assets import cache_dir
 
 LEARNING_RATES = (5e-5, 1e-4)
 EPOCHS = 3
@@ -36,8 +33,6 @@ def candidate_key(learning_rate: float, epochs: int) -> str:
 
 
 def teacher_root(key: str) -> Path:
-    from kdlight.assets import cache_dir
-
     return cache_dir() / "teachers" / "strong_rt" / key
 
 
@@ -59,59 +54,21 @@ def train(learning_rate: float, epochs: int, quick: bool = False) -> dict:
     return record
 
 
-def choose(records: list[dict]) -> dict:
-    """The run whose best checkpoint has the best validation accuracy (ties: the earlier run)."""
-    return max(records, key=lambda r: (r["best_val_score"], -records.index(r)))
-
-
 def strong_teacher_export(results: Path = RESULTS) -> Path | None:
     """The chosen strong teacher's export, if the study has chosen one and its export is on this machine."""
     path = results / "strong_teacher.json"
-    if not path.is_file():
-        return None
-    chosen = [r for r in json.loads(path.read_text()) if r.get("chosen") == "yes"]
-    export = Path(chosen[0]["export"]) if chosen else None
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    export = next((Path(r["export"]) for r in rows if r.get("chosen") == "yes"), None)
     return export if export is not None and (export / "config.json").is_file() else None
 
 
-def plot(records: list[dict], baseline: float):
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for r in records:
-            steps = [p["step"] for p in r["val_curve"]]
-            ax.plot(
-                steps,
-                [p["val_score"] for p in r["val_curve"]],
-                marker="o",
-                ls="-" if "test/score" in r else "--",
-                label=f"lr {r['learning_rate']:g}" + ("" if "test/score" in r else " (in progress)"),
-            )
-        ax.axhline(baseline, color="tab:red", ls="-.", lw=1, label="TF-IDF + LR baseline (test, same rows)")
-        ax.set_xlabel("training step (batch 32)")
-        ax.set_ylabel("validation accuracy")
-        ax.set_title("MiniLM teacher on all Rotten Tomatoes training rows")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-
-    return draw
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "report-only", "quick")
     parser.add_argument("--learning-rates", type=float, nargs="+", default=list(LEARNING_RATES))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
-    parser.add_argument("--quick", action="store_true", help="64 rows, 1 epoch (plumbing check; own result files)")
     args = parser.parse_args(argv)
     epochs = 1 if args.quick else args.epochs
-    name = "strong_teacher" + ("_quick" if args.quick else "")
-    study = Study(name, report_only=args.report_only)
+    study = Study(study_name("strong_teacher", args), report_only=args.report_only)
     jobs = {
         candidate_key(lr, epochs): Job(train, learning_rate=lr, epochs=epochs, quick=args.quick)
         for lr in args.learning_rates
@@ -138,12 +95,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = [row(r["learning_rate"], r["val_curve"], "yes" if r is chosen else "", r) for r in records]
     missing = [k for k in jobs if k not in done]
-    for key in missing:  # runs still going (or stopped): their validation points so far, marked as such
-        curve = in_progress_curve(teacher_root(key + ("_quick" if args.quick else "")))
-        if curve:
-            learning_rate = jobs[key].kwargs["learning_rate"]
-            rows.append(row(learning_rate, curve, f"in progress (step {curve[-1]['step']})"))
-            records.append({"learning_rate": learning_rate, "val_curve": curve})
+    for key, curve in in_progress(jobs, done, lambda key: teacher_root(key + ("_quick" if args.quick else ""))).items():
+        learning_rate = jobs[key].kwargs["learning_rate"]
+        rows.append(row(learning_rate, curve, f"in progress (step {curve[-1]['step']})"))
+        records.append({"learning_rate": learning_rate, "val_curve": curve})
     notes = (
         f"Chosen on validation: lr {chosen['learning_rate']:g}, best checkpoint at step "
         f"{max(chosen['val_curve'], key=lambda p: p['val_score'])['step']} (validation {chosen['best_val_score']:.4f}, "
@@ -154,16 +109,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     study.write(
         rows,
-        [
-            ("learning_rate", "lr"),
-            ("epochs", "epochs"),
-            ("best_val_score", "best val acc"),
-            ("best_at_step", "at step"),
-            ("chosen", "chosen on val"),
-            ("test_score", "test acc (best ckpt)"),
-            ("baseline_test_score", "TF-IDF baseline (all rows)"),
-            ("fit_seconds", "fit s"),
-        ],
+        "learning_rate=lr; epochs; best_val_score=best val acc; best_at_step=at step; chosen=chosen on val; "
+        "test_score=test acc (best ckpt); baseline_test_score=TF-IDF baseline (all rows); fit_seconds=fit s",
         title="Strong teacher: all-MiniLM-L6-v2 on every Rotten Tomatoes training row"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro="configs/quickstart/teacher.yaml on all training rows, validated twice per epoch; each run's best "
@@ -171,7 +118,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"same {baseline['train_rows']} rows. "
         + (f"Not finished: {', '.join(missing)} (re-run the command to resume)." if missing else "All runs finished."),
         notes=notes,
-        plot=plot(records, baseline["test_score"]) if records else None,
+        plot=functools.partial(
+            curves_plot,
+            records,
+            lambda point: point["step"],
+            lambda r: f"lr {r['learning_rate']:g}",
+            ("training step (batch 32)", "validation accuracy", "MiniLM teacher on all Rotten Tomatoes training rows"),
+            figsize=(6.5, 4),
+            hline=(baseline["test_score"], "TF-IDF + LR baseline (test, same rows)"),
+        )
+        if records
+        else None,
     )
     return rows
 

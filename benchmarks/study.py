@@ -1,34 +1,27 @@
 """The one helper every study in benchmarks/ runs on: resumable runs, worker processes, result files.
 
-A study is its measurement logic plus a :class:`Study`:
-
     study = Study("compact", workers=2)
     records = study.run({"4x/b/seed0": Job(train_one, size="4x", method="b", seed=0), ...})
-    study.write(rows, columns, title="...", intro="...", notes="...", plot=draw)
+    study.write(rows, "student=size; method; accuracy_mean=test acc", title="...", intro="...", plot=draw)
 
-* **Resumable**: every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an
-  atomic replace), keyed by its id; a re-run skips what is there, so a study can span sessions and an
-  interrupted one loses at most the runs in flight. Delete a key (or the file) to redo a run.
-* **Workers**: ``workers > 1`` runs jobs in that many spawned processes (one torch thread each, so two
-  workers fill a 2-core machine without oversubscribing it); ``workers == 1`` runs them in this process.
-* **Results**: ``write`` puts the same rows in ``<name>.json`` and a markdown table in ``<name>.md``, and
-  draws ``<name>.png`` with the study's plot function. Prose about one machine or one sitting does not
-  belong in a study's code: pass it as ``notes`` or add it to the committed ``.md`` by hand.
-* **Report only**: ``report_only=True`` runs nothing and reports what the runs file holds (the runs of a
-  study that ran elsewhere, e.g. on a GPU machine, or was stopped part-way).
-* **Older runs files**: a study whose runs file predates this helper (e.g. a JSON list of records) passes
-  ``load``/``dump`` so that it reads and extends the file in its own format.
+Every finished run is appended to ``benchmarks/results/<name>_runs.json`` at once (an atomic replace) under its
+key, and a re-run skips what is there: a study spans sessions, an interrupted one loses only the runs in flight
+(delete a key to redo a run). ``workers > 1`` runs jobs in spawned processes with one torch thread each.
+``write`` puts the same rows in ``<name>.json`` and ``<name>.md`` and draws ``<name>.png``; machine- or
+sitting-specific prose goes in ``notes``, not in the code. ``report_only`` runs nothing and reports the runs file
+(e.g. runs made on a GPU machine); ``load``/``dump`` read and extend a runs file in an older format.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -36,13 +29,8 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-@dataclass
 class Job:
-    """One run: ``function(**kwargs)`` returns a JSON-able record (a dict). ``function`` must be importable
-    (defined at module level) so a worker process can run it."""
-
-    function: Callable[..., dict]
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """One run: ``function(**kwargs)`` returns a JSON-able record; ``function`` is module-level (workers import it)."""
 
     def __init__(self, function: Callable[..., dict], **kwargs: Any) -> None:
         self.function, self.kwargs = function, kwargs
@@ -62,8 +50,7 @@ def _timed(function: Callable[..., dict], kwargs: dict) -> dict:
 
 
 class Study:
-    """``load`` turns the runs file's JSON into ``{key: record}`` and ``dump`` turns that back into the
-    file's JSON (both default to the identity: the file is that dict)."""
+    """``load``/``dump``: the runs file's JSON to ``{key: record}`` and back (default: the file is that dict)."""
 
     def __init__(
         self,
@@ -128,6 +115,11 @@ class Study:
         done = self.done()
         return {key: done[key] for key in jobs}
 
+    def once(self, function: Callable[..., dict], **kwargs: Any) -> dict:
+        """One measurement, recorded under a key made of its arguments (``rounds5_steps4``) and reused from there."""
+        key = "_".join(f"{name}{value}" for name, value in kwargs.items())
+        return self.run({key: Job(function, **kwargs)})[key]
+
     def log(self, message: str) -> None:
         print(f"[{self.name}] {message}", file=sys.stderr, flush=True)
 
@@ -135,7 +127,7 @@ class Study:
     def write(
         self,
         rows: list[dict],
-        columns: list[tuple[str, str]],
+        columns: str | list[tuple[str, str]],
         *,
         title: str,
         intro: str = "",
@@ -143,8 +135,8 @@ class Study:
         plot: Callable[[Path], None] | None = None,
         table_rows: list[dict] | None = None,
     ) -> None:
-        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table, notes) and ``<name>.png``. The
-        table shows ``table_rows`` when given (e.g. the rows formatted for reading), else ``rows``."""
+        """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table of ``table_rows`` if given else of ``rows``,
+        notes) and ``<name>.png``; ``columns`` as for :func:`markdown_table`."""
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
         table = markdown_table(rows if table_rows is None else table_rows, columns)
@@ -155,8 +147,12 @@ class Study:
         self.log(f"wrote {self.results / self.name}.md/.json" + ("/.png" if plot else ""))
 
 
-def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """A markdown table of ``rows`` with (key, header) columns; floats to 4 significant digits."""
+def markdown_table(rows: list[dict], columns: str | list[tuple[str, str]]) -> str:
+    """A markdown table of ``rows``: columns ``[(key, header)]`` or ``"key=header; key; ..."``; floats to 4 digits."""
+    if isinstance(columns, str):
+        columns = [
+            (key.strip(), (header or key).strip()) for key, _, header in (c.partition("=") for c in columns.split(";"))
+        ]
 
     def cell(value) -> str:
         if isinstance(value, float):
@@ -169,11 +165,40 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
+FLAGS = {  # the command-line flags studies share: name -> (argparse keywords, help)
+    "report-only": ({"action": "store_true"}, "run nothing; write results from the runs file"),
+    "quick": ({"action": "store_true"}, "a few steps per run (plumbing check; own result files)"),
+    "workers": ({"type": int}, "runs at a time (worker processes, one torch thread each)"),
+    "label": ({"default": ""}, "a suffix for the result files and run folders, e.g. gpu for a GPU run"),
+}
+
+
+def study_parser(doc: str, *flags: str, workers: int = 1) -> argparse.ArgumentParser:
+    """A study's command line with the shared ``flags`` (of :data:`FLAGS`) it takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag in flags:
+        keywords, text = FLAGS[flag]
+        parser.add_argument(f"--{flag}", **keywords, **({"default": workers} if flag == "workers" else {}), help=text)
+    return parser
+
+
+def study_name(base: str, args: argparse.Namespace) -> str:
+    """``base``, then ``_quick`` for a ``--quick`` run and ``_<label>`` for a ``--label``: the result files' name."""
+    suffixes = ["quick" if getattr(args, "quick", False) else "", getattr(args, "label", "")]
+    return "_".join([base, *(suffix for suffix in suffixes if suffix)])
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
-    import statistics
-
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def over_seeds(runs: list[dict], teacher_params: int, teacher_score: float) -> dict:
+    """A compression table's shared columns from a row's runs (one a seed): size, accuracy over seeds, % of teacher."""
+    mean, std = mean_std([r["test/score"] for r in runs])
+    size = {"params": runs[0]["params"], "compression": teacher_params / runs[0]["params"]}
+    accuracy = {"accuracy_mean": mean, "accuracy_std": std, "seeds": len(runs)}
+    return {**size, **accuracy, "pct_of_teacher": 100 * mean / teacher_score}
 
 
 def target(claim: str, met: bool, detail: str) -> str:

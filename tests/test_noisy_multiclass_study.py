@@ -59,3 +59,11 @@ def test_partial_report_counts_runs_and_checks_the_rerun(tmp_path):
     table = next(r for r in rows if r["method"] == "ALM default (table)")
     assert table["fit_s_mean"] == 300.0  # the re-run's time, not the overloaded one
     assert abs(table["step_time_vs_kd"] - 4.0) < 1e-9
+
+
+def test_inversion_study_finds_the_multiclass_studys_teacher():
+    """benchmarks.noisy.inversion reuses the multiclass study's tweets teacher (its config once lacked the task)."""
+    from benchmarks.noisy.inversion import study_config
+
+    assert mc.teacher_dir(study_config(), "clean", 0.4).name == "tweets_clean_n1600_l64_e2"
+    assert mc.teacher_dir(study_config(), "noisy", 0.4).name == "tweets_noisy40_n1600_l64_e2"

@@ -4,32 +4,17 @@
     python -m benchmarks.compact.run --seeds 0         # one seed first; re-running with --seeds 0 1 2 adds the rest
     python -m benchmarks.compact.run --quick           # a few steps per run, to check the plumbing
 
-Teacher: the quickstart teacher (packaged all-MiniLM-L6-v2 fine-tuned on the Rotten Tomatoes stand-in;
-trained once and cached by benchmarks.common.fine_tuned_rt_teacher). Every student is a stock ALBERT model
-(``CompressedEmbeddingStudent(layout: albert)``) with 2 blocks, factorised embeddings and the vocabulary
-pruned to the tokens of the training text, so its parameter count is what its ``save_pretrained`` export
-holds. Sizes (parameters vs the teacher's 22.7M): 4x (hidden 384, embeddings 128), 10x (hidden 256,
-embeddings 48), 20x (hidden 128, embeddings 48).
-
-Methods, at each size (the same architecture, so the same parameter count):
-  a  scratch: random blocks and embeddings, then Hinton KD on the task data
-  b  + embeddings from the teacher: word embeddings start from the teacher's truncated SVD
-  c  + general distillation: (b)'s student first learns the packaged MiniLM's self-attention relations on
-     the Wikipedia summaries (no labels, MiniLMv2), then Hinton KD on the task data
-  d  (c) + intermediate-layer task distillation (LayerwiseKD: hidden states through a projection, the last
-     block's relations, and the logits)
-  e  (4x only) the teacher's own blocks 1 and 6 (TruncatedTeacher), the quickstart's student
-Task distillation is the quickstart's recipe for every run: 6,000 training examples, 2 epochs, batch 32,
-T=2, alpha=0.5, learning rate 5e-4, best validation checkpoint tested on the 1,275 test snippets.
-Inference speed: each size's export against the teacher's, CPU, batch 32, interleaved rounds.
-Reference: TF-IDF + logistic regression fit on the same training rows (C and n-grams chosen on validation,
-kdlight.baseline); every row shows it and the margin kept = (student - baseline) / (teacher - baseline).
-Results: benchmarks/results/compact.{md,json,png}; finished runs in compact_runs.json.
+Students: stock 2-block ALBERT exports at :data:`SIZES` (4x, 10x, 20x fewer parameters than the quickstart
+teacher), vocabulary pruned to the training text. Methods :data:`METHODS`: (a) scratch, (b) + the teacher's SVD
+embeddings, (c) + general distillation (MiniLMv2 on the Wikipedia summaries), (d) (c) + layer-wise KD, (e) the
+teacher's blocks 1 and 6 (4x only); then the quickstart's task distillation. Every row shows the TF-IDF baseline
+and the margin kept = (student - baseline) / (teacher - baseline), and the CPU inference speed-up. The study and
+its numbers: docs/compact.md. Results: benchmarks/results/compact[_<label>].{md,json,png}; runs in *_runs.json.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -39,8 +24,12 @@ from benchmarks.common import (
     fit_and_test,
     general_distillation_config,
     recorded_rt_baseline,
+    teacher_size,
 )
-from benchmarks.study import Job, Study, mean_std
+from benchmarks.harness import component, figure
+from benchmarks.study import Job, Study, over_seeds, study_name, study_parser
+from kdlight.baseline import margin_kept
+from kdlight.quickstart import inference_speed, test_texts
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
@@ -67,31 +56,23 @@ QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate":
 
 
 def compressed(base: dict, size: str, **extra) -> dict:
-    return {
-        "class_path": "CompressedEmbeddingStudent",
-        "init_args": {"base": base, "embedding_rank": SIZES[size]["embedding"], "layout": "albert", **extra},
-    }
+    embedding = SIZES[size]["embedding"]
+    return component("CompressedEmbeddingStudent", base=base, embedding_rank=embedding, layout="albert", **extra)
 
 
 def fresh(size: str) -> dict:
-    return {"class_path": "FreshStudent", "init_args": dict(SIZES[size]["blocks"])}
+    return component("FreshStudent", **SIZES[size]["blocks"])
 
 
 def student_config(size: str, method: str, general_export: str | None) -> dict:
-    if method == "a":  # the SVD of the fresh student's own random matrix: a random start, no teacher knowledge
-        return compressed(fresh(size), size, factorise_from="student", vocabulary_files=VOCABULARY)
-    if method == "b":
-        return compressed(fresh(size), size, factorise_from="teacher", vocabulary_files=VOCABULARY)
+    if method in ("a", "b"):  # a: the SVD of the fresh student's own random matrix (a random start); b: the teacher's
+        factorise_from = "student" if method == "a" else "teacher"
+        return compressed(fresh(size), size, factorise_from=factorise_from, vocabulary_files=VOCABULARY)
     if method in ("c", "d"):  # the general-distilled ALBERT, its vocabulary pruned to the task's tokens
-        base = {"class_path": "PretrainedStudent", "init_args": {"name_or_path": general_export}}
-        return {
-            "class_path": "CompressedEmbeddingStudent",
-            "init_args": {"base": base, "embedding_rank": None, "vocabulary_files": VOCABULARY},
-        }
+        base = component("PretrainedStudent", name_or_path=general_export)
+        return component("CompressedEmbeddingStudent", base=base, embedding_rank=None, vocabulary_files=VOCABULARY)
     if method == "e":
-        return compressed(
-            {"class_path": "TruncatedTeacher", "init_args": {"num_layers": 2}}, size, vocabulary_files=VOCABULARY
-        )
+        return compressed(component("TruncatedTeacher", num_layers=2), size, vocabulary_files=VOCABULARY)
     raise ValueError(method)
 
 
@@ -120,61 +101,48 @@ def task_distillation(
     the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``. ``module``: another
     distiller's ``class_path`` and its own ``init_args`` in place of VanillaKD (e.g. MATE-KD's, kd_augment.py)."""
     student_method = student_method or method
-    model = {
-        "teacher": teacher,
-        "student": student_config(size, student_method, general_export),
-        "alpha": 0.5,
-        "temperature": 2.0,
-        "learning_rate": setting["learning_rate"],
-        "warmup_ratio": 0.1,
-    }
+    root = Path(work) / size / method / f"seed{seed}"
+    student = student_config(size, student_method, general_export)
+    model = dict(teacher=teacher, student=student, alpha=0.5, temperature=2.0, learning_rate=setting["learning_rate"])
+    model["warmup_ratio"] = 0.1
     if student_method == "d":
-        model["losses"] = [
-            {"class_path": "HiddenMSE", "init_args": {"layers": "uniform", "weight": 1.0}},
-            {"class_path": "SelfAttentionRelations", "init_args": {"num_relation_heads": 16, "weight": 1.0}},
-        ]
+        relations = component("SelfAttentionRelations", num_relation_heads=16, weight=1.0)
+        model["losses"] = [component("HiddenMSE", layers="uniform", weight=1.0), relations]
     else:
         model["cache_teacher_logits"] = True
-    root = Path(work) / size / method / f"seed{seed}"
-    rt = {"max_length": 64, "batch_size": 32, "max_train_examples": setting["train_examples"]}
-    config = {
-        "seed_everything": seed,
-        "trainer": {"max_epochs": setting["epochs"], "log_every_n_steps": 20},
-        "model": {
-            "class_path": (module or {}).get("class_path") or ("LayerwiseKD" if student_method == "d" else "VanillaKD"),
-            "init_args": {**model, **(module or {}).get("init_args", {}), "export_dir": str(root / "export")},
-        },
-        "data": data or {"class_path": "RottenTomatoesDataModule", "init_args": rt},
-    }
+    module = module or component("LayerwiseKD" if student_method == "d" else "VanillaKD")
+    model = component(module["class_path"], **{**model, **module["init_args"], "export_dir": str(root / "export")})
+    rt = component(
+        "RottenTomatoesDataModule", max_length=64, batch_size=32, max_train_examples=setting["train_examples"]
+    )
+    trainer = {"max_epochs": setting["epochs"], "log_every_n_steps": 20}
     if quick:
-        config["trainer"].update(limit_val_batches=2, limit_test_batches=2)
-    record = fit_and_test(config, root)
+        trainer.update(limit_val_batches=2, limit_test_batches=2)
+    record = fit_and_test({"seed_everything": seed, "trainer": trainer, "model": model, "data": data or rt}, root)
     record.update(size=size, method=method, seed=seed)
     return record
 
 
 def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
-    from kdlight.quickstart import inference_speed, test_texts
-
     speed = inference_speed({"teacher": teacher, "student": student_export}, test_texts(texts))
-    return {
-        "teacher_samples_per_s": speed["teacher"],
-        "samples_per_s": speed["student"],
-        "speedup": speed["student"] / speed["teacher"],
-    }
+    ratio = speed["student"] / speed["teacher"]
+    return {"teacher_samples_per_s": speed["teacher"], "samples_per_s": speed["student"], "speedup": ratio}
 
 
 def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_only: bool) -> dict[str, dict]:
     """Each size's CPU inference speed-up (one export of it against the teacher), measured once and recorded."""
-    jobs = {}
-    for size in SIZES:
-        exports = [  # a report from another machine's runs reads its recorded speeds: the exports stayed there
-            r["export"] for r in done.values() if r["size"] == size and (report_only or Path(r["export"]).is_dir())
-        ]
-        if exports:
-            texts = 64 if quick else 640
-            jobs[f"speed/{size}"] = Job(inference, size=size, student_export=exports[0], teacher=teacher, texts=texts)
+    # a report from another machine's runs reads its recorded speeds: the exports stayed there
+    here = [r for r in done.values() if report_only or Path(r["export"]).is_dir()]
+    exports = {size: [r["export"] for r in here if r["size"] == size] for size in SIZES}
+    speed = {"teacher": teacher, "texts": 64 if quick else 640}
+    jobs = {f"speed/{s}": Job(inference, size=s, student_export=e[0], **speed) for s, e in exports.items() if e}
     return {k.split("/")[1]: v for k, v in Study(name, report_only=report_only).run(jobs).items()}
+
+
+def task_results(study: Study, teacher: str, quick: bool, report_only: bool) -> tuple[dict, dict, int]:
+    """The recorded task runs, each size's speed-up (measured once, :func:`speeds`) and the teacher's size."""
+    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
+    return done, speeds(study.name, done, teacher, quick, report_only), teacher_size(teacher)
 
 
 def summarise(
@@ -185,9 +153,7 @@ def summarise(
     all_rows_baseline: float | None = None,
     methods: dict[str, str] = METHODS,
 ) -> list[dict]:
-    """One row per size and method: accuracy over seeds, % of the teacher and % of its margin over the TF-IDF
-    baseline kept (and over the all-rows baseline, when given), speed-up, train time."""
-    from kdlight.baseline import margin_kept
+    """One row per size and method: accuracy over seeds, the margin kept over each baseline, speed-up, time."""
 
     def kept(mean: float, teacher: float, baseline: float) -> float | None:
         value = margin_kept(mean, teacher, baseline)
@@ -203,17 +169,13 @@ def summarise(
     for (size, method), runs in sorted(
         groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), list(methods).index(kv[0][1]))
     ):
-        mean, std = mean_std([r["test/score"] for r in runs])
+        stats = over_seeds(runs, teacher_params, teacher)
+        mean = stats["accuracy_mean"]
         row = {
             "student": size,
             "method": method,
             "method_name": methods[method],
-            "params": runs[0]["params"],
-            "compression": teacher_params / runs[0]["params"],
-            "accuracy_mean": mean,
-            "accuracy_std": std,
-            "seeds": len(runs),
-            "pct_of_teacher": 100 * mean / teacher,
+            **stats,
             "baseline_accuracy": baseline_score,
             "margin_kept_pct": kept(mean, teacher, baseline_score),
         }
@@ -227,36 +189,23 @@ def summarise(
 
 
 def hand_written_sections(path: Path) -> str:
-    """The sections (``## ...``) added by hand to a committed results file, kept when it is rewritten: the
-    study writes no ``##`` heading of its own."""
-    if not path.is_file():
-        return ""
-    text = path.read_text()
+    """The ``## ...`` sections added by hand to a committed results file (the study writes none), kept."""
+    text = path.read_text() if path.is_file() else ""
     start = text.find("\n## ")
     return text[start + 1 :] if start >= 0 else ""
 
 
-def plot(rows: list[dict], teacher_score: float, baselines: dict[str, float], methods: dict[str, str] = METHODS):
+def plot(
+    rows: list[dict], teacher_score: float, baselines: dict[str, float], methods: dict[str, str], path: Path
+) -> None:
     """Accuracy against compression per method, with the teacher, 92 % of it and the baselines (label: score)."""
-
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    with figure(path, figsize=(7, 4.5)) as (_, ax):
         for method, name in methods.items():
             mine = [r for r in rows if r["method"] == method]
             if mine:
-                ax.errorbar(
-                    [r["compression"] for r in mine],
-                    [r["accuracy_mean"] for r in mine],
-                    yerr=[r["accuracy_std"] for r in mine],
-                    marker="o",
-                    capsize=3,
-                    label=f"{method}: {name}",
-                )
+                xs, ys = [r["compression"] for r in mine], [r["accuracy_mean"] for r in mine]
+                yerr = [r["accuracy_std"] for r in mine]
+                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"{method}: {name}")
         ax.axhline(teacher_score, color="k", ls="--", lw=1, label="teacher")
         ax.axhline(0.92 * teacher_score, color="grey", ls=":", lw=1, label="92 % of teacher")
         for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
@@ -266,35 +215,23 @@ def plot(rows: list[dict], teacher_score: float, baselines: dict[str, float], me
         ax.set_xlabel("compression (teacher params / student params)")
         ax.set_ylabel("test accuracy (Rotten Tomatoes)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-
-    return draw
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, "workers", "quick", "label", "report-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a few steps per run (plumbing check; own result files)")
-    parser.add_argument(
-        "--label", default="", help="a suffix for the result files and run folders, e.g. gpu for a GPU run"
-    )
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write results from the runs file")
     args = parser.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)
     if args.general_steps is not None:
         setting["general_steps"] = args.general_steps
-    name = "compact" + ("_quick" if args.quick else "") + (f"_{args.label}" if args.label else "")
+    name = study_name("compact", args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
-    if args.report_only:  # trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
-        teacher = str(cached_rt_teacher() or "packaged/all-MiniLM-L6-v2")
-    else:
-        teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
+    # report-only trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
+    teacher = str((cached_rt_teacher() or "packaged/all-MiniLM-L6-v2") if args.report_only else fine_tuned_rt_teacher())
     generals = study.run(
         {
             f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting, work=work)
@@ -302,29 +239,25 @@ def main(argv: list[str] | None = None) -> None:
             if {"c", "d"} & set(args.methods)
         }
     )
-    jobs = {}
-    for seed in args.seeds:
-        for size in args.sizes:
-            for method in args.methods:
-                if method == "e" and size != "4x":
-                    continue
-                general = generals.get(f"general/{size}", {}).get("export")
-                jobs[f"task/{size}/{method}/seed{seed}"] = Job(
-                    task_distillation,
-                    size=size,
-                    method=method,
-                    seed=seed,
-                    teacher=teacher,
-                    general_export=general,
-                    setting=setting,
-                    work=work,
-                )
-    study.run(jobs)
-    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    speed = speeds(study.name, done, teacher, args.quick, args.report_only)
-    from kdlight.models.hf import count_parameters, load_classifier
-
-    teacher_params = count_parameters(load_classifier(teacher, 2))
+    study.run(
+        {
+            f"task/{size}/{method}/seed{seed}": Job(
+                task_distillation,
+                size=size,
+                method=method,
+                seed=seed,
+                general_export=generals.get(f"general/{size}", {}).get("export"),
+                teacher=teacher,
+                setting=setting,
+                work=work,
+            )
+            for seed in args.seeds
+            for size in args.sizes
+            for method in args.methods
+            if method != "e" or size == "4x"
+        }
+    )
+    done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
     baseline = recorded_rt_baseline(setting["train_examples"])
     full_baseline = recorded_rt_baseline(None)  # every training row: what a user with all the data would get
     rows = summarise(done, speed, teacher_params, baseline["test_score"])
@@ -336,22 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     study.write(
         rows,
-        [
-            ("student", "size"),
-            ("method", "m"),
-            ("method_name", "method"),
-            ("params", "params"),
-            ("compression", "compression"),
-            ("accuracy_mean", "test acc (mean)"),
-            ("accuracy_std", "std"),
-            ("seeds", "seeds"),
-            ("pct_of_teacher", "% of teacher"),
-            ("baseline_accuracy", "TF-IDF baseline"),
-            ("margin_kept_pct", "% of margin kept"),
-            ("samples_per_s", "samples/s"),
-            ("speedup", "speed-up"),
-            ("train_seconds", "train s/run"),
-        ],
+        "student=size; method=m; method_name=method; params; compression; accuracy_mean=test acc (mean); "
+        "accuracy_std=std; seeds; pct_of_teacher=% of teacher; baseline_accuracy=TF-IDF baseline; "
+        "margin_kept_pct=% of margin kept; samples_per_s=samples/s; speedup=speed-up; train_seconds=train s/run",
         title="Compact students on the Rotten Tomatoes stand-in" + (" (--quick: plumbing only)" if args.quick else ""),
         intro=f"Teacher: all-MiniLM-L6-v2 fine-tuned (quickstart teacher), {teacher_params / 1e6:.2f}M parameters, "
         f"test accuracy {teacher_score:.4f}. Setting: {json.dumps(setting)}. See benchmarks/compact/run.py "
@@ -361,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{baseline['test_score']:.4f} ({full_baseline['test_score']:.4f} on all {full_baseline['train_rows']} "
         "training rows); % of margin kept = 100 (student - baseline) / (teacher - baseline).",
         notes="\n\n".join(p for p in (general_rows, hand_written_sections(study.results / f"{name}.md")) if p),
-        plot=plot(rows, teacher_score, {"TF-IDF + LR baseline (same rows)": baseline["test_score"]}),
+        plot=functools.partial(
+            plot, rows, teacher_score, {"TF-IDF + LR baseline (same rows)": baseline["test_score"]}, METHODS
+        ),
     )
 
 

@@ -2,33 +2,30 @@
 
     python -m benchmarks.compact.speed [--texts 640] [--threads 2]
 
-Speed does not depend on the weights, so each size of ``benchmarks/compact/run.py`` is built as its method (b)
-student (the teacher's SVD embeddings, vocabulary pruned to the training text), exported untrained with
-``save_pretrained`` exactly as a trained run exports it, and timed with the quickstart's timer: stock
-``AutoModelForSequenceClassification`` loading, batch 32, up to 64 tokens, the Rotten Tomatoes test snippets,
-teacher and students taking turns in each round, best of 3 rounds. This is how the study's speed-up column is
-measured where the study ran on another machine (its GPU run measured on that machine's busy CPU).
-Results: benchmarks/results/compact_speed.{md,json,png}; the measurement is kept in compact_speed_runs.json
-(delete it to measure again).
+Each size of benchmarks/compact/run.py built as its method (b) student and exported untrained (speed does not
+depend on the weights), timed with the quickstart's timer: batch 32, teacher and students taking turns, best of 3
+rounds. Writes benchmarks/results/compact_speed.{md,json,png}; kept in compact_speed_runs.json.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import fine_tuned_rt_teacher, runner_for
 from benchmarks.compact.run import SIZES, student_config
 from benchmarks.harness import bar_plot
-from benchmarks.study import Job, Study
+from benchmarks.study import Study, study_parser
+from kdlight.models.hf import count_parameters, load_classifier
+from kdlight.quickstart import inference_speed, test_texts
 
 
 def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
-    from kdlight.models.hf import count_parameters
-
     model = {"class_path": "VanillaKD", "init_args": {"teacher": teacher, "student": student_config(size, "b", None)}}
     data = {"class_path": "RottenTomatoesDataModule", "init_args": {"max_length": 64}}
     runner = runner_for({"model": model, "data": data}, folder / size)
@@ -37,11 +34,6 @@ def export_untrained(size: str, teacher: str, folder: Path) -> tuple[Path, int]:
 
 def measure(texts: int, threads: int) -> dict:
     """Samples per second and parameters of the teacher and of each size's export."""
-    import torch
-
-    from kdlight.models.hf import count_parameters, load_classifier
-    from kdlight.quickstart import inference_speed, test_texts
-
     torch.set_num_threads(threads)
     teacher = str(fine_tuned_rt_teacher())
     params = {"teacher": count_parameters(load_classifier(teacher, 2))}
@@ -55,13 +47,12 @@ def measure(texts: int, threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--texts", type=int, default=640)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     study = Study("compact_speed")
-    key = f"texts{args.texts}_threads{args.threads}"
-    record = study.run({key: Job(measure, texts=args.texts, threads=args.threads)})[key]
+    record = study.once(measure, texts=args.texts, threads=args.threads)
     speed, params = record["samples_per_s"], record["params"]
     rows = [
         {
@@ -75,19 +66,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     study.write(
         rows,
-        [
-            ("student", "model"),
-            ("params", "params"),
-            ("compression", "compression"),
-            ("samples_per_s", "samples/s"),
-            ("speedup", "speed-up"),
-        ],
+        "student=model; params; compression; samples_per_s=samples/s; speedup=speed-up",
         title="Compact students: CPU inference speed against the teacher",
         intro=f"Batch 32, up to 64 tokens, {args.texts} Rotten Tomatoes test snippets, {args.threads} torch threads, "
         f"best of 3 interleaved rounds; stock `AutoModelForSequenceClassification` loading of each export. "
         f"Setting: {json.dumps({'texts': args.texts, 'threads': args.threads})}.",
         notes=f"Measurement: {record['note']}." if record.get("note") else "",
-        plot=bar_plot(rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"),
+        plot=functools.partial(
+            bar_plot, rows, "student", "speedup", f"CPU inference speed-up vs teacher ({args.threads} threads)"
+        ),
     )
     return rows
 

@@ -1,25 +1,19 @@
 """Per-step cost of the layer-wise losses against plain KD (a quick measurement, not the compact study).
 
-Teacher: all-MiniLM-L6-v2 with a classification head (weights as packaged; the head's values do not
-change the cost). Student: 2 blocks cut from it (so attention maps are comparable). Batch 32 of
-Rotten Tomatoes snippets padded to 64 tokens, one torch thread, one training step = teacher forward,
-student forward and backward, AdamW step. Variants take turns over rounds; medians reported.
-
     python -m benchmarks.compact.step_cost [--rounds 5] [--steps 4]
 
-Writes benchmarks/results/compact_step_cost.{md,json,png}; the measurement is kept in compact_step_cost_runs.json
-(delete it to measure again).
+MiniLM-L6 teacher, 2-block student cut from it, batch 32 x 64 tokens, one torch thread, one step = teacher
+forward, student forward and backward, AdamW; variants take turns over rounds, medians reported. Writes
+benchmarks/results/compact_step_cost.{md,json,png}; kept in compact_step_cost_runs.json (delete it to re-measure).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from benchmarks.harness import bar_plot, interleaved, step_cost_rows
-from benchmarks.study import Job, Study
+from benchmarks.harness import interleaved, step_cost_main
 from kdlight.data.base import load_tokenizer
 from kdlight.losses.layerwise import AttentionMSE, HiddenMSE, PatientCLS, SelfAttentionRelations
 from kdlight.models import TruncatedTeacher
@@ -44,9 +38,8 @@ def build(losses):
     torch.manual_seed(0)
     teacher = load_classifier(TEACHER, 2).eval().requires_grad_(False)
     student = TruncatedTeacher(2).build(teacher, 2).train()
-    modules, s_needs, t_needs = (
-        bind_losses(losses, student, teacher) if losses else (torch.nn.ModuleList(), Needs(), Needs())
-    )
+    none = (torch.nn.ModuleList(), Needs(), Needs())
+    modules, s_needs, t_needs = bind_losses(losses, student, teacher) if losses else none
     params = list(student.parameters()) + list(modules.parameters())
     return teacher, student, modules, s_needs, t_needs, torch.optim.AdamW(params, lr=1e-4)
 
@@ -56,11 +49,9 @@ def step(setup, batch):
     with torch.no_grad():
         t_out = forward_internals(teacher, batch, t_needs)
     s_out = forward_internals(student, batch, s_needs)
-    loss = torch.nn.functional.kl_div(
-        s_out.logits.log_softmax(-1), t_out.logits.log_softmax(-1), log_target=True, reduction="batchmean"
-    )
-    for module in modules:
-        loss = loss + module(s_out, t_out, batch["attention_mask"])
+    s_log, t_log = s_out.logits.log_softmax(-1), t_out.logits.log_softmax(-1)
+    loss = torch.nn.functional.kl_div(s_log, t_log, log_target=True, reduction="batchmean")
+    loss = loss + sum(module(s_out, t_out, batch["attention_mask"]) for module in modules)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -88,24 +79,19 @@ def measure(rounds: int, steps: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args(argv)
-    study = Study("compact_step_cost")
-    key = f"rounds{args.rounds}_steps{args.steps}"
-    times = study.run({key: Job(measure, rounds=args.rounds, steps=args.steps)})[key]
-    rows = step_cost_rows({name: times[name] for name in variants()}, "logit KD only", "variant", "vs_logit_kd")
-    study.write(
-        rows,
-        [("variant", "variant"), ("step_seconds", "s / step (median)"), ("vs_logit_kd", "vs logit KD")],
+    return step_cost_main(
+        argv,
+        __doc__,
+        "compact_step_cost",
+        measure,
+        {"rounds": 5, "steps": 4},
+        names=list(variants()),
+        table=("variant", "vs_logit_kd", "variant; step_seconds=s / step (median); vs_logit_kd=vs logit KD"),
+        plot=("vs_logit_kd", "step time / logit KD's (median)"),
         title="Layer-wise losses: step cost against logit KD",
-        intro=f"{args.rounds} rounds x {args.steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student "
-        "cut from it, batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across "
-        "machines.",
-        plot=bar_plot(rows, "variant", "vs_logit_kd", "step time / logit KD's (median)"),
+        intro="{rounds} rounds x {steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student cut from it, "
+        "batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across machines.",
     )
-    return rows
 
 
 if __name__ == "__main__":

