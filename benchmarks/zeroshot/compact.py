@@ -172,16 +172,15 @@ def one_run(
         data = component("RottenTomatoesDataModule", **sizes)
     else:
         inputs, perturbation, corpus, generator = mode
+        network = trained_generator() if generator == "trained" else "packaged/all-MiniLM-L6-v2"
+        rewriting = dict(mask_rate=0.3, learning_rate=1e-5)  # 30 % of tokens; the generator's AdamW
         model = component(
             "ZeroShotAdversarialKD",
             **model,
-            generator=trained_generator() if generator == "trained" else "packaged/all-MiniLM-L6-v2",
+            generator=component("AdversarialGenerator", network=network, perturbation=perturbation, **rewriting),
             inputs=inputs,
-            perturbation=perturbation,
-            mask_rate=0.3,
             generator_steps=setting["generator_steps"],
             student_steps=setting["cycle"],
-            generator_learning_rate=1e-5,
             temperature=1.0,
             show_rewrites_every=setting["show_rewrites_every"],
             # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
