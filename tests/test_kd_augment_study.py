@@ -48,7 +48,8 @@ def test_each_method_is_a_datamodule_option():
     # MATE-KD is a module option: the labelled rows, AdversarialAugmentedKD with kd_mate.yaml's generator settings
     assert kd_augment.data_config("rewrites", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"
     mate = kd_augment.module_config("rewrites", quick=False)
-    assert mate["class_path"] == "AdversarialAugmentedKD" and "generators/minilm-mlm" in mate["init_args"]["generator"]
+    generator = mate["init_args"]["generator"]["init_args"]
+    assert mate["class_path"] == "AdversarialAugmentedKD" and "generators/minilm-mlm" in generator["network"]
     assert "teacher" not in mate["init_args"] and kd_augment.module_config("kd", quick=False) is None
 
 

@@ -25,12 +25,13 @@ N-th row of one seeded permutation) and ``--ckpt_path last`` resume see exactly 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 
 from kdlight.assets import wiki_summaries_path
-from kdlight.data.base import LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
+from kdlight.data.base import LabelledTextDataModule, WrappedTaskDataModule, tokenize_dataset
 from kdlight.data.corpus import clean_paragraph, split_sentences
 from kdlight.errors import KDLightError
 
@@ -109,7 +110,7 @@ def read_texts(source: str, min_words: int) -> list[str]:
     return [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if len(t.split()) >= min_words]
 
 
-class AugmentedKDDataModule(LabelledTextDataModule):
+class AugmentedKDDataModule(WrappedTaskDataModule):
     """Wraps a task datamodule: its validation/test splits as they are, its training split extended with
     unlabelled text, rewrites and token-augmented copies (see the module's docstring).
 
@@ -140,15 +141,9 @@ class AugmentedKDDataModule(LabelledTextDataModule):
         mask_prob: float = 0.1,
         replace_prob: float = 0.1,
         augment_seed: int = 0,
-        tokenizer: str | None = None,
-        max_length: int | None = None,
-        batch_size: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = None,
-        max_train_examples: int | None = None,
-        shuffle: bool | None = None,
+        **loader_settings: Any,
     ) -> None:
-        super().__init__(**inherit_loader_settings(type(self).__name__, locals(), datamodule, "datamodule"))
+        super().__init__(datamodule, **loader_settings)  # the loading settings: see WrappedTaskDataModule
         for name, value in (("rewrite_copies", rewrite_copies), ("token_augment_copies", token_augment_copies)):
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise KDLightError(f"{name} must be a whole number >= 0, got {value!r}")
@@ -167,7 +162,6 @@ class AugmentedKDDataModule(LabelledTextDataModule):
             )
         if (unlabelled or rewriter is not None) and datamodule.is_pair_task:
             raise KDLightError("unlabelled text and rewrites are for single-text tasks; this task has text pairs")
-        self.inner = datamodule
         self.unlabelled = list(unlabelled or [])
         self.max_unlabelled, self.min_words = max_unlabelled, min_words
         self.rewriter, self.rewrite_copies = rewriter, rewrite_copies

@@ -317,3 +317,31 @@ class LabelledTextDataModule(LightningDataModule):
                 f"{source}: column(s) not found: {named}. Available columns: {', '.join(map(str, columns))}. "
                 f"Set the matching *_column argument to one of them."
             )
+
+
+class WrappedTaskDataModule(LabelledTextDataModule):
+    """Base of the datamodules built around a task datamodule (``datamodule``: noisy labels, augmented inputs).
+
+    Args:
+        datamodule: the wrapped task datamodule (``RottenTomatoesDataModule``, ``TextClassificationDataModule``,
+            ``GLUEDataModule`` ...): its splits, labels and its own loading settings are used, unless given here.
+        tokenizer, max_length, batch_size, eval_batch_size, num_workers, max_train_examples, shuffle: see
+            :class:`LabelledTextDataModule`; left null, the wrapped datamodule's own value is used. Set on both
+            with different values is an error (either silent choice would ignore one of them).
+    """
+
+    def __init__(
+        self,
+        datamodule: LabelledTextDataModule,
+        tokenizer: str | None = None,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        max_train_examples: int | None = None,
+        shuffle: bool | None = None,
+    ) -> None:
+        # null defaults, so that an unset setting defers to the wrapped module: a user who sets
+        # max_train_examples there expects it to hold (it once corrupted the whole training set)
+        super().__init__(**inherit_loader_settings(type(self).__name__, locals(), datamodule, "datamodule"))
+        self.inner = datamodule

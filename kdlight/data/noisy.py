@@ -22,7 +22,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from kdlight.data.base import Collator, LabelledTextDataModule, inherit_loader_settings, tokenize_dataset
+from kdlight.data.base import Collator, LabelledTextDataModule, WrappedTaskDataModule, tokenize_dataset
 from kdlight.errors import KDLightError, check_choice
 from kdlight.models.hf import load_classifier
 
@@ -98,7 +98,7 @@ def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_labels: int) -> 
     return (counts / counts.sum(1, keepdims=True).clip(min=1)).round(6).tolist()
 
 
-class NoisyLabelDataModule(LabelledTextDataModule):
+class NoisyLabelDataModule(WrappedTaskDataModule):
     """Wraps a classification datamodule: clean validation split for meta-learning + label noise.
 
     Args:
@@ -137,17 +137,9 @@ class NoisyLabelDataModule(LabelledTextDataModule):
         reference_model: str | None = None,
         seed: int = 0,
         meta_batch_size: int | None = None,
-        tokenizer: str | None = None,
-        max_length: int | None = None,
-        batch_size: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = None,
-        max_train_examples: int | None = None,
-        shuffle: bool | None = None,
+        **loader_settings: Any,
     ) -> None:
-        # The defaults are null so that an unset argument can defer to the wrapped module: a user who
-        # sets max_train_examples there expects it to hold (it once corrupted the whole training set).
-        super().__init__(**inherit_loader_settings(type(self).__name__, locals(), datamodule, "datamodule"))
+        super().__init__(datamodule, **loader_settings)  # the loading settings: see WrappedTaskDataModule
         if meta_batch_size is not None and not (isinstance(meta_batch_size, int) and meta_batch_size >= 1):
             raise KDLightError(
                 f"meta_batch_size must be a whole number >= 1 or null (null: batch_size), got {meta_batch_size!r}"
@@ -168,7 +160,6 @@ class NoisyLabelDataModule(LabelledTextDataModule):
                 "noise_type='instance' needs reference_model: "
                 "a fine-tuned classifier whose confidence sets the flip probability"
             )
-        self.inner = datamodule
         self.noise_type, self.noise_rate, self.clean_val_size = noise_type, float(noise_rate), clean_val_size
         self.reference_model = reference_model
         self.seed = seed
