@@ -25,6 +25,7 @@ from transformers import BertForSequenceClassification
 
 from conftest import data_args, tiny_config
 from kdlight.checkpoints import load_checkpoint
+from kdlight.cli import cli
 
 DDP_TIMEOUT_S = 240
 
@@ -56,8 +57,11 @@ def run(
         "--seed_everything=0",  # no export_dir: the default <log_dir>/export is found on every rank
         *overrides,
     ]
-    if devices > 1:
-        common.append("--trainer.strategy=ddp")
+    if devices == 1:  # the reference run in this process (a subprocess would add its start-up, ~6 s)
+        with torch.random.fork_rng():
+            cli(["fit", *common])
+        return read_metrics(root)
+    common.append("--trainer.strategy=ddp")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "kdlight.cli", "fit", *common],
