@@ -192,7 +192,7 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
         record.update(val_curve=finished["val_curve"], best_val_score=finished["best_val_score"])
     else:
         curve = ValidationCurve()
-        runner.trainer.callbacks.append(curve)
+        runner.trainer.callbacks.insert(0, curve)  # before the checkpoint callbacks: a checkpoint holds its own point
         # Resumed as `kdlight fit --ckpt_path last` does: into the run's own version folder, so its checkpoints
         # (the best one so far included) stay candidates; a fresh folder would reset the best score.
         ckpt = runner.resolve_checkpoint("fit", "last") if last else None

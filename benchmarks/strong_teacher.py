@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "baseline_test_score": baseline["test_score"],
             "val_curve": [[p["step"], p["val_score"]] for p in curve],
             "fit_seconds": record["fit_seconds"] if record else None,
+            "resumed": "yes" if record and record.get("resumed_from") else "",  # its fit s: the part after the resume
             "export": record["export"] if record else None,
         }
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     study.write(
         rows,
         "learning_rate=lr; epochs; best_val_score=best val acc; best_at_step=at step; chosen=chosen on val; "
-        "test_score=test acc (best ckpt); baseline_test_score=TF-IDF baseline (all rows); fit_seconds=fit s",
+        "test_score=test acc (best ckpt); baseline_test_score=TF-IDF baseline (all rows); fit_seconds=fit s; resumed",
         title="Strong teacher: all-MiniLM-L6-v2 on every Rotten Tomatoes training row"
         + (" (--quick: plumbing only)" if args.quick else ""),
         intro="configs/quickstart/teacher.yaml on all training rows, validated twice per epoch; each run's best "

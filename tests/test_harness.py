@@ -33,3 +33,18 @@ def test_a_resumed_run_keeps_its_folder_and_the_first_attempts_best_checkpoint(a
     assert second["resumed_from"].endswith("version_0/checkpoints/last.ckpt")
     assert second["best_val_score"] >= first["best_val_score"]
     assert second["steps"] == 8 and "test/score" in second
+
+
+def test_a_checkpoint_holds_the_validation_point_it_was_chosen_on(assets, tmp_path):
+    """A run resumed from a checkpoint written at a validation must keep that validation's point in its curve:
+    the curve callback records it before the checkpoint callback saves (it once ran after, and a resumed
+    study's curve silently lost the point)."""
+    from kdlight.checkpoints import load_checkpoint
+
+    fit_and_test(_recipe(assets, 4, tmp_path), tmp_path, test=False)
+    checkpoints = sorted((tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        state = load_checkpoint(path)
+        points = next(v for k, v in state["callbacks"].items() if k.endswith("_Curve"))["points"]
+        assert points and points[-1]["step"] == state["global_step"], path.name
