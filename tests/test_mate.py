@@ -200,3 +200,14 @@ def test_cli_fits_and_tests_the_module(assets, tmp_path):
     kdlight_script("fit", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 3}), cwd=tmp_path)
     tested = kdlight_script("test", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}), cwd=tmp_path)
     assert "test/pct_of_teacher" in tested.stdout
+
+
+def test_generator_defaults_are_matekds_for_a_name_and_the_components_for_a_class_path(assets):
+    """A network name (or the old flat keys) takes MATE-KD's generator settings for the rest; a ``class_path``
+    config takes AdversarialGenerator's own defaults, in Python as in the CLI (jsonargparse builds it so)."""
+    by_name = mate_module(assets, sharpen=False)
+    flat = mate_module(assets, sharpen=False, mask_rate=0.2)
+    by_class = mate_module(assets, sharpen=False, generator=generator_config(assets))
+    assert (by_name.generator.learning_rate, by_name.generator.clip) == (5e-7, 5.0)
+    assert (flat.generator.learning_rate, flat.generator.clip, flat.generator.mask_rate) == (5e-7, 5.0, 0.2)
+    assert (by_class.generator.learning_rate, by_class.generator.clip) == (1e-6, 1.0)

@@ -134,8 +134,8 @@ class AdversarialGenerator(nn.Module):
 
     @staticmethod
     def from_config(config: AdversarialGenerator | dict | str | None, **defaults) -> AdversarialGenerator:
-        """A generator from an instance, a :meth:`to_config` dict (``init_args`` over ``defaults``), a network
-        name or folder (``defaults`` for the rest), or None (``defaults`` alone)."""
+        """A generator from an instance, a :meth:`to_config` dict (its ``init_args`` over this class's defaults,
+        as the CLI builds it), a network name or folder (``defaults`` for the rest), or None (``defaults``)."""
         if isinstance(config, AdversarialGenerator):
             return config
         if config is None or isinstance(config, (str, Path)):
@@ -146,7 +146,7 @@ class AdversarialGenerator(nn.Module):
                 f"generator {config!r} is not a generator; give a masked-LM name or folder, or "
                 "{class_path: AdversarialGenerator, init_args: {network: ..., mask_rate: ...}}"
             )
-        return AdversarialGenerator(**{**defaults, **(config.get("init_args") or {})})
+        return AdversarialGenerator(**(config.get("init_args") or {}))
 
     # ----------------------------------------------------------------------------- setup
     def check_vocabulary(self, teacher: nn.Module, student: nn.Module, pruned_student: bool = False) -> None:

@@ -42,14 +42,15 @@ T = TypeVar("T")
 Flat = Union[T, None]  # noqa: UP007  (a deprecated flat key: None when not given)
 
 
-def generator_config_from_flat(generator: Any, flat: dict[str, Any]) -> dict[str, Any]:
-    """The ``generator`` config the old flat keys meant (``generator`` was the network's name or folder)."""
+def generator_config_from_flat(generator: Any, flat: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The ``generator`` config the old flat keys meant (``generator`` was the network's name or folder; the
+    owner's ``defaults`` filled in what was not given, as its flat arguments' defaults did)."""
     if isinstance(generator, (AdversarialGenerator, dict)):
         key = sorted(flat)[0]
         raise KDLightError(f"give {key} as generator.init_args.{FLAT_GENERATOR_KEYS[key]}, not beside generator")
     network = {"network": str(generator)} if generator is not None else {}
     settings = {FLAT_GENERATOR_KEYS[k]: v for k, v in flat.items()}
-    return {"class_path": "AdversarialGenerator", "init_args": {**network, **settings}}
+    return {"class_path": "AdversarialGenerator", "init_args": {**defaults, **network, **settings}}
 
 
 class AdversarialRewriting:
@@ -102,7 +103,7 @@ class AdversarialRewriting:
                 + ", ".join(f"{FLAT_GENERATOR_KEYS[k]}: ..." for k in sorted(flat))
                 + "}}"
             )
-            generator = generator_config_from_flat(generator, flat)
+            generator = generator_config_from_flat(generator, flat, self.default_generator)
         component = AdversarialGenerator.from_config(generator, **self.default_generator)  # settings checked here
         at_least = dict(
             generator_steps=(generator_steps, 0),
