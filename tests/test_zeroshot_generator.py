@@ -301,7 +301,7 @@ def test_divergence_curves_reach_the_logger_on_every_generator_step(assets, corp
 def test_zero_shot_recipe_uses_the_trained_generator_and_chooses_nothing_on_task_labels():
     config = yaml.safe_load((ROOT / "configs" / "zeroshot" / "offline.yaml").read_text())
     model = config["model"]["init_args"]
-    assert model["generator"].endswith("generators/minilm-mlm")
+    assert model["generator"]["init_args"]["network"].endswith("generators/minilm-mlm")
     assert model["export_best"] is False and config["checkpoint"]["monitor"] is None
 
 
