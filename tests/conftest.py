@@ -133,6 +133,43 @@ def generator_config(assets, **settings) -> dict:
     return {"class_path": "AdversarialGenerator", "init_args": {"network": str(assets["encoder"]), **settings}}
 
 
+def generator_step_gains(module, trainer, datamodule) -> list[float]:
+    """The change of the soft (Gumbel-softmax) teacher-student divergence that each generator step of
+    ``trainer.fit(module, datamodule)`` makes on its own batch and noise: measured before and after the update,
+    dropout off (so the update's gradient and the measurement see the same function). Gradient ascent raises it."""
+    from lightning import Callback
+
+    from kdlight.callbacks_zeroshot import evaluating
+    from kdlight.components.generator import NOISE_KEYS
+
+    class SoftDivergence(Callback):
+        def __init__(self):
+            self.gains, self.before = [], None
+
+        def measure(self, module, batch) -> float:
+            with evaluating(module.generator.network, module.student):
+                divergence = module.generator.divergence(module.teacher, module.student, batch, module.kd_loss, False)
+            return float(divergence[0])
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if NOISE_KEYS not in batch:
+                module.generator.plan(batch, module.batch_count(), module.rewrite_rate())
+            self.before = self.measure(module, batch) if module.is_generator_step() else None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if self.before is not None:
+                self.gains.append(self.measure(module, batch) - self.before)
+
+    for network in (module.generator.network, module.student, module.teacher):
+        for layer in network.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.0
+    probe = SoftDivergence()
+    trainer.callbacks.append(probe)
+    trainer.fit(module, datamodule=datamodule)
+    return probe.gains
+
+
 def data_args(assets, **overrides) -> list[str]:
     """CLI arguments for the tiny sentiment task (TextClassificationDataModule)."""
     d = assets["data"]

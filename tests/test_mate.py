@@ -4,11 +4,10 @@ what max_steps counts, and the CLI path."""
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning import Callback, Trainer, seed_everything
+from lightning import Trainer, seed_everything
 
-from conftest import KDLIGHT, data_args, generator_config, kdlight_script, trainer_args
-from kdlight.callbacks_zeroshot import evaluating
-from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK
+from conftest import KDLIGHT, data_args, generator_config, generator_step_gains, kdlight_script, trainer_args
+from kdlight.components.generator import REWRITE_MASK
 from kdlight.data import TextClassificationDataModule
 from kdlight.data.base import load_tokenizer
 from kdlight.errors import KDLightError
@@ -72,37 +71,13 @@ def test_generator_steps_raise_the_divergence_on_their_labelled_batch(assets, tm
     """Each generator step of a real fit on labelled text, measured on its own batch and noise before and after the
     update on the soft Gumbel-softmax rewrite (the smooth function the straight-through rows carry the gradient of):
     gradient ascent raises KL(teacher || student). Descent (a flipped sign) lowers it, and this test fails."""
-
-    class SoftDivergence(Callback):
-        def __init__(self):
-            self.gains, self.before = [], None
-
-        def measure(self, module, batch) -> float:
-            with evaluating(module.generator.network, module.student):
-                divergence = module.generator.divergence(module.teacher, module.student, batch, module.kd_loss, False)
-            return float(divergence[0])
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if NOISE_KEYS not in batch:
-                module.generator.plan(batch, module.batch_count(), module.rewrite_rate())
-            self.before = self.measure(module, batch) if module.is_generator_step() else None
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if self.before is not None:
-                self.gains.append(self.measure(module, batch) - self.before)
-
     seed_everything(0)
     module = mate_module(
         assets, generator_steps=8, student_steps=1, generator=generator_config(assets, learning_rate=1e-3)
     )
-    for network in (module.generator.network, module.student, module.teacher):
-        for layer in network.modules():
-            if isinstance(layer, torch.nn.Dropout):
-                layer.p = 0.0  # the update's gradient and the measurement see the same function
-    probe = SoftDivergence()
-    quiet_trainer(tmp_path, 1, callbacks=[probe]).fit(module, datamodule=labelled_data(assets))
-    assert int(module.generator.steps) == 8 and len(probe.gains) == 8
-    assert sum(g > 0 for g in probe.gains) >= 7, probe.gains
+    gains = generator_step_gains(module, quiet_trainer(tmp_path, 1), labelled_data(assets))
+    assert int(module.generator.steps) == 8 and len(gains) == 8
+    assert sum(g > 0 for g in gains) >= 7, gains
 
 
 def planned_batch(module: AdversarialAugmentedKD, assets) -> dict:

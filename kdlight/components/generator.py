@@ -84,7 +84,8 @@ class AdversarialGenerator(nn.Module):
     ``configure_models``), so a config is validated before any model is read.
     """
 
-    SETTINGS = ("network", "perturbation", "mask_rate", "gumbel_tau", "learning_rate", "clip")
+    #: the settings to_config records besides the network (an optimiser factory is not data)
+    SETTINGS = ("perturbation", "mask_rate", "gumbel_tau", "learning_rate", "clip")
 
     def __init__(
         self,
@@ -129,7 +130,7 @@ class AdversarialGenerator(nn.Module):
     def to_config(self) -> dict:
         """``{"class_path", "init_args"}`` as plain data (hyper-parameters, checkpoints); an optimiser factory is
         not data: a generator rebuilt from this gets the default optimiser."""
-        settings = {k: getattr(self, k) for k in self.SETTINGS if k != "network"}  # .network: the loaded model
+        settings = {k: getattr(self, k) for k in self.SETTINGS}
         return {"class_path": "AdversarialGenerator", "init_args": {"network": self.source, **settings}}
 
     @staticmethod

@@ -16,7 +16,7 @@ Use: ``class MyKD(AdversarialRewriting, ManualOptimization, BaseDistiller)``, wi
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, Union
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -28,6 +28,7 @@ from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGe
 from kdlight.data.base import load_tokenizer, model_inputs
 from kdlight.distributed import keep_out_of_ddp
 from kdlight.errors import KDLightError
+from kdlight.modules.migrations import Flat
 
 #: the module arguments that ``generator:`` replaced -> its ``init_args`` key (still accepted, with a notice)
 FLAT_GENERATOR_KEYS = {
@@ -38,8 +39,6 @@ FLAT_GENERATOR_KEYS = {
     "generator_clip": "clip",
     "generator_optimizer": "optimizer",
 }
-T = TypeVar("T")
-Flat = Union[T, None]  # noqa: UP007  (a deprecated flat key: None when not given)
 
 
 def generator_config_from_flat(generator: Any, flat: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

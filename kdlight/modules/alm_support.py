@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -24,6 +24,7 @@ from kdlight.components.meta import CleanScore, LookaheadScope, MetaInterval, Me
 from kdlight.components.meta_official import PER_BATCH_SETTINGS
 from kdlight.data.base import Collator
 from kdlight.errors import KDLightError, check_choice
+from kdlight.modules.migrations import Flat
 
 #: the flat keys of AdaptiveLossMixingKD before ``meta:`` (each is now ``meta.init_args.<key>``, except
 #: ``algorithm``, which is ``meta.class_path``)
@@ -50,8 +51,6 @@ FLAT_META_KEYS = (
     "meta_iterations",
 )
 Algorithm = Literal["default", "official"]
-T = TypeVar("T")
-Flat = Union[T, None]  # noqa: UP007  (a deprecated flat key: None when not given)
 TABLE_ONLY = ("mixer", "num_examples", "normalize_meta_grad", "center_meta_grad")
 OFFICIAL_ONLY = ("grad_fit", "select_every", "warm_epoch", "meta_iterations")
 

@@ -6,11 +6,15 @@ Lightning loads the state dict and restores the loops), so the modules keep only
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, Union
 
 import torch
 
 from kdlight.modules.manual import AUXILIARY_STEPS, STEP_COUNT_KEY, STUDENT_UPDATES, subtract_optimizer_steps
+
+T = TypeVar("T")
+#: the type of a deprecated flat init argument (ALM's meta keys, the generator's settings): None when not given
+Flat = Union[T, None]  # noqa: UP007  (jsonargparse reads the annotation; None marks "not given")
 
 LEGACY_MIXER_KEY = "kdlight_alm_mixer"  # ALM: the mixing weights beside the state dict, before kdlight.components
 LEGACY_GENERATOR_KEY = "kdlight_generator"  # zero-shot: the generator beside the state dict, before it was a submodule
@@ -49,6 +53,7 @@ def zeroshot_generator_optimizer_steps(checkpoint: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "Flat",
     "LEGACY_GENERATOR_KEY",
     "LEGACY_MIXER_KEY",
     "migrate_alm_checkpoint",
