@@ -10,7 +10,8 @@ Teacher: the strong teacher (benchmarks/strong_teacher.py) or the quickstart's. 
 sizes, each its method (b). VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
 the teacher labels (kdlight.data.augment.AugmentedKDDataModule): the other 4,202 training rows unlabelled
 (``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), or the
-trained generator's rewrites of each batch (``rewrites``: MATE-KD, configs/quickstart/kd_mate.yaml). Every row
+trained generator's rewrites of each batch (``rewrites``: MATE-KD, configs/quickstart/kd_mate.yaml); ``kd_long``,
+plain KD for as many updates as ``token_aug`` makes, tells its inputs from its extra steps. Every row
 shows the margin kept over the TF-IDF baseline on the same 6,000 rows and on all rows. The study: docs/compact.md.
 Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 """
@@ -37,7 +38,11 @@ METHODS = {
     "wiki": "+ in-domain + 8,000 Wikipedia sentences",
     "token_aug": "+ 2 token-augmented copies per row",
     "rewrites": "+ generator rewrites (MATE-KD)",
+    "kd_long": "KD on the 6,000 labelled rows for 3x the epochs (token_aug's number of updates)",
 }
+TOKEN_AUG_COPIES = 2
+# a method whose gain could be its extra updates alone, and the control that has as many updates without its inputs
+SAME_UPDATES = {"token_aug": "kd_long"}
 MATE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_mate.yaml"
 FULL = {"epochs": 2, "train_examples": 6000, "learning_rate": 5e-4, "wiki_sentences": 8000}
 QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentences": 32}
@@ -47,12 +52,20 @@ def augmentation(method: str, setting: dict) -> dict:
     """AugmentedKDDataModule's arguments for a method (empty: plain KD on the labelled rows)."""
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    token_aug = {"token_augment_copies": 2, "mask_prob": 0.15, "replace_prob": 0.15}
-    # rewrites: the labelled rows, the module rewrites each batch (module_config)
-    fixed = {"kd": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug, "rewrites": {}}
+    token_aug = {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
+    # rewrites: the labelled rows, the module rewrites each batch (module_config); kd_long: more epochs only
+    fixed = {"kd": {}, "kd_long": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug, "rewrites": {}}
     if method not in fixed:
         raise ValueError(f"{method}: unknown method")
     return fixed[method]
+
+
+def method_setting(method: str, setting: dict) -> dict:
+    """The run's setting: ``kd_long`` trains (1 + token_aug's copies) times the epochs on the labelled rows, so it
+    makes as many student updates as ``token_aug`` does on its rows and their copies."""
+    if method == "kd_long":
+        return {**setting, "epochs": setting["epochs"] * (1 + TOKEN_AUG_COPIES)}
+    return setting
 
 
 def module_config(method: str, quick: bool) -> dict | None:
@@ -93,6 +106,18 @@ def summarise(records: list[dict], speeds: dict, teacher_params: int, baselines:
     return compact.summarise(records, speeds, teacher_params, baselines["rows"], baselines["all"], METHODS)
 
 
+def effect_line(size: str, row: dict, reference: dict, why: str = "") -> str:
+    """One method's effect on test accuracy against a reference method, judged against the larger seed std."""
+    effect = row["accuracy_mean"] - reference["accuracy_mean"]
+    spread = max(row["accuracy_std"], reference["accuracy_std"])
+    seeds = min(row["seeds"], reference["seeds"])
+    verdict = "beyond the seed spread" if abs(effect) > spread and seeds > 1 else "none shown"
+    return (
+        f"- {size}, {row['method']} vs {reference['method']}{why}: {effect:+.4f} test accuracy "
+        f"(seed std up to {spread:.4f}, {seeds} seeds): {verdict}."
+    )
+
+
 def targets(rows: list[dict]) -> list[str]:
     """The issue's targets, computed from the rows (margin kept against the all-rows baseline, the stricter)."""
     lines = []
@@ -111,17 +136,9 @@ def targets(rows: list[dict]) -> list[str]:
     for row in rows:
         by_size.setdefault(row["student"], {})[row["method"]] = row
     for size, methods in by_size.items():
-        plain = methods.get("kd")
-        for method, row in methods.items():
-            if method == "kd" or plain is None:
-                continue
-            effect = row["accuracy_mean"] - plain["accuracy_mean"]
-            spread = max(row["accuracy_std"], plain["accuracy_std"])
-            verdict = "beyond the seed spread" if abs(effect) > spread and row["seeds"] > 1 else "none shown"
-            lines.append(
-                f"- {size}, {method} vs kd: {effect:+.4f} test accuracy (seed std up to {spread:.4f}, "
-                f"{row['seeds']} seeds): {verdict}."
-            )
+        pairs = [(m, "kd", "") for m in methods if m != "kd"]
+        pairs += [(m, c, " (as many student updates)") for m, c in SAME_UPDATES.items() if m in methods]
+        lines += [effect_line(size, methods[m], methods[c], why) for m, c, why in pairs if c in methods]
     return lines
 
 
@@ -156,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seed=seed,
             data=data_config(method, setting, args.quick),
             module=module_config(method, args.quick),
-            **common,
+            **{**common, "setting": method_setting(method, setting)},
         )
         for seed in args.seeds
         for size in args.sizes

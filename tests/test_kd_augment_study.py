@@ -38,6 +38,28 @@ def test_rows_carry_both_baselines_and_margins():
     assert any("rt_rest vs kd: +0.0200" in line and "beyond the seed spread" in line for line in lines)
 
 
+def test_the_equal_updates_control_trains_as_many_steps_as_token_augmentation():
+    setting = dict(kd_augment.FULL)
+    rows_seen = {  # student inputs over the whole fit: labelled rows (and copies) x epochs
+        m: setting["train_examples"]
+        * (1 + kd_augment.augmentation(m, setting).get("token_augment_copies", 0))
+        * kd_augment.method_setting(m, setting)["epochs"]
+        for m in ("kd", "kd_long", "token_aug")
+    }
+    assert rows_seen["kd_long"] == rows_seen["token_aug"] == 3 * rows_seen["kd"]
+    assert kd_augment.data_config("kd_long", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"
+    records = [
+        _record("10x", m, s, x + 0.01 * s)
+        for m, x in (("kd", 0.75), ("kd_long", 0.77), ("token_aug", 0.78))
+        for s in range(3)
+    ]
+    lines = kd_augment.targets(kd_augment.summarise(records, {}, 20_000_000, {"rows": 0.74, "all": 0.76}))
+    assert any(
+        "token_aug vs kd_long (as many student updates): +0.0100" in line and "none shown" in line for line in lines
+    )  # std 0.01: the gain over the equal-updates control is inside the seed spread
+    assert any("token_aug vs kd: +0.0300" in line and "beyond the seed spread" in line for line in lines)
+
+
 def test_each_method_is_a_datamodule_option():
     setting = dict(kd_augment.QUICK)
     assert kd_augment.data_config("kd", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"

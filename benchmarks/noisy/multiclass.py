@@ -74,11 +74,12 @@ REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
 LAMBDA_KEYS = ("lambda_flipped", "lambda_clean", "lambda_flipped_auc")  # the lambda monitor's last epoch
 TEACHERS = ("clean", "noisy")
+# each ALM mode's meta-learner (``meta: {class_path, init_args}``); the regime's settings are added in train_student
 ALM = {
-    "ALM default (table)": {"mixer": "table"},
-    "ALM default (table, expected-error score)": {"mixer": "table", "clean_score": "expected_error"},
-    "ALM official": {"algorithm": "official", "mixer": "table"},
-    "ALM mixing network": {"mixer": "network"},
+    "ALM default (table)": ("MetaLearner", {}),
+    "ALM default (table, expected-error score)": ("MetaLearner", {"clean_score": "expected_error"}),
+    "ALM official": ("OfficialMetaLearner", {}),
+    "ALM mixing network": ("NetworkMetaLearner", {}),
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 PREFIX = "sgd|"  # this regime's run keys
@@ -180,14 +181,14 @@ def train_student(
     if method == "KD":
         model = VanillaKD(alpha=lam, **common)
     else:
-        extra = dict(ALM[method], init_lambda=0.9, lambda_plot=lambda_png is not None)
-        if extra.get("algorithm") == "official":
-            extra.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
-        elif extra["mixer"] == "network":
-            extra.update(meta_learning_rate=cfg.net_meta_lr)
+        learner, settings = ALM[method]
+        settings = dict(settings, init_lambda=0.9)
+        if learner == "OfficialMetaLearner":
+            settings.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
         else:
-            extra.update(meta_learning_rate=cfg.meta_lr)
-        model = AdaptiveLossMixingKD(**extra, **common)
+            settings["meta_learning_rate"] = cfg.net_meta_lr if learner == "NetworkMetaLearner" else cfg.meta_lr
+        meta = {"class_path": learner, "init_args": settings}
+        model = AdaptiveLossMixingKD(meta=meta, lambda_plot=lambda_png is not None, **common)
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
     meta_seconds = [0.0]
     if hasattr(model, "official_meta_pass"):  # its time is spread over the steps in the step time
