@@ -46,12 +46,18 @@ def _type_name(text: str) -> str:
     return f"one of {match.group(1)}" if match else text
 
 
-def _init_parameters(class_path: str) -> list[str]:
-    """The keyword arguments a class accepts, through ``**kwargs`` passed on to its bases."""
+def _class(class_path: str) -> type | None:
     module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)  # already imported by the parser
+        return getattr(importlib.import_module(module), name)  # already imported by the parser
     except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    """The keyword arguments a class accepts, through ``**kwargs`` passed on to its bases."""
+    cls = _class(class_path)
+    if cls is None:
         return []
     names: list[str] = []
     for klass in inspect.getmro(cls):
@@ -66,6 +72,12 @@ def _init_parameters(class_path: str) -> list[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
     return list(dict.fromkeys(names))
+
+
+def _moved_to(class_path: str, name: str) -> str | None:
+    """Where a class's init argument ``name`` moved (its ``moved_arguments``, e.g. ALM's flat keys that are
+    ``meta.init_args.<key>`` now), or None."""
+    return getattr(_class(class_path), "moved_arguments", {}).get(name)
 
 
 def _option_strings(parser: ArgumentParser) -> list[str]:
@@ -107,6 +119,10 @@ def one_line(message: str, parser: ArgumentParser) -> str:
         flag = "--" + ".".join(path) if path else "--"
         hint = _did_you_mean(name, _init_parameters(owner)) if owner else ""
         where = f" of {owner.rpartition('.')[2]}" if owner else ""
+        key = name.split(".")[0]  # a moved key given as a class (meta_optimizer: {class_path, init_args})
+        moved = _moved_to(owner, key) if owner else None
+        if moved:
+            return f"{flag}.{key} moved: write it as {flag.removeprefix('--')}.{moved}"
         return f"{flag}.{name}: no such argument{where}{hint or ''}"
     flag = "--" + ".".join(path) if path else "the config"
     expected = [m for m in (_EXPECTED.search(line.strip(" -")) for line in lines) if m]

@@ -427,3 +427,19 @@ def test_flat_generator_keys_still_work_and_mean_the_generator_config(assets, ca
     assert rebuilt.hparams["generator"] == new.hparams["generator"]
     with pytest.raises(KDLightError, match="give mask_rate as generator.init_args.mask_rate"):
         make_module(assets, generator=generator_config(assets), mask_rate=0.2)
+
+
+def test_a_flat_generator_key_in_a_yaml_is_one_line_naming_the_new_key(assets, tmp_path, capsys):
+    """On the command line and in a YAML the keys ``generator:`` replaced are no options any more: one line names
+    where each went, before anything is built."""
+    from conftest import expect_user_error
+
+    for flat, new in (
+        ("mask_rate=0.2", "generator.init_args.mask_rate"),
+        ("generator_clip=1", "generator.init_args.clip"),
+    ):
+        expect_user_error(
+            ["fit", "--model=ZeroShotAdversarialKD", f"--model.teacher={assets['teacher']}", f"--model.{flat}"],
+            capsys,
+            rf"--model\.{flat.split('=')[0]} moved: write it as model\.{new}$".replace(".init_args", r"\.init_args"),
+        )

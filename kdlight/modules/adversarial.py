@@ -19,18 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from kdlight.callbacks_zeroshot import AdversaryMonitor
-from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGenerator, Perturbation
+from kdlight.components.generator import NOISE_KEYS, REWRITE_MASK, AdversarialGenerator
 from kdlight.data.base import load_tokenizer, model_inputs
 from kdlight.distributed import keep_out_of_ddp
 from kdlight.errors import KDLightError
-from kdlight.modules.migrations import Flat
+from kdlight.modules.migrations import pop_moved
 
-#: the module arguments that ``generator:`` replaced -> its ``init_args`` key (still accepted, with a notice)
+#: the module arguments that ``generator:`` replaced -> its ``init_args`` key (a script's or an old checkpoint's
+#: hyper-parameters: accepted with a notice; in a YAML or on the command line: one line naming the new key)
 FLAT_GENERATOR_KEYS = {
     "perturbation": "perturbation",
     "mask_rate": "mask_rate",
@@ -67,11 +67,15 @@ class AdversarialRewriting:
         show_rewrites_every, track_divergence: what :class:`~kdlight.callbacks_zeroshot.AdversaryMonitor` shows
             (decoded rewrites into the run's ``rewrites.jsonl`` every this many generator steps, 0: never) and
             measures (the divergence before and after each generator update, and on the unmodified batch).
-        perturbation ... generator_optimizer: deprecated flat forms of ``generator.init_args.<key>``
-            (``generator_learning_rate`` -> ``learning_rate``, ``generator_clip`` -> ``clip``, ``generator_optimizer``
-            -> ``optimizer``); accepted with a notice.
+
+    The module arguments ``generator:`` replaced (``mask_rate``, ``generator_learning_rate`` -> ``learning_rate``,
+    ``generator_clip`` -> ``clip``, ... :data:`FLAT_GENERATOR_KEYS`) are not options any more: in a script's call
+    or an old checkpoint's hyper-parameters they are translated with one notice; in a YAML or on the command line
+    the parser names the new key (:attr:`moved_arguments`).
     """
 
+    #: the parser's hint for a moved key in a YAML (:mod:`kdlight.parse_errors`)
+    moved_arguments = {k: f"generator.init_args.{v}" for k, v in FLAT_GENERATOR_KEYS.items()}
     auxiliary_name = "generator"  # train/generator_steps: the ``progress`` column of the generator's updates
     #: the generator's settings when ``generator`` is a name or not given (a subclass's published defaults)
     default_generator: dict[str, Any] = {}
@@ -86,15 +90,9 @@ class AdversarialRewriting:
         max_consecutive_skips: int = 50,
         show_rewrites_every: int = 50,
         track_divergence: bool = True,
-        perturbation: Flat[Perturbation] = None,
-        mask_rate: Flat[float] = None,
-        gumbel_tau: Flat[float] = None,
-        generator_learning_rate: Flat[float] = None,
-        generator_clip: Flat[float] = None,
-        generator_optimizer: Flat[OptimizerCallable] = None,
         **kwargs: Any,
     ) -> None:
-        flat = {k: v for k, v in locals().items() if k in FLAT_GENERATOR_KEYS and v is not None}
+        flat = pop_moved(kwargs, FLAT_GENERATOR_KEYS)
         if flat:
             rank_zero_info(
                 f"[kdlight] {type(self).__name__}'s flat generator keys ({', '.join(sorted(flat))}) are deprecated: "
@@ -117,7 +115,7 @@ class AdversarialRewriting:
         # __init__ has run, a module cannot be assigned as an attribute)
         self.__dict__["_generator_component"] = component
         super().__init__(**kwargs)
-        for key in FLAT_GENERATOR_KEYS:
+        for key in FLAT_GENERATOR_KEYS:  # the subclass's frame still holds them in its **kwargs
             self.hparams.pop(key, None)
         self.hparams["generator"] = component.to_config()  # plain data: Module(**hparams) rebuilds the same generator
 

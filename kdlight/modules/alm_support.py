@@ -3,9 +3,9 @@
 * :class:`MetaArgument`: the ``meta:`` init argument (a :class:`~kdlight.components.meta.MetaLearner`,
   :class:`~kdlight.components.meta.NetworkMetaLearner` or
   :class:`~kdlight.components.meta_official.OfficialMetaLearner`, by ``class_path``; the learner checks its
-  own settings), and the flat keys it replaced (``algorithm: official``, ``meta_learning_rate``, ...), still
-  accepted with a one-line deprecation notice naming the new key, so old YAMLs, scripts and checkpoints
-  (whose hyper-parameters hold the flat keys) keep working;
+  own settings), and the flat keys it replaced (``algorithm: official``, ``meta_learning_rate``, ...): a
+  script's call or an old checkpoint's hyper-parameters that hold them keep working, with a one-line notice
+  naming the new form; a YAML or command line that gives them is one parser error naming the new key;
 * :func:`ordered_training_split`: the training split in a seeded, epoch-dependent order, split across
   ranks (the official meta pass, and the lambda plot with the mixing network).
 """
@@ -16,15 +16,14 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
-from kdlight.components.meta import CleanScore, LookaheadScope, MetaInterval, MetaLearner, Mixer
+from kdlight.components.meta import MetaLearner
 from kdlight.components.meta_official import PER_BATCH_SETTINGS
 from kdlight.data.base import Collator
 from kdlight.errors import KDLightError, check_choice
-from kdlight.modules.migrations import Flat
+from kdlight.modules.migrations import pop_moved
 
 #: the flat keys of AdaptiveLossMixingKD before ``meta:`` (each is now ``meta.init_args.<key>``, except
 #: ``algorithm``, which is ``meta.class_path``)
@@ -75,38 +74,23 @@ class MetaArgument:
     Args:
         meta: the meta-learner, by ``class_path`` (``MetaLearner``, ``NetworkMetaLearner``,
             ``OfficialMetaLearner``) with its ``init_args`` (see those classes); default ``MetaLearner()``.
-        mixer ... meta_iterations: deprecated flat forms of ``meta.init_args.<key>`` (``algorithm: official``:
-            ``meta.class_path: OfficialMetaLearner``); accepted with a notice.
+
+    The flat keys ``meta:`` replaced (:data:`FLAT_META_KEYS`: ``meta.init_args.<key>``; ``algorithm: official``
+    is ``meta.class_path: OfficialMetaLearner``) reach ``__init__`` only from a script or an old checkpoint's
+    hyper-parameters, and are translated with a notice; the CLI's parser names the new key
+    (:attr:`moved_arguments`).
     """
+
+    #: the parser's hint for a moved key in a YAML (:mod:`kdlight.parse_errors`)
+    moved_arguments = {
+        **{key: f"meta.init_args.{key}" for key in FLAT_META_KEYS if key != "algorithm"},
+        "algorithm": "meta.class_path (official: OfficialMetaLearner)",
+    }
 
     extra_teacher_sources: tuple[str, ...] | list[str] = ()  # MultiTeacherALMKD: the teachers after the first
 
-    def __init__(
-        self,
-        meta: MetaLearner | None = None,
-        mixer: Flat[Mixer] = None,
-        init_lambda: Flat[float] = None,
-        lookahead: Flat[LookaheadScope] = None,
-        lookahead_lr: Flat[float] = None,
-        meta_every: Flat[int] = None,
-        meta_interval: Flat[MetaInterval] = None,
-        meta_warmup: Flat[int] = None,
-        meta_steps: Flat[int] = None,
-        meta_optimizer: Flat[OptimizerCallable] = None,
-        meta_learning_rate: Flat[float] = None,
-        normalize_meta_grad: Flat[bool] = None,
-        center_meta_grad: Flat[bool] = None,
-        num_examples: Flat[int] = None,
-        mixer_hidden: Flat[int] = None,
-        clean_score: Flat[CleanScore] = None,
-        algorithm: Flat[Algorithm] = None,
-        grad_fit: Flat[int] = None,
-        select_every: Flat[int] = None,
-        warm_epoch: Flat[int] = None,
-        meta_iterations: Flat[int] = None,
-        **kwargs: Any,
-    ) -> None:
-        flat = {k: v for k, v in locals().items() if k in FLAT_META_KEYS and v is not None}
+    def __init__(self, meta: MetaLearner | None = None, **kwargs: Any) -> None:
+        flat = pop_moved(kwargs, FLAT_META_KEYS)
         if flat:
             if meta is not None:
                 raise KDLightError(f"give {sorted(flat)[0]} in meta.init_args, not beside meta")

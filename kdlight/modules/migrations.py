@@ -6,18 +6,24 @@ Lightning loads the state dict and restores the loops), so the modules keep only
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, Union
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from kdlight.modules.manual import AUXILIARY_STEPS, STEP_COUNT_KEY, STUDENT_UPDATES, subtract_optimizer_steps
 
-T = TypeVar("T")
-#: the type of a deprecated flat init argument (ALM's meta keys, the generator's settings): None when not given
-Flat = Union[T, None]  # noqa: UP007  (jsonargparse reads the annotation; None marks "not given")
-
 LEGACY_MIXER_KEY = "kdlight_alm_mixer"  # ALM: the mixing weights beside the state dict, before kdlight.components
 LEGACY_GENERATOR_KEY = "kdlight_generator"  # zero-shot: the generator beside the state dict, before it was a submodule
+
+
+def pop_moved(kwargs: dict[str, Any], moved: Iterable[str]) -> dict[str, Any]:
+    """The given (not None) values of init arguments that moved into a component (ALM's ``meta:``, the
+    generator), taken out of ``kwargs``. They reach ``__init__`` from a script's call or from an old checkpoint's
+    hyper-parameters (``load_from_checkpoint`` passes them all through ``**kwargs``); the CLI's parser no longer
+    takes them and names the new key instead."""
+    taken = {key: kwargs.pop(key) for key in moved if key in kwargs}
+    return {key: value for key, value in taken.items() if value is not None}
 
 
 def migrate_alm_checkpoint(checkpoint: dict[str, Any]) -> None:
@@ -53,10 +59,10 @@ def zeroshot_generator_optimizer_steps(checkpoint: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "Flat",
     "LEGACY_GENERATOR_KEY",
     "LEGACY_MIXER_KEY",
     "migrate_alm_checkpoint",
     "migrate_zeroshot_checkpoint",
+    "pop_moved",
     "zeroshot_generator_optimizer_steps",
 ]

@@ -55,7 +55,6 @@ Inputs = Literal["both", "out_of_domain", "adversarial", "random_tokens"]
 
 class ZeroShotAdversarialKD(AdversarialRewriting, ManualOptimization, BaseDistiller):
     """Args:
-    teacher: the fine-tuned teacher (see :class:`BaseDistiller`).
     generator: the masked-LM generator sharing the teacher's vocabulary, a name or folder
         (``bert-base-uncased`` for BERT teachers; offline: the export of ``configs/zeroshot/generator.yaml``)
         or ``{class_path: AdversarialGenerator, init_args: {...}}``; its cycle, display and guard arguments
@@ -63,22 +62,15 @@ class ZeroShotAdversarialKD(AdversarialRewriting, ManualOptimization, BaseDistil
     inputs: what the student trains on: ``both`` (out-of-domain + adversarial, the paper),
         ``out_of_domain``, ``adversarial``, or ``random_tokens`` (baseline).
     adversarial_weight: weight of the adversarial KD term in the student's loss.
-    temperature: KD temperature.
-    **kwargs: see :class:`AdversarialRewriting` and :class:`BaseDistiller` (student, optimiser, schedule ...).
+    **kwargs: see :class:`AdversarialRewriting` and :class:`BaseDistiller` (the fine-tuned ``teacher``, the
+        student, the KD ``temperature``, optimiser, schedule ...).
     """
 
-    def __init__(
-        self,
-        teacher: str,
-        inputs: Inputs = "both",
-        adversarial_weight: float = 1.0,
-        temperature: float = 1.0,
-        **kwargs,
-    ) -> None:
+    def __init__(self, inputs: Inputs = "both", adversarial_weight: float = 1.0, **kwargs) -> None:
         check_choice("inputs", inputs, Inputs)
         if adversarial_weight < 0:
             raise KDLightError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
-        super().__init__(teacher=teacher, temperature=temperature, **kwargs)
+        super().__init__(**kwargs)
 
     @property
     def uses_generator(self) -> bool:
