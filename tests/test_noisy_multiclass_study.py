@@ -67,3 +67,20 @@ def test_inversion_study_finds_the_multiclass_studys_teacher():
 
     assert mc.teacher_dir(study_config(), "clean", 0.4).name == "tweets_clean_n1600_l64_e2"
     assert mc.teacher_dir(study_config(), "noisy", 0.4).name == "tweets_noisy40_n1600_l64_e2"
+
+
+def test_a_run_that_predicts_one_class_is_counted_as_collapsed():
+    from benchmarks.noisy import multiclass
+
+    shares = (0.25, 0.4268, 0.3232)
+    assert multiclass.collapsed({"accuracy": 0.4268}, shares)
+    assert not multiclass.collapsed({"accuracy": 0.4269}, shares)
+    kd = {"method": "KD, lambda=0.9 (chosen on the selection split)", "chosen_fixed": True, "collapsed": 1, "seeds": 3}
+    oracle = {"method": "KD, lambda=0.9 (test-set oracle)", "collapsed": 1, "seeds": 3}  # the same runs again
+    alm = {"method": "ALM official", "collapsed": 2, "seeds": 3}
+    line = multiclass.collapse_summary([kd, oracle, alm])
+    assert (
+        line.startswith("- 3 of the 6 runs")
+        and "KD (the chosen lambda) 1 of 3" in line
+        and "ALM official 2 of 3" in line
+    )

@@ -248,8 +248,29 @@ def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int
     return f"{PREFIX}{rate}|{teacher}|{method}|{lam}|{seed}"
 
 
-def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict) -> list[dict]:
-    """The rows of one noise rate and teacher."""
+_SHARES: dict[str, tuple[float, ...]] = {}
+
+
+def test_class_shares(cfg) -> tuple[float, ...]:
+    """Each class's share of the task's test split (never corrupted): a student that predicts one class for every
+    input, as a run that collapsed does, scores exactly one of them."""
+    if cfg.task not in _SHARES:
+        dm = datamodule(cfg, 0.0)
+        dm._loader("test", False, 128)  # tokenises the split
+        labels = [int(x) for x in dm.splits["test"]["labels"]]
+        _SHARES[cfg.task] = tuple(labels.count(c) / len(labels) for c in sorted(set(labels)))
+    return _SHARES[cfg.task]
+
+
+def collapsed(result: dict, shares: tuple[float, ...]) -> bool:
+    """Whether a run's test accuracy is exactly one class's share: it predicted that class for every input."""
+    return any(abs(result["accuracy"] - share) < 1e-9 for share in shares)
+
+
+def column_rows(
+    runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict, shares: tuple[float, ...] = ()
+) -> list[dict]:
+    """The rows of one noise rate and teacher (``shares``: the test split's class shares, to count collapses)."""
 
     def got(method, lam):
         return [{**runs[key], "seed": s} for s in seeds if (key := run_key(rate, kind, method, lam, s)) in runs]
@@ -276,6 +297,7 @@ def column_rows(runs: dict, teachers: dict, rate: float, kind: str, seeds: list[
             "accuracy_mean": acc_mean,
             "accuracy_std": acc_std,
             "seeds": len(results),
+            "collapsed": sum(collapsed(r, shares) for r in results),
             "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
             "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
             **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
@@ -379,6 +401,7 @@ def write(
             "val": pct(r["val_accuracy_mean"]),
             "margin": "" if r["margin_kept"] is None else f"{r['margin_kept']:.2f}",
             "seeds": r["seeds"],
+            "one_class": r["collapsed"],
             "lf": "" if r["lambda_flipped"] is None else f"{r['lambda_flipped']:.3f}",
             "lc": "" if r["lambda_clean"] is None else f"{r['lambda_clean']:.3f}",
             "auc": "" if r["lambda_flipped_auc"] is None else f"{r['lambda_flipped_auc']:.3f}",
@@ -429,11 +452,13 @@ def write(
         + base_lines
     )
     notes = "## Targets (computed)\n\n" + "\n".join(targets(rows, rates) or ["- no complete column yet."])
+    notes += "\n\n## Runs that predicted one class (computed)\n\n" + collapse_summary(rows)
     notes += checks
     study.write(
         rows,
         "col=noise / teacher; method; acc=clean test acc. % (mean ± std); val=selection acc. %; margin=margin kept; "
-        "seeds; lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
+        "seeds; one_class=runs predicting one class; "
+        "lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
         title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
         intro=intro,
         notes=notes,
@@ -442,6 +467,25 @@ def write(
     )
     if any(r.get("lambda_history") for r in rows):
         plot_mechanism(rows, study.results / f"{study.name}_mechanism.png")
+
+
+def collapse_summary(rows: list[dict]) -> str:
+    """How many runs ended predicting one class for every test input (their test accuracy is exactly that class's
+    share of the test split): such a run learned nothing, and its seed's number is a collapse, not a method's."""
+    counted = [r for r in rows if "test-set oracle" not in r["method"]]
+    total, runs = sum(r["collapsed"] for r in counted), sum(r["seeds"] for r in counted)
+    by_method: dict[str, list[int]] = {}
+    for r in counted:
+        name = "KD (the chosen lambda)" if r.get("chosen_fixed") else r["method"]
+        pair = by_method.setdefault(name, [0, 0])
+        pair[0] += r["collapsed"]
+        pair[1] += r["seeds"]
+    parts = ", ".join(f"{name} {c} of {n}" for name, (c, n) in by_method.items())
+    return (
+        f"- {total} of the {runs} runs in the table predicted one class for every test input ({parts}). "
+        "Why is not established here (the first suspect: the student's SGD step, lr shown above, momentum 0.9, no "
+        "warm-up); a collapsed seed widens its row's std, and a row's mean then moves by a whole collapse."
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -593,8 +637,12 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
+    shares = test_class_shares(cfg)
     rows = [
-        row for r in rates for k in TEACHERS for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}))
+        row
+        for r in rates
+        for k in TEACHERS
+        for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)
     ]
     write(study, rows, cfg, status, teachers, base, rates, checks_md)
     study.log(status)

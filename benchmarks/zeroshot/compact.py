@@ -39,8 +39,9 @@ ARCH = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "i
 EMBEDDING = 32
 WIKI, NEWS = "packaged/wiki_summaries", "packaged/lee_news"
 # name -> (inputs, perturbation, corpus, generator); None: supervised KD; "untrained": no distillation.
-# generator: "trained" (configs/zeroshot/generator.yaml's export), "untrained" (the packaged MiniLM with a fresh
-# head, every zero-shot result before the trained generator), None (no generator: nothing is rewritten by one)
+# generator: "trained" (configs/zeroshot/generator.yaml's export), "earlier" (the recipe's export before 2026-12-07:
+# its top block only, 150 steps), "untrained" (the packaged MiniLM with a fresh head, every zero-shot result before
+# the trained generator), None (no generator: nothing is rewritten by one)
 METHODS = {
     "supervised KD (task data, upper bound)": None,
     "zero-shot: out-of-domain + adversarial": ("both", "generator", WIKI, "trained"),
@@ -50,6 +51,7 @@ METHODS = {
     "zero-shot, untrained generator head": ("both", "generator", WIKI, "untrained"),
     "no distillation (student as built)": "untrained",
     "zero-shot, news corpus (lee_news)": ("both", "generator", NEWS, "trained"),
+    "zero-shot, earlier generator (top block, 150 steps)": ("both", "generator", WIKI, "earlier"),
 }
 ZERO_SHOT, ADVERSARIAL, OOD, RANDOM, UNTRAINED_HEAD = list(METHODS)[1:6]
 STUDENTS = ("general", "scratch", "truncated")
@@ -115,12 +117,16 @@ def divergence_curve(root: Path) -> list[dict]:
     ]
 
 
-def trained_generator() -> str:
-    """configs/zeroshot/generator.yaml's export (fitted here first when absent: ``benchmarks.zeroshot.generator``)."""
-    from benchmarks.zeroshot.generator import export_dir, train
+def generator_network(generator: str | None) -> str:
+    """The generator's network: ``trained``, configs/zeroshot/generator.yaml's export, or ``earlier``, the export
+    of that recipe before 2026-12-07 (each fitted here first when absent: ``benchmarks.zeroshot.generator``);
+    otherwise the packaged MiniLM with a fresh head."""
+    from benchmarks.zeroshot.generator import earlier_generator, export_dir, train
 
-    train(retrain=False)
-    return str(export_dir())
+    if generator == "trained":
+        train(retrain=False)
+        return str(export_dir())
+    return earlier_generator() if generator == "earlier" else "packaged/all-MiniLM-L6-v2"
 
 
 def shown_rewrites(root: Path) -> list[dict]:
@@ -172,7 +178,7 @@ def one_run(
         data = component("RottenTomatoesDataModule", **sizes)
     else:
         inputs, perturbation, corpus, generator = mode
-        network = trained_generator() if generator == "trained" else "packaged/all-MiniLM-L6-v2"
+        network = generator_network(generator)
         rewriting = dict(mask_rate=0.3, learning_rate=1e-5)  # 30 % of tokens; the generator's AdamW
         model = component(
             "ZeroShotAdversarialKD",

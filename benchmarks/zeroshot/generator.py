@@ -34,6 +34,16 @@ from kdlight.modules import MaskedLMPretraining
 
 RECIPE = CONFIGS / "zeroshot" / "generator.yaml"
 FRESH = "packaged/all-MiniLM-L6-v2"
+EARLIER_NAME = "top block, 150 steps (the recipe before 2026-12-07)"
+# the recipe before it trained every block: its overrides of today's recipe, and its own export and run folder
+EARLIER = {
+    "model.init_args.train_layers": 1,
+    "model.init_args.learning_rate": 1e-4,
+    "trainer.max_steps": 150,
+    "trainer.val_check_interval": 50,
+    "model.init_args.export_dir": "~/.cache/kdlight/generators/minilm-mlm-top-block-150",
+    "trainer.default_root_dir": "runs/zeroshot/generator_top_block",
+}
 REWRITE_RATE = 0.3  # zero-shot KD's mask_rate (MATE-KD)
 SHOWN = 8
 COMMON_MASS = 0.9  # "known" tokens: the most frequent ones that cover 90 % of the corpus's token occurrences
@@ -43,18 +53,28 @@ def recipe() -> dict:
     return yaml.safe_load(RECIPE.read_text())
 
 
-def export_dir() -> Path:
-    return Path(os.path.expanduser(recipe()["model"]["init_args"]["export_dir"]))
+def export_dir(overrides: dict | None = None) -> Path:
+    folder = (overrides or {}).get("model.init_args.export_dir", recipe()["model"]["init_args"]["export_dir"])
+    return Path(os.path.expanduser(folder))
 
 
-def train(retrain: bool) -> dict:
-    """Fit the recipe (as ``kdlight fit --config configs/zeroshot/generator.yaml``) unless its export exists."""
-    if (export_dir() / "config.json").is_file() and not retrain:
+def train(retrain: bool, overrides: dict | None = None) -> dict:
+    """Fit the recipe (as ``kdlight fit --config configs/zeroshot/generator.yaml`` with ``overrides``, e.g.
+    :data:`EARLIER`) unless its export exists."""
+    if (export_dir(overrides) / "config.json").is_file() and not retrain:
         return {"trained_now": False}
     start = time.perf_counter()
-    runner = run_cli(["--config", str(RECIPE), "--trainer.logger=CSVLogger", "--trainer.enable_progress_bar=false"])
+    extra = [f"--{key}={value}" for key, value in (overrides or {}).items()]
+    args = ["--config", str(RECIPE), "--trainer.logger=CSVLogger", "--trainer.enable_progress_bar=false", *extra]
+    runner = run_cli(args)
     runner.trainer.fit(runner.model, datamodule=runner.datamodule)
     return {"trained_now": True, "fit_seconds": time.perf_counter() - start}
+
+
+def earlier_generator() -> str:
+    """The earlier recipe's export (:data:`EARLIER`; fitted here first when absent)."""
+    train(retrain=False, overrides=EARLIER)
+    return str(export_dir(EARLIER))
 
 
 def held_out_data():
@@ -121,31 +141,40 @@ def decode_marked(tokenizer, batch: dict, out: dict, row: int) -> str:
     return " ".join(words).replace(" ##", "").replace("|", "\\|")
 
 
-def training_curve() -> list[dict]:
+def training_curve(overrides: dict | None = None) -> list[dict]:
     """The recipe's validation rows (metrics.csv of its latest CSV-logged run), if it ran here."""
-    rows = logged_rows(Path(recipe()["trainer"]["default_root_dir"]), "val/accuracy", newest=True)
+    root = (overrides or {}).get("trainer.default_root_dir", recipe()["trainer"]["default_root_dir"])
+    rows = logged_rows(Path(root), "val/accuracy", newest=True)
     return [
         {"step": int(r["step"]) + 1, "accuracy": float(r["val/accuracy"]), "perplexity": float(r["val/perplexity"])}
         for r in rows
     ]
 
 
-def plot(rows: list[dict], curve: list[dict], path: Path) -> None:
-    with figure(path, 1, 2, dpi=110, figsize=(10, 3.8)) as (_, axes):
+def blocks(train_layers: int | None) -> str:
+    return "every encoder block" if train_layers is None else f"the top {train_layers} block(s)"
+
+
+def plot(rows: list[dict], curves: dict[str, list[dict]], path: Path) -> None:
+    with figure(path, 1, 2, dpi=110, figsize=(11, 3.8)) as (_, axes):
         names = [r["generator"].split(" (")[0] for r in rows]
-        axes[0].bar(names, [100 * r["accuracy"] for r in rows], color=["C7", "C0"][: len(rows)], label="masked top-1")
+        axes[0].bar(
+            names, [100 * r["accuracy"] for r in rows], color=["C7", "C2", "C0"][: len(rows)], label="masked top-1"
+        )
         known = [100 * r["known_token_share"] for r in rows]
         axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
         axes[0].set_ylabel("%")
         axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
         axes[0].legend(fontsize=8)
-        if curve:
-            axes[1].plot([c["step"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o")
-            axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
-            axes[1].set_xlabel("training step")
-            axes[1].set_ylabel("held-out masked top-1 (%)")
-            axes[1].set_title("the recipe's validation curve")
-            axes[1].legend(fontsize=8)
+        for (name, curve), color in zip(curves.items(), ["C2", "C0"], strict=False):
+            if curve:
+                steps, accuracy = [c["step"] for c in curve], [100 * c["accuracy"] for c in curve]
+                axes[1].plot(steps, accuracy, marker="o", color=color, label=name.split(" (")[0])
+        axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel("held-out masked top-1 (%)")
+        axes[1].set_title("validation curves")
+        axes[1].legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,21 +183,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     fit = train(args.retrain)
+    earlier = earlier_generator()
     data = held_out_data()
     rows, shown = [], {}
-    generators = {"untrained head (packaged MiniLM + fresh head)": FRESH}
+    generators = {"untrained head (packaged MiniLM + fresh head)": FRESH, EARLIER_NAME: earlier}
     for name, source in {**generators, "trained (configs/zeroshot/generator.yaml)": str(export_dir())}.items():
         torch.manual_seed(0)
         scores = masked_lm_scores(source, data)
         rewrite_scores, shown[name] = rewrites(source, data)
         rows.append({"generator": name, **scores, **rewrite_scores, "held_out_examples": len(data.val_dataset)})
     curve = training_curve()
+    curves = {EARLIER_NAME: training_curve(EARLIER), "the recipe": curve}
     init = recipe()["model"]["init_args"]
-    pairs = zip(shown[rows[0]["generator"]], shown[rows[1]["generator"]], strict=True)
+    pairs = zip(*(shown[r["generator"]] for r in rows), strict=True)
     table = [
-        {"original": o.replace("|", "\\|"), "fresh": fresh, "trained": trained} for (o, fresh), (_, trained) in pairs
+        {"original": o.replace("|", "\\|"), "fresh": fresh, "earlier": earlier, "trained": trained}
+        for (o, fresh), (_, earlier), (_, trained) in pairs
     ]
-    columns = "original; fresh=untrained head's rewrite; trained=trained generator's rewrite"
+    columns = (
+        "original; fresh=untrained head's rewrite; earlier=top-block generator's rewrite (earlier recipe); "
+        "trained=trained generator's rewrite (the recipe)"
+    )
     where = (
         f"Generated by `python -m benchmarks.zeroshot.generator` on {platform.machine()} / {os.cpu_count()} CPU "
         f"core(s), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
@@ -182,12 +217,20 @@ def main(argv: list[str] | None = None) -> None:
     notes = [
         "## Rewrites (bold: the tokens the generator wrote)",
         f"The first {SHOWN} held-out inputs, {int(100 * REWRITE_RATE)} % of their tokens rewritten with the same "
-        "positions and the same Gumbel noise for both generators (zero-shot KD's rewrite before any adversarial "
+        "positions and the same Gumbel noise for every generator (zero-shot KD's rewrite before any adversarial "
         "update).",
         markdown_table(table, columns).rstrip("\n"),
-        "## The recipe's validation curve",
-        "\n".join(f"- step {c['step']}: accuracy {c['accuracy']:.4f}, perplexity {c['perplexity']:.1f}" for c in curve)
-        or "(no CSV-logged run of the recipe under its default_root_dir on this machine)",
+        "## Validation curves",
+        *(
+            f"{name}:\n\n"
+            + (
+                "\n".join(
+                    f"- step {c['step']}: accuracy {c['accuracy']:.4f}, perplexity {c['perplexity']:.1f}" for c in c_
+                )
+                or "(no CSV-logged run of it under its default_root_dir on this machine)"
+            )
+            for name, c_ in curves.items()
+        ),
         "## Where and how this ran",
         where,
     ]
@@ -202,13 +245,16 @@ def main(argv: list[str] | None = None) -> None:
             "before this study used. The trained one is the recipe's export: "
             f"{recipe()['trainer']['max_steps']} steps, batch {recipe()['data']['init_args']['batch_size']}, max "
             f"length {recipe()['data']['init_args']['max_length']}, head learning rate {init['head_learning_rate']}, "
-            f"top {init.get('train_layers')} block(s) at {init['learning_rate']} (embeddings frozen), BERT masking "
+            f"{blocks(init.get('train_layers'))} at {init['learning_rate']} (embeddings frozen), BERT masking "
             f"{init['mask_rate']} / {init['mask_share']} / {init['random_share']}, on "
-            f"{' + '.join(recipe()['data']['init_args']['sources'])}. Scores: the recipe's held-out split "
+            f"{' + '.join(recipe()['data']['init_args']['sources'])}. The earlier recipe, the one every zero-shot "
+            f"and MATE-KD result with a trained generator used before 2026-12-07: {EARLIER['trainer.max_steps']} "
+            f"steps, {blocks(EARLIER['model.init_args.train_layers'])} at "
+            f"{EARLIER['model.init_args.learning_rate']}, the rest the same. Scores: the recipe's held-out split "
             "with a fixed masking (see benchmarks/zeroshot/generator.py)."
         ),
         notes="\n\n".join(notes),
-        plot=functools.partial(plot, rows, curve),
+        plot=functools.partial(plot, rows, curves),
     )
 
 
