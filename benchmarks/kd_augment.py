@@ -39,6 +39,7 @@ METHODS = {
     "token_aug": "+ 2 token-augmented copies per row",
     "rewrites": "+ generator rewrites (MATE-KD)",
     "kd_long": "KD on the 6,000 labelled rows for 3x the epochs (token_aug's number of updates)",
+    "rewrites_earlier": "+ rewrites by the earlier generator (top block, 150 steps; not run by default)",
 }
 TOKEN_AUG_COPIES = 2
 # a method whose gain could be its extra updates alone, and the control that has as many updates without its inputs
@@ -54,7 +55,8 @@ def augmentation(method: str, setting: dict) -> dict:
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
     token_aug = {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
     # rewrites: the labelled rows, the module rewrites each batch (module_config); kd_long: more epochs only
-    fixed = {"kd": {}, "kd_long": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug, "rewrites": {}}
+    fixed = {"kd": {}, "kd_long": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug}
+    fixed.update(rewrites={}, rewrites_earlier={})
     if method not in fixed:
         raise ValueError(f"{method}: unknown method")
     return fixed[method]
@@ -69,14 +71,19 @@ def method_setting(method: str, setting: dict) -> dict:
 
 
 def module_config(method: str, quick: bool) -> dict | None:
-    """``rewrites``: MATE-KD's module with what configs/quickstart/kd_mate.yaml adds to kd.yaml; else None."""
-    if method != "rewrites":
+    """``rewrites``: MATE-KD's module with what configs/quickstart/kd_mate.yaml adds to kd.yaml (``rewrites_earlier``:
+    with the generator recipe's export before 2026-12-07); else None."""
+    if not method.startswith("rewrites"):
         return None
     recipe = yaml.safe_load(MATE_RECIPE.read_text())["model"]
     plain = yaml.safe_load(MATE_RECIPE.with_name("kd.yaml").read_text())["model"]["init_args"]
     extra = {k: v for k, v in recipe["init_args"].items() if k not in plain}
     if quick:  # 2 batches an epoch: one generator and one student step each
         extra.update(generator_steps=1, student_steps=1, show_rewrites_every=0)
+    if method == "rewrites_earlier":
+        from benchmarks.zeroshot.generator import earlier_generator
+
+        extra["generator"]["init_args"]["network"] = earlier_generator()
     return component(recipe["class_path"], **extra)
 
 
@@ -145,7 +152,8 @@ def targets(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = study_parser(__doc__, "workers", "label", "quick", "report-only")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    default_methods = [m for m in METHODS if m != "rewrites_earlier"]
+    parser.add_argument("--methods", nargs="+", default=default_methods, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
     args = parser.parse_args(argv)

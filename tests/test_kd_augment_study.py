@@ -75,6 +75,16 @@ def test_each_method_is_a_datamodule_option():
     assert "teacher" not in mate["init_args"] and kd_augment.module_config("kd", quick=False) is None
 
 
+def test_the_earlier_generator_row_is_its_own_method_and_not_run_by_default(monkeypatch):
+    from benchmarks.zeroshot import generator
+
+    monkeypatch.setattr(generator, "earlier_generator", lambda: "/cache/generators/minilm-mlm-top-block-150")
+    earlier = kd_augment.module_config("rewrites_earlier", quick=False)["init_args"]["generator"]["init_args"]
+    assert earlier["network"] == "/cache/generators/minilm-mlm-top-block-150"
+    current = kd_augment.module_config("rewrites", quick=False)["init_args"]["generator"]["init_args"]
+    assert current["network"].endswith("generators/minilm-mlm")
+
+
 def test_strong_teacher_is_chosen_on_validation(tmp_path):
     runs = [{"best_val_score": 0.84, "test/score": 0.86}, {"best_val_score": 0.85, "test/score": 0.83}]
     assert strong_teacher.choose(runs) is runs[1]
