@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
-    common = dict(teacher=teacher, general_export=None, setting=setting, work=str(WORK / name), quick=args.quick)
-    common["student_method"] = "b"
+    common = dict(teacher=teacher, general_export=None, work=str(WORK / name), quick=args.quick, student_method="b")
     jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
             task_distillation,
@@ -181,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seed=seed,
             data=data_config(method, setting, args.quick),
             module=module_config(method, args.quick),
-            **{**common, "setting": method_setting(method, setting)},
+            setting=method_setting(method, setting),
+            **common,
         )
         for seed in args.seeds
         for size in args.sizes

@@ -81,18 +81,13 @@ def make_assets(root: Path, spec: dict) -> Path:
     return root
 
 
-def setup(assets: Path, spec: dict, steps: int, device: str):
+def setup(assets: Path, spec: dict):
     """The datamodule and the VanillaKD module, built as a user builds them (the same for both systems)."""
     seed_everything(SEED, verbose=False)
-    files = {f"{key}_file": str(assets / f"{split}.csv") for key, split in (("train", "train"), ("val", "validation"))}
+    splits = (("train", "train"), ("val", "validation"), ("test", "test"))
+    files = {f"{key}_file": str(assets / f"{split}.csv") for key, split in splits}
     sizes = dict(max_length=spec["length"], batch_size=spec["batch"])
-    dm = TextClassificationDataModule(
-        **files,
-        test_file=str(assets / "test.csv"),
-        label_names=["neg", "pos"],
-        tokenizer=str(assets / "teacher"),
-        **sizes,
-    )
+    dm = TextClassificationDataModule(**files, label_names=["neg", "pos"], tokenizer=str(assets / "teacher"), **sizes)
     dm.prepare_data()
     dm.setup("fit")
     student = TruncatedTeacher(spec["student_layers"])
@@ -101,7 +96,7 @@ def setup(assets: Path, spec: dict, steps: int, device: str):
 
 
 def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
-    dm, module = setup(assets, spec, steps, device)
+    dm, module = setup(assets, spec)
     hardware = {"accelerator": "cuda", "precision": "bf16-mixed"} if device == "cuda" else {}
     logger = CSVLogger(str(work), name="speed")
     trainer = quiet_trainer(work, 1, [timer], limit_train_batches=steps, logger=logger, **hardware)
@@ -110,7 +105,7 @@ def run_kdlight(assets: Path, spec: dict, steps: int, device: str, timer, work: 
 
 def run_handwritten(assets: Path, spec: dict, steps: int, device: str, timer, work: Path) -> None:
     """The same maths on the same batches in plain PyTorch: kdlight's models, loss, optimiser and schedule."""
-    dm, module = setup(assets, spec, steps, device)
+    dm, module = setup(assets, spec)
     module.configure_models()
     module.to(device)
     module.scheduled_steps = lambda: steps  # what Lightning's estimated_stepping_batches tells the module

@@ -232,24 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     # report-only trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
     teacher = str((cached_rt_teacher() or "packaged/all-MiniLM-L6-v2") if args.report_only else fine_tuned_rt_teacher())
-    generals = study.run(
-        {
-            f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting, work=work)
-            for size in args.sizes
-            if {"c", "d"} & set(args.methods)
-        }
-    )
+    common = dict(teacher=teacher, setting=setting, work=work)
+    general = [size for size in args.sizes if {"c", "d"} & set(args.methods)]
+    generals = study.run({f"general/{size}": Job(general_distillation, size=size, **common) for size in general})
+    exports = {size: generals.get(f"general/{size}", {}).get("export") for size in args.sizes}
     study.run(
         {
             f"task/{size}/{method}/seed{seed}": Job(
-                task_distillation,
-                size=size,
-                method=method,
-                seed=seed,
-                general_export=generals.get(f"general/{size}", {}).get("export"),
-                teacher=teacher,
-                setting=setting,
-                work=work,
+                task_distillation, size=size, method=method, seed=seed, general_export=exports[size], **common
             )
             for seed in args.seeds
             for size in args.sizes
