@@ -270,9 +270,7 @@ def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, 
             ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)"))
         if hline is not None:
             ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
-        ax.set_xlabel(axes[0])
-        ax.set_ylabel(axes[1])
-        ax.set_title(axes[2])
+        ax.set(xlabel=axes[0], ylabel=axes[1], title=axes[2])
         ax.legend(fontsize=8)
 
 

@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
     missing = [k for k in jobs if k not in done]
-    status = f"{len(records)} of {len(jobs)} candidates run" + (
-        f"; not yet run: {', '.join(missing)}." if missing else "."
-    )
+    not_run = f"; not yet run: {', '.join(missing)}." if missing else "."
+    status = f"{len(records)} of {len(jobs)} candidates run{not_run}"
     choice = (
         ("Provisional, among the finished candidates only: " if missing else "")
         + f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "

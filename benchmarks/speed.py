@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             notes.append(profile_notes(label, record))
             continue
         judged, target = record.get("cpu", record["wall"]), TARGETS.get(size)
+        verdict = "none" if target is None else f"{'met' if judged['ratio'] >= target else 'missed'} (>= {target})"
         rows.append(
             {
                 "label": label,
@@ -235,9 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "name": f"{label} ~{size}",
                 **judged,
                 "range": f"{judged['ratio_min']:.3f}-{judged['ratio_max']:.3f}",
-                "target": "none"
-                if target is None
-                else f"{'met' if judged['ratio'] >= target else 'missed'} (>= {target})",
+                "target": verdict,
                 "clock": "cpu" if "cpu" in record else "wall",
                 "wall_ratio": record["wall"]["ratio"],
                 "seconds": record["seconds"],

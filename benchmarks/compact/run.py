@@ -79,9 +79,8 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
 def general_distillation(size: str, teacher: str, setting: dict, work: str) -> dict:
     root = Path(work) / size / "general"
     student = compressed(fresh(size), size, factorise_from="teacher")
-    return fit_and_test(
-        general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
-    )
+    config = general_distillation_config(student, setting["general_steps"], root / "export")
+    return fit_and_test(config, root, test=False)
 
 
 def task_distillation(
@@ -211,8 +210,7 @@ def plot(
         for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
             if score == score:
                 ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("compression (teacher params / student params)")
+        ax.set(xscale="log", xlabel="compression (teacher params / student params)")
         ax.set_ylabel("test accuracy (Rotten Tomatoes)")
         ax.legend(fontsize=8)
 

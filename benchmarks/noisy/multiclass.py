@@ -73,6 +73,7 @@ REGIME = dict(max_length=64, lr=0.05, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3
 REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
 LAMBDA_KEYS = ("lambda_flipped", "lambda_clean", "lambda_flipped_auc")  # the lambda monitor's last epoch
+HISTORY_KEYS = ("epoch", "flipped", "clean", "flipped_auc")  # the lambda monitor's keys per epoch
 TEACHERS = ("clean", "noisy")
 # each ALM mode's meta-learner (``meta: {class_path, init_args}``); the regime's settings are added in train_student
 ALM = {
@@ -276,11 +277,8 @@ def column_rows(
         return [{**runs[key], "seed": s} for s in seeds if (key := run_key(rate, kind, method, lam, s)) in runs]
 
     kd = {lam: got("KD", lam) for lam in LAMBDAS}
-    kd_time_mean = {}
-    for s in seeds:
-        times = [runs[k]["step_time"] for lam in LAMBDAS if (k := run_key(rate, kind, "KD", lam, s)) in runs]
-        if times:
-            kd_time_mean[s] = statistics.mean(times)
+    kd_times = {s: [r["step_time"] for lam in LAMBDAS for r in kd[lam] if r["seed"] == s] for s in seeds}
+    kd_time_mean = {s: statistics.mean(times) for s, times in kd_times.items() if times}
     teacher_acc = teachers.get(f"{kind}|{rate}", {}).get("test_accuracy")
     baseline_noisy = base.get("noisy_labels", {}).get("test_score")
     head = {"noise": "uniform", "rate": rate, "teacher": kind, "teacher_test_accuracy": teacher_acc}
@@ -312,15 +310,10 @@ def column_rows(
             if all(r.get(key) is not None for r in results):
                 out[key] = statistics.mean(r[key] for r in results)
         histories = [r["lambda_history"] for r in results if r.get("lambda_history")]
-        if histories:  # per epoch, mean over seeds
-            epochs = min(len(h) for h in histories)
+        if histories:  # per epoch (as many as the shortest history has), mean over seeds
             out["lambda_history"] = [
-                {
-                    k: statistics.mean(h[e][k] for h in histories)
-                    for k in ("epoch", "flipped", "clean", "flipped_auc")
-                    if all(k in h[e] for h in histories)
-                }
-                for e in range(epochs)
+                {k: statistics.mean(p[k] for p in points) for k in HISTORY_KEYS if all(k in p for p in points)}
+                for points in zip(*histories, strict=False)
             ]
         return out
 
@@ -504,8 +497,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
             ax.set_yticks(range(len(sel)), names, fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlim(min(means) - 3, max(means) + 2)
-            ax.set_xlabel("clean test accuracy (%)")
+            ax.set(xlim=(min(means) - 3, max(means) + 2), xlabel="clean test accuracy (%)")
             ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
             ax.grid(axis="x", alpha=0.3)
 
@@ -530,8 +522,7 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
             top.set_ylabel("flipped-label AUC of the teacher weight")
             top.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
             top.legend(fontsize=7)
-            bottom.set_ylabel("teacher weight: flipped (solid), clean (dashed)")
-            bottom.set_xlabel("epoch")
+            bottom.set(ylabel="teacher weight: flipped (solid), clean (dashed)", xlabel="epoch")
             bottom.legend(fontsize=6)
 
 
@@ -615,15 +606,13 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
 
     def block_summary() -> str:
         methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
-        count = {
-            (r, k, s): sum(run_key(r, k, m, lam, s) in runs for m, lam in methods)
-            for r in rates
-            for k in TEACHERS
-            for s in seeds
-        }
+
+        def count(rate: float, kind: str, seed: int) -> int:
+            return sum(run_key(rate, kind, m, lam, seed) in runs for m, lam in methods)
+
         return "; ".join(
             f"{int(round(rate * 100))} % / {kind} teacher: "
-            + ", ".join(f"seed {s} {count[rate, kind, s]}/{per_block}" for s in seeds)
+            + ", ".join(f"seed {s} {count(rate, kind, s)}/{per_block}" for s in seeds)
             for rate in rates
             for kind in TEACHERS
         )
@@ -653,7 +642,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, in this order")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="unused: runs go one at a time, in this process")
     parser.add_argument("--task", default="tweets", choices=list(TASKS), help="tweets (3 classes), wiki_topics (6)")
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)

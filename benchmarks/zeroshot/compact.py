@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
-from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser
+from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser, target
 from kdlight.baseline import baseline_for, margin_kept
 from kdlight.callbacks_zeroshot import DIVERGENCE_KEYS
 from kdlight.components.rewriting import rewrites_markdown
@@ -237,13 +237,9 @@ def targets(rows: list[dict], student: str = "general") -> str:
     if not any(r["student"] == student for r in rows):
         return ""
     lines = ["## Targets", "", f"All on the {student} student's final weights (no checkpoint chosen on task data)."]
-    zs = row(ZERO_SHOT)
-    if zs:
-        verdict = "met" if zs["pct_of_teacher"] >= 92 else "missed"
-        lines.append(
-            f"- {student} student ({zs['compression']:.1f}x) zero-shot (trained generator) >= 92 % of the teacher: "
-            f"**{verdict}** ({zs['pct_of_teacher']:.1f} %, {zs['seeds']} seed(s))."
-        )
+    if zs := row(ZERO_SHOT):
+        claim = f"{student} student ({zs['compression']:.1f}x) zero-shot (trained generator) >= 92 % of the teacher"
+        lines.append(target(claim, zs["pct_of_teacher"] >= 92, f"{zs['pct_of_teacher']:.1f} %, {zs['seeds']} seed(s)"))
     for a_name, b_name in ((ZERO_SHOT, OOD), (OOD, RANDOM), (ZERO_SHOT, UNTRAINED_HEAD)):
         a, b = row(a_name), row(b_name)
         if a and b:
@@ -326,8 +322,7 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float, path: Pat
                     label = f"{name}: after" if style == "-" else None
                     values = [c[key] for c in record["divergence"]]
                     ax.plot(steps, values, color=f"C{i}", lw=1.2 if style == "-" else 0.8, ls=style, label=label)
-            ax.set_xlabel("generator step")
-            ax.set_ylabel("KL(teacher || student)")
+            ax.set(xlabel="generator step", ylabel="KL(teacher || student)")
             ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
             ax.legend(fontsize=6)
 
