@@ -132,13 +132,9 @@ def targets(rows: list[dict]) -> list[str]:
         if row["compression"] >= 9.5 and row["margin_kept_all_pct"] is not None:
             met = row["margin_kept_all_pct"] >= 75 and (row["speedup"] or 0) >= 5 and row["seeds"] >= 3
             speed = f"{row['speedup']:.1f}x" if row["speedup"] else "speed-up not measured yet"
-            lines.append(
-                target(
-                    f">= 10x, {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds",
-                    met,
-                    f"{row['margin_kept_all_pct']:.1f} % kept, {speed}, {row['seeds']} seeds",
-                )
-            )
+            claim = f">= 10x, {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds"
+            detail = f"{row['margin_kept_all_pct']:.1f} % kept, {speed}, {row['seeds']} seeds"
+            lines.append(target(claim, met, detail))
     by_size: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_size.setdefault(row["student"], {})[row["method"]] = row
@@ -199,6 +195,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"## Status (written by the study)\n\n{finished} of the {planned} runs asked for are recorded "
         f"({len(done)} in all in {study.runs_path.name})."
     )
+    teacher_score = rows[0]["teacher_accuracy"] if rows else float("nan")
+    baseline_lines = {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]}
     study.write(
         rows,
         "student=size; method; compression; accuracy_mean=test acc (mean); accuracy_std=std; seeds; "
@@ -211,13 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
-        plot=functools.partial(
-            plot,
-            rows,
-            rows[0]["teacher_accuracy"] if rows else float("nan"),
-            {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]},
-            METHODS,
-        ),
+        plot=functools.partial(plot, rows, teacher_score, baseline_lines, METHODS),
     )
     return rows
 

@@ -354,24 +354,16 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
             gain = 100 * (best["accuracy_mean"] - f["accuracy_mean"])
             spread = 100 * max(best["accuracy_std"], f["accuracy_std"])
             name = f"{int(round(rate * 100))} % / {kind} teacher"
-            lines.append(
-                target(
-                    f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
-                    "point beyond the larger seed std",
-                    gain >= 1.0 and gain > spread,
-                    f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
-                    f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds",
-                )
-            )
+            claim = f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
+            claim += "point beyond the larger seed std"
+            detail = f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
+            detail += f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds"
+            lines.append(target(claim, gain >= 1.0 and gain > spread, detail))
             if abs(rate - 0.4) < 1e-9 and best.get("lambda_flipped_auc") is not None:
-                lines.append(
-                    target(
-                        f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode",
-                        best["lambda_flipped_auc"] >= 0.75,
-                        f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC "
-                        f"{max((r['lambda_flipped_auc'] or 0) for r in alm):.3f}",
-                    )
-                )
+                best_auc = max((r["lambda_flipped_auc"] or 0) for r in alm)
+                claim = f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode"
+                detail = f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC {best_auc:.3f}"
+                lines.append(target(claim, best["lambda_flipped_auc"] >= 0.75, detail))
             times = ", ".join(
                 f"{r['method']} {r['step_time_vs_kd']:.2f}x" for r in alm if r["step_time_vs_kd"] is not None
             )

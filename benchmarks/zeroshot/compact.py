@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     # the baseline trains on the labelled rows the teacher saw (the quickstart's 6,000); zero-shot students see none
     baseline = baseline_for(RottenTomatoesDataModule(max_train_examples=6000, tokenizer=teacher)).test_score
     rows = summarise(records, teacher_score, teacher_params, baseline)
+    sections = [targets(rows), targets(rows, "truncated"), divergence_summary(records), rewrite_examples(records)]
+    sections.append(where_it_ran(setting, records, list(jobs), [k for k in jobs if k in done]))
     study.write(
         rows,
         "student; method; accuracy_mean=test acc, final weights (mean); accuracy_std=std; seeds; pct_of_teacher=% "
@@ -399,17 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         "Margin kept: (student - baseline) / (teacher - baseline), the baseline being TF-IDF + logistic regression "
         "on the teacher's 6,000 labelled training rows. Students and methods: see benchmarks/zeroshot/compact.py; "
         "the trained generator: benchmarks/results/generator.md.",
-        notes="\n\n".join(
-            part
-            for part in (
-                targets(rows),
-                targets(rows, "truncated"),
-                divergence_summary(records),
-                rewrite_examples(records),
-                where_it_ran(setting, records, list(jobs), [k for k in jobs if k in done]),
-            )
-            if part
-        ),
+        notes="\n\n".join(part for part in sections if part),
         plot=functools.partial(plots, rows, records, teacher_score),
     )
 
