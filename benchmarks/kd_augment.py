@@ -19,6 +19,7 @@ Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 from __future__ import annotations
 
 import functools
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             setting=method_setting(method, setting),
             **common,
         )
-        for seed in args.seeds
-        for size in args.sizes
-        for method in args.methods
+        for seed, size, method in product(args.seeds, args.sizes, args.methods)
     }
     study.run(jobs)
     done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from itertools import product
 from pathlib import Path
 
 from benchmarks.common import (
@@ -239,9 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             f"task/{size}/{method}/seed{seed}": Job(
                 task_distillation, size=size, method=method, seed=seed, general_export=exports[size], **common
             )
-            for seed in args.seeds
-            for size in args.sizes
-            for method in args.methods
+            for seed, size, method in product(args.seeds, args.sizes, args.methods)
             if method != "e" or size == "4x"
         }
     )

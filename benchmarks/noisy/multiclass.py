@@ -27,6 +27,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -326,13 +327,8 @@ def column_rows(
         oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
         grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
         grid_val = {str(lam): statistics.mean(r["val_accuracy"] for r in complete[lam]) for lam in LAMBDAS}
-        candidates.append(
-            row(
-                f"KD, lambda={by_val} (chosen on the selection split)",
-                complete[by_val],
-                **{"lambda": by_val, "kd_grid_test": grid, "kd_grid_selection": grid_val, "chosen_fixed": True},
-            )
-        )
+        chosen = {"lambda": by_val, "kd_grid_test": grid, "kd_grid_selection": grid_val, "chosen_fixed": True}
+        candidates.append(row(f"KD, lambda={by_val} (chosen on the selection split)", complete[by_val], **chosen))
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
@@ -528,12 +524,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
             for kind in teachers:
                 order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
-        order += [
-            (rate, kind, EXPECTED_ERROR, None, seed, again)
-            for seed in seeds
-            for kind in teachers
-            for again in (False, True)
-        ]
+        order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED]
 
 
@@ -605,8 +596,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         return "; ".join(
             f"{int(round(rate * 100))} % / {kind} teacher: "
             + ", ".join(f"seed {s} {count(rate, kind, s)}/{per_block}" for s in seeds)
-            for rate in rates
-            for kind in TEACHERS
+            for rate, kind in product(rates, TEACHERS)
         )
 
     status = status or (
@@ -619,12 +609,8 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
     shares = test_class_shares(cfg)
-    rows = [
-        row
-        for r in rates
-        for k in TEACHERS
-        for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)
-    ]
+    columns = product(rates, TEACHERS)
+    rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
     write(study, rows, cfg, status, teachers, base, rates, checks_md)
     study.log(status)
 
