@@ -24,12 +24,12 @@ from benchmarks.common import (
     fine_tuned_rt_teacher,
     fit_and_test,
     general_distillation_config,
+    margin_kept_pct,
     recorded_rt_baseline,
     teacher_size,
 )
 from benchmarks.harness import component, figure
 from benchmarks.study import Job, Study, over_seeds, study_name, study_parser
-from kdlight.baseline import margin_kept
 from kdlight.quickstart import inference_speed, test_texts
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
@@ -154,11 +154,6 @@ def summarise(
     methods: dict[str, str] = METHODS,
 ) -> list[dict]:
     """One row per size and method: accuracy over seeds, the margin kept over each baseline, speed-up, time."""
-
-    def kept(mean: float, teacher: float, baseline: float) -> float | None:
-        value = margin_kept(mean, teacher, baseline)
-        return None if value != value else 100 * value
-
     records = list(records.values()) if isinstance(records, dict) else records
     teacher_scores = [r["test/teacher_score"] for r in records if "test/teacher_score" in r]
     teacher = teacher_scores[0] if teacher_scores else float("nan")
@@ -177,11 +172,11 @@ def summarise(
             "method_name": methods[method],
             **stats,
             "baseline_accuracy": baseline_score,
-            "margin_kept_pct": kept(mean, teacher, baseline_score),
+            "margin_kept_pct": margin_kept_pct(mean, teacher, baseline_score),
         }
         if all_rows_baseline is not None:
             row.update(teacher_accuracy=teacher, baseline_all=all_rows_baseline)
-            row["margin_kept_all_pct"] = kept(mean, teacher, all_rows_baseline)
+            row["margin_kept_all_pct"] = margin_kept_pct(mean, teacher, all_rows_baseline)
         speed = speeds.get(size, {})
         row.update(samples_per_s=speed.get("samples_per_s"), speedup=speed.get("speedup"))
         rows.append({**row, "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs)})

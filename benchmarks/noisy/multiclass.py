@@ -230,9 +230,8 @@ def train_student(
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
     lambdas = " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
-    summary = (
-        f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
-    )
+    summary = f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} "
+    summary += f"step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
     print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary} {lambdas}", flush=True)
     return out
 

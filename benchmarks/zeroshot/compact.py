@@ -99,9 +99,8 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
         record["test/score_val_selected"] = float(selected["test/score"])
     record["curve"] = [(int(r["step"]), float(r["val/score"])) for r in logged_rows(root, "val/score")]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    record.update(
-        divergence=divergence_curve(root), machine=f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
-    )
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
+    record.update(divergence=divergence_curve(root), machine=machine)
     record.update(rewrites=shown_rewrites(root), export=str(model.export_path()) if fit else None)
     return record
 
@@ -246,10 +245,8 @@ def targets(rows: list[dict], student: str = "general") -> str:
             gap, spread = a["accuracy_mean"] - b["accuracy_mean"], max(a["accuracy_std"], b["accuracy_std"])
             seeds = min(a["seeds"], b["seeds"])
             verdict = "met" if gap > spread and seeds > 1 else ("missed" if seeds > 1 else "not judged (1 seed)")
-            lines.append(
-                f"- {a_name} > {b_name} by more than the larger seed std: **{verdict}** "
-                f"({100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seed(s))."
-            )
+            detail = f"{100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seed(s)"
+            lines.append(f"- {a_name} > {b_name} by more than the larger seed std: **{verdict}** ({detail}).")
     return "\n".join(lines)
 
 
