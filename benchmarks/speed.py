@@ -59,9 +59,8 @@ def make_assets(root: Path, spec: dict) -> Path:
     if (root / "done").is_file():
         return root
     words = [f"w{i}" for i in range(spec.get("words", 2000))]
-    tokenizer = BertTokenizerFast(
-        vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    )
+    vocabulary = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tokenizer = BertTokenizerFast(vocab=vocabulary)
     heads = 12 if spec["hidden"] == 384 else (4 if spec["hidden"] % 4 == 0 else 2)
     shape = dict(hidden_size=spec["hidden"], num_hidden_layers=spec["layers"], intermediate_size=4 * spec["hidden"])
     config = BertConfig(

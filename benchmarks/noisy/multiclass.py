@@ -665,10 +665,8 @@ def main(argv: list[str] | None = None) -> None:
         if method.startswith("ALM") and seed == 0 and not args.quick:
             tag = method.split()[1].strip("()")
             png = study.results / f"{study.name}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
-        job = Job(
-            train_student, cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png
-        )
-        study.run({key: job})
+        arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
+        study.run({key: Job(train_student, **arguments)})
         left = sum(1 for o in order[n:] if pending(o))
         running = (
             f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "
