@@ -121,6 +121,8 @@ def analyse(student, teacher, dm) -> dict:
 
     p_label = F.softmax(train["z"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
     p_true = F.softmax(clean["z"], -1).gather(1, clean["labels"].long().view(-1, 1))
+    p_teacher = F.softmax(train["t"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
+    expected_error = teacher_preference(train, clean, clean_weight=p_true)
 
     def from_clean(mask: torch.Tensor) -> torch.Tensor | None:
         return teacher_preference(train, only(mask))["total"] if mask.any() else None
@@ -135,20 +137,15 @@ def analyse(student, teacher, dm) -> dict:
         "teacher part: grad_s . grad KD_i": pref["teacher"],
         f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": from_clean(right),
         f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": from_clean(~right),
-        "t_i with the expected-error clean score (residual x p(label))": teacher_preference(
-            train, clean, clean_weight=p_true
-        )["total"],
+        "t_i with the expected-error clean score (residual x p(label))": expected_error["total"],
         "size of the label gradient |softmax - onehot(noisy)|": pref["e_ce"].norm(dim=-1),
         "student's probability of the noisy label (lower = flipped)": -p_label,
-        "teacher's probability of the noisy label (lower = flipped)": -F.softmax(train["t"], -1)
-        .gather(1, labels.long().view(-1, 1))
-        .squeeze(1),
+        "teacher's probability of the noisy label (lower = flipped)": -p_teacher,
     }
+    shared = (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
     out = {
         "auc": {name: None if v is None else flipped_label_auc(v, flipped) for name, v in scores.items()},
-        "share_of_t_from_bias_and_shared_input": float(
-            (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
-        ),
+        "share_of_t_from_bias_and_shared_input": float(shared),
         "mean_cosine_between_head_inputs": float((unit.mean(0) ** 2).sum()),  # = mean pairwise cosine (with self)
         "head_input_norm": float(train["h"].norm(dim=-1).mean()),
         "clean_residual_mean (softmax - onehot, by class)": [round(float(v), 4) for v in pref["r"].mean(0)],

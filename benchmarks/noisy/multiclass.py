@@ -289,6 +289,7 @@ def column_rows(
         acc_mean, acc_std = mean_std([r["accuracy"] for r in results])
         known = teacher_acc is not None and baseline_noisy is not None
         timed = all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
+        vs_kd = statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results) if timed else None
         out = {
             "method": method,
             **head,
@@ -299,9 +300,7 @@ def column_rows(
             "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
             "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
             **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
-            "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
-            if timed
-            else None,
+            "step_time_vs_kd": vs_kd,
             "fit_s_mean": statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results),
             "realised_rate": results[0]["realised_rate"],
             **extra,
