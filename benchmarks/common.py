@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmarks.harness import component, fit_and_test, run_cli, runner_for  # noqa: F401 (imported from here)
 from benchmarks.study import Job, Study
 from kdlight.assets import cache_dir
-from kdlight.baseline import baseline_for
+from kdlight.baseline import baseline_for, margin_kept
 from kdlight.data import RottenTomatoesDataModule
 from kdlight.models.hf import count_parameters, load_classifier
 
@@ -64,6 +64,12 @@ def recorded_rt_baseline(train_examples: int | None) -> dict:
     """:func:`rt_baseline` fit once, kept in ``results/baselines_runs.json``: every study quotes the same fit."""
     key = f"rotten_tomatoes/{'all' if train_examples is None else train_examples}"
     return Study("baselines").run({key: Job(rt_baseline, train_examples=train_examples)})[key]
+
+
+def margin_kept_pct(student: float, teacher: float, baseline: float) -> float | None:
+    """:func:`kdlight.baseline.margin_kept` in % (None where there is no margin to keep: it is NaN there)."""
+    kept = margin_kept(student, teacher, baseline)
+    return None if kept != kept else 100 * kept
 
 
 def teacher_size(teacher: str) -> int:

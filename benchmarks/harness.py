@@ -111,14 +111,12 @@ def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
     seconds = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
     for (file, _, name), (_, _, tottime, _, _) in stats.items():
         seconds[next(c for c, match in PROFILE_CATEGORIES if match(file, name))] += tottime
-    entries = sorted(
-        (
-            (tottime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
-            for (file, line, name), (_, ncalls, tottime, _, _) in stats.items()
-            if file != "~" and not any(part in file for part in MODEL_MATHS)
-        ),
-        reverse=True,
-    )
+    entries = [
+        (tottime, ncalls, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
+        for (file, line, name), (_, ncalls, tottime, _, _) in stats.items()
+        if file != "~" and not any(part in file for part in MODEL_MATHS)
+    ]
+    entries.sort(reverse=True)
     return {
         "ms_per_step": {k: 1000 * v / steps for k, v in seconds.items()},
         "top_own_time": [
@@ -270,9 +268,7 @@ def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, 
             ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)"))
         if hline is not None:
             ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
-        ax.set_xlabel(axes[0])
-        ax.set_ylabel(axes[1])
-        ax.set_title(axes[2])
+        ax.set(xlabel=axes[0], ylabel=axes[1], title=axes[2])
         ax.legend(fontsize=8)
 
 

@@ -19,6 +19,7 @@ Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
 from __future__ import annotations
 
 import functools
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +133,9 @@ def targets(rows: list[dict]) -> list[str]:
         if row["compression"] >= 9.5 and row["margin_kept_all_pct"] is not None:
             met = row["margin_kept_all_pct"] >= 75 and (row["speedup"] or 0) >= 5 and row["seeds"] >= 3
             speed = f"{row['speedup']:.1f}x" if row["speedup"] else "speed-up not measured yet"
-            lines.append(
-                target(
-                    f">= 10x, {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds",
-                    met,
-                    f"{row['margin_kept_all_pct']:.1f} % kept, {speed}, {row['seeds']} seeds",
-                )
-            )
+            claim = f">= 10x, {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds"
+            detail = f"{row['margin_kept_all_pct']:.1f} % kept, {speed}, {row['seeds']} seeds"
+            lines.append(target(claim, met, detail))
     by_size: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_size.setdefault(row["student"], {})[row["method"]] = row
@@ -171,8 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         teacher_path = fine_tuned_rt_teacher() if not args.report_only else None
     teacher = str(teacher_path or "packaged/all-MiniLM-L6-v2")  # report-only: only the teacher's size is read
-    common = dict(teacher=teacher, general_export=None, setting=setting, work=str(WORK / name), quick=args.quick)
-    common["student_method"] = "b"
+    common = dict(teacher=teacher, general_export=None, work=str(WORK / name), quick=args.quick, student_method="b")
     jobs = {  # every student is compact's method (b): the teacher's SVD embeddings, vocabulary pruned
         f"task/{size}/{method}/seed{seed}": Job(
             task_distillation,
@@ -181,11 +177,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seed=seed,
             data=data_config(method, setting, args.quick),
             module=module_config(method, args.quick),
-            **{**common, "setting": method_setting(method, setting)},
+            setting=method_setting(method, setting),
+            **common,
         )
-        for seed in args.seeds
-        for size in args.sizes
-        for method in args.methods
+        for seed, size, method in product(args.seeds, args.sizes, args.methods)
     }
     study.run(jobs)
     done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
@@ -199,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"## Status (written by the study)\n\n{finished} of the {planned} runs asked for are recorded "
         f"({len(done)} in all in {study.runs_path.name})."
     )
+    teacher_score = rows[0]["teacher_accuracy"] if rows else float("nan")
+    baseline_lines = {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]}
     study.write(
         rows,
         "student=size; method; compression; accuracy_mean=test acc (mean); accuracy_std=std; seeds; "
@@ -211,13 +208,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
-        plot=functools.partial(
-            plot,
-            rows,
-            rows[0]["teacher_accuracy"] if rows else float("nan"),
-            {"TF-IDF + LR, 6k rows": baselines["rows"], "TF-IDF + LR, all rows": baselines["all"]},
-            METHODS,
-        ),
+        plot=functools.partial(plot, rows, teacher_score, baseline_lines, METHODS),
     )
     return rows
 

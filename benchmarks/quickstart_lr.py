@@ -23,11 +23,11 @@ from benchmarks.common import (
     fine_tuned_rt_teacher,
     fit_and_test,
     in_progress,
+    margin_kept_pct,
     recorded_rt_baseline,
 )
 from benchmarks.harness import curves_plot
 from benchmarks.study import Job, Study, study_name, study_parser
-from kdlight.baseline import margin_kept
 
 WORK = Path("runs/benchmarks/quickstart_lr")
 #: (learning rate, epochs): the four runs the README's choice came from
@@ -67,25 +67,22 @@ def warm_teacher_cache(teacher: str, work: str, quick: bool = False) -> None:
 
 def summarise(records: list[dict], baseline: dict) -> list[dict]:
     chosen = choose(records) if records else None
-    rows = []
-    for r in records:
-        kept = margin_kept(r["test/score"], r["test/teacher_score"], baseline["test_score"])
-        rows.append(
-            {
-                "learning_rate": r["learning_rate"],
-                "epochs": r["epochs"],
-                "val_score": r["best_val_score"],
-                "chosen": "yes" if r is chosen else "",
-                "test_score": r["test/score"],
-                "teacher_test_score": r["test/teacher_score"],
-                "baseline_test_score": baseline["test_score"],
-                "pct_of_teacher": 100 * r["test/score"] / r["test/teacher_score"],
-                "margin_kept_pct": 100 * kept if kept == kept else None,
-                "val_curve": [p["val_score"] for p in r["val_curve"]],
-                "fit_seconds": r["fit_seconds"],
-            }
-        )
-    return rows
+    return [
+        {
+            "learning_rate": r["learning_rate"],
+            "epochs": r["epochs"],
+            "val_score": r["best_val_score"],
+            "chosen": "yes" if r is chosen else "",
+            "test_score": r["test/score"],
+            "teacher_test_score": r["test/teacher_score"],
+            "baseline_test_score": baseline["test_score"],
+            "pct_of_teacher": 100 * r["test/score"] / r["test/teacher_score"],
+            "margin_kept_pct": margin_kept_pct(r["test/score"], r["test/teacher_score"], baseline["test_score"]),
+            "val_curve": [p["val_score"] for p in r["val_curve"]],
+            "fit_seconds": r["fit_seconds"],
+        }
+        for r in records
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -121,9 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
     missing = [k for k in jobs if k not in done]
-    status = f"{len(records)} of {len(jobs)} candidates run" + (
-        f"; not yet run: {', '.join(missing)}." if missing else "."
-    )
+    not_run = f"; not yet run: {', '.join(missing)}." if missing else "."
+    status = f"{len(records)} of {len(jobs)} candidates run{not_run}"
     choice = (
         ("Provisional, among the finished candidates only: " if missing else "")
         + f"Chosen on validation: learning rate {chosen['learning_rate']:g}, {chosen['epochs']} epochs "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from itertools import product
 from pathlib import Path
 
 from benchmarks.common import (
@@ -23,12 +24,12 @@ from benchmarks.common import (
     fine_tuned_rt_teacher,
     fit_and_test,
     general_distillation_config,
+    margin_kept_pct,
     recorded_rt_baseline,
     teacher_size,
 )
 from benchmarks.harness import component, figure
 from benchmarks.study import Job, Study, over_seeds, study_name, study_parser
-from kdlight.baseline import margin_kept
 from kdlight.quickstart import inference_speed, test_texts
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
@@ -79,9 +80,8 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
 def general_distillation(size: str, teacher: str, setting: dict, work: str) -> dict:
     root = Path(work) / size / "general"
     student = compressed(fresh(size), size, factorise_from="teacher")
-    return fit_and_test(
-        general_distillation_config(student, setting["general_steps"], root / "export"), root, test=False
-    )
+    config = general_distillation_config(student, setting["general_steps"], root / "export")
+    return fit_and_test(config, root, test=False)
 
 
 def task_distillation(
@@ -154,11 +154,6 @@ def summarise(
     methods: dict[str, str] = METHODS,
 ) -> list[dict]:
     """One row per size and method: accuracy over seeds, the margin kept over each baseline, speed-up, time."""
-
-    def kept(mean: float, teacher: float, baseline: float) -> float | None:
-        value = margin_kept(mean, teacher, baseline)
-        return None if value != value else 100 * value
-
     records = list(records.values()) if isinstance(records, dict) else records
     teacher_scores = [r["test/teacher_score"] for r in records if "test/teacher_score" in r]
     teacher = teacher_scores[0] if teacher_scores else float("nan")
@@ -177,11 +172,11 @@ def summarise(
             "method_name": methods[method],
             **stats,
             "baseline_accuracy": baseline_score,
-            "margin_kept_pct": kept(mean, teacher, baseline_score),
+            "margin_kept_pct": margin_kept_pct(mean, teacher, baseline_score),
         }
         if all_rows_baseline is not None:
             row.update(teacher_accuracy=teacher, baseline_all=all_rows_baseline)
-            row["margin_kept_all_pct"] = kept(mean, teacher, all_rows_baseline)
+            row["margin_kept_all_pct"] = margin_kept_pct(mean, teacher, all_rows_baseline)
         speed = speeds.get(size, {})
         row.update(samples_per_s=speed.get("samples_per_s"), speedup=speed.get("speedup"))
         rows.append({**row, "train_seconds": sum(r["fit_seconds"] for r in runs) / len(runs)})
@@ -211,8 +206,7 @@ def plot(
         for style, (label, score) in zip(("-.", (0, (1, 3))), baselines.items(), strict=False):
             if score == score:
                 ax.axhline(score, color="tab:red", ls=style, lw=1, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("compression (teacher params / student params)")
+        ax.set(xscale="log", xlabel="compression (teacher params / student params)")
         ax.set_ylabel("test accuracy (Rotten Tomatoes)")
         ax.legend(fontsize=8)
 
@@ -232,28 +226,16 @@ def main(argv: list[str] | None = None) -> None:
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     # report-only trains nothing: the packaged MiniLM + a 2-label head has the teacher's size
     teacher = str((cached_rt_teacher() or "packaged/all-MiniLM-L6-v2") if args.report_only else fine_tuned_rt_teacher())
-    generals = study.run(
-        {
-            f"general/{size}": Job(general_distillation, size=size, teacher=teacher, setting=setting, work=work)
-            for size in args.sizes
-            if {"c", "d"} & set(args.methods)
-        }
-    )
+    common = dict(teacher=teacher, setting=setting, work=work)
+    general = [size for size in args.sizes if {"c", "d"} & set(args.methods)]
+    generals = study.run({f"general/{size}": Job(general_distillation, size=size, **common) for size in general})
+    exports = {size: generals.get(f"general/{size}", {}).get("export") for size in args.sizes}
     study.run(
         {
             f"task/{size}/{method}/seed{seed}": Job(
-                task_distillation,
-                size=size,
-                method=method,
-                seed=seed,
-                general_export=generals.get(f"general/{size}", {}).get("export"),
-                teacher=teacher,
-                setting=setting,
-                work=work,
+                task_distillation, size=size, method=method, seed=seed, general_export=exports[size], **common
             )
-            for seed in args.seeds
-            for size in args.sizes
-            for method in args.methods
+            for seed, size, method in product(args.seeds, args.sizes, args.methods)
             if method != "e" or size == "4x"
         }
     )

@@ -79,12 +79,7 @@ def measure(rounds: int, steps: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    return step_cost_main(
-        argv,
-        __doc__,
-        "compact_step_cost",
-        measure,
-        {"rounds": 5, "steps": 4},
+    spec = dict(
         names=list(variants()),
         table=("variant", "vs_logit_kd", "variant; step_seconds=s / step (median); vs_logit_kd=vs logit KD"),
         plot=("vs_logit_kd", "step time / logit KD's (median)"),
@@ -92,6 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         intro="{rounds} rounds x {steps} steps, variants taking turns; MiniLM-L6 teacher, 2-block student cut from it, "
         "batch 32 x 64 tokens, one torch thread, CPU. Compare the rows, not absolute times across machines.",
     )
+    return step_cost_main(argv, __doc__, "compact_step_cost", measure, {"rounds": 5, "steps": 4}, **spec)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def teacher_preference(
 
     ``grad_s`` = mean over the clean split of ``[r_v ; r_v h_v^T]``, ``r_v = softmax(z_v) - onehot(y_v)``;
     ``grad CE_i = [e_i ; e_i h_i^T]`` with ``e_i = softmax(z_i) - onehot(noisy y_i)``; ``grad KD_i`` the same
-    with ``T (softmax(z_i / T) - softmax(t_i / T))`` (the gradient of ``T^2 KL``).
+    with ``T (softmax(z_i / T) - softmax(t_i / T))`` (the gradient of ``T^2 KL``). Also returned: the label and
+    teacher terms on their own (``-grad_s . grad CE_i``, ``grad_s . grad KD_i``), ``e_i`` and ``r_v``.
     """
     k = train["z"].shape[-1]
     h_train, h_clean = train["h"], clean["h"]
@@ -87,7 +88,12 @@ def teacher_preference(
     diff = e_kd - e_ce  # (N, K): the KD step's minus the label step's logit gradient
     bias_part = diff @ grad_bias
     weight_part = ((diff @ grad_weight) * h_train).sum(-1)
-    return {"bias": bias_part, "weight": weight_part, "total": bias_part + weight_part}
+
+    def along_clean_gradient(e: torch.Tensor) -> torch.Tensor:
+        return e @ grad_bias + ((e @ grad_weight) * h_train).sum(-1)
+
+    parts = {"label": -along_clean_gradient(e_ce), "teacher": along_clean_gradient(e_kd), "e_ce": e_ce, "r": r}
+    return {"bias": bias_part, "weight": weight_part, "total": bias_part + weight_part, **parts}
 
 
 def within_class(score: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -108,21 +114,15 @@ def analyse(student, teacher, dm) -> dict:
     mean_h = torch.cat([train["h"], clean["h"]]).mean(0)
     centred = teacher_preference(train, clean, feature_shift=mean_h)
     unit = F.normalize(train["h"], dim=-1)
-    k = train["z"].shape[-1]
-    r = F.softmax(clean["z"], -1) - F.one_hot(clean["labels"].long(), k)
     right = clean["z"].argmax(-1) == clean["labels"]
-    e_ce = F.softmax(train["z"], -1) - F.one_hot(labels.long(), k)
-    e_kd = 4.0 * (F.softmax(train["z"] / 4.0, -1) - F.softmax(train["t"] / 4.0, -1))
-    grad_bias, grad_weight = r.mean(0), (r[:, :, None] * clean["h"][:, None, :]).mean(0)
-
-    def along_clean_gradient(e: torch.Tensor) -> torch.Tensor:
-        return e @ grad_bias + ((e @ grad_weight) * train["h"]).sum(-1)
 
     def only(mask: torch.Tensor) -> dict:
         return {key: value[mask] for key, value in clean.items()}
 
     p_label = F.softmax(train["z"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
     p_true = F.softmax(clean["z"], -1).gather(1, clean["labels"].long().view(-1, 1))
+    p_teacher = F.softmax(train["t"], -1).gather(1, labels.long().view(-1, 1)).squeeze(1)
+    expected_error = teacher_preference(train, clean, clean_weight=p_true)
 
     def from_clean(mask: torch.Tensor) -> torch.Tensor | None:
         return teacher_preference(train, only(mask))["total"] if mask.any() else None
@@ -133,27 +133,22 @@ def analyse(student, teacher, dm) -> dict:
         "weight part": pref["weight"],
         "t_i, head input centred": centred["total"],
         "t_i centred within each noisy-label class": within_class(pref["total"], labels),
-        "label part: -grad_s . grad CE_i": -along_clean_gradient(e_ce),
-        "teacher part: grad_s . grad KD_i": along_clean_gradient(e_kd),
+        "label part: -grad_s . grad CE_i": pref["label"],
+        "teacher part: grad_s . grad KD_i": pref["teacher"],
         f"t_i with grad_s from the {int(right.sum())} correctly classified clean examples only": from_clean(right),
         f"t_i with grad_s from the {int((~right).sum())} misclassified clean examples only": from_clean(~right),
-        "t_i with the expected-error clean score (residual x p(label))": teacher_preference(
-            train, clean, clean_weight=p_true
-        )["total"],
-        "size of the label gradient |softmax - onehot(noisy)|": e_ce.norm(dim=-1),
+        "t_i with the expected-error clean score (residual x p(label))": expected_error["total"],
+        "size of the label gradient |softmax - onehot(noisy)|": pref["e_ce"].norm(dim=-1),
         "student's probability of the noisy label (lower = flipped)": -p_label,
-        "teacher's probability of the noisy label (lower = flipped)": -F.softmax(train["t"], -1)
-        .gather(1, labels.long().view(-1, 1))
-        .squeeze(1),
+        "teacher's probability of the noisy label (lower = flipped)": -p_teacher,
     }
+    shared = (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
     out = {
         "auc": {name: None if v is None else flipped_label_auc(v, flipped) for name, v in scores.items()},
-        "share_of_t_from_bias_and_shared_input": float(
-            (pref["total"] - centred["total"]).abs().mean() / pref["total"].abs().mean()
-        ),
+        "share_of_t_from_bias_and_shared_input": float(shared),
         "mean_cosine_between_head_inputs": float((unit.mean(0) ** 2).sum()),  # = mean pairwise cosine (with self)
         "head_input_norm": float(train["h"].norm(dim=-1).mean()),
-        "clean_residual_mean (softmax - onehot, by class)": [round(float(v), 4) for v in r.mean(0)],
+        "clean_residual_mean (softmax - onehot, by class)": [round(float(v), 4) for v in pref["r"].mean(0)],
         "student_clean_accuracy": float((clean["z"].argmax(-1) == clean["labels"]).float().mean()),
         "teacher_accuracy_on_flipped": float((train["t"].argmax(-1) == train["clean_labels"])[flipped].float().mean()),
         "teacher_accuracy_on_clean": float((train["t"].argmax(-1) == train["clean_labels"])[~flipped].float().mean()),

@@ -27,6 +27,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,6 +74,7 @@ REGIME = dict(max_length=64, lr=0.05, meta_lr=1.0, net_meta_lr=0.001, grad_fit=3
 REGIME["meta_batch"] = 160  # the whole clean split
 LAMBDAS = (0.0, 0.5, 0.9)  # a 3-point grid: what the shared CPU allowed (the earlier study: 7 points)
 LAMBDA_KEYS = ("lambda_flipped", "lambda_clean", "lambda_flipped_auc")  # the lambda monitor's last epoch
+HISTORY_KEYS = ("epoch", "flipped", "clean", "flipped_auc")  # the lambda monitor's keys per epoch
 TEACHERS = ("clean", "noisy")
 # each ALM mode's meta-learner (``meta: {class_path, init_args}``); the regime's settings are added in train_student
 ALM = {
@@ -228,9 +230,8 @@ def train_student(
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
     lambdas = " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
-    summary = (
-        f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
-    )
+    summary = f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} "
+    summary += f"step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
     print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary} {lambdas}", flush=True)
     return out
 
@@ -276,11 +277,8 @@ def column_rows(
         return [{**runs[key], "seed": s} for s in seeds if (key := run_key(rate, kind, method, lam, s)) in runs]
 
     kd = {lam: got("KD", lam) for lam in LAMBDAS}
-    kd_time_mean = {}
-    for s in seeds:
-        times = [runs[k]["step_time"] for lam in LAMBDAS if (k := run_key(rate, kind, "KD", lam, s)) in runs]
-        if times:
-            kd_time_mean[s] = statistics.mean(times)
+    kd_times = {s: [r["step_time"] for lam in LAMBDAS for r in kd[lam] if r["seed"] == s] for s in seeds}
+    kd_time_mean = {s: statistics.mean(times) for s, times in kd_times.items() if times}
     teacher_acc = teachers.get(f"{kind}|{rate}", {}).get("test_accuracy")
     baseline_noisy = base.get("noisy_labels", {}).get("test_score")
     head = {"noise": "uniform", "rate": rate, "teacher": kind, "teacher_test_accuracy": teacher_acc}
@@ -291,6 +289,7 @@ def column_rows(
         acc_mean, acc_std = mean_std([r["accuracy"] for r in results])
         known = teacher_acc is not None and baseline_noisy is not None
         timed = all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
+        vs_kd = statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results) if timed else None
         out = {
             "method": method,
             **head,
@@ -301,9 +300,7 @@ def column_rows(
             "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
             "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
             **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
-            "step_time_vs_kd": statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results)
-            if timed
-            else None,
+            "step_time_vs_kd": vs_kd,
             "fit_s_mean": statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results),
             "realised_rate": results[0]["realised_rate"],
             **extra,
@@ -312,15 +309,10 @@ def column_rows(
             if all(r.get(key) is not None for r in results):
                 out[key] = statistics.mean(r[key] for r in results)
         histories = [r["lambda_history"] for r in results if r.get("lambda_history")]
-        if histories:  # per epoch, mean over seeds
-            epochs = min(len(h) for h in histories)
+        if histories:  # per epoch (as many as the shortest history has), mean over seeds
             out["lambda_history"] = [
-                {
-                    k: statistics.mean(h[e][k] for h in histories)
-                    for k in ("epoch", "flipped", "clean", "flipped_auc")
-                    if all(k in h[e] for h in histories)
-                }
-                for e in range(epochs)
+                {k: statistics.mean(p[k] for p in points) for k in HISTORY_KEYS if all(k in p for p in points)}
+                for points in zip(*histories, strict=False)
             ]
         return out
 
@@ -333,13 +325,8 @@ def column_rows(
         oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
         grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
         grid_val = {str(lam): statistics.mean(r["val_accuracy"] for r in complete[lam]) for lam in LAMBDAS}
-        candidates.append(
-            row(
-                f"KD, lambda={by_val} (chosen on the selection split)",
-                complete[by_val],
-                **{"lambda": by_val, "kd_grid_test": grid, "kd_grid_selection": grid_val, "chosen_fixed": True},
-            )
-        )
+        chosen = {"lambda": by_val, "kd_grid_test": grid, "kd_grid_selection": grid_val, "chosen_fixed": True}
+        candidates.append(row(f"KD, lambda={by_val} (chosen on the selection split)", complete[by_val], **chosen))
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
@@ -361,24 +348,16 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
             gain = 100 * (best["accuracy_mean"] - f["accuracy_mean"])
             spread = 100 * max(best["accuracy_std"], f["accuracy_std"])
             name = f"{int(round(rate * 100))} % / {kind} teacher"
-            lines.append(
-                target(
-                    f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
-                    "point beyond the larger seed std",
-                    gain >= 1.0 and gain > spread,
-                    f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
-                    f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds",
-                )
-            )
+            claim = f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
+            claim += "point beyond the larger seed std"
+            detail = f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
+            detail += f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds"
+            lines.append(target(claim, gain >= 1.0 and gain > spread, detail))
             if abs(rate - 0.4) < 1e-9 and best.get("lambda_flipped_auc") is not None:
-                lines.append(
-                    target(
-                        f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode",
-                        best["lambda_flipped_auc"] >= 0.75,
-                        f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC "
-                        f"{max((r['lambda_flipped_auc'] or 0) for r in alm):.3f}",
-                    )
-                )
+                best_auc = max((r["lambda_flipped_auc"] or 0) for r in alm)
+                claim = f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode"
+                detail = f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC {best_auc:.3f}"
+                lines.append(target(claim, best["lambda_flipped_auc"] >= 0.75, detail))
             times = ", ".join(
                 f"{r['method']} {r['step_time_vs_kd']:.2f}x" for r in alm if r["step_time_vs_kd"] is not None
             )
@@ -504,8 +483,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
             ax.set_yticks(range(len(sel)), names, fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlim(min(means) - 3, max(means) + 2)
-            ax.set_xlabel("clean test accuracy (%)")
+            ax.set(xlim=(min(means) - 3, max(means) + 2), xlabel="clean test accuracy (%)")
             ax.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher", fontsize=9)
             ax.grid(axis="x", alpha=0.3)
 
@@ -530,8 +508,7 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
             top.set_ylabel("flipped-label AUC of the teacher weight")
             top.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
             top.legend(fontsize=7)
-            bottom.set_ylabel("teacher weight: flipped (solid), clean (dashed)")
-            bottom.set_xlabel("epoch")
+            bottom.set(ylabel="teacher weight: flipped (solid), clean (dashed)", xlabel="epoch")
             bottom.legend(fontsize=6)
 
 
@@ -545,12 +522,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
             for kind in teachers:
                 order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
-        order += [
-            (rate, kind, EXPECTED_ERROR, None, seed, again)
-            for seed in seeds
-            for kind in teachers
-            for again in (False, True)
-        ]
+        order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED]
 
 
@@ -615,17 +587,14 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
 
     def block_summary() -> str:
         methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
-        count = {
-            (r, k, s): sum(run_key(r, k, m, lam, s) in runs for m, lam in methods)
-            for r in rates
-            for k in TEACHERS
-            for s in seeds
-        }
+
+        def count(rate: float, kind: str, seed: int) -> int:
+            return sum(run_key(rate, kind, m, lam, seed) in runs for m, lam in methods)
+
         return "; ".join(
             f"{int(round(rate * 100))} % / {kind} teacher: "
-            + ", ".join(f"seed {s} {count[rate, kind, s]}/{per_block}" for s in seeds)
-            for rate in rates
-            for kind in TEACHERS
+            + ", ".join(f"seed {s} {count(rate, kind, s)}/{per_block}" for s in seeds)
+            for rate, kind in product(rates, TEACHERS)
         )
 
     status = status or (
@@ -638,12 +607,8 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
     shares = test_class_shares(cfg)
-    rows = [
-        row
-        for r in rates
-        for k in TEACHERS
-        for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)
-    ]
+    columns = product(rates, TEACHERS)
+    rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
     write(study, rows, cfg, status, teachers, base, rates, checks_md)
     study.log(status)
 
@@ -653,7 +618,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[40, 60, 20], help="noise rates in %%, in this order")
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=TEACHERS)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="unused: runs go one at a time, in this process")
     parser.add_argument("--task", default="tweets", choices=list(TASKS), help="tweets (3 classes), wiki_topics (6)")
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)
@@ -700,10 +664,8 @@ def main(argv: list[str] | None = None) -> None:
         if method.startswith("ALM") and seed == 0 and not args.quick:
             tag = method.split()[1].strip("()")
             png = study.results / f"{study.name}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
-        job = Job(
-            train_student, cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png
-        )
-        study.run({key: job})
+        arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
+        study.run({key: Job(train_student, **arguments)})
         left = sum(1 for o in order[n:] if pending(o))
         running = (
             f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
-from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser
+from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser, target
 from kdlight.baseline import baseline_for, margin_kept
 from kdlight.callbacks_zeroshot import DIVERGENCE_KEYS
 from kdlight.components.rewriting import rewrites_markdown
@@ -99,9 +99,8 @@ def run_cli(config: dict, root: Path, fit: bool = True) -> dict:
         record["test/score_val_selected"] = float(selected["test/score"])
     record["curve"] = [(int(r["step"]), float(r["val/score"])) for r in logged_rows(root, "val/score")]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    record.update(
-        divergence=divergence_curve(root), machine=f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
-    )
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU core(s), {device}"
+    record.update(divergence=divergence_curve(root), machine=machine)
     record.update(rewrites=shown_rewrites(root), export=str(model.export_path()) if fit else None)
     return record
 
@@ -237,23 +236,17 @@ def targets(rows: list[dict], student: str = "general") -> str:
     if not any(r["student"] == student for r in rows):
         return ""
     lines = ["## Targets", "", f"All on the {student} student's final weights (no checkpoint chosen on task data)."]
-    zs = row(ZERO_SHOT)
-    if zs:
-        verdict = "met" if zs["pct_of_teacher"] >= 92 else "missed"
-        lines.append(
-            f"- {student} student ({zs['compression']:.1f}x) zero-shot (trained generator) >= 92 % of the teacher: "
-            f"**{verdict}** ({zs['pct_of_teacher']:.1f} %, {zs['seeds']} seed(s))."
-        )
+    if zs := row(ZERO_SHOT):
+        claim = f"{student} student ({zs['compression']:.1f}x) zero-shot (trained generator) >= 92 % of the teacher"
+        lines.append(target(claim, zs["pct_of_teacher"] >= 92, f"{zs['pct_of_teacher']:.1f} %, {zs['seeds']} seed(s)"))
     for a_name, b_name in ((ZERO_SHOT, OOD), (OOD, RANDOM), (ZERO_SHOT, UNTRAINED_HEAD)):
         a, b = row(a_name), row(b_name)
         if a and b:
             gap, spread = a["accuracy_mean"] - b["accuracy_mean"], max(a["accuracy_std"], b["accuracy_std"])
             seeds = min(a["seeds"], b["seeds"])
             verdict = "met" if gap > spread and seeds > 1 else ("missed" if seeds > 1 else "not judged (1 seed)")
-            lines.append(
-                f"- {a_name} > {b_name} by more than the larger seed std: **{verdict}** "
-                f"({100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seed(s))."
-            )
+            detail = f"{100 * gap:+.2f} points vs larger std {100 * spread:.2f}, {seeds} seed(s)"
+            lines.append(f"- {a_name} > {b_name} by more than the larger seed std: **{verdict}** ({detail}).")
     return "\n".join(lines)
 
 
@@ -326,8 +319,7 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float, path: Pat
                     label = f"{name}: after" if style == "-" else None
                     values = [c[key] for c in record["divergence"]]
                     ax.plot(steps, values, color=f"C{i}", lw=1.2 if style == "-" else 0.8, ls=style, label=label)
-            ax.set_xlabel("generator step")
-            ax.set_ylabel("KL(teacher || student)")
+            ax.set(xlabel="generator step", ylabel="KL(teacher || student)")
             ax.set_title("rewrites before (dashed) / after (solid) each generator step; unmodified batch (dotted)")
             ax.legend(fontsize=6)
 
@@ -390,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     # the baseline trains on the labelled rows the teacher saw (the quickstart's 6,000); zero-shot students see none
     baseline = baseline_for(RottenTomatoesDataModule(max_train_examples=6000, tokenizer=teacher)).test_score
     rows = summarise(records, teacher_score, teacher_params, baseline)
+    sections = [targets(rows), targets(rows, "truncated"), divergence_summary(records), rewrite_examples(records)]
+    sections.append(where_it_ran(setting, records, list(jobs), [k for k in jobs if k in done]))
     study.write(
         rows,
         "student; method; accuracy_mean=test acc, final weights (mean); accuracy_std=std; seeds; pct_of_teacher=% "
@@ -404,17 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         "Margin kept: (student - baseline) / (teacher - baseline), the baseline being TF-IDF + logistic regression "
         "on the teacher's 6,000 labelled training rows. Students and methods: see benchmarks/zeroshot/compact.py; "
         "the trained generator: benchmarks/results/generator.md.",
-        notes="\n\n".join(
-            part
-            for part in (
-                targets(rows),
-                targets(rows, "truncated"),
-                divergence_summary(records),
-                rewrite_examples(records),
-                where_it_ran(setting, records, list(jobs), [k for k in jobs if k in done]),
-            )
-            if part
-        ),
+        notes="\n\n".join(part for part in sections if part),
         plot=functools.partial(plots, rows, records, teacher_score),
     )
 

@@ -151,6 +151,12 @@ def training_curve(overrides: dict | None = None) -> list[dict]:
     ]
 
 
+def curve_notes(name: str, curve: list[dict]) -> str:
+    """A results-file paragraph: a run's validation points (:func:`training_curve`), one line each."""
+    lines = [f"- step {c['step']}: accuracy {c['accuracy']:.4f}, perplexity {c['perplexity']:.1f}" for c in curve]
+    return f"{name}:\n\n" + ("\n".join(lines) or "(no CSV-logged run of it under its default_root_dir on this machine)")
+
+
 def blocks(train_layers: int | None) -> str:
     return "every encoder block" if train_layers is None else f"the top {train_layers} block(s)"
 
@@ -163,17 +169,14 @@ def plot(rows: list[dict], curves: dict[str, list[dict]], path: Path) -> None:
         )
         known = [100 * r["known_token_share"] for r in rows]
         axes[0].bar(names, known, width=0.3, color="C1", label="rewrite tokens known")
-        axes[0].set_ylabel("%")
-        axes[0].set_title("held-out: masked-token accuracy, known rewrite tokens")
+        axes[0].set(ylabel="%", title="held-out: masked-token accuracy, known rewrite tokens")
         axes[0].legend(fontsize=8)
         for (name, curve), color in zip(curves.items(), ["C2", "C0"], strict=False):
             if curve:
                 steps, accuracy = [c["step"] for c in curve], [100 * c["accuracy"] for c in curve]
                 axes[1].plot(steps, accuracy, marker="o", color=color, label=name.split(" (")[0])
         axes[1].axhline(100 * rows[0]["accuracy"], color="C7", ls="--", label="untrained head")
-        axes[1].set_xlabel("training step")
-        axes[1].set_ylabel("held-out masked top-1 (%)")
-        axes[1].set_title("validation curves")
+        axes[1].set(xlabel="training step", ylabel="held-out masked top-1 (%)", title="validation curves")
         axes[1].legend(fontsize=8)
 
 
@@ -221,16 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "update).",
         markdown_table(table, columns).rstrip("\n"),
         "## Validation curves",
-        *(
-            f"{name}:\n\n"
-            + (
-                "\n".join(
-                    f"- step {c['step']}: accuracy {c['accuracy']:.4f}, perplexity {c['perplexity']:.1f}" for c in c_
-                )
-                or "(no CSV-logged run of it under its default_root_dir on this machine)"
-            )
-            for name, c_ in curves.items()
-        ),
+        *(curve_notes(name, points) for name, points in curves.items()),
         "## Where and how this ran",
         where,
     ]
