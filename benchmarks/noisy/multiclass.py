@@ -85,8 +85,8 @@ ALM = {
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 PREFIX = "sgd|"  # this regime's run keys
-# runs recorded while the machine ran 12-19 busy threads on 2 cores: their results stand, their times do not;
-# each is re-run alone under "remeasured|<key>" (the same seed: it must give the same numbers) for the step time
+# tweets runs recorded while the machine ran 12-19 busy threads on 2 cores: their results stand, their times do
+# not; each is re-run alone under "remeasured|<key>" (the same seed: it must give the same numbers) for the step time
 OVERLOADED = (
     "sgd|0.4|clean|ALM default (table)|None|0",
     "sgd|0.4|clean|ALM default (table, expected-error score)|None|0",
@@ -512,7 +512,12 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
             bottom.legend(fontsize=6)
 
 
-def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list[tuple]:
+def overloaded(task: str) -> tuple[str, ...]:
+    """The runs of ``task`` to re-run for their time (the keys do not name the task: only tweets had them)."""
+    return OVERLOADED if task == "tweets" else ()
+
+
+def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: str = "tweets") -> list[tuple]:
     """(rate, teacher, method, lambda, seed, again) in run order: rate by rate, seed-major, then teacher (a study
     stopped early has whole blocks of every method); the expected-error ablation last; ``again``: a timing re-run."""
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
@@ -523,7 +528,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int]) -> list
                 order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
-    return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED]
+    return [o for o in order if not o[-1] or run_key(*o[:-1]) in overloaded(task)]
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
@@ -557,7 +562,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     teachers = {key[len(TEACHER) :]: value for key, value in done.items() if key.startswith(TEACHER)}
     runs = {key: value for key, value in done.items() if key.startswith(PREFIX)}
     checks = []
-    for key in OVERLOADED:
+    for key in overloaded(cfg.task):
         again = done.get(REMEASURED + key)
         if key in runs and again is not None:
             first = runs[key]
@@ -642,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         report(study, cfg, rates, seeds, args.status)
         return
-    order = job_order(rates, args.teachers, seeds)
+    order = job_order(rates, args.teachers, seeds, cfg.task)
     if args.only is not None:
         order = [o for o in order if (f"KD:{o[3]}" if o[2] == "KD" else o[2]) in args.only]
 
