@@ -163,14 +163,18 @@ MODULES = {
         *noisy_args(assets),
     ],
     # the centred meta-gradient needs the global batch's mean row on every rank
-    "alm_kd_centred": lambda t, assets, root: [*MODULES["alm_kd"](t, assets, root), "--model.center_meta_grad=true"],
+    "alm_kd_centred": lambda t, assets, root: [
+        *MODULES["alm_kd"](t, assets, root),
+        "--model.meta=MetaLearner",
+        "--model.meta.center_meta_grad=true",
+    ],
     # the official meta pass: G summed and dloss/dG averaged across ranks, rows updated per rank then summed
     "alm_official": lambda t, assets, root: [
         *MODULES["alm_kd"](t, assets, root),
-        "--model.algorithm=official",
-        "--model.warm_epoch=0",
-        "--model.select_every=1",
-        "--model.grad_fit=2",
+        "--model.meta=OfficialMetaLearner",
+        "--model.meta.warm_epoch=0",
+        "--model.meta.select_every=1",
+        "--model.meta.grad_fit=2",
     ],
 }
 

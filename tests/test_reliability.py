@@ -310,7 +310,9 @@ def case_negative_noise_seed(c: Ctx) -> dict:
 
 
 def case_alm_table_too_small(c: Ctx) -> dict:
-    return _noisy(c, **{"--model": "AdaptiveLossMixingKD", "--model.num_examples": 10})
+    return _noisy(
+        c, **{"--model": "AdaptiveLossMixingKD", "--model.meta": "MetaLearner", "--model.meta.num_examples": 10}
+    )
 
 
 def case_vanilla_checkpoint_to_alm(c: Ctx) -> dict:
