@@ -252,7 +252,7 @@ def run_key(rate: float, teacher: str, method: str, lam: float | None, seed: int
 _SHARES: dict[str, tuple[float, ...]] = {}
 
 
-def test_class_shares(cfg) -> tuple[float, ...]:
+def class_shares_of_test_split(cfg) -> tuple[float, ...]:
     """Each class's share of the task's test split (never corrupted): a student that predicts one class for every
     input, as a run that collapsed does, scores exactly one of them."""
     if cfg.task not in _SHARES:
@@ -611,7 +611,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
-    shares = test_class_shares(cfg)
+    shares = class_shares_of_test_split(cfg)
     columns = product(rates, TEACHERS)
     rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
     write(study, rows, cfg, status, teachers, base, rates, checks_md)
