@@ -4,6 +4,8 @@
     python -m benchmarks.noisy.multiclass --rates 40           # the 40 % columns only
     python -m benchmarks.noisy.multiclass --task wiki_topics   # the second task (6 classes), its own files
     python -m benchmarks.noisy.multiclass --quick              # a smoke run (results in a temp folder)
+    python -m benchmarks.noisy.multiclass --lr-grid 0.05 0.02 0.01 --task wiki_topics --rates 40
+                        # the student's lr chosen on the selection split first; a non-default lr has its own files
     python -m benchmarks.noisy.multiclass --report             # rebuild md/json/png from the runs file
 
 Setting and results: docs/alm.md. The regime's sources in durgas16/AMAL: SGD, momentum 0.9, Nesterov, weight decay
@@ -92,6 +94,7 @@ OVERLOADED = (
     "sgd|0.4|clean|ALM default (table, expected-error score)|None|0",
 )
 REMEASURED = "remeasured|"
+LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
 # the runs file keeps the teachers under "_teachers"; in the Study their keys are "teacher|<kind>|<rate>"
 TEACHER = "teacher|"
 
@@ -119,6 +122,30 @@ def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
     name = f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
     return cache_dir() / "teachers" / name
+
+
+def study_for(cfg, results: Path, lr: float | None = None) -> Study:
+    """The study of a task and student lr: the regime's lr has the task's files, another lr files of its own."""
+    lr = cfg.lr if lr is None else lr
+    suffix = TASKS[cfg.task][2] + ("" if lr == REGIME["lr"] else f"_lr{lr:g}")
+    return Study(NAME + suffix, workers=1, results=results, load=load_runs, dump=dump_runs)
+
+
+def choose_lr(cfg, grid: list[float], rate: float, results: Path) -> float:
+    """The student's SGD lr with the best selection-split accuracy over one probe run per lr (KD lambda 0.9, the
+    clean teacher, seed 0, at ``rate``: a run of the table itself), each kept in its lr's runs file; the choice is
+    recorded in the chosen lr's file, whose report quotes it."""
+    probe = (rate, "clean", "KD", 0.9, 0)
+    scores = {}
+    for lr in grid:
+        study, lr_cfg = study_for(cfg, results, lr), argparse.Namespace(**{**vars(cfg), "lr": lr})
+        ensure_teacher(study, lr_cfg, "clean", rate)
+        job = Job(train_student, cfg=lr_cfg, rate=rate, teacher_kind="clean", method="KD", lam=0.9, seed=0)
+        scores[lr] = study.run({run_key(*probe): job})[run_key(*probe)]["val_accuracy"]
+    chosen = max(grid, key=lambda lr: scores[lr])
+    record = {"probe": run_key(*probe), "selection_accuracy": {f"{lr:g}": v for lr, v in scores.items()}}
+    study_for(cfg, results, chosen).save(LR_CHOICE, {**record, "chosen": chosen})
+    return chosen
 
 
 def train_teacher(cfg, kind: str, rate: float) -> dict:
@@ -366,8 +393,28 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
     return lines
 
 
+def lr_choice_note(cfg, choice: dict | None) -> str:
+    if not choice:
+        return ""
+    scores = ", ".join(f"lr {lr}: {100 * v:.2f} %" for lr, v in choice["selection_accuracy"].items())
+    return (
+        f" **This table's student lr ({cfg.lr:g}) was chosen on the selection split**, after the lr 0.05 table's "
+        "one-class runs had been seen (its test numbers too), by one probe run per lr "
+        f"(`{choice['probe'][len(PREFIX) :]}`, selection accuracy {scores}); every other setting is the lr 0.05 "
+        "table's."
+    )
+
+
 def write(
-    study: Study, rows: list[dict], cfg, status: str, teachers: dict, base: dict, rates: list[float], checks: str = ""
+    study: Study,
+    rows: list[dict],
+    cfg,
+    status: str,
+    teachers: dict,
+    base: dict,
+    rates: list[float],
+    checks: str = "",
+    choice: dict | None = None,
 ) -> None:
     def pct(v):
         return "" if v is None else f"{100 * v:.2f}"
@@ -420,10 +467,11 @@ def write(
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
         "the reduced lambda grid were chosen; no test number of the regime above was seen before its settings "
-        "were fixed.\n\n"
-        "Lambda = the weight on the teacher term (w_KD / (w_CE + w_KD); 1 - w_CE for the convex modes) the student "
-        "was trained with, mean over the last epoch on flipped / clean training examples; AUC = its ROC-AUC as a "
-        "detector of flipped labels (the lambda monitor; 0.5 = chance). Margin kept = (student - TF-IDF) / "
+        "were fixed."
+        + lr_choice_note(cfg, choice)
+        + "\n\nLambda = the weight on the teacher term (w_KD / (w_CE + w_KD); 1 - w_CE for the convex modes) the "
+        "student was trained with, mean over the last epoch on flipped / clean training examples; AUC = its ROC-AUC "
+        "as a detector of flipped labels (the lambda monitor; 0.5 = chance). Margin kept = (student - TF-IDF) / "
         "(teacher - TF-IDF), TF-IDF trained on the noisy labels. Wall = mean seconds of a run's fit.\n\n"
         + "".join(
             f"- teacher `{k}`: clean test accuracy {pct(v['test_accuracy'])} %\n" for k, v in sorted(teachers.items())
@@ -550,9 +598,9 @@ def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
 def other_task(study: Study, cfg) -> str:
     """The status line's word on the other task's study (computed from its runs file)."""
     other = "wiki_topics" if cfg.task == "tweets" else "tweets"
-    runs = Study(NAME + TASKS[other][2], results=study.results).done()
-    done = sum(1 for key in runs if key.startswith(PREFIX))
-    where = f"`{NAME}{TASKS[other][2]}.md`, `--task {other}`"
+    other_study = study_for(argparse.Namespace(**{**vars(cfg), "task": other}), study.results)
+    done = sum(1 for key in other_study.done() if key.startswith(PREFIX))
+    where = f"`{other_study.name}.md`, `--task {other}`"
     return f"the other task ({where}) has {done} student runs of this regime recorded"
 
 
@@ -614,7 +662,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     shares = class_shares_of_test_split(cfg)
     columns = product(rates, TEACHERS)
     rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
-    write(study, rows, cfg, status, teachers, base, rates, checks_md)
+    write(study, rows, cfg, status, teachers, base, rates, checks_md, done.get(LR_CHOICE))
     study.log(status)
 
 
@@ -627,6 +675,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-examples", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--teacher-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=REGIME["lr"], help="the student's SGD lr (another has own files)")
+    parser.add_argument("--lr-grid", type=float, nargs="+", help="choose the lr on the selection split from these")
     parser.add_argument("--quick", action="store_true", help="one short run per method (results in a temp folder)")
     parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
     parser.add_argument("--status", default=None, help="the status line at the top of the md (default: computed)")
@@ -635,14 +685,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = argparse.Namespace(**REGIME, task=args.task, default_note="", work=cache_dir() / "noisy_multiclass")
     cfg.train_examples, cfg.epochs, cfg.teacher_epochs = args.train_examples, args.epochs, args.teacher_epochs
+    cfg.lr = args.lr
     if args.quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs, cfg.warm_epoch, cfg.select_every = 400, 2, 1, 1, 1
         cfg.work = cfg.work / "scratch"
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_multiclass_quick_")) if args.quick else RESULTS)
     # one run at a time in this process: the machine's other core runs another study, and two workers on
     # one core made every run ~10x slower
-    study = Study(NAME + TASKS[cfg.task][2], workers=1, results=results, load=load_runs, dump=dump_runs)
     rates = [r / 100 for r in args.rates]
+    if args.lr_grid and not args.report:
+        cfg.lr = choose_lr(cfg, args.lr_grid, rates[0], results)
+    study = study_for(cfg, results)
     seeds = list(range(args.seeds))
     if args.report:
         report(study, cfg, rates, seeds, args.status)

@@ -177,11 +177,12 @@ class FreshStudent(StudentSpec):
 
     def __init__(
         self,
+        *,  # by name only: four integer sizes in a row are too easy to give in the wrong order
+        copy_embeddings: bool = False,
         num_hidden_layers: int = 2,
         hidden_size: int | None = None,
         num_attention_heads: int | None = None,
         intermediate_size: int | None = None,
-        copy_embeddings: bool = False,
     ) -> None:
         self.sizes = {
             "num_hidden_layers": num_hidden_layers,
