@@ -8,6 +8,7 @@ say a student spec that does not fit its teacher, fails here. Hub recipes (GLUE,
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 import yaml
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+import kdlight.data
 from conftest import make_tokenizer, tiny_config
 from kdlight.assets import cache_dir
 from kdlight.cli import cli
@@ -126,7 +128,15 @@ def test_recipe_fits_and_tests_with_tiny_models(recipe, tiny, tmp_path, monkeypa
     config = yaml.safe_load(recipe.read_text())
     labels = max([n for k, v in walk(config) if k == "class_path" for name, n in LABELS.items() if v == name] or [2])
     path = tmp_path / recipe.name
-    path.write_text(yaml.safe_dump(replace_models(config, tiny, labels)))
+    patched = replace_models(config, tiny, labels)
+    data = patched.get("data", {})
+    data_class = getattr(kdlight.data, str(data.get("class_path", "")).rsplit(".", 1)[-1], None)
+    # the noisy-label wrapper takes the loader settings (this one included) as keyword arguments for the task's own
+    takes = set(inspect.signature(data_class).parameters) if data_class is not None else set()
+    if takes & {"max_train_examples", "loader_settings"}:
+        # a recipe that trains on every row (and caches the teacher's logits for all of them) gets the cap too
+        data.setdefault("init_args", {}).setdefault("max_train_examples", TINY_DATA)
+    path.write_text(yaml.safe_dump(patched))
     cache = tmp_path / "cache"  # teacher logits and tokenised corpora go here, not into the real cache
     cache.mkdir()
     for name in PACKAGED_DATA:
