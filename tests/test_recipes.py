@@ -133,9 +133,9 @@ def test_recipe_fits_and_tests_with_tiny_models(recipe, tiny, tmp_path, monkeypa
     data_class = getattr(kdlight.data, str(data.get("class_path", "")).rsplit(".", 1)[-1], None)
     # the noisy-label wrapper takes the loader settings (this one included) as keyword arguments for the task's own
     takes = set(inspect.signature(data_class).parameters) if data_class is not None else set()
-    if takes & {"max_train_examples", "loader_settings"}:
-        # a recipe that trains on every row (and caches the teacher's logits for all of them) gets the cap too
-        data.setdefault("init_args", {}).setdefault("max_train_examples", TINY_DATA)
+    for key in DATA_SIZE_KEYS:  # a recipe that trains on every row (caching the teacher's logits) gets the caps too
+        if key in takes or (key == "max_train_examples" and "loader_settings" in takes):
+            data.setdefault("init_args", {}).setdefault(key, TINY_DATA)
     path.write_text(yaml.safe_dump(patched))
     cache = tmp_path / "cache"  # teacher logits and tokenised corpora go here, not into the real cache
     cache.mkdir()
