@@ -5,7 +5,6 @@ studies that import them from this module); runs, workers and result files are `
 from __future__ import annotations
 
 import csv
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,16 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-def general_distillation_config(student: dict, steps: int, export_dir: Path) -> dict:
-    """MiniLMv2-style general distillation of ``student`` from the packaged MiniLM on the Wikipedia summaries."""
+def general_distillation(student: dict, steps: int, root: Path) -> dict:
+    """MiniLMv2-style general distillation of ``student`` from the packaged MiniLM on the Wikipedia summaries, in
+    ``root`` (exported to ``root/export``; nothing tested: the student has no task head yet)."""
     relations = dict(num_relation_heads=16, relations=["query", "key", "value"], learning_rate=5e-4, warmup_ratio=0.05)
     model = component("GeneralDistillation", teacher="packaged/all-MiniLM-L6-v2", student=student, **relations)
-    model["init_args"]["export_dir"] = str(export_dir)
+    model["init_args"]["export_dir"] = str(root / "export")
     data = component(
         "CorpusDataModule", source="packaged/wiki_summaries", max_length=64, batch_size=32, val_examples=200
     )
     trainer = dict(max_steps=steps, val_check_interval=max(2, steps // 3), check_val_every_n_epoch=None)
-    return {"seed_everything": 0, "trainer": {**trainer, "log_every_n_steps": 20}, "model": model, "data": data}
+    config = {"seed_everything": 0, "trainer": {**trainer, "log_every_n_steps": 20}, "model": model, "data": data}
+    return fit_and_test(config, root, test=False)
 
 
 def cached_rt_teacher() -> Path | None:
@@ -54,7 +55,6 @@ def fine_tuned_rt_teacher() -> Path:
     return out / "export"
 
 
-@functools.cache
 def rt_baseline(train_examples: int | None) -> dict:
     """TF-IDF + logistic regression on the first ``train_examples`` Rotten Tomatoes rows (None: all of them)."""
     return baseline_for(RottenTomatoesDataModule(max_train_examples=train_examples)).to_dict()

@@ -81,16 +81,6 @@ def interleaved(measures: dict[str, Callable[[], Any]], rounds: int) -> dict[str
     return out
 
 
-def median_ratios(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
-    """Per measure: the median time over rounds and the median (and range) of its ratio to ``reference`` in a round."""
-    out = {}
-    for name, values in times.items():
-        ratios = [v / ref for v, ref in zip(values, times[reference], strict=True)]
-        out[name] = {"seconds": statistics.median(values), "ratio": statistics.median(ratios)}
-        out[name].update(ratio_min=min(ratios), ratio_max=max(ratios))
-    return out
-
-
 # --------------------------------------------------------------------------------------- profiling
 PROFILE_CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("torch kernels (model maths, autograd, optimiser)", lambda f, n: f == "~" and ("torch" in n or "_Engine" in n)),
@@ -126,27 +116,26 @@ def profile_summary(path: Path, steps: int, top: int = 10) -> dict:
 
 
 # --------------------------------------------------------------------------------------- fit and test
-class ValidationCurve:
+class ValidationCurve(Callback):
     """A callback recording ``val/score`` (and the step and epoch) at every validation, sanity check excluded."""
 
-    def __new__(cls):
-        class _Curve(Callback):
-            def __init__(self) -> None:
-                self.points: list[dict] = []
+    # its points' key in checkpoints, as when it was a class made in ``__new__``: a run saved then resumes with them
+    state_key = "ValidationCurve.__new__.<locals>._Curve"
 
-            def state_dict(self) -> dict:  # saved in checkpoints: a resumed run keeps its earlier points
-                return {"points": list(self.points)}
+    def __init__(self) -> None:
+        self.points: list[dict] = []
 
-            def load_state_dict(self, state_dict: dict) -> None:
-                self.points = list(state_dict.get("points", []))
+    def state_dict(self) -> dict:  # saved in checkpoints: a resumed run keeps its earlier points
+        return {"points": list(self.points)}
 
-            def on_validation_end(self, trainer, pl_module) -> None:
-                if trainer.sanity_checking or "val/score" not in trainer.callback_metrics:
-                    return
-                score = float(trainer.callback_metrics["val/score"])
-                self.points.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "val_score": score})
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.points = list(state_dict.get("points", []))
 
-        return _Curve()
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or "val/score" not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics["val/score"])
+        self.points.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "val_score": score})
 
 
 def latest_last_checkpoint(root: Path) -> Path | None:
@@ -155,8 +144,9 @@ def latest_last_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def finished_fit(last: Path, trainer: dict) -> dict | None:
-    """What ``last`` recorded if its fit reached ``trainer``'s max_epochs / max_steps (nothing left to resume)."""
+def finished_fit(last: Path, trainer: dict) -> tuple[str | None, dict] | None:
+    """The best checkpoint and the fit's record entries, if ``last``'s fit reached ``trainer``'s max_epochs /
+    max_steps (nothing left to resume)."""
     state = torch.load(last, map_location="cpu", weights_only=True)
     epochs_done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
@@ -169,11 +159,9 @@ def finished_fit(last: Path, trainer: dict) -> dict | None:
     checkpoint = next((v for k, v in callbacks.items() if "best_model_path" in v), {})
     curve = next((v for k, v in callbacks.items() if k.endswith("_Curve")), {})
     score = checkpoint.get("best_model_score")
-    best = {
-        "best_model_path": checkpoint.get("best_model_path"),
-        "best_val_score": None if score is None else float(score),
-    }
-    return {"steps": state["global_step"], **best, "val_curve": curve.get("points", [])}
+    # fit_seconds: the fit ran in an earlier process
+    fit = {"fit_seconds": None, "steps": state["global_step"], "val_curve": curve.get("points", [])}
+    return checkpoint.get("best_model_path"), {**fit, "best_val_score": None if score is None else float(score)}
 
 
 def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = False) -> dict:
@@ -185,9 +173,8 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
     record = {"params": count_parameters(runner.model.predictor), "export": str(runner.model.export_path())}
     record["resumed_from"] = str(last) if last else None
     if finished is not None:  # an earlier attempt trained every step and stopped before its test: test it
-        best = finished["best_model_path"]
-        record.update(fit_seconds=None, steps=finished["steps"])  # fit_seconds: the fit ran in an earlier process
-        record.update(val_curve=finished["val_curve"], best_val_score=finished["best_val_score"])
+        best, fit = finished
+        record.update(fit)
     else:
         curve = ValidationCurve()
         runner.trainer.callbacks.insert(0, curve)  # before the checkpoint callbacks: a checkpoint holds its own point
@@ -197,8 +184,7 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
         start = time.perf_counter()
         runner.trainer.fit(runner.model, datamodule=runner.datamodule, ckpt_path=ckpt)
         checkpoint = runner.trainer.checkpoint_callback
-        best_val = checkpoint.best_model_score if checkpoint is not None else None
-        best = checkpoint.best_model_path if checkpoint is not None else None
+        best, best_val = (checkpoint.best_model_path, checkpoint.best_model_score) if checkpoint else (None, None)
         record.update(fit_seconds=time.perf_counter() - start, steps=runner.trainer.global_step)
         record.update(val_curve=curve.points, best_val_score=None if best_val is None else float(best_val))
     if test:
@@ -208,19 +194,11 @@ def fit_and_test(config: dict, root: Path, test: bool = True, resume: bool = Fal
 
 
 # --------------------------------------------------------------------------------------- step costs
-def step_cost_rows(times: dict[str, list[float]], reference: str, label: str, ratio: str) -> list[dict]:
-    """One row per measure of per-round step times: the median, the rounds, the ratio of medians to ``reference``."""
-    base = statistics.median(times[reference])
-    return [
-        {label: name, "step_seconds": statistics.median(v), "rounds": v, ratio: statistics.median(v) / base}
-        for name, v in times.items()
-    ]
-
-
 def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defaults: dict[str, int], **spec):
-    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded, then
-    :func:`step_cost_rows` of ``spec["names"]`` (the first the reference) and a bar plot. ``spec``: ``table`` (label
-    key, ratio key, columns), ``plot`` (plotted key, axis label), ``title``, ``intro`` (formatted with arguments)."""
+    """A step-cost study: ``measure(**arguments)`` once (an int flag per argument, ``defaults``), recorded, then per
+    measure of ``spec["names"]`` a row of its per-round step times (the median, the rounds, the ratio of medians to
+    the first's) and a bar plot. ``spec``: ``table`` (label key, ratio key, columns), ``plot`` (plotted key, axis
+    label), ``title``, ``intro`` (formatted with arguments)."""
     parser = study_parser(doc)
     for key, value in defaults.items():
         parser.add_argument(f"--{key}", type=int, default=value)
@@ -228,7 +206,9 @@ def step_cost_main(argv, doc: str, name: str, measure: Callable[..., dict], defa
     study = Study(name)
     times = study.once(measure, **arguments)
     (label, ratio, columns), names = spec["table"], spec["names"]
-    rows = step_cost_rows({n: times[n] for n in names}, names[0], label, ratio)
+    base = statistics.median(times[names[0]])
+    rows = [{label: n, "step_seconds": statistics.median(times[n]), "rounds": times[n]} for n in names]
+    rows = [{**row, ratio: row["step_seconds"] / base} for row in rows]
     text = {"title": spec["title"], "intro": spec["intro"].format(**arguments)}
     study.write(rows, columns, plot=functools.partial(bar_plot, rows, label, *spec["plot"]), **text)
     return rows
@@ -256,20 +236,24 @@ def figure(path: Path, *grid: int, dpi: int = 120, **subplots) -> Iterator[tuple
     plt.close(fig)
 
 
-def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, path: Path, **kwargs) -> None:
-    """A study's ``plot`` (bound with ``functools.partial``): each run's validation curve against ``x(point)``
+def curves_plot(records: list[dict], x: Callable, label: Callable, axes: tuple, hline=None, **kwargs):
+    """A study's ``plot`` (None where there is no run to draw): each run's validation curve against ``x(point)``
     (solid once the run finished, i.e. has a test score; dashed while in progress), labelled ``label(run)``;
-    ``axes``: x label, y label, title; ``hline``: (y, label)."""
-    hline = kwargs.pop("hline", None)
-    with figure(path, **kwargs) as (_, ax):
-        for r in records:
-            done = "test/score" in r
-            xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
-            ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + ("" if done else " (in progress)"))
-        if hline is not None:
-            ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
-        ax.set(xlabel=axes[0], ylabel=axes[1], title=axes[2])
-        ax.legend(fontsize=8)
+    ``axes``: x label, y label, title; ``hline``: (y, label); ``kwargs``: :func:`figure`'s."""
+
+    def draw(path: Path) -> None:
+        with figure(path, **kwargs) as (_, ax):
+            for r in records:
+                done = "test/score" in r
+                xs, ys = [x(p) for p in r["val_curve"]], [p["val_score"] for p in r["val_curve"]]
+                suffix = "" if done else " (in progress)"
+                ax.plot(xs, ys, marker="o", ls="-" if done else "--", label=label(r) + suffix)
+            if hline is not None:
+                ax.axhline(hline[0], color="tab:red", ls="-.", lw=1, label=hline[1])
+            ax.set(xlabel=axes[0], ylabel=axes[1], title=axes[2])
+            ax.legend(fontsize=8)
+
+    return draw if records else None
 
 
 def bar_plot(rows: list[dict], label: str, value: str, ylabel: str, path: Path) -> None:

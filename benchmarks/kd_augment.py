@@ -28,6 +28,7 @@ import yaml
 from benchmarks.common import component, fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
 from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
+from benchmarks.strong_teacher import strong_teacher_export
 from benchmarks.study import Job, Study, study_name, study_parser, target
 from kdlight.assets import cache_dir
 from kdlight.data.augment import WIKI_SUMMARIES, read_texts
@@ -52,15 +53,14 @@ QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentenc
 
 def augmentation(method: str, setting: dict) -> dict:
     """AugmentedKDDataModule's arguments for a method (empty: plain KD on the labelled rows)."""
+    if method not in METHODS:
+        raise ValueError(f"{method}: unknown method")
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    token_aug = {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
-    # rewrites: the labelled rows, the module rewrites each batch (module_config); kd_long: more epochs only
-    fixed = {"kd": {}, "kd_long": {}, "rt_rest": {"unlabelled": ["task_rest"]}, "token_aug": token_aug}
-    fixed.update(rewrites={}, rewrites_earlier={})
-    if method not in fixed:
-        raise ValueError(f"{method}: unknown method")
-    return fixed[method]
+    if method == "token_aug":
+        return {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
+    # kd, rewrites: the labelled rows (the module rewrites each batch: module_config); kd_long: more epochs only
+    return {"unlabelled": ["task_rest"]} if method == "rt_rest" else {}
 
 
 def method_setting(method: str, setting: dict) -> dict:
@@ -147,19 +147,16 @@ def targets(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = study_parser(__doc__, "workers", "label", "quick", "report-only")
+    parser = study_parser(__doc__, "workers", "label", "quick", "report-only", "seeds")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     default_methods = [m for m in METHODS if m != "rewrites_earlier"]
     parser.add_argument("--methods", nargs="+", default=default_methods, choices=list(METHODS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
     args = parser.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)
     name = study_name("kd_augment" + ("_quickstart_teacher" if args.teacher == "quickstart" else ""), args)
     study = Study(name, workers=args.workers, report_only=args.report_only)
     if args.teacher == "strong":
-        from benchmarks.strong_teacher import strong_teacher_export
-
         teacher_path = strong_teacher_export()
         if teacher_path is None and not args.report_only:
             raise SystemExit(
@@ -184,9 +181,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     study.run(jobs)
     done, speed, teacher_params = task_results(study, teacher, args.quick, args.report_only)
-    rows_baseline = recorded_rt_baseline(setting["train_examples"])
-    all_baseline = recorded_rt_baseline(64 if args.quick else None)
-    baselines = {"rows": rows_baseline["test_score"], "all": all_baseline["test_score"]}
+    # TF-IDF on the same labelled rows, and on every training row
+    train_rows = {"rows": setting["train_examples"], "all": 64 if args.quick else None}
+    baselines = {key: recorded_rt_baseline(train_examples)["test_score"] for key, train_examples in train_rows.items()}
     rows = summarise(list(done.values()), speed, teacher_params, baselines)
     planned = len(args.sizes) * len(args.methods) * len(args.seeds)
     finished = sum(1 for k in jobs if k in done)

@@ -11,7 +11,6 @@ Results: benchmarks/results/quickstart_lr.{md,json,png}; finished runs in quicks
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import yaml
@@ -104,18 +103,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     baseline = recorded_rt_baseline(64 if args.quick else 6000)
     rows = summarise(records, baseline)
     going = in_progress(jobs, done, lambda key: WORK / name / key.replace("/", "_"))
-    for key, curve in going.items():
-        lr, epochs = jobs[key].kwargs["learning_rate"], jobs[key].kwargs["epochs"]
-        rows.append(
-            {
-                "learning_rate": lr,
-                "epochs": epochs,
-                "val_score": max(p["val_score"] for p in curve),
-                "chosen": f"in progress (epoch {curve[-1]['epoch'] + 1} of {epochs})",
-                "val_curve": [p["val_score"] for p in curve],
-            }
-        )
-    in_progress_records = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]
+    going = [{**jobs[key].kwargs, "val_curve": curve} for key, curve in going.items()]  # plotted dashed
+    for run in going:
+        lr, epochs, scores = run["learning_rate"], run["epochs"], [p["val_score"] for p in run["val_curve"]]
+        state = f"in progress (epoch {run['val_curve'][-1]['epoch'] + 1} of {epochs})"
+        rows.append(dict(learning_rate=lr, epochs=epochs, val_score=max(scores), chosen=state, val_curve=scores))
     chosen = next((r for r in rows if r["chosen"] == "yes"), None)
     missing = [k for k in jobs if k not in done]
     not_run = f"; not yet run: {', '.join(missing)}." if missing else "."
@@ -139,16 +131,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "Margin kept = (student - baseline) / (teacher - baseline), baseline = TF-IDF + logistic regression on the "
         f"same rows (C={baseline['C']:g}, n-grams 1-{baseline['ngram_range'][1]}, chosen on validation). " + status,
         notes=choice,
-        plot=functools.partial(
-            curves_plot,
-            records + in_progress_records,
+        plot=curves_plot(
+            records + going,
             lambda point: point["epoch"] + 1,  # epochs done
             lambda r: candidate_key(r["learning_rate"], r["epochs"]),
             ("epoch", "validation accuracy (Rotten Tomatoes)", "quickstart student: validation curve per candidate"),
             figsize=(6, 4),
-        )
-        if records or going
-        else None,
+        ),
     )
     return rows
 

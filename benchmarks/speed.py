@@ -16,6 +16,7 @@ from __future__ import annotations
 import cProfile
 import functools
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +27,7 @@ from lightning import seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from benchmarks.harness import (
-    PROFILE_CATEGORIES,
-    StepTimer,
-    bar_plot,
-    interleaved,
-    median_ratios,
-    profile_summary,
-    quiet_trainer,
-)
+from benchmarks.harness import PROFILE_CATEGORIES, StepTimer, bar_plot, interleaved, profile_summary, quiet_trainer
 from benchmarks.study import RESULTS, Job, Study, markdown_table, study_parser
 from kdlight.data import TextClassificationDataModule
 from kdlight.losses import distillation_loss
@@ -153,10 +146,11 @@ def measure(size: str, rounds: int, steps: int, device: str, work: str) -> dict:
     runs = interleaved({system: (lambda s=system: one(s)) for system in SYSTEMS}, rounds)
     clocks = {}
     for clock in ["wall"] if device == "cuda" else ["cpu", "wall"]:  # on a GPU the host's CPU time means little
-        ratios = median_ratios({s: [r[clock] for r in values] for s, values in runs.items()}, "kdlight")
-        ms = {f"{s}_ms": 1000 * ratios[s]["seconds"] for s in ("handwritten", "kdlight")}
-        # hand-written time / kdlight time: the throughput ratio kdlight / hand-written
-        clocks[clock] = {**ms, **{k: ratios["handwritten"][k] for k in ("ratio", "ratio_min", "ratio_max")}}
+        times = {system: [r[clock] for r in values] for system, values in runs.items()}
+        ms = {f"{system}_ms": 1000 * statistics.median(values) for system, values in times.items()}
+        # hand-written time / kdlight time in a round: the throughput ratio kdlight / hand-written
+        ratios = [h / k for h, k in zip(times["handwritten"], times["kdlight"], strict=True)]
+        clocks[clock] = {**ms, "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
     return clocks
 
 
@@ -194,13 +188,12 @@ def profile_notes(label: str, record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = study_parser(__doc__)
+    parser = study_parser(__doc__, "report-only")
     parser.add_argument("--label", default="after", help="a measurement's name: its rows replace that label's")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--gpu", action="store_true", help="MiniLM-shaped models, batch 64 and 256, bf16-mixed on CUDA")
     parser.add_argument("--quick", action="store_true", help="one round at ~10 ms (results in a temp folder)")
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--report-only", action="store_true", help="measure nothing; rewrite the results from the runs")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     sizes = list(GPU_SIZES if args.gpu else CPU_SIZES)[: 1 if args.quick else None]
@@ -228,19 +221,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         judged, target = record.get("cpu", record["wall"]), TARGETS.get(size)
         verdict = "none" if target is None else f"{'met' if judged['ratio'] >= target else 'missed'} (>= {target})"
-        rows.append(
-            {
-                "label": label,
-                "size": size,
-                "name": f"{label} ~{size}",
-                **judged,
-                "range": f"{judged['ratio_min']:.3f}-{judged['ratio_max']:.3f}",
-                "target": verdict,
-                "clock": "cpu" if "cpu" in record else "wall",
-                "wall_ratio": record["wall"]["ratio"],
-                "seconds": record["seconds"],
-            }
-        )
+        row = {"label": label, "size": size, "name": f"{label} ~{size}", **judged}
+        row.update(range=f"{judged['ratio_min']:.3f}-{judged['ratio_max']:.3f}", target=verdict)
+        clock = "cpu" if "cpu" in record else "wall"
+        rows.append({**row, "clock": clock, "wall_ratio": record["wall"]["ratio"], "seconds": record["seconds"]})
     study.write(
         rows,
         "label; size; handwritten_ms=hand-written ms/step; kdlight_ms=kdlight ms/step; ratio; range; target; clock; "

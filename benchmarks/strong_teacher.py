@@ -13,7 +13,6 @@ Results: benchmarks/results/strong_teacher.{md,json,png}; finished runs in stron
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -79,20 +78,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     chosen = choose(records) if records else None
 
     def row(learning_rate: float, curve: list[dict], chosen_text: str, record: dict | None = None) -> dict:
-        best = max(curve, key=lambda p: p["val_score"]) if curve else {}
-        return {
-            "learning_rate": learning_rate,
-            "epochs": epochs,
-            "best_val_score": record["best_val_score"] if record else best.get("val_score"),
-            "best_at_step": best.get("step"),
-            "chosen": chosen_text,
-            "test_score": record["test/score"] if record else None,
-            "baseline_test_score": baseline["test_score"],
-            "val_curve": [[p["step"], p["val_score"]] for p in curve],
-            "fit_seconds": record["fit_seconds"] if record else None,
-            "resumed": "yes" if record and record.get("resumed_from") else "",  # its fit s: the part after the resume
-            "export": record["export"] if record else None,
-        }
+        best, record = max(curve, key=lambda p: p["val_score"]) if curve else {}, record or {}
+        row = {"learning_rate": learning_rate, "epochs": epochs}
+        row.update(best_val_score=record.get("best_val_score", best.get("val_score")), best_at_step=best.get("step"))
+        row.update(chosen=chosen_text, test_score=record.get("test/score"), baseline_test_score=baseline["test_score"])
+        row.update(val_curve=[[p["step"], p["val_score"]] for p in curve], fit_seconds=record.get("fit_seconds"))
+        resumed = "yes" if record.get("resumed_from") else ""  # its fit s: the part after the resume
+        return {**row, "resumed": resumed, "export": record.get("export")}
 
     rows = [row(r["learning_rate"], r["val_curve"], "yes" if r is chosen else "", r) for r in records]
     missing = [k for k in jobs if k not in done]
@@ -119,17 +111,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"same {baseline['train_rows']} rows. "
         + (f"Not finished: {', '.join(missing)} (re-run the command to resume)." if missing else "All runs finished."),
         notes=notes,
-        plot=functools.partial(
-            curves_plot,
+        plot=curves_plot(
             records,
             lambda point: point["step"],
             lambda r: f"lr {r['learning_rate']:g}",
             ("training step (batch 32)", "validation accuracy", "MiniLM teacher on all Rotten Tomatoes training rows"),
             figsize=(6.5, 4),
             hline=(baseline["test_score"], "TF-IDF + LR baseline (test, same rows)"),
-        )
-        if records
-        else None,
+        ),
     )
     return rows
 

@@ -53,14 +53,7 @@ class Study:
     """``load``/``dump``: the runs file's JSON to ``{key: record}`` and back (default: the file is that dict)."""
 
     def __init__(
-        self,
-        name: str,
-        workers: int = 1,
-        results: Path = RESULTS,
-        *,
-        load: Callable[[Any], dict[str, dict]] | None = None,
-        dump: Callable[[dict[str, dict]], Any] | None = None,
-        report_only: bool = False,
+        self, name: str, workers: int = 1, results: Path = RESULTS, *, load=None, dump=None, report_only: bool = False
     ) -> None:
         self.name, self.workers, self.results = name, workers, Path(results)
         self.report_only = report_only  # run nothing: report the runs recorded (e.g. on another machine)
@@ -125,18 +118,10 @@ class Study:
 
     # --------------------------------------------------------------------------- results
     def write(
-        self,
-        rows: list[dict],
-        columns: str | list[tuple[str, str]],
-        *,
-        title: str,
-        intro: str = "",
-        notes: str = "",
-        plot: Callable[[Path], None] | None = None,
-        table_rows: list[dict] | None = None,
+        self, rows: list[dict], columns, *, title: str, intro: str = "", notes: str = "", plot=None, table_rows=None
     ) -> None:
         """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table of ``table_rows`` if given else of ``rows``,
-        notes) and ``<name>.png``; ``columns`` as for :func:`markdown_table`."""
+        notes) and ``<name>.png`` (``plot(path)``, if given); ``columns`` as for :func:`markdown_table`."""
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / f"{self.name}.json").write_text(json.dumps(rows, indent=2))
         table = markdown_table(rows if table_rows is None else table_rows, columns)
@@ -170,6 +155,7 @@ FLAGS = {  # the command-line flags studies share: name -> (argparse keywords, h
     "quick": ({"action": "store_true"}, "a few steps per run (plumbing check; own result files)"),
     "workers": ({"type": int}, "runs at a time (worker processes, one torch thread each)"),
     "label": ({"default": ""}, "a suffix for the result files and run folders, e.g. gpu for a GPU run"),
+    "seeds": ({"type": int, "nargs": "+", "default": [0, 1, 2]}, "the seeds to run (a re-run with more adds them)"),
 }
 
 

@@ -48,3 +48,12 @@ def test_a_checkpoint_holds_the_validation_point_it_was_chosen_on(assets, tmp_pa
         state = load_checkpoint(path)
         points = next(v for k, v in state["callbacks"].items() if k.endswith("_Curve"))["points"]
         assert points and points[-1]["step"] == state["global_step"], path.name
+
+
+def test_a_run_that_finished_its_fit_before_stopping_is_tested_not_trained_again(assets, tmp_path):
+    """A resumed run whose last.ckpt already reached max_steps (stopped between fit and test) is only tested:
+    its steps, validation curve and best score come from the checkpoint."""
+    first = fit_and_test(_recipe(assets, 4, tmp_path), tmp_path, test=False, resume=True)
+    again = fit_and_test(_recipe(assets, 4, tmp_path), tmp_path, resume=True)
+    assert again["fit_seconds"] is None and again["steps"] == 4 and "test/score" in again
+    assert again["val_curve"] == first["val_curve"] and again["best_val_score"] == first["best_val_score"]

@@ -23,7 +23,7 @@ from benchmarks.common import (
     cached_rt_teacher,
     fine_tuned_rt_teacher,
     fit_and_test,
-    general_distillation_config,
+    general_distillation,
     margin_kept_pct,
     recorded_rt_baseline,
     teacher_size,
@@ -34,16 +34,12 @@ from kdlight.quickstart import inference_speed, test_texts
 
 WORK = Path("runs/benchmarks")  # each study's run folders: WORK / <results name>
 VOCABULARY = ["packaged/rotten_tomatoes/train.csv"]
-SIZES = {  # FreshStudent sizes and the ALBERT embedding width
-    "4x": {"blocks": {"num_hidden_layers": 2}, "embedding": 128},
-    "10x": {
-        "blocks": {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
-        "embedding": 48,
-    },
-    "20x": {
-        "blocks": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512},
-        "embedding": 48,
-    },
+# the FreshStudent's 2 blocks (their width where not the teacher's: hidden, heads, feed-forward) and the ALBERT
+# embedding width
+SIZES = {
+    "4x": {"blocks": {}, "embedding": 128},
+    "10x": {"blocks": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}, "embedding": 48},
+    "20x": {"blocks": {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}, "embedding": 48},
 }
 METHODS = {
     "a": "scratch + KD",
@@ -62,7 +58,7 @@ def compressed(base: dict, size: str, **extra) -> dict:
 
 
 def fresh(size: str) -> dict:
-    return component("FreshStudent", **SIZES[size]["blocks"])
+    return component("FreshStudent", num_hidden_layers=2, **SIZES[size]["blocks"])
 
 
 def student_config(size: str, method: str, general_export: str | None) -> dict:
@@ -77,25 +73,13 @@ def student_config(size: str, method: str, general_export: str | None) -> dict:
     raise ValueError(method)
 
 
-def general_distillation(size: str, teacher: str, setting: dict, work: str) -> dict:
-    root = Path(work) / size / "general"
+def general_student(size: str, teacher: str, setting: dict, work: str) -> dict:
     student = compressed(fresh(size), size, factorise_from="teacher")
-    config = general_distillation_config(student, setting["general_steps"], root / "export")
-    return fit_and_test(config, root, test=False)
+    return general_distillation(student, setting["general_steps"], Path(work) / size / "general")
 
 
 def task_distillation(
-    size: str,
-    method: str,
-    seed: int,
-    teacher: str,
-    general_export: str | None,
-    setting: dict,
-    work: str,
-    student_method: str | None = None,
-    data: dict | None = None,
-    quick: bool = False,
-    module: dict | None = None,
+    size, method, seed, teacher, general_export, setting, work, student_method=None, data=None, quick=False, module=None
 ) -> dict:
     """The quickstart's task distillation of ``student_method``'s student (default: ``method``'s) on ``data`` (default:
     the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``. ``module``: another
@@ -129,20 +113,17 @@ def inference(size: str, student_export: str, teacher: str, texts: int) -> dict:
     return {"teacher_samples_per_s": speed["teacher"], "samples_per_s": speed["student"], "speedup": ratio}
 
 
-def speeds(name: str, done: dict[str, dict], teacher: str, quick: bool, report_only: bool) -> dict[str, dict]:
-    """Each size's CPU inference speed-up (one export of it against the teacher), measured once and recorded."""
+def task_results(study: Study, teacher: str, quick: bool, report_only: bool) -> tuple[dict, dict, int]:
+    """The recorded task runs, each size's CPU inference speed-up (one export of it against the teacher, measured
+    once and recorded) and the teacher's size."""
+    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
     # a report from another machine's runs reads its recorded speeds: the exports stayed there
     here = [r for r in done.values() if report_only or Path(r["export"]).is_dir()]
     exports = {size: [r["export"] for r in here if r["size"] == size] for size in SIZES}
     speed = {"teacher": teacher, "texts": 64 if quick else 640}
     jobs = {f"speed/{s}": Job(inference, size=s, student_export=e[0], **speed) for s, e in exports.items() if e}
-    return {k.split("/")[1]: v for k, v in Study(name, report_only=report_only).run(jobs).items()}
-
-
-def task_results(study: Study, teacher: str, quick: bool, report_only: bool) -> tuple[dict, dict, int]:
-    """The recorded task runs, each size's speed-up (measured once, :func:`speeds`) and the teacher's size."""
-    done = {k: v for k, v in study.done().items() if k.startswith("task/")}
-    return done, speeds(study.name, done, teacher, quick, report_only), teacher_size(teacher)
+    speeds = {k.split("/")[1]: v for k, v in Study(study.name, report_only=report_only).run(jobs).items()}
+    return done, speeds, teacher_size(teacher)
 
 
 def summarise(
@@ -155,25 +136,16 @@ def summarise(
 ) -> list[dict]:
     """One row per size and method: accuracy over seeds, the margin kept over each baseline, speed-up, time."""
     records = list(records.values()) if isinstance(records, dict) else records
-    teacher_scores = [r["test/teacher_score"] for r in records if "test/teacher_score" in r]
-    teacher = teacher_scores[0] if teacher_scores else float("nan")
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for record in records:
-        groups.setdefault((record["size"], record["method"]), []).append(record)
+    teacher = next((r["test/teacher_score"] for r in records if "test/teacher_score" in r), float("nan"))
     rows = []
-    for (size, method), runs in sorted(
-        groups.items(), key=lambda kv: (list(SIZES).index(kv[0][0]), list(methods).index(kv[0][1]))
-    ):
+    for size, method in product(SIZES, methods):
+        runs = [r for r in records if (r["size"], r["method"]) == (size, method)]
+        if not runs:
+            continue
         stats = over_seeds(runs, teacher_params, teacher)
         mean = stats["accuracy_mean"]
-        row = {
-            "student": size,
-            "method": method,
-            "method_name": methods[method],
-            **stats,
-            "baseline_accuracy": baseline_score,
-            "margin_kept_pct": margin_kept_pct(mean, teacher, baseline_score),
-        }
+        row = {"student": size, "method": method, "method_name": methods[method], **stats}
+        row.update(baseline_accuracy=baseline_score, margin_kept_pct=margin_kept_pct(mean, teacher, baseline_score))
         if all_rows_baseline is not None:
             row.update(teacher_accuracy=teacher, baseline_all=all_rows_baseline)
             row["margin_kept_all_pct"] = margin_kept_pct(mean, teacher, all_rows_baseline)
@@ -212,8 +184,7 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__, "workers", "quick", "label", "report-only")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = study_parser(__doc__, "workers", "quick", "label", "report-only", "seeds")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
@@ -228,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = str((cached_rt_teacher() or "packaged/all-MiniLM-L6-v2") if args.report_only else fine_tuned_rt_teacher())
     common = dict(teacher=teacher, setting=setting, work=work)
     general = [size for size in args.sizes if {"c", "d"} & set(args.methods)]
-    generals = study.run({f"general/{size}": Job(general_distillation, size=size, **common) for size in general})
+    generals = study.run({f"general/{size}": Job(general_student, size=size, **common) for size in general})
     exports = {size: generals.get(f"general/{size}", {}).get("export") for size in args.sizes}
     study.run(
         {

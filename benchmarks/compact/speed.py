@@ -54,16 +54,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     study = Study("compact_speed")
     record = study.once(measure, texts=args.texts, threads=args.threads)
     speed, params = record["samples_per_s"], record["params"]
-    rows = [
-        {
-            "student": name,
-            "params": params[name],
-            "compression": params["teacher"] / params[name],
-            "samples_per_s": speed[name],
-            "speedup": speed[name] / speed["teacher"],
-        }
-        for name in ["teacher", *SIZES]
-    ]
+    rows = []
+    for name in ["teacher", *SIZES]:
+        size = {"student": name, "params": params[name], "compression": params["teacher"] / params[name]}
+        rows.append({**size, "samples_per_s": speed[name], "speedup": speed[name] / speed["teacher"]})
     study.write(
         rows,
         "student=model; params; compression; samples_per_s=samples/s; speedup=speed-up",

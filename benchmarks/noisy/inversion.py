@@ -165,11 +165,6 @@ def analyse(student, teacher, dm) -> dict:
     return out
 
 
-def student_of(teacher_path: str, dm):
-    teacher = load_classifier(teacher_path, dm.num_labels, dm.label_names, require_head=True, role="teacher").eval()
-    return teacher, TruncatedTeacher(2).build(teacher, dm.num_labels, dm.label_names)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["clean"])
@@ -185,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             train_teacher(cfg, kind, rate)
         dm = datamodule(cfg, rate)
         dm.setup("fit")
-        teacher, student = student_of(path, dm)
+        teacher = load_classifier(path, dm.num_labels, dm.label_names, require_head=True, role="teacher").eval()
+        student = TruncatedTeacher(2).build(teacher, dm.num_labels, dm.label_names)
         entry = result.setdefault(kind, {})
         entry["at_start"] = analyse(student, teacher, dm)
         # the student after one epoch of KD (lambda 0.9, the study's optimiser), trained by the first run of this
@@ -225,9 +221,10 @@ def write_report(result: dict, results: Path) -> None:
                 continue
             a = entry[stage]
             aucs = [{"score": k, "auc": f"{v:.3f}"} for k, v in a["auc"].items() if v is not None]
-            lines += [f"## {kind} teacher, student {stage.replace('_', ' ')}", ""]
-            lines += [markdown_table(aucs, "score; auc=flipped-label AUC").rstrip("\n")]
             lines += [
+                f"## {kind} teacher, student {stage.replace('_', ' ')}",
+                "",
+                markdown_table(aucs, "score; auc=flipped-label AUC").rstrip("\n"),
                 "",
                 f"- share of |t_i| that the bias and the head input's shared component carry: "
                 f"{a['share_of_t_from_bias_and_shared_input']:.2f}; mean cosine between head inputs "
@@ -244,8 +241,7 @@ def write_report(result: dict, results: Path) -> None:
                 for label, b in a["by_noisy_label"].items()
             ]
             columns = "label=noisy label; n=examples; share=flipped share; t=mean t_i; auc=AUC within the class"
-            lines += [markdown_table(by_label, columns).rstrip("\n")]
-            lines.append("")
+            lines += [markdown_table(by_label, columns).rstrip("\n"), ""]
     lines += reading(result)
     (results / f"{NAME}.md").write_text("\n".join(lines) + "\n")
 

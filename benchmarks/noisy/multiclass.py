@@ -34,7 +34,6 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
 import torch
 from lightning import seed_everything
 from torch.utils.data import DataLoader, Subset
@@ -54,18 +53,11 @@ from kdlight.teacher_cache import TeacherLogitCache
 
 NAME = "noisy_multiclass"
 TASK_TITLES = {"tweets": "tweets (3 classes)", "wiki_topics": "Wikipedia topics (6 classes)"}
-# the task the study runs on: (its datamodule, teacher-folder prefix, results-name suffix, description for the md)
+# the task the study runs on: (its datamodule, description for the md)
 TASKS = {
-    "tweets": (
-        "kdlight.data:TweetSentimentDataModule",
-        "tweets",
-        "",
-        "Tweets (`packaged/tweets`, negative / neutral / positive",
-    ),
+    "tweets": ("kdlight.data:TweetSentimentDataModule", "Tweets (`packaged/tweets`, negative / neutral / positive"),
     "wiki_topics": (
         "kdlight.data.wiki_topics:WikiTopicDataModule",
-        "wikitopics",
-        "_wiki_topics",
         "Wikipedia topics (`kdlight.data.wiki_topics`: the packaged Wikipedia summaries without their first "
         "sentence, labelled place / person / organism / substance / creative work / language from the noun that "
         "sentence defines the subject by; a heuristic label, built offline, 60/20/20 split",
@@ -87,12 +79,10 @@ ALM = {
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 PREFIX = "sgd|"  # this regime's run keys
-# tweets runs recorded while the machine ran 12-19 busy threads on 2 cores: their results stand, their times do
-# not; each is re-run alone under "remeasured|<key>" (the same seed: it must give the same numbers) for the step time
-OVERLOADED = (
-    "sgd|0.4|clean|ALM default (table)|None|0",
-    "sgd|0.4|clean|ALM default (table, expected-error score)|None|0",
-)
+# tweets runs recorded while the machine ran 12-19 busy threads on 2 cores (both default-table modes, 40 %, clean
+# teacher, seed 0): their results stand, their times do not; each is re-run alone under "remeasured|<key>" (the same
+# seed: it must give the same numbers) for the step time
+OVERLOADED = tuple(f"{PREFIX}0.4|clean|{mode}|None|0" for mode in ("ALM default (table)", EXPECTED_ERROR))
 REMEASURED = "remeasured|"
 LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
 # the runs file keeps the teachers under "_teachers"; in the Study their keys are "teacher|<kind>|<rate>"
@@ -100,9 +90,8 @@ TEACHER = "teacher|"
 
 
 def load_runs(raw: dict) -> dict[str, dict]:
-    raw = dict(raw)
-    teachers = raw.pop("_teachers", {})
-    return {**{TEACHER + key: value for key, value in teachers.items()}, **raw}
+    teachers = {TEACHER + key: value for key, value in raw.get("_teachers", {}).items()}
+    return {**teachers, **{key: value for key, value in raw.items() if key != "_teachers"}}
 
 
 def dump_runs(runs: dict[str, dict]) -> dict:
@@ -120,14 +109,16 @@ def datamodule(cfg, rate: float):
 
 def teacher_dir(cfg, kind: str, rate: float) -> Path:
     tag = "clean" if kind == "clean" else f"noisy{int(round(rate * 100))}"
-    name = f"{TASKS[cfg.task][1]}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
+    # the task's name without underscores, then the teacher's data and sizes
+    name = f"{cfg.task.replace('_', '')}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
     return cache_dir() / "teachers" / name
 
 
 def study_for(cfg, results: Path, lr: float | None = None) -> Study:
     """The study of a task and student lr: the regime's lr has the task's files, another lr files of its own."""
     lr = cfg.lr if lr is None else lr
-    suffix = TASKS[cfg.task][2] + ("" if lr == REGIME["lr"] else f"_lr{lr:g}")
+    # the first task (tweets) has the plain name, another task its own suffix
+    suffix = ("" if cfg.task == "tweets" else f"_{cfg.task}") + ("" if lr == REGIME["lr"] else f"_lr{lr:g}")
     return Study(NAME + suffix, workers=1, results=results, load=load_runs, dump=dump_runs)
 
 
@@ -238,16 +229,12 @@ def train_student(
     fit.fit(model, datamodule=dm)
     wall = time.perf_counter() - start
     times = timer.times[2:] or timer.times  # the first steps include lazy set-up
-    out = {
-        "accuracy": accuracy(model.student, dm, "test"),
-        "val_accuracy": accuracy(model.student, dm, "validation"),  # the selection split
-        "meta_split_accuracy": accuracy(model.student, dm, "clean_validation"),
-        "step_time": statistics.mean(times) + meta_seconds[0] / max(len(timer.times), 1),
-        "meta_pass_s": meta_seconds[0],
-        "fit_s": wall,
-        "steps": len(timer.times),
-        "realised_rate": dm.noise_report["realised_rate"],
-    }
+    # the test, selection (validation) and meta (clean) splits' accuracy
+    splits = {"accuracy": "test", "val_accuracy": "validation", "meta_split_accuracy": "clean_validation"}
+    out = {key: accuracy(model.student, dm, split) for key, split in splits.items()}
+    out["step_time"] = statistics.mean(times) + meta_seconds[0] / max(len(timer.times), 1)
+    out.update(meta_pass_s=meta_seconds[0], fit_s=wall, steps=len(timer.times))
+    out["realised_rate"] = dm.noise_report["realised_rate"]
     monitors = [c for c in fit.callbacks if isinstance(c, LambdaMonitor)]
     if monitors:
         out["lambda_history"] = monitors[0].history
@@ -317,21 +304,13 @@ def column_rows(
         known = teacher_acc is not None and baseline_noisy is not None
         timed = all(r.get("seed") in kd_time_mean and r.get("step_time") is not None for r in results)
         vs_kd = statistics.mean(r["step_time"] / kd_time_mean[r["seed"]] for r in results) if timed else None
-        out = {
-            "method": method,
-            **head,
-            "accuracy_mean": acc_mean,
-            "accuracy_std": acc_std,
-            "seeds": len(results),
-            "collapsed": sum(collapsed(r, shares) for r in results),
-            "val_accuracy_mean": statistics.mean(r["val_accuracy"] for r in results),
-            "margin_kept": margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None,
-            **dict.fromkeys(LAMBDA_KEYS),  # filled below where every seed has them
-            "step_time_vs_kd": vs_kd,
-            "fit_s_mean": statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results),
-            "realised_rate": results[0]["realised_rate"],
-            **extra,
-        }
+        out = {"method": method, **head, "accuracy_mean": acc_mean, "accuracy_std": acc_std, "seeds": len(results)}
+        out["collapsed"] = sum(collapsed(r, shares) for r in results)
+        out["val_accuracy_mean"] = statistics.mean(r["val_accuracy"] for r in results)
+        out["margin_kept"] = margin_kept(acc_mean, teacher_acc, baseline_noisy) if known else None
+        out.update(dict.fromkeys(LAMBDA_KEYS), step_time_vs_kd=vs_kd)  # lambdas: set below where every seed has them
+        out["fit_s_mean"] = statistics.mean(r.get("fit_s", r.get("seconds", 0.0)) for r in results)
+        out.update(realised_rate=results[0]["realised_rate"], **extra)
         for key in LAMBDA_KEYS:
             if all(r.get(key) is not None for r in results):
                 out[key] = statistics.mean(r[key] for r in results)
@@ -363,33 +342,30 @@ def column_rows(
 def targets(rows: list[dict], rates: list[float]) -> list[str]:
     """The issue's targets, computed from the rows (a miss is reported with its numbers)."""
     lines = []
-    for rate in rates:
-        for kind in TEACHERS:
-            col = [r for r in rows if r["rate"] == rate and r["teacher"] == kind]
-            alm = [r for r in col if r.get("alm")]
-            fixed = [r for r in col if r.get("chosen_fixed")]
-            if not alm or not fixed:
-                continue
-            best = max(alm, key=lambda r: r["val_accuracy_mean"])  # the mode chosen on the selection split
-            f = fixed[0]
-            gain = 100 * (best["accuracy_mean"] - f["accuracy_mean"])
-            spread = 100 * max(best["accuracy_std"], f["accuracy_std"])
-            name = f"{int(round(rate * 100))} % / {kind} teacher"
-            claim = f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
-            claim += "point beyond the larger seed std"
-            detail = f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
-            detail += f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds"
-            lines.append(target(claim, gain >= 1.0 and gain > spread, detail))
-            if abs(rate - 0.4) < 1e-9 and best.get("lambda_flipped_auc") is not None:
-                best_auc = max((r["lambda_flipped_auc"] or 0) for r in alm)
-                claim = f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode"
-                detail = f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC {best_auc:.3f}"
-                lines.append(target(claim, best["lambda_flipped_auc"] >= 0.75, detail))
-            times = ", ".join(
-                f"{r['method']} {r['step_time_vs_kd']:.2f}x" for r in alm if r["step_time_vs_kd"] is not None
-            )
-            if times:
-                lines.append(f"- {name}: step time vs KD in the same runs: {times}.")
+    for rate, kind in product(rates, TEACHERS):
+        col = [r for r in rows if r["rate"] == rate and r["teacher"] == kind]
+        alm = [r for r in col if r.get("alm")]
+        fixed = [r for r in col if r.get("chosen_fixed")]
+        if not alm or not fixed:
+            continue
+        best = max(alm, key=lambda r: r["val_accuracy_mean"])  # the mode chosen on the selection split
+        f = fixed[0]
+        gain = 100 * (best["accuracy_mean"] - f["accuracy_mean"])
+        spread = 100 * max(best["accuracy_std"], f["accuracy_std"])
+        name = f"{int(round(rate * 100))} % / {kind} teacher"
+        claim = f"{name}: ALM (best mode on the selection split: {best['method']}) >= chosen fixed lambda + 1 "
+        claim += "point beyond the larger seed std"
+        detail = f"{100 * best['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} ({f['method']}): "
+        detail += f"{gain:+.2f} points, larger std {spread:.2f}, {best['seeds']}/{f['seeds']} seeds"
+        lines.append(target(claim, gain >= 1.0 and gain > spread, detail))
+        if abs(rate - 0.4) < 1e-9 and best.get("lambda_flipped_auc") is not None:
+            best_auc = max((r["lambda_flipped_auc"] or 0) for r in alm)
+            claim = f"{name}: flipped-label AUC of the teacher weight >= 0.75 for that mode"
+            detail = f"AUC {best['lambda_flipped_auc']:.3f} at the last epoch; best ALM AUC {best_auc:.3f}"
+            lines.append(target(claim, best["lambda_flipped_auc"] >= 0.75, detail))
+        times = ", ".join(f"{r['method']} {r['step_time_vs_kd']:.2f}x" for r in alm if r["step_time_vs_kd"] is not None)
+        if times:
+            lines.append(f"- {name}: step time vs KD in the same runs: {times}.")
     return lines
 
 
@@ -405,37 +381,33 @@ def lr_choice_note(cfg, choice: dict | None) -> str:
     )
 
 
-def write(
-    study: Study,
-    rows: list[dict],
-    cfg,
-    status: str,
-    teachers: dict,
-    base: dict,
-    rates: list[float],
-    checks: str = "",
-    choice: dict | None = None,
-) -> None:
-    def pct(v):
-        return "" if v is None else f"{100 * v:.2f}"
+def shown(value: float | None, template: str) -> str:
+    """``template.format(value)``, empty where there is no value."""
+    return "" if value is None else template.format(value)
 
-    table = [
-        {
-            "col": f"{int(round(r['rate'] * 100))}% / {r['teacher']}",
-            "method": r["method"],
-            "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
-            "val": pct(r["val_accuracy_mean"]),
-            "margin": "" if r["margin_kept"] is None else f"{r['margin_kept']:.2f}",
-            "seeds": r["seeds"],
-            "one_class": r["collapsed"],
-            "lf": "" if r["lambda_flipped"] is None else f"{r['lambda_flipped']:.3f}",
-            "lc": "" if r["lambda_clean"] is None else f"{r['lambda_clean']:.3f}",
-            "auc": "" if r["lambda_flipped_auc"] is None else f"{r['lambda_flipped_auc']:.3f}",
-            "time": "" if r["step_time_vs_kd"] is None else f"{r['step_time_vs_kd']:.2f}x",
-            "wall": f"{r['fit_s_mean']:.0f}",
-        }
-        for r in rows
-    ]
+
+def pct(value: float | None) -> str:
+    return shown(None if value is None else 100 * value, "{:.2f}")
+
+
+def table_row(r: dict) -> dict:
+    """A row of the md's table (the json keeps the numbers): percentages, lambdas and times as text."""
+    return {
+        "col": f"{int(round(r['rate'] * 100))}% / {r['teacher']}",
+        "method": r["method"],
+        "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
+        "val": pct(r["val_accuracy_mean"]),
+        "margin": shown(r["margin_kept"], "{:.2f}"),
+        "seeds": r["seeds"],
+        "one_class": r["collapsed"],
+        **{column: shown(r[key], "{:.3f}") for column, key in zip(("lf", "lc", "auc"), LAMBDA_KEYS, strict=True)},
+        "time": shown(r["step_time_vs_kd"], "{:.2f}x"),
+        "wall": f"{r['fit_s_mean']:.0f}",
+    }
+
+
+def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> str:
+    """The md's text above the table: the status, the command, the setting, the teachers' and baselines' scores."""
     base_lines = "".join(
         f"- TF-IDF + logistic regression on the students' training rows "
         f"at {int(round(float(rate) * 100))} % noise: {pct(base[rate]['noisy_labels']['test_score'])} % trained on "
@@ -443,12 +415,12 @@ def write(
         "rows' clean labels\n"
         for rate in sorted(base)
     )
-    intro = (
+    return (
         f"**Status:** {status}\n\n"
         f"`python -m benchmarks.noisy.multiclass{'' if cfg.task == 'tweets' else ' --task ' + cfg.task}` "
         "(resumable; one run at a time, one torch thread, on a 2-core CPU "
         "machine whose other core runs another study; this file is rewritten after every finished run).\n\n"
-        f"{TASKS[cfg.task][3]}; validation and test splits never corrupted), "
+        f"{TASKS[cfg.task][1]}; validation and test splits never corrupted), "
         f"first {cfg.train_examples} training rows: 10 % carved off as the clean split ALM-KD meta-learns on, the "
         "rest with uniform noise (the official model: resampled over all the classes). **Selection split: the task's "
         "validation split** (chooses the fixed lambda and the ALM mode; never trained or meta-trained on). "
@@ -478,22 +450,6 @@ def write(
         )
         + base_lines
     )
-    notes = "## Targets (computed)\n\n" + "\n".join(targets(rows, rates) or ["- no complete column yet."])
-    notes += "\n\n## Runs that predicted one class (computed)\n\n" + collapse_summary(rows)
-    notes += checks
-    study.write(
-        rows,
-        "col=noise / teacher; method; acc=clean test acc. % (mean ± std); val=selection acc. %; margin=margin kept; "
-        "seeds; one_class=runs predicting one class; "
-        "lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
-        title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
-        intro=intro,
-        notes=notes,
-        plot=(lambda path: plot(rows, path)) if rows else None,
-        table_rows=table,
-    )
-    if any(r.get("lambda_history") for r in rows):
-        plot_mechanism(rows, study.results / f"{study.name}_mechanism.png")
 
 
 def collapse_summary(rows: list[dict]) -> str:
@@ -548,9 +504,8 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
                 epochs = [e["epoch"] for e in r["lambda_history"]]
                 values = {k: [e.get(k) for e in r["lambda_history"]] for k in ("flipped_auc", "flipped", "clean")}
                 (line,) = top.plot(epochs, values["flipped_auc"], marker="o", label=r["method"])
-                bottom.plot(epochs, values["flipped"], color=line.get_color(), label=f"{r['method']}: flipped")
-                kwargs = dict(color=line.get_color(), linestyle="--", label=f"{r['method']}: clean")
-                bottom.plot(epochs, values["clean"], **kwargs)
+                for key, style in (("flipped", "-"), ("clean", "--")):
+                    bottom.plot(epochs, values[key], color=line.get_color(), ls=style, label=f"{r['method']}: {key}")
             top.axhline(0.5, color="grey", linewidth=0.8)
             top.axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
             top.set_ylabel("flipped-label AUC of the teacher weight")
@@ -662,7 +617,21 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     shares = class_shares_of_test_split(cfg)
     columns = product(rates, TEACHERS)
     rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
-    write(study, rows, cfg, status, teachers, base, rates, checks_md, done.get(LR_CHOICE))
+    notes = "## Targets (computed)\n\n" + "\n".join(targets(rows, rates) or ["- no complete column yet."])
+    notes += "\n\n## Runs that predicted one class (computed)\n\n" + collapse_summary(rows) + checks_md
+    study.write(
+        rows,
+        "col=noise / teacher; method; acc=clean test acc. % (mean ± std); val=selection acc. %; margin=margin kept; "
+        "seeds; one_class=runs predicting one class; "
+        "lf=lambda flipped; lc=lambda clean; auc=flipped AUC; time=step time vs KD; wall=wall s",
+        title=f"Noisy labels, {TASK_TITLES[cfg.task]}, the authors' regime: CE vs fixed-lambda KD vs ALM-KD",
+        intro=intro(cfg, status, teachers, base, done.get(LR_CHOICE)),
+        notes=notes,
+        plot=(lambda path: plot(rows, path)) if rows else None,
+        table_rows=[table_row(r) for r in rows],
+    )
+    if any(r.get("lambda_history") for r in rows):
+        plot_mechanism(rows, study.results / f"{study.name}_mechanism.png")
     study.log(status)
 
 
@@ -683,9 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", help="methods to run (e.g. 'KD:0.5' 'ALM official'); default all")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    cfg = argparse.Namespace(**REGIME, task=args.task, default_note="", work=cache_dir() / "noisy_multiclass")
-    cfg.train_examples, cfg.epochs, cfg.teacher_epochs = args.train_examples, args.epochs, args.teacher_epochs
-    cfg.lr = args.lr
+    given = {key: getattr(args, key) for key in ("task", "train_examples", "epochs", "teacher_epochs", "lr")}
+    cfg = argparse.Namespace(**{**REGIME, **given}, default_note="", work=cache_dir() / "noisy_multiclass")
     if args.quick:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs, cfg.warm_epoch, cfg.select_every = 400, 2, 1, 1, 1
         cfg.work = cfg.work / "scratch"

@@ -21,11 +21,12 @@ import json
 import os
 import platform
 import time
+from itertools import product
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import fine_tuned_rt_teacher, fit_and_test, general_distillation_config, runner_for, teacher_size
+from benchmarks.common import fine_tuned_rt_teacher, general_distillation, runner_for, teacher_size
 from benchmarks.harness import component, figure, logged_rows
 from benchmarks.study import Job, Study, markdown_table, mean_std, over_seeds, study_name, study_parser, target
 from kdlight.baseline import baseline_for, margin_kept
@@ -152,10 +153,8 @@ def rewrite_examples(records: list[dict], limit: int = 8) -> str:
     )
 
 
-def general_distillation(teacher: str, setting: dict, work: str) -> dict:
-    root = Path(work) / "general"
-    config = general_distillation_config(albert("teacher"), setting["general_steps"], root / "export")
-    return fit_and_test(config, root, test=False)
+def general_student(teacher: str, setting: dict, work: str) -> dict:
+    return general_distillation(albert("teacher"), setting["general_steps"], Path(work) / "general")
 
 
 def one_run(
@@ -179,18 +178,13 @@ def one_run(
         inputs, perturbation, corpus, generator = mode
         network = generator_network(generator)
         rewriting = dict(mask_rate=0.3, learning_rate=1e-5)  # 30 % of tokens; the generator's AdamW
-        model = component(
-            "ZeroShotAdversarialKD",
-            **model,
-            generator=component("AdversarialGenerator", network=network, perturbation=perturbation, **rewriting),
-            inputs=inputs,
-            generator_steps=setting["generator_steps"],
-            student_steps=setting["cycle"],
-            temperature=1.0,
-            show_rewrites_every=setting["show_rewrites_every"],
-            # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
-            cache_teacher_logits=inputs in ("both", "out_of_domain"),
+        generator = component("AdversarialGenerator", network=network, perturbation=perturbation, **rewriting)
+        model.update(generator=generator, inputs=inputs, generator_steps=setting["generator_steps"])
+        model.update(
+            student_steps=setting["cycle"], temperature=1.0, show_rewrites_every=setting["show_rewrites_every"]
         )
+        # the teacher's logits on the fixed out-of-domain text, once (benchmarks/zeroshot/step_cost.py)
+        model = component("ZeroShotAdversarialKD", **model, cache_teacher_logits=inputs in ("both", "out_of_domain"))
         val_every += setting["generator_steps"] if inputs in ("both", "adversarial") else 0  # trains_generator
         corpus = component("OutOfDomainCorpus", source=corpus)
         task = {"class_path": "RottenTomatoesDataModule"}
@@ -206,28 +200,19 @@ def one_run(
 
 def summarise(records: list[dict], teacher_score: float, teacher_params: int, baseline: float) -> list[dict]:
     rows = []
-    for student in STUDENTS:
-        for method in METHODS:
-            runs = [r for r in records if r["student"] == student and r["method"] == method]
-            if not runs:
-                continue
-            stats = over_seeds(runs, teacher_params, teacher_score)
-            selected = [r["test/score_val_selected"] for r in runs if "test/score_val_selected" in r]
-            selected_mean = mean_std(selected)[0] if len(selected) == len(runs) else None
-            rows.append(
-                {
-                    "student": student,
-                    "method": method,
-                    **stats,
-                    "baseline": baseline,
-                    "margin_kept": margin_kept(stats["accuracy_mean"], teacher_score, baseline),
-                    "val_selected_mean": selected_mean,
-                    "seconds": sum(r["fit_seconds"] for r in runs) / len(runs),
-                    "student_steps": runs[0].get("student_steps", 0),
-                    "inputs_per_update": runs[0].get("batch_size", 0) * (2 if paired(method) else 1),
-                    "uses_task_training_data": METHODS[method] is None,
-                }
-            )
+    for student, method in product(STUDENTS, METHODS):
+        runs = [r for r in records if r["student"] == student and r["method"] == method]
+        if not runs:
+            continue
+        stats = over_seeds(runs, teacher_params, teacher_score)
+        selected = [r["test/score_val_selected"] for r in runs if "test/score_val_selected" in r]
+        selected_mean = mean_std(selected)[0] if len(selected) == len(runs) else None
+        kept = margin_kept(stats["accuracy_mean"], teacher_score, baseline)
+        row = {"student": student, "method": method, **stats, "baseline": baseline, "margin_kept": kept}
+        row.update(val_selected_mean=selected_mean, seconds=sum(r["fit_seconds"] for r in runs) / len(runs))
+        inputs = runs[0].get("batch_size", 0) * (2 if paired(method) else 1)  # the student's, per update
+        row.update(student_steps=runs[0].get("student_steps", 0), inputs_per_update=inputs)
+        rows.append({**row, "uses_task_training_data": METHODS[method] is None})
     return rows
 
 
@@ -291,8 +276,7 @@ def plots(rows: list[dict], records: list[dict], teacher_score: float, path: Pat
         ax.axhline(92, color="grey", lw=0.8, ls="--", label="target: 92 % of teacher")
         ticks = [m.replace(": ", ":\n").replace(" (", "\n(") for m in methods]
         ax.set_xticks(range(len(methods)), ticks, fontsize=7)
-        ax.set_ylabel("% of teacher test accuracy")
-        ax.set_ylim(bottom=50)
+        ax.set(ylabel="% of teacher test accuracy", ylim=(50, None))
         ax.legend(fontsize=8)
     if not students:  # nothing finished yet: the bar chart says so (empty), no curves to draw
         return
@@ -348,8 +332,7 @@ def where_it_ran(setting: dict, records: list[dict], planned: list[str], done: l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__, "workers", "quick", "label", "report-only", workers=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = study_parser(__doc__, "workers", "quick", "label", "report-only", "seeds", workers=2)
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     numbers = "method numbers, in the order of METHODS: " + "; ".join(f"{i}: {m}" for i, m in enumerate(METHODS))
     parser.add_argument("--methods", type=int, nargs="+", default=list(range(len(METHODS))), help=numbers)
@@ -362,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     work = str(WORK / name)  # passed to each job: spawned workers do not see a changed global
     study = Study(name, workers=args.workers, report_only=args.report_only)
     teacher = str(fine_tuned_rt_teacher())  # cached after the first run; its size is in the tables
-    general = {"general": Job(general_distillation, teacher=teacher, setting=setting, work=work)}
+    general = {"general": Job(general_student, teacher=teacher, setting=setting, work=work)}
     general = Study(name, report_only=args.report_only).run(general if "general" in args.students else {})
     export = general.get("general", {}).get("export")
     common = dict(teacher=teacher, general_export=export, setting=setting, work=work)
