@@ -53,7 +53,14 @@ class Study:
     """``load``/``dump``: the runs file's JSON to ``{key: record}`` and back (default: the file is that dict)."""
 
     def __init__(
-        self, name: str, workers: int = 1, results: Path = RESULTS, *, load=None, dump=None, report_only: bool = False
+        self,
+        name: str,
+        workers: int = 1,
+        results: Path = RESULTS,
+        *,
+        load: Callable[[Any], dict[str, dict]] | None = None,
+        dump: Callable[[dict[str, dict]], Any] | None = None,
+        report_only: bool = False,
     ) -> None:
         self.name, self.workers, self.results = name, workers, Path(results)
         self.report_only = report_only  # run nothing: report the runs recorded (e.g. on another machine)
@@ -118,7 +125,15 @@ class Study:
 
     # --------------------------------------------------------------------------- results
     def write(
-        self, rows: list[dict], columns, *, title: str, intro: str = "", notes: str = "", plot=None, table_rows=None
+        self,
+        rows: list[dict],
+        columns: str | list[tuple[str, str]],
+        *,
+        title: str,
+        intro: str = "",
+        notes: str = "",
+        plot: Callable[[Path], None] | None = None,
+        table_rows: list[dict] | None = None,
     ) -> None:
         """``<name>.json`` (the rows), ``<name>.md`` (title, intro, table of ``table_rows`` if given else of ``rows``,
         notes) and ``<name>.png`` (``plot(path)``, if given); ``columns`` as for :func:`markdown_table`."""

@@ -79,7 +79,17 @@ def general_student(size: str, teacher: str, setting: dict, work: str) -> dict:
 
 
 def task_distillation(
-    size, method, seed, teacher, general_export, setting, work, student_method=None, data=None, quick=False, module=None
+    size: str,
+    method: str,
+    seed: int,
+    teacher: str,
+    general_export: str | None,
+    setting: dict,
+    work: str,
+    student_method: str | None = None,
+    data: dict | None = None,
+    quick: bool = False,
+    module: dict | None = None,
 ) -> dict:
     """The quickstart's task distillation of ``student_method``'s student (default: ``method``'s) on ``data`` (default:
     the first ``train_examples`` Rotten Tomatoes rows), in ``work/size/method/seed<seed>``. ``module``: another
