@@ -417,7 +417,8 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
     )
     return (
         f"**Status:** {status}\n\n"
-        f"`python -m benchmarks.noisy.multiclass{'' if cfg.task == 'tweets' else ' --task ' + cfg.task}` "
+        f"`python -m benchmarks.noisy.multiclass{'' if cfg.task == 'tweets' else ' --task ' + cfg.task}"
+        f"{'' if choice is None else ' --lr-grid ' + ' '.join(choice['selection_accuracy'])}` "
         "(resumable; one run at a time, one torch thread, on a 2-core CPU "
         "machine whose other core runs another study; this file is rewritten after every finished run).\n\n"
         f"{TASKS[cfg.task][1]}; validation and test splits never corrupted), "
