@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from types import SimpleNamespace
+
+import torch
 
 import benchmarks.noisy.multiclass as mc
 from benchmarks.study import Study
@@ -20,7 +23,9 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     # the expected-error ablation after every seed of its rate, before the next rate
     rate_40 = [o for o in order if o[0] == 0.4]
     ablation = [o for o in rate_40 if not o[-1] and o[2] == mc.EXPECTED_ERROR]
-    assert [o for o in rate_40 if not o[-1]][-len(ablation) :] == ablation and len(ablation) == 2 * 2
+    flip_oracle = [o for o in rate_40 if o[2] == mc.FLIP_ORACLE]  # not a method: after the ablation
+    assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * len(mc.LAMBDAS)
+    assert [o for o in rate_40 if not o[-1]][-len(ablation) - len(flip_oracle) :] == ablation + flip_oracle
     assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
     # re-runs only for the overloaded records, after their seed's two blocks
     again = [o for o in order if o[-1]]
@@ -86,3 +91,22 @@ def test_a_run_that_predicts_one_class_is_counted_as_collapsed():
         and "KD (the chosen lambda) 1 of 3" in line
         and "ALM official 2 of 3" in line
     )
+
+
+def test_the_flip_oracle_puts_the_whole_weight_on_the_teacher_for_flipped_labels_only():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    flipped = torch.tensor([1, 1, 0, 0])
+    module = SimpleNamespace(hparams=SimpleNamespace(temperature=2.0), alpha=0.3)
+
+    def loss(labels):
+        batch = {"labels": torch.tensor(labels), "is_flipped": flipped}
+        return mc.FlipOracleKD.compute_loss(module, student, teacher, batch)["loss"]
+
+    base = loss([0, 1, 2, 0])
+    assert torch.allclose(loss([2, 0, 2, 0]), base)  # a flipped row's label does not count
+    assert not torch.allclose(loss([0, 1, 0, 0]), base)  # a clean row's does, with weight 1 - alpha
+    kd = mc.KLDivergence(2.0, reduction="none")(student, teacher)
+    ce = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1, 2, 0]), reduction="none")
+    expected = (kd[:2].sum() + (0.3 * kd[2:] + 0.7 * ce[2:]).sum()) / 4
+    assert torch.allclose(base, expected)

@@ -35,6 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+import torch.nn.functional as F
 from lightning import seed_everything
 from torch.utils.data import DataLoader, Subset
 
@@ -46,6 +47,7 @@ from kdlight.baseline import baseline_for, margin_kept
 from kdlight.data import NoisyLabelDataModule
 from kdlight.data.base import Collator
 from kdlight.lambda_monitor import LambdaMonitor
+from kdlight.losses import KLDivergence
 from kdlight.models import TruncatedTeacher
 from kdlight.models.hf import load_classifier
 from kdlight.modules import AdaptiveLossMixingKD, TeacherFineTuning, VanillaKD
@@ -84,6 +86,7 @@ PREFIX = "sgd|"  # this regime's run keys
 # seed: it must give the same numbers) for the step time
 OVERLOADED = tuple(f"{PREFIX}0.4|clean|{mode}|None|0" for mode in ("ALM default (table)", EXPECTED_ERROR))
 REMEASURED = "remeasured|"
+FLIP_ORACLE = "flip oracle"  # not a method: the per-example weights a perfect detector of flipped labels gives
 LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
 # the runs file keeps the teachers under "_teachers"; in the Study their keys are "teacher|<kind>|<rate>"
 TEACHER = "teacher|"
@@ -112,6 +115,18 @@ def teacher_dir(cfg, kind: str, rate: float) -> Path:
     # the task's name without underscores, then the teacher's data and sizes
     name = f"{cfg.task.replace('_', '')}_{tag}_n{cfg.train_examples}_l{cfg.max_length}_e{cfg.teacher_epochs}"
     return cache_dir() / "teachers" / name
+
+
+class FlipOracleKD(VanillaKD):
+    """Not a method (it reads ``is_flipped``, which the datamodule keeps for analysis): teacher weight 1 on the
+    flipped labels and ``alpha`` on the others, the weights a perfect detector of flipped labels would give; what
+    per-example weighting can add over a fixed lambda in this regime, at most."""
+
+    def compute_loss(self, student_logits, teacher_logits, batch):
+        kd = KLDivergence(self.hparams.temperature, reduction="none")(student_logits, teacher_logits)
+        ce = F.cross_entropy(student_logits.float(), batch["labels"].long(), reduction="none")
+        weight = torch.where(batch["is_flipped"].bool(), 1.0, self.alpha)
+        return {"loss": (weight * kd + (1 - weight) * ce).mean(), "kd": kd.mean(), "ce": ce.mean()}
 
 
 def study_for(cfg, results: Path, lr: float | None = None) -> Study:
@@ -198,8 +213,8 @@ def train_student(
     common.update(cache_teacher_logits=True, optimizer=sgd, lr_scheduler=schedule, export_best=False, task=dm.task)
     common["export_dir"] = str(work / "export")
     seed_everything(seed, verbose=False)
-    if method == "KD":
-        model = VanillaKD(alpha=lam, **common)
+    if method in ("KD", FLIP_ORACLE):
+        model = (VanillaKD if method == "KD" else FlipOracleKD)(alpha=lam, **common)
     else:
         learner, settings = ALM[method]
         settings = dict(settings, init_lambda=0.9)
@@ -336,6 +351,11 @@ def column_rows(
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
+    flips = {lam: got(FLIP_ORACLE, lam) for lam in LAMBDAS}
+    if min(len(r) for r in flips.values()):  # chosen on the selection split like the fixed lambda
+        best = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in flips[lam]))
+        name = f"{FLIP_ORACLE}: teacher only on flipped labels, lambda={best} on the rest (selection split)"
+        candidates.append(row(name, flips[best], flip_oracle=True, **{"lambda": best}))
     return [r for r in candidates if r is not None]
 
 
@@ -348,6 +368,13 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
         fixed = [r for r in col if r.get("chosen_fixed")]
         if not alm or not fixed:
             continue
+        for r in (r for r in col if r.get("flip_oracle")):
+            gain = 100 * (r["accuracy_mean"] - fixed[0]["accuracy_mean"])
+            lines.append(
+                f"- {int(round(rate * 100))} % / {kind} teacher, the ceiling of per-example weighting (the true flip "
+                f"mask, not a method): {100 * r['accuracy_mean']:.2f} vs {100 * fixed[0]['accuracy_mean']:.2f} for the "
+                f"chosen fixed lambda, {gain:+.2f} points ({r['seeds']}/{fixed[0]['seeds']} seeds)."
+            )
         best = max(alm, key=lambda r: r["val_accuracy_mean"])  # the mode chosen on the selection split
         f = fixed[0]
         gain = 100 * (best["accuracy_mean"] - f["accuracy_mean"])
@@ -532,6 +559,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: s
                 order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
+        order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in overloaded(task)]
 
 
@@ -592,7 +620,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     base = {str(rate): done[f"baseline|{rate}"] for rate in rates if f"baseline|{rate}" in done}
     per_block = len(LAMBDAS) + len(ALM)
     expected = len(rates) * len(TEACHERS) * len(seeds) * per_block
-    have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates)
+    have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates and FLIP_ORACLE not in k)
 
     def block_summary() -> str:
         methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
@@ -671,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     order = job_order(rates, args.teachers, seeds, cfg.task)
     if args.only is not None:
-        order = [o for o in order if (f"KD:{o[3]}" if o[2] == "KD" else o[2]) in args.only]
+        order = [o for o in order if (o[2] if o[3] is None else f"{o[2]}:{o[3]}") in args.only]
 
     def pending(entry: tuple) -> bool:
         key = run_key(*entry[:-1])
