@@ -583,7 +583,7 @@ def other_task(study: Study, cfg) -> str:
     """The status line's word on the other task's study (computed from its runs file)."""
     other = "wiki_topics" if cfg.task == "tweets" else "tweets"
     other_study = study_for(argparse.Namespace(**{**vars(cfg), "task": other}), study.results)
-    done = sum(1 for key in other_study.done() if key.startswith(PREFIX))
+    done = sum(1 for key in other_study.done() if key.startswith(PREFIX) and FLIP_ORACLE not in key)
     where = f"`{other_study.name}.md`, `--task {other}`"
     return f"the other task ({where}) has {done} student runs of this regime recorded"
 
