@@ -25,7 +25,10 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     ablation = [o for o in rate_40 if not o[-1] and o[2] == mc.EXPECTED_ERROR]
     flip_oracle = [o for o in rate_40 if o[2] == mc.FLIP_ORACLE]  # not a method: after the ablation
     assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * len(mc.LAMBDAS)
-    assert [o for o in rate_40 if not o[-1]][-len(ablation) - len(flip_oracle) :] == ablation + flip_oracle
+    from_chosen = [o for o in rate_40 if o[3] == mc.CHOSEN]  # after the grid it starts from: last
+    assert len(from_chosen) == 2 * 2 * len(mc.STARTED_AT_CHOSEN)
+    tail = ablation + flip_oracle + from_chosen
+    assert [o for o in rate_40 if not o[-1]][-len(tail) :] == tail
     assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
     # re-runs only for the overloaded records, after their seed's two blocks
     again = [o for o in order if o[-1]]
@@ -110,3 +113,31 @@ def test_the_flip_oracle_puts_the_whole_weight_on_the_teacher_for_flipped_labels
     ce = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1, 2, 0]), reduction="none")
     expected = (kd[:2].sum() + (0.3 * kd[2:] + 0.7 * ce[2:]).sum()) / 4
     assert torch.allclose(base, expected)
+
+
+def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_its_own():
+    seeds = [0, 1]
+    # the grid: lambda 0.5 best on the selection split for both seeds (test accuracy says 0.9: not used)
+    runs = {
+        mc.run_key(0.4, "clean", "KD", lam, s): record(0.8, val_accuracy=0.9 if lam == 0.5 else 0.7)
+        for lam in mc.LAMBDAS
+        for s in seeds
+    }
+    assert mc.chosen_lambda(runs, 0.4, "clean", seeds) == 0.5
+    assert mc.chosen_lambda(runs, 0.4, "noisy", seeds) is None  # no grid yet: nothing to start from
+    assert not mc.started_at_chosen(0.9) and not mc.started_at_chosen(0.0) and mc.started_at_chosen(0.5)
+    order = mc.job_order([0.4], ["clean"], seeds)
+    from_chosen = [o for o in order if o[3] == mc.CHOSEN]
+    assert len(from_chosen) == len(seeds) and order[-len(seeds) :] == from_chosen  # last: after the whole grid
+    for s in seeds:
+        runs[mc.run_key(0.4, "clean", "ALM mixing network", 0.5, s)] = record(0.85, val_accuracy=0.95)
+        runs[mc.run_key(0.4, "clean", "ALM mixing network", None, s)] = record(0.75, val_accuracy=0.8)
+    rows = mc.column_rows(runs, {}, 0.4, "clean", seeds, {})
+    started = [r for r in rows if r.get("init_lambda") == 0.5]
+    assert len(started) == 1 and started[0]["seeds"] == 2 and started[0]["alm"]
+    main = next(r for r in rows if r["method"] == "ALM mixing network")
+    assert main["accuracy_mean"] == 0.75  # the main row keeps only the runs started at 0.9
+    # the runs from the chosen lambda are not counted as main runs in the status line
+    assert not mc.main_run(mc.run_key(0.4, "clean", "ALM mixing network", 0.5, 0))
+    assert mc.main_run(mc.run_key(0.4, "clean", "ALM mixing network", None, 0))
+    assert "started at lambda=0.5" in "\n".join(mc.targets(rows, [0.4]))  # chosen as the best mode on selection

@@ -6,6 +6,8 @@
     python -m benchmarks.noisy.multiclass --quick              # a smoke run (results in a temp folder)
     python -m benchmarks.noisy.multiclass --lr-grid 0.05 0.02 0.01 --task wiki_topics --rates 40
                         # the student's lr chosen on the selection split first; a non-default lr has its own files
+    python -m benchmarks.noisy.multiclass --only "ALM mixing network:chosen" --task wiki_topics --lr 0.02
+                        # the mixing network started at the column's chosen fixed lambda (after the KD grid)
     python -m benchmarks.noisy.multiclass --report             # rebuild md/json/png from the runs file
 
 Setting and results: docs/alm.md. The regime's sources in durgas16/AMAL: SGD, momentum 0.9, Nesterov, weight decay
@@ -80,6 +82,10 @@ ALM = {
     "ALM mixing network": ("NetworkMetaLearner", {}),
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
+# modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None):
+# the fixed-lambda grid finds the level of the teacher weight, the meta-learner then only has to move examples from it
+STARTED_AT_CHOSEN = ("ALM mixing network",)
+CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
 # tweets runs recorded while the machine ran 12-19 busy threads on 2 cores (both default-table modes, 40 %, clean
 # teacher, seed 0): their results stand, their times do not; each is re-run alone under "remeasured|<key>" (the same
@@ -217,7 +223,7 @@ def train_student(
         model = (VanillaKD if method == "KD" else FlipOracleKD)(alpha=lam, **common)
     else:
         learner, settings = ALM[method]
-        settings = dict(settings, init_lambda=0.9)
+        settings = dict(settings, init_lambda=0.9 if lam is None else lam)  # lam: a run started at the chosen lambda
         if learner == "OfficialMetaLearner":
             settings.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
         else:
@@ -297,6 +303,21 @@ def collapsed(result: dict, shares: tuple[float, ...]) -> bool:
     return any(abs(result["accuracy"] - share) < 1e-9 for share in shares)
 
 
+def chosen_lambda(runs: dict, rate: float, kind: str, seeds: list[int]) -> float | None:
+    """The fixed lambda chosen on the selection split: the best mean selection accuracy over the seeds every lambda
+    of the grid has (None before the grid has a seed)."""
+    kd = {lam: [runs[k] for s in seeds if (k := run_key(rate, kind, "KD", lam, s)) in runs] for lam in LAMBDAS}
+    common = min(len(r) for r in kd.values())
+    if not common:
+        return None
+    return max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in kd[lam][:common]))
+
+
+def started_at_chosen(lam: float | None) -> bool:
+    """Whether a run from the chosen fixed lambda is a new run: 0.9 is the main runs' start, 0 no start at all."""
+    return lam is not None and 0.0 < lam < 1.0 and lam != 0.9
+
+
 def column_rows(
     runs: dict, teachers: dict, rate: float, kind: str, seeds: list[int], base: dict, shares: tuple[float, ...] = ()
 ) -> list[dict]:
@@ -341,8 +362,8 @@ def column_rows(
     common = min(len(r) for r in kd.values())
     complete = {lam: r[:common] for lam, r in kd.items()} if common else {}
     candidates = [row("CE only", kd[0.0])]
+    by_val = chosen_lambda(runs, rate, kind, seeds)
     if complete:
-        by_val = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in complete[lam]))
         oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
         grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
         grid_val = {str(lam): statistics.mean(r["val_accuracy"] for r in complete[lam]) for lam in LAMBDAS}
@@ -351,6 +372,10 @@ def column_rows(
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
+    if started_at_chosen(by_val):  # a mode choice like any other: on the selection split (targets)
+        for method in STARTED_AT_CHOSEN:
+            name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
+            candidates.append(row(name, got(method, by_val), alm=True, init_lambda=by_val))
     flips = {lam: got(FLIP_ORACLE, lam) for lam in LAMBDAS}
     if min(len(r) for r in flips.values()):  # chosen on the selection split like the fixed lambda
         best = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in flips[lam]))
@@ -462,7 +487,9 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         f"`grad_fit: {cfg.grad_fit}`, meta lr 1500, 5 iterations, look-ahead = the code's plain SGD step of the "
         f"current lr (the gradient part of this optimiser's step), clean batches of {cfg.meta_batch} (the whole "
         f"clean split). ALM default: table init 0.9, meta step every training step, SGD meta lr {cfg.meta_lr} on "
-        f"normalised meta-gradients{cfg.default_note}. ALM mixing network: Adam meta lr {cfg.net_meta_lr}. "
+        f"normalised meta-gradients{cfg.default_note}. ALM mixing network: Adam meta lr {cfg.net_meta_lr}; "
+        "started at lambda=x: the same, its teacher weight initialised at the column's fixed lambda chosen on "
+        "the selection split instead of 0.9 (run after the grid; none where that lambda is 0.9 or 0). "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
@@ -560,6 +587,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: s
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
         order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
+        order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in overloaded(task)]
 
 
@@ -586,6 +614,12 @@ def other_task(study: Study, cfg) -> str:
     done = sum(1 for key in other_study.done() if key.startswith(PREFIX) and FLIP_ORACLE not in key)
     where = f"`{other_study.name}.md`, `--task {other}`"
     return f"the other task ({where}) has {done} student runs of this regime recorded"
+
+
+def main_run(key: str) -> bool:
+    """Whether a run key is one of the main table's (not the flip oracle, not a run from the chosen lambda)."""
+    _, _, method, lam, _ = key[len(PREFIX) :].split("|")
+    return method != FLIP_ORACLE and not (method in ALM and lam != "None")
 
 
 def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str | None, running: str = "") -> None:
@@ -620,7 +654,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     base = {str(rate): done[f"baseline|{rate}"] for rate in rates if f"baseline|{rate}" in done}
     per_block = len(LAMBDAS) + len(ALM)
     expected = len(rates) * len(TEACHERS) * len(seeds) * per_block
-    have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates and FLIP_ORACLE not in k)
+    have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates and main_run(k))
 
     def block_summary() -> str:
         methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
@@ -701,14 +735,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.only is not None:
         order = [o for o in order if (o[2] if o[3] is None else f"{o[2]}:{o[3]}") in args.only]
 
+    def resolved(entry: tuple) -> tuple | None:
+        """The entry with the chosen lambda filled in; None when there is no new run to make (yet)."""
+        rate, kind, method, lam, seed, again = entry
+        if lam != CHOSEN:
+            return entry
+        chosen = chosen_lambda({k: v for k, v in study.done().items() if k.startswith(PREFIX)}, rate, kind, seeds)
+        return (rate, kind, method, chosen, seed, again) if started_at_chosen(chosen) else None
+
     def pending(entry: tuple) -> bool:
+        entry = resolved(entry)
+        if entry is None:
+            return False
         key = run_key(*entry[:-1])
         return (REMEASURED + key if entry[-1] else key) not in study.done() and (not entry[-1] or key in study.done())
 
     prepared: set[tuple] = set()
-    for n, (rate, kind, method, lam, seed, again) in enumerate(order, 1):
-        if not pending((rate, kind, method, lam, seed, again)):
+    for n, entry in enumerate(order, 1):
+        if not pending(entry):
             continue
+        rate, kind, method, lam, seed, again = resolved(entry)
         # again: the same run, alone, for its time (and as a check that it gives the same numbers)
         key = (REMEASURED if again else "") + run_key(rate, kind, method, lam, seed)
         if (kind, rate) not in prepared:  # a rate's teachers and TF-IDF baseline just before its first run
@@ -717,7 +763,7 @@ def main(argv: list[str] | None = None) -> None:
             prepared.add((kind, rate))
         png = None
         if method.startswith("ALM") and seed == 0 and not args.quick:
-            tag = method.split()[1].strip("()")
+            tag = method.split()[1].strip("()") + ("" if lam is None else f"_from{lam:g}")
             png = study.results / f"{study.name}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
         arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
         study.run({key: Job(train_student, **arguments)})
