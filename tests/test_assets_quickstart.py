@@ -72,6 +72,7 @@ def _have_offline_assets() -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.skipif(
     not _have_offline_assets(),
     reason="offline assets not fetched: run `python -m kdlight.assets` (scripts/setup.sh does)",

@@ -24,7 +24,10 @@ from safetensors.torch import load_file
 from conftest import KDLIGHT, SIGNAL_AT, kdlight_script, tiny_task_data
 from kdlight.cli import main
 
-pytestmark = pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed")
+pytestmark = [
+    pytest.mark.slow,  # each test starts the console script (seconds of imports each)
+    pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed"),
+]
 UMASK = 0o022
 
 

@@ -183,6 +183,7 @@ MODULES = {
 OVERRIDES = {"zeroshot": ("--trainer.max_steps=2",)}
 
 
+@pytest.mark.slow  # two processes a case
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_ddp_matches_single_process(assets, dropout_free_teacher, tmp_path, module):
     args = [a for a in MODULES[module](dropout_free_teacher, assets, tmp_path) if not a.startswith("--data.batch_size")]

@@ -162,6 +162,7 @@ def test_a_pruned_student_gets_rewrites_only_in_its_own_vocabulary(assets, tmp_p
     assert torch.isfinite(module.student_loss(batch)["kd_rewrite"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)")
 def test_cli_fits_and_tests_the_module(assets, tmp_path):
     args = [

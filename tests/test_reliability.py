@@ -470,6 +470,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 
 @needs_script
+@pytest.mark.slow
 def test_ctrl_c_saves_last_ckpt_and_says_how_to_resume(assets, tmp_path):
     """SIGINT at step 3: last.ckpt at step 3, exit 130, one line naming --ckpt_path last (was: a traceback)."""
     folder = write_recipe(tmp_path, assets)
@@ -483,6 +484,7 @@ def test_ctrl_c_saves_last_ckpt_and_says_how_to_resume(assets, tmp_path):
 
 
 @needs_script
+@pytest.mark.slow
 def test_two_runs_started_together_get_their_own_version_folders(assets, tmp_path):
     """Two fits into one default_root_dir at the same moment: two run folders, two exports (the second run once
     took the first's version_0 and replaced its export)."""
@@ -512,6 +514,7 @@ def test_runs_built_together_claim_distinct_version_folders(assets, tmp_path):
 
 
 @needs_script
+@pytest.mark.slow
 def test_file_size_limit_while_writing_a_checkpoint_keeps_the_last_good_one(assets, tmp_path):
     """A resumed fit under a file-size limit smaller than a checkpoint (EFBIG, as a full disk): exit 2, one
     line naming the checkpoint, and the previous last.ckpt and export unchanged and loadable."""

@@ -20,9 +20,10 @@ from conftest import kdlight_script as kdlight
 from kdlight.models import load_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(
-    KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"
-)
+pytestmark = [
+    pytest.mark.slow,  # each test starts the console script (seconds of imports each)
+    pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"),
+]
 
 
 def write_recipe(folder: Path, assets) -> Path:
