@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -585,12 +586,14 @@ def test_official_mode_meta_passes_with_grad_fit_groups(assets, tmp_path, monkey
 
     def pass_spy():
         epoch_of[0] = model.current_epoch
+        time.sleep(0.05)  # the passes' wall time is counted (meta_pass_seconds): at least this
         return original_pass()
 
     model.official_meta_pass = pass_spy
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
     fit(model, dm, tmp_path, epochs=4, enable_checkpointing=False, limit_val_batches=0)
     assert [(e, n) for e, n, _ in calls] == [(1, 32), (1, 32), (1, 16), (3, 32), (3, 32), (3, 16)]
+    assert model.meta_pass_seconds >= 2 * 0.05
     assert all(torch.equal(before[k], v) for k, v in model.student.state_dict().items())
     lam = model.mixer.lam
     train_idx = torch.tensor(dm.splits["train"]["idx"])

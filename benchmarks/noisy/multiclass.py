@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 from itertools import product
+from math import nan
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -231,17 +232,6 @@ def train_student(
         meta = {"class_path": learner, "init_args": settings}
         model = AdaptiveLossMixingKD(meta=meta, lambda_plot=lambda_png is not None, **common)
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
-    meta_seconds = [0.0]
-    if hasattr(model, "official_meta_pass"):  # its time is spread over the steps in the step time
-        inner = model.official_meta_pass
-
-        def timed():
-            start = time.perf_counter()
-            result = inner()
-            meta_seconds[0] += time.perf_counter() - start
-            return result
-
-        model.official_meta_pass = timed
     timer = StepTimer()
     root = work / "student"
     shutil.rmtree(root, ignore_errors=True)
@@ -250,11 +240,12 @@ def train_student(
     fit.fit(model, datamodule=dm)
     wall = time.perf_counter() - start
     times = timer.times[2:] or timer.times  # the first steps include lazy set-up
+    meta_seconds = getattr(model, "meta_pass_seconds", 0.0)  # the official meta passes: spread over the steps
     # the test, selection (validation) and meta (clean) splits' accuracy
     splits = {"accuracy": "test", "val_accuracy": "validation", "meta_split_accuracy": "clean_validation"}
     out = {key: accuracy(model.student, dm, split) for key, split in splits.items()}
-    out["step_time"] = statistics.mean(times) + meta_seconds[0] / max(len(timer.times), 1)
-    out.update(meta_pass_s=meta_seconds[0], fit_s=wall, steps=len(timer.times))
+    out["step_time"] = statistics.mean(times) + meta_seconds / max(len(timer.times), 1)
+    out.update(meta_pass_s=meta_seconds, fit_s=wall, steps=len(timer.times))
     out["realised_rate"] = dm.noise_report["realised_rate"]
     monitors = [c for c in fit.callbacks if isinstance(c, LambdaMonitor)]
     if monitors:
@@ -303,14 +294,20 @@ def collapsed(result: dict, shares: tuple[float, ...]) -> bool:
     return any(abs(result["accuracy"] - share) < 1e-9 for share in shares)
 
 
-def chosen_lambda(runs: dict, rate: float, kind: str, seeds: list[int]) -> float | None:
-    """The fixed lambda chosen on the selection split: the best mean selection accuracy over the seeds every lambda
-    of the grid has (None before the grid has a seed)."""
-    kd = {lam: [runs[k] for s in seeds if (k := run_key(rate, kind, "KD", lam, s)) in runs] for lam in LAMBDAS}
+def kd_grid(runs: dict, rate: float, kind: str, seeds: list[int]) -> dict[float, list[dict]]:
+    """Each lambda's KD runs over the seeds every lambda of the grid has (a partial study: the same seeds for all)."""
+    kd = {
+        lam: [{**runs[k], "seed": s} for s in seeds if (k := run_key(rate, kind, "KD", lam, s)) in runs]
+        for lam in LAMBDAS
+    }
     common = min(len(r) for r in kd.values())
-    if not common:
-        return None
-    return max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in kd[lam][:common]))
+    return {lam: r[:common] for lam, r in kd.items()} if common else {}
+
+
+def chosen_lambda(runs: dict, rate: float, kind: str, seeds: list[int]) -> float | None:
+    """The fixed lambda chosen on the selection split (None before the grid has a seed)."""
+    grid = kd_grid(runs, rate, kind, seeds)
+    return max(grid, key=lambda lam: statistics.mean(r["val_accuracy"] for r in grid[lam])) if grid else None
 
 
 def started_at_chosen(lam: float | None) -> bool:
@@ -358,11 +355,8 @@ def column_rows(
             ]
         return out
 
-    # a partial study reports the grid over the seeds every lambda has (the same seeds for all)
-    common = min(len(r) for r in kd.values())
-    complete = {lam: r[:common] for lam, r in kd.items()} if common else {}
+    complete, by_val = kd_grid(runs, rate, kind, seeds), chosen_lambda(runs, rate, kind, seeds)
     candidates = [row("CE only", kd[0.0])]
-    by_val = chosen_lambda(runs, rate, kind, seeds)
     if complete:
         oracle = max(LAMBDAS, key=lambda lam: statistics.mean(r["accuracy"] for r in complete[lam]))
         grid = {str(lam): mean_std([r["accuracy"] for r in complete[lam]])[0] for lam in LAMBDAS}
@@ -532,12 +526,8 @@ def plot(rows: list[dict], path: Path) -> None:
     with figure(path, 1, n, dpi=110, figsize=(5.5 * n, 4.5), squeeze=False) as (_, axes):
         for ax, (rate, kind) in zip(axes[0], columns, strict=True):
             sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
-            names = [
-                r["method"]
-                .replace(" (chosen on the selection split)", "\n(selection split)")
-                .replace(" (test-set oracle)", "\n(oracle)")
-                for r in sel
-            ]
+            short = {" (chosen on the selection split)": "\n(selection split)", " (test-set oracle)": "\n(oracle)"}
+            names = [functools.reduce(lambda name, pair: name.replace(*pair), short.items(), r["method"]) for r in sel]
             means = [100 * r["accuracy_mean"] for r in sel]
             ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
             ax.set_yticks(range(len(sel)), names, fontsize=7)
@@ -628,28 +618,24 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     teachers = {key[len(TEACHER) :]: value for key, value in done.items() if key.startswith(TEACHER)}
     runs = {key: value for key, value in done.items() if key.startswith(PREFIX)}
     checks = []
-    for key in overloaded(cfg.task):
-        again = done.get(REMEASURED + key)
-        if key in runs and again is not None:
-            first = runs[key]
-            runs[key] = {**first, "step_time": again["step_time"], "fit_s": again["fit_s"]}
-            same = all(first[k] == again[k] for k in ("accuracy", "val_accuracy", "lambda_flipped", "lambda_clean"))
-            checks.append(
-                f"- `{key[len(PREFIX) :]}` re-run alone (same seed) for its time: test accuracy "
-                f"{100 * again['accuracy']:.2f} vs {100 * first['accuracy']:.2f} recorded, selection "
-                f"{100 * again['val_accuracy']:.2f} vs {100 * first['val_accuracy']:.2f}, lambda flipped/clean "
-                f"{again.get('lambda_flipped', float('nan')):.4f}/{again.get('lambda_clean', float('nan')):.4f} vs "
-                f"{first.get('lambda_flipped', float('nan')):.4f}/{first.get('lambda_clean', float('nan')):.4f} "
-                f"({'identical' if same else 'NOT identical'}); step {again['step_time']:.2f} s and fit "
-                f"{again['fit_s']:.0f} s alone vs {first['step_time']:.2f} s and {first['fit_s']:.0f} s on the "
-                "overloaded machine (the table uses the re-run's times)."
-            )
-        elif key in runs:
-            checks.append(
-                f"- `{key[len(PREFIX) :]}` was recorded on an overloaded machine ({runs[key]['fit_s']:.0f} s); its "
-                "re-run for the time has not finished, so its step time is left out."
-            )
-            runs[key] = {**runs[key], "step_time": None}
+    for key in (k for k in overloaded(cfg.task) if k in runs):
+        first, again, name = runs[key], done.get(REMEASURED + key), key[len(PREFIX) :]
+        if again is None:
+            checks.append(f"- `{name}` was recorded on an overloaded machine ({first['fit_s']:.0f} s); its re-run for "
+                          "the time has not finished, so its step time is left out.")  # fmt: skip
+            runs[key] = {**first, "step_time": None}
+            continue
+        runs[key] = {**first, "step_time": again["step_time"], "fit_s": again["fit_s"]}
+        same = all(first[k] == again[k] for k in ("accuracy", "val_accuracy", "lambda_flipped", "lambda_clean"))
+        lams = [f"{r.get('lambda_flipped', nan):.4f}/{r.get('lambda_clean', nan):.4f}" for r in (again, first)]
+        checks.append(
+            f"- `{name}` re-run alone (same seed) for its time: test accuracy {100 * again['accuracy']:.2f} vs "
+            f"{100 * first['accuracy']:.2f} recorded, selection {100 * again['val_accuracy']:.2f} vs "
+            f"{100 * first['val_accuracy']:.2f}, lambda flipped/clean {lams[0]} vs {lams[1]} "
+            f"({'identical' if same else 'NOT identical'}); step {again['step_time']:.2f} s and fit "
+            f"{again['fit_s']:.0f} s alone vs {first['step_time']:.2f} s and {first['fit_s']:.0f} s on the "
+            "overloaded machine (the table uses the re-run's times)."
+        )
     checks_md = ("\n\n## Re-run checks (computed)\n\n" + "\n".join(checks)) if checks else ""
     base = {str(rate): done[f"baseline|{rate}"] for rate in rates if f"baseline|{rate}" in done}
     per_block = len(LAMBDAS) + len(ALM)
@@ -735,17 +721,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.only is not None:
         order = [o for o in order if (o[2] if o[3] is None else f"{o[2]}:{o[3]}") in args.only]
 
-    def resolved(entry: tuple) -> tuple | None:
-        """The entry with the chosen lambda filled in; None when there is no new run to make (yet)."""
-        rate, kind, method, lam, seed, again = entry
-        if lam != CHOSEN:
-            return entry
-        chosen = chosen_lambda({k: v for k, v in study.done().items() if k.startswith(PREFIX)}, rate, kind, seeds)
-        return (rate, kind, method, chosen, seed, again) if started_at_chosen(chosen) else None
+    def resolved(o: tuple) -> tuple | None:  # the chosen lambda filled in (None: no new run to make, or not yet)
+        lam = chosen_lambda(study.done(), *o[:2], seeds) if o[3] == CHOSEN else o[3]
+        return (*o[:3], lam, *o[4:]) if o[3] != CHOSEN or started_at_chosen(lam) else None
 
     def pending(entry: tuple) -> bool:
-        entry = resolved(entry)
-        if entry is None:
+        if (entry := resolved(entry)) is None:
             return False
         key = run_key(*entry[:-1])
         return (REMEASURED + key if entry[-1] else key) not in study.done() and (not entry[-1] or key in study.done())

@@ -18,6 +18,7 @@ ordered training split, are in :mod:`kdlight.modules.alm_support`; the display i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class AdaptiveLossMixingKD(MetaArgument, ManualOptimization, BaseDistiller):
         super().__init__(teacher=teacher, temperature=temperature, **kwargs)
         self._pass_score: Tensor | None = None  # the official meta pass's clean score, logged by the epoch's first step
         self.last_teacher_weight: tuple[Tensor, Tensor] | None = None  # (idx, weight) of the last training batch
+        self.meta_pass_seconds = 0.0  # wall time of this process's official meta passes (a step-time cost)
 
     # ------------------------------------------------------------------------- the algorithm
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -106,7 +108,9 @@ class AdaptiveLossMixingKD(MetaArgument, ManualOptimization, BaseDistiller):
     def on_train_epoch_start(self) -> None:
         self._pass_score = None
         if self.meta.pass_due(self.current_epoch):
+            start = time.perf_counter()
             self._pass_score = self.official_meta_pass()
+            self.meta_pass_seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def official_meta_pass(self) -> Tensor | None:
