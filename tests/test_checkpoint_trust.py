@@ -26,7 +26,6 @@ from kdlight.cli import main
 
 pytestmark = [
     pytest.mark.slow,  # each test starts the console script (seconds of imports each)
-    pytest.mark.xdist_group("checkpoint_trust"),  # one worker: the module's fitted runs are made once, not per worker
     pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed"),
 ]
 UMASK = 0o022
