@@ -16,10 +16,6 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One process a core (pytest -n auto): each worker's torch on all the cores oversubscribes them, and the tiny
-# models' ops then wait on each other's threads; one thread a worker (a subprocess gets its own, see run_env)
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 WORDS = (
     "good great fine superb lovely wonderful brilliant charming moving funny "
@@ -293,9 +289,3 @@ def write_kd_recipe(folder: Path, assets, **trainer) -> Path:
     (folder / "kd.yaml").write_text(yaml.safe_dump(recipe))
     (folder / "signal_at.py").write_text(SIGNAL_AT)
     return folder
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` first (a stable sort, the same on every worker): under ``-n auto`` the workers then
-    end on short tests together, not one of them on a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
