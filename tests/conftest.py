@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,39 @@ def kdlight_script(*args, cwd: Path, check: bool = True, umask: int | None = Non
         output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {proc.returncode}:\n{output}")
     return proc
+
+
+@pytest.fixture
+def kdlight_here(monkeypatch, capfd):
+    """The console script's entry point called in this process from ``cwd``, returning what
+    :func:`kdlight_script` returns (exit code, stdout, stderr), without a process start-up (~6 s of imports).
+    For the variants of a case whose first form runs the installed script in a subprocess."""
+
+    def run(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+        from kdlight.cli import main
+
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["kdlight"])
+        monkeypatch.setattr(sys, "path", list(sys.path))  # main() makes the working directory importable
+        # Lightning's log handlers keep the stream that was sys.stderr when they were made (an earlier test's
+        # capture, closed by now); a log line would become "--- Logging error ---" and a traceback
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        for handler in (h for logger in loggers for h in getattr(logger, "handlers", ())):
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+        capfd.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        out, err = capfd.readouterr()
+        proc = subprocess.CompletedProcess(["kdlight", *map(str, args)], code, out, err)
+        if check and code != 0:
+            raise AssertionError(f"kdlight {' '.join(map(str, args))} exited {code}:\n{out[-3000:]}\n{err[-3000:]}")
+        return proc
+
+    return run
 
 
 def tiny_task_data(assets, **overrides) -> dict:

@@ -1,7 +1,8 @@
 """A checkpoint never overrides the user's config and never makes kdlight write outside its run (issue 27).
 
 Each test runs the installed ``kdlight`` console script in a subprocess from temporary folders with tiny
-models, as a user would: a checkpoint's hyper-parameters do not pick the export folder, the module class or
+models, as a user would (further variants of a case call its entry point in this process: the same code
+without ~6 s of start-up each): a checkpoint's hyper-parameters do not pick the export folder, the module class or
 the teacher; paths stored in a checkpoint are read in the run folder that holds it; ``last``/``best`` name the
 recipe's own run; exports look like any ``save_pretrained`` folder.
 """
@@ -13,7 +14,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import KDLIGHT, SIGNAL_AT, kdlight_script, tiny_task_data
-from kdlight.cli import main
+from conftest import KDLIGHT, kdlight_script, tiny_task_data
 
 pytestmark = [
+    pytest.mark.xdist_group("trust"),  # one worker: the module's runs are made once
     pytest.mark.slow,  # each test starts the console script (seconds of imports each)
     pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed"),
 ]
@@ -143,21 +143,23 @@ def test_checkpoint_hparams_never_choose_the_export_folder(runs, assets, tmp_pat
     ],
 )
 def test_checkpoint_of_another_module_class_stops(
-    runs, assets, tmp_path, subcommand, config, checkpoint_of, written_by, built
+    runs, assets, tmp_path, subcommand, config, checkpoint_of, written_by, built, kdlight_here
 ):
     """The recipe's module class is the config's: a checkpoint of another recipe stops in one line
-    (it used to replace the class silently: KD scored as teacher fine-tuning and the other way round)."""
+    (it used to replace the class silently: KD scored as teacher fine-tuning and the other way round).
+    The test case runs the installed script, the fit case this process."""
     work = fresh_folder(runs, tmp_path, assets)
     checkpoint = runs[checkpoint_of] / "checkpoints" / "last.ckpt"
-    line = one_error_line(kdlight(subcommand, "--config", config, "--ckpt_path", checkpoint, cwd=work, check=False))
+    run_kdlight = kdlight if subcommand == "test" else kdlight_here
+    line = one_error_line(run_kdlight(subcommand, "--config", config, "--ckpt_path", checkpoint, cwd=work, check=False))
     assert f"written by {written_by}" in line and f"config builds {built}" in line, line
     assert not (work / "lightning_logs" / "version_0" / "export").exists()
 
 
-def test_explicit_teacher_is_never_replaced_by_the_checkpoints(runs, assets, tmp_path):
+def test_explicit_teacher_is_never_replaced_by_the_checkpoints(runs, assets, tmp_path, kdlight_here):
     work = fresh_folder(runs, tmp_path, assets)
     checkpoint = runs["kd"] / "checkpoints" / "last.ckpt"
-    proc = kdlight(
+    proc = kdlight_here(
         "test",
         "--config",
         "kd.yaml",
@@ -173,16 +175,19 @@ def test_explicit_teacher_is_never_replaced_by_the_checkpoints(runs, assets, tmp
 
 
 # --------------------------------------------------------------------------------- last / best
-def test_last_and_best_name_the_recipes_own_run(runs):
-    """Two recipes share a folder: ``last``/``best`` of each are its own run's, not the newest run's."""
+def test_last_and_best_name_the_recipes_own_run(runs, kdlight_here):
+    """Two recipes share a folder: ``last``/``best`` of each are its own run's, not the newest run's (one alias
+    of each recipe through the installed script, the other in this process)."""
     work = runs["work"]
-    for config, run in (("kd.yaml", runs["kd"]), ("ft.yaml", runs["ft"])):
-        for alias in ("last", "best"):
-            proc = kdlight("test", "--config", config, "--ckpt_path", alias, cwd=work)
-            assert printed_checkpoint(proc, alias).parent == run / "checkpoints", (config, alias)
-            assert "test/accuracy" in proc.stdout + proc.stderr
+    cases = [("kd.yaml", "last", kdlight), ("kd.yaml", "best", kdlight_here)]
+    cases += [("ft.yaml", "last", kdlight_here), ("ft.yaml", "best", kdlight)]
+    for config, alias, run_kdlight in cases:
+        run = runs["kd" if config == "kd.yaml" else "ft"]
+        proc = run_kdlight("test", "--config", config, "--ckpt_path", alias, cwd=work)
+        assert printed_checkpoint(proc, alias).parent == run / "checkpoints", (config, alias)
+        assert "test/accuracy" in proc.stdout + proc.stderr
     # a recipe with no run of its own there (another teacher): one line, not another recipe's checkpoint
-    proc = kdlight(
+    proc = kdlight_here(
         "test",
         "--config",
         "kd.yaml",
@@ -196,15 +201,15 @@ def test_last_and_best_name_the_recipes_own_run(runs):
     assert "no run with a last.ckpt of VanillaKD" in one_error_line(proc)
 
 
-def test_test_without_ckpt_path_says_it_scores_the_untrained_student(runs, assets, tmp_path):
+def test_test_without_ckpt_path_says_it_scores_the_untrained_student(runs, assets, tmp_path, kdlight_here):
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight("test", "--config", "kd.yaml", cwd=work)
+    proc = kdlight_here("test", "--config", "kd.yaml", cwd=work)
     hints = [line for line in (proc.stdout + proc.stderr).splitlines() if "--ckpt_path best" in line]
     assert len(hints) == 1 and "untrained" in hints[0], (proc.stdout + proc.stderr)[-3000:]
 
 
 # ------------------------------------------------------------------------------------- stored paths
-def test_a_copied_run_folder_uses_its_own_files(runs, tmp_path):
+def test_a_copied_run_folder_uses_its_own_files(runs, tmp_path, kdlight_here):
     """``last.ckpt`` records absolute paths; in a copy of the run folder they name the original's files.
     ``best`` and the export of a resumed fit must use the copy's own best checkpoint."""
     copy = tmp_path / "copy"
@@ -215,7 +220,7 @@ def test_a_copied_run_folder_uses_its_own_files(runs, tmp_path):
     state = torch.load(best, map_location="cpu", weights_only=True)
     state["state_dict"]["student.classifier.bias"] = state["state_dict"]["student.classifier.bias"] + 1.0
     torch.save(state, best)
-    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "best", cwd=copy)
+    proc = kdlight_here("test", "--config", "kd.yaml", "--ckpt_path", "best", cwd=copy)
     assert printed_checkpoint(proc, "best") == best
     export = copy / "lightning_logs" / "version_0" / "export"
     shutil.rmtree(export)
@@ -242,14 +247,14 @@ def test_exports_are_plain_save_pretrained_folders(runs, run):
 
 
 # -------------------------------------------------------------------------------------------- input
-def test_a_teacher_folder_without_its_vocabulary_stops(runs, assets, tmp_path):
+def test_a_teacher_folder_without_its_vocabulary_stops(runs, assets, tmp_path, kdlight_here):
     """Without tokenizer.json the folder still loads, as a tokenizer of its 5 special tokens that reads
     every word as [UNK]; training on that must stop in one line, not train and export."""
     broken = tmp_path / "teacher_without_vocabulary"
     shutil.copytree(runs["teacher"], broken)
     (broken / "tokenizer.json").unlink()
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight(
+    proc = kdlight_here(
         "fit",
         "--config",
         "kd.yaml",
@@ -263,12 +268,12 @@ def test_a_teacher_folder_without_its_vocabulary_stops(runs, assets, tmp_path):
     assert "tokenizer" in line and "vocabulary" in line, line
 
 
-def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_path):
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_path, kdlight_here):
     rows = (assets["data"] / "validation.csv").read_text().splitlines()
     long_text = " ".join(["good movie"] * 70_000)  # 699,999 characters, over csv's 131,072 default
     (tmp_path / "long.csv").write_text("\n".join([rows[0], f'"{long_text}",positive', *rows[1:]]) + "\n")
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight("validate", "--config", "kd.yaml", "--data.init_args.val_file", tmp_path / "long.csv", cwd=work)
+    proc = kdlight_here("validate", "--config", "kd.yaml", "--data.init_args.val_file", tmp_path / "long.csv", cwd=work)
     assert "val/accuracy" in proc.stdout + proc.stderr
 
 
@@ -287,55 +292,11 @@ def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_
         (["--model.student.num_layers", "x"], r"--model\.student\.num_layers: 'x' .*expected int"),
     ],
 )
-def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(
-    runs, assets, tmp_path, args, expected, capsys, monkeypatch
-):
+def test_a_mistyped_key_or_value_is_one_line_with_the_closest_key(runs, assets, tmp_path, args, expected, kdlight_here):
     """Not a 70-90 line usage dump: one line naming the option, what is wrong, and the closest key. The first
     case runs the installed script; the others call its entry point in this process (parsing only, faster)."""
     work = fresh_folder(runs, tmp_path, assets)
-    if args[0] == "--model.init_args.temprature":
-        proc = kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
-        assert re.search(expected, one_error_line(proc))
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        return
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "argv", ["kdlight"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "kd.yaml", *args])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("kdlight: error:"), err
-    assert re.search(expected, err), err
-
-
-# ------------------------------------------------------------------------------------- metrics.csv
-def metrics_rows(run: Path) -> list[tuple]:
-    text = (run / "metrics.csv").read_text().splitlines()
-    header = text[0].split(",")
-    return sorted(tuple(sorted((k, v) for k, v in zip(header, line.split(","), strict=True) if v)) for line in text[1:])
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_metrics(runs, assets, tmp_path_factory) -> list[tuple]:
-    work = fresh_folder(runs, tmp_path_factory.mktemp("uninterrupted"), assets)
-    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=work)
-    return metrics_rows(work / "lightning_logs" / "version_0")
-
-
-@pytest.mark.parametrize(("signal_name", "exit_code"), [("SIGKILL", -9), ("SIGTERM", 143)])
-def test_metrics_csv_after_a_resume_has_each_row_once(
-    runs, assets, tmp_path, uninterrupted_metrics, signal_name, exit_code
-):
-    """Stopped at step 8 of 12 and resumed with --ckpt_path last: metrics.csv holds exactly the rows of an
-    uninterrupted run (no row of a step run twice, none of the step the stop interrupted lost)."""
-    work = fresh_folder(runs, tmp_path, assets)
-    (work / "signal_at.py").write_text(SIGNAL_AT)
-    stop = [
-        "--trainer.callbacks+=signal_at.SignalAt",
-        "--trainer.callbacks.step=8",
-        f"--trainer.callbacks.sig={signal_name}",
-    ]
-    stopped = kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", *stop, cwd=work, check=False)
-    assert stopped.returncode == exit_code, stopped.stderr[-2000:]
-    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", "--ckpt_path", "last", cwd=work)
-    assert metrics_rows(work / "lightning_logs" / "version_0") == uninterrupted_metrics
+    run_kdlight = kdlight if args[0] == "--model.init_args.temprature" else kdlight_here
+    proc = run_kdlight("fit", "--config", "kd.yaml", *args, cwd=work, check=False)
+    assert re.search(expected, one_error_line(proc))
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -21,6 +21,7 @@ from kdlight.models import load_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
+    pytest.mark.xdist_group("user_path"),  # one worker: the uninterrupted run is made once
     pytest.mark.slow,  # each test starts the console script (seconds of imports each)
     pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"),
 ]
@@ -37,11 +38,18 @@ def workdir(assets, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(assets, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """The student after the recipe ran to the end without interruption."""
+def uninterrupted(assets, tmp_path_factory) -> tuple[dict[str, torch.Tensor], list[tuple]]:
+    """The student and the metrics.csv rows after the recipe ran to the end without interruption."""
     folder = write_recipe(tmp_path_factory.mktemp("uninterrupted"), assets)
     kdlight("fit", "--config", "kd.yaml", cwd=folder)
-    return student_state(run_folder(folder) / "checkpoints" / "last.ckpt")
+    return student_state(run_folder(folder) / "checkpoints" / "last.ckpt"), metrics_rows(run_folder(folder))
+
+
+def metrics_rows(run: Path) -> list[tuple]:
+    """metrics.csv as a sorted list of rows, each its non-empty (column, value) pairs."""
+    text = (run / "metrics.csv").read_text().splitlines()
+    header = text[0].split(",")
+    return sorted(tuple(sorted((k, v) for k, v in zip(header, line.split(","), strict=True) if v)) for line in text[1:])
 
 
 def run_folder(workdir: Path, version: int = 0) -> Path:
@@ -57,7 +65,8 @@ def student_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_name, exit_code, resumed_from_step):
     """Stopped at step 8 of 18: SIGKILL loses the steps after the epoch-end last.ckpt (step 6), SIGTERM saves
     last.ckpt at step 8 first (mid-epoch). Either way `--ckpt_path last` continues in the same run folder and
-    ends with exactly the weights of an uninterrupted run (same batches, same dropout masks)."""
+    ends with exactly the weights of an uninterrupted run (same batches, same dropout masks) and its metrics.csv
+    rows, each once (no row of a step run twice, none of the step the stop interrupted lost)."""
     stopped = kdlight(
         "fit",
         "--config",
@@ -76,16 +85,16 @@ def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_nam
     assert not run_folder(workdir, 1).exists(), "the resumed run must continue its folder, not start version_1"
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == 18
-    expected = uninterrupted
+    expected, expected_rows = uninterrupted
     assert expected.keys() == student_state(last).keys()
     for name, value in student_state(last).items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
-    rows = (run_folder(workdir) / "metrics.csv").read_text().splitlines()
-    epochs = {row.split(",")[0] for row in rows[1:] if re.match(r"\d", row)}
-    assert {"0", "1", "2"} <= epochs, "metrics logged before the stop were lost"
+    assert metrics_rows(run_folder(workdir)) == expected_rows
 
 
-def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, workdir):
+def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, workdir, kdlight_here):
+    """fit keeps best-*.ckpt; predict and test with ``last``/``best`` use the file they name (predict last through
+    the installed script; predict best and test best call its entry point in this process)."""
     kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=workdir)
     folder = run_folder(workdir) / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
@@ -94,8 +103,11 @@ def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, work
     best_path = next(v["best_model_path"] for k, v in recorded.items() if "Checkpoint" in k)
     texts = [line.rsplit(",", 1)[0].strip('"') for line in (assets["data"] / "test.csv").read_text().splitlines()[1:]]
     tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
-    for alias, expected_file in (("last", folder / "last.ckpt"), ("best", Path(best_path))):
-        proc = kdlight(
+    for alias, expected_file, run_kdlight in (
+        ("last", folder / "last.ckpt", kdlight),
+        ("best", Path(best_path), kdlight_here),
+    ):
+        proc = run_kdlight(
             "predict",
             "--config",
             "kd.yaml",
@@ -114,17 +126,17 @@ def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, work
         with torch.no_grad():
             logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
         torch.testing.assert_close(predicted, logits, rtol=0, atol=1e-4)
-    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "best", cwd=workdir)
+    proc = kdlight_here("test", "--config", "kd.yaml", "--ckpt_path", "best", cwd=workdir)
     out = proc.stdout + proc.stderr
     assert f"--ckpt_path best: {best_path}" in out and "test/accuracy" in out
 
 
-def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir):
+def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir, kdlight_here):
     proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "last", cwd=workdir, check=False)
     assert proc.returncode == 2
     assert re.search(r"kdlight: error: --ckpt_path last: no run with a last.ckpt", proc.stderr)
     assert "Traceback" not in proc.stderr
-    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "nowhere.ckpt", cwd=workdir, check=False)
+    proc = kdlight_here("test", "--config", "kd.yaml", "--ckpt_path", "nowhere.ckpt", cwd=workdir, check=False)
     assert proc.returncode == 2 and "checkpoint not found: 'nowhere.ckpt'" in proc.stderr
 
 
