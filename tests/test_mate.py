@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning import Trainer, seed_everything
 
-from conftest import KDLIGHT, data_args, generator_config, generator_step_gains, kdlight_script, trainer_args
+from conftest import KDLIGHT, data_args, generator_config, generator_step_gains, trainer_args
 from kdlight.components.generator import REWRITE_MASK
 from kdlight.data import TextClassificationDataModule
 from kdlight.data.base import load_tokenizer
@@ -164,7 +164,7 @@ def test_a_pruned_student_gets_rewrites_only_in_its_own_vocabulary(assets, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)")
-def test_cli_fits_and_tests_the_module(assets, tmp_path):
+def test_cli_fits_and_tests_the_module(assets, tmp_path, kdlight_here):
     args = [
         "--model=AdversarialAugmentedKD",
         f"--model.teacher={assets['teacher']}",
@@ -173,8 +173,8 @@ def test_cli_fits_and_tests_the_module(assets, tmp_path):
         "--model.student_steps=1",
         *data_args(assets),
     ]
-    kdlight_script("fit", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 3}), cwd=tmp_path)
-    tested = kdlight_script("test", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}), cwd=tmp_path)
+    kdlight_here("fit", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 3}), cwd=tmp_path)
+    tested = kdlight_here("test", *args, *trainer_args(tmp_path, **{"--trainer.fast_dev_run": 1}), cwd=tmp_path)
     assert "test/pct_of_teacher" in tested.stdout
 
 
