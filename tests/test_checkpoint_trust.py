@@ -114,7 +114,7 @@ def printed_checkpoint(proc: subprocess.CompletedProcess, alias: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- security
-def test_checkpoint_hparams_never_choose_the_export_folder(runs, assets, tmp_path):
+def test_checkpoint_hparams_never_choose_the_export_folder(runs, assets, tmp_path, kdlight_here):
     """A checkpoint that loads safely but names ``export_dir`` in its hyper-parameters must not make the
     export replace that folder (outside the run); the config's export folder is used and the difference
     is announced in one line."""
@@ -125,7 +125,7 @@ def test_checkpoint_hparams_never_choose_the_export_folder(runs, assets, tmp_pat
     crafted["hyper_parameters"]["export_dir"] = str(victim)
     torch.save(crafted, tmp_path / "crafted.ckpt")
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight(
+    proc = kdlight_here(
         "fit", "--config", "kd.yaml", "--ckpt_path", tmp_path / "crafted.ckpt", "--trainer.max_epochs=2", cwd=work
     )
     assert {p.name: p.read_bytes() for p in victim.iterdir()} == before, "a folder outside the run was replaced"

@@ -183,12 +183,13 @@ def test_readme_variant_command_runs_verbatim(assets, workdir):
     assert (workdir / "runs" / "lightning_logs" / "version_0" / "export" / "config.json").is_file(), proc.stdout[-2000:]
 
 
-def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets, tmp_path):
+def test_predict_on_an_unlabelled_file_writes_one_row_per_input_in_order(assets, tmp_path, kdlight_here):
     """README: `kdlight predict --model TeacherFineTuning --model.model <export> --data TextClassificationDataModule
-    --data.predict_file new.csv` with a file that has no label column."""
+    --data.predict_file new.csv` with a file that has no label column (the entry point in this process: predict
+    through the installed script: test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names)."""
     texts = ["a good movie", "the plot was awful", "very boring film", "superb and moving", "it is fine"]
     (tmp_path / "new.csv").write_text("text\n" + "\n".join(texts) + "\n")
-    kdlight(
+    kdlight_here(
         "predict",
         "--model",
         "TeacherFineTuning",
