@@ -21,7 +21,6 @@ from kdlight.models import load_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
-    pytest.mark.xdist_group("user_path"),  # one worker: the uninterrupted run is made once
     pytest.mark.slow,  # each test starts the console script (seconds of imports each)
     pytest.mark.skipif(KDLIGHT is None, reason="the kdlight console script is not installed (pip install -e .)"),
 ]
@@ -61,6 +60,7 @@ def student_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["state_dict"].items() if k.startswith("student.")}
 
 
+@pytest.mark.xdist_group("resume")  # both cases on one worker: the uninterrupted run is made once
 @pytest.mark.parametrize(("signal_name", "exit_code", "resumed_from_step"), [("SIGKILL", -9, 6), ("SIGTERM", 143, 8)])
 def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_name, exit_code, resumed_from_step):
     """Stopped at step 8 of 18: SIGKILL loses the steps after the epoch-end last.ckpt (step 6), SIGTERM saves
