@@ -5,15 +5,14 @@
     python -m benchmarks.kd_augment --teacher quickstart           # the quickstart teacher instead (own files)
     python -m benchmarks.kd_augment --report-only                  # rewrite the results from the recorded runs
     python -m benchmarks.kd_augment --quick                        # plumbing only (64 rows, few steps)
-
 Teacher: the strong teacher (benchmarks/strong_teacher.py) or the quickstart's. Students: benchmarks/compact's
 sizes, each its method (b). VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
 the teacher labels (kdlight.data.augment.AugmentedKDDataModule): the other 4,202 training rows unlabelled
-(``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), or the
-trained generator's rewrites of each batch (``rewrites``: MATE-KD, configs/quickstart/kd_mate.yaml); ``kd_long``,
-plain KD for as many updates as ``token_aug`` makes, tells its inputs from its extra steps. Every row
-shows the margin kept over the TF-IDF baseline on the same 6,000 rows and on all rows. The study: docs/compact.md.
-Results: benchmarks/results/kd_augment[_<label>].{md,json,png}.
+(``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), both
+(``rest_and_aug``), or the trained generator's rewrites of each batch (``rewrites``: MATE-KD, kd_mate.yaml);
+``kd_long``, plain KD for as many updates as ``token_aug`` makes, tells its inputs from its extra steps. Every row
+shows the margin kept over the TF-IDF baseline on the same 6,000 rows and on all rows (docs/compact.md; results:
+benchmarks/results/kd_augment[_<label>].{md,json,png}).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ METHODS = {
     "rt_rest": "+ 4,202 unlabelled in-domain rows",
     "wiki": "+ in-domain + 8,000 Wikipedia sentences",
     "token_aug": "+ 2 token-augmented copies per row",
+    "rest_and_aug": "+ the 4,202 unlabelled rows and 2 token-augmented copies per row (kd_more_inputs.yaml's inputs)",
     "rewrites": "+ generator rewrites (MATE-KD)",
     "kd_long": "KD on the 6,000 labelled rows for 3x the epochs (token_aug's number of updates)",
     "rewrites_earlier": "+ rewrites by the earlier generator (top block, 150 steps; not run by default)",
@@ -57,10 +57,10 @@ def augmentation(method: str, setting: dict) -> dict:
         raise ValueError(f"{method}: unknown method")
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    if method == "token_aug":
-        return {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
+    copies = {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
+    rest = {"unlabelled": ["task_rest"]}
     # kd, rewrites: the labelled rows (the module rewrites each batch: module_config); kd_long: more epochs only
-    return {"unlabelled": ["task_rest"]} if method == "rt_rest" else {}
+    return {"rt_rest": rest, "token_aug": copies, "rest_and_aug": {**rest, **copies}}.get(method, {})
 
 
 def method_setting(method: str, setting: dict) -> dict:

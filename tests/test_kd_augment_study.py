@@ -133,3 +133,15 @@ def test_in_progress_curve_reads_every_version_in_step_order(tmp_path):
         {"epoch": 1, "step": 477, "val_score": 0.83},
     ]
     assert in_progress_curve(tmp_path / "nothing") == []
+
+
+def test_the_combined_method_measures_the_shipped_more_inputs_recipe():
+    """``rest_and_aug`` is the study's row for configs/quickstart/kd_more_inputs.yaml: the same inputs for KD."""
+    import yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_more_inputs.yaml"
+    data = yaml.safe_load(recipe.read_text())["data"]["init_args"]
+    inputs = kd_augment.augmentation("rest_and_aug", {})
+    assert inputs == {key: data[key] for key in inputs}
+    parts = (kd_augment.augmentation(method, {}) for method in ("rt_rest", "token_aug"))
+    assert inputs == {key: value for part in parts for key, value in part.items()}  # both methods' inputs
