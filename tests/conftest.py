@@ -226,6 +226,13 @@ def expect_user_error(args: list[str], capsys, match: str, export_dir: Path | No
     return lines[0]
 
 
+# One torch thread per core for each xdist worker: with the default (a thread per core in every worker), two
+# workers, or a worker beside a console-script subprocess, oversubscribe the cores and small ops wait on
+# descheduled threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 # ------------------------------------------------------------ the installed console script, in a subprocess
 KDLIGHT = shutil.which("kdlight")
 # A callback a user could write: sends a signal to its own process after a given optimiser step, so that a test

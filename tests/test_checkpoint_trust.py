@@ -147,11 +147,11 @@ def test_checkpoint_of_another_module_class_stops(
 ):
     """The recipe's module class is the config's: a checkpoint of another recipe stops in one line
     (it used to replace the class silently: KD scored as teacher fine-tuning and the other way round).
-    The test case runs the installed script, the fit case this process."""
+    Both call the entry point in this process (the installed script's one-line errors: the mistyped-key test)."""
     work = fresh_folder(runs, tmp_path, assets)
     checkpoint = runs[checkpoint_of] / "checkpoints" / "last.ckpt"
-    run_kdlight = kdlight if subcommand == "test" else kdlight_here
-    line = one_error_line(run_kdlight(subcommand, "--config", config, "--ckpt_path", checkpoint, cwd=work, check=False))
+    proc = kdlight_here(subcommand, "--config", config, "--ckpt_path", checkpoint, cwd=work, check=False)
+    line = one_error_line(proc)
     assert f"written by {written_by}" in line and f"config builds {built}" in line, line
     assert not (work / "lightning_logs" / "version_0" / "export").exists()
 

@@ -94,8 +94,8 @@ def test_stopped_fit_resumes_where_it_stopped(workdir, uninterrupted, signal_nam
 
 def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, workdir, kdlight_here):
     """fit keeps best-*.ckpt; predict and test with ``last``/``best`` use the file they name (predict last through
-    the installed script; predict best and test best call its entry point in this process)."""
-    kdlight("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=workdir)
+    the installed script; fit, predict best and test best call its entry point in this process)."""
+    kdlight_here("fit", "--config", "kd.yaml", "--trainer.max_epochs=2", cwd=workdir)
     folder = run_folder(workdir) / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
     assert best and (folder / "last.ckpt").is_file(), "validation at epoch end must keep a best-*.ckpt"
@@ -132,7 +132,7 @@ def test_fit_keeps_best_and_evaluation_uses_the_checkpoint_it_names(assets, work
 
 
 def test_test_without_a_trained_run_is_an_error_not_an_untrained_score(workdir, kdlight_here):
-    proc = kdlight("test", "--config", "kd.yaml", "--ckpt_path", "last", cwd=workdir, check=False)
+    proc = kdlight_here("test", "--config", "kd.yaml", "--ckpt_path", "last", cwd=workdir, check=False)
     assert proc.returncode == 2
     assert re.search(r"kdlight: error: --ckpt_path last: no run with a last.ckpt", proc.stderr)
     assert "Traceback" not in proc.stderr
