@@ -268,12 +268,13 @@ def test_a_teacher_folder_without_its_vocabulary_stops(runs, assets, tmp_path, k
     assert "tokenizer" in line and "vocabulary" in line, line
 
 
-def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_path, kdlight_here):
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(runs, assets, tmp_path):
+    """Through the installed script: the one test of ``kdlight validate`` as a user runs it."""
     rows = (assets["data"] / "validation.csv").read_text().splitlines()
     long_text = " ".join(["good movie"] * 70_000)  # 699,999 characters, over csv's 131,072 default
     (tmp_path / "long.csv").write_text("\n".join([rows[0], f'"{long_text}",positive', *rows[1:]]) + "\n")
     work = fresh_folder(runs, tmp_path, assets)
-    proc = kdlight_here("validate", "--config", "kd.yaml", "--data.init_args.val_file", tmp_path / "long.csv", cwd=work)
+    proc = kdlight("validate", "--config", "kd.yaml", "--data.init_args.val_file", tmp_path / "long.csv", cwd=work)
     assert "val/accuracy" in proc.stdout + proc.stderr
 
 

@@ -2,7 +2,11 @@
 directory with the defaults a user gets (CSV logger, progress bar, checkpointing).
 
 In-process ``cli([...])`` tests with the logger off are faster but take other paths (sys.path, run
-folders, signal handling); these are the proof that the README's commands do what it says.
+folders, signal handling); these are the proof that the README's commands do what it says. Each of fit,
+validate, test and predict runs through the installed script at least once, here or in
+test_checkpoint_trust.py; further calls of the same kind (a second alias, an error case, a fit that only
+prepares a run folder) use ``kdlight_here``: the script's entry point in this process, with the user's
+defaults, without ~6 s of start-up.
 """
 
 from __future__ import annotations
