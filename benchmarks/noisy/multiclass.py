@@ -90,8 +90,8 @@ CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved fr
 PREFIX = "sgd|"  # this regime's run keys
 # tweets runs recorded while the machine ran 12-19 busy threads on 2 cores (both default-table modes, 40 %, clean
 # teacher, seed 0): their results stand, their times do not; each is re-run alone under "remeasured|<key>" (the same
-# seed: it must give the same numbers) for the step time
-OVERLOADED = tuple(f"{PREFIX}0.4|clean|{mode}|None|0" for mode in ("ALM default (table)", EXPECTED_ERROR))
+# seed: it must give the same numbers) for the step time; per task (the keys do not name it: only tweets had them)
+OVERLOADED = {"tweets": tuple(f"{PREFIX}0.4|clean|{m}|None|0" for m in ("ALM default (table)", EXPECTED_ERROR))}
 REMEASURED = "remeasured|"
 FLIP_ORACLE = "flip oracle"  # not a method: the per-example weights a perfect detector of flipped labels gives
 LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
@@ -144,20 +144,21 @@ def study_for(cfg, results: Path, lr: float | None = None) -> Study:
     return Study(NAME + suffix, workers=1, results=results, load=load_runs, dump=dump_runs)
 
 
-def choose_lr(cfg, grid: list[float], rate: float, results: Path) -> float:
-    """The student's SGD lr with the best selection-split accuracy over one probe run per lr (KD lambda 0.9, the
-    clean teacher, seed 0, at ``rate``: a run of the table itself), each kept in its lr's runs file; the choice is
-    recorded in the chosen lr's file, whose report quotes it."""
-    probe = (rate, "clean", "KD", 0.9, 0)
+def choose_lr(cfg, grid: list[float], rate: float, results: Path, seeds: int = 1) -> float:
+    """The student's SGD lr with the best mean selection accuracy over probe runs of the table (KD 0.9, the clean
+    teacher, seeds 0..seeds-1, at ``rate``); the choice is recorded in every grid lr's runs file, and quoted."""
     scores = {}
     for lr in grid:
         study, lr_cfg = study_for(cfg, results, lr), argparse.Namespace(**{**vars(cfg), "lr": lr})
         ensure_teacher(study, lr_cfg, "clean", rate)
-        job = Job(train_student, cfg=lr_cfg, rate=rate, teacher_kind="clean", method="KD", lam=0.9, seed=0)
-        scores[lr] = study.run({run_key(*probe): job})[run_key(*probe)]["val_accuracy"]
+        job = functools.partial(Job, train_student, cfg=lr_cfg, rate=rate, teacher_kind="clean", method="KD", lam=0.9)
+        jobs = {run_key(rate, "clean", "KD", 0.9, s): job(seed=s) for s in range(seeds)}
+        scores[lr] = statistics.mean(r["val_accuracy"] for r in study.run(jobs).values())
     chosen = max(grid, key=lambda lr: scores[lr])
-    record = {"probe": run_key(*probe), "selection_accuracy": {f"{lr:g}": v for lr, v in scores.items()}}
-    study_for(cfg, results, chosen).save(LR_CHOICE, {**record, "chosen": chosen})
+    probe, accuracy = run_key(rate, "clean", "KD", 0.9, 0), {f"{lr:g}": v for lr, v in scores.items()}
+    for lr in grid:
+        record = {"probe": probe, "probe_seeds": seeds, "selection_accuracy": accuracy, "chosen": chosen}
+        study_for(cfg, results, lr).save(LR_CHOICE, record)
     return chosen
 
 
@@ -255,10 +256,9 @@ def train_student(
     if lambda_png is not None and (root / "lambda.png").is_file():
         lambda_png.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "lambda.png", lambda_png)
-    lambdas = " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
-    summary = f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} "
-    summary += f"step={1000 * out['step_time']:.0f}ms fit={wall:.0f}s"
-    print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary} {lambdas}", flush=True)
+    summary = f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms"
+    summary += f" fit={wall:.0f}s " + " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
+    print(f"[multiclass] {run_key(rate, teacher_kind, method, lam, seed)}: {summary}", flush=True)
     return out
 
 
@@ -418,10 +418,13 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
 def lr_choice_note(cfg, choice: dict | None) -> str:
     if not choice:
         return ""
+    seeds, chosen = choice.get("probe_seeds", 1), float(choice["chosen"])
     scores = ", ".join(f"lr {lr}: {100 * v:.2f} %" for lr, v in choice["selection_accuracy"].items())
+    probe = "one probe run per lr" if seeds == 1 else f"{seeds} probe runs per lr (seeds 0-{seeds - 1}, their mean)"
+    verdict = f"The selection split chose lr {chosen:g}, not this table's {cfg.lr:g} (its own files)"
+    verdict = f"This table's student lr ({cfg.lr:g}) was chosen on the selection split" if chosen == cfg.lr else verdict
     return (
-        f" **This table's student lr ({cfg.lr:g}) was chosen on the selection split**, after the lr 0.05 table's "
-        "one-class runs had been seen (its test numbers too), by one probe run per lr "
+        f" **{verdict}**, after the lr 0.05 table's one-class runs had been seen (its test numbers too), by {probe} "
         f"(`{choice['probe'][len(PREFIX) :]}`, selection accuracy {scores}); every other setting is the lr 0.05 "
         "table's."
     )
@@ -464,7 +467,8 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
     return (
         f"**Status:** {status}\n\n"
         f"`python -m benchmarks.noisy.multiclass{'' if cfg.task == 'tweets' else ' --task ' + cfg.task}"
-        f"{'' if choice is None else ' --lr-grid ' + ' '.join(choice['selection_accuracy'])}` "
+        f"{'' if choice is None else ' --lr-grid ' + ' '.join(choice['selection_accuracy'])}"
+        f"{' --lr-probe-seeds ' + str(choice['probe_seeds']) if choice and choice.get('probe_seeds', 1) > 1 else ''}` "
         "(resumable; one run at a time, one torch thread, on a 2-core CPU "
         "machine whose other core runs another study; this file is rewritten after every finished run).\n\n"
         f"{TASKS[cfg.task][1]}; validation and test splits never corrupted), "
@@ -560,11 +564,6 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
             bottom.legend(fontsize=6)
 
 
-def overloaded(task: str) -> tuple[str, ...]:
-    """The runs of ``task`` to re-run for their time (the keys do not name the task: only tweets had them)."""
-    return OVERLOADED if task == "tweets" else ()
-
-
 def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: str = "tweets") -> list[tuple]:
     """(rate, teacher, method, lambda, seed, again) in run order: rate by rate, seed-major, then teacher (a study
     stopped early has whole blocks of every method); the expected-error ablation last; ``again``: a timing re-run."""
@@ -578,7 +577,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: s
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
         order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
         order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
-    return [o for o in order if not o[-1] or run_key(*o[:-1]) in overloaded(task)]
+    return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED.get(task, ())]
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
@@ -618,7 +617,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     teachers = {key[len(TEACHER) :]: value for key, value in done.items() if key.startswith(TEACHER)}
     runs = {key: value for key, value in done.items() if key.startswith(PREFIX)}
     checks = []
-    for key in (k for k in overloaded(cfg.task) if k in runs):
+    for key in (k for k in OVERLOADED.get(cfg.task, ()) if k in runs):
         first, again, name = runs[key], done.get(REMEASURED + key), key[len(PREFIX) :]
         if again is None:
             checks.append(f"- `{name}` was recorded on an overloaded machine ({first['fit_s']:.0f} s); its re-run for "
@@ -695,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=REGIME["lr"], help="the student's SGD lr (another has own files)")
     parser.add_argument("--lr-grid", type=float, nargs="+", help="choose the lr on the selection split from these")
+    parser.add_argument("--lr-probe-seeds", type=int, default=1, help="--lr-grid: probe seeds per lr (their mean)")
     parser.add_argument("--quick", action="store_true", help="one short run per method (results in a temp folder)")
     parser.add_argument("--report", action="store_true", help="only rebuild the md/json/png from the runs file")
     parser.add_argument("--status", default=None, help="the status line at the top of the md (default: computed)")
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     # one core made every run ~10x slower
     rates = [r / 100 for r in args.rates]
     if args.lr_grid and not args.report:
-        cfg.lr = choose_lr(cfg, args.lr_grid, rates[0], results)
+        cfg.lr = choose_lr(cfg, args.lr_grid, rates[0], results, args.lr_probe_seeds)
     study = study_for(cfg, results)
     seeds = list(range(args.seeds))
     if args.report:
