@@ -158,3 +158,13 @@ def test_the_lr_probe_over_seeds_chooses_by_the_mean_and_every_lr_file_says_whic
     assert "The selection split chose lr 0.01, not this table's 0.05" in notes[0.05]
     assert "This table's student lr (0.01) was chosen" in notes[0.01] and "3 probe runs per lr" in notes[0.01]
     assert "lr 0.05: 64.33 %" in notes[0.01]  # the mean over the seeds, not seed 0's
+
+
+def test_a_teacher_below_the_bag_of_words_baseline_has_no_margin_to_keep_and_the_table_says_so():
+    # wiki_topics at 60 %: the noisy-trained teacher (82.83 %) is below TF-IDF on the noisy labels (84.96 %)
+    row = {"rate": 0.6, "teacher": "noisy", "method": "CE only", "accuracy_mean": 0.83, "accuracy_std": 0.02,
+           "val_accuracy_mean": 0.86, "margin_kept": mc.margin_kept(0.83, 0.8283, 0.8496), "seeds": 3, "collapsed": 0,
+           "lambda_flipped": None, "lambda_clean": None, "lambda_flipped_auc": None, "step_time_vs_kd": 1.0,
+           "fit_s_mean": 90.0}  # fmt: skip
+    assert mc.table_row(row)["margin"] == "none: teacher <= TF-IDF"
+    assert mc.table_row({**row, "margin_kept": mc.margin_kept(0.9, 0.94, 0.85)})["margin"] == "0.56"

@@ -446,7 +446,7 @@ def table_row(r: dict) -> dict:
         "method": r["method"],
         "acc": f"{pct(r['accuracy_mean'])} ± {pct(r['accuracy_std'])}",
         "val": pct(r["val_accuracy_mean"]),
-        "margin": shown(r["margin_kept"], "{:.2f}"),
+        "margin": shown(r["margin_kept"], "{:.2f}").replace("nan", "none: teacher <= TF-IDF"),
         "seeds": r["seeds"],
         "one_class": r["collapsed"],
         **{column: shown(r[key], "{:.3f}") for column, key in zip(("lf", "lc", "auc"), LAMBDA_KEYS, strict=True)},
