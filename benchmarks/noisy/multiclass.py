@@ -27,6 +27,7 @@ import argparse
 import functools
 import importlib
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -81,10 +82,10 @@ ALM = {
     "ALM default (table, expected-error score)": ("MetaLearner", {"clean_score": "expected_error"}),
     "ALM official": ("OfficialMetaLearner", {}),
     "ALM mixing network": ("NetworkMetaLearner", {}),
+    "ALM mixing network, meta lr 0.01": ("NetworkMetaLearner", {"meta_learning_rate": 0.01}),  # docs/alm.md: why
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
-# modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None):
-# the fixed-lambda grid finds the level of the teacher weight, the meta-learner then only has to move examples from it
+# modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None)
 STARTED_AT_CHOSEN = ("ALM mixing network",)
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
@@ -137,9 +138,8 @@ class FlipOracleKD(VanillaKD):
 
 
 def study_for(cfg, results: Path, lr: float | None = None) -> Study:
-    """The study of a task and student lr: the regime's lr has the task's files, another lr files of its own."""
+    """The study's files per task (tweets: the plain name) and student lr (another than the regime's: its own)."""
     lr = cfg.lr if lr is None else lr
-    # the first task (tweets) has the plain name, another task its own suffix
     suffix = ("" if cfg.task == "tweets" else f"_{cfg.task}") + ("" if lr == REGIME["lr"] else f"_lr{lr:g}")
     return Study(NAME + suffix, workers=1, results=results, load=load_runs, dump=dump_runs)
 
@@ -229,7 +229,8 @@ def train_student(
         if learner == "OfficialMetaLearner":
             settings.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
         else:
-            settings["meta_learning_rate"] = cfg.net_meta_lr if learner == "NetworkMetaLearner" else cfg.meta_lr
+            default = cfg.net_meta_lr if learner == "NetworkMetaLearner" else cfg.meta_lr
+            settings.setdefault("meta_learning_rate", default)  # a mode's own meta lr stands
         meta = {"class_path": learner, "init_args": settings}
         model = AdaptiveLossMixingKD(meta=meta, lambda_plot=lambda_png is not None, **common)
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
@@ -253,8 +254,7 @@ def train_student(
         out["lambda_history"] = monitors[0].history
         last = monitors[0].history[-1] if monitors[0].history else {}
         out.update({f"lambda_{k}": last[k] for k in ("flipped", "clean", "flipped_auc") if k in last})
-    if lambda_png is not None and (root / "lambda.png").is_file():
-        lambda_png.parent.mkdir(parents=True, exist_ok=True)
+    if lambda_png is not None and (root / "lambda.png").is_file():  # its folder: the results (the runs file is there)
         shutil.copyfile(root / "lambda.png", lambda_png)
     summary = f"acc={out['accuracy']:.4f} val={out['val_accuracy']:.4f} step={1000 * out['step_time']:.0f}ms"
     summary += f" fit={wall:.0f}s " + " ".join(f"{k}={out.get(k, '')}" for k in LAMBDA_KEYS)
@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
             prepared.add((kind, rate))
         png = None
         if method.startswith("ALM") and seed == 0 and not args.quick:
-            tag = method.split()[1].strip("()") + ("" if lam is None else f"_from{lam:g}")
+            tag = re.sub(r"\W+", "_", method[4:]).strip("_") + ("" if lam is None else f"_from{lam:g}")  # one per mode
             png = study.results / f"{study.name}_lambda_{int(round(rate * 100))}_{kind}_{tag}.png"
         arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
         study.run({key: Job(train_student, **arguments)})
