@@ -89,9 +89,8 @@ EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run
 STARTED_AT_CHOSEN = ("ALM mixing network",)
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
-# tweets runs recorded while the machine ran 12-19 busy threads on 2 cores (both default-table modes, 40 %, clean
-# teacher, seed 0): their results stand, their times do not; each is re-run alone under "remeasured|<key>" (the same
-# seed: it must give the same numbers) for the step time; per task (the keys do not name it: only tweets had them)
+# per task (keys do not name it): tweets runs recorded on 2 cores running 12-19 busy threads: their results stand,
+# their times do not; each is re-run alone under "remeasured|<key>" (same seed: same numbers) for its step time
 OVERLOADED = {"tweets": tuple(f"{PREFIX}0.4|clean|{m}|None|0" for m in ("ALM default (table)", EXPECTED_ERROR))}
 REMEASURED = "remeasured|"
 FLIP_ORACLE = "flip oracle"  # not a method: the per-example weights a perfect detector of flipped labels gives
@@ -487,7 +486,9 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         f"clean split). ALM default: table init 0.9, meta step every training step, SGD meta lr {cfg.meta_lr} on "
         f"normalised meta-gradients{cfg.default_note}. ALM mixing network: Adam meta lr {cfg.net_meta_lr}; "
         "started at lambda=x: the same, its teacher weight initialised at the column's fixed lambda chosen on "
-        "the selection split instead of 0.9 (run after the grid; none where that lambda is 0.9 or 0). "
+        "the selection split instead of 0.9 (run after the grid; none where that lambda is 0.9 or 0). The mode "
+        "with meta lr 0.01 (alm_mixer.yaml's) was added 2026-12-07 after the topic task's 60 % rows, test numbers "
+        "included, had been seen; a probe on the selection split only picked 0.01 (docs/alm.md). "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
@@ -707,8 +708,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.train_examples, cfg.epochs, cfg.teacher_epochs, cfg.warm_epoch, cfg.select_every = 400, 2, 1, 1, 1
         cfg.work = cfg.work / "scratch"
     results = args.results or (Path(tempfile.mkdtemp(prefix="noisy_multiclass_quick_")) if args.quick else RESULTS)
-    # one run at a time in this process: the machine's other core runs another study, and two workers on
-    # one core made every run ~10x slower
+    # one run at a time in this process: two workers on one core (the other runs another study) were ~10x slower
     rates = [r / 100 for r in args.rates]
     if args.lr_grid and not args.report:
         cfg.lr = choose_lr(cfg, args.lr_grid, rates[0], results, args.lr_probe_seeds)
