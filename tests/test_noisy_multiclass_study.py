@@ -32,10 +32,11 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
     # re-runs only for the overloaded records, after their seed's two blocks
     again = [o for o in order if o[-1]]
-    assert [mc.run_key(*o[:-1]) for o in again] == list(mc.OVERLOADED["tweets"])
+    assert [mc.run_key(*o[:-1]) for o in again] == list(mc.OVERLOADED[mc.NAME])
     assert order.index(again[0]) == 2 * block
-    # the overloaded records were tweets runs: the other task's keys look the same but are never re-run
-    assert not [o for o in mc.job_order([0.4], ["clean", "noisy"], [0, 1], task="wiki_topics") if o[-1]]
+    # the overloaded records were lr 0.05 tweets runs: another task's or lr's keys look the same but are never re-run
+    for other in (f"{mc.NAME}_wiki_topics", f"{mc.NAME}_lr0.01"):
+        assert not [o for o in mc.job_order([0.4], ["clean", "noisy"], [0, 1], study=other) if o[-1]]
 
 
 def record(accuracy, **extra):
@@ -51,7 +52,7 @@ def record(accuracy, **extra):
 
 def test_partial_report_counts_runs_and_checks_the_rerun(tmp_path):
     study = Study(mc.NAME, results=tmp_path, load=mc.load_runs, dump=mc.dump_runs)
-    key = mc.OVERLOADED["tweets"][0]
+    key = mc.OVERLOADED[mc.NAME][0]
     runs = {mc.run_key(0.4, "clean", "KD", lam, 0): record(0.6 + lam / 10) for lam in mc.LAMBDAS}
     runs[key] = record(0.65, step_time=11.0, fit_s=2600.0, lambda_flipped=0.6, lambda_clean=0.8)
     runs[mc.REMEASURED + key] = record(0.64, step_time=1.2, fit_s=300.0, lambda_flipped=0.6, lambda_clean=0.8)
@@ -132,7 +133,8 @@ def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_i
     assert not mc.started_at_chosen(0.9) and not mc.started_at_chosen(0.0) and mc.started_at_chosen(0.5)
     order = mc.job_order([0.4], ["clean"], seeds)
     from_chosen = [o for o in order if o[3] == mc.CHOSEN]
-    assert len(from_chosen) == len(seeds) and order[-len(seeds) :] == from_chosen  # last: after the whole grid
+    n = len(seeds) * len(mc.STARTED_AT_CHOSEN)
+    assert len(from_chosen) == n and order[-n:] == from_chosen  # last: after the whole grid
     for s in seeds:
         runs[mc.run_key(0.4, "clean", "ALM mixing network", 0.5, s)] = record(0.85, val_accuracy=0.95)
         runs[mc.run_key(0.4, "clean", "ALM mixing network", None, s)] = record(0.75, val_accuracy=0.8)

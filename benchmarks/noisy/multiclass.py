@@ -86,12 +86,12 @@ ALM = {
 }
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 # modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None)
-STARTED_AT_CHOSEN = ("ALM mixing network",)
+STARTED_AT_CHOSEN = ("ALM mixing network", "ALM mixing network, meta lr 0.01")  # the 2nd: added 2026-12-07
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
-# per task (keys do not name it): tweets runs recorded on 2 cores running 12-19 busy threads: their results stand,
-# their times do not; each is re-run alone under "remeasured|<key>" (same seed: same numbers) for its step time
-OVERLOADED = {"tweets": tuple(f"{PREFIX}0.4|clean|{m}|None|0" for m in ("ALM default (table)", EXPECTED_ERROR))}
+# per study file (keys name neither task nor lr): lr 0.05 tweets runs recorded on 2 cores running 12-19 busy threads:
+# their results stand, their times do not; each is re-run alone under "remeasured|<key>" for its step time
+OVERLOADED = {NAME: tuple(f"{PREFIX}0.4|clean|{m}|None|0" for m in ("ALM default (table)", EXPECTED_ERROR))}
 REMEASURED = "remeasured|"
 FLIP_ORACLE = "flip oracle"  # not a method: the per-example weights a perfect detector of flipped labels gives
 LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
@@ -488,7 +488,8 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         "started at lambda=x: the same, its teacher weight initialised at the column's fixed lambda chosen on "
         "the selection split instead of 0.9 (run after the grid; none where that lambda is 0.9 or 0). The mode "
         "with meta lr 0.01 (alm_mixer.yaml's) was added 2026-12-07 after the topic task's 60 % rows, test numbers "
-        "included, had been seen; a probe on the selection split only picked 0.01 (docs/alm.md). "
+        "included, had been seen; a probe on the selection split only picked 0.01 (docs/alm.md); its started-at-lambda "
+        "runs were added later that day, after every 40 % row of both tasks had been seen. "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
@@ -565,7 +566,7 @@ def plot_mechanism(rows: list[dict], path: Path) -> None:
             bottom.legend(fontsize=6)
 
 
-def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: str = "tweets") -> list[tuple]:
+def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: str = NAME) -> list[tuple]:
     """(rate, teacher, method, lambda, seed, again) in run order: rate by rate, seed-major, then teacher (a study
     stopped early has whole blocks of every method); the expected-error ablation last; ``again``: a timing re-run."""
     main_methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM if m != EXPECTED_ERROR]
@@ -578,7 +579,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], task: s
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
         order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
         order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
-    return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED.get(task, ())]
+    return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED.get(study, ())]
 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
@@ -618,7 +619,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     teachers = {key[len(TEACHER) :]: value for key, value in done.items() if key.startswith(TEACHER)}
     runs = {key: value for key, value in done.items() if key.startswith(PREFIX)}
     checks = []
-    for key in (k for k in OVERLOADED.get(cfg.task, ()) if k in runs):
+    for key in (k for k in OVERLOADED.get(study.name, ()) if k in runs):
         first, again, name = runs[key], done.get(REMEASURED + key), key[len(PREFIX) :]
         if again is None:
             checks.append(f"- `{name}` was recorded on an overloaded machine ({first['fit_s']:.0f} s); its re-run for "
@@ -712,12 +713,11 @@ def main(argv: list[str] | None = None) -> None:
     rates = [r / 100 for r in args.rates]
     if args.lr_grid and not args.report:
         cfg.lr = choose_lr(cfg, args.lr_grid, rates[0], results, args.lr_probe_seeds)
-    study = study_for(cfg, results)
-    seeds = list(range(args.seeds))
+    study, seeds = study_for(cfg, results), list(range(args.seeds))
     if args.report:
         report(study, cfg, rates, seeds, args.status)
         return
-    order = job_order(rates, args.teachers, seeds, cfg.task)
+    order = job_order(rates, args.teachers, seeds, study.name)
     if args.only is not None:
         order = [o for o in order if (o[2] if o[3] is None else f"{o[2]}:{o[3]}") in args.only]
 
