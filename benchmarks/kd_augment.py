@@ -133,7 +133,7 @@ def targets(rows: list[dict]) -> list[str]:
         if row["compression"] >= 9.5 and row["margin_kept_all_pct"] is not None:
             met = row["margin_kept_all_pct"] >= 75 and (row["speedup"] or 0) >= 5 and row["seeds"] >= 3
             speed = f"{row['speedup']:.1f}x" if row["speedup"] else "speed-up not measured yet"
-            claim = f">= 10x, {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds"
+            claim = f">= 10x ({row['student']}), {row['method']}: margin kept >= 75 % at >= 5x CPU speed-up, 3 seeds"
             detail = f"{row['margin_kept_all_pct']:.1f} % kept, {speed}, {row['seeds']} seeds"
             lines.append(target(claim, met, detail))
     by_size: dict[str, dict[str, dict]] = {}

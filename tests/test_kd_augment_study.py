@@ -34,7 +34,7 @@ def test_rows_carry_both_baselines_and_margins():
     assert kd["margin_kept_all_pct"] == pytest.approx(100 * (0.81 - 0.76) / (0.84 - 0.76))
     lines = kd_augment.targets(rows)
     assert any("rt_rest" in line and "**met**" in line for line in lines)  # 87.5 % kept, 6x, 3 seeds
-    assert any("kd:" in line and "**missed**" in line for line in lines)  # 62.5 % kept
+    assert any("(10x), kd:" in line and "**missed**" in line for line in lines)  # 62.5 % kept; the size named
     assert any("rt_rest vs kd: +0.0200" in line and "beyond the seed spread" in line for line in lines)
 
 
