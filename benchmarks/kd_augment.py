@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "(all-rows baseline); speedup=CPU speed-up; train_seconds=train s/run",
         title="KD inputs: students at 4x/10x/20x, against a bag-of-words baseline"
         + (" (--quick: plumbing only)" if args.quick else ""),
-        intro=f"Teacher: {args.teacher} ({teacher_path or 'not on this machine'}), {teacher_params / 1e6:.2f}M "
-        f"parameters. Setting: {setting}. "
+        intro=f"Teacher: {args.teacher} ({'benchmarks.strong_teacher' if args.teacher == 'strong' else 'quickstart'}"
+        f"'s export), {teacher_params / 1e6:.2f}M parameters. Setting: {setting}. "
         "Methods: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items()) + ". See benchmarks/kd_augment.py.",
         notes="\n\n".join(["## Targets\n\n" + ("\n".join(targets(rows)) or "- nothing to compute yet."), status]),
         plot=functools.partial(plot, rows, teacher_score, baseline_lines, METHODS),
