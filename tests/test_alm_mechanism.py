@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.components.meta import MetaBatch, MetaLearner, mixed_loss
+from kdlight.components.meta import MetaBatch, MetaLearner, NetworkMetaLearner, mixed_loss
 from kdlight.components.meta_official import OfficialMetaLearner
 from kdlight.lambda_monitor import flipped_label_auc
 
@@ -103,6 +103,9 @@ def train(
         )
     elif mode == "network":
         learner = MetaLearner(mixer="network", meta_learning_rate=0.01, **common)
+    elif mode == "network_centred":
+        common.pop("num_examples")
+        learner = NetworkMetaLearner(center=True, meta_learning_rate=0.01, **common)
     else:
         centre = mode == "table_centred"
         learner = MetaLearner(mixer="table", meta_learning_rate=0.2, center_meta_grad=centre, **common)
@@ -138,7 +141,7 @@ def train(
     return learner.teacher_weight(weights) if mode != "official" else weights[:, 1] / weights.sum(-1), data.flipped
 
 
-MODES = ["table", "table_centred", "network", "official"]
+MODES = ["table", "table_centred", "network", "network_centred", "official"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -195,3 +198,30 @@ def test_lambda_monitor_on_its_own():
     assert second["flipped"] == pytest.approx(0.2) and second["clean"] == pytest.approx(0.6)
     assert module.logged[0]["lambda/flipped_auc"] == 1.0
     assert module.last_flip_stats["lambda_flipped"] == pytest.approx(0.2)
+
+
+def test_the_centred_network_learns_only_how_a_batch_differs():
+    """``NetworkMetaLearner(center=True)``: whatever its parameters, a batch's mean mixing logit stays at
+    ``init_lambda``'s, so a shared drift of the meta-gradient cannot carry every weight to one end; its state
+    dict is the plain network's (checkpoints of either load in the other) and its config round-trips."""
+    from kdlight.components.meta import feature_size
+
+    centred = NetworkMetaLearner(center=True, init_lambda=0.3)
+    plain = NetworkMetaLearner(init_lambda=0.3)
+    centred.build(), plain.build()
+    with torch.no_grad():
+        for p in centred.mixer.parameters():
+            p.add_(0.2 * torch.randn_like(p))  # away from the start: the plain network's weights drift with these
+    centred_state = centred.mixer.state_dict()
+    plain.mixer.load_state_dict(centred_state)
+    assert set(centred_state) == set(plain.mixer.state_dict())
+    features = torch.randn(16, feature_size(1))
+    lam = centred.teacher_weight(centred.mixer(None, features))
+    drifted = plain.teacher_weight(plain.mixer(None, features))
+    assert torch.logit(lam).mean().item() == pytest.approx(torch.logit(torch.tensor(0.3)).item(), abs=1e-5)
+    assert abs(torch.logit(drifted).mean().item() - torch.logit(torch.tensor(0.3)).item()) > 0.05  # not centred
+    # the same order of examples: centring moves every logit of the batch by one shift
+    assert torch.equal(lam.argsort(), drifted.argsort())
+    config = centred.to_config()
+    assert config["init_args"]["center"] is True and "center" not in plain.to_config()["init_args"]
+    assert MetaLearner.from_config(config).center_network

@@ -26,7 +26,7 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     flip_oracle = [o for o in rate_40 if o[2] == mc.FLIP_ORACLE]  # not a method: after the ablation
     assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * len(mc.LAMBDAS)
     from_chosen = [o for o in rate_40 if o[3] == mc.CHOSEN]  # after the grid it starts from: last
-    assert len(from_chosen) == 2 * 2 * len(mc.STARTED_AT_CHOSEN)
+    assert len(from_chosen) == 2 * 2 * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED))
     tail = ablation + flip_oracle + from_chosen
     assert [o for o in rate_40 if not o[-1]][-len(tail) :] == tail
     assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
@@ -131,9 +131,12 @@ def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_i
     assert mc.chosen_lambda(runs, 0.4, "clean", seeds) == 0.5
     assert mc.chosen_lambda(runs, 0.4, "noisy", seeds) is None  # no grid yet: nothing to start from
     assert not mc.started_at_chosen(0.9) and not mc.started_at_chosen(0.0) and mc.started_at_chosen(0.5)
+    centred = next(iter(mc.CENTRED))  # no main runs from 0.9: the centred modes run from 0.9 when it is chosen
+    assert mc.started_at_chosen(0.9, centred) and not mc.started_at_chosen(0.0, centred)
+    assert not mc.main_run(mc.run_key(0.4, "clean", centred, 0.9, 0))
     order = mc.job_order([0.4], ["clean"], seeds)
     from_chosen = [o for o in order if o[3] == mc.CHOSEN]
-    n = len(seeds) * len(mc.STARTED_AT_CHOSEN)
+    n = len(seeds) * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED))
     assert len(from_chosen) == n and order[-n:] == from_chosen  # last: after the whole grid
     for s in seeds:
         runs[mc.run_key(0.4, "clean", "ALM mixing network", 0.5, s)] = record(0.85, val_accuracy=0.95)
@@ -147,6 +150,10 @@ def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_i
     assert not mc.main_run(mc.run_key(0.4, "clean", "ALM mixing network", 0.5, 0))
     assert mc.main_run(mc.run_key(0.4, "clean", "ALM mixing network", None, 0))
     assert "started at lambda=0.5" in "\n".join(mc.targets(rows, [0.4]))  # chosen as the best mode on selection
+    for s in seeds:  # a centred mode beats it on the selection split: it is the mode the targets use
+        runs[mc.run_key(0.4, "clean", centred, 0.5, s)] = record(0.86, val_accuracy=0.96)
+    rows = mc.column_rows(runs, {}, 0.4, "clean", seeds, {})
+    assert f"{centred}, started at lambda=0.5" in "\n".join(mc.targets(rows, [0.4]))
 
 
 def test_the_lr_probe_over_seeds_chooses_by_the_mean_and_every_lr_file_says_which(tmp_path, monkeypatch):

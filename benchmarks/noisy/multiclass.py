@@ -87,6 +87,12 @@ ALM = {
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 # modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None)
 STARTED_AT_CHOSEN = ("ALM mixing network", "ALM mixing network, meta lr 0.01")  # the 2nd: added 2026-12-07
+# modes that run only from the column's chosen fixed lambda (0.9 included): the centred network holds each batch's
+# mean weight at its start (MixingNetwork's docstring); added 2026-12-07 evening, after every row above was seen
+CENTRED = {
+    "ALM centred mixing network": ("NetworkMetaLearner", {"center": True}),
+    "ALM centred mixing network, meta lr 0.01": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": 0.01}),
+}
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
 # per study file (keys name neither task nor lr): lr 0.05 tweets runs recorded on 2 cores running 12-19 busy threads:
@@ -223,7 +229,7 @@ def train_student(
     if method in ("KD", FLIP_ORACLE):
         model = (VanillaKD if method == "KD" else FlipOracleKD)(alpha=lam, **common)
     else:
-        learner, settings = ALM[method]
+        learner, settings = {**ALM, **CENTRED}[method]
         settings = dict(settings, init_lambda=0.9 if lam is None else lam)  # lam: a run started at the chosen lambda
         if learner == "OfficialMetaLearner":
             settings.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
@@ -309,9 +315,10 @@ def chosen_lambda(runs: dict, rate: float, kind: str, seeds: list[int]) -> float
     return max(grid, key=lambda lam: statistics.mean(r["val_accuracy"] for r in grid[lam])) if grid else None
 
 
-def started_at_chosen(lam: float | None) -> bool:
-    """Whether a run from the chosen fixed lambda is a new run: 0.9 is the main runs' start, 0 no start at all."""
-    return lam is not None and 0.0 < lam < 1.0 and lam != 0.9
+def started_at_chosen(lam: float | None, method: str = "") -> bool:
+    """Whether a run from the chosen fixed lambda is a new run: 0.9 is the main runs' start (not the centred
+    modes': they have no main runs), 0 no start at all."""
+    return lam is not None and 0.0 < lam < 1.0 and (lam != 0.9 or method in CENTRED)
 
 
 def column_rows(
@@ -365,8 +372,8 @@ def column_rows(
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
-    if started_at_chosen(by_val):  # a mode choice like any other: on the selection split (targets)
-        for method in STARTED_AT_CHOSEN:
+    for method in (*STARTED_AT_CHOSEN, *CENTRED):  # a mode choice like any other: on the selection split (targets)
+        if started_at_chosen(by_val, method):
             name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
             candidates.append(row(name, got(method, by_val), alm=True, init_lambda=by_val))
     flips = {lam: got(FLIP_ORACLE, lam) for lam in LAMBDAS}
@@ -489,7 +496,9 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         "the selection split instead of 0.9 (run after the grid; none where that lambda is 0.9 or 0). The mode "
         "with meta lr 0.01 (alm_mixer.yaml's) was added 2026-12-07 after the topic task's 60 % rows, test numbers "
         "included, had been seen; a probe on the selection split only picked 0.01 (docs/alm.md); its started-at-lambda "
-        "runs were added later that day, after every 40 % row of both tasks had been seen. "
+        "runs were added later that day, after every 40 % row of both tasks had been seen. The centred mixing "
+        "network (`center: true`: each batch's mean teacher weight held at its start, so it learns only how examples "
+        "differ) runs only from the chosen lambda; added that evening, after every row above had been seen. "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
@@ -579,6 +588,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: 
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
         order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
         order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
+        order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, CENTRED)]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED.get(study, ())]
 
 
@@ -610,7 +620,7 @@ def other_task(study: Study, cfg) -> str:
 def main_run(key: str) -> bool:
     """Whether a run key is one of the main table's (not the flip oracle, not a run from the chosen lambda)."""
     _, _, method, lam, _ = key[len(PREFIX) :].split("|")
-    return method != FLIP_ORACLE and not (method in ALM and lam != "None")
+    return method != FLIP_ORACLE and method not in CENTRED and not (method in ALM and lam != "None")
 
 
 def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str | None, running: str = "") -> None:
@@ -723,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def resolved(o: tuple) -> tuple | None:  # the chosen lambda filled in (None: no new run to make, or not yet)
         lam = chosen_lambda(study.done(), *o[:2], seeds) if o[3] == CHOSEN else o[3]
-        return (*o[:3], lam, *o[4:]) if o[3] != CHOSEN or started_at_chosen(lam) else None
+        return (*o[:3], lam, *o[4:]) if o[3] != CHOSEN or started_at_chosen(lam, o[2]) else None
 
     def pending(entry: tuple) -> bool:
         if (entry := resolved(entry)) is None:

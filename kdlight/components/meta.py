@@ -129,21 +129,33 @@ class MixingNetwork(nn.Module):
 
     Features (see :func:`mixer_features`): CE_i, the K KD_i, the student's max probability and
     probability of the given label, and the same two for every teacher.
+
+    ``center``: the batch's mean mixing logit is held at ``init_lambda``'s, so the network learns only how
+    a batch's examples differ (as learning-to-reweight and Meta-Weight-Net normalise their weights over
+    the batch). Why: the meta-gradient's shared part, the same for every example, can carry every weight
+    together to one end (tweets at 60 % noise: every teacher weight to ~0.03) while the part that tells
+    flipped labels from clean ones, the part per-example weighting exists for, stays small.
     """
 
-    def __init__(self, num_teachers: int = 1, hidden: int = 32, init_lambda: float = 0.9) -> None:
+    def __init__(self, num_teachers: int = 1, hidden: int = 32, init_lambda: float = 0.9, center: bool = False) -> None:
         super().__init__()
-        self.num_teachers = num_teachers
+        self.num_teachers, self.center = num_teachers, center
         width = 1 if num_teachers == 1 else num_teachers + 1
         self.net = nn.Sequential(nn.Linear(feature_size(num_teachers), hidden), nn.ReLU(), nn.Linear(hidden, width))
         with torch.no_grad():  # start at init_lambda everywhere, like the table
             self.net[-1].weight.mul_(0.01)
             self.net[-1].bias.copy_(initial_logits(init_lambda, num_teachers))
+        # the centred network's batch mean: moves with .to(), not in the state dict (init_lambda rebuilds it)
+        mean = initial_logits(init_lambda, num_teachers).reshape(1, -1)
+        self.register_buffer("center_logits", mean, persistent=False)
 
     def forward(self, idx: Tensor, features: Tensor | None = None) -> Tensor:
         if features is None:
             raise ValueError("MixingNetwork needs per-example features")
-        return mix_weights_from_logits(self.net(features))
+        logits = self.net(features)
+        if self.center:  # over this rank's batch (its examples' weights relative to one another)
+            logits = logits - logits.mean(0, keepdim=True) + self.center_logits
+        return mix_weights_from_logits(logits)
 
 
 def feature_size(num_teachers: int) -> int:
@@ -550,9 +562,16 @@ class MetaLearner(nn.Module):
 
 class NetworkMetaLearner(MetaLearner):
     """:class:`MetaLearner` with the mixing network (``mixer: network``): per-example weights from the
-    examples' losses and confidences, so they generalise to examples not seen; its optimiser is Adam."""
+    examples' losses and confidences, so they generalise to examples not seen; its optimiser is Adam.
 
-    def __init__(self, mixer_hidden: int = 32, **kwargs: Any) -> None:
+    Args:
+        mixer_hidden: the network's hidden width.
+        center: hold each batch's mean mixing logit at ``init_lambda``'s: the network learns only how the
+            batch's examples differ (see :class:`MixingNetwork`); start it at the fixed lambda you would use.
+        **kwargs: :class:`MetaLearner`'s (not its table-only ones).
+    """
+
+    def __init__(self, mixer_hidden: int = 32, center: bool = False, **kwargs: Any) -> None:
         defaults = inspect.signature(MetaLearner.__init__).parameters
         table_only = ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer")
         table_only = [k for k in table_only if k in kwargs and kwargs[k] != defaults[k].default]
@@ -566,6 +585,15 @@ class NetworkMetaLearner(MetaLearner):
         super().__init__(mixer="network", mixer_hidden=mixer_hidden, **kwargs)
         for key in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer"):
             self.settings.pop(key)
+        self.center_network = center
+        if center:  # kept out of the config when off: older configs and checkpoints read the same
+            self.own_settings = {"center": True}
+
+    def build(self, num_examples: int | None = None) -> nn.Module:
+        """The mixing network (``center``: its batch mean held at ``init_lambda``, see :class:`MixingNetwork`)."""
+        network = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda, center=self.center_network)
+        self.mixer = network.to(self.batches_seen.device)
+        return self.mixer
 
 
 def lookahead_assumption(optimizers: Any, settings: dict) -> str:
