@@ -87,12 +87,10 @@ ALM = {
 EXPECTED_ERROR = "ALM default (table, expected-error score)"  # an ablation, run last
 # modes also run from the column's chosen fixed lambda instead of 0.9 (run key: that lambda; the main runs: None)
 STARTED_AT_CHOSEN = ("ALM mixing network", "ALM mixing network, meta lr 0.01")  # the 2nd: added 2026-12-07
-# modes that run only from the column's chosen fixed lambda (0.9 included): the centred network holds each batch's
-# mean weight at its start (MixingNetwork's docstring); added 2026-12-07 evening, after every row above was seen
-CENTRED = {
-    "ALM centred mixing network": ("NetworkMetaLearner", {"center": True}),
-    "ALM centred mixing network, meta lr 0.01": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": 0.01}),
-}
+# run only from the column's chosen fixed lambda (0.9 included), the batch's mean weight held there (MixingNetwork)
+CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True})}  # added after every row was seen
+CENTRED["ALM centred mixing network, meta lr 0.01"] = ("NetworkMetaLearner", dict(center=True, meta_learning_rate=0.01))
+CENTRED["ALM centred mixing network, meta lr 0.1"] = ("NetworkMetaLearner", dict(center=True, meta_learning_rate=0.1))
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
 # per study file (keys name neither task nor lr): lr 0.05 tweets runs recorded on 2 cores running 12-19 busy threads:
@@ -175,9 +173,8 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
     if not (out / "config.json").is_file():
         start = time.perf_counter()
         seed_everything(0, verbose=False)
-        model = TeacherFineTuning(
-            model=PACKAGED_MINILM, learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task
-        )
+        setting = dict(learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task)
+        model = TeacherFineTuning(model=PACKAGED_MINILM, **setting)
         trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     model = load_classifier(str(out), dm.num_labels, dm.label_names, require_head=True)
@@ -429,15 +426,12 @@ def lr_choice_note(cfg, choice: dict | None) -> str:
     probe = "one probe run per lr" if seeds == 1 else f"{seeds} probe runs per lr (seeds 0-{seeds - 1}, their mean)"
     verdict = f"The selection split chose lr {chosen:g}, not this table's {cfg.lr:g} (its own files)"
     verdict = f"This table's student lr ({cfg.lr:g}) was chosen on the selection split" if chosen == cfg.lr else verdict
-    return (
-        f" **{verdict}**, after the lr 0.05 table's one-class runs had been seen (its test numbers too), by {probe} "
-        f"(`{choice['probe'][len(PREFIX) :]}`, selection accuracy {scores}); every other setting is the lr 0.05 "
-        "table's."
-    )
+    probe += f" (`{choice['probe'][len(PREFIX) :]}`, selection accuracy {scores})"
+    seen = "after the lr 0.05 table's one-class runs had been seen (its test numbers too)"
+    return f" **{verdict}**, {seen}, by {probe}; every other setting is the lr 0.05 table's."
 
 
-def shown(value: float | None, template: str) -> str:
-    """``template.format(value)``, empty where there is no value."""
+def shown(value: float | None, template: str) -> str:  # empty where there is no value
     return "" if value is None else template.format(value)
 
 
@@ -759,13 +753,9 @@ def main(argv: list[str] | None = None) -> None:
         arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
         study.run({key: Job(train_student, **arguments)})
         left = sum(1 for o in order[n:] if pending(o))
-        running = (
-            f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "
-            f"{key.split(PREFIX, 1)[-1]}, {left} runs of this invocation still queued"
-            if left
-            else ""
-        )
-        report(study, cfg, rates, seeds, args.status, running)
+        at = f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "
+        report(study, cfg, rates, seeds, args.status, f"{at}{key.split(PREFIX, 1)[-1]}, {left} runs of this invocation "
+               "still queued" if left else "")  # fmt: skip
     report(study, cfg, rates, seeds, args.status)
 
 
