@@ -91,6 +91,11 @@ STARTED_AT_CHOSEN = ("ALM mixing network", "ALM mixing network, meta lr 0.01")  
 CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True})} | {
     f"ALM centred mixing network, meta lr {lr}": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": lr})
     for lr in (0.01, 0.1, 0.3)  # added after every row above was seen; 0.3 after the 0.1 mode's selection accuracy
+}  # held at 0.25 (between the grid's 0 and 0.5; a fixed start, key lambda None): added after those modes' 40 % rows
+HELD = {"ALM centred mixing network, meta lr 0.01, held at 0.25": ("NetworkMetaLearner", {"init_lambda": 0.25})}
+CENTRED |= {
+    name: (learner, {**CENTRED["ALM centred mixing network, meta lr 0.01"][1], **s})
+    for name, (learner, s) in HELD.items()
 }
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
@@ -228,7 +233,7 @@ def train_student(
         model = (VanillaKD if method == "KD" else FlipOracleKD)(alpha=lam, **common)
     else:
         learner, settings = {**ALM, **CENTRED}[method]
-        settings = dict(settings, init_lambda=0.9 if lam is None else lam)  # lam: a run started at the chosen lambda
+        settings = {"init_lambda": 0.9 if lam is None else lam, **settings}  # lam: started at the chosen lambda
         if learner == "OfficialMetaLearner":
             settings.update(grad_fit=cfg.grad_fit, warm_epoch=cfg.warm_epoch, select_every=cfg.select_every)
         else:
@@ -369,8 +374,10 @@ def column_rows(
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
+    for method in HELD:
+        candidates.append(row(method, got(method, None), alm=True, init_lambda=HELD[method][1]["init_lambda"]))
     for method in (*STARTED_AT_CHOSEN, *CENTRED):  # a mode choice like any other: on the selection split (targets)
-        if started_at_chosen(by_val, method):
+        if started_at_chosen(by_val, method) and method not in HELD:
             name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
             candidates.append(row(name, got(method, by_val), alm=True, init_lambda=by_val))
     flips = {lam: got(FLIP_ORACLE, lam) for lam in LAMBDAS}
@@ -582,7 +589,9 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: 
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
         order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
         order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
-        order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, CENTRED)]
+        order += [
+            (rate, k, m, None if m in HELD else CHOSEN, s, False) for s, k, m in product(seeds, teachers, CENTRED)
+        ]
     return [o for o in order if not o[-1] or run_key(*o[:-1]) in OVERLOADED.get(study, ())]
 
 
