@@ -26,8 +26,9 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     flip_oracle = [o for o in rate_40 if o[2] == mc.FLIP_ORACLE]  # not a method: after the ablation
     assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * len(mc.LAMBDAS)
     from_chosen = [o for o in rate_40 if o[3] == mc.CHOSEN]  # after the grid it starts from: last
-    assert len(from_chosen) == 2 * 2 * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED))
-    tail = ablation + flip_oracle + from_chosen
+    assert len(from_chosen) == 2 * 2 * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED) - len(mc.HELD))
+    held = [o for o in rate_40 if o[2] in mc.HELD]  # a fixed start (lambda None), in the same place
+    tail = ablation + flip_oracle + sorted(from_chosen + held, key=rate_40.index)
     assert [o for o in rate_40 if not o[-1]][-len(tail) :] == tail
     assert order.index(rate_40[-1]) < order.index(next(o for o in order if o[0] == 0.6))
     # re-runs only for the overloaded records, after their seed's two blocks
@@ -136,8 +137,8 @@ def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_i
     assert not mc.main_run(mc.run_key(0.4, "clean", centred, 0.9, 0))
     order = mc.job_order([0.4], ["clean"], seeds)
     from_chosen = [o for o in order if o[3] == mc.CHOSEN]
-    n = len(seeds) * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED))
-    assert len(from_chosen) == n and order[-n:] == from_chosen  # last: after the whole grid
+    n = len(seeds) * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED) - len(mc.HELD))
+    assert len(from_chosen) == n and [o for o in order if o[2] not in mc.HELD][-n:] == from_chosen  # after the grid
     for s in seeds:
         runs[mc.run_key(0.4, "clean", "ALM mixing network", 0.5, s)] = record(0.85, val_accuracy=0.95)
         runs[mc.run_key(0.4, "clean", "ALM mixing network", None, s)] = record(0.75, val_accuracy=0.8)
@@ -154,6 +155,16 @@ def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_i
         runs[mc.run_key(0.4, "clean", centred, 0.5, s)] = record(0.86, val_accuracy=0.96)
     rows = mc.column_rows(runs, {}, 0.4, "clean", seeds, {})
     assert f"{centred}, started at lambda=0.5" in "\n".join(mc.targets(rows, [0.4]))
+    held = next(iter(mc.HELD))  # a fixed start: its runs are keyed lambda None, its row named by the mode alone
+    assert [o[3] for o in order if o[2] == held] == [None] * len(seeds) and not mc.main_run(
+        mc.run_key(0.4, "clean", held, None, 0)
+    )
+    for s in seeds:
+        runs[mc.run_key(0.4, "clean", held, None, s)] = record(0.87, val_accuracy=0.97)
+    rows = mc.column_rows(runs, {}, 0.4, "clean", seeds, {})
+    assert [r["init_lambda"] for r in rows if r["method"] == held] == [
+        0.25
+    ] and f"mode on the selection split: {held})" in "\n".join(mc.targets(rows, [0.4]))
 
 
 def test_the_lr_probe_over_seeds_chooses_by_the_mean_and_every_lr_file_says_which(tmp_path, monkeypatch):

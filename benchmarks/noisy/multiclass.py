@@ -92,11 +92,8 @@ CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True}
     f"ALM centred mixing network, meta lr {lr}": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": lr})
     for lr in (0.01, 0.1, 0.3)  # added after every row above was seen; 0.3 after the 0.1 mode's selection accuracy
 }  # held at 0.25 (between the grid's 0 and 0.5; a fixed start, key lambda None): added after those modes' 40 % rows
-HELD = {"ALM centred mixing network, meta lr 0.01, held at 0.25": ("NetworkMetaLearner", {"init_lambda": 0.25})}
-CENTRED |= {
-    name: (learner, {**CENTRED["ALM centred mixing network, meta lr 0.01"][1], **s})
-    for name, (learner, s) in HELD.items()
-}
+HELD = ("ALM centred mixing network, meta lr 0.01, held at 0.25",)  # its start in its settings, not in its key
+CENTRED[HELD[0]] = ("NetworkMetaLearner", {"center": True, "meta_learning_rate": 0.01, "init_lambda": 0.25})
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
 # per study file (keys name neither task nor lr): lr 0.05 tweets runs recorded on 2 cores running 12-19 busy threads:
@@ -217,8 +214,7 @@ def train_student(
 ) -> dict:
     """One student run (a Study job): KD with ``lam`` (``method == "KD"``) or one of the ALM modes."""
     torch.set_num_threads(1)
-    dm = datamodule(cfg, rate)
-    work = cfg.work / f"worker{os.getpid()}"
+    dm, work = datamodule(cfg, rate), cfg.work / f"worker{os.getpid()}"
     steps = cfg.epochs * -(-round(0.9 * cfg.train_examples) // 32)
     # SGD as the authors' code runs it, and its MultiStepLR (x0.1 at 150 and 180 of 200 epochs) scaled to the steps
     sgd = functools.partial(torch.optim.SGD, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -244,8 +240,7 @@ def train_student(
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
     timer, root = StepTimer(), work / "student"
     shutil.rmtree(root, ignore_errors=True)
-    fit = trainer(root, cfg.epochs, [timer])
-    start = time.perf_counter()
+    fit, start = trainer(root, cfg.epochs, [timer]), time.perf_counter()
     fit.fit(model, datamodule=dm)
     wall = time.perf_counter() - start
     times = timer.times[2:] or timer.times  # the first steps include lazy set-up
@@ -318,8 +313,7 @@ def chosen_lambda(runs: dict, rate: float, kind: str, seeds: list[int]) -> float
 
 
 def started_at_chosen(lam: float | None, method: str = "") -> bool:
-    """Whether a run from the chosen fixed lambda is a new run: 0.9 is the main runs' start (not the centred
-    modes': they have no main runs), 0 no start at all."""
+    """Whether a run from the chosen fixed lambda is new: 0.9 is the main runs' start (the centred have none)."""
     return lam is not None and 0.0 < lam < 1.0 and (lam != 0.9 or method in CENTRED)
 
 
@@ -375,7 +369,7 @@ def column_rows(
     for method in ALM:
         candidates.append(row(method, got(method, None), alm=True))
     for method in HELD:
-        candidates.append(row(method, got(method, None), alm=True, init_lambda=HELD[method][1]["init_lambda"]))
+        candidates.append(row(method, got(method, None), alm=True, init_lambda=CENTRED[method][1]["init_lambda"]))
     for method in (*STARTED_AT_CHOSEN, *CENTRED):  # a mode choice like any other: on the selection split (targets)
         if started_at_chosen(by_val, method) and method not in HELD:
             name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
@@ -393,8 +387,7 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
     lines = []
     for rate, kind in product(rates, TEACHERS):
         col = [r for r in rows if r["rate"] == rate and r["teacher"] == kind]
-        alm = [r for r in col if r.get("alm")]
-        fixed = [r for r in col if r.get("chosen_fixed")]
+        alm, fixed = [r for r in col if r.get("alm")], [r for r in col if r.get("chosen_fixed")]
         if not alm or not fixed:
             continue
         for r in (r for r in col if r.get("flip_oracle")):
@@ -597,8 +590,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: 
 
 def ensure_teacher(study: Study, cfg, kind: str, rate: float) -> None:
     """Train a teacher when its record or (a rebuilt cache) its export is missing; seeded, compared in the log."""
-    key = f"{TEACHER}{kind}|{rate}"
-    record = study.done().get(key)
+    record = study.done().get(key := f"{TEACHER}{kind}|{rate}")
     if record is not None and (Path(record["path"]) / "config.json").is_file():
         return
     study.log(f"teacher {key}: " + ("not trained yet" if record is None else f"{record['path']} is missing"))
@@ -677,8 +669,7 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
     )
-    shares = class_shares_of_test_split(cfg)
-    columns = product(rates, TEACHERS)
+    shares, columns = class_shares_of_test_split(cfg), product(rates, TEACHERS)
     rows = [row for r, k in columns for row in column_rows(runs, teachers, r, k, seeds, base.get(str(r), {}), shares)]
     notes = "## Targets (computed)\n\n" + "\n".join(targets(rows, rates) or ["- no complete column yet."])
     notes += "\n\n## Runs that predicted one class (computed)\n\n" + collapse_summary(rows) + checks_md
