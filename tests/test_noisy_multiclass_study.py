@@ -190,3 +190,18 @@ def test_a_teacher_below_the_bag_of_words_baseline_has_no_margin_to_keep_and_the
            "fit_s_mean": 90.0}  # fmt: skip
     assert mc.table_row(row)["margin"] == "none: teacher <= TF-IDF"
     assert mc.table_row({**row, "margin_kept": mc.margin_kept(0.9, 0.94, 0.85)})["margin"] == "0.56"
+
+
+def test_the_ceiling_line_shows_the_flip_oracle_for_every_lambda_on_the_rest():
+    """The flip oracle's row is the one the selection split picks; the ceiling line also gives the others (test /
+    selection), so a reader can see how much of the ceiling a mode that keeps some teacher weight on the clean
+    labels can reach."""
+    seeds = [0, 1]
+    runs = {mc.run_key(0.4, "noisy", "KD", lam, s): record(0.65) for lam in mc.LAMBDAS for s in seeds}
+    runs |= {mc.run_key(0.4, "noisy", "ALM mixing network", None, s): record(0.66) for s in seeds}
+    oracle = {0.0: (0.70, 0.71), 0.5: (0.68, 0.69), 0.9: (0.66, 0.665)}  # (test, selection)
+    for lam, (test, val) in oracle.items():
+        runs |= {mc.run_key(0.4, "noisy", mc.FLIP_ORACLE, lam, s): record(test, val_accuracy=val) for s in seeds}
+    line = next(x for x in mc.targets(mc.column_rows(runs, {}, 0.4, "noisy", seeds, {}), [0.4]) if "ceiling" in x)
+    assert "70.00 vs 65.00" in line and "+5.00 points" in line  # lambda 0 on the rest: the selection split's pick
+    assert "0.0: 70.00 / 71.00, 0.5: 68.00 / 69.00, 0.9: 66.00 / 66.50." in line

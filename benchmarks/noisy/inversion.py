@@ -64,9 +64,7 @@ def head_view(student, teacher, dm, split: str) -> dict[str, torch.Tensor]:
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def teacher_preference(
-    train: dict, clean: dict, temperature: float = 4.0, feature_shift=None, clean_weight=None
-) -> dict:
+def teacher_preference(train: dict, clean: dict, temperature: float = 4.0, feature_shift=None, clean_weight=None):
     """Closed-form last-layer ``t_i = grad_s . (grad KD_i - grad CE_i)`` and its parts.
 
     ``grad_s`` = mean over the clean split of ``[r_v ; r_v h_v^T]``, ``r_v = softmax(z_v) - onehot(y_v)``;
@@ -74,8 +72,7 @@ def teacher_preference(
     with ``T (softmax(z_i / T) - softmax(t_i / T))`` (the gradient of ``T^2 KL``). Also returned: the label and
     teacher terms on their own (``-grad_s . grad CE_i``, ``grad_s . grad KD_i``), ``e_i`` and ``r_v``.
     """
-    k = train["z"].shape[-1]
-    h_train, h_clean = train["h"], clean["h"]
+    k, h_train, h_clean = train["z"].shape[-1], train["h"], clean["h"]
     if feature_shift is not None:
         h_train, h_clean = h_train - feature_shift, h_clean - feature_shift
     r = F.softmax(clean["z"], -1) - F.one_hot(clean["labels"].long(), k)
