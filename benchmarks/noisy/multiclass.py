@@ -551,24 +551,23 @@ def plot(rows: list[dict], path: Path) -> None:
 def plot_mechanism(rows: list[dict], path: Path) -> None:
     """Per column and ALM mode: the flipped-label AUC and the teacher weight on flipped / clean over epochs."""
     columns = sorted({(r["rate"], r["teacher"]) for r in rows if r.get("lambda_history")})
-    with figure(path, 2, len(columns), dpi=110, figsize=(5.5 * len(columns), 7), squeeze=False) as (_, axes):
+    with figure(path, 2, len(columns), dpi=110, figsize=(6 * len(columns), 11), squeeze=False) as (_, axes):
         for j, (rate, kind) in enumerate(columns):
             top, bottom = axes[0][j], axes[1][j]
-            for r in rows:
-                if (r["rate"], r["teacher"]) != (rate, kind) or not r.get("lambda_history"):
-                    continue
+            tab = [f"tab:{c}" for c in "blue orange green red purple brown pink gray olive cyan".split()]
+            top.set_prop_cycle(color=tab + ["k", "gold", "m", "navy", "lime", "maroon"])  # more than 10 modes
+            for r in (r for r in rows if (r["rate"], r["teacher"]) == (rate, kind) and r.get("lambda_history")):
                 epochs = [e["epoch"] for e in r["lambda_history"]]
                 values = {k: [e.get(k) for e in r["lambda_history"]] for k in ("flipped_auc", "flipped", "clean")}
-                (line,) = top.plot(epochs, values["flipped_auc"], marker="o", label=r["method"])
+                (line,) = top.plot(epochs, values["flipped_auc"], marker="o", label=r["method"].split(" (the ")[0])
                 for key, style in (("flipped", "-"), ("clean", "--")):
-                    bottom.plot(epochs, values[key], color=line.get_color(), ls=style, label=f"{r['method']}: {key}")
+                    bottom.plot(epochs, values[key], color=line.get_color(), ls=style)
             top.axhline(0.5, color="grey", linewidth=0.8)
             top.axhline(0.75, color="grey", linewidth=0.8, linestyle=":")
             top.set_ylabel("flipped-label AUC of the teacher weight")
             top.set_title(f"{int(round(rate * 100))}% uniform noise, {kind} teacher (mean over seeds)", fontsize=9)
-            top.legend(fontsize=7)
             bottom.set(ylabel="teacher weight: flipped (solid), clean (dashed)", xlabel="epoch")
-            bottom.legend(fontsize=6)
+            bottom.legend(*top.get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
 
 
 def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: str = NAME) -> list[tuple]:
