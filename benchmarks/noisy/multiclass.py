@@ -755,9 +755,9 @@ def main(argv: list[str] | None = None) -> None:
         arguments = dict(cfg=cfg, rate=rate, teacher_kind=kind, method=method, lam=lam, seed=seed, lambda_png=png)
         study.run({key: Job(train_student, **arguments)})
         left = sum(1 for o in order[n:] if pending(o))
-        at = f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after "
-        report(study, cfg, rates, seeds, args.status, f"{at}{key.split(PREFIX, 1)[-1]}, {left} runs of this invocation "
-               "still queued" if left else "")  # fmt: skip
+        queued = f"{key.split(PREFIX, 1)[-1]}, {left} runs of this invocation still queued"
+        running = f"; written by the running study at {time.strftime('%H:%M', time.gmtime())} UTC after {queued}"
+        report(study, cfg, rates, seeds, args.status, running if left else "")
     report(study, cfg, rates, seeds, args.status)
 
 

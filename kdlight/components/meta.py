@@ -282,6 +282,7 @@ class MetaLearner(nn.Module):
     """
 
     table_class: type[nn.Module] = LambdaTable
+    center_network = False  # NetworkMetaLearner's ``center``
     default_learning_rate = 0.5
     #: every learner class by its full path and its short name (configs name them; checkpoints hold the path)
     registry: ClassVar[dict[str, type[MetaLearner]]] = {}
@@ -405,7 +406,7 @@ class MetaLearner(nn.Module):
         """Create the weights: the table (``num_examples`` rows, default the constructor's) or the network."""
         num_examples = num_examples or self.num_examples
         if self.kind == "network":
-            mixer = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda)
+            mixer = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda, center=self.center_network)
         elif not num_examples:
             raise KDLightError("the lambda table needs num_examples (or a NoisyLabelDataModule to count them)")
         else:
@@ -588,12 +589,6 @@ class NetworkMetaLearner(MetaLearner):
         self.center_network = center
         if center:  # kept out of the config when off: older configs and checkpoints read the same
             self.own_settings = {"center": True}
-
-    def build(self, num_examples: int | None = None) -> nn.Module:
-        """The mixing network (``center``: its batch mean held at ``init_lambda``, see :class:`MixingNetwork`)."""
-        network = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda, center=self.center_network)
-        self.mixer = network.to(self.batches_seen.device)
-        return self.mixer
 
 
 def lookahead_assumption(optimizers: Any, settings: dict) -> str:
