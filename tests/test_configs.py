@@ -75,3 +75,29 @@ def test_zero_shot_recipes_choose_no_checkpoint_on_labelled_data(path):
     assert config.get("checkpoint", {}).get("monitor", "val/score") is None
     assert config["model"]["init_args"].get("export_best", True) is False
     assert "--ckpt_path best" not in path.read_text()
+
+
+def test_every_teacher_path_a_recipe_reads_is_what_a_shipped_recipe_exports():
+    """A recipe's ``teacher: runs/.../export`` is a chain a user runs in order (README: ``teacher.yaml`` then
+    ``kd.yaml``), so some shipped recipe must write exactly that folder. Without ``export_dir`` an export goes to
+    ``<log_dir>/export`` (``lightning_logs/version_N/export``), and the next stage stopped with "model folder not
+    found". The one exception is multi_teacher.yaml's second teacher, which its header says how to make."""
+    import yaml
+
+    exports, reads = set(), []
+    for path in CONFIGS:
+        init = (yaml.safe_load(path.read_text()).get("model") or {}).get("init_args") or {}
+        exports.add(init.get("export_dir"))
+        for teacher in [init.get("teacher"), *(init.get("teachers") or [])]:
+            if isinstance(teacher, str) and teacher.startswith("runs/"):
+                reads.append((path.name, teacher))
+    second = ("multi_teacher.yaml", "runs/noisy/teacher_b/export")
+    assert (
+        second in reads
+        and "--model.init_args.export_dir runs/noisy/teacher_b/export"
+        in (ROOT / "noisy" / "multi_teacher.yaml").read_text()
+    )
+    missing = [
+        f"{name} reads {teacher}" for name, teacher in reads if teacher not in exports and (name, teacher) != second
+    ]
+    assert not missing, f"no shipped recipe exports these: {missing}"
