@@ -91,9 +91,12 @@ STARTED_AT_CHOSEN = ("ALM mixing network", "ALM mixing network, meta lr 0.01")  
 CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True})} | {
     f"ALM centred mixing network, meta lr {lr}": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": lr})
     for lr in (0.01, 0.1, 0.3)  # added after every row above was seen; 0.3 after the 0.1 mode's selection accuracy
-}  # held at 0.25 (between the grid's 0 and 0.5; a fixed start, key lambda None): added after those modes' 40 % rows
-HELD = ("ALM centred mixing network, meta lr 0.01, held at 0.25",)  # its start in its settings, not in its key
-CENTRED[HELD[0]] = ("NetworkMetaLearner", {"center": True, "meta_learning_rate": 0.01, "init_lambda": 0.25})
+}  # held at a fixed mean (a start in its settings, key lambda None): 0.25 (between the grid's 0 and 0.5) added after
+HELD = {  # those modes' 40 % rows; meta lr 0.1 at 0.25 and at 0.1 added 2026-12-07 after every row
+    f"ALM centred mixing network, meta lr {a}, held at {b}": {"meta_learning_rate": a, "init_lambda": b}
+    for a, b in ((0.01, 0.25), (0.1, 0.25), (0.1, 0.1))
+}
+CENTRED |= {h: ("NetworkMetaLearner", {"center": True, **s}) for h, s in HELD.items()}
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
 # per study file (keys name neither task nor lr): lr 0.05 tweets runs recorded on 2 cores running 12-19 busy threads:
