@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from lightning import seed_everything
 from torch.utils.data import DataLoader, Subset
 
-from benchmarks.harness import StepTimer, figure
-from benchmarks.harness import quiet_trainer as trainer
+from benchmarks.harness import StepTimer, figure, quiet_trainer
 from benchmarks.study import RESULTS, Job, Study, mean_std, target
 from kdlight.assets import PACKAGED_MINILM, cache_dir
 from kdlight.baseline import baseline_for, margin_kept
@@ -181,7 +180,7 @@ def train_teacher(cfg, kind: str, rate: float) -> dict:
         seed_everything(0, verbose=False)
         setting = dict(learning_rate=1e-4, warmup_ratio=0.1, export_dir=str(out), task=dm.task)
         model = TeacherFineTuning(model=PACKAGED_MINILM, **setting)
-        trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
+        quiet_trainer(out.parent / (out.name + "_run"), cfg.teacher_epochs).fit(model, datamodule=dm)
         print(f"[multiclass] teacher {out.name} trained in {time.perf_counter() - start:.0f}s", flush=True)
     model = load_classifier(str(out), dm.num_labels, dm.label_names, require_head=True)
     dm.setup("fit")
@@ -243,7 +242,7 @@ def train_student(
     model.student.get_input_embeddings().requires_grad_(False)  # cheaper steps, the same for every method
     timer, root = StepTimer(), work / "student"
     shutil.rmtree(root, ignore_errors=True)
-    fit, start = trainer(root, cfg.epochs, [timer]), time.perf_counter()
+    fit, start = quiet_trainer(root, cfg.epochs, [timer]), time.perf_counter()
     fit.fit(model, datamodule=dm)
     wall = time.perf_counter() - start
     times = timer.times[2:] or timer.times  # the first steps include lazy set-up
@@ -369,10 +368,9 @@ def column_rows(
         chosen = {"lambda": by_val, "kd_grid_test": grid, "kd_grid_selection": grid_val, "chosen_fixed": True}
         candidates.append(row(f"KD, lambda={by_val} (chosen on the selection split)", complete[by_val], **chosen))
         candidates.append(row(f"KD, lambda={oracle} (test-set oracle)", complete[oracle], **{"lambda": oracle}))
-    for method in ALM:
-        candidates.append(row(method, got(method, None), alm=True))
-    for method in HELD:
-        candidates.append(row(method, got(method, None), alm=True, init_lambda=CENTRED[method][1]["init_lambda"]))
+    for method in (*ALM, *HELD):  # started at 0.9 (train_student), a held mode at its own mean
+        start = HELD.get(method, {"init_lambda": 0.9})["init_lambda"]
+        candidates.append(row(method, got(method, None), alm=True, init_lambda=start))
     for method in (*STARTED_AT_CHOSEN, *CENTRED):  # a mode choice like any other: on the selection split (targets)
         if started_at_chosen(by_val, method) and method not in HELD:
             name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
