@@ -23,8 +23,8 @@ def test_order_is_seed_major_with_every_method_of_a_block_together():
     # the expected-error ablation after every seed of its rate, before the next rate
     rate_40 = [o for o in order if o[0] == 0.4]
     ablation = [o for o in rate_40 if not o[-1] and o[2] == mc.EXPECTED_ERROR]
-    flip_oracle = [o for o in rate_40 if o[2] == mc.FLIP_ORACLE]  # not a method: after the ablation
-    assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * len(mc.LAMBDAS)
+    flip_oracle = [o for o in rate_40 if o[2] in mc.PER_EXAMPLE]  # the oracle, the disagreement: after the ablation
+    assert len(ablation) == 2 * 2 and len(flip_oracle) == 2 * 2 * 2 * len(mc.LAMBDAS)
     from_chosen = [o for o in rate_40 if o[3] == mc.CHOSEN]  # after the grid it starts from: last
     assert len(from_chosen) == 2 * 2 * (len(mc.STARTED_AT_CHOSEN) + len(mc.CENTRED) - len(mc.HELD))
     held = [o for o in rate_40 if o[2] in mc.HELD]  # a fixed start (lambda None), in the same place
@@ -106,6 +106,8 @@ def test_the_flip_oracle_puts_the_whole_weight_on_the_teacher_for_flipped_labels
     flipped = torch.tensor([1, 1, 0, 0])
     module = SimpleNamespace(hparams=SimpleNamespace(temperature=2.0), alpha=0.3)
 
+    module.teacher_only = lambda t, b: mc.FlipOracleKD.teacher_only(module, t, b)
+
     def loss(labels):
         batch = {"labels": torch.tensor(labels), "is_flipped": flipped}
         return mc.FlipOracleKD.compute_loss(module, student, teacher, batch)["loss"]
@@ -117,6 +119,23 @@ def test_the_flip_oracle_puts_the_whole_weight_on_the_teacher_for_flipped_labels
     ce = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1, 2, 0]), reduction="none")
     expected = (kd[:2].sum() + (0.3 * kd[2:] + 0.7 * ce[2:]).sum()) / 4
     assert torch.allclose(base, expected)
+
+
+def test_the_disagreement_baseline_leaves_out_the_label_where_the_teacher_predicts_another_class():
+    """The baseline ALM's weights should beat: its flag is the teacher's argmax != label (no flip mask read), and
+    the flags are what the lambda monitor sees."""
+    torch.manual_seed(0)
+    student = torch.randn(4, 3)
+    teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])  # predicts 0, 1, 2, 0
+    module = SimpleNamespace(hparams=SimpleNamespace(temperature=2.0), alpha=0.3)
+    module.teacher_only = lambda t, b: mc.TeacherDisagreementKD.teacher_only(module, t, b)
+    labels = torch.tensor([0, 2, 2, 1])  # the 2nd and 4th disagree with the teacher
+    batch = {"labels": labels, "is_flipped": torch.tensor([1, 1, 0, 0]), "idx": torch.arange(4)}
+    loss = mc.TeacherDisagreementKD.compute_loss(module, student, teacher, batch)["loss"]
+    assert torch.allclose(module.last_teacher_weight[1], torch.tensor([0.3, 1.0, 0.3, 1.0]))  # not the flip mask
+    kd = mc.KLDivergence(2.0, reduction="none")(student, teacher)
+    ce = torch.nn.functional.cross_entropy(student, labels, reduction="none")
+    assert torch.allclose(loss, (0.3 * kd[0] + 0.7 * ce[0] + kd[1] + 0.3 * kd[2] + 0.7 * ce[2] + kd[3]) / 4)
 
 
 def test_alm_started_at_the_chosen_lambda_runs_after_the_grid_and_is_a_mode_of_its_own():

@@ -103,6 +103,8 @@ PREFIX = "sgd|"  # this regime's run keys
 OVERLOADED = {NAME: tuple(f"{PREFIX}0.4|clean|{m}|None|0" for m in ("ALM default (table)", EXPECTED_ERROR))}
 REMEASURED = "remeasured|"
 FLIP_ORACLE = "flip oracle"  # not a method: the per-example weights a perfect detector of flipped labels gives
+DISAGREE = "teacher disagreement"  # the simplest per-example weighting, no meta-learning (added after every row)
+PER_EXAMPLE = (FLIP_ORACLE, DISAGREE)  # fixed per-example weights, over the lambda grid on the rest
 LR_CHOICE = "lr_choice"  # the record of how the student's lr was chosen (a study run with --lr-grid)
 # the runs file keeps the teachers under "_teachers"; in the Study their keys are "teacher|<kind>|<rate>"
 TEACHER = "teacher|"
@@ -138,11 +140,26 @@ class FlipOracleKD(VanillaKD):
     flipped labels and ``alpha`` on the others, the weights a perfect detector of flipped labels would give; what
     per-example weighting can add over a fixed lambda in this regime, at most."""
 
+    def teacher_only(self, teacher_logits, batch):  # the examples whose label is left out
+        return batch["is_flipped"].bool()
+
     def compute_loss(self, student_logits, teacher_logits, batch):
         kd = KLDivergence(self.hparams.temperature, reduction="none")(student_logits, teacher_logits)
         ce = F.cross_entropy(student_logits.float(), batch["labels"].long(), reduction="none")
-        weight = torch.where(batch["is_flipped"].bool(), 1.0, self.alpha)
+        weight = torch.where(self.teacher_only(teacher_logits, batch), 1.0, self.alpha)
+        self.last_teacher_weight = (batch.get("idx"), weight.detach())  # what a LambdaMonitor reads
         return {"loss": (weight * kd + (1 - weight) * ce).mean(), "kd": kd.mean(), "ce": ce.mean()}
+
+
+class TeacherDisagreementKD(FlipOracleKD):
+    """A method (the labels only): the teacher alone where its prediction is not the label, ``alpha`` elsewhere. The
+    detector ALM's weights should beat: the noisy teacher's own disagreement separates flipped labels well."""
+
+    def teacher_only(self, teacher_logits, batch):
+        return teacher_logits.argmax(-1) != batch["labels"]
+
+    def configure_callbacks(self) -> list:
+        return [LambdaMonitor(plot=False)]  # its flag's flipped-label AUC, as ALM's weights'
 
 
 def study_for(cfg, results: Path, lr: float | None = None) -> Study:
@@ -227,8 +244,8 @@ def train_student(
     common.update(cache_teacher_logits=True, optimizer=sgd, lr_scheduler=schedule, export_best=False, task=dm.task)
     common["export_dir"] = str(work / "export")
     seed_everything(seed, verbose=False)
-    if method in ("KD", FLIP_ORACLE):
-        model = (VanillaKD if method == "KD" else FlipOracleKD)(alpha=lam, **common)
+    if method in (fixed := {"KD": VanillaKD, FLIP_ORACLE: FlipOracleKD, DISAGREE: TeacherDisagreementKD}):
+        model = fixed[method](alpha=lam, **common)
     else:
         learner, settings = {**ALM, **CENTRED}[method]
         settings = {"init_lambda": 0.9 if lam is None else lam, **settings}  # lam: started at the chosen lambda
@@ -375,14 +392,16 @@ def column_rows(
         if started_at_chosen(by_val, method) and method not in HELD:
             name = f"{method}, started at lambda={by_val} (the chosen fixed lambda)"
             candidates.append(row(name, got(method, by_val), alm=True, init_lambda=by_val))
-    flips = {lam: got(FLIP_ORACLE, lam) for lam in LAMBDAS}
-    if min(len(r) for r in flips.values()):  # chosen on the selection split like the fixed lambda
-        best = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in flips[lam]))
-        name = f"{FLIP_ORACLE}: teacher only on flipped labels, lambda={best} on the rest (selection split)"
-        grid = {
-            x: [100 * statistics.mean(r[k] for r in flips[x]) for k in ("accuracy", "val_accuracy")] for x in LAMBDAS
-        }
-        candidates.append(row(name, flips[best], flip_oracle=True, flip_grid=grid, **{"lambda": best}))
+    for method, where in ((FLIP_ORACLE, "on flipped labels"), (DISAGREE, "where its prediction is not the label")):
+        flips = {lam: got(method, lam) for lam in LAMBDAS}
+        if min(len(r) for r in flips.values()):  # chosen on the selection split like the fixed lambda
+            best = max(LAMBDAS, key=lambda lam: statistics.mean(r["val_accuracy"] for r in flips[lam]))
+            name = f"{method}: teacher only {where}, lambda={best} on the rest (selection split)"
+            grid = {
+                x: [100 * statistics.mean(r[k] for r in flips[x]) for k in ("accuracy", "val_accuracy")] for x in flips
+            }
+            extra = {"flip_oracle" if method == FLIP_ORACLE else "disagreement": True, "rest_grid": grid}
+            candidates.append(row(name, flips[best], **extra, **{"lambda": best}))
     return [r for r in candidates if r is not None]
 
 
@@ -395,10 +414,13 @@ def targets(rows: list[dict], rates: list[float]) -> list[str]:
         if not alm or not fixed:
             continue
         f, name = fixed[0], f"{int(round(rate * 100))} % / {kind} teacher"
-        for r in (r for r in col if r.get("flip_oracle")):
-            grid = ", ".join(f"{k}: {t:.2f} / {v:.2f}" for k, (t, v) in r["flip_grid"].items())
+        for r in (r for r in col if r.get("rest_grid")):
+            grid = ", ".join(f"{k}: {t:.2f} / {v:.2f}" for k, (t, v) in r["rest_grid"].items())
+            what = "the ceiling of per-example weighting (the true flip mask, not a method)"
+            if r.get("disagreement"):
+                what = f"the teacher's disagreement with the label (flag AUC {r['lambda_flipped_auc'] or nan:.3f})"
             lines.append(
-                f"- {name}, the ceiling of per-example weighting (the true flip mask, not a method): "
+                f"- {name}, {what}: "
                 f"{100 * r['accuracy_mean']:.2f} vs {100 * f['accuracy_mean']:.2f} for the chosen fixed lambda, "
                 f"{100 * (r['accuracy_mean'] - f['accuracy_mean']):+.2f} points ({r['seeds']}/{f['seeds']} seeds); by "
                 f"the lambda on the rest, test / selection: {grid}."
@@ -583,7 +605,7 @@ def job_order(rates: list[float], teachers: list[str], seeds: list[int], study: 
                 order += [(rate, kind, method, lam, seed, False) for method, lam in main_methods]
             order += [(rate, kind, m, lam, seed, True) for kind in teachers for m, lam in main_methods]
         order += [(rate, k, EXPECTED_ERROR, None, s, again) for s, k, again in product(seeds, teachers, (False, True))]
-        order += [(rate, k, FLIP_ORACLE, lam, s, False) for s, k, lam in product(seeds, teachers, LAMBDAS)]
+        order += [(rate, k, m, x, s, False) for m, s, k, x in product(PER_EXAMPLE, seeds, teachers, LAMBDAS)]
         order += [(rate, k, m, CHOSEN, s, False) for s, k, m in product(seeds, teachers, STARTED_AT_CHOSEN)]
         order += [
             (rate, k, m, None if m in HELD else CHOSEN, s, False) for s, k, m in product(seeds, teachers, CENTRED)
@@ -618,7 +640,7 @@ def other_task(study: Study, cfg) -> str:
 def main_run(key: str) -> bool:
     """Whether a run key is one of the main table's (not the flip oracle, not a run from the chosen lambda)."""
     _, _, method, lam, _ = key[len(PREFIX) :].split("|")
-    return method != FLIP_ORACLE and method not in CENTRED and not (method in ALM and lam != "None")
+    return method not in (*PER_EXAMPLE, *CENTRED) and not (method in ALM and lam != "None")
 
 
 def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str | None, running: str = "") -> None:
