@@ -32,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from itertools import product
 from math import nan
 from pathlib import Path
@@ -518,8 +519,11 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         "included, had been seen; a probe on the selection split only picked 0.01 (docs/alm.md); its started-at-lambda "
         "runs were added later that day, after every 40 % row of both tasks had been seen. The centred mixing "
         "network (`center: true`: each batch's mean teacher weight held at its start, so it learns only how examples "
-        "differ) runs only from the chosen lambda (meta lr 0.001, 0.01, 0.1, 0.3), or held at 0.25; added that evening "
-        "after every row above had been seen; meta lr 0.3 after 0.1's first selection scores, 0.25 after 40 % rows. "
+        "differ) runs only from the chosen lambda (meta lr 0.001, 0.01, 0.1, 0.3), or held at a fixed mean (0.25 at "
+        "meta lr 0.01; 0.25 and 0.1 at meta lr 0.1); added that evening after every row above had been seen; meta lr "
+        "0.3 after 0.1's first selection scores, 0.25 after the 40 % rows, the meta lr 0.1 held modes and the teacher-"
+        "disagreement baseline (no meta-learning: the teacher alone where its prediction is not the label, lambda on "
+        "the rest chosen on the selection split like the flip oracle's) later that night, after every row. "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
@@ -544,10 +548,8 @@ def collapse_summary(rows: list[dict]) -> str:
     total, runs = sum(r["collapsed"] for r in counted), sum(r["seeds"] for r in counted)
     by_method: dict[str, list[int]] = {}
     for r in counted:
-        name = "KD (the chosen lambda)" if r.get("chosen_fixed") else r["method"]
-        pair = by_method.setdefault(name, [0, 0])
-        pair[0] += r["collapsed"]
-        pair[1] += r["seeds"]
+        pair = by_method.setdefault("KD (the chosen lambda)" if r.get("chosen_fixed") else r["method"], [0, 0])
+        pair[0], pair[1] = pair[0] + r["collapsed"], pair[1] + r["seeds"]
     parts = ", ".join(f"{name} {c} of {n}" for name, (c, n) in by_method.items())
     return (
         f"- {total} of the {runs} runs in the table predicted one class for every test input ({parts}). "
@@ -672,24 +674,18 @@ def report(study: Study, cfg, rates: list[float], seeds: list[int], status: str 
     per_block = len(LAMBDAS) + len(ALM)
     expected = len(rates) * len(TEACHERS) * len(seeds) * per_block
     have = sum(1 for k in runs if float(k[len(PREFIX) :].split("|")[0]) in rates and main_run(k))
-
-    def block_summary() -> str:
-        methods = [("KD", lam) for lam in LAMBDAS] + [(m, None) for m in ALM]
-
-        def count(rate: float, kind: str, seed: int) -> int:
-            return sum(run_key(rate, kind, m, lam, seed) in runs for m, lam in methods)
-
-        return "; ".join(
-            f"{int(round(rate * 100))} % / {kind} teacher: "
-            + ", ".join(f"seed {s} {count(rate, kind, s)}/{per_block}" for s in seeds)
-            for rate, kind in product(rates, TEACHERS)
-        )
+    recorded = Counter(tuple(k.split("|")[i] for i in (1, 2, 5)) for k in runs if main_run(k))  # rate, kind, seed
+    blocks = "; ".join(
+        f"{int(round(r * 100))} % / {k} teacher: "
+        + ", ".join(f"seed {s} {recorded[str(r), k, str(s)]}/{per_block}" for s in seeds)
+        for r, k in product(rates, TEACHERS)
+    )
 
     status = status or (
         f"complete for noise rates {', '.join(f'{int(round(r * 100))} %' for r in rates)} ({have} student runs, "
         f"both teachers, {len(seeds)} seeds); {other_task(study, cfg)}"
         if have >= expected
-        else f"partial: {have} of {expected} student runs of this regime recorded (runs per seed: {block_summary()})"
+        else f"partial: {have} of {expected} student runs of this regime recorded (runs per seed: {blocks})"
         f"{running}; {other_task(study, cfg)}"
         + ("" if base else "; the TF-IDF baseline had not finished either (no margin kept)")
         + ". Rows with fewer than 3 seeds are marked by their seed count; a target needs every method of its column."
