@@ -25,7 +25,7 @@ from kdlight.components.meta import (
 )
 from kdlight.data import NoisyLabelDataModule, TextClassificationDataModule
 from kdlight.errors import KDLightError
-from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD
+from kdlight.modules import AdaptiveLossMixingKD, MultiTeacherALMKD, TeacherDisagreementKD
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "noisy"
 
@@ -342,6 +342,7 @@ def test_recipes_exist():
         "teacher.yaml",
         "alm.yaml",
         "alm_mixer.yaml",
+        "disagreement.yaml",
         "multi_teacher.yaml",
         "self_distill.yaml",
         "sst2_teacher.yaml",
@@ -360,6 +361,8 @@ def test_recipe_fits_end_to_end(assets, tmp_path, name):
     assert runner.datamodule.tokenizer_name == str(assets["teacher"]) or name.endswith("teacher.yaml")
     if isinstance(runner.model, AdaptiveLossMixingKD):
         assert "train/lambda_mean" in runner.trainer.callback_metrics
+    if isinstance(runner.model, TeacherDisagreementKD):  # its flag's mechanism, as ALM's weights'
+        assert {"lambda/flipped", "lambda/clean", "lambda/flipped_auc"} <= set(runner.trainer.callback_metrics)
     written = sorted(tmp_path.rglob("*.ckpt"))
     assert written
     for path in written:  # every module's own checkpoints are plain data: torch's weights-only loader reads them as is

@@ -19,6 +19,7 @@ from torch import nn
 
 from kdlight.components.meta import MetaBatch, MetaLearner, NetworkMetaLearner, mixed_loss
 from kdlight.components.meta_official import OfficialMetaLearner
+from kdlight.errors import KDLightError
 from kdlight.lambda_monitor import flipped_label_auc
 
 NUM_CLASSES, DIM, HIDDEN = 3, 8, 16
@@ -103,9 +104,10 @@ def train(
         )
     elif mode == "network":
         learner = MetaLearner(mixer="network", meta_learning_rate=0.01, **common)
-    elif mode == "network_centred":
+    elif mode in ("network_centred", "network_disagreement"):
         common.pop("num_examples")
-        learner = NetworkMetaLearner(center=True, meta_learning_rate=0.01, **common)
+        start = {"disagreement_lambda": 0.9} if mode == "network_disagreement" else {}
+        learner = NetworkMetaLearner(center=True, meta_learning_rate=0.01, **start, **common)
     else:
         centre = mode == "table_centred"
         learner = MetaLearner(mixer="table", meta_learning_rate=0.2, center_meta_grad=centre, **common)
@@ -141,7 +143,7 @@ def train(
     return learner.teacher_weight(weights) if mode != "official" else weights[:, 1] / weights.sum(-1), data.flipped
 
 
-MODES = ["table", "table_centred", "network", "network_centred", "official"]
+MODES = ["table", "table_centred", "network", "network_centred", "network_disagreement", "official"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,4 +226,26 @@ def test_the_centred_network_learns_only_how_a_batch_differs():
     assert torch.equal(lam.argsort(), drifted.argsort())
     config = centred.to_config()
     assert config["init_args"]["center"] is True and "center" not in plain.to_config()["init_args"]
-    assert MetaLearner.from_config(config).center_network
+    assert MetaLearner.from_config(config).network_options["center"]
+
+
+def test_the_disagreement_start_puts_the_teacher_first_where_it_does_not_predict_the_label():
+    """``disagreement_lambda``: the examples whose label is not the teacher's argmax start at that teacher weight,
+    the rest at ``init_lambda`` (centred or not); the option round-trips through the config and is one teacher's."""
+    from kdlight.components.meta import MixingNetwork, feature_size
+
+    features = torch.rand(8, feature_size(1))
+    features[:, -2] = 0.8  # the teacher's max probability
+    features[:, -1] = torch.tensor([0.8, 0.1] * 4)  # its probability of the label: odd rows disagree
+    for center in (True, False):
+        learner = NetworkMetaLearner(center=center, init_lambda=0.1, disagreement_lambda=0.9)
+        learner.build()
+        lam = learner.teacher_weight(learner.mixer(None, features))
+        assert torch.allclose(lam[1::2], torch.full((4,), 0.9), atol=0.02), lam
+        assert torch.allclose(lam[::2], torch.full((4,), 0.1), atol=0.02), lam
+        config = learner.to_config()
+        assert config["init_args"]["disagreement_lambda"] == 0.9
+        assert MetaLearner.from_config(config).network_options == learner.network_options
+    assert "disagreement_lambda" not in NetworkMetaLearner(center=True).to_config()["init_args"]
+    with pytest.raises(KDLightError, match="one teacher"):
+        MixingNetwork(num_teachers=2, disagreement_lambda=0.9)

@@ -40,7 +40,6 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-import torch.nn.functional as F
 from lightning import seed_everything
 from torch.utils.data import DataLoader, Subset
 
@@ -51,10 +50,9 @@ from kdlight.baseline import baseline_for, margin_kept
 from kdlight.data import NoisyLabelDataModule
 from kdlight.data.base import Collator
 from kdlight.lambda_monitor import LambdaMonitor
-from kdlight.losses import KLDivergence
 from kdlight.models import TruncatedTeacher
 from kdlight.models.hf import load_classifier
-from kdlight.modules import AdaptiveLossMixingKD, TeacherFineTuning, VanillaKD
+from kdlight.modules import AdaptiveLossMixingKD, TeacherDisagreementKD, TeacherFineTuning, VanillaKD
 from kdlight.teacher_cache import TeacherLogitCache
 
 NAME = "noisy_multiclass"
@@ -92,9 +90,13 @@ CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True}
     f"ALM centred mixing network, meta lr {lr}": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": lr})
     for lr in (0.01, 0.1, 0.3)  # added after every row above was seen; 0.3 after the 0.1 mode's selection accuracy
 }  # held at a fixed mean (a start in its settings, key lambda None): 0.25 (between the grid's 0 and 0.5) added after
+RULE = {"init_lambda": 0.05, "disagreement_lambda": 0.95}
 HELD = {  # those modes' 40 % rows; meta lr 0.1 at 0.25 and at 0.1 added 2026-12-07 after every row
     f"ALM centred mixing network, meta lr {a}, held at {b}": {"meta_learning_rate": a, "init_lambda": b}
     for a, b in ((0.01, 0.25), (0.1, 0.25), (0.1, 0.1))
+} | {  # started from the teacher-disagreement rule (0.95 where it disagrees, 0.05 elsewhere): after that rule's rows
+    f"ALM centred mixing network, meta lr {a}, from the disagreement rule": {"meta_learning_rate": a, **RULE}
+    for a in (0.01, 0.1)
 }
 CENTRED |= {h: ("NetworkMetaLearner", {"center": True, **s}) for h, s in HELD.items()}
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
@@ -136,31 +138,13 @@ def teacher_dir(cfg, kind: str, rate: float) -> Path:
     return cache_dir() / "teachers" / name
 
 
-class FlipOracleKD(VanillaKD):
+class FlipOracleKD(TeacherDisagreementKD):
     """Not a method (it reads ``is_flipped``, which the datamodule keeps for analysis): teacher weight 1 on the
     flipped labels and ``alpha`` on the others, the weights a perfect detector of flipped labels would give; what
     per-example weighting can add over a fixed lambda in this regime, at most."""
 
-    def teacher_only(self, teacher_logits, batch):  # the examples whose label is left out
-        return batch["is_flipped"].bool()
-
-    def compute_loss(self, student_logits, teacher_logits, batch):
-        kd = KLDivergence(self.hparams.temperature, reduction="none")(student_logits, teacher_logits)
-        ce = F.cross_entropy(student_logits.float(), batch["labels"].long(), reduction="none")
-        weight = torch.where(self.teacher_only(teacher_logits, batch), 1.0, self.alpha)
-        self.last_teacher_weight = (batch.get("idx"), weight.detach())  # what a LambdaMonitor reads
-        return {"loss": (weight * kd + (1 - weight) * ce).mean(), "kd": kd.mean(), "ce": ce.mean()}
-
-
-class TeacherDisagreementKD(FlipOracleKD):
-    """A method (the labels only): the teacher alone where its prediction is not the label, ``alpha`` elsewhere. The
-    detector ALM's weights should beat: the noisy teacher's own disagreement separates flipped labels well."""
-
     def teacher_only(self, teacher_logits, batch):
-        return teacher_logits.argmax(-1) != batch["labels"]
-
-    def configure_callbacks(self) -> list:
-        return [LambdaMonitor(plot=False)]  # its flag's flipped-label AUC, as ALM's weights'
+        return batch["is_flipped"].bool()
 
 
 def study_for(cfg, results: Path, lr: float | None = None) -> Study:

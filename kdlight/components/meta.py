@@ -135,11 +135,26 @@ class MixingNetwork(nn.Module):
     the batch). Why: the meta-gradient's shared part, the same for every example, can carry every weight
     together to one end (tweets at 60 % noise: every teacher weight to ~0.03) while the part that tells
     flipped labels from clean ones, the part per-example weighting exists for, stays small.
+
+    ``disagreement_lambda`` (one teacher): the examples whose label the teacher does not predict start at this
+    teacher weight, the rest at ``init_lambda``; the network's output is added to that per-example start (centred
+    too with ``center``). Why: the noisy-trained teacher's disagreement with the label already finds most flipped
+    labels (tweets at 40 % noise: the rule alone beats the weights ALM learned from one start), so the meta-
+    learning starts from the rule and refines it.
     """
 
-    def __init__(self, num_teachers: int = 1, hidden: int = 32, init_lambda: float = 0.9, center: bool = False) -> None:
+    def __init__(
+        self,
+        num_teachers: int = 1,
+        hidden: int = 32,
+        init_lambda: float = 0.9,
+        center: bool = False,
+        disagreement_lambda: float | None = None,
+    ) -> None:
         super().__init__()
-        self.num_teachers, self.center = num_teachers, center
+        self.num_teachers, self.center, self.disagreement = num_teachers, center, disagreement_lambda is not None
+        if self.disagreement and num_teachers != 1:
+            raise KDLightError("disagreement_lambda takes one teacher; remove it for several teachers")
         width = 1 if num_teachers == 1 else num_teachers + 1
         self.net = nn.Sequential(nn.Linear(feature_size(num_teachers), hidden), nn.ReLU(), nn.Linear(hidden, width))
         with torch.no_grad():  # start at init_lambda everywhere, like the table
@@ -148,6 +163,9 @@ class MixingNetwork(nn.Module):
         # the centred network's batch mean: moves with .to(), not in the state dict (init_lambda rebuilds it)
         mean = initial_logits(init_lambda, num_teachers).reshape(1, -1)
         self.register_buffer("center_logits", mean, persistent=False)
+        # disagreement_lambda: the start of the examples the teacher does not predict the label of, as an offset
+        shift = initial_logits(disagreement_lambda, 1) - mean.flatten() if self.disagreement else torch.zeros(1)
+        self.register_buffer("disagreement_shift", shift, persistent=False)
 
     def forward(self, idx: Tensor, features: Tensor | None = None) -> Tensor:
         if features is None:
@@ -155,6 +173,8 @@ class MixingNetwork(nn.Module):
         logits = self.net(features)
         if self.center:  # over this rank's batch (its examples' weights relative to one another)
             logits = logits - logits.mean(0, keepdim=True) + self.center_logits
+        if self.disagreement:  # features' last two columns: the teacher's max probability and that of the label
+            logits = logits + (features[:, -1:] < features[:, -2:-1]) * self.disagreement_shift
         return mix_weights_from_logits(logits)
 
 
@@ -282,7 +302,7 @@ class MetaLearner(nn.Module):
     """
 
     table_class: type[nn.Module] = LambdaTable
-    center_network = False  # NetworkMetaLearner's ``center``
+    network_options: ClassVar[dict[str, Any]] = {}  # NetworkMetaLearner's own MixingNetwork arguments
     default_learning_rate = 0.5
     #: every learner class by its full path and its short name (configs name them; checkpoints hold the path)
     registry: ClassVar[dict[str, type[MetaLearner]]] = {}
@@ -406,7 +426,7 @@ class MetaLearner(nn.Module):
         """Create the weights: the table (``num_examples`` rows, default the constructor's) or the network."""
         num_examples = num_examples or self.num_examples
         if self.kind == "network":
-            mixer = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda, center=self.center_network)
+            mixer = MixingNetwork(self.num_teachers, self.hidden, self.init_lambda, **self.network_options)
         elif not num_examples:
             raise KDLightError("the lambda table needs num_examples (or a NoisyLabelDataModule to count them)")
         else:
@@ -569,10 +589,15 @@ class NetworkMetaLearner(MetaLearner):
         mixer_hidden: the network's hidden width.
         center: hold each batch's mean mixing logit at ``init_lambda``'s: the network learns only how the
             batch's examples differ (see :class:`MixingNetwork`); start it at the fixed lambda you would use.
+        disagreement_lambda: start the examples whose label the teacher does not predict at this teacher weight
+            (the rest at ``init_lambda``): the meta-learning refines the rule of
+            :class:`~kdlight.modules.TeacherDisagreementKD` instead of starting from one weight for all.
         **kwargs: :class:`MetaLearner`'s (not its table-only ones).
     """
 
-    def __init__(self, mixer_hidden: int = 32, center: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, mixer_hidden: int = 32, center: bool = False, disagreement_lambda: float | None = None, **kwargs: Any
+    ) -> None:
         defaults = inspect.signature(MetaLearner.__init__).parameters
         table_only = ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer")
         table_only = [k for k in table_only if k in kwargs and kwargs[k] != defaults[k].default]
@@ -586,9 +611,9 @@ class NetworkMetaLearner(MetaLearner):
         super().__init__(mixer="network", mixer_hidden=mixer_hidden, **kwargs)
         for key in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer"):
             self.settings.pop(key)
-        self.center_network = center
-        if center:  # kept out of the config when off: older configs and checkpoints read the same
-            self.own_settings = {"center": True}
+        self.network_options = {"center": center, "disagreement_lambda": disagreement_lambda}
+        # kept out of the config when off: older configs and checkpoints read the same
+        self.own_settings = {k: v for k, v in self.network_options.items() if v not in (False, None)}
 
 
 def lookahead_assumption(optimizers: Any, settings: dict) -> str:

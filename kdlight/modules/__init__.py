@@ -8,7 +8,7 @@ from kdlight.modules.mate import AdversarialAugmentedKD
 from kdlight.modules.mlm import MaskedLMPretraining
 from kdlight.modules.task import KDLightTask
 from kdlight.modules.teacher import TeacherFineTuning
-from kdlight.modules.vanilla import VanillaKD
+from kdlight.modules.vanilla import TeacherDisagreementKD, VanillaKD
 from kdlight.modules.zeroshot import ZeroShotAdversarialKD
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "LayerwiseKD",
     "MaskedLMPretraining",
     "MultiTeacherALMKD",
+    "TeacherDisagreementKD",
     "TeacherFineTuning",
     "VanillaKD",
     "ZeroShotAdversarialKD",
