@@ -44,9 +44,8 @@ class TeacherDisagreementKD(VanillaKD):
 
     Per example, the teacher weight is 1 where the teacher's argmax differs from the example's label (the labels
     likeliest to be wrong) and ``alpha`` elsewhere: ``w * KD_i + (1 - w) * CE_i``. Rows without a label (-100) get
-    the KD term only. The simplest per-example weighting, and the one ALM-KD's learned weights should beat: in
-    kdlight's noisy-label study (tweets, a teacher trained on the noisy labels) it matches or beats every ALM mode
-    at 40 and 60 % noise for a KD step's cost (docs/alm.md). Classification heads only.
+    the KD term only. The simplest per-example weighting, and the one ALM-KD's learned weights should beat (docs/alm.md
+    has it beside every ALM mode in the noisy-label study); a KD step's cost. Classification heads only.
 
     The per-example weights are what :class:`~kdlight.lambda_monitor.LambdaMonitor` reads, so with a
     :class:`~kdlight.data.NoisyLabelDataModule` the log has the flag's share of flipped and clean labels and its
@@ -66,14 +65,15 @@ class TeacherDisagreementKD(VanillaKD):
         labels = batch["labels"].long()
         kd = KLDivergence(self.hparams.temperature, reduction="none")(student_logits, teacher_logits)
         ce = F.cross_entropy(student_logits.float(), labels, ignore_index=-100, reduction="none")
-        weight = torch.where(self.teacher_only(teacher_logits, batch) | (labels == -100), 1.0, self.alpha)
+        flagged = self.teacher_only(teacher_logits, batch) | (labels == -100)
+        weight = torch.where(flagged, 1.0, self.alpha)
         self.last_teacher_weight = (batch.get("idx"), weight.detach())
         loss = (weight * kd + (1 - weight) * ce).mean()
         return {
             "loss": loss,
             "kd": kd.mean(),
             "ce": labelled_loss(student_logits, labels),
-            "teacher_only": (weight == 1).float().mean(),
+            "teacher_only": flagged.float().mean(),
         }
 
     def configure_callbacks(self) -> list:
