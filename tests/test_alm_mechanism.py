@@ -249,3 +249,5 @@ def test_the_disagreement_start_puts_the_teacher_first_where_it_does_not_predict
     assert "disagreement_lambda" not in NetworkMetaLearner(center=True).to_config()["init_args"]
     with pytest.raises(KDLightError, match="one teacher"):
         MixingNetwork(num_teachers=2, disagreement_lambda=0.9)
+    with pytest.raises(KDLightError, match=r"disagreement_lambda must be in \(0, 1\)"):
+        NetworkMetaLearner(disagreement_lambda=1.0)

@@ -139,8 +139,9 @@ class MixingNetwork(nn.Module):
     ``disagreement_lambda`` (one teacher): the examples whose label the teacher does not predict start at this
     teacher weight, the rest at ``init_lambda``; the network's output is added to that per-example start (centred
     too with ``center``). Why: the noisy-trained teacher's disagreement with the label already finds most flipped
-    labels (tweets at 40 % noise: the rule alone beats the weights ALM learned from one start), so the meta-
-    learning starts from the rule and refines it.
+    labels (tweets: the rule alone, :class:`~kdlight.modules.TeacherDisagreementKD`, beats the weights ALM learns
+    from one start), so this asks whether the meta-learning improves on the rule (in the tweets study it moved
+    the weights away from it and tested lower: docs/alm.md).
     """
 
     def __init__(
@@ -590,8 +591,8 @@ class NetworkMetaLearner(MetaLearner):
         center: hold each batch's mean mixing logit at ``init_lambda``'s: the network learns only how the
             batch's examples differ (see :class:`MixingNetwork`); start it at the fixed lambda you would use.
         disagreement_lambda: start the examples whose label the teacher does not predict at this teacher weight
-            (the rest at ``init_lambda``): the meta-learning refines the rule of
-            :class:`~kdlight.modules.TeacherDisagreementKD` instead of starting from one weight for all.
+            (the rest at ``init_lambda``): the meta-learning starts from the rule of
+            :class:`~kdlight.modules.TeacherDisagreementKD` instead of from one weight for all.
         **kwargs: :class:`MetaLearner`'s (not its table-only ones).
     """
 
@@ -611,6 +612,8 @@ class NetworkMetaLearner(MetaLearner):
         super().__init__(mixer="network", mixer_hidden=mixer_hidden, **kwargs)
         for key in ("num_examples", "normalize_meta_grad", "center_meta_grad", "mixer"):
             self.settings.pop(key)
+        if disagreement_lambda is not None and not 0 < disagreement_lambda < 1:
+            raise KDLightError(f"disagreement_lambda must be in (0, 1) (a teacher weight), got {disagreement_lambda}")
         self.network_options = {"center": center, "disagreement_lambda": disagreement_lambda}
         # kept out of the config when off: older configs and checkpoints read the same
         self.own_settings = {k: v for k, v in self.network_options.items() if v not in (False, None)}
