@@ -90,14 +90,13 @@ CENTRED = {"ALM centred mixing network": ("NetworkMetaLearner", {"center": True}
     f"ALM centred mixing network, meta lr {lr}": ("NetworkMetaLearner", {"center": True, "meta_learning_rate": lr})
     for lr in (0.01, 0.1, 0.3)  # added after every row above was seen; 0.3 after the 0.1 mode's selection accuracy
 }  # held at a fixed mean (a start in its settings, key lambda None): 0.25 (between the grid's 0 and 0.5) added after
-RULE = {"init_lambda": 0.05, "disagreement_lambda": 0.95}
 HELD = {  # those modes' 40 % rows; meta lr 0.1 at 0.25 and at 0.1 added 2026-12-07 after every row
     f"ALM centred mixing network, meta lr {a}, held at {b}": {"meta_learning_rate": a, "init_lambda": b}
     for a, b in ((0.01, 0.25), (0.1, 0.25), (0.1, 0.1))
-} | {  # started from the teacher-disagreement rule (0.95 where it disagrees, 0.05 elsewhere): after that rule's rows
-    f"ALM centred mixing network, meta lr {a}, from the disagreement rule": {"meta_learning_rate": a, **RULE}
-    for a in (0.01, 0.1)
-}
+}  # then, after the rule's rows, started from the teacher-disagreement rule (0.95 where it disagrees, 0.05 elsewhere)
+RULE = {"init_lambda": 0.05, "disagreement_lambda": 0.95}
+for _lr in (0.01, 0.1):
+    HELD[f"ALM centred mixing network, meta lr {_lr}, from the disagreement rule"] = {"meta_learning_rate": _lr, **RULE}
 CENTRED |= {h: ("NetworkMetaLearner", {"center": True, **s}) for h, s in HELD.items()}
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
@@ -507,7 +506,8 @@ def intro(cfg, status: str, teachers: dict, base: dict, choice: dict | None) -> 
         "meta lr 0.01; 0.25 and 0.1 at meta lr 0.1); added that evening after every row above had been seen; meta lr "
         "0.3 after 0.1's first selection scores, 0.25 after the 40 % rows, the meta lr 0.1 held modes and the teacher-"
         "disagreement baseline (no meta-learning: the teacher alone where its prediction is not the label, lambda on "
-        "the rest chosen on the selection split like the flip oracle's) later that night, after every row. "
+        "the rest chosen on the selection split like the flip oracle's) later that night, after every row; then, after "
+        "the rule's rows, the centred network started from it (`disagreement_lambda: 0.95`, 0.05 elsewhere). "
         "**When the settings were fixed:** a first attempt at this regime (a 64-wide student from scratch, SGD lr "
         "0.1; its runs are kept under `fresh|` keys and not reported) collapsed to the majority class, and its "
         "test numbers had been seen when the regime above (the teacher's last block, SGD lr 0.05, 5 epochs) and "
