@@ -544,10 +544,12 @@ def collapse_summary(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     columns = sorted({(r["rate"], r["teacher"]) for r in rows})
-    with figure(path, 1, len(columns), dpi=110, figsize=(5.5 * len(columns), 4.5), squeeze=False) as (_, axes):
-        for ax, (rate, kind) in zip(axes[0], columns, strict=True):
+    tall = 0.5 + 0.2 * max(sum((r["rate"], r["teacher"]) == c for r in rows) for c in columns)  # a panel per column
+    with figure(path, len(columns), 1, dpi=110, figsize=(10, tall * len(columns)), squeeze=False) as (_, axes):
+        for ax, (rate, kind) in zip(axes[:, 0], columns, strict=True):
             sel = [r for r in rows if (r["rate"], r["teacher"]) == (rate, kind)]
-            short = {" (chosen on the selection split)": "\n(selection split)", " (test-set oracle)": "\n(oracle)"}
+            short = {" (chosen on the selection split)": " (selection split)", " (the chosen fixed lambda)": ""}
+            short |= {": teacher only where its prediction is not the label": ""}  # the row names the method
             names = [functools.reduce(lambda name, pair: name.replace(*pair), short.items(), r["method"]) for r in sel]
             means = [100 * r["accuracy_mean"] for r in sel]
             ax.barh(range(len(sel)), means, xerr=[100 * r["accuracy_std"] for r in sel], capsize=3)
