@@ -20,6 +20,7 @@ from kdlight.modules.distiller import TeacherStudentModule
 MODULE_EXAMPLES: dict[str, Callable[[dict], dict]] = {
     "TeacherFineTuning": lambda a: {"model": str(a["encoder"])},
     "VanillaKD": lambda a: {"teacher": str(a["teacher"])},
+    "TeacherDisagreementKD": lambda a: {"teacher": str(a["teacher"]), "alpha": 0.2},
     "LayerwiseKD": lambda a: {"teacher": str(a["teacher"]), "losses": None, "logit_weight": 1.0},
     "GeneralDistillation": lambda a: {"teacher": str(a["encoder"]), "num_relation_heads": 2},
     "AdaptiveLossMixingKD": lambda a: {"teacher": str(a["teacher"])},
