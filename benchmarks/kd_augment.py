@@ -38,12 +38,14 @@ METHODS = {
     "rt_rest": "+ 4,202 unlabelled in-domain rows",
     "wiki": "+ in-domain + 8,000 Wikipedia sentences",
     "token_aug": "+ 2 token-augmented copies per row",
+    "token_aug8": "+ 8 token-augmented copies per row (token_aug's dose, 4x; not run by default)",
     "rest_and_aug": "+ the 4,202 unlabelled rows and 2 token-augmented copies per row (kd_more_inputs.yaml's inputs)",
     "rewrites": "+ generator rewrites (MATE-KD)",
     "kd_long": "KD on the 6,000 labelled rows for 3x the epochs (token_aug's number of updates)",
     "rewrites_earlier": "+ rewrites by the earlier generator (top block, 150 steps; not run by default)",
 }
 TOKEN_AUG_COPIES = 2
+COPIES = {"token_aug": TOKEN_AUG_COPIES, "token_aug8": 8, "rest_and_aug": TOKEN_AUG_COPIES}
 # a method whose gain could be its extra updates alone, and the control that has as many updates without its inputs
 SAME_UPDATES = {"token_aug": "kd_long"}
 MATE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_mate.yaml"
@@ -57,10 +59,11 @@ def augmentation(method: str, setting: dict) -> dict:
         raise ValueError(f"{method}: unknown method")
     if method == "wiki":  # a fixed sample of the Wikipedia sentences, all the in-domain rows
         return {"unlabelled": ["task_rest", str(wiki_sample(setting["wiki_sentences"]))]}
-    copies = {"token_augment_copies": TOKEN_AUG_COPIES, "mask_prob": 0.15, "replace_prob": 0.15}
+    copies = {"token_augment_copies": COPIES.get(method), "mask_prob": 0.15, "replace_prob": 0.15}
     rest = {"unlabelled": ["task_rest"]}
     # kd, rewrites: the labelled rows (the module rewrites each batch: module_config); kd_long: more epochs only
-    return {"rt_rest": rest, "token_aug": copies, "rest_and_aug": {**rest, **copies}}.get(method, {})
+    choices = {"rt_rest": rest, "token_aug": copies, "token_aug8": copies, "rest_and_aug": {**rest, **copies}}
+    return choices.get(method, {})
 
 
 def method_setting(method: str, setting: dict) -> dict:
@@ -149,7 +152,7 @@ def targets(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = study_parser(__doc__, "workers", "label", "quick", "report-only", "seeds")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    default_methods = [m for m in METHODS if m != "rewrites_earlier"]
+    default_methods = [m for m in METHODS if m not in ("rewrites_earlier", "token_aug8")]
     parser.add_argument("--methods", nargs="+", default=default_methods, choices=list(METHODS))
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")
     args = parser.parse_args(argv)

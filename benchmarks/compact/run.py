@@ -40,7 +40,12 @@ SIZES = {
     "4x": {"blocks": {}, "embedding": 128},
     "10x": {"blocks": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}, "embedding": 48},
     "20x": {"blocks": {"hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}, "embedding": 48},
+    # a pretrained block instead of fresh ones: one of the teacher's blocks as it is (its first, or its last), its
+    # embeddings at rank 32, the tokens seen at least twice in the training text (10.0x; method b only: kd_augment.py)
+    "10x-block1": {"teacher_layers": [0], "embedding": 32, "min_token_count": 2},
+    "10x-block6": {"teacher_layers": [5], "embedding": 32, "min_token_count": 2},
 }
+FRESH_SIZES = [size for size, spec in SIZES.items() if "blocks" in spec]  # the compact study's own sizes
 METHODS = {
     "a": "scratch + KD",
     "b": "+ teacher's embeddings (SVD)",
@@ -53,8 +58,10 @@ QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate":
 
 
 def compressed(base: dict, size: str, **extra) -> dict:
-    embedding = SIZES[size]["embedding"]
-    return component("CompressedEmbeddingStudent", base=base, embedding_rank=embedding, layout="albert", **extra)
+    spec = SIZES[size]
+    extra.update({"min_token_count": spec["min_token_count"]} if "min_token_count" in spec else {})
+    rank = spec["embedding"]
+    return component("CompressedEmbeddingStudent", base=base, embedding_rank=rank, layout="albert", **extra)
 
 
 def fresh(size: str) -> dict:
@@ -62,6 +69,12 @@ def fresh(size: str) -> dict:
 
 
 def student_config(size: str, method: str, general_export: str | None) -> dict:
+    if "teacher_layers" in SIZES[size]:
+        if method != "b":
+            raise ValueError(f"{size} is the teacher's own blocks: method b only, not {method}")
+        layers = SIZES[size]["teacher_layers"]
+        base = component("TruncatedTeacher", num_layers=len(layers), layers=layers)
+        return compressed(base, size, factorise_from="teacher", vocabulary_files=VOCABULARY)
     if method in ("a", "b"):  # a: the SVD of the fresh student's own random matrix (a random start); b: the teacher's
         factorise_from = "student" if method == "a" else "teacher"
         return compressed(fresh(size), size, factorise_from=factorise_from, vocabulary_files=VOCABULARY)
@@ -195,7 +208,7 @@ def plot(
 
 def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__, "workers", "quick", "label", "report-only", "seeds")
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=FRESH_SIZES, choices=FRESH_SIZES)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--general-steps", type=int, help=f"general distillation steps ({FULL['general_steps']})")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import fine_tuned_rt_teacher, runner_for
-from benchmarks.compact.run import SIZES, student_config
+from benchmarks.compact.run import FRESH_SIZES, student_config
 from benchmarks.harness import bar_plot
 from benchmarks.study import Study, study_parser
 from kdlight.models.hf import count_parameters, load_classifier
@@ -39,7 +39,7 @@ def measure(texts: int, threads: int) -> dict:
     params = {"teacher": count_parameters(load_classifier(teacher, 2))}
     with tempfile.TemporaryDirectory() as tmp:
         exports = {"teacher": teacher}
-        for size in SIZES:
+        for size in FRESH_SIZES:
             path, params[size] = export_untrained(size, teacher, Path(tmp))
             exports[size] = str(path)
         speed = inference_speed(exports, test_texts(texts))
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     record = study.once(measure, texts=args.texts, threads=args.threads)
     speed, params = record["samples_per_s"], record["params"]
     rows = []
-    for name in ["teacher", *SIZES]:
+    for name in ["teacher", *FRESH_SIZES]:
         size = {"student": name, "params": params[name], "compression": params["teacher"] / params[name]}
         rows.append({**size, "samples_per_s": speed[name], "speedup": speed[name] / speed["teacher"]})
     study.write(
