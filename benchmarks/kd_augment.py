@@ -6,7 +6,8 @@
     python -m benchmarks.kd_augment --report-only                  # rewrite the results from the recorded runs
     python -m benchmarks.kd_augment --quick                        # plumbing only (64 rows, few steps)
 Teacher: the strong teacher (benchmarks/strong_teacher.py) or the quickstart's. Students: benchmarks/compact's
-sizes, each its method (b). VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
+sizes, each its method (b); ``--sizes 10x-block1 10x-block6`` adds students made of one of the teacher's own
+blocks. VanillaKD on the first 6,000 labelled rows plus, by method (:data:`METHODS`), inputs
 the teacher labels (kdlight.data.augment.AugmentedKDDataModule): the other 4,202 training rows unlabelled
 (``rt_rest``), + 8,000 Wikipedia sentences (``wiki``), 2 token-augmented copies per row (``token_aug``), both
 (``rest_and_aug``), or the trained generator's rewrites of each batch (``rewrites``: MATE-KD, kd_mate.yaml);
@@ -26,7 +27,7 @@ import yaml
 
 from benchmarks.common import component, fine_tuned_rt_teacher, recorded_rt_baseline
 from benchmarks.compact import run as compact
-from benchmarks.compact.run import SIZES, plot, task_distillation, task_results
+from benchmarks.compact.run import FRESH_SIZES, SIZES, plot, task_distillation, task_results
 from benchmarks.strong_teacher import strong_teacher_export
 from benchmarks.study import Job, Study, study_name, study_parser, target
 from kdlight.assets import cache_dir
@@ -48,6 +49,8 @@ TOKEN_AUG_COPIES = 2
 COPIES = {"token_aug": TOKEN_AUG_COPIES, "token_aug8": 8, "rest_and_aug": TOKEN_AUG_COPIES}
 # a method whose gain could be its extra updates alone, and the control that has as many updates without its inputs
 SAME_UPDATES = {"token_aug": "kd_long"}
+# a larger dose of an input kind, against the study's own dose
+DOSES = {"token_aug8": "token_aug"}
 MATE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "kd_mate.yaml"
 FULL = {"epochs": 2, "train_examples": 6000, "learning_rate": 5e-4, "wiki_sentences": 8000}
 QUICK = {"epochs": 1, "train_examples": 64, "learning_rate": 5e-4, "wiki_sentences": 32}
@@ -145,13 +148,14 @@ def targets(rows: list[dict]) -> list[str]:
     for size, methods in by_size.items():
         pairs = [(m, "kd", "") for m in methods if m != "kd"]
         pairs += [(m, c, " (as many student updates)") for m, c in SAME_UPDATES.items() if m in methods]
+        pairs += [(m, c, " (8 copies a row vs 2)") for m, c in DOSES.items() if m in methods]
         lines += [effect_line(size, methods[m], methods[c], why) for m, c, why in pairs if c in methods]
     return lines
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = study_parser(__doc__, "workers", "label", "quick", "report-only", "seeds")
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=FRESH_SIZES, choices=list(SIZES))  # + the pretrained-block pilots
     default_methods = [m for m in METHODS if m not in ("rewrites_earlier", "token_aug8")]
     parser.add_argument("--methods", nargs="+", default=default_methods, choices=list(METHODS))
     parser.add_argument("--teacher", choices=["strong", "quickstart"], default="strong")

@@ -60,6 +60,16 @@ def test_the_equal_updates_control_trains_as_many_steps_as_token_augmentation():
     assert any("token_aug vs kd: +0.0300" in line and "beyond the seed spread" in line for line in lines)
 
 
+def test_the_larger_token_augmentation_dose_is_judged_against_the_study_dose():
+    records = [
+        _record("10x", m, s, x + 0.001 * s) for m, x in (("token_aug", 0.77), ("token_aug8", 0.775)) for s in (0, 1)
+    ]
+    lines = kd_augment.targets(kd_augment.summarise(records, {}, 20_000_000, {"rows": 0.74, "all": 0.76}))
+    assert any("token_aug8 vs token_aug (8 copies a row vs 2): +0.0050" in line for line in lines)
+    copies = kd_augment.augmentation("token_aug8", {})["token_augment_copies"]
+    assert copies == 8 and kd_augment.augmentation("token_aug", {})["token_augment_copies"] == 2
+
+
 def test_each_method_is_a_datamodule_option():
     setting = dict(kd_augment.QUICK)
     assert kd_augment.data_config("kd", setting, quick=False)["class_path"] == "RottenTomatoesDataModule"
