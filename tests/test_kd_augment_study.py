@@ -161,10 +161,12 @@ def test_the_combined_method_measures_the_shipped_more_inputs_recipe():
 def test_a_pretrained_block_student_is_10x_and_starts_from_that_teacher_block(size, block):
     """compact's ``10x-block<n>``: the (packaged) teacher's block n as it is, embeddings at rank 32, pruned
     vocabulary; it must stay at >= 10x the teacher's parameters, or its rows' "10x" label would be wrong."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from benchmarks.compact import run as compact
     from kdlight.assets import resolve_model_path
+    from kdlight.models.hf import count_parameters
     from kdlight.models.students import StudentSpec
 
     assert size not in compact.FRESH_SIZES and size in kd_augment.SIZES
@@ -174,14 +176,7 @@ def test_a_pretrained_block_student_is_10x_and_starts_from_that_teacher_block(si
         resolve_model_path("packaged/all-MiniLM-L6-v2"), num_labels=2
     )
     student = StudentSpec.from_config(compact.student_config(size, "b", None)).build(teacher, 2)
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-    assert count(teacher) / count(student) >= 10.0
+    assert count_parameters(teacher) / count_parameters(student) >= 10.0
     assert student.config.num_hidden_layers == 1 and student.config.embedding_size == 32
     ffn = student.albert.encoder.albert_layer_groups[0].albert_layers[0].ffn.weight
-    assert torch_equal(ffn, teacher.bert.encoder.layer[block].intermediate.dense.weight)
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return a.shape == b.shape and bool(torch.equal(a, b))
+    assert torch.equal(ffn, teacher.bert.encoder.layer[block].intermediate.dense.weight)

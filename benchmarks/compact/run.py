@@ -59,7 +59,8 @@ QUICK = {"general_steps": 6, "epochs": 1, "train_examples": 64, "learning_rate":
 
 def compressed(base: dict, size: str, **extra) -> dict:
     spec = SIZES[size]
-    extra.update({"min_token_count": spec["min_token_count"]} if "min_token_count" in spec else {})
+    if "min_token_count" in spec:
+        extra["min_token_count"] = spec["min_token_count"]
     rank = spec["embedding"]
     return component("CompressedEmbeddingStudent", base=base, embedding_rank=rank, layout="albert", **extra)
 

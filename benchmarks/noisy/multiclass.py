@@ -95,8 +95,10 @@ HELD = {  # those modes' 40 % rows; meta lr 0.1 at 0.25 and at 0.1 added 2026-12
     for a, b in ((0.01, 0.25), (0.1, 0.25), (0.1, 0.1))
 }  # then, after the rule's rows, started from the teacher-disagreement rule (0.95 where it disagrees, 0.05 elsewhere)
 RULE = {"init_lambda": 0.05, "disagreement_lambda": 0.95}
-for _lr in (0.01, 0.1):
-    HELD[f"ALM centred mixing network, meta lr {_lr}, from the disagreement rule"] = {"meta_learning_rate": _lr, **RULE}
+HELD |= {
+    f"ALM centred mixing network, meta lr {lr}, from the disagreement rule": {"meta_learning_rate": lr, **RULE}
+    for lr in (0.01, 0.1)
+}
 CENTRED |= {h: ("NetworkMetaLearner", {"center": True, **s}) for h, s in HELD.items()}
 CHOSEN = "chosen"  # in job_order: the column's chosen fixed lambda, resolved from the recorded runs when it runs
 PREFIX = "sgd|"  # this regime's run keys
